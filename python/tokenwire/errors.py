@@ -1,0 +1,106 @@
+"""The exceptions tokenwire raises: one hierarchy, each class says whose fault it is.
+
+``ProtocolError`` subclasses are also ``ValueError``s. ``status_hint`` is the HTTP status a server answers
+with when the error reaches a client.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackpressureExceeded",
+    "EpochMismatch",
+    "FrameError",
+    "HubFull",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ResumeError",
+    "ResumeExpired",
+    "ResumeFromFuture",
+    "StreamClosed",
+    "StreamNotFound",
+    "TokenwireError",
+]
+
+
+class TokenwireError(Exception):
+    """Base class of every tokenwire error."""
+
+    status_hint: int = 500
+
+
+class ProtocolError(TokenwireError, ValueError):
+    """Bytes or calls that break the wire contract."""
+
+    status_hint = 400
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused the API: an SSE id with CR/LF/NUL, a payload over a bound, a bad frame kind."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed: a bad request, a bad ``Last-Event-ID``."""
+
+
+class FrameError(RemoteProtocolError):
+    """A binary frame that cannot be decoded: unknown kind, oversized, not UTF-8, truncated at close."""
+
+
+class ResumeError(TokenwireError):
+    """A resume point that cannot be served."""
+
+
+class StreamNotFound(ResumeError, LookupError):
+    """No such stream: never created, cancelled and removed, or expired after its time-to-live."""
+
+    status_hint = 404
+
+
+class EpochMismatch(ResumeError):
+    """The resume point belongs to another history of the hub (for example before a restart)."""
+
+    status_hint = 409
+
+    def __init__(self, message: str, expected: str = "", got: str = "") -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class ResumeExpired(ResumeError):
+    """The frames after the resume point are no longer held; ``oldest_seq`` is the oldest still held."""
+
+    status_hint = 410
+
+    def __init__(self, message: str, oldest_seq: int = 0) -> None:
+        super().__init__(message)
+        self.oldest_seq = oldest_seq
+
+
+class ResumeFromFuture(ResumeError, ValueError):
+    """The resume point names a seq the stream has not produced; ``last_seq`` is the newest produced."""
+
+    status_hint = 400
+
+    def __init__(self, message: str, last_seq: int = 0) -> None:
+        super().__init__(message)
+        self.last_seq = last_seq
+
+
+class HubFull(TokenwireError):
+    """The hub's memory cap is held by open streams; no new stream can start until some end."""
+
+    status_hint = 503
+
+
+class StreamClosed(TokenwireError):
+    """The stream has ended (finished, failed or cancelled); nothing more can be sent to it."""
+
+    status_hint = 409
+
+
+class BackpressureExceeded(TokenwireError):
+    """A reader fell too far behind; its connection is closed and it resumes from the ring."""
+
+    status_hint = 503

@@ -1,0 +1,422 @@
+//! The one door between Python and the core: argument conversion and error mapping only.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+
+use crate::error::{FrameError, RegistryError, RingError, SseError};
+use crate::frame::{self, Decoder, FrameKind};
+use crate::registry::{Limits, Registry, StreamState};
+use crate::ring::{Ring, Wire};
+use crate::{sse, varint};
+
+/// The classes of `tokenwire.errors`, raised from here.
+mod exc {
+    pyo3::import_exception!(tokenwire.errors, LocalProtocolError);
+    pyo3::import_exception!(tokenwire.errors, FrameError);
+    pyo3::import_exception!(tokenwire.errors, ResumeExpired);
+    pyo3::import_exception!(tokenwire.errors, ResumeFromFuture);
+    pyo3::import_exception!(tokenwire.errors, StreamNotFound);
+    pyo3::import_exception!(tokenwire.errors, StreamClosed);
+    pyo3::import_exception!(tokenwire.errors, HubFull);
+}
+use exc::{HubFull, LocalProtocolError, ResumeExpired, ResumeFromFuture, StreamClosed, StreamNotFound};
+
+/// Output above this size is rendered with the GIL released.
+const DETACH_BYTES: usize = 256 * 1024;
+
+fn local(e: impl std::fmt::Display) -> PyErr {
+    LocalProtocolError::new_err(e.to_string())
+}
+
+fn sse_err(e: &SseError) -> PyErr {
+    local(e)
+}
+
+/// Errors of frames this side encodes are this side's fault.
+fn encode_err(e: &FrameError) -> PyErr {
+    local(e)
+}
+
+fn ring_err(e: RingError) -> PyErr {
+    match e {
+        RingError::Expired { oldest_seq, .. } => ResumeExpired::new_err((e.to_string(), oldest_seq)),
+        RingError::Future { last_seq, .. } => ResumeFromFuture::new_err((e.to_string(), last_seq)),
+        RingError::TooLarge { .. } => local(e),
+    }
+}
+
+fn registry_err(e: RegistryError) -> PyErr {
+    match e {
+        RegistryError::NotFound => StreamNotFound::new_err(e.to_string()),
+        RegistryError::Duplicate(_) => local(e),
+        RegistryError::Full { .. } => HubFull::new_err(e.to_string()),
+        RegistryError::Closed(_) => StreamClosed::new_err(e.to_string()),
+        RegistryError::Ring(r) => ring_err(r),
+    }
+}
+
+fn kind_arg(kind: u8) -> PyResult<FrameKind> {
+    FrameKind::from_u8(kind).map_err(|e| local(&e))
+}
+
+fn wire_arg(wire: u8) -> PyResult<Wire> {
+    match wire {
+        0 => Ok(Wire::Sse),
+        1 => Ok(Wire::Binary),
+        _ => Err(PyValueError::new_err(format!("unknown wire format {wire} (WIRE_SSE=0, WIRE_BINARY=1)"))),
+    }
+}
+
+/// Calls `f` with each string of a list (fast path) or any other sequence/iterable of `str`.
+fn for_each_str(texts: &Bound<'_, PyAny>, mut f: impl FnMut(&str) -> PyResult<()>) -> PyResult<()> {
+    if let Ok(list) = texts.cast::<PyList>() {
+        for item in list.iter() {
+            f(item.cast::<PyString>()?.to_str()?)?;
+        }
+    } else {
+        for item in texts.try_iter()? {
+            f(item?.cast::<PyString>()?.to_str()?)?;
+        }
+    }
+    Ok(())
+}
+
+fn frames_to_list<'py>(py: Python<'py>, frames: Vec<(FrameKind, u64, &str)>) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, frames.into_iter().map(|(k, s, p)| (k as u8, s, p)))
+}
+
+#[pyfunction]
+fn encode_varint(py: Python<'_>, value: u64) -> PyResult<Bound<'_, PyBytes>> {
+    let mut out = Vec::with_capacity(8);
+    varint::encode(value, &mut out).map_err(|e| encode_err(&e))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn decode_varint(data: &[u8]) -> Option<(u64, usize)> {
+    varint::decode(data)
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, *, id=None, event=None))]
+fn sse_event<'py>(py: Python<'py>, data: &str, id: Option<&str>, event: Option<&str>) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    sse::write_event(&mut out, id, event, data).map_err(|e| sse_err(&e))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+#[pyo3(signature = (text=""))]
+fn sse_comment<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyBytes> {
+    let mut out = Vec::with_capacity(text.len() + 4);
+    sse::write_comment(&mut out, text);
+    PyBytes::new(py, &out)
+}
+
+#[pyfunction]
+fn sse_retry(py: Python<'_>, retry_ms: u64) -> Bound<'_, PyBytes> {
+    let mut out = Vec::with_capacity(32);
+    sse::write_retry(&mut out, retry_ms);
+    PyBytes::new(py, &out)
+}
+
+#[pyfunction]
+#[pyo3(signature = (tokens, *, id_prefix, first_seq, event=Some("token")))]
+fn sse_batch<'py>(
+    py: Python<'py>,
+    tokens: &Bound<'py, PyAny>,
+    id_prefix: &str,
+    first_seq: u64,
+    event: Option<&str>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
+    if let Some(event) = event {
+        sse::check_event(event).map_err(|e| sse_err(&e))?;
+    }
+    let mut out = Vec::with_capacity(4096);
+    let mut seq = first_seq;
+    for_each_str(tokens, |t| {
+        sse::write_seq_event(&mut out, id_prefix, seq, event, t);
+        seq += 1;
+        Ok(())
+    })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn encode_frame<'py>(py: Python<'py>, kind: u8, seq: u64, payload: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    frame::encode(&mut out, kind_arg(kind)?, seq, payload.as_bytes()).map_err(|e| encode_err(&e))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn encode_frames<'py>(
+    py: Python<'py>,
+    kind: u8,
+    first_seq: u64,
+    payloads: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let kind = kind_arg(kind)?;
+    let mut out = Vec::with_capacity(4096);
+    let mut seq = first_seq;
+    for_each_str(payloads, |p| {
+        frame::encode(&mut out, kind, seq, p.as_bytes()).map_err(|e| encode_err(&e))?;
+        seq += 1;
+        Ok(())
+    })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyclass(name = "FrameDecoder", module = "tokenwire._core")]
+struct PyFrameDecoder {
+    inner: Decoder,
+}
+
+#[pymethods]
+impl PyFrameDecoder {
+    #[new]
+    #[pyo3(signature = (max_payload=frame::DEFAULT_MAX_PAYLOAD))]
+    fn py_new(max_payload: usize) -> Self {
+        Self { inner: Decoder::new(max_payload) }
+    }
+
+    #[pyo3(name = "feed")]
+    fn py_feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let mut frames = Vec::new();
+        let result = self.inner.feed(data, &mut frames);
+        if let Err(e) = result {
+            // Frames before the error are delivered; the (poisoned) decoder raises on the next call.
+            if frames.is_empty() {
+                return Err(exc::FrameError::new_err(e.to_string()));
+            }
+        }
+        PyList::new(py, frames.iter().map(|f| (f.kind as u8, f.seq, f.payload.as_str())))
+    }
+
+    #[pyo3(name = "close")]
+    fn py_close(&self) -> PyResult<()> {
+        self.inner.finish().map_err(|e| exc::FrameError::new_err(e.to_string()))
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+}
+
+#[pyclass(name = "Ring", module = "tokenwire._core")]
+struct PyRing {
+    inner: Ring,
+}
+
+#[pymethods]
+impl PyRing {
+    #[new]
+    #[pyo3(signature = (id_prefix="", *, max_frames=65_536, max_bytes=8 << 20))]
+    fn py_new(id_prefix: &str, max_frames: usize, max_bytes: usize) -> PyResult<Self> {
+        sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
+        Ok(Self { inner: Ring::new(id_prefix.to_owned(), max_frames, max_bytes) })
+    }
+
+    #[pyo3(name = "append", signature = (text, kind=FrameKind::Token as u8))]
+    fn py_append(&mut self, text: &str, kind: u8) -> PyResult<u64> {
+        self.inner.append(kind_arg(kind)?, text.as_bytes()).map_err(ring_err)
+    }
+
+    #[pyo3(name = "append_many", signature = (texts, kind=FrameKind::Token as u8))]
+    fn py_append_many(&mut self, texts: &Bound<'_, PyAny>, kind: u8) -> PyResult<u64> {
+        let kind = kind_arg(kind)?;
+        let mut last = self.inner.last_seq();
+        for_each_str(texts, |t| {
+            last = self.inner.append(kind, t.as_bytes()).map_err(ring_err)?;
+            Ok(())
+        })?;
+        Ok(last)
+    }
+
+    #[pyo3(name = "since", signature = (after, wire=0))]
+    fn py_since<'py>(&self, py: Python<'py>, after: u64, wire: u8) -> PyResult<Bound<'py, PyBytes>> {
+        let wire = wire_arg(wire)?;
+        let mut out = Vec::new();
+        let ring = &self.inner;
+        if ring.payload_bytes() >= DETACH_BYTES {
+            py.detach(|| ring.since(after, wire, &mut out)).map_err(ring_err)?;
+        } else {
+            ring.since(after, wire, &mut out).map_err(ring_err)?;
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+
+    #[pyo3(name = "frames_since")]
+    fn py_frames_since<'py>(&self, py: Python<'py>, after: u64) -> PyResult<Bound<'py, PyList>> {
+        frames_to_list(py, self.inner.frames_since(after).map_err(ring_err)?)
+    }
+
+    #[getter]
+    fn last_seq(&self) -> u64 {
+        self.inner.last_seq()
+    }
+
+    #[getter]
+    fn oldest_seq(&self) -> u64 {
+        self.inner.oldest_seq()
+    }
+
+    #[getter]
+    fn payload_bytes(&self) -> usize {
+        self.inner.payload_bytes()
+    }
+
+    #[getter]
+    fn memory_bytes(&self) -> usize {
+        self.inner.memory_bytes()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+#[pyclass(name = "Registry", module = "tokenwire._core")]
+struct PyRegistry {
+    inner: Registry,
+}
+
+#[pymethods]
+impl PyRegistry {
+    #[new]
+    #[pyo3(signature = (*, max_frames_per_stream=65_536, max_bytes_per_stream=8 << 20, max_total_bytes=1 << 30, ttl=300.0))]
+    fn py_new(max_frames_per_stream: usize, max_bytes_per_stream: usize, max_total_bytes: usize, ttl: f64) -> Self {
+        let limits = Limits { max_frames_per_stream, max_bytes_per_stream, max_total_bytes, ttl };
+        Self { inner: Registry::new(limits) }
+    }
+
+    #[pyo3(name = "create")]
+    fn py_create(&mut self, key: &str, id_prefix: &str) -> PyResult<u64> {
+        sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
+        self.inner.create(key, id_prefix.to_owned()).map_err(registry_err)
+    }
+
+    #[pyo3(name = "lookup")]
+    fn py_lookup(&self, key: &str) -> Option<u64> {
+        self.inner.lookup(key)
+    }
+
+    #[pyo3(name = "append")]
+    fn py_append(&mut self, handle: u64, text: &str) -> PyResult<u64> {
+        self.inner.append(handle, FrameKind::Token, [text.as_bytes()]).map_err(registry_err)
+    }
+
+    #[pyo3(name = "append_many")]
+    fn py_append_many(&mut self, handle: u64, texts: &Bound<'_, PyAny>) -> PyResult<u64> {
+        // Collect borrowed slices first: the registry appends them in one call.
+        let mut strs: Vec<Bound<'_, PyString>> = Vec::new();
+        if let Ok(list) = texts.cast::<PyList>() {
+            for item in list.iter() {
+                strs.push(item.cast_into::<PyString>()?);
+            }
+        } else {
+            for item in texts.try_iter()? {
+                strs.push(item?.cast_into::<PyString>()?);
+            }
+        }
+        let slices = strs.iter().map(|s| s.to_str().map(str::as_bytes)).collect::<PyResult<Vec<&[u8]>>>()?;
+        self.inner.append(handle, FrameKind::Token, slices).map_err(registry_err)
+    }
+
+    #[pyo3(name = "end")]
+    fn py_end(&mut self, handle: u64, kind: u8, payload: &str, state: u8, now: f64) -> PyResult<u64> {
+        let kind = kind_arg(kind)?;
+        if !matches!(kind, FrameKind::Done | FrameKind::Error) {
+            return Err(local("a stream ends with a FRAME_DONE or FRAME_ERROR frame"));
+        }
+        let state = match StreamState::from_u8(state) {
+            Some(s) if s != StreamState::Open => s,
+            _ => return Err(local("end state must be STATE_FINISHED, STATE_FAILED or STATE_CANCELLED")),
+        };
+        self.inner.end(handle, kind, payload.as_bytes(), state, now).map_err(registry_err)
+    }
+
+    #[pyo3(name = "since", signature = (handle, after, wire=0))]
+    fn py_since<'py>(&self, py: Python<'py>, handle: u64, after: u64, wire: u8) -> PyResult<Bound<'py, PyBytes>> {
+        let wire = wire_arg(wire)?;
+        let mut out = Vec::new();
+        self.inner.since(handle, after, wire, &mut out).map_err(registry_err)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    #[pyo3(name = "frames_since")]
+    fn py_frames_since<'py>(&self, py: Python<'py>, handle: u64, after: u64) -> PyResult<Bound<'py, PyList>> {
+        frames_to_list(py, self.inner.frames_since(handle, after).map_err(registry_err)?)
+    }
+
+    #[pyo3(name = "last_seq")]
+    fn py_last_seq(&self, handle: u64) -> PyResult<u64> {
+        self.inner.last_seq(handle).map_err(registry_err)
+    }
+
+    #[pyo3(name = "oldest_seq")]
+    fn py_oldest_seq(&self, handle: u64) -> PyResult<u64> {
+        self.inner.oldest_seq(handle).map_err(registry_err)
+    }
+
+    #[pyo3(name = "state")]
+    fn py_state(&self, handle: u64) -> PyResult<u8> {
+        self.inner.state(handle).map(|s| s as u8).map_err(registry_err)
+    }
+
+    #[pyo3(name = "key")]
+    fn py_key(&self, handle: u64) -> PyResult<String> {
+        self.inner.key(handle).map(str::to_owned).map_err(registry_err)
+    }
+
+    #[pyo3(name = "remove")]
+    fn py_remove(&mut self, handle: u64) -> PyResult<String> {
+        self.inner.remove(handle).map_err(registry_err)
+    }
+
+    #[pyo3(name = "sweep")]
+    fn py_sweep(&mut self, now: f64) -> Vec<String> {
+        self.inner.sweep(now)
+    }
+
+    #[getter]
+    fn memory_bytes(&self) -> usize {
+        self.inner.memory_bytes()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("FRAME_TOKEN", FrameKind::Token as u8)?;
+    m.add("FRAME_DONE", FrameKind::Done as u8)?;
+    m.add("FRAME_ERROR", FrameKind::Error as u8)?;
+    m.add("FRAME_HEARTBEAT", FrameKind::Heartbeat as u8)?;
+    m.add("WIRE_SSE", 0u8)?;
+    m.add("WIRE_BINARY", 1u8)?;
+    m.add("STATE_OPEN", StreamState::Open as u8)?;
+    m.add("STATE_FINISHED", StreamState::Finished as u8)?;
+    m.add("STATE_FAILED", StreamState::Failed as u8)?;
+    m.add("STATE_CANCELLED", StreamState::Cancelled as u8)?;
+    m.add("MAX_VARINT", varint::MAX)?;
+    m.add("DEFAULT_MAX_PAYLOAD", frame::DEFAULT_MAX_PAYLOAD)?;
+    m.add_function(wrap_pyfunction!(encode_varint, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_varint, m)?)?;
+    m.add_function(wrap_pyfunction!(sse_event, m)?)?;
+    m.add_function(wrap_pyfunction!(sse_comment, m)?)?;
+    m.add_function(wrap_pyfunction!(sse_retry, m)?)?;
+    m.add_function(wrap_pyfunction!(sse_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_frames, m)?)?;
+    m.add_class::<PyFrameDecoder>()?;
+    m.add_class::<PyRing>()?;
+    m.add_class::<PyRegistry>()?;
+    Ok(())
+}

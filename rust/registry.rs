@@ -1,0 +1,365 @@
+//! Hub bookkeeping: every stream's ring and state, a global memory cap, and a time-to-live after a stream
+//! ends so that late reconnects can still resume.
+//!
+//! Rules:
+//! - A stream is `Open` until it is finished, failed or cancelled; its final frame (`done` or `error`) is
+//!   appended to its ring, so a client that resumes after the end still learns how it ended.
+//! - An ended stream stays resumable for `ttl` seconds after it ended; [`Registry::sweep`] removes it then.
+//! - When the total memory passes the cap, ended streams are evicted oldest-ended first. An open stream's
+//!   frames are never dropped for the cap: its own ring bounds apply (and a resume point they pushed out
+//!   is answered "expired" with the oldest seq held, never served a gap). If only open streams hold the
+//!   memory, [`Registry::create`] refuses new streams with [`RegistryError::Full`].
+//! - Handles carry a generation, so a handle to a removed stream never reaches the stream that reuses
+//!   its slot.
+//!
+//! Time is an argument (seconds, any monotonic clock); this module never reads a clock.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::error::RegistryError;
+use crate::frame::FrameKind;
+use crate::ring::{Ring, Wire};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamState {
+    Open = 0,
+    Finished = 1,
+    Failed = 2,
+    Cancelled = 3,
+}
+
+impl StreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Open),
+            1 => Some(Self::Finished),
+            2 => Some(Self::Failed),
+            3 => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// Limits of a registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_frames_per_stream: usize,
+    pub max_bytes_per_stream: usize,
+    pub max_total_bytes: usize,
+    /// Seconds an ended stream stays resumable.
+    pub ttl: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_frames_per_stream: 65_536, max_bytes_per_stream: 8 << 20, max_total_bytes: 1 << 30, ttl: 300.0 }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    key: String,
+    ring: Ring,
+    state: StreamState,
+    ended_at: f64,
+    mem: usize,
+}
+
+impl Stream {
+    fn measure(&self) -> usize {
+        self.ring.memory_bytes() + self.key.capacity() + std::mem::size_of::<Slot>()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    stream: Option<Stream>,
+}
+
+/// An opaque stream handle: slot index in the low 32 bits, slot generation in the high 32.
+pub type Handle = u64;
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_key: HashMap<String, Handle>,
+    /// Ended streams in the order they ended (may hold handles already removed).
+    ended: VecDeque<(f64, Handle)>,
+    total_mem: usize,
+    limits: Limits,
+    evicted: Vec<String>,
+}
+
+impl Registry {
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, ..Self::default() }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Streams held, open or ended.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Bytes accounted to all streams.
+    pub fn memory_bytes(&self) -> usize {
+        self.total_mem
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<Handle> {
+        self.by_key.get(key).copied()
+    }
+
+    /// Registers a new open stream. `id_prefix` must already be a valid SSE id.
+    pub fn create(&mut self, key: &str, id_prefix: String) -> Result<Handle, RegistryError> {
+        if self.by_key.contains_key(key) {
+            return Err(RegistryError::Duplicate(key.to_owned()));
+        }
+        if self.total_mem >= self.limits.max_total_bytes {
+            self.evict_ended();
+            if self.total_mem >= self.limits.max_total_bytes {
+                return Err(RegistryError::Full { used: self.total_mem, cap: self.limits.max_total_bytes });
+            }
+        }
+        let ring = Ring::new(id_prefix, self.limits.max_frames_per_stream, self.limits.max_bytes_per_stream);
+        let mut stream = Stream { key: key.to_owned(), ring, state: StreamState::Open, ended_at: f64::NAN, mem: 0 };
+        stream.mem = stream.measure();
+        self.total_mem += stream.mem;
+        let index = if let Some(i) = self.free.pop() {
+            i
+        } else {
+            self.slots.push(Slot::default());
+            (self.slots.len() - 1) as u32
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.stream = Some(stream);
+        let handle = (u64::from(slot.generation) << 32) | u64::from(index);
+        self.by_key.insert(key.to_owned(), handle);
+        Ok(handle)
+    }
+
+    fn get(&self, handle: Handle) -> Result<&Stream, RegistryError> {
+        let slot = self.slots.get((handle & 0xffff_ffff) as usize).ok_or(RegistryError::NotFound)?;
+        if u64::from(slot.generation) != handle >> 32 {
+            return Err(RegistryError::NotFound);
+        }
+        slot.stream.as_ref().ok_or(RegistryError::NotFound)
+    }
+
+    fn get_mut(&mut self, handle: Handle) -> Result<&mut Stream, RegistryError> {
+        let slot = self.slots.get_mut((handle & 0xffff_ffff) as usize).ok_or(RegistryError::NotFound)?;
+        if u64::from(slot.generation) != handle >> 32 {
+            return Err(RegistryError::NotFound);
+        }
+        slot.stream.as_mut().ok_or(RegistryError::NotFound)
+    }
+
+    pub fn key(&self, handle: Handle) -> Result<&str, RegistryError> {
+        Ok(&self.get(handle)?.key)
+    }
+
+    pub fn state(&self, handle: Handle) -> Result<StreamState, RegistryError> {
+        Ok(self.get(handle)?.state)
+    }
+
+    pub fn last_seq(&self, handle: Handle) -> Result<u64, RegistryError> {
+        Ok(self.get(handle)?.ring.last_seq())
+    }
+
+    pub fn oldest_seq(&self, handle: Handle) -> Result<u64, RegistryError> {
+        Ok(self.get(handle)?.ring.oldest_seq())
+    }
+
+    /// Appends frames to an open stream; returns the seq of the last one (the current last seq if none).
+    pub fn append<'a>(
+        &mut self,
+        handle: Handle,
+        kind: FrameKind,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<u64, RegistryError> {
+        let stream = self.get_mut(handle)?;
+        if stream.state != StreamState::Open {
+            return Err(RegistryError::Closed(stream.state));
+        }
+        let mut result = Ok(stream.ring.last_seq());
+        for p in payloads {
+            match stream.ring.append(kind, p) {
+                Ok(seq) => result = Ok(seq),
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        let (old, new) = (stream.mem, stream.measure());
+        stream.mem = new;
+        self.total_mem = self.total_mem + new - old;
+        if self.total_mem > self.limits.max_total_bytes {
+            self.evict_ended();
+        }
+        result
+    }
+
+    /// Ends an open stream with its final frame (`Done` or `Error`); returns that frame's seq.
+    pub fn end(
+        &mut self,
+        handle: Handle,
+        kind: FrameKind,
+        payload: &[u8],
+        state: StreamState,
+        now: f64,
+    ) -> Result<u64, RegistryError> {
+        let seq = self.append(handle, kind, [payload])?;
+        let stream = self.get_mut(handle)?;
+        stream.state = state;
+        stream.ended_at = now;
+        self.ended.push_back((now, handle));
+        Ok(seq)
+    }
+
+    /// Appends every frame after `after` in `wire` format to `out`; returns how many.
+    pub fn since(&self, handle: Handle, after: u64, wire: Wire, out: &mut Vec<u8>) -> Result<usize, RegistryError> {
+        Ok(self.get(handle)?.ring.since(after, wire, out)?)
+    }
+
+    pub fn frames_since(&self, handle: Handle, after: u64) -> Result<Vec<(FrameKind, u64, &str)>, RegistryError> {
+        Ok(self.get(handle)?.ring.frames_since(after)?)
+    }
+
+    /// Removes a stream now, whatever its state; returns its key.
+    pub fn remove(&mut self, handle: Handle) -> Result<String, RegistryError> {
+        self.get(handle)?;
+        let index = (handle & 0xffff_ffff) as usize;
+        let slot = &mut self.slots[index];
+        let stream = slot.stream.take().ok_or(RegistryError::NotFound)?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index as u32);
+        self.total_mem -= stream.mem;
+        self.by_key.remove(&stream.key);
+        Ok(stream.key)
+    }
+
+    fn evict_ended(&mut self) {
+        while self.total_mem > self.limits.max_total_bytes {
+            let Some((_, handle)) = self.ended.pop_front() else { break };
+            if let Ok(key) = self.remove(handle) {
+                self.evicted.push(key);
+            }
+        }
+    }
+
+    /// Removes ended streams whose time-to-live has run out at `now`; returns the keys of every stream
+    /// removed since the last sweep (expired here, or evicted for the memory cap).
+    pub fn sweep(&mut self, now: f64) -> Vec<String> {
+        while let Some(&(ended_at, handle)) = self.ended.front() {
+            if ended_at + self.limits.ttl > now {
+                break;
+            }
+            self.ended.pop_front();
+            if let Ok(key) = self.remove(handle) {
+                self.evicted.push(key);
+            }
+        }
+        std::mem::take(&mut self.evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_frames_per_stream: 100, max_bytes_per_stream: 10_000, max_total_bytes: 50_000, ttl: 10.0 }
+    }
+
+    #[test]
+    fn lifecycle_and_ttl() {
+        let mut r = Registry::new(limits());
+        let h = r.create("a", "a:e:".into()).unwrap();
+        assert_eq!(r.append(h, FrameKind::Token, [&b"x"[..], b"y"]).unwrap(), 2);
+        assert_eq!(r.end(h, FrameKind::Done, b"{}", StreamState::Finished, 100.0).unwrap(), 3);
+        assert_eq!(r.append(h, FrameKind::Token, [&b"z"[..]]), Err(RegistryError::Closed(StreamState::Finished)));
+        assert_eq!(r.state(h).unwrap(), StreamState::Finished);
+        assert!(r.sweep(109.9).is_empty());
+        let mut out = Vec::new();
+        assert_eq!(r.since(h, 0, Wire::Binary, &mut out).unwrap(), 3);
+        assert_eq!(r.sweep(110.0), vec!["a".to_string()]);
+        assert_eq!(r.last_seq(h), Err(RegistryError::NotFound));
+        assert_eq!(r.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn stale_handles_never_reach_a_reused_slot() {
+        let mut r = Registry::new(limits());
+        let a = r.create("a", "a:e:".into()).unwrap();
+        r.remove(a).unwrap();
+        let b = r.create("b", "b:e:".into()).unwrap();
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff);
+        assert_eq!(r.append(a, FrameKind::Token, [&b"x"[..]]), Err(RegistryError::NotFound));
+        assert_eq!(r.last_seq(b).unwrap(), 0);
+        assert_eq!(r.create("b", "b:e:".into()), Err(RegistryError::Duplicate("b".into())));
+    }
+
+    #[test]
+    fn cap_evicts_ended_first_and_never_open() {
+        let mut r = Registry::new(limits());
+        let big = [b'x'; 1000];
+        let mut handles = Vec::new();
+        let mut now = 0.0;
+        // Fill with ended streams.
+        loop {
+            let key = format!("s{}", handles.len());
+            let Ok(h) = r.create(&key, format!("{key}:e:")) else { break };
+            r.append(h, FrameKind::Token, std::iter::repeat_n(&big[..], 9)).unwrap();
+            now += 1.0;
+            r.end(h, FrameKind::Done, b"{}", StreamState::Finished, now).unwrap();
+            handles.push(h);
+            if handles.len() == 20 {
+                break;
+            }
+        }
+        assert!(r.memory_bytes() <= limits().max_total_bytes + 20_000);
+        // The oldest ended streams were evicted to make room; the newest is still there.
+        assert!(r.last_seq(handles[0]).is_err());
+        assert_eq!(r.last_seq(*handles.last().unwrap()).unwrap(), 10);
+        let evicted = r.sweep(now);
+        assert!(evicted.contains(&"s0".to_string()));
+
+        // Open streams fill the cap: they keep every frame their ring allows, and new streams are refused.
+        let mut r = Registry::new(limits());
+        let mut open = Vec::new();
+        let full = loop {
+            match r.create(&format!("o{}", open.len()), "o:e:".into()) {
+                Ok(h) => {
+                    r.append(h, FrameKind::Token, std::iter::repeat_n(&big[..], 9)).unwrap();
+                    open.push(h);
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(full, RegistryError::Full { .. }));
+        for h in &open {
+            assert_eq!(r.oldest_seq(*h).unwrap(), 1);
+            assert_eq!(r.last_seq(*h).unwrap(), 9);
+        }
+    }
+}
