@@ -1,5 +1,56 @@
-"""tokenwire: resumable LLM token streaming over SSE and WebTransport.
+"""tokenwire: resumable LLM token streaming over SSE and WebTransport, with a Rust wire core.
 
-A :class:`Hub` holds every stream's recent tokens in a Rust ring; producers ``send`` tokens to a
-:class:`TokenStream`, subscribers attach, detach and resume at any seq while generation goes on.
+A :class:`Hub` holds every stream's recent tokens in a Rust ring. Producers ``send`` tokens to a
+:class:`TokenStream`; subscribers attach at any seq, detach, and resume while generation goes on.
 """
+
+from tokenwire._core import __version__
+from tokenwire.errors import (
+    BackpressureExceeded,
+    EpochMismatch,
+    FrameError,
+    HubFull,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ResumeError,
+    ResumeExpired,
+    ResumeFromFuture,
+    StreamClosed,
+    StreamNotFound,
+    TokenwireError,
+)
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.hub import Frame, FrameKind, Hub, StreamState, Subscription, TokenStream, Wire
+from tokenwire.protocol.resume import ResumePoint, parse_resume_point
+from tokenwire.storage import MemoryStorage, Storage
+
+__all__ = [
+    "BackpressureExceeded",
+    "EpochMismatch",
+    "FakeEngine",
+    "FakeModel",
+    "Frame",
+    "FrameError",
+    "FrameKind",
+    "Hub",
+    "HubFull",
+    "LocalProtocolError",
+    "MemoryStorage",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ResumeError",
+    "ResumeExpired",
+    "ResumeFromFuture",
+    "ResumePoint",
+    "Storage",
+    "StreamClosed",
+    "StreamNotFound",
+    "StreamState",
+    "Subscription",
+    "TokenStream",
+    "TokenwireError",
+    "Wire",
+    "__version__",
+    "parse_resume_point",
+]

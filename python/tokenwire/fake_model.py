@@ -1,0 +1,207 @@
+"""A seeded fake LLM for demos, tests and load tests: realistic word-piece tokens at a set pace.
+
+Two ways to drive it, as real model servers are written:
+- :meth:`FakeModel.generate` returns an async iterator of text (one request, its own pace) for
+  :meth:`Hub.start <tokenwire.hub.Hub.start>`.
+- :class:`FakeEngine` steps every active stream together, one token each per step, as batching
+  inference engines (vLLM, TGI) do, and sends straight to the hub's streams.
+
+The same ``(seed, prompt, max_tokens)`` always gives the same tokens, so tests can check every byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from tokenwire.hub import Hub, TokenStream
+
+__all__ = ["VOCABULARY", "FakeCompletion", "FakeEngine", "FakeModel"]
+
+log = logging.getLogger("tokenwire.fake_model")
+
+#: Word pieces as a BPE tokenizer cuts them: leading spaces, suffixes, punctuation, code, newlines,
+#: multi-byte UTF-8 (accents, CJK, Cyrillic, emoji with a zero-width joiner).
+VOCABULARY: tuple[str, ...] = (
+    " the", " a", " model", " token", "s", "ing", "ed", " stream", ",", ".", " of", " to", " and", " in",
+    " is", " res", "um", "able", " connection", " client", " server", " drop", "ped", " again", " never",
+    " café", " naïve", " über", " é", "té", " 日本", "語", " 你好", " Привет", " мир", " 🙂", " 👩\u200d💻",
+    " —", " «", "»", " 42", "7", " 3.14", "%", " def", " return", "(", ")", ":", "    ", "\n", "\n\n",
+    " `", "`", " **", "**", " x", " =", " +", " 1", "\t", " ", "'", '"', " λ", " ∑", " →",
+)
+
+
+class FakeCompletion:
+    """Async iterator of one request's tokens; ``usage`` and ``finish_reason`` are set when exhausted."""
+
+    def __init__(self, tokens: list[str], prompt_tokens: int, ttft: float, tokens_per_s: float | None) -> None:
+        self._tokens = tokens
+        self._i = 0
+        self._ttft = ttft
+        self._interval = 1.0 / tokens_per_s if tokens_per_s else 0.0
+        self._t0: float | None = None
+        self._prompt_tokens = prompt_tokens
+        self.usage: dict[str, int] | None = None
+        self.finish_reason: str | None = None
+
+    def __aiter__(self) -> FakeCompletion:
+        return self
+
+    async def __anext__(self) -> str:
+        i = self._i
+        if i >= len(self._tokens):
+            self.finish_reason = "length"
+            self.usage = {
+                "prompt_tokens": self._prompt_tokens,
+                "completion_tokens": i,
+                "total_tokens": self._prompt_tokens + i,
+            }
+            raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
+        if self._t0 is None:
+            self._t0 = loop.time()
+        # Absolute schedule: token i is due at t0 + ttft + i * interval, so pacing never drifts.
+        due = self._t0 + self._ttft + i * self._interval
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i % 256 == 255:
+            await asyncio.sleep(0)  # unthrottled: still let the loop breathe
+        self._i = i + 1
+        return self._tokens[i]
+
+
+class FakeModel:
+    """Deterministic fake LLM. ``tokens_per_s=None`` (or 0) produces as fast as the consumer takes."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        ttft: float = 0.0,
+        tokens_per_s: float | None = 50.0,
+        vocabulary: Sequence[str] = VOCABULARY,
+    ) -> None:
+        if not vocabulary:
+            raise ValueError("vocabulary must not be empty")
+        self.seed = seed
+        self.ttft = ttft
+        self.tokens_per_s = tokens_per_s
+        self.vocabulary = tuple(vocabulary)
+        #: How many generations were started: a resumed stream must not start another.
+        self.calls = 0
+
+    def tokens(self, prompt: str, max_tokens: int) -> list[str]:
+        """The tokens a generation of ``prompt`` produces (no pacing)."""
+        if max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        rng = random.Random((self.seed << 32) ^ zlib.crc32(prompt.encode()))  # noqa: S311 - not crypto
+        return rng.choices(self.vocabulary, k=max_tokens)
+
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 64,
+        *,
+        ttft: float | None = None,
+        tokens_per_s: float | None = None,
+    ) -> FakeCompletion:
+        """One generation as an async iterator of text, paced by ``ttft`` and ``tokens_per_s``."""
+        self.calls += 1
+        return FakeCompletion(
+            self.tokens(prompt, max_tokens),
+            prompt_tokens=max(1, len(prompt) // 4),
+            ttft=self.ttft if ttft is None else ttft,
+            tokens_per_s=self.tokens_per_s if tokens_per_s is None else tokens_per_s,
+        )
+
+
+class _Job:
+    __slots__ = ("i", "prompt_tokens", "stream", "tokens")
+
+    def __init__(self, stream: TokenStream, tokens: list[str], prompt_tokens: int) -> None:
+        self.stream = stream
+        self.tokens = tokens
+        self.prompt_tokens = prompt_tokens
+        self.i = 0
+
+
+class FakeEngine:
+    """Batching-engine mode: one loop, ``steps_per_s`` steps a second, one token per active stream a step."""
+
+    def __init__(self, model: FakeModel, hub: Hub, *, steps_per_s: float = 20.0) -> None:
+        if steps_per_s <= 0:
+            raise ValueError("steps_per_s must be > 0")
+        self.model = model
+        self.hub = hub
+        self.steps_per_s = steps_per_s
+        self.steps = 0
+        self._jobs: list[_Job] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, prompt: str, max_tokens: int = 64, *, stream_id: str | None = None) -> TokenStream:
+        """Start a generation: it gets its first token at the next step. Needs a running loop."""
+        stream = self.hub.create_stream(stream_id, abandonable=True)
+        self.model.calls += 1
+        self._jobs.append(_Job(stream, self.model.tokens(prompt, max_tokens), max(1, len(prompt) // 4)))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="tokenwire:fake-engine")
+        self.hub.ensure_janitor()
+        return stream
+
+    def step(self) -> int:
+        """One decode step; returns how many tokens it sent."""
+        sent = 0
+        keep: list[_Job] = []
+        for job in self._jobs:
+            stream = job.stream
+            if not stream.is_open:
+                continue  # cancelled or abandoned
+            if job.i < len(job.tokens):
+                stream.send(job.tokens[job.i])
+                job.i += 1
+                sent += 1
+            if job.i >= len(job.tokens):
+                usage: dict[str, Any] = {
+                    "prompt_tokens": job.prompt_tokens,
+                    "completion_tokens": job.i,
+                    "total_tokens": job.prompt_tokens + job.i,
+                }
+                stream.finish("length", usage=usage)
+            else:
+                keep.append(job)
+        self._jobs = keep
+        self.steps += 1
+        return sent
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.steps_per_s
+        next_step = loop.time()
+        while self._jobs:
+            next_step += interval
+            delay = next_step - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                if delay < -1.0:
+                    log.warning("fake engine is %.2fs behind schedule; resetting", -delay)
+                    next_step = loop.time()
+                await asyncio.sleep(0)
+            self.step()
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,528 @@
+"""The stream hub: token generation decoupled from client connections.
+
+A producer sends tokens to a :class:`TokenStream`; the hub stores them (in Rust) with consecutive seqs;
+any number of subscribers attach at any seq, detach, and re-attach while generation goes on. A
+disconnect never stops generation: the abandonment policy cancels a producer only after nobody has been
+attached for ``abandon_after`` seconds, and :meth:`TokenStream.cancel` stops it at once.
+
+Data path: ``TokenStream.send`` -> ``storage.append`` (Rust ring) -> each attached listener is called
+(no I/O: it marks a subscriber or a connection ready) -> the subscriber reads ``storage.since`` as one
+batch in its wire format.
+
+All methods are called from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+from collections.abc import AsyncIterable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar, overload
+
+from tokenwire import _core
+from tokenwire.errors import (
+    EpochMismatch,
+    LocalProtocolError,
+    ResumeExpired,
+    ResumeFromFuture,
+    StreamClosed,
+    StreamNotFound,
+)
+from tokenwire.protocol.resume import (
+    ResumePoint,
+    format_id_prefix,
+    new_stream_id,
+    parse_resume_point,
+    validate_stream_id,
+)
+from tokenwire.storage import MemoryStorage, Storage
+
+__all__ = ["Frame", "FrameKind", "Hub", "StreamState", "Subscription", "TokenStream", "Wire"]
+
+log = logging.getLogger("tokenwire.hub")
+
+Wire = Literal["sse", "binary"]
+_WIRES: dict[str, int] = {"sse": _core.WIRE_SSE, "binary": _core.WIRE_BINARY}
+
+Listener = Callable[[], None]
+
+
+class StreamState(enum.IntEnum):
+    OPEN = _core.STATE_OPEN
+    FINISHED = _core.STATE_FINISHED
+    FAILED = _core.STATE_FAILED
+    CANCELLED = _core.STATE_CANCELLED
+
+
+class FrameKind(enum.IntEnum):
+    TOKEN = _core.FRAME_TOKEN
+    DONE = _core.FRAME_DONE
+    ERROR = _core.FRAME_ERROR
+    HEARTBEAT = _core.FRAME_HEARTBEAT
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of a stream's history: a token, or the final ``done``/``error``."""
+
+    kind: FrameKind
+    seq: int
+    text: str
+
+    def json(self) -> Any:
+        """The JSON body of a ``done`` or ``error`` frame."""
+        return json.loads(self.text)
+
+
+def _frames(raw: list[tuple[int, int, str]]) -> list[Frame]:
+    kinds = FrameKind
+    return [Frame(kinds(k), s, t) for k, s, t in raw]
+
+
+class TokenStream:
+    """One generation's output. Producers call :meth:`send` ... then :meth:`finish` or :meth:`fail`."""
+
+    __slots__ = (
+        "_append",
+        "_append_many",
+        "_detached_since",
+        "_handle",
+        "_hub",
+        "_listeners",
+        "_producer",
+        "_state",
+        "abandonable",
+        "created_at",
+        "end_reason",
+        "id",
+    )
+
+    def __init__(self, hub: Hub, stream_id: str, handle: int, now: float, abandonable: bool) -> None:
+        self.id = stream_id
+        #: Cancelled by the hub's abandonment policy when nobody is attached for too long.
+        self.abandonable = abandonable
+        self._hub = hub
+        self._handle = handle
+        self._append = hub.storage.append
+        self._append_many = hub.storage.append_many
+        self._listeners: list[Listener] = []
+        self._producer: asyncio.Task[None] | None = None
+        self._state = StreamState.OPEN
+        self._detached_since = now
+        self.created_at = now
+        self.end_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<TokenStream {self.id} {self._state.name.lower()} last_seq={self.last_seq}>"
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    @property
+    def is_open(self) -> bool:
+        return self._state is StreamState.OPEN
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the newest frame (0 before the first)."""
+        return self._hub.storage.last_seq(self._handle)
+
+    @property
+    def oldest_seq(self) -> int:
+        """Seq of the oldest frame still held for resume."""
+        return self._hub.storage.oldest_seq(self._handle)
+
+    @property
+    def id_prefix(self) -> str:
+        """What every event id of this stream starts with: ``{stream_id}:{epoch}:``."""
+        return format_id_prefix(self.id, self._hub.epoch)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._listeners)
+
+    # -- producer side -------------------------------------------------------------------------------
+
+    def send(self, text: str) -> int:
+        """Append one token; returns its seq. ``StreamClosed`` once the stream has ended."""
+        seq = self._append(self._handle, text)
+        if self._listeners:
+            for listener in self._listeners:
+                listener()
+        return seq
+
+    def send_many(self, texts: Sequence[str]) -> int:
+        """Append tokens in order with one call into the core; returns the last seq."""
+        seq = self._append_many(self._handle, texts)
+        if self._listeners:
+            for listener in self._listeners:
+                listener()
+        return seq
+
+    def finish(self, reason: str = "stop", usage: dict[str, Any] | None = None) -> int:
+        """End the stream normally with a ``done`` frame; returns its seq."""
+        body: dict[str, Any] = {"reason": reason}
+        if usage is not None:
+            body["usage"] = usage
+        return self._end(FrameKind.DONE, body, StreamState.FINISHED, reason)
+
+    def fail(self, error: BaseException | str, *, code: str = "generation_failed") -> int:
+        """End the stream with an ``error`` frame; returns its seq."""
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return self._end(FrameKind.ERROR, {"code": code, "message": message}, StreamState.FAILED, code)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop the generation now: a ``done`` frame with ``reason``, and the producer task is cancelled.
+
+        A no-op on a stream that has already ended.
+        """
+        if self._state is StreamState.OPEN:
+            self._end(FrameKind.DONE, {"reason": reason}, StreamState.CANCELLED, reason)
+        producer = self._producer
+        if producer is not None and not producer.done():
+            producer.cancel()
+
+    def _end(self, kind: FrameKind, body: dict[str, Any], state: StreamState, reason: str) -> int:
+        if self._state is not StreamState.OPEN:
+            raise StreamClosed(f"stream {self.id} is {self._state.name.lower()}; it cannot end again")
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        seq = self._hub.storage.end(self._handle, int(kind), payload, int(state), self._hub.clock())
+        self._state = state
+        self.end_reason = reason
+        self._hub._on_end(self)
+        for listener in list(self._listeners):
+            listener()
+        return seq
+
+    # -- subscriber side -----------------------------------------------------------------------------
+
+    def attach(self, listener: Listener) -> None:
+        """Call ``listener()`` (no arguments, no I/O) whenever frames are appended or the stream ends."""
+        self._listeners.append(listener)
+
+    def detach(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+        if not self._listeners:
+            self._detached_since = self._hub.clock()
+
+
+T = TypeVar("T", list[Frame], bytes)
+
+
+class Subscription(Generic[T]):
+    """Async iterator over a stream's frames after a seq, in batches; ends after the final frame.
+
+    Yields ``list[Frame]`` (``wire=None``) or ``bytes`` in the requested wire format. ``position`` is the
+    seq of the last frame delivered: the resume point to come back with.
+    """
+
+    def __init__(self, stream: TokenStream, after: int, wire: int | None) -> None:
+        self.stream = stream
+        self.position = after
+        self._wire = wire
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        stream.attach(self._wake)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Subscription[T]:
+        return self
+
+    def read_ready(self) -> T | None:
+        """Whatever is available now without waiting, or ``None``."""
+        stream = self.stream
+        storage = stream._hub.storage
+        last = storage.last_seq(stream._handle)
+        if last <= self.position:
+            return None
+        if self._wire is None:
+            batch: Any = _frames(storage.frames_since(stream._handle, self.position))
+        else:
+            batch = storage.since(stream._handle, self.position, self._wire)
+        self.position = last
+        return batch  # type: ignore[no-any-return]
+
+    async def __anext__(self) -> T:
+        while not self._closed:
+            batch = self.read_ready()
+            if batch is not None:
+                return batch
+            if not self.stream.is_open:
+                break
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self.close()
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        """Detach from the stream (generation goes on)."""
+        if not self._closed:
+            self._closed = True
+            self.stream.detach(self._wake)
+            self._wake()
+
+    async def __aenter__(self) -> Subscription[T]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Hub:
+    """Holds streams and their history; hands subscriptions out and checks resume points.
+
+    ``abandon_after``: seconds a stream with a producer task may have no subscriber before the producer is
+    cancelled (``None``: never). Ended streams stay resumable for the storage's time-to-live.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | None = None,
+        *,
+        abandon_after: float | None = 30.0,
+        sweep_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.abandon_after = abandon_after
+        self.sweep_interval = sweep_interval
+        self.clock = clock
+        self._streams: dict[str, TokenStream] = {}
+        self._producers: set[asyncio.Task[None]] = set()
+        self._janitor: asyncio.Task[None] | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("streams_started", "streams_finished", "streams_failed", "streams_cancelled", "streams_abandoned",
+             "streams_expired", "resumes"),
+            0,
+        )
+
+    @property
+    def epoch(self) -> str:
+        return self.storage.epoch
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._streams
+
+    def stats(self) -> dict[str, int]:
+        """Counters plus gauges: streams held, open streams, attached subscribers, memory bytes."""
+        open_streams = sum(1 for s in self._streams.values() if s.is_open)
+        subscribers = sum(len(s._listeners) for s in self._streams.values())
+        return {
+            **self.counters,
+            "streams": len(self._streams),
+            "open_streams": open_streams,
+            "subscribers": subscribers,
+            "memory_bytes": self.storage.memory_bytes,
+        }
+
+    # -- producers -----------------------------------------------------------------------------------
+
+    def create_stream(self, stream_id: str | None = None, *, abandonable: bool = False) -> TokenStream:
+        """A new open stream to send to. ``HubFull`` if open streams hold the memory cap.
+
+        ``abandonable``: let the abandonment policy cancel it when nobody is attached for ``abandon_after``
+        seconds (streams of :meth:`start` are).
+        """
+        stream_id = new_stream_id() if stream_id is None else validate_stream_id(stream_id)
+        if stream_id in self._streams:
+            raise LocalProtocolError(f"stream {stream_id!r} exists already")
+        handle = self.storage.create(stream_id, format_id_prefix(stream_id, self.epoch))
+        stream = TokenStream(self, stream_id, handle, self.clock(), abandonable)
+        self._streams[stream_id] = stream
+        self.counters["streams_started"] += 1
+        log.debug("stream %s created", stream_id)
+        return stream
+
+    def start(self, source: AsyncIterable[str], *, stream_id: str | None = None) -> TokenStream:
+        """Create a stream and run a task that sends every string of ``source`` to it, then finishes it.
+
+        ``source`` is any async iterable of text (a FakeModel, a real LLM client). If it has ``usage`` or
+        ``finish_reason`` attributes when exhausted, they go into the ``done`` frame. An exception in it
+        fails the stream with an ``error`` frame.
+        """
+        stream = self.create_stream(stream_id, abandonable=True)
+        task = asyncio.get_running_loop().create_task(self._pump(stream, source), name=f"tokenwire:{stream.id}")
+        stream._producer = task
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+        self._ensure_janitor()
+        return stream
+
+    async def _pump(self, stream: TokenStream, source: AsyncIterable[str]) -> None:
+        try:
+            send = stream.send
+            async for text in source:
+                send(text)
+            if stream.is_open:
+                reason = getattr(source, "finish_reason", None) or "stop"
+                stream.finish(reason, usage=getattr(source, "usage", None))
+        except StreamClosed:
+            pass  # cancelled while the source was mid-token
+        except asyncio.CancelledError:
+            if stream.is_open:
+                stream.cancel("cancelled")
+            raise
+        except Exception as exc:
+            log.warning("generation of stream %s failed: %r", stream.id, exc)
+            if stream.is_open:
+                stream.fail(exc)
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    def _on_end(self, stream: TokenStream) -> None:
+        key = {
+            StreamState.FINISHED: "streams_finished",
+            StreamState.FAILED: "streams_failed",
+            StreamState.CANCELLED: "streams_cancelled",
+        }[stream.state]
+        self.counters[key] += 1
+        log.debug("stream %s ended: %s (%s)", stream.id, stream.state.name.lower(), stream.end_reason)
+
+    # -- lookups and subscribers ---------------------------------------------------------------------
+
+    def get(self, stream_id: str) -> TokenStream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise StreamNotFound(f"no stream {stream_id!r} (never created, or expired)") from None
+
+    def cancel(self, stream_id: str, reason: str = "cancelled") -> TokenStream:
+        """Cancel a stream's generation (``StreamNotFound`` if unknown); a no-op if it has ended."""
+        stream = self.get(stream_id)
+        stream.cancel(reason)
+        return stream
+
+    def check_resume(self, stream_id: str, after: int) -> TokenStream:
+        """The stream, if frames after ``after`` can be served; else the precise ``ResumeError``."""
+        stream = self.get(stream_id)
+        last = stream.last_seq
+        if after > last:
+            raise ResumeFromFuture(
+                f"resume point seq {after} is in the future: stream {stream_id} has produced up to {last}", last
+            )
+        oldest = stream.oldest_seq
+        if after + 1 < oldest:
+            raise ResumeExpired(
+                f"resume point seq {after} has expired: the oldest frame of stream {stream_id} still held is "
+                f"seq {oldest}",
+                oldest,
+            )
+        return stream
+
+    @overload
+    def subscribe(self, stream_id: str, after: int = 0, *, wire: None = None) -> Subscription[list[Frame]]: ...
+    @overload
+    def subscribe(self, stream_id: str, after: int = 0, *, wire: Wire) -> Subscription[bytes]: ...
+    def subscribe(self, stream_id: str, after: int = 0, *, wire: Wire | None = None) -> Subscription[Any]:
+        """Attach to a stream after seq ``after`` (0: from the start). Errors are raised here, at once."""
+        stream = self.check_resume(stream_id, after)
+        return Subscription(stream, after, None if wire is None else _WIRES[wire])
+
+    def parse_resume(self, resume_point: str | ResumePoint) -> ResumePoint:
+        """Parse and check the epoch of a ``Last-Event-ID``: ``RemoteProtocolError``, ``EpochMismatch``."""
+        point = parse_resume_point(resume_point) if isinstance(resume_point, str) else resume_point
+        if point.epoch != self.epoch:
+            raise EpochMismatch(
+                f"resume point belongs to epoch {point.epoch!r}, this hub's history is epoch {self.epoch!r}; "
+                "the frames it refers to are not here",
+                expected=self.epoch,
+                got=point.epoch,
+            )
+        return point
+
+    @overload
+    def resume(self, resume_point: str | ResumePoint, *, wire: None = None) -> Subscription[list[Frame]]: ...
+    @overload
+    def resume(self, resume_point: str | ResumePoint, *, wire: Wire) -> Subscription[bytes]: ...
+    def resume(self, resume_point: str | ResumePoint, *, wire: Wire | None = None) -> Subscription[Any]:
+        """Subscribe from a ``Last-Event-ID`` (``{stream_id}:{epoch}:{seq}``)."""
+        point = self.parse_resume(resume_point)
+        sub = self.subscribe(point.stream_id, point.seq, wire=wire)  # type: ignore[call-overload]
+        self.counters["resumes"] += 1
+        return sub  # type: ignore[no-any-return]
+
+    # -- housekeeping --------------------------------------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        """Cancel abandoned producers and drop ended streams past their time-to-live; returns dropped ids."""
+        now = self.clock()
+        if self.abandon_after is not None:
+            deadline = now - self.abandon_after
+            for stream in list(self._streams.values()):
+                if (
+                    stream.is_open
+                    and stream.abandonable
+                    and not stream._listeners
+                    and stream._detached_since <= deadline
+                ):
+                    log.info("stream %s abandoned: no subscriber for %.1fs", stream.id, now - stream._detached_since)
+                    self.counters["streams_abandoned"] += 1
+                    stream.cancel("abandoned")
+        removed = self.storage.sweep(now)
+        for stream_id in removed:
+            self._streams.pop(stream_id, None)
+        self.counters["streams_expired"] += len(removed)
+        return removed
+
+    def ensure_janitor(self) -> None:
+        """Start the periodic :meth:`sweep` task if it is not running (needs a running loop)."""
+        self._ensure_janitor()
+
+    def _ensure_janitor(self) -> None:
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.get_running_loop().create_task(self._run_janitor(), name="tokenwire:janitor")
+
+    async def _run_janitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("hub sweep failed")
+
+    async def __aenter__(self) -> Hub:
+        self._ensure_janitor()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, reason: str = "shutdown") -> None:
+        """Cancel every running producer (their streams end with ``reason``) and stop the janitor.
+
+        History stays readable until the hub is dropped.
+        """
+        for stream in list(self._streams.values()):
+            if stream.is_open and stream.abandonable:
+                stream.cancel(reason)
+        tasks = [*self._producers]
+        if self._janitor is not None:
+            self._janitor.cancel()
+            tasks.append(self._janitor)
+            self._janitor = None
+        await asyncio.gather(*tasks, return_exceptions=True)

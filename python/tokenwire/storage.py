@@ -1,0 +1,97 @@
+"""Where stream history lives: the narrow interface the hub talks to, and the in-memory default.
+
+A storage assigns seqs, keeps each stream's recent frames and its state, and renders frames in a wire
+format. The hub calls ``append`` on the producer's hot path, so it must not block: a networked backend
+(Redis Streams, for multi-node resume) keeps a local ring as write-through cache, ships appends in the
+background, and implements :meth:`Storage.restore` to load a stream that another node produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from tokenwire import _core
+from tokenwire.protocol.resume import new_epoch
+
+__all__ = ["MemoryStorage", "Storage"]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the hub needs from a history store. Handles are opaque ints the storage hands out."""
+
+    @property
+    def epoch(self) -> str:
+        """Changes whenever history is lost (an in-memory store: at every start)."""
+        ...
+
+    @property
+    def memory_bytes(self) -> int: ...
+
+    def create(self, key: str, id_prefix: str) -> int: ...
+    def lookup(self, key: str) -> int | None: ...
+    def append(self, handle: int, text: str) -> int: ...
+    def append_many(self, handle: int, texts: Sequence[str]) -> int: ...
+    def end(self, handle: int, kind: int, payload: str, state: int, now: float) -> int: ...
+    def since(self, handle: int, after: int, wire: int = ...) -> bytes: ...
+    def frames_since(self, handle: int, after: int) -> list[tuple[int, int, str]]: ...
+    def last_seq(self, handle: int) -> int: ...
+    def oldest_seq(self, handle: int) -> int: ...
+    def state(self, handle: int) -> int: ...
+    def remove(self, handle: int) -> str: ...
+    def sweep(self, now: float) -> list[str]: ...
+
+    async def restore(self, key: str) -> int | None:
+        """Load a stream this process does not hold (another node's); ``None`` if nobody has it."""
+        ...
+
+
+class MemoryStorage:
+    """Process-local history in the Rust registry. A new epoch per instance: a restart loses history."""
+
+    def __init__(
+        self,
+        *,
+        max_frames_per_stream: int = 65_536,
+        max_bytes_per_stream: int = 8 << 20,
+        max_total_bytes: int = 1 << 30,
+        ttl: float = 300.0,
+        epoch: str | None = None,
+    ) -> None:
+        reg = _core.Registry(
+            max_frames_per_stream=max_frames_per_stream,
+            max_bytes_per_stream=max_bytes_per_stream,
+            max_total_bytes=max_total_bytes,
+            ttl=ttl,
+        )
+        self._registry = reg
+        self._epoch = epoch or new_epoch()
+        self.ttl = ttl
+        # Bound methods of the registry, so the hub's hot path calls straight into Rust.
+        self.create = reg.create
+        self.lookup = reg.lookup
+        self.append = reg.append
+        self.append_many = reg.append_many
+        self.end = reg.end
+        self.since = reg.since
+        self.frames_since = reg.frames_since
+        self.last_seq = reg.last_seq
+        self.oldest_seq = reg.oldest_seq
+        self.state = reg.state
+        self.remove = reg.remove
+        self.sweep = reg.sweep
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._registry.memory_bytes
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    async def restore(self, key: str) -> int | None:
+        return None
