@@ -1,4 +1,4 @@
-//! Error types of the core, one enum per concern. No PyO3 here: `py.rs` maps them to Python classes.
+//! Error types of the core, one enum per concern. No `PyO3` here: `py.rs` maps them to Python classes.
 
 use std::fmt;
 
@@ -43,7 +43,10 @@ impl fmt::Display for FrameError {
             Self::UnknownKind(k) => write!(f, "unknown frame kind 0x{k:02x}"),
             Self::Oversized { len, max } => write!(f, "frame payload of {len} bytes exceeds the limit of {max} bytes"),
             Self::Truncated { buffered } => {
-                write!(f, "stream ended inside a frame ({buffered} bytes of an incomplete frame buffered)")
+                write!(
+                    f,
+                    "stream ended inside a frame ({buffered} bytes of an incomplete frame buffered)"
+                )
             }
             Self::InvalidUtf8 { seq } => write!(f, "payload of frame seq {seq} is not valid UTF-8"),
             Self::VarintOverflow(v) => write!(f, "{v} does not fit a QUIC variable-length integer (max 2^62-1)"),
@@ -61,8 +64,10 @@ pub enum RingError {
     Expired { requested: u64, oldest_seq: u64 },
     /// The requested seq has not been produced yet.
     Future { requested: u64, last_seq: u64 },
-    /// One payload larger than the ring's byte bound can never be held.
+    /// One payload larger than the ring's byte bound (or a decoder's default limit) can never be held.
     TooLarge { len: usize, max: usize },
+    /// Only history (token, done, error) goes in a ring; the kind byte is given.
+    NotHistory(u8),
 }
 
 impl fmt::Display for RingError {
@@ -79,6 +84,7 @@ impl fmt::Display for RingError {
             Self::TooLarge { len, max } => {
                 write!(f, "a payload of {len} bytes exceeds the ring's bound of {max} bytes")
             }
+            Self::NotHistory(kind) => write!(f, "frame kind 0x{kind:02x} is not history and is never stored"),
         }
     }
 }
@@ -93,7 +99,10 @@ pub enum RegistryError {
     /// A stream with that key exists already.
     Duplicate(String),
     /// The global memory cap is reached and only open streams hold memory.
-    Full { used: usize, cap: usize },
+    Full {
+        used: usize,
+        cap: usize,
+    },
     /// The stream has ended; nothing more can be appended.
     Closed(crate::registry::StreamState),
     Ring(RingError),

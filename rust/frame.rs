@@ -85,7 +85,11 @@ enum Step {
 
 impl Decoder {
     pub fn new(max_payload: usize) -> Self {
-        Self { buf: Vec::new(), max_payload, poisoned: None }
+        Self {
+            buf: Vec::new(),
+            max_payload,
+            poisoned: None,
+        }
     }
 
     /// Bytes of an incomplete frame held back.
@@ -130,7 +134,9 @@ impl Decoder {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(FrameError::Truncated { buffered: self.buf.len() })
+            Err(FrameError::Truncated {
+                buffered: self.buf.len(),
+            })
         }
     }
 
@@ -150,15 +156,24 @@ impl Decoder {
     }
 
     fn parse_one(&self, data: &[u8]) -> Result<Step, FrameError> {
-        let Some(&kind_byte) = data.first() else { return Ok(Step::NeedMore) };
+        let Some(&kind_byte) = data.first() else {
+            return Ok(Step::NeedMore);
+        };
         let kind = FrameKind::from_u8(kind_byte)?;
-        let Some((seq, n1)) = varint::decode(&data[1..]) else { return Ok(Step::NeedMore) };
+        let Some((seq, n1)) = varint::decode(&data[1..]) else {
+            return Ok(Step::NeedMore);
+        };
         if kind.is_sequenced() && seq == 0 {
             return Err(FrameError::ZeroSeq { kind: kind_byte });
         }
-        let Some((len, n2)) = varint::decode(&data[1 + n1..]) else { return Ok(Step::NeedMore) };
+        let Some((len, n2)) = varint::decode(&data[1 + n1..]) else {
+            return Ok(Step::NeedMore);
+        };
         if len > self.max_payload as u64 {
-            return Err(FrameError::Oversized { len, max: self.max_payload as u64 });
+            return Err(FrameError::Oversized {
+                len,
+                max: self.max_payload as u64,
+            });
         }
         let start = 1 + n1 + n2;
         let end = start + len as usize;
@@ -166,7 +181,14 @@ impl Decoder {
             return Ok(Step::NeedMore);
         }
         let payload = std::str::from_utf8(&data[start..end]).map_err(|_| FrameError::InvalidUtf8 { seq })?;
-        Ok(Step::Frame(Frame { kind, seq, payload: payload.to_owned() }, end))
+        Ok(Step::Frame(
+            Frame {
+                kind,
+                seq,
+                payload: payload.to_owned(),
+            },
+            end,
+        ))
     }
 }
 
@@ -176,10 +198,26 @@ mod tests {
 
     fn sample() -> (Vec<u8>, Vec<Frame>) {
         let frames = vec![
-            Frame { kind: FrameKind::Token, seq: 1, payload: "Hé".into() },
-            Frame { kind: FrameKind::Heartbeat, seq: 0, payload: String::new() },
-            Frame { kind: FrameKind::Token, seq: 2, payload: "x".repeat(300) },
-            Frame { kind: FrameKind::Done, seq: 3, payload: "{\"reason\":\"stop\"}".into() },
+            Frame {
+                kind: FrameKind::Token,
+                seq: 1,
+                payload: "Hé".into(),
+            },
+            Frame {
+                kind: FrameKind::Heartbeat,
+                seq: 0,
+                payload: String::new(),
+            },
+            Frame {
+                kind: FrameKind::Token,
+                seq: 2,
+                payload: "x".repeat(300),
+            },
+            Frame {
+                kind: FrameKind::Done,
+                seq: 3,
+                payload: "{\"reason\":\"stop\"}".into(),
+            },
         ];
         let mut bytes = Vec::new();
         for f in &frames {
@@ -234,14 +272,20 @@ mod tests {
         encode(&mut bytes, FrameKind::Token, 1, &[b'a'; 100]).unwrap();
         let mut d = Decoder::new(10);
         let mut out = Vec::new();
-        assert_eq!(d.feed(&bytes[..4], &mut out), Err(FrameError::Oversized { len: 100, max: 10 }));
+        assert_eq!(
+            d.feed(&bytes[..4], &mut out),
+            Err(FrameError::Oversized { len: 100, max: 10 })
+        );
     }
 
     #[test]
     fn invalid_utf8_and_zero_seq() {
         let mut d = Decoder::new(DEFAULT_MAX_PAYLOAD);
         let mut out = Vec::new();
-        assert_eq!(d.feed(&[1, 5, 1, 0xff], &mut out), Err(FrameError::InvalidUtf8 { seq: 5 }));
+        assert_eq!(
+            d.feed(&[1, 5, 1, 0xff], &mut out),
+            Err(FrameError::InvalidUtf8 { seq: 5 })
+        );
         let mut d = Decoder::new(DEFAULT_MAX_PAYLOAD);
         assert_eq!(d.feed(&[1, 0, 0], &mut out), Err(FrameError::ZeroSeq { kind: 1 }));
         let mut bytes = Vec::new();

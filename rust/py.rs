@@ -42,7 +42,7 @@ fn ring_err(e: RingError) -> PyErr {
     match e {
         RingError::Expired { oldest_seq, .. } => ResumeExpired::new_err((e.to_string(), oldest_seq)),
         RingError::Future { last_seq, .. } => ResumeFromFuture::new_err((e.to_string(), last_seq)),
-        RingError::TooLarge { .. } => local(e),
+        RingError::TooLarge { .. } | RingError::NotHistory(_) => local(e),
     }
 }
 
@@ -64,7 +64,9 @@ fn wire_arg(wire: u8) -> PyResult<Wire> {
     match wire {
         0 => Ok(Wire::Sse),
         1 => Ok(Wire::Binary),
-        _ => Err(PyValueError::new_err(format!("unknown wire format {wire} (WIRE_SSE=0, WIRE_BINARY=1)"))),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown wire format {wire} (WIRE_SSE=0, WIRE_BINARY=1)"
+        ))),
     }
 }
 
@@ -179,7 +181,9 @@ impl PyFrameDecoder {
     #[new]
     #[pyo3(signature = (max_payload=frame::DEFAULT_MAX_PAYLOAD))]
     fn py_new(max_payload: usize) -> Self {
-        Self { inner: Decoder::new(max_payload) }
+        Self {
+            inner: Decoder::new(max_payload),
+        }
     }
 
     #[pyo3(name = "feed")]
@@ -217,7 +221,9 @@ impl PyRing {
     #[pyo3(signature = (id_prefix="", *, max_frames=65_536, max_bytes=8 << 20))]
     fn py_new(id_prefix: &str, max_frames: usize, max_bytes: usize) -> PyResult<Self> {
         sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
-        Ok(Self { inner: Ring::new(id_prefix.to_owned(), max_frames, max_bytes) })
+        Ok(Self {
+            inner: Ring::new(id_prefix.to_owned(), max_frames, max_bytes),
+        })
     }
 
     #[pyo3(name = "append", signature = (text, kind=FrameKind::Token as u8))]
@@ -289,8 +295,15 @@ impl PyRegistry {
     #[new]
     #[pyo3(signature = (*, max_frames_per_stream=65_536, max_bytes_per_stream=8 << 20, max_total_bytes=1 << 30, ttl=300.0))]
     fn py_new(max_frames_per_stream: usize, max_bytes_per_stream: usize, max_total_bytes: usize, ttl: f64) -> Self {
-        let limits = Limits { max_frames_per_stream, max_bytes_per_stream, max_total_bytes, ttl };
-        Self { inner: Registry::new(limits) }
+        let limits = Limits {
+            max_frames_per_stream,
+            max_bytes_per_stream,
+            max_total_bytes,
+            ttl,
+        };
+        Self {
+            inner: Registry::new(limits),
+        }
     }
 
     #[pyo3(name = "create")]
@@ -306,7 +319,9 @@ impl PyRegistry {
 
     #[pyo3(name = "append")]
     fn py_append(&mut self, handle: u64, text: &str) -> PyResult<u64> {
-        self.inner.append(handle, FrameKind::Token, [text.as_bytes()]).map_err(registry_err)
+        self.inner
+            .append(handle, FrameKind::Token, [text.as_bytes()])
+            .map_err(registry_err)
     }
 
     #[pyo3(name = "append_many")]
@@ -322,8 +337,13 @@ impl PyRegistry {
                 strs.push(item?.cast_into::<PyString>()?);
             }
         }
-        let slices = strs.iter().map(|s| s.to_str().map(str::as_bytes)).collect::<PyResult<Vec<&[u8]>>>()?;
-        self.inner.append(handle, FrameKind::Token, slices).map_err(registry_err)
+        let slices = strs
+            .iter()
+            .map(|s| s.to_str().map(str::as_bytes))
+            .collect::<PyResult<Vec<&[u8]>>>()?;
+        self.inner
+            .append(handle, FrameKind::Token, slices)
+            .map_err(registry_err)
     }
 
     #[pyo3(name = "end")]
@@ -334,9 +354,15 @@ impl PyRegistry {
         }
         let state = match StreamState::from_u8(state) {
             Some(s) if s != StreamState::Open => s,
-            _ => return Err(local("end state must be STATE_FINISHED, STATE_FAILED or STATE_CANCELLED")),
+            _ => {
+                return Err(local(
+                    "end state must be STATE_FINISHED, STATE_FAILED or STATE_CANCELLED",
+                ))
+            }
         };
-        self.inner.end(handle, kind, payload.as_bytes(), state, now).map_err(registry_err)
+        self.inner
+            .end(handle, kind, payload.as_bytes(), state, now)
+            .map_err(registry_err)
     }
 
     #[pyo3(name = "since", signature = (handle, after, wire=0))]

@@ -62,7 +62,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_frames_per_stream: 65_536, max_bytes_per_stream: 8 << 20, max_total_bytes: 1 << 30, ttl: 300.0 }
+        Self {
+            max_frames_per_stream: 65_536,
+            max_bytes_per_stream: 8 << 20,
+            max_total_bytes: 1 << 30,
+            ttl: 300.0,
+        }
     }
 }
 
@@ -104,7 +109,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, ..Self::default() }
+        Self {
+            limits,
+            ..Self::default()
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -137,11 +145,24 @@ impl Registry {
         if self.total_mem >= self.limits.max_total_bytes {
             self.evict_ended();
             if self.total_mem >= self.limits.max_total_bytes {
-                return Err(RegistryError::Full { used: self.total_mem, cap: self.limits.max_total_bytes });
+                return Err(RegistryError::Full {
+                    used: self.total_mem,
+                    cap: self.limits.max_total_bytes,
+                });
             }
         }
-        let ring = Ring::new(id_prefix, self.limits.max_frames_per_stream, self.limits.max_bytes_per_stream);
-        let mut stream = Stream { key: key.to_owned(), ring, state: StreamState::Open, ended_at: f64::NAN, mem: 0 };
+        let ring = Ring::new(
+            id_prefix,
+            self.limits.max_frames_per_stream,
+            self.limits.max_bytes_per_stream,
+        );
+        let mut stream = Stream {
+            key: key.to_owned(),
+            ring,
+            state: StreamState::Open,
+            ended_at: f64::NAN,
+            mem: 0,
+        };
         stream.mem = stream.measure();
         self.total_mem += stream.mem;
         let index = if let Some(i) = self.free.pop() {
@@ -158,7 +179,10 @@ impl Registry {
     }
 
     fn get(&self, handle: Handle) -> Result<&Stream, RegistryError> {
-        let slot = self.slots.get((handle & 0xffff_ffff) as usize).ok_or(RegistryError::NotFound)?;
+        let slot = self
+            .slots
+            .get((handle & 0xffff_ffff) as usize)
+            .ok_or(RegistryError::NotFound)?;
         if u64::from(slot.generation) != handle >> 32 {
             return Err(RegistryError::NotFound);
         }
@@ -166,7 +190,10 @@ impl Registry {
     }
 
     fn get_mut(&mut self, handle: Handle) -> Result<&mut Stream, RegistryError> {
-        let slot = self.slots.get_mut((handle & 0xffff_ffff) as usize).ok_or(RegistryError::NotFound)?;
+        let slot = self
+            .slots
+            .get_mut((handle & 0xffff_ffff) as usize)
+            .ok_or(RegistryError::NotFound)?;
         if u64::from(slot.generation) != handle >> 32 {
             return Err(RegistryError::NotFound);
         }
@@ -260,7 +287,9 @@ impl Registry {
 
     fn evict_ended(&mut self) {
         while self.total_mem > self.limits.max_total_bytes {
-            let Some((_, handle)) = self.ended.pop_front() else { break };
+            let Some((_, handle)) = self.ended.pop_front() else {
+                break;
+            };
             if let Ok(key) = self.remove(handle) {
                 self.evicted.push(key);
             }
@@ -288,7 +317,12 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { max_frames_per_stream: 100, max_bytes_per_stream: 10_000, max_total_bytes: 50_000, ttl: 10.0 }
+        Limits {
+            max_frames_per_stream: 100,
+            max_bytes_per_stream: 10_000,
+            max_total_bytes: 50_000,
+            ttl: 10.0,
+        }
     }
 
     #[test]
@@ -296,8 +330,14 @@ mod tests {
         let mut r = Registry::new(limits());
         let h = r.create("a", "a:e:".into()).unwrap();
         assert_eq!(r.append(h, FrameKind::Token, [&b"x"[..], b"y"]).unwrap(), 2);
-        assert_eq!(r.end(h, FrameKind::Done, b"{}", StreamState::Finished, 100.0).unwrap(), 3);
-        assert_eq!(r.append(h, FrameKind::Token, [&b"z"[..]]), Err(RegistryError::Closed(StreamState::Finished)));
+        assert_eq!(
+            r.end(h, FrameKind::Done, b"{}", StreamState::Finished, 100.0).unwrap(),
+            3
+        );
+        assert_eq!(
+            r.append(h, FrameKind::Token, [&b"z"[..]]),
+            Err(RegistryError::Closed(StreamState::Finished))
+        );
         assert_eq!(r.state(h).unwrap(), StreamState::Finished);
         assert!(r.sweep(109.9).is_empty());
         let mut out = Vec::new();
@@ -328,7 +368,9 @@ mod tests {
         // Fill with ended streams.
         loop {
             let key = format!("s{}", handles.len());
-            let Ok(h) = r.create(&key, format!("{key}:e:")) else { break };
+            let Ok(h) = r.create(&key, format!("{key}:e:")) else {
+                break;
+            };
             r.append(h, FrameKind::Token, std::iter::repeat_n(&big[..], 9)).unwrap();
             now += 1.0;
             r.end(h, FrameKind::Done, b"{}", StreamState::Finished, now).unwrap();

@@ -96,14 +96,31 @@ impl Ring {
             + self.id_prefix.capacity()
     }
 
+    /// The largest payload one frame may carry: the byte bound, and never more than a decoder accepts
+    /// by default ([`frame::DEFAULT_MAX_PAYLOAD`]), so whatever is stored can be delivered.
+    pub fn max_payload(&self) -> usize {
+        self.max_bytes.min(frame::DEFAULT_MAX_PAYLOAD)
+    }
+
     /// Appends one frame and returns its seq, dropping the oldest frames as the bounds require.
+    /// Heartbeats are not history and are refused.
     pub fn append(&mut self, kind: FrameKind, payload: &[u8]) -> Result<u64, RingError> {
-        if payload.len() > self.max_bytes || payload.len() > u32::MAX as usize {
-            return Err(RingError::TooLarge { len: payload.len(), max: self.max_bytes.min(u32::MAX as usize) });
+        if !kind.is_sequenced() {
+            return Err(RingError::NotHistory(kind as u8));
+        }
+        if payload.len() > self.max_payload() {
+            return Err(RingError::TooLarge {
+                len: payload.len(),
+                max: self.max_payload(),
+            });
         }
         let start = self.arena_base + self.arena.len() as u64;
         self.arena.extend_from_slice(payload);
-        self.entries.push_back(Entry { start, len: payload.len() as u32, kind });
+        self.entries.push_back(Entry {
+            start,
+            len: payload.len() as u32,
+            kind,
+        });
         self.payload_bytes += payload.len();
         if self.entries.len() > self.max_frames || self.payload_bytes > self.max_bytes {
             self.evict();
@@ -117,7 +134,10 @@ impl Ring {
             self.payload_bytes -= old.len as usize;
             self.first_seq += 1;
         }
-        let live_start = self.entries.front().map_or(self.arena_base + self.arena.len() as u64, |e| e.start);
+        let live_start = self
+            .entries
+            .front()
+            .map_or(self.arena_base + self.arena.len() as u64, |e| e.start);
         let dead = (live_start - self.arena_base) as usize;
         if dead >= COMPACT_MIN && dead * 2 >= self.arena.len() {
             self.arena.drain(..dead);
@@ -139,10 +159,16 @@ impl Ring {
     fn start_index(&self, after: u64) -> Result<usize, RingError> {
         let last = self.last_seq();
         if after > last {
-            return Err(RingError::Future { requested: after, last_seq: last });
+            return Err(RingError::Future {
+                requested: after,
+                last_seq: last,
+            });
         }
         if after + 1 < self.first_seq {
-            return Err(RingError::Expired { requested: after, oldest_seq: self.first_seq });
+            return Err(RingError::Expired {
+                requested: after,
+                oldest_seq: self.first_seq,
+            });
         }
         Ok((after + 1 - self.first_seq) as usize)
     }
@@ -176,7 +202,13 @@ impl Ring {
             .entries
             .range(from..)
             .enumerate()
-            .map(|(i, e)| (e.kind, after + 1 + i as u64, std::str::from_utf8(self.payload(e)).unwrap_or_default()))
+            .map(|(i, e)| {
+                (
+                    e.kind,
+                    after + 1 + i as u64,
+                    std::str::from_utf8(self.payload(e)).unwrap_or_default(),
+                )
+            })
             .collect())
     }
 }
@@ -197,7 +229,10 @@ mod tests {
         assert_eq!(r.append(FrameKind::Token, b"b\nc").unwrap(), 2);
         let mut out = Vec::new();
         assert_eq!(r.since(0, Wire::Sse, &mut out).unwrap(), 2);
-        assert_eq!(out, b"id: s:e:1\nevent: token\ndata: a\n\nid: s:e:2\nevent: token\ndata: b\ndata: c\n\n");
+        assert_eq!(
+            out,
+            b"id: s:e:1\nevent: token\ndata: a\n\nid: s:e:2\nevent: token\ndata: b\ndata: c\n\n"
+        );
         let mut out = Vec::new();
         assert_eq!(r.since(1, Wire::Binary, &mut out).unwrap(), 1);
         assert_eq!(out, [1, 2, 3, b'b', b'\n', b'c']);
@@ -212,8 +247,20 @@ mod tests {
             r.append(FrameKind::Token, b"x").unwrap();
         }
         let mut out = Vec::new();
-        assert_eq!(r.since(6, Wire::Sse, &mut out), Err(RingError::Future { requested: 6, last_seq: 5 }));
-        assert_eq!(r.since(1, Wire::Sse, &mut out), Err(RingError::Expired { requested: 1, oldest_seq: 3 }));
+        assert_eq!(
+            r.since(6, Wire::Sse, &mut out),
+            Err(RingError::Future {
+                requested: 6,
+                last_seq: 5
+            })
+        );
+        assert_eq!(
+            r.since(1, Wire::Sse, &mut out),
+            Err(RingError::Expired {
+                requested: 1,
+                oldest_seq: 3
+            })
+        );
         assert_eq!(r.since(2, Wire::Sse, &mut out).unwrap(), 3);
         assert_eq!(r.oldest_seq(), 3);
     }
@@ -227,8 +274,17 @@ mod tests {
         r.append(FrameKind::Token, b"1").unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r.payload_bytes(), 6);
-        assert_eq!(r.append(FrameKind::Token, &[b'x'; 11]), Err(RingError::TooLarge { len: 11, max: 10 }));
+        assert_eq!(
+            r.append(FrameKind::Token, &[b'x'; 11]),
+            Err(RingError::TooLarge { len: 11, max: 10 })
+        );
         assert_eq!(r.last_seq(), 3);
+        assert_eq!(r.append(FrameKind::Heartbeat, b""), Err(RingError::NotHistory(4)));
+        let mut big = ring(10, 100 << 20);
+        assert_eq!(big.max_payload(), frame::DEFAULT_MAX_PAYLOAD);
+        assert!(big
+            .append(FrameKind::Token, &vec![b'x'; frame::DEFAULT_MAX_PAYLOAD + 1])
+            .is_err());
     }
 
     #[test]

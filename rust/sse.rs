@@ -12,10 +12,16 @@ use crate::error::SseError;
 /// Refuses an `id` value that a WHATWG parser would split or ignore.
 pub fn check_id(id: &str) -> Result<(), SseError> {
     if id.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(SseError::InvalidField { field: "id", reason: "must not contain CR or LF" });
+        return Err(SseError::InvalidField {
+            field: "id",
+            reason: "must not contain CR or LF",
+        });
     }
     if id.bytes().any(|b| b == 0) {
-        return Err(SseError::InvalidField { field: "id", reason: "must not contain NUL" });
+        return Err(SseError::InvalidField {
+            field: "id",
+            reason: "must not contain NUL",
+        });
     }
     Ok(())
 }
@@ -23,7 +29,10 @@ pub fn check_id(id: &str) -> Result<(), SseError> {
 /// Refuses an `event` value that would end the field early.
 pub fn check_event(event: &str) -> Result<(), SseError> {
     if event.bytes().any(|b| b == b'\r' || b == b'\n') {
-        return Err(SseError::InvalidField { field: "event", reason: "must not contain CR or LF" });
+        return Err(SseError::InvalidField {
+            field: "event",
+            reason: "must not contain CR or LF",
+        });
     }
     Ok(())
 }
@@ -130,12 +139,18 @@ mod tests {
 
     #[test]
     fn single_line() {
-        assert_eq!(event(Some("s:e:1"), Some("token"), " Hello"), "id: s:e:1\nevent: token\ndata:  Hello\n\n");
+        assert_eq!(
+            event(Some("s:e:1"), Some("token"), " Hello"),
+            "id: s:e:1\nevent: token\ndata:  Hello\n\n"
+        );
     }
 
     #[test]
     fn every_newline_kind_splits() {
-        assert_eq!(event(None, None, "a\nb\r\nc\rd"), "data: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            event(None, None, "a\nb\r\nc\rd"),
+            "data: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
         assert_eq!(event(None, None, "\r\n"), "data: \ndata: \n\n");
         assert_eq!(event(None, None, "\r\r\n\n"), "data: \ndata: \ndata: \ndata: \n\n");
         assert_eq!(event(None, None, "x\r"), "data: x\ndata: \n\n");

@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-
 from tokenwire import (
     EpochMismatch,
     FakeEngine,
@@ -24,8 +23,9 @@ from tokenwire import (
     StreamClosed,
     StreamNotFound,
     StreamState,
+    _core,
 )
-from tokenwire import _core
+
 from tests.support.sse_spec_parser import SpecParser
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

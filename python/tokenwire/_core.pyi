@@ -1,7 +1,7 @@
 """Typed surface of the Rust extension ``tokenwire._core``. Users import from ``tokenwire``, not here."""
 
 from collections.abc import Sequence
-from typing import Final, final
+from typing import Final, Self, final
 
 __version__: Final[str]
 
@@ -45,8 +45,11 @@ def sse_comment(text: str = "") -> bytes:
 def sse_retry(retry_ms: int) -> bytes:
     """A ``retry:`` block setting the client's reconnection delay."""
 
-def sse_batch(tokens: Sequence[str], *, id_prefix: str, first_seq: int, event: str | None = "token") -> bytes:
-    """Token events of one stream in one buffer: event ``i`` has id ``f"{id_prefix}{first_seq + i}"``."""
+def sse_batch(tokens: Sequence[str], *, id_prefix: str, first_seq: int, event: str | None = ...) -> bytes:
+    """Token events of one stream in one buffer: event ``i`` has id ``f"{id_prefix}{first_seq + i}"``.
+
+    ``event`` defaults to ``"token"``; ``None`` writes no ``event:`` line.
+    """
 
 def encode_frame(kind: int, seq: int, payload: str) -> bytes:
     """One binary frame: ``kind: u8 | seq: varint | len: varint | payload``."""
@@ -62,7 +65,7 @@ class FrameDecoder:
     returned and the error is raised by the next call; the decoder stays failed.
     """
 
-    def __init__(self, max_payload: int = ...) -> None: ...
+    def __new__(cls, max_payload: int = ...) -> Self: ...
     def feed(self, data: bytes) -> list[tuple[int, int, str]]:
         """Complete frames in ``data`` (after what was buffered) as ``(kind, seq, payload)``."""
 
@@ -77,7 +80,7 @@ class FrameDecoder:
 class Ring:
     """One stream's recent frames, seq-indexed (1, 2, ...), bounded by frame count and payload bytes."""
 
-    def __init__(self, id_prefix: str = "", *, max_frames: int = 65536, max_bytes: int = 8388608) -> None: ...
+    def __new__(cls, id_prefix: str = "", *, max_frames: int = 65536, max_bytes: int = ...) -> Self: ...
     def append(self, text: str, kind: int = ...) -> int:
         """Append one frame; returns its seq. ``LocalProtocolError`` if ``text`` alone exceeds ``max_bytes``."""
 
@@ -115,14 +118,15 @@ class Registry:
     Handles are opaque ints; a handle of a removed stream raises ``StreamNotFound``, never reaching another.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         max_frames_per_stream: int = 65536,
-        max_bytes_per_stream: int = 8388608,
-        max_total_bytes: int = 1073741824,
+        max_bytes_per_stream: int = ...,
+        max_total_bytes: int = ...,
         ttl: float = 300.0,
-    ) -> None: ...
+    ) -> Self:
+        """Defaults: 8 MiB per stream, 1 GiB in all, ended streams kept 300 s."""
     def create(self, key: str, id_prefix: str) -> int:
         """Register an open stream. ``HubFull`` if open streams hold the memory cap."""
 

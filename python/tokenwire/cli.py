@@ -19,7 +19,7 @@ __all__ = ["main"]
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop where it is installed, else asyncio's default."""
     try:
-        import uvloop  # noqa: PLC0415 - optional dependency
+        import uvloop
     except ImportError:
         return None
     return uvloop.new_event_loop

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, Self, TypeVar, overload
 
 from tokenwire import _core
 from tokenwire.errors import (
@@ -51,6 +51,9 @@ Wire = Literal["sse", "binary"]
 _WIRES: dict[str, int] = {"sse": _core.WIRE_SSE, "binary": _core.WIRE_BINARY}
 
 Listener = Callable[[], None]
+
+#: Longer error messages are cut, so a final frame always fits the ring.
+_MAX_ERROR_MESSAGE = 4096
 
 
 class StreamState(enum.IntEnum):
@@ -176,6 +179,8 @@ class TokenStream:
     def fail(self, error: BaseException | str, *, code: str = "generation_failed") -> int:
         """End the stream with an ``error`` frame; returns its seq."""
         message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if len(message) > _MAX_ERROR_MESSAGE:
+            message = message[: _MAX_ERROR_MESSAGE - 1] + "…"
         return self._end(FrameKind.ERROR, {"code": code, "message": message}, StreamState.FAILED, code)
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -276,7 +281,7 @@ class Subscription(Generic[T]):
             self.stream.detach(self._wake)
             self._wake()
 
-    async def __aenter__(self) -> Subscription[T]:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -308,8 +313,15 @@ class Hub:
         self._producers: set[asyncio.Task[None]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
-            ("streams_started", "streams_finished", "streams_failed", "streams_cancelled", "streams_abandoned",
-             "streams_expired", "resumes"),
+            (
+                "streams_started",
+                "streams_finished",
+                "streams_failed",
+                "streams_cancelled",
+                "streams_abandoned",
+                "streams_expired",
+                "resumes",
+            ),
             0,
         )
 
@@ -350,6 +362,8 @@ class Hub:
         stream = TokenStream(self, stream_id, handle, self.clock(), abandonable)
         self._streams[stream_id] = stream
         self.counters["streams_started"] += 1
+        with contextlib.suppress(RuntimeError):  # no running loop: the caller sweeps by hand
+            self._ensure_janitor()
         log.debug("stream %s created", stream_id)
         return stream
 
@@ -365,7 +379,6 @@ class Hub:
         stream._producer = task
         self._producers.add(task)
         task.add_done_callback(self._producers.discard)
-        self._ensure_janitor()
         return stream
 
     async def _pump(self, stream: TokenStream, source: AsyncIterable[str]) -> None:
@@ -382,7 +395,7 @@ class Hub:
             if stream.is_open:
                 stream.cancel("cancelled")
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any source error fails just this stream
             log.warning("generation of stream %s failed: %r", stream.id, exc)
             if stream.is_open:
                 stream.fail(exc)
@@ -460,9 +473,9 @@ class Hub:
     def resume(self, resume_point: str | ResumePoint, *, wire: Wire | None = None) -> Subscription[Any]:
         """Subscribe from a ``Last-Event-ID`` (``{stream_id}:{epoch}:{seq}``)."""
         point = self.parse_resume(resume_point)
-        sub = self.subscribe(point.stream_id, point.seq, wire=wire)  # type: ignore[call-overload]
+        sub: Subscription[Any] = self.subscribe(point.stream_id, point.seq, wire=wire)
         self.counters["resumes"] += 1
-        return sub  # type: ignore[no-any-return]
+        return sub
 
     # -- housekeeping --------------------------------------------------------------------------------
 
@@ -487,10 +500,6 @@ class Hub:
         self.counters["streams_expired"] += len(removed)
         return removed
 
-    def ensure_janitor(self) -> None:
-        """Start the periodic :meth:`sweep` task if it is not running (needs a running loop)."""
-        self._ensure_janitor()
-
     def _ensure_janitor(self) -> None:
         if self._janitor is None or self._janitor.done():
             self._janitor = asyncio.get_running_loop().create_task(self._run_janitor(), name="tokenwire:janitor")
@@ -500,10 +509,10 @@ class Hub:
             await asyncio.sleep(self.sweep_interval)
             try:
                 self.sweep()
-            except Exception:
+            except Exception:  # the janitor must outlive one bad sweep
                 log.exception("hub sweep failed")
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> Self:
         self._ensure_janitor()
         return self
 

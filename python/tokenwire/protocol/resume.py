@@ -65,7 +65,7 @@ class ResumePoint:
 
 def parse_resume_point(text: str) -> ResumePoint:
     """Parses ``{stream_id}:{epoch}:{seq}``; ``RemoteProtocolError`` (400) if it is not one."""
-    if len(text) > MAX_STREAM_ID_LEN + 64:
+    if len(text) > MAX_STREAM_ID_LEN + 96:
         raise RemoteProtocolError("resume point is too long")
     parts = text.strip(" \t").split(":")
     if len(parts) != 3:

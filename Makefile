@@ -1,0 +1,62 @@
+# One command per habit. `make check` is what CI runs (.ci/run) and what the README tells new users.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HYPOTHESIS_PROFILE ?= fast
+export HYPOTHESIS_PROFILE
+
+.DEFAULT_GOAL := help
+.PHONY: help install build-dev build-prod build-profiling format lint lint-python lint-rust test-rust test bench demo check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+
+install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
+	$(PY) -m pip install -q -e ".[dev]"
+
+build-dev: $(PY) ## rebuild the extension, debug build (fast to compile)
+	$(VENV)/bin/maturin develop -q
+
+build-prod: $(PY) ## rebuild the extension, release build (benchmarks use this)
+	$(VENV)/bin/maturin develop -q --release
+
+build-profiling: $(PY) ## release build with debug symbols, for perf/callgrind
+	$(VENV)/bin/maturin develop -q --profile profiling
+
+format: ## format Rust and Python
+	cargo fmt
+	$(VENV)/bin/ruff format python tests benches
+	$(VENV)/bin/ruff check --fix python tests benches
+
+lint-python: ## ruff, mypy --strict, stubtest of the extension's .pyi
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest tokenwire._core --allowlist .mypy-stubtest-allowlist
+
+lint-rust: ## rustfmt and clippy (lints live in Cargo.toml)
+	cargo fmt --check
+	cargo clippy -q --all-targets -- -D warnings
+	cargo clippy -q --all-targets --features python -- -D warnings
+
+lint: lint-python lint-rust ## all linters
+
+test-rust: ## Rust unit tests of the pure core (no Python needed)
+	cargo test -q
+
+test: ## pytest: the suite, plus every benchmark once as a smoke test
+	$(PY) -m pytest tests benches -q
+
+bench: ## time the benchmarks side by side
+	$(PY) -m pytest benches -q --benchmark-enable --benchmark-columns=min,mean,median,ops,rounds --benchmark-sort=mean
+
+demo: install ## install, then stream, drop mid-answer, resume, verify
+	$(VENV)/bin/tokenwire demo
+
+check: install lint test-rust test ## install everything and pass every check and test (CI runs this)
+
+clean: ## remove build outputs and the venv
+	rm -rf target $(VENV) python/tokenwire/*.so .pytest_cache .hypothesis .benchmarks .mypy_cache .ruff_cache
