@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 import pytest
+
 from tokenwire import _core
 from tokenwire.fake_model import FakeModel
 

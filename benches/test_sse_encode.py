@@ -7,10 +7,10 @@ import re
 
 import pytest
 from sse_starlette.sse import ServerSentEvent
-from tokenwire import _core
-from tokenwire.fake_model import FakeModel
 
 from tests.support.sse_spec_parser import SpecParser
+from tokenwire import _core
+from tokenwire.fake_model import FakeModel
 
 ID_PREFIX = "Iq2pi76UhUgHqpO3RZi5qA:Irjf4eVk:"
 FIRST_SEQ = 1001

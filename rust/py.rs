@@ -139,6 +139,10 @@ fn sse_batch<'py>(
     let mut out = Vec::with_capacity(4096);
     let mut seq = first_seq;
     for_each_str(tokens, |t| {
+        // Seqs are the binary wire's varints too: the same bound holds on both wires.
+        if seq > varint::MAX {
+            return Err(local(FrameError::VarintOverflow(seq)));
+        }
         sse::write_seq_event(&mut out, id_prefix, seq, event, t);
         seq += 1;
         Ok(())

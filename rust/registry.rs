@@ -143,7 +143,8 @@ impl Registry {
             return Err(RegistryError::Duplicate(key.to_owned()));
         }
         if self.total_mem >= self.limits.max_total_bytes {
-            self.evict_ended();
+            // Make room below the cap (not merely down to it) for the new stream.
+            self.evict_ended(self.limits.max_total_bytes.saturating_sub(1));
             if self.total_mem >= self.limits.max_total_bytes {
                 return Err(RegistryError::Full {
                     used: self.total_mem,
@@ -241,7 +242,7 @@ impl Registry {
         stream.mem = new;
         self.total_mem = self.total_mem + new - old;
         if self.total_mem > self.limits.max_total_bytes {
-            self.evict_ended();
+            self.evict_ended(self.limits.max_total_bytes);
         }
         result
     }
@@ -285,8 +286,9 @@ impl Registry {
         Ok(stream.key)
     }
 
-    fn evict_ended(&mut self) {
-        while self.total_mem > self.limits.max_total_bytes {
+    /// Evicts ended streams, oldest-ended first, until at most `target` bytes are held or none is left.
+    fn evict_ended(&mut self, target: usize) {
+        while self.total_mem > target {
             let Some((_, handle)) = self.ended.pop_front() else {
                 break;
             };

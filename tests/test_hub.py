@@ -7,6 +7,8 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+
+from tests.support.sse_spec_parser import SpecParser
 from tokenwire import (
     EpochMismatch,
     FakeEngine,
@@ -25,8 +27,6 @@ from tokenwire import (
     StreamState,
     _core,
 )
-
-from tests.support.sse_spec_parser import SpecParser
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

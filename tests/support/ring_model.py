@@ -1,8 +1,9 @@
 """A plain-Python model of ``tokenwire._core.Ring``, written from its documented contract.
 
 Frames get seqs 1, 2, ...; the ring holds at most ``max_frames`` frames (at least 1) and ``max_bytes``
-payload bytes (UTF-8 length). Appending drops the oldest frames while either bound is passed; a payload
-larger than ``max_bytes`` on its own is refused and changes nothing. ``since(after)`` gives every frame
+payload bytes (UTF-8 length). Appending drops the oldest frames while either bound is passed. Refused, and
+changing nothing: a payload larger than ``max_payload`` (``max_bytes``, and never more than a decoder
+accepts by default, 1 MiB), and a heartbeat (not history, never stored). ``since(after)`` gives every frame
 after ``after``, or says why it cannot: the frames are gone (expired) or ``after`` was never produced.
 """
 
@@ -11,13 +12,19 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["ModelExpired", "ModelFromFuture", "ModelTooLarge", "RingModel"]
+__all__ = ["ModelExpired", "ModelFromFuture", "ModelNotHistory", "ModelTooLarge", "RingModel"]
 
 FRAME_TOKEN = 1
+HISTORY_KINDS = (1, 2, 3)  # token, done, error; heartbeat (4) is never stored
+DEFAULT_MAX_PAYLOAD = 1 << 20
 
 
 class ModelTooLarge(Exception):
-    """A single payload over ``max_bytes``."""
+    """A single payload over ``max_payload``."""
+
+
+class ModelNotHistory(Exception):
+    """A frame kind that a ring never stores (heartbeat)."""
 
 
 class ModelExpired(Exception):
@@ -48,6 +55,10 @@ class RingModel:
         self.max_frames = max(1, self.max_frames)
 
     @property
+    def max_payload(self) -> int:
+        return min(self.max_bytes, DEFAULT_MAX_PAYLOAD)
+
+    @property
     def oldest_seq(self) -> int:
         return self.frames[0][1] if self.frames else self.last_seq + 1
 
@@ -55,9 +66,11 @@ class RingModel:
         return len(self.frames)
 
     def append(self, text: str, kind: int = FRAME_TOKEN) -> int:
+        if kind not in HISTORY_KINDS:
+            raise ModelNotHistory(kind)
         size = len(text.encode())
-        if size > self.max_bytes:
-            raise ModelTooLarge(f"{size} > {self.max_bytes}")
+        if size > self.max_payload:
+            raise ModelTooLarge(f"{size} > {self.max_payload}")
         self.last_seq += 1
         self.frames.append((kind, self.last_seq, text))
         self.payload_bytes += size
