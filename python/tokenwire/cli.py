@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +72,38 @@ async def _demo(args: argparse.Namespace) -> int:
         return 0 if ok and model.calls == 1 else 1
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    from tokenwire.server import ServerConfig, SseServer  # noqa: PLC0415 - keep `demo` start-up light
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_delay_ms=args.max_delay_ms,
+        heartbeat_interval=args.heartbeat,
+        drain_timeout=args.drain_timeout,
+        max_connections=args.max_connections,
+    )
+    model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
+    server = SseServer(
+        Hub(abandon_after=args.abandon_after), config, model=model, engine_steps_per_s=args.engine_steps_per_s or None
+    )
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mode = f"engine {args.engine_steps_per_s:g} steps/s" if args.engine_steps_per_s else "per-request pacing"
+    print(
+        f"tokenwire {__version__} serving SSE on http://{args.host}:{server.port} "
+        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode})",
+        flush=True,
+    )
+    await stop.wait()
+    print("shutting down: draining streams", flush=True)
+    await server.shutdown()
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenwire", description="Resumable LLM token streaming.")
     p.add_argument("--version", action="version", version=f"tokenwire {__version__}")
@@ -84,6 +117,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--drop-after", type=int, default=25, help="drop the subscriber after this many tokens")
     demo.add_argument("--away", type=float, default=0.3, help="seconds spent disconnected")
     demo.add_argument("--seed", type=int, default=0)
+
+    serve = sub.add_parser("serve", help="run the SSE server on an in-memory hub with the FakeModel")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")
+    serve.add_argument("--ttft", type=float, default=0.0, help="FakeModel time to first token, seconds")
+    serve.add_argument(
+        "--engine-steps-per-s",
+        type=float,
+        default=0.0,
+        help="batching-engine mode: one token for every active stream per step (0: off, pace per request)",
+    )
+    serve.add_argument("--max-delay-ms", type=float, default=0.0, help="wait this long to coalesce writes")
+    serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats on idle streams")
+    serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let streams finish on shutdown")
+    serve.add_argument("--max-connections", type=int, default=20_000)
+    serve.add_argument(
+        "--abandon-after", type=float, default=30.0, help="cancel a generation nobody watched for this long"
+    )
+    serve.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -96,4 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         if args.command == "demo":
             return runner.run(_demo(args))
+        if args.command == "serve":
+            return runner.run(_serve(args))
     raise AssertionError(args.command)  # argparse rejects unknown commands

@@ -15,15 +15,30 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from tokenwire.hub import Hub, TokenStream
 
-__all__ = ["VOCABULARY", "FakeCompletion", "FakeEngine", "FakeModel"]
+__all__ = ["STAMP_SEPARATOR", "VOCABULARY", "FakeCompletion", "FakeEngine", "FakeModel", "stamp", "unstamp"]
 
 log = logging.getLogger("tokenwire.fake_model")
+
+#: Separates a token's text from its production time in stamp mode (U+2063 INVISIBLE SEPARATOR).
+STAMP_SEPARATOR = "\u2063"
+
+
+def stamp(text: str) -> str:
+    """``text`` + separator + now as integer microseconds since the Unix epoch (load tests measure lag)."""
+    return f"{text}{STAMP_SEPARATOR}{time.time_ns() // 1000}"
+
+
+def unstamp(text: str) -> str:
+    """The token text without its production stamp."""
+    return text.partition(STAMP_SEPARATOR)[0]
+
 
 #: Word pieces as a BPE tokenizer cuts them: leading spaces, suffixes, punctuation, code, newlines,
 #: multi-byte UTF-8 (accents, CJK, Cyrillic, emoji with a zero-width joiner).
@@ -101,8 +116,11 @@ VOCABULARY: tuple[str, ...] = (
 class FakeCompletion:
     """Async iterator of one request's tokens; ``usage`` and ``finish_reason`` are set when exhausted."""
 
-    def __init__(self, tokens: list[str], prompt_tokens: int, ttft: float, tokens_per_s: float | None) -> None:
+    def __init__(
+        self, tokens: list[str], prompt_tokens: int, ttft: float, tokens_per_s: float | None, stamp: bool = False
+    ) -> None:
         self._tokens = tokens
+        self._stamp = stamp
         self._i = 0
         self._ttft = ttft
         self._interval = 1.0 / tokens_per_s if tokens_per_s else 0.0
@@ -135,7 +153,7 @@ class FakeCompletion:
         elif i % 256 == 255:
             await asyncio.sleep(0)  # unthrottled: still let the loop breathe
         self._i = i + 1
-        return self._tokens[i]
+        return stamp(self._tokens[i]) if self._stamp else self._tokens[i]
 
 
 class FakeModel:
@@ -172,24 +190,30 @@ class FakeModel:
         *,
         ttft: float | None = None,
         tokens_per_s: float | None = None,
+        stamp: bool = False,
     ) -> FakeCompletion:
-        """One generation as an async iterator of text, paced by ``ttft`` and ``tokens_per_s``."""
+        """One generation as an async iterator of text, paced by ``ttft`` and ``tokens_per_s``.
+
+        ``stamp``: append to each token its production time (see :func:`stamp`), for load tests.
+        """
         self.calls += 1
         return FakeCompletion(
             self.tokens(prompt, max_tokens),
             prompt_tokens=max(1, len(prompt) // 4),
             ttft=self.ttft if ttft is None else ttft,
             tokens_per_s=self.tokens_per_s if tokens_per_s is None else tokens_per_s,
+            stamp=stamp,
         )
 
 
 class _Job:
-    __slots__ = ("i", "prompt_tokens", "stream", "tokens")
+    __slots__ = ("i", "prompt_tokens", "stamp", "stream", "tokens")
 
-    def __init__(self, stream: TokenStream, tokens: list[str], prompt_tokens: int) -> None:
+    def __init__(self, stream: TokenStream, tokens: list[str], prompt_tokens: int, stamp: bool) -> None:
         self.stream = stream
         self.tokens = tokens
         self.prompt_tokens = prompt_tokens
+        self.stamp = stamp
         self.i = 0
 
 
@@ -210,11 +234,13 @@ class FakeEngine:
     def active(self) -> int:
         return len(self._jobs)
 
-    def submit(self, prompt: str, max_tokens: int = 64, *, stream_id: str | None = None) -> TokenStream:
+    def submit(
+        self, prompt: str, max_tokens: int = 64, *, stream_id: str | None = None, stamp: bool = False
+    ) -> TokenStream:
         """Start a generation: it gets its first token at the next step. Needs a running loop."""
         stream = self.hub.create_stream(stream_id, abandonable=True)
         self.model.calls += 1
-        self._jobs.append(_Job(stream, self.model.tokens(prompt, max_tokens), max(1, len(prompt) // 4)))
+        self._jobs.append(_Job(stream, self.model.tokens(prompt, max_tokens), max(1, len(prompt) // 4), stamp))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tokenwire:fake-engine")
         return stream
@@ -228,7 +254,8 @@ class FakeEngine:
             if not stream.is_open:
                 continue  # cancelled or abandoned
             if job.i < len(job.tokens):
-                stream.send(job.tokens[job.i])
+                text = job.tokens[job.i]
+                stream.send(stamp(text) if job.stamp else text)
                 job.i += 1
                 sent += 1
             if job.i >= len(job.tokens):

@@ -1,0 +1,111 @@
+"""Server metrics: plain counters and fixed-bucket histograms on the hot path, Prometheus text on scrape.
+
+Counting is an attribute increment or a bisect; prometheus_client only renders them when ``/metrics`` is
+read (a custom collector), so no lock or label lookup is paid per token.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Histogram", "ServerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """Cumulative-on-render histogram with fixed upper bounds (seconds)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((repr(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+class ServerMetrics:
+    """Counters of one server process, per protocol label (``sse`` now, ``webtransport`` later)."""
+
+    COUNTERS = (
+        ("connections_total", "Connections accepted"),
+        ("requests_total", "HTTP requests parsed"),
+        ("bad_requests_total", "Requests answered with a 4xx/5xx error"),
+        ("streams_started_total", "Generations started by a request"),
+        ("tokens_sent_total", "Token frames written to clients"),
+        ("bytes_sent_total", "Stream bytes written to clients"),
+        ("flushes_total", "Coalesced stream writes (one per connection per loop iteration at most)"),
+        ("disconnects_total", "Stream connections that ended before their stream did"),
+        ("resumes_total", "Attaches with a resume point"),
+        ("replayed_frames_total", "Frames served from the ring on resume"),
+        ("backpressure_closes_total", "Connections closed because the client stopped reading"),
+        ("heartbeats_total", "Heartbeat comments written"),
+    )
+
+    def __init__(self, protocol: str = "sse") -> None:
+        self.protocol = protocol
+        for name, _ in self.COUNTERS:
+            setattr(self, name, 0)
+        self.ttft = Histogram()
+        self.inter_token = Histogram()
+        self.resume_latency = Histogram()
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def registry(self) -> CollectorRegistry:
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(_Collector(self))
+        return reg
+
+    def render(self, registry: CollectorRegistry) -> bytes:
+        return generate_latest(registry)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        m = self.m
+        labels = ["protocol"]
+        for name, doc in m.COUNTERS:
+            fam = CounterMetricFamily(f"tokenwire_{name.removesuffix('_total')}", doc, labels=labels)
+            fam.add_metric([m.protocol], getattr(m, name))
+            yield fam
+        for name, getter in m.gauges.items():
+            g = GaugeMetricFamily(f"tokenwire_{name}", name.replace("_", " "), labels=labels)
+            g.add_metric([m.protocol], getter())
+            yield g
+        for name, hist, doc in (
+            ("time_to_first_token_seconds", m.ttft, "Request received to first token written"),
+            ("inter_token_seconds", m.inter_token, "Time between token writes on a stream connection"),
+            ("resume_seconds", m.resume_latency, "Resume request received to first replayed byte written"),
+        ):
+            h = HistogramMetricFamily(f"tokenwire_{name}", doc, labels=labels)
+            h.add_metric([m.protocol], hist.buckets(), sum_value=hist.sum)
+            yield h

@@ -1,0 +1,154 @@
+"""Sans-I/O HTTP/1.1 requests on httptools: bytes in, :class:`Request` objects out, limits enforced.
+
+Pipelined requests in one buffer come out in order. Anything malformed or over a limit raises
+:class:`HttpError` with the status to answer (400, 413, 414, 431, 501), and the connection is then closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qsl
+
+import httptools
+
+from tokenwire.errors import RemoteProtocolError
+
+__all__ = ["HttpError", "HttpLimits", "Request", "RequestParser", "render_head", "render_response"]
+
+
+class HttpError(RemoteProtocolError):
+    """A request that cannot be served; ``status`` is the answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.status_hint = status
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 64
+    max_url_bytes: int = 8 * 1024
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes = b""
+    keep_alive: bool = True
+    http_version: str = "1.1"
+    #: Header names in the order received (lower case), for diagnostics.
+    header_names: list[str] = field(default_factory=list)
+
+
+class RequestParser:
+    """Feed bytes; get complete requests. One instance per connection."""
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        self.limits = limits or HttpLimits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._done: list[Request] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._names: list[str] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._last_name = ""
+
+    def feed(self, data: bytes) -> list[Request]:
+        """Parse ``data``; returns the requests it completed. ``HttpError`` on anything unservable."""
+        try:
+            self._parser.feed_data(data)
+        except HttpError:
+            raise
+        except httptools.HttpParserUpgrade:
+            raise HttpError(501, "protocol upgrades are not supported on this endpoint") from None
+        except httptools.HttpParserError as exc:
+            raise HttpError(400, f"malformed HTTP request: {exc}") from None
+        done, self._done = self._done, []
+        return done
+
+    # -- httptools callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_url_bytes:
+            raise HttpError(414, f"request target longer than {self.limits.max_url_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise HttpError(431, f"request headers larger than {self.limits.max_header_bytes} bytes")
+        key = name.decode("latin-1").lower()
+        if key not in self._headers:
+            if len(self._names) >= self.limits.max_headers:
+                raise HttpError(431, f"more than {self.limits.max_headers} request headers")
+            self._names.append(key)
+        self._headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
+            raise HttpError(413, f"request body larger than {self.limits.max_body_bytes} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self.limits.max_body_bytes:
+            raise HttpError(413, f"request body larger than {self.limits.max_body_bytes} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            raise HttpError(400, "malformed request target") from None
+        try:
+            path = url.path.decode("utf-8")
+            query = dict(parse_qsl(url.query.decode("utf-8"), keep_blank_values=True)) if url.query else {}
+        except UnicodeDecodeError:
+            raise HttpError(400, "request target is not UTF-8") from None
+        self._done.append(
+            Request(
+                method=parser.get_method().decode("latin-1"),
+                path=path,
+                query=query,
+                headers=self._headers,
+                body=b"".join(self._body),
+                keep_alive=parser.should_keep_alive(),
+                http_version=parser.get_http_version(),
+                header_names=self._names,
+            )
+        )
+
+
+def render_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """Status line and headers, ending with the blank line."""
+    reason = HTTPStatus(status).phrase
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def render_response(
+    status: int, body: bytes, content_type: str, *, keep_alive: bool, extra: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A complete response with a body."""
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    if extra:
+        headers.extend(extra)
+    headers.append(("Connection", "keep-alive" if keep_alive else "close"))
+    return render_head(status, headers) + body

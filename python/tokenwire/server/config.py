@@ -1,0 +1,35 @@
+"""Every limit and timing of the servers, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenwire.protocol.http1 import HttpLimits
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: SSE ``retry:`` sent first on every stream: the client's reconnection delay.
+    retry_ms: int = 1000
+    #: A comment line on a stream that wrote nothing for this long keeps proxies from closing it.
+    heartbeat_interval: float = 15.0
+    #: Seconds a new connection may take to send its first complete request (slowloris guard).
+    header_timeout: float = 10.0
+    #: Seconds a keep-alive connection may sit idle between requests.
+    idle_timeout: float = 60.0
+    #: A stream connection whose client has not read for this long is closed; it resumes later.
+    stall_timeout: float = 30.0
+    #: Per-connection kernel-side backlog we accept before pausing (transport high-water mark).
+    write_buffer_high: int = 64 * 1024
+    max_connections: int = 20_000
+    #: 0: flush at the next loop iteration. >0: wait up to this long to coalesce more tokens per write.
+    max_delay_ms: float = 0.0
+    #: Largest ``max_tokens`` a request may ask for.
+    max_tokens_limit: int = 100_000
+    #: Seconds shutdown waits for open streams to finish before closing their connections.
+    drain_timeout: float = 10.0
+    http: HttpLimits = field(default_factory=HttpLimits)

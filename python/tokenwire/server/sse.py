@@ -1,0 +1,428 @@
+"""The SSE server: an asyncio Protocol per connection on uvloop (or the default loop), sharing one Hub.
+
+Data path of a stream connection: ``TokenStream.send`` -> ring append (Rust) -> this connection's listener
+marks it dirty -> :class:`~tokenwire.server.flusher.Flusher` runs once per loop iteration -> one
+``since`` call renders everything new as SSE bytes (Rust) -> one ``transport.write``.
+
+A client that stops reading makes the transport pause: the connection stops pulling from the ring (the ring
+is the buffer, bounded), and after ``stall_timeout`` the connection is closed. The client resumes later
+from its ``Last-Event-ID`` and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+from tokenwire import _core
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.hub import Hub, TokenStream
+from tokenwire.metrics import ServerMetrics
+from tokenwire.protocol.http1 import HttpError, Request, RequestParser, render_head, render_response
+from tokenwire.server.config import ServerConfig
+from tokenwire.server.flusher import Flusher
+
+__all__ = ["SseConnection", "SseServer", "StreamRender"]
+
+log = logging.getLogger("tokenwire.server")
+
+_WIRE_SSE = _core.WIRE_SSE
+
+#: Renders frames after a seq: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
+StreamRender = Callable[[int, int], bytes]
+
+
+def error_body(exc: BaseException, status: int) -> dict[str, Any]:
+    """The JSON error body of docs/protocol.md §4.2."""
+    err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "status": status}
+    for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch")):
+        if hasattr(exc, attr):
+            err[key] = getattr(exc, attr)
+    return {"error": err}
+
+
+class SseConnection(asyncio.Protocol):
+    """One client connection: requests until it turns into a stream, then the stream until it ends."""
+
+    __slots__ = (
+        "_closing",
+        "_dirty",
+        "_held",
+        "_last_write",
+        "_paused",
+        "_paused_at",
+        "_render",
+        "_requested_at",
+        "_timer",
+        "_trailer",
+        "parser",
+        "peer",
+        "position",
+        "server",
+        "stream",
+        "transport",
+    )
+
+    def __init__(self, server: SseServer) -> None:
+        self.server = server
+        self.parser = RequestParser(server.config.http)
+        self.transport: asyncio.Transport | None = None
+        self.stream: TokenStream | None = None
+        self.position = 0
+        self.peer: Any = None
+        self._render: StreamRender | None = None
+        self._trailer = b""
+        self._dirty = False
+        self._held = False
+        self._paused = False
+        self._paused_at = 0.0
+        self._closing = False
+        self._last_write = 0.0
+        self._requested_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+        server = self.server
+        server.metrics.connections_total += 1
+        self.peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=server.config.write_buffer_high)
+        if len(server.connections) >= server.config.max_connections or server.draining:
+            self._respond_error(HttpError(503, "server is at its connection limit or shutting down"), False)
+            return
+        server.connections.add(self)
+        self._arm_timer(server.config.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is not None or self._closing or self._held:
+            return  # a stream connection (or one awaiting its answer) takes no more requests
+        try:
+            requests = self.parser.feed(data)
+        except HttpError as exc:
+            self._respond_error(exc, False)
+            return
+        for req in requests:
+            self._cancel_timer()
+            self.server.metrics.requests_total += 1
+            self._requested_at = self.server.loop.time()
+            try:
+                self.server.router.handle(self, req)
+            except TokenwireError as exc:
+                self._respond_error(exc, req.keep_alive)
+            except Exception as exc:
+                log.exception("request %s %s failed", req.method, req.path)
+                self._respond_error(exc, False, status=500)
+            if self.stream is not None or self._closing or self._held:
+                return
+        if not self._closing and self.stream is None:
+            self._arm_timer(self.server.config.idle_timeout)
+
+    def hold(self) -> None:
+        """The answer to the current request comes later (``respond`` releases the connection)."""
+        self._held = True
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        server = self.server
+        server.connections.discard(self)
+        stream = self.stream
+        if stream is not None:
+            stream.detach(self._on_frames)
+            if stream.is_open or self.position < stream.last_seq:
+                server.metrics.disconnects_total += 1
+            server.streaming.discard(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._paused_at = self.server.loop.time()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.stream is not None:
+            self._on_frames()
+
+    # -- timers --------------------------------------------------------------------------------------
+
+    def _arm_timer(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self.server.loop.call_later(delay, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.stream is None and not self._closing:
+            self._respond_error(HttpError(408, "no complete request in time"), False)
+
+    # -- plain responses -----------------------------------------------------------------------------
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        keep_alive: bool,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        transport = self.transport
+        self._held = False
+        if transport is None or self._closing:
+            return
+        keep_alive = keep_alive and not self.server.draining
+        transport.write(render_response(status, body, content_type, keep_alive=keep_alive, extra=extra))
+        if not keep_alive:
+            self._closing = True
+            transport.close()
+
+    def respond_json(
+        self, status: int, obj: object, keep_alive: bool, extra: list[tuple[str, str]] | None = None
+    ) -> None:
+        self.respond(status, json.dumps(obj).encode(), "application/json", keep_alive, extra)
+
+    def _respond_error(self, exc: BaseException, keep_alive: bool, status: int | None = None) -> None:
+        if status is None:
+            status = getattr(exc, "status", None) or getattr(exc, "status_hint", 500)
+        self.server.metrics.bad_requests_total += 1
+        extra = [("Retry-After", "1")] if status == 503 else None
+        if status >= 500 or status in (408, 413, 414, 431):
+            keep_alive = False
+        self.respond_json(status, error_body(exc, status), keep_alive, extra)
+
+    # -- streaming -----------------------------------------------------------------------------------
+
+    def start_stream(
+        self,
+        stream: TokenStream,
+        after: int,
+        head: list[tuple[str, str]],
+        intro: bytes,
+        render: StreamRender,
+        trailer: bytes = b"",
+        retry: bool = True,
+    ) -> None:
+        """Turn this connection into a stream of ``stream`` after seq ``after``: replay, then live.
+
+        ``retry=False`` leaves out the ``retry:`` block (the OpenAI SDK's SSE reader takes a field-only
+        block for an event with empty data).
+        """
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        self.stream = stream
+        self.position = after
+        self._render = render
+        self._trailer = trailer
+        headers = [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+            ("Connection", "close"),
+            *head,
+        ]
+        retry_block = _core.sse_retry(self.server.config.retry_ms) if retry else b""
+        transport.write(render_head(200, headers) + retry_block + intro)
+        self._last_write = self.server.loop.time()
+        self.server.streaming.add(self)
+        stream.attach(self._on_frames)
+        self.flush()
+
+    def _on_frames(self) -> None:
+        """The stream's listener: new frames or its end. Queue one flush for this loop iteration."""
+        if not self._dirty:
+            self._dirty = True
+            self.server.flusher.add(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        stream = self.stream
+        transport = self.transport
+        if self._paused or self._closing or stream is None or transport is None or self._render is None:
+            return
+        server = self.server
+        handle = stream._handle
+        try:
+            last = server.hub.storage.last_seq(handle)
+            pos = self.position
+            if last > pos:
+                data = self._render(handle, pos)
+                m = server.metrics
+                if pos == 0 or self._requested_at:
+                    now = server.loop.time()
+                    if self._requested_at:
+                        (m.ttft if pos == 0 else m.resume_latency).observe(now - self._requested_at)
+                        self._requested_at = 0.0
+                    self._last_write = now
+                elif m.flushes_total & 15 == 0:  # sample the clock: 1 flush in 16
+                    now = server.loop.time()
+                    m.inter_token.observe(now - self._last_write)
+                    self._last_write = now
+                self.position = last
+                transport.write(data)
+                m.flushes_total += 1
+                m.tokens_sent_total += last - pos
+                m.bytes_sent_total += len(data)
+        except ResumeExpired:
+            # The client read so slowly that the ring moved past it: close; its resume gets 410.
+            server.metrics.backpressure_closes_total += 1
+            self._abort()
+            return
+        except StreamNotFound:
+            self._abort()
+            return
+        if not stream.is_open and self.position >= stream.last_seq:
+            self._finish_stream()
+
+    def write_heartbeat(self, now: float) -> None:
+        if self.transport is not None and not self._paused and not self._closing:
+            self.transport.write(b":\n")
+            self._last_write = now
+            self.server.metrics.heartbeats_total += 1
+
+    def _finish_stream(self) -> None:
+        transport = self.transport
+        self._closing = True
+        if transport is not None:
+            if self._trailer:
+                transport.write(self._trailer)
+            transport.close()
+
+    def _abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_for_shutdown(self) -> None:
+        """Tell the client to come back soon, then close (it resumes with its Last-Event-ID)."""
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.write(b": server shutting down, reconnect to resume\nretry: 250\n\n")
+            self.transport.close()
+
+
+class SseServer:
+    """``tokenwire serve``'s SSE side: one listening socket, one Hub, one flusher."""
+
+    def __init__(
+        self,
+        hub: Hub | None = None,
+        config: ServerConfig | None = None,
+        *,
+        model: FakeModel | None = None,
+        engine_steps_per_s: float | None = None,
+    ) -> None:
+        from tokenwire.server.routes import Router  # noqa: PLC0415 - routes import this module
+
+        self.config = config or ServerConfig()
+        self.hub = hub or Hub()
+        self.model = model or FakeModel()
+        self.engine_steps_per_s = engine_steps_per_s
+        self.engine: FakeEngine | None = None
+        self.metrics = ServerMetrics("sse")
+        self.connections: set[SseConnection] = set()
+        self.streaming: set[SseConnection] = set()
+        self.draining = False
+        self.background: set[asyncio.Task[None]] = set()
+        self.router = Router(self)
+        self._server: asyncio.Server | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        m = self.metrics
+        m.gauges["connections"] = lambda: len(self.connections)
+        m.gauges["stream_connections"] = lambda: len(self.streaming)
+        m.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
+        m.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
+        m.gauges["flusher_runs"] = lambda: self.flusher.runs
+        self._registry = m.registry()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "server not started"
+        return self._loop
+
+    @property
+    def flusher(self) -> Flusher:
+        assert self._flusher is not None, "server not started"
+        return self._flusher
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets, "server not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render(self._registry)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._flusher = Flusher(loop, self.config.max_delay_ms)
+        if self.engine_steps_per_s:
+            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
+        self.hub._ensure_janitor()
+        self._server = await loop.create_server(
+            lambda: SseConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
+        )
+        self._schedule_tick()
+        log.info("SSE server listening on %s:%d (epoch %s)", self.config.host, self.port, self.hub.epoch)
+
+    def _schedule_tick(self) -> None:
+        self._tick = self.loop.call_later(1.0, self._on_tick)
+
+    def _on_tick(self) -> None:
+        """Once a second: heartbeats on quiet streams, close stalled readers."""
+        now = self.loop.time()
+        cfg = self.config
+        for conn in list(self.streaming):
+            if conn._paused:
+                if now - conn._paused_at >= cfg.stall_timeout:
+                    self.metrics.backpressure_closes_total += 1
+                    conn._abort()
+            elif now - conn._last_write >= cfg.heartbeat_interval:
+                conn.write_heartbeat(now)
+        self._schedule_tick()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def shutdown(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let open streams finish for up to ``drain_timeout``, then close the rest with a
+        reconnect hint; stop generations; close the hub."""
+        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + drain
+        while self.streaming and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close_for_shutdown()
+        if self._tick is not None:
+            self._tick.cancel()
+        if self.engine is not None:
+            await self.engine.aclose()
+        await self.hub.aclose()
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("SSE server stopped")
