@@ -5,7 +5,8 @@ HYPOTHESIS_PROFILE ?= fast
 export HYPOTHESIS_PROFILE
 
 .DEFAULT_GOAL := help
-.PHONY: help install build-dev build-prod build-profiling format lint lint-python lint-rust test-rust test bench demo check clean
+
+.PHONY: help system-deps install build-dev build-prod build-profiling format lint lint-python lint-rust test-rust test bench demo check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -14,7 +15,10 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 
-install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
+system-deps: ## Debian tools the tests drive as real clients (curl); needs root or sudo where missing
+	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+
+install: $(PY) system-deps ## venv + the package (Rust extension built in release mode) + test and lint tools
 	$(PY) -m pip install -q -e ".[dev]"
 
 build-dev: $(PY) ## rebuild the extension, debug build (fast to compile)

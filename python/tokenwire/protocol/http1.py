@@ -71,6 +71,12 @@ class RequestParser:
             self._parser.feed_data(data)
         except HttpError:
             raise
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps what our callbacks raised; the limit error is the one to answer with.
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                raise cause from None
+            raise HttpError(400, f"malformed HTTP request: {exc}") from None
         except httptools.HttpParserUpgrade:
             raise HttpError(501, "protocol upgrades are not supported on this endpoint") from None
         except httptools.HttpParserError as exc:

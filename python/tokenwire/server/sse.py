@@ -127,7 +127,7 @@ class SseConnection(asyncio.Protocol):
                 self._respond_error(exc, False, status=500)
             if self.stream is not None or self._closing or self._held:
                 return
-        if not self._closing and self.stream is None:
+            # The next request must be complete within the idle timeout; partial bytes do not extend it.
             self._arm_timer(self.server.config.idle_timeout)
 
     def hold(self) -> None:
@@ -333,7 +333,7 @@ class SseServer:
         from tokenwire.server.routes import Router  # noqa: PLC0415 - routes import this module
 
         self.config = config or ServerConfig()
-        self.hub = hub or Hub()
+        self.hub = hub if hub is not None else Hub()
         self.model = model or FakeModel()
         self.engine_steps_per_s = engine_steps_per_s
         self.engine: FakeEngine | None = None
