@@ -1,0 +1,108 @@
+"""Peer 1: sse-starlette's ``EventSourceResponse`` on Starlette, served by uvicorn (uvloop + httptools).
+
+Written the way a FastAPI/Starlette app in front of an inference engine usually is: the handler submits
+the request to the shared engine loop and returns an ``EventSourceResponse`` over an async generator that
+drains the request's queue, one event per token, then a ``done`` event. sse-starlette's defaults are kept
+(``\\r\\n`` line ends, a ping comment every 15 s, a task watching for disconnects and one for shutdown).
+
+    python -m benches.peers.sse_starlette_app --host 127.0.0.1 --port 8101 --steps-per-s 20
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from benches.peers.common import done_data, event_id, parse_args, parse_request, ready
+from benches.peers.engine import QueueEngine
+
+__all__ = ["create_app", "main"]
+
+
+async def _events(
+    engine: QueueEngine, queue: asyncio.Queue[str | None], max_tokens: int
+) -> AsyncIterator[dict[str, str]]:
+    seq = 0
+    try:
+        while (token := await queue.get()) is not None:
+            seq += 1
+            yield {"id": event_id(seq), "event": "token", "data": token}
+        yield {"id": event_id(seq + 1), "event": "done", "data": done_data(seq, max_tokens)}
+    finally:
+        engine.abort(queue)  # the client went away mid-stream: stop generating for it
+
+
+def create_app(steps_per_s: float = 20.0) -> Starlette:
+    engine = QueueEngine(steps_per_s)
+
+    async def streams(request: Request) -> Response:
+        try:
+            prompt, max_tokens, stamp = parse_request(await request.json())
+        except ValueError as exc:  # BadRequest, or the body is not JSON
+            return JSONResponse({"error": {"type": "BadRequest", "message": str(exc)}}, status_code=400)
+        queue = engine.submit(max_tokens, stamp=stamp, prompt=prompt)
+        return EventSourceResponse(_events(engine, queue, max_tokens))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "active": engine.active, "steps": engine.steps})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await engine.aclose()
+
+    app = Starlette(
+        routes=[Route("/v1/streams", streams, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, printing the readiness line once it listens."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            ready(self.config.host, port)
+
+
+def _after_shutdown(signum: int, frame: Any) -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down; by then there is nothing to do."""
+
+
+def main() -> int:
+    args = parse_args("python -m benches.peers.sse_starlette_app", "sse-starlette on uvicorn (uvloop + httptools).")
+    config = uvicorn.Config(
+        create_app(args.steps_per_s),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _after_shutdown)
+    _Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
