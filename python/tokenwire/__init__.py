@@ -17,6 +17,7 @@ from tokenwire.errors import (
     ResumeExpired,
     ResumeFromFuture,
     StreamClosed,
+    StreamFailed,
     StreamNotFound,
     TokenwireError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ResumePoint",
     "Storage",
     "StreamClosed",
+    "StreamFailed",
     "StreamNotFound",
     "StreamState",
     "Subscription",

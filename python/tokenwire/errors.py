@@ -18,6 +18,7 @@ __all__ = [
     "ResumeExpired",
     "ResumeFromFuture",
     "StreamClosed",
+    "StreamFailed",
     "StreamNotFound",
     "TokenwireError",
 ]
@@ -98,6 +99,16 @@ class StreamClosed(TokenwireError):
     """The stream has ended (finished, failed or cancelled); nothing more can be sent to it."""
 
     status_hint = 409
+
+
+class StreamFailed(TokenwireError):
+    """The generation behind a stream failed; the server sent an ``error`` event (``code``, ``message``)."""
+
+    status_hint = 502
+
+    def __init__(self, message: str, code: str = "generation_failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class BackpressureExceeded(TokenwireError):
