@@ -104,6 +104,33 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from tokenwire.loadtest import LoadTestConfig, run_loadtest  # noqa: PLC0415
+    from tokenwire.loadtest.runner import write_json  # noqa: PLC0415
+
+    max_tokens = args.max_tokens
+    if args.duration is not None:
+        max_tokens = max(1, round(args.duration * args.tokens_per_s)) if args.tokens_per_s > 0 else max_tokens
+    cfg = LoadTestConfig(
+        url=args.url,
+        streams=args.streams,
+        ramp=args.ramp,
+        max_tokens=max_tokens,
+        tokens_per_s=args.tokens_per_s,
+        disconnect_rate=args.disconnect_rate,
+        procs=args.procs,
+        seed=args.seed,
+        model_seed=args.model_seed,
+        resumable=not args.no_resume,
+        server_pid=args.server_pid,
+        quiet=args.quiet,
+    )
+    report = run_loadtest(cfg)
+    if args.json:
+        write_json(report, args.json)
+    return 0 if report["passed"] else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenwire", description="Resumable LLM token streaming.")
     p.add_argument("--version", action="version", version=f"tokenwire {__version__}")
@@ -137,6 +164,22 @@ def _parser() -> argparse.ArgumentParser:
         "--abandon-after", type=float, default=30.0, help="cancel a generation nobody watched for this long"
     )
     serve.add_argument("--seed", type=int, default=0)
+
+    lt = sub.add_parser("loadtest", help="many concurrent SSE clients: exactly-once checks and latency figures")
+    lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    lt.add_argument("--streams", type=int, default=100, help="concurrent streams in all")
+    lt.add_argument("--ramp", type=float, default=1000.0, help="new streams per second while ramping up")
+    lt.add_argument("--max-tokens", type=int, default=200, help="tokens per stream")
+    lt.add_argument("--duration", type=float, help="seconds per stream (sets --max-tokens from --tokens-per-s)")
+    lt.add_argument("--tokens-per-s", type=float, default=20.0, help="per-stream pace asked of the server (0: max)")
+    lt.add_argument("--disconnect-rate", type=float, default=0.0, help="forced disconnects per stream per second")
+    lt.add_argument("--procs", type=int, default=1, help="client processes (to use more cores)")
+    lt.add_argument("--seed", type=int, default=0, help="seed of the disconnect schedule")
+    lt.add_argument("--model-seed", type=int, default=0, help="the server FakeModel's seed (content check)")
+    lt.add_argument("--no-resume", action="store_true", help="target cannot resume (a peer server)")
+    lt.add_argument("--server-pid", type=int, help="measure this process's CPU and memory (the server)")
+    lt.add_argument("--json", help="write the full report here")
+    lt.add_argument("--quiet", action="store_true", help="no progress or summary output")
     return p
 
 
@@ -146,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     factory = _loop_factory()
     logging.getLogger("tokenwire").info("event loop: %s", "uvloop" if factory else "asyncio")
+    if args.command == "loadtest":
+        return _loadtest(args)
     with asyncio.Runner(loop_factory=factory) as runner:
         if args.command == "demo":
             return runner.run(_demo(args))

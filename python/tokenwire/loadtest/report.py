@@ -1,0 +1,105 @@
+"""Aggregates worker results into the load-test report and formats its summary."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+__all__ = ["build_report", "format_report", "percentiles"]
+
+
+def percentiles(values: list[float], ps: tuple[float, ...] = (50, 90, 99, 100)) -> dict[str, float]:
+    if not values:
+        return {}
+    s = sorted(values)
+    out = {}
+    for p in ps:
+        k = min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))
+        out["max" if p == 100 else f"p{p:g}".replace(".", "_")] = s[k]
+    return out
+
+
+def _merge_hist(summaries: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-process histograms: exact for one process; with several, the percentile of each is the largest
+    any process saw (an upper bound) and the mean is count-weighted."""
+    live = [s for s in summaries if s.get("count")]
+    if not live:
+        return {"count": 0}
+    if len(live) == 1:
+        return dict(live[0])
+    count = sum(s["count"] for s in live)
+    merged: dict[str, Any] = {"count": count, "mean": sum(s["mean"] * s["count"] for s in live) / count}
+    for key in ("p50", "p90", "p99", "p99_9", "max"):
+        merged[key] = max(s[key] for s in live)
+    merged["note"] = "percentiles are the maximum over worker processes (upper bound)"
+    return merged
+
+
+def build_report(
+    config: dict[str, Any], raw: list[dict[str, Any]], *, elapsed: float, server: dict[str, Any] | None
+) -> dict[str, Any]:
+    results = [r for part in raw for r in part["results"]]
+    tokens = sum(r["tokens"] for r in results)
+    errors = collections.Counter(r["error"].split(":")[0] for r in results if r["error"])
+    report: dict[str, Any] = {
+        "config": config,
+        "elapsed_s": elapsed,
+        "streams": {
+            "total": len(results),
+            "ok": sum(r["ok"] for r in results),
+            "failed": sum(not r["ok"] for r in results),
+            "errors": dict(errors.most_common(10)),
+        },
+        "tokens": {"total": tokens, "per_s": tokens / elapsed if elapsed > 0 else 0.0},
+        "correctness": {
+            "lost": sum(r["lost"] for r in results),
+            "duplicated": sum(r["duplicates"] for r in results),
+            "content_mismatches": sum(1 for r in results if not r["hash_ok"] and not r["error"]),
+            "incomplete": sum(1 for r in results if not r["ok"]),
+        },
+        "ttft_s": percentiles([r["ttft"] for r in results if r["ttft"] is not None]),
+        "delivery_lag_s": _merge_hist([p["lag"] for p in raw]),
+        "schedule_lateness_s": _merge_hist([p["lateness"] for p in raw]),
+        "disconnects": {
+            "forced": sum(r["forced_drops"] for r in results),
+            "unexpected": sum(r["unexpected_drops"] for r in results),
+        },
+        "resume_s": percentiles([x for r in results for x in r["resumes"]]),
+    }
+    if server is not None:
+        cpu = server["cpu_seconds"]
+        server["cpu_seconds_per_100k_tokens"] = cpu / tokens * 1e5 if tokens else None
+        server["cpu_utilisation"] = cpu / elapsed if elapsed > 0 else None
+        report["server"] = server
+    c = report["correctness"]
+    report["passed"] = c["lost"] == 0 and c["duplicated"] == 0 and c["incomplete"] == 0
+    return report
+
+
+def _ms(d: dict[str, Any], *keys: str) -> str:
+    return "  ".join(f"{k} {d[k] * 1e3:.1f}ms" for k in keys if k in d) or "n/a"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    s, t, c = r["streams"], r["tokens"], r["correctness"]
+    lines = [
+        "",
+        f"streams   {s['ok']}/{s['total']} ok, {s['failed']} failed {s['errors'] or ''}",
+        f"tokens    {t['total']:,} in {r['elapsed_s']:.1f}s = {t['per_s']:,.0f}/s",
+        f"exactly-once: lost {c['lost']}, duplicated {c['duplicated']}, content mismatches "
+        f"{c['content_mismatches']}, incomplete {c['incomplete']}  -> {'PASS' if r['passed'] else 'FAIL'}",
+        f"ttft      {_ms(r['ttft_s'], 'p50', 'p90', 'p99', 'max')}",
+        f"lag       {_ms(r['delivery_lag_s'], 'p50', 'p90', 'p99', 'p99_9', 'max')}",
+        f"lateness  {_ms(r['schedule_lateness_s'], 'p50', 'p90', 'p99', 'p99_9', 'max')}",
+        f"drops     forced {r['disconnects']['forced']}, unexpected {r['disconnects']['unexpected']}; "
+        f"resume {_ms(r['resume_s'], 'p50', 'p99', 'max')}",
+    ]
+    if "server" in r:
+        sv = r["server"]
+        per = sv["cpu_seconds_per_100k_tokens"]
+        lines.append(
+            f"server    cpu {sv['cpu_seconds']:.2f}s ({(sv['cpu_utilisation'] or 0) * 100:.0f}% of one core)"
+            f"{f', {per:.2f} cpu-s per 100k tokens' if per is not None else ''}; rss {sv['rss_bytes'] / 2**20:.1f} MiB"
+            f" (peak {sv['peak_rss_bytes'] / 2**20:.1f}, before {sv['rss_before_bytes'] / 2**20:.1f})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The load-test driver: spreads streams over worker processes, prints progress, aggregates a report."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from tokenwire.loadtest.report import build_report, format_report
+from tokenwire.loadtest.worker import WorkerConfig, run_worker
+
+__all__ = ["LoadTestConfig", "ProcSampler", "run_loadtest"]
+
+
+@dataclass
+class LoadTestConfig:
+    url: str = "http://127.0.0.1:8000"
+    streams: int = 100
+    ramp: float = 1000.0  # new streams per second
+    max_tokens: int = 200
+    tokens_per_s: float = 20.0
+    disconnect_rate: float = 0.0
+    procs: int = 1
+    seed: int = 0
+    model_seed: int = 0
+    resumable: bool = True
+    server_pid: int | None = None
+    stream_timeout: float = 600.0
+    quiet: bool = False
+
+
+class ProcSampler:
+    """CPU seconds and memory of a process from /proc (the server under test)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self.cpu0 = self.cpu()
+        self.rss0 = self.memory()["rss_bytes"]
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def memory(self) -> dict[str, int]:
+        out = {"rss_bytes": 0, "peak_rss_bytes": 0}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    out["rss_bytes"] = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    out["peak_rss_bytes"] = int(line.split()[1]) * 1024
+        return out
+
+
+def _worker_main(cfg: WorkerConfig, q: Any) -> None:
+    result = run_worker(cfg, lambda p: q.put(("progress", os.getpid(), p)))
+    q.put(("result", os.getpid(), result))
+
+
+def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any]:
+    """Run the load test to the end and return the report (also printed to ``out`` unless quiet)."""
+    parts = urlsplit(cfg.url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--url must be http://host:port, got {cfg.url!r}")
+    procs = max(1, min(cfg.procs, cfg.streams))
+    start_at = time.time() + (0.5 if procs > 1 else 0.05)
+    configs = []
+    for k in range(procs):
+        indices = list(range(k, cfg.streams, procs))
+        configs.append(
+            WorkerConfig(
+                host=parts.hostname,
+                port=parts.port or 80,
+                path_prefix=parts.path.rstrip("/"),
+                stream_indices=indices,
+                start_offsets=[i / cfg.ramp if cfg.ramp > 0 else 0.0 for i in indices],
+                max_tokens=cfg.max_tokens,
+                tokens_per_s=cfg.tokens_per_s,
+                disconnect_rate=cfg.disconnect_rate,
+                seed=cfg.seed * 1000 + k,
+                model_seed=cfg.model_seed,
+                resumable=cfg.resumable,
+                start_at=start_at,
+                stream_timeout=cfg.stream_timeout,
+            )
+        )
+    sampler = ProcSampler(cfg.server_pid) if cfg.server_pid else None
+    progress: dict[int, dict[str, int]] = {}
+    t0 = time.monotonic()
+    last_print = [t0]
+
+    def show(pid: int, p: dict[str, int]) -> None:
+        progress[pid] = p
+        now = time.monotonic()
+        if cfg.quiet or now - last_print[0] < 0.95:
+            return
+        last_print[0] = now
+        tot = {k: sum(v[k] for v in progress.values()) for k in ("tokens", "active", "finished", "failed")}
+        elapsed = now - t0
+        print(
+            f"[{elapsed:6.1f}s] streams active {tot['active']:>6}  finished {tot['finished']:>6}/{cfg.streams}"
+            f"  failed {tot['failed']:>4}  tokens {tot['tokens']:>10,}  ({tot['tokens'] / max(elapsed, 1e-9):,.0f}/s)",
+            file=out,
+            flush=True,
+        )
+
+    raw: list[dict[str, Any]] = []
+    if procs == 1:
+        raw.append(run_worker(configs[0], lambda p: show(0, p)))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        q = ctx.Queue()
+        workers = [ctx.Process(target=_worker_main, args=(c, q), daemon=True) for c in configs]
+        for w in workers:
+            w.start()
+        while len(raw) < procs:
+            try:
+                kind, pid, payload = q.get(timeout=1.0)
+            except queue.Empty:
+                if not any(w.is_alive() for w in workers) and q.empty():
+                    raise RuntimeError("a load-test worker process died") from None
+                continue
+            if kind == "progress":
+                show(pid, payload)
+            else:
+                raw.append(payload)
+        for w in workers:
+            w.join(timeout=10)
+    server = None
+    if sampler is not None:
+        server = {"cpu_seconds": sampler.cpu() - sampler.cpu0, **sampler.memory(), "rss_before_bytes": sampler.rss0}
+    report = build_report(asdict(cfg), raw, elapsed=time.monotonic() - t0, server=server)
+    if not cfg.quiet:
+        print(format_report(report), file=out, flush=True)
+    return report
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)

@@ -1,0 +1,299 @@
+"""One load-generator process: many SSE streams on one event loop, decoded and checked in Rust.
+
+Per stream: POST /v1/streams (stamped tokens), feed every body chunk to a ``StreamTracker`` (SSE parse,
+seq continuity, content hash, delivery lag from the production stamp, all in Rust), optionally cut the
+connection at random times and resume with ``Last-Event-ID``. Python runs once per network read, not per
+token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httptools
+
+from tokenwire import _core
+from tokenwire.fake_model import FakeModel
+
+__all__ = ["StreamResult", "WorkerConfig", "run_worker"]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class WorkerConfig:
+    host: str
+    port: int
+    path_prefix: str
+    stream_indices: list[int]
+    start_offsets: list[float]  # seconds after the common start, per stream (the ramp)
+    max_tokens: int
+    tokens_per_s: float
+    disconnect_rate: float  # forced disconnects per stream per second (Poisson)
+    seed: int
+    model_seed: int
+    resumable: bool
+    start_at: float  # time.time() of the common start
+    connect_timeout: float = 10.0
+    stream_timeout: float = 600.0
+
+
+@dataclass
+class StreamResult:
+    index: int
+    ok: bool
+    status: int = 0
+    error: str = ""
+    tokens: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    hash_ok: bool = False
+    ttft: float | None = None
+    resumes: list[float] = field(default_factory=list)
+    forced_drops: int = 0
+    unexpected_drops: int = 0
+
+
+class _Conn(asyncio.Protocol):
+    """One HTTP response of a stream, fed straight into the tracker."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.s = stream
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.status = 0
+        self.error_body = b""
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure ends this response only
+            self.s.fail(f"response parse error: {exc!r}")
+            if self.transport is not None:
+                self.transport.abort()
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        if self.status != 200:
+            self.error_body += body
+            return
+        self.s.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Stream:
+    def __init__(self, w: _Worker, index: int) -> None:
+        self.w = w
+        self.index = index
+        self.prompt = f"loadtest {index}"
+        self.tracker = _core.StreamTracker(lag=w.lag)
+        self.result = StreamResult(index, ok=False)
+        self.started_us = 0
+        self.resume_started_us = 0
+        self.conn: _Conn | None = None
+        self.stream_id = ""
+        self._sched_start_us = 0
+        self._interval_us = int(1e6 / w.cfg.tokens_per_s) if w.cfg.tokens_per_s > 0 else 0
+
+    def fail(self, message: str) -> None:
+        if not self.result.error:
+            self.result.error = message
+
+    def on_body(self, body: bytes) -> None:
+        now = _now_us()
+        t = self.tracker
+        try:
+            new = t.feed(body, now)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(f"decode error: {exc!r}")
+            if self.conn is not None and self.conn.transport is not None:
+                self.conn.transport.abort()
+            return
+        if self.resume_started_us:
+            # Reconnect sent -> first bytes of the resumed stream (its replay starts in the same write).
+            self.result.resumes.append((now - self.resume_started_us) / 1e6)
+            self.resume_started_us = 0
+        if new:
+            w = self.w
+            w.tokens += new
+            if self._interval_us:
+                if not self._sched_start_us:
+                    self._sched_start_us = t.first_token_at_us or now
+                first_new = t.last_seq - new + 1
+                due = self._sched_start_us + (first_new - 1) * self._interval_us
+                w.lateness.record(max(0, now - due))
+
+    async def _open(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> _Conn:
+        cfg = self.w.cfg
+        lines = [f"{method} {cfg.path_prefix}{path} HTTP/1.1", f"Host: {cfg.host}:{cfg.port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if method == "POST":
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(cfg.connect_timeout):
+            transport, conn = await loop.create_connection(lambda: _Conn(self), cfg.host, cfg.port)
+        self.conn = conn
+        transport.write(raw)
+        return conn
+
+    async def run(self) -> StreamResult:
+        cfg = self.w.cfg
+        rng = self.w.rng
+        self.started_us = _now_us()
+        body = json.dumps(
+            {"prompt": self.prompt, "max_tokens": cfg.max_tokens, "tokens_per_s": cfg.tokens_per_s, "stamp": True}
+        ).encode()
+        t = self.tracker
+        try:
+            conn = await self._open("POST", "/v1/streams", body, {})
+            first = True
+            while True:
+                drop_task = None
+                if cfg.disconnect_rate > 0 and cfg.resumable:
+                    drop_task = asyncio.get_running_loop().call_later(
+                        rng.expovariate(cfg.disconnect_rate), self._force_drop, conn
+                    )
+                async with asyncio.timeout(cfg.stream_timeout):
+                    await conn.closed
+                if drop_task is not None:
+                    drop_task.cancel()
+                if first:
+                    self.result.status = conn.status
+                    first = False
+                if conn.status != 200:
+                    self.fail(f"HTTP {conn.status}: {conn.error_body[:200].decode('utf-8', 'replace')}")
+                    break
+                if t.done or t.error is not None or self.result.error:
+                    break
+                if not cfg.resumable:
+                    self.fail("connection ended before the stream did (target does not resume)")
+                    break
+                if not getattr(conn, "forced", False):
+                    self.result.unexpected_drops += 1
+                # Resume: the stream id is the first part of the last event id.
+                last = t.last_event_id
+                stream_id = last.split(":", 1)[0]
+                if not stream_id:
+                    self.fail("dropped before the stream was named")
+                    break
+                self.resume_started_us = _now_us()
+                t.new_response()
+                conn = await self._open("GET", f"/v1/streams/{stream_id}/events", b"", {"Last-Event-ID": last})
+        except TimeoutError:
+            self.fail("timed out")
+        except OSError as exc:
+            self.fail(f"connection error: {exc!r}")
+        r = self.result
+        r.tokens, r.duplicates, r.lost = t.tokens, t.duplicates, t.lost
+        if t.first_token_at_us:
+            r.ttft = (t.first_token_at_us - self.started_us) / 1e6
+        if t.error is not None:
+            self.fail(f"stream error event: {t.error}")
+        expected = self.w.expected_hash(self.prompt)
+        r.hash_ok = t.content_hash == expected
+        r.ok = bool(t.done) and not r.error and r.hash_ok and r.lost == 0 and r.duplicates == 0
+        if t.done and not r.hash_ok and not r.error:
+            r.error = "content differs from the model's tokens"
+        return r
+
+    def _force_drop(self, conn: _Conn) -> None:
+        if conn.status != 200 or not self.tracker.last_event_id:
+            # Not streaming yet (no stream id to resume with): try again a little later.
+            asyncio.get_running_loop().call_later(0.05, self._force_drop, conn)
+            return
+        if conn.transport is not None and not conn.closed.done():
+            conn.forced = True  # type: ignore[attr-defined]
+            self.result.forced_drops += 1
+            conn.transport.abort()
+
+
+class _Worker:
+    def __init__(self, cfg: WorkerConfig, progress: Any) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.rng = random.Random(cfg.seed)  # noqa: S311 - not crypto
+        self.lag = _core.LagHistogram()
+        self.lateness = _core.LagHistogram()
+        self.tokens = 0
+        self.active = 0
+        self.finished = 0
+        self.failed = 0
+        self._model = FakeModel(seed=cfg.model_seed)
+
+    def expected_hash(self, prompt: str) -> int:
+        return _core.fnv1a64("".join(self._model.tokens(prompt, self.cfg.max_tokens)))
+
+    async def _one(self, index: int, offset: float) -> StreamResult:
+        delay = self.cfg.start_at + offset - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.active += 1
+        try:
+            result = await _Stream(self, index).run()
+        finally:
+            self.active -= 1
+        self.finished += 1
+        self.failed += not result.ok
+        return result
+
+    async def _report_progress(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.progress({"tokens": self.tokens, "active": self.active, "finished": self.finished,
+                           "failed": self.failed})  # fmt: skip
+
+    async def run(self) -> dict[str, Any]:
+        ticker = asyncio.get_running_loop().create_task(self._report_progress())
+        try:
+            results = await asyncio.gather(
+                *(self._one(i, off) for i, off in zip(self.cfg.stream_indices, self.cfg.start_offsets, strict=True))
+            )
+        finally:
+            ticker.cancel()
+        self.progress({"tokens": self.tokens, "active": 0, "finished": self.finished, "failed": self.failed})
+        return {
+            "results": [asdict(r) for r in results],
+            "lag": _hist_summary(self.lag),
+            "lateness": _hist_summary(self.lateness),
+            "lag_hist": self.lag.to_bytes() if hasattr(self.lag, "to_bytes") else None,
+        }
+
+
+def _hist_summary(h: Any) -> dict[str, float]:
+    if not h.count:
+        return {"count": 0}
+    p50, p90, p99, p999 = h.percentiles([50.0, 90.0, 99.0, 99.9])
+    return {"count": h.count, "p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": h.max, "mean": h.mean}
+
+
+def run_worker(cfg: WorkerConfig, progress: Any) -> dict[str, Any]:
+    """Run one worker's streams to the end on a fresh (uv)loop; returns its raw results."""
+    try:
+        import uvloop  # noqa: PLC0415
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_Worker(cfg, progress).run())
