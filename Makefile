@@ -6,7 +6,7 @@ export HYPOTHESIS_PROFILE
 
 .DEFAULT_GOAL := help
 
-.PHONY: help system-deps install build-dev build-prod build-profiling format lint lint-python lint-rust test-rust test bench demo check clean
+.PHONY: help system-deps install build-dev build-prod build-profiling format lint lint-python lint-rust test-rust test bench serve demo check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,7 +57,10 @@ test: ## pytest: the suite, plus every benchmark once as a smoke test
 bench: ## time the benchmarks side by side
 	$(PY) -m pytest benches -q --benchmark-enable --benchmark-columns=min,mean,median,ops,rounds --benchmark-sort=mean
 
-demo: install ## install, then stream, drop mid-answer, resume, verify
+serve: install ## install, then run the SSE server on 127.0.0.1:8000 (in-memory hub, FakeModel)
+	$(VENV)/bin/tokenwire serve
+
+demo: install ## install, then stream, drop mid-answer, resume, verify (no server needed)
 	$(VENV)/bin/tokenwire demo
 
 check: install lint test-rust test ## install everything and pass every check and test (CI runs this)

@@ -1,0 +1,147 @@
+"""Side-by-side SSE load benchmark: tokenwire vs sse-starlette (uvicorn) vs aiohttp, same generator.
+
+Each server runs pinned to one core (``taskset -c 0``) with an engine-style producer (one loop, one token for
+every active stream per step, 20 steps/s); the load generator (``tokenwire loadtest``) runs pinned to the
+other core. Server CPU and memory come from /proc of the server process.
+
+    .venv/bin/python -m benches.sse_compare --points 1000,3000 --duration 10 --out /tmp/sse_compare.json
+
+Prints a markdown table (the one in BENCHMARKS.md) and writes every full report as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PY = sys.executable
+TOKENWIRE = [PY, "-m", "tokenwire"]
+
+SERVERS: dict[str, dict[str, Any]] = {
+    "tokenwire": {"cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}"], "resume": True},
+    "sse-starlette": {
+        "cmd": [PY, "-m", "benches.peers.sse_starlette_app", "--steps-per-s", "{steps}", "--port", "{port}"],
+        "resume": False,
+    },
+    "aiohttp": {
+        "cmd": [PY, "-m", "benches.peers.aiohttp_app", "--steps-per-s", "{steps}", "--port", "{port}"],
+        "resume": False,
+    },
+}
+
+
+def start_server(name: str, port: int, steps: float, cores: str) -> subprocess.Popen[str]:
+    cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]["cmd"]]
+    proc = subprocess.Popen(  # noqa: S603 - our own commands
+        ["taskset", "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "listening on" in line or "serving SSE on" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"{name} did not start")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> dict[str, Any]:
+    unthrottled = streams == 1 and args.unthrottled_tokens
+    steps = 0 if unthrottled else args.steps
+    server_cmd_steps = steps
+    if name == "tokenwire" and unthrottled:
+        # Per-request pacing with tokens_per_s=0 is tokenwire's unthrottled mode.
+        server_cmd_steps = 0
+    proc = start_server(name, port, server_cmd_steps, args.server_cores)
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            report_path = f.name
+        max_tokens = args.unthrottled_tokens if unthrottled else max(1, round(args.duration * args.steps))
+        cmd = [
+            "taskset", "-c", args.client_cores, *TOKENWIRE, "loadtest",
+            "--url", f"http://127.0.0.1:{port}", "--streams", str(streams), "--ramp", str(args.ramp),
+            "--max-tokens", str(max_tokens), "--tokens-per-s", "0" if unthrottled else str(args.steps),
+            "--server-pid", str(proc.pid), "--json", report_path, "--quiet", "--procs", str(args.procs),
+        ]  # fmt: skip
+        if not SERVERS[name]["resume"]:
+            cmd.append("--no-resume")
+        subprocess.run(cmd, check=False, timeout=args.timeout)  # noqa: S603
+        report: dict[str, Any] = json.loads(Path(report_path).read_text())
+        os.unlink(report_path)
+        return report
+    finally:
+        stop_server(proc)
+
+
+def row(name: str, streams: int, r: dict[str, Any]) -> str:
+    sv = r.get("server", {})
+    mem_per_1k = (sv.get("peak_rss_bytes", 0) - sv.get("rss_before_bytes", 0)) / max(streams, 1) * 1000 / 2**20
+    per100k = sv.get("cpu_seconds_per_100k_tokens")
+
+    def ms(d: dict[str, Any], k: str) -> str:
+        return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
+
+    c = r["correctness"]
+    return (
+        f"| {name} | {streams:,} | {r['tokens']['per_s']:,.0f} | {per100k:.2f} | {sv.get('cpu_utilisation', 0) * 100:.0f}% "
+        f"| {mem_per_1k:.1f} | {ms(r['ttft_s'], 'p99')} | {ms(r['delivery_lag_s'], 'p99')} "
+        f"| {ms(r['schedule_lateness_s'], 'p99')} | {r['streams']['ok']}/{r['streams']['total']} "
+        f"| {c['lost']}/{c['duplicated']} |"
+        if per100k is not None
+        else f"| {name} | {streams:,} | no tokens | | | | | | | {r['streams']['ok']}/{r['streams']['total']} | |"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--points", default="1000,3000,5000,10000", help="concurrent streams per point")
+    p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of tokens per stream")
+    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
+    p.add_argument("--ramp", type=float, default=1000.0)
+    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    p.add_argument("--unthrottled-tokens", type=int, default=0, help="also run 1 unthrottled stream of N tokens")
+    p.add_argument("--server-cores", default="0")
+    p.add_argument("--client-cores", default="1")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--out", default="sse_compare.json")
+    args = p.parse_args()
+    points = [int(x) for x in args.points.split(",") if x]
+    if args.unthrottled_tokens:
+        points.append(1)
+    results = []
+    print("| server | streams | tokens/s | server CPU-s per 100k tokens | server CPU | MB per 1,000 streams "
+          "| TTFT p99 ms | lag p99 ms | lateness p99 ms | streams ok | lost/dup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    port = 18100
+    for streams in points:
+        for name in args.servers.split(","):
+            port += 1
+            report = run_point(name, streams, args, port)
+            results.append({"server": name, "streams": streams, "report": report})
+            print(row(name, streams, report), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
