@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 PY = sys.executable
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 TOKENWIRE = [PY, "-m", "tokenwire"]
 
 SERVERS: dict[str, dict[str, Any]] = {
@@ -41,7 +43,7 @@ SERVERS: dict[str, dict[str, Any]] = {
 def start_server(name: str, port: int, steps: float, cores: str) -> subprocess.Popen[str]:
     cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]["cmd"]]
     proc = subprocess.Popen(  # noqa: S603 - our own commands
-        ["taskset", "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [TASKSET, "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 20
@@ -77,7 +79,7 @@ def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> d
             report_path = f.name
         max_tokens = args.unthrottled_tokens if unthrottled else max(1, round(args.duration * args.steps))
         cmd = [
-            "taskset", "-c", args.client_cores, *TOKENWIRE, "loadtest",
+            TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest",
             "--url", f"http://127.0.0.1:{port}", "--streams", str(streams), "--ramp", str(args.ramp),
             "--max-tokens", str(max_tokens), "--tokens-per-s", "0" if unthrottled else str(args.steps),
             "--server-pid", str(proc.pid), "--json", report_path, "--quiet", "--procs", str(args.procs),

@@ -130,3 +130,61 @@ impl From<RingError> for RegistryError {
         Self::Ring(e)
     }
 }
+
+/// An SSE byte stream that the client-side parser refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseParseError {
+    /// A line, or an event's data, longer than the parser's limit.
+    Oversized { len: usize, max: usize },
+    /// `feed` after `close` (caller misuse, not the peer's fault).
+    Closed,
+}
+
+impl fmt::Display for SseParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oversized { len, max } => {
+                write!(
+                    f,
+                    "SSE line or event data of {len} bytes exceeds the limit of {max} bytes"
+                )
+            }
+            Self::Closed => write!(f, "SSE parser fed after close()"),
+        }
+    }
+}
+
+impl std::error::Error for SseParseError {}
+
+/// A tokenwire SSE stream that a [`crate::tracker::Tracker`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackerError {
+    Parse(SseParseError),
+    /// A `token`, `done` or `error` event whose id is not `{stream_id}:{epoch}:{seq}` with a seq >= 1.
+    BadId {
+        event: &'static str,
+        id: String,
+    },
+}
+
+impl fmt::Display for TrackerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Parse(e) => e.fmt(f),
+            Self::BadId { event, id } => {
+                write!(
+                    f,
+                    "`{event}` event with id {id:?}: expected `{{stream_id}}:{{epoch}}:{{seq}}`, seq >= 1"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for TrackerError {}
+
+impl From<SseParseError> for TrackerError {
+    fn from(e: SseParseError) -> Self {
+        Self::Parse(e)
+    }
+}

@@ -8,6 +8,8 @@ pub mod frame;
 pub mod registry;
 pub mod ring;
 pub mod sse;
+pub mod sse_parse;
+pub mod tracker;
 pub mod varint;
 
 #[cfg(feature = "python")]

@@ -19,6 +19,7 @@ mod exc {
     pyo3::import_exception!(tokenwire.errors, StreamNotFound);
     pyo3::import_exception!(tokenwire.errors, StreamClosed);
     pyo3::import_exception!(tokenwire.errors, HubFull);
+    pyo3::import_exception!(tokenwire.errors, RemoteProtocolError);
 }
 use exc::{HubFull, LocalProtocolError, ResumeExpired, ResumeFromFuture, StreamClosed, StreamNotFound};
 
@@ -422,6 +423,251 @@ impl PyRegistry {
     }
 }
 
+// -- SSE client side: decoder, stream tracker, lag histogram (rust/sse_parse.rs, rust/tracker.rs) ------
+
+use crate::error::{SseParseError, TrackerError};
+use crate::sse_parse::{SseParser, DEFAULT_MAX_EVENT_BYTES};
+use crate::tracker::{LagHistogram, Tracker};
+
+impl From<SseParseError> for PyErr {
+    fn from(e: SseParseError) -> Self {
+        match e {
+            SseParseError::Closed => local(e),
+            SseParseError::Oversized { .. } => exc::RemoteProtocolError::new_err(e.to_string()),
+        }
+    }
+}
+
+fn tracker_err(e: TrackerError) -> PyErr {
+    match e {
+        TrackerError::Parse(p) => p.into(),
+        TrackerError::BadId { .. } => exc::RemoteProtocolError::new_err(e.to_string()),
+    }
+}
+
+#[pyclass(name = "SseDecoder", module = "tokenwire._core")]
+struct PySseDecoder {
+    inner: SseParser,
+}
+
+#[pymethods]
+impl PySseDecoder {
+    #[new]
+    #[pyo3(signature = (max_event_bytes=DEFAULT_MAX_EVENT_BYTES))]
+    fn py_new(max_event_bytes: usize) -> Self {
+        Self {
+            inner: SseParser::new(max_event_bytes),
+        }
+    }
+
+    #[pyo3(name = "feed")]
+    fn py_feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        let result = self.inner.feed_with(data, |ev| {
+            list.append((ev.last_event_id, ev.event_type, ev.data).into_pyobject(py)?)
+        });
+        match result {
+            // Events before a parse error are delivered; the (poisoned) decoder raises on the next call.
+            Err(_) if self.inner.error().is_some() && !list.is_empty() => Ok(list),
+            Err(e) => Err(e),
+            Ok(()) => Ok(list),
+        }
+    }
+
+    #[pyo3(name = "close")]
+    fn py_close(&mut self) -> PyResult<()> {
+        Ok(self.inner.close()?)
+    }
+
+    #[getter]
+    fn retry(&self) -> Option<u64> {
+        self.inner.retry()
+    }
+
+    #[getter]
+    fn last_event_id(&self) -> &str {
+        self.inner.last_event_id()
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.inner.buffered()
+    }
+}
+
+#[pyclass(name = "LagHistogram", module = "tokenwire._core")]
+#[derive(Default)]
+struct PyLagHistogram {
+    inner: LagHistogram,
+}
+
+fn seconds(us: f64) -> f64 {
+    us / 1e6
+}
+
+#[pymethods]
+impl PyLagHistogram {
+    #[new]
+    fn py_new() -> Self {
+        Self::default()
+    }
+
+    #[pyo3(name = "record")]
+    fn py_record(&mut self, lag_us: u64) {
+        self.inner.record(lag_us);
+    }
+
+    #[pyo3(name = "merge")]
+    fn py_merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) {
+        let copy = other.borrow().inner.clone(); // `other` may be `slf`
+        slf.borrow_mut().inner.merge(&copy);
+    }
+
+    #[pyo3(name = "percentiles")]
+    fn py_percentiles(&self, percentiles: Vec<f64>) -> PyResult<Vec<f64>> {
+        percentiles_of(&self.inner, percentiles)
+    }
+
+    #[getter]
+    fn count(&self) -> u64 {
+        self.inner.count()
+    }
+
+    #[getter]
+    #[allow(clippy::cast_precision_loss)]
+    fn max(&self) -> f64 {
+        if self.inner.count() == 0 {
+            f64::NAN
+        } else {
+            seconds(self.inner.max() as f64)
+        }
+    }
+
+    #[getter]
+    fn mean(&self) -> f64 {
+        self.inner.mean().map_or(f64::NAN, seconds)
+    }
+}
+
+fn percentiles_of(h: &LagHistogram, ps: Vec<f64>) -> PyResult<Vec<f64>> {
+    ps.into_iter()
+        .map(|p| {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(PyValueError::new_err(format!("percentile {p} is outside 0..=100")));
+            }
+            Ok(h.percentile(p).map_or(f64::NAN, seconds))
+        })
+        .collect()
+}
+
+#[pyclass(name = "StreamTracker", module = "tokenwire._core")]
+struct PyStreamTracker {
+    inner: Tracker,
+    lag: Py<PyLagHistogram>,
+}
+
+#[pymethods]
+impl PyStreamTracker {
+    #[new]
+    #[pyo3(signature = (*, max_event_bytes=DEFAULT_MAX_EVENT_BYTES, lag=None))]
+    fn py_new(py: Python<'_>, max_event_bytes: usize, lag: Option<Py<PyLagHistogram>>) -> PyResult<Self> {
+        let lag = match lag {
+            Some(lag) => lag,
+            None => Py::new(py, PyLagHistogram::default())?,
+        };
+        Ok(Self {
+            inner: Tracker::new(max_event_bytes),
+            lag,
+        })
+    }
+
+    #[pyo3(name = "feed", signature = (data, now_us=0))]
+    fn py_feed(&mut self, py: Python<'_>, data: &[u8], now_us: u64) -> PyResult<u64> {
+        let mut lag = self.lag.bind(py).try_borrow_mut()?;
+        self.inner.feed_into(data, now_us, &mut lag.inner).map_err(tracker_err)
+    }
+
+    #[pyo3(name = "new_response")]
+    fn py_new_response(&mut self) {
+        self.inner.new_response();
+    }
+
+    #[pyo3(name = "lag_percentiles")]
+    fn py_lag_percentiles(&self, py: Python<'_>, percentiles: Vec<f64>) -> PyResult<Vec<f64>> {
+        percentiles_of(&self.lag.bind(py).try_borrow()?.inner, percentiles)
+    }
+
+    #[getter]
+    fn lag(&self, py: Python<'_>) -> Py<PyLagHistogram> {
+        self.lag.clone_ref(py)
+    }
+
+    #[getter]
+    fn tokens(&self) -> u64 {
+        self.inner.progress().tokens
+    }
+
+    #[getter]
+    fn duplicates(&self) -> u64 {
+        self.inner.progress().duplicates
+    }
+
+    #[getter]
+    fn lost(&self) -> u64 {
+        self.inner.progress().lost
+    }
+
+    #[getter]
+    fn last_seq(&self) -> u64 {
+        self.inner.progress().last_seq
+    }
+
+    #[getter]
+    fn last_event_id(&self) -> &str {
+        &self.inner.progress().last_event_id
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.progress().done
+    }
+
+    #[getter]
+    fn done_data(&self) -> Option<&str> {
+        self.inner.progress().done_data.as_deref()
+    }
+
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.inner.progress().error.as_deref()
+    }
+
+    #[getter]
+    fn content_hash(&self) -> u64 {
+        self.inner.progress().content_hash
+    }
+
+    #[getter]
+    fn lag_count(&self) -> u64 {
+        self.inner.progress().lag_count
+    }
+
+    #[getter]
+    fn first_token_at_us(&self) -> Option<u64> {
+        self.inner.progress().first_token_at_us
+    }
+
+    #[getter]
+    fn retry(&self) -> Option<u64> {
+        self.inner.retry()
+    }
+}
+
+#[pyfunction]
+fn fnv1a64(text: &str) -> u64 {
+    crate::tracker::fnv1a64(text.as_bytes())
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -448,5 +694,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFrameDecoder>()?;
     m.add_class::<PyRing>()?;
     m.add_class::<PyRegistry>()?;
+    m.add("DEFAULT_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES)?;
+    m.add_function(wrap_pyfunction!(fnv1a64, m)?)?;
+    m.add_class::<PySseDecoder>()?;
+    m.add_class::<PyLagHistogram>()?;
+    m.add_class::<PyStreamTracker>()?;
     Ok(())
 }

@@ -155,3 +155,148 @@ class Registry:
     @property
     def memory_bytes(self) -> int: ...
     def __len__(self) -> int: ...
+
+# -- SSE client side (rust/sse_parse.rs, rust/tracker.rs) -------------------------------------------------
+
+DEFAULT_MAX_EVENT_BYTES: Final[int]
+"""1 MiB + 4 KiB: the longest line or event data an :class:`SseDecoder`/:class:`StreamTracker` accepts."""
+
+def fnv1a64(text: str) -> int:
+    """FNV-1a 64 of ``text``'s UTF-8 bytes. Hashing the concatenation of tokens gives
+    :attr:`StreamTracker.content_hash` (tokens in seq order, stamps removed, CR/CRLF as LF as SSE delivers)."""
+
+@final
+class SseDecoder:
+    """Incremental WHATWG SSE parser ("Interpreting an event stream"): feed response bytes in any split.
+
+    UTF-8 is decoded lossily (U+FFFD), one leading BOM is dropped, CRLF/LF/CR end lines (also a CR and LF
+    split across chunks). ``id`` persists across events and is ignored if it holds NUL; ``retry`` needs
+    ASCII digits. A line or event data over ``max_event_bytes`` raises ``RemoteProtocolError``; events
+    completed before it in the same ``feed`` are returned first, and the decoder stays failed.
+    """
+
+    def __new__(cls, max_event_bytes: int = ...) -> Self: ...
+    def feed(self, data: bytes) -> list[tuple[str, str, str]]:
+        """Events completed by ``data``, as ``(last_event_id, event_type, data)``; the type defaults to
+        ``"message"``."""
+
+    def close(self) -> None:
+        """End of the stream: an incomplete event is discarded (as the specification says). Raises the
+        decoder's error if it failed; a later ``feed`` raises ``LocalProtocolError``."""
+
+    @property
+    def retry(self) -> int | None:
+        """Reconnection time (ms) from the last valid ``retry`` field, ``None`` if none."""
+
+    @property
+    def last_event_id(self) -> str:
+        """The last event id buffer (``""`` until an ``id`` field sets it)."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete line and event held back."""
+
+@final
+class LagHistogram:
+    """Log-linear (HDR-style) histogram of lags in µs: exact below 32 µs, then 32 buckets per power of two
+    up to 134 s (values reported within 1.6 %; larger values share the top bucket, ``max`` stays exact).
+    Fixed memory: 5.9 KiB, allocated at the first record. Not for sharing between threads."""
+
+    def __new__(cls) -> Self: ...
+    def record(self, lag_us: int) -> None: ...
+    def merge(self, other: LagHistogram) -> None:
+        """Add every value recorded in ``other`` (e.g. ``total.merge(tracker.lag)`` per stream)."""
+
+    def percentiles(self, percentiles: Sequence[float]) -> list[float]:
+        """The value at each percentile (0-100) in seconds; ``nan`` each if nothing was recorded.
+        ``ValueError`` for a percentile outside 0-100. Percentile 0 and 100 are the exact min and max."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def max(self) -> float:
+        """Largest value in seconds (``nan`` if none)."""
+
+    @property
+    def mean(self) -> float:
+        """Mean in seconds (``nan`` if none)."""
+
+@final
+class StreamTracker:
+    """Load-test fast path: exactly-once and lag accounting of ONE tokenwire SSE stream, parsed in Rust.
+
+    Feed it the raw response bytes in any split. ``token``/``done``/``error`` events carry id
+    ``{stream_id}:{epoch}:{seq}``: a frame with seq <= ``last_seq`` counts as a duplicate (not delivered);
+    seq > ``last_seq + 1`` adds the difference to ``lost``; then ``last_seq = seq``. ``stream`` events change
+    no count (the first one only sets ``last_event_id`` before any frame); other events are ignored.
+    Token text is not kept: ``content_hash`` is a running :func:`fnv1a64` of it.
+
+    Stamps: a token ending with U+2063 and 1-20 digits (production time, µs since the Unix epoch) is
+    hashed without that suffix, and if ``now_us > 0`` its lag ``now_us - stamp`` (0 if negative) is
+    recorded in ``lag``: a histogram of its own, or the one passed in (one shared by many trackers).
+
+    After a dropped connection, call :meth:`new_response` and feed the resumed response to the same tracker.
+    A malformed id or an oversized line/event raises ``RemoteProtocolError``; counts include every event
+    before it, and the tracker raises again on each ``feed`` until :meth:`new_response`.
+    """
+
+    def __new__(cls, *, max_event_bytes: int = ..., lag: LagHistogram | None = None) -> Self: ...
+    def feed(self, data: bytes, now_us: int = 0) -> int:
+        """Parse ``data``; returns the number of new (non-duplicate) tokens in it. ``now_us`` is the
+        current time in µs since the Unix epoch (``0``: don't time)."""
+
+    def new_response(self) -> None:
+        """A new (resumed) response body follows: drop the previous one's incomplete event and any parse
+        error; keep every count, ``last_seq`` and ``last_event_id``."""
+
+    def lag_percentiles(self, percentiles: Sequence[float]) -> list[float]:
+        """``self.lag.percentiles(percentiles)``: seconds, ``nan`` if no lag was recorded."""
+
+    @property
+    def lag(self) -> LagHistogram:
+        """The histogram lags are recorded in (shared if one was passed to the constructor)."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens accepted, each once, in order."""
+
+    @property
+    def duplicates(self) -> int:
+        """Frames (tokens and final events) with a seq at or below the last accepted one."""
+
+    @property
+    def lost(self) -> int:
+        """Frames skipped by gaps in the seqs."""
+
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def last_event_id(self) -> str:
+        """Id of the last accepted frame (or the first ``stream`` event's): the ``Last-Event-ID`` to resume
+        with; ``""`` before any."""
+
+    @property
+    def done(self) -> bool: ...
+    @property
+    def done_data(self) -> str | None:
+        """JSON data of the ``done`` event."""
+
+    @property
+    def error(self) -> str | None:
+        """JSON data of the ``error`` event."""
+
+    @property
+    def content_hash(self) -> int:
+        """FNV-1a 64 of the accepted tokens' text in seq order (stamps removed)."""
+
+    @property
+    def lag_count(self) -> int:
+        """Tokens of this stream whose lag was recorded."""
+
+    @property
+    def first_token_at_us(self) -> int | None:
+        """``now_us`` of the feed that delivered the first token (feeds with ``now_us > 0`` only)."""
+
+    @property
+    def retry(self) -> int | None:
+        """Reconnection time (ms) from the response's ``retry`` field, ``None`` if none."""

@@ -73,7 +73,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from tokenwire.server import ServerConfig, SseServer  # noqa: PLC0415 - keep `demo` start-up light
+    from tokenwire.server import ServerConfig, SseServer
 
     config = ServerConfig(
         host=args.host,
@@ -105,8 +105,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from tokenwire.loadtest import LoadTestConfig, run_loadtest  # noqa: PLC0415
-    from tokenwire.loadtest.runner import write_json  # noqa: PLC0415
+    from tokenwire.loadtest import LoadTestConfig, run_loadtest
+    from tokenwire.loadtest.runner import write_json
 
     max_tokens = args.max_tokens
     if args.duration is not None:

@@ -68,6 +68,20 @@ class ServerMetrics:
         ("heartbeats_total", "Heartbeat comments written"),
     )
 
+    # The counters above, declared for type checkers (``__init__`` sets each to 0).
+    connections_total: int
+    requests_total: int
+    bad_requests_total: int
+    streams_started_total: int
+    tokens_sent_total: int
+    bytes_sent_total: int
+    flushes_total: int
+    disconnects_total: int
+    resumes_total: int
+    replayed_frames_total: int
+    backpressure_closes_total: int
+    heartbeats_total: int
+
     def __init__(self, protocol: str = "sse") -> None:
         self.protocol = protocol
         for name, _ in self.COUNTERS:

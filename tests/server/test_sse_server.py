@@ -324,7 +324,7 @@ async def test_slow_reader_is_closed_with_bounded_memory_and_resumes_losslessly(
         except (ConnectionResetError, TimeoutError):
             pass
         sock.close()
-        head, _, stream_bytes = received.partition(b"\r\n\r\n")
+        _head, _, stream_bytes = received.partition(b"\r\n\r\n")
         parser = SpecParser()
         evs = parser.feed(stream_bytes)
         got = tokens(evs)
@@ -346,9 +346,12 @@ async def test_shutdown_while_streaming_tells_clients_to_reconnect() -> None:
     server = await server_cm.__aenter__()
     health = url(server, "/healthz")
     try:
-        async with httpx.AsyncClient() as client, client.stream(
-            "POST", url(server, "/v1/streams"), json={"prompt": "x", "max_tokens": 10_000, "tokens_per_s": 100}
-        ) as resp:
+        async with (
+            httpx.AsyncClient() as client,
+            client.stream(
+                "POST", url(server, "/v1/streams"), json={"prompt": "x", "max_tokens": 10_000, "tokens_per_s": 100}
+            ) as resp,
+        ):
             it = resp.aiter_bytes()
             await it.__anext__()
             await server.shutdown(drain_timeout=0.1)

@@ -322,7 +322,11 @@ class SseClient:
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> _Response:
         loop = asyncio.get_running_loop()
-        lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Accept: text/event-stream"]
+        lines = [
+            f"{method} {self.prefix}{path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Accept: text/event-stream",
+        ]
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
         if body or method == "POST":
@@ -397,5 +401,3 @@ class SseClient:
             reader.reconnects += 1
             return resp
         raise ConnectionFailed(f"could not resume stream {reader.stream_id}: {last_error!r}") from last_error
-
-

@@ -86,13 +86,17 @@ def format_report(r: dict[str, Any]) -> str:
         "",
         f"streams   {s['ok']}/{s['total']} ok, {s['failed']} failed {s['errors'] or ''}",
         f"tokens    {t['total']:,} in {r['elapsed_s']:.1f}s = {t['per_s']:,.0f}/s",
-        f"exactly-once: lost {c['lost']}, duplicated {c['duplicated']}, content mismatches "
-        f"{c['content_mismatches']}, incomplete {c['incomplete']}  -> {'PASS' if r['passed'] else 'FAIL'}",
+        (
+            f"exactly-once: lost {c['lost']}, duplicated {c['duplicated']}, content mismatches "
+            f"{c['content_mismatches']}, incomplete {c['incomplete']}  -> {'PASS' if r['passed'] else 'FAIL'}"
+        ),
         f"ttft      {_ms(r['ttft_s'], 'p50', 'p90', 'p99', 'max')}",
         f"lag       {_ms(r['delivery_lag_s'], 'p50', 'p90', 'p99', 'p99_9', 'max')}",
         f"lateness  {_ms(r['schedule_lateness_s'], 'p50', 'p90', 'p99', 'p99_9', 'max')}",
-        f"drops     forced {r['disconnects']['forced']}, unexpected {r['disconnects']['unexpected']}; "
-        f"resume {_ms(r['resume_s'], 'p50', 'p99', 'max')}",
+        (
+            f"drops     forced {r['disconnects']['forced']}, unexpected {r['disconnects']['unexpected']}; "
+            f"resume {_ms(r['resume_s'], 'p50', 'p99', 'max')}"
+        ),
     ]
     if "server" in r:
         sv = r["server"]

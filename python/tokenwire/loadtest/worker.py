@@ -157,7 +157,7 @@ class _Stream:
         transport.write(raw)
         return conn
 
-    async def run(self) -> StreamResult:
+    async def run(self) -> StreamResult:  # noqa: C901 - the whole life of one stream, read top to bottom
         cfg = self.w.cfg
         rng = self.w.rng
         self.started_us = _now_us()
@@ -290,7 +290,7 @@ def _hist_summary(h: Any) -> dict[str, float]:
 def run_worker(cfg: WorkerConfig, progress: Any) -> dict[str, Any]:
     """Run one worker's streams to the end on a fresh (uv)loop; returns its raw results."""
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover

@@ -24,7 +24,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
-from tokenwire.protocol.http1 import HttpError, Request, RequestParser, render_head, render_response
+from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.flusher import Flusher
 
@@ -201,7 +201,8 @@ class SseConnection(asyncio.Protocol):
 
     def _respond_error(self, exc: BaseException, keep_alive: bool, status: int | None = None) -> None:
         if status is None:
-            status = getattr(exc, "status", None) or getattr(exc, "status_hint", 500)
+            raw = getattr(exc, "status", None) or getattr(exc, "status_hint", 500)
+            status = raw if isinstance(raw, int) else 500
         self.server.metrics.bad_requests_total += 1
         extra = [("Retry-After", "1")] if status == 503 else None
         if status >= 500 or status in (408, 413, 414, 431):
@@ -330,7 +331,7 @@ class SseServer:
         model: FakeModel | None = None,
         engine_steps_per_s: float | None = None,
     ) -> None:
-        from tokenwire.server.routes import Router  # noqa: PLC0415 - routes import this module
+        from tokenwire.server.routes import Router
 
         self.config = config or ServerConfig()
         self.hub = hub if hub is not None else Hub()
@@ -357,17 +358,20 @@ class SseServer:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None, "server not started"
+        if self._loop is None:
+            raise RuntimeError("server not started")
         return self._loop
 
     @property
     def flusher(self) -> Flusher:
-        assert self._flusher is not None, "server not started"
+        if self._flusher is None:
+            raise RuntimeError("server not started")
         return self._flusher
 
     @property
     def port(self) -> int:
-        assert self._server is not None and self._server.sockets, "server not started"
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
         return int(self._server.sockets[0].getsockname()[1])
 
     def render_metrics(self) -> bytes:
@@ -403,7 +407,8 @@ class SseServer:
         self._schedule_tick()
 
     async def serve_forever(self) -> None:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("server not started")
         await self._server.serve_forever()
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
@@ -414,7 +419,7 @@ class SseServer:
         if self._server is not None:
             self._server.close()
         deadline = self.loop.time() + drain
-        while self.streaming and self.loop.time() < deadline:
+        while self.streaming and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close_for_shutdown()
