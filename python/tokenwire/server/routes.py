@@ -15,7 +15,7 @@ from tokenwire.protocol.http1 import HttpError, Request
 from tokenwire.protocol.resume import format_id_prefix, validate_stream_id
 
 if TYPE_CHECKING:
-    from tokenwire.server.sse import SseConnection, SseServer, StreamRender
+    from tokenwire.server.sse import SseConnection, SseServer
 
 __all__ = ["ChatMeta", "Router"]
 
@@ -83,7 +83,7 @@ class Router:
         self.chats: dict[str, ChatMeta] = {}
 
     def handle(self, conn: SseConnection, req: Request) -> None:
-        path, method = req.path, req.method
+        path = req.path
         if path.startswith(_STREAMS + "/"):
             rest = path[len(_STREAMS) + 1 :]
             stream_id, _, tail = rest.partition("/")
