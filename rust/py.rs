@@ -378,6 +378,20 @@ impl PyRegistry {
         Ok(PyBytes::new(py, &out))
     }
 
+    #[pyo3(name = "poll", signature = (handle, after, wire=0))]
+    fn py_poll<'py>(
+        &self,
+        py: Python<'py>,
+        handle: u64,
+        after: u64,
+        wire: u8,
+    ) -> PyResult<(Bound<'py, PyBytes>, u64, bool)> {
+        let wire = wire_arg(wire)?;
+        let mut out = Vec::new();
+        let (last, ended) = self.inner.poll(handle, after, wire, &mut out).map_err(registry_err)?;
+        Ok((PyBytes::new(py, &out), last, ended))
+    }
+
     #[pyo3(name = "frames_since")]
     fn py_frames_since<'py>(&self, py: Python<'py>, handle: u64, after: u64) -> PyResult<Bound<'py, PyList>> {
         frames_to_list(py, self.inner.frames_since(handle, after).map_err(registry_err)?)

@@ -269,6 +269,17 @@ impl Registry {
         Ok(self.get(handle)?.ring.since(after, wire, out)?)
     }
 
+    /// What a stream connection needs per flush, in one call: frames after `after` appended to `out` in
+    /// `wire` format (nothing if none), the last seq, and whether the stream has ended.
+    pub fn poll(&self, handle: Handle, after: u64, wire: Wire, out: &mut Vec<u8>) -> Result<(u64, bool), RegistryError> {
+        let stream = self.get(handle)?;
+        let last = stream.ring.last_seq();
+        if last > after {
+            stream.ring.since(after, wire, out)?;
+        }
+        Ok((last, stream.state != StreamState::Open))
+    }
+
     pub fn frames_since(&self, handle: Handle, after: u64) -> Result<Vec<(FrameKind, u64, &str)>, RegistryError> {
         Ok(self.get(handle)?.ring.frames_since(after)?)
     }
@@ -344,6 +355,11 @@ mod tests {
         assert!(r.sweep(109.9).is_empty());
         let mut out = Vec::new();
         assert_eq!(r.since(h, 0, Wire::Binary, &mut out).unwrap(), 3);
+        let mut polled = Vec::new();
+        assert_eq!(r.poll(h, 3, Wire::Binary, &mut polled).unwrap(), (3, true));
+        assert!(polled.is_empty());
+        assert_eq!(r.poll(h, 0, Wire::Binary, &mut polled).unwrap(), (3, true));
+        assert_eq!(polled, out);
         assert_eq!(r.sweep(110.0), vec!["a".to_string()]);
         assert_eq!(r.last_seq(h), Err(RegistryError::NotFound));
         assert_eq!(r.memory_bytes(), 0);

@@ -34,7 +34,8 @@ log = logging.getLogger("tokenwire.server")
 
 _WIRE_SSE = _core.WIRE_SSE
 
-#: Renders frames after a seq: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
+#: A custom rendering of the frames after a seq (formats the core does not render, like OpenAI chunks):
+#: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
 StreamRender = Callable[[int, int], bytes]
 
 
@@ -53,6 +54,9 @@ class SseConnection(asyncio.Protocol):
     __slots__ = (
         "_closing",
         "_dirty",
+        "_handle",
+        "_poll",
+        "_wire",
         "_held",
         "_last_write",
         "_paused",
@@ -77,6 +81,9 @@ class SseConnection(asyncio.Protocol):
         self.position = 0
         self.peer: Any = None
         self._render: StreamRender | None = None
+        self._handle = 0
+        self._poll = server.hub.storage.poll
+        self._wire = _WIRE_SSE
         self._trailer = b""
         self._dirty = False
         self._held = False
@@ -217,11 +224,15 @@ class SseConnection(asyncio.Protocol):
         after: int,
         head: list[tuple[str, str]],
         intro: bytes,
-        render: StreamRender,
+        render: StreamRender | None = None,
         trailer: bytes = b"",
         retry: bool = True,
+        wire: int = _WIRE_SSE,
     ) -> None:
         """Turn this connection into a stream of ``stream`` after seq ``after``: replay, then live.
+
+        Frames are rendered by the core in ``wire`` format (one ``Registry.poll`` per flush), or by
+        ``render`` for other formats (the OpenAI chunks).
 
         ``retry=False`` leaves out the ``retry:`` block (the OpenAI SDK's SSE reader takes a field-only
         block for an event with empty data).
@@ -231,6 +242,8 @@ class SseConnection(asyncio.Protocol):
             return
         self.stream = stream
         self.position = after
+        self._handle = stream._handle
+        self._wire = wire
         self._render = render
         self._trailer = trailer
         headers = [
@@ -254,34 +267,21 @@ class SseConnection(asyncio.Protocol):
             self.server.flusher.add(self)
 
     def flush(self) -> None:
+        """Write everything new since ``position`` in one ``transport.write``; end the response at the end."""
         self._dirty = False
-        stream = self.stream
         transport = self.transport
-        if self._paused or self._closing or stream is None or transport is None or self._render is None:
+        if self._paused or self._closing or transport is None:
             return
         server = self.server
-        handle = stream._handle
+        pos = self.position
         try:
-            last = server.hub.storage.last_seq(handle)
-            pos = self.position
-            if last > pos:
-                data = self._render(handle, pos)
-                m = server.metrics
-                if pos == 0 or self._requested_at:
-                    now = server.loop.time()
-                    if self._requested_at:
-                        (m.ttft if pos == 0 else m.resume_latency).observe(now - self._requested_at)
-                        self._requested_at = 0.0
-                    self._last_write = now
-                elif m.flushes_total & 15 == 0:  # sample the clock: 1 flush in 16
-                    now = server.loop.time()
-                    m.inter_token.observe(now - self._last_write)
-                    self._last_write = now
-                self.position = last
-                transport.write(data)
-                m.flushes_total += 1
-                m.tokens_sent_total += last - pos
-                m.bytes_sent_total += len(data)
+            if self._render is None:
+                data, last, ended = self._poll(self._handle, pos, self._wire)
+            else:
+                storage = server.hub.storage
+                last = storage.last_seq(self._handle)
+                ended = storage.state(self._handle) != _core.STATE_OPEN
+                data = self._render(self._handle, pos) if last > pos else b""
         except ResumeExpired:
             # The client read so slowly that the ring moved past it: close; its resume gets 410.
             server.metrics.backpressure_closes_total += 1
@@ -290,7 +290,21 @@ class SseConnection(asyncio.Protocol):
         except StreamNotFound:
             self._abort()
             return
-        if not stream.is_open and self.position >= stream.last_seq:
+        if last > pos:
+            m = server.metrics
+            now = server.loop.time()
+            if self._requested_at:
+                (m.ttft if pos == 0 else m.resume_latency).observe(now - self._requested_at)
+                self._requested_at = 0.0
+            else:
+                m.inter_token.observe(now - self._last_write)
+            self._last_write = now
+            self.position = last
+            transport.write(data)
+            m.flushes_total += 1
+            m.tokens_sent_total += last - pos
+            m.bytes_sent_total += len(data)
+        if ended and self.position >= last:
             self._finish_stream()
 
     def write_heartbeat(self, now: float) -> None:
