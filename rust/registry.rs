@@ -271,7 +271,13 @@ impl Registry {
 
     /// What a stream connection needs per flush, in one call: frames after `after` appended to `out` in
     /// `wire` format (nothing if none), the last seq, and whether the stream has ended.
-    pub fn poll(&self, handle: Handle, after: u64, wire: Wire, out: &mut Vec<u8>) -> Result<(u64, bool), RegistryError> {
+    pub fn poll(
+        &self,
+        handle: Handle,
+        after: u64,
+        wire: Wire,
+        out: &mut Vec<u8>,
+    ) -> Result<(u64, bool), RegistryError> {
         let stream = self.get(handle)?;
         let last = stream.ring.last_seq();
         if last > after {
