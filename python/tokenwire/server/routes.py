@@ -170,7 +170,9 @@ class Router:
         if fmt == "openai":
             meta = self.chats.get(stream_id)
             if meta is None:
-                raise RemoteProtocolError(f"stream {stream_id} is not a chat completion; format=openai is not available")
+                raise RemoteProtocolError(
+                    f"stream {stream_id} is not a chat completion; format=openai is not available"
+                )
             return self._stream_openai(conn, stream, after, meta)
         if fmt != "sse":
             raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
