@@ -1,0 +1,417 @@
+"""What the endpoints decide, without I/O: shared by the asyncio-Protocol server and the ASGI app.
+
+Request validation, route matching, resume-point resolution, and the plan of a stream (its headers, its
+intro event, and how its frames are rendered: by the core, or by a custom ``render`` function). The SSE
+server's :class:`~tokenwire.server.routes.Router` and :class:`tokenwire.asgi.TokenwireASGI` only move
+bytes; everything a client can observe besides timing is decided here, so the two answer alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tokenwire import _core
+from tokenwire.errors import RemoteProtocolError, StreamNotFound
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.hub import FrameKind, Hub, TokenStream
+from tokenwire.metrics import ServerMetrics
+from tokenwire.protocol.http1 import HttpError
+from tokenwire.protocol.resume import format_id_prefix, validate_stream_id
+from tokenwire.server.config import ServerConfig
+
+__all__ = [
+    "STREAMS_PATH",
+    "ChatMeta",
+    "Endpoints",
+    "Host",
+    "Render",
+    "StreamPlan",
+    "collect_completion",
+    "float_field",
+    "int_field",
+    "last_event_id_of",
+    "match_route",
+    "parse_json_body",
+    "plan_openai",
+    "plan_sse",
+    "resolve_resume",
+]
+
+STREAMS_PATH = "/v1/streams"
+
+#: A custom rendering of the frames after a seq, for formats the core does not render (OpenAI chunks):
+#: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
+Render = Callable[[int, int], bytes]
+
+_OPENAI_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class StreamPlan:
+    """Everything a connection needs to serve one stream: replay after ``after``, then live."""
+
+    stream: TokenStream
+    after: int
+    #: Response headers besides Content-Type, Cache-Control and X-Accel-Buffering.
+    head: list[tuple[str, str]]
+    #: Written after the ``retry:`` block, before the first frame.
+    intro: bytes
+    #: ``None``: the core renders SSE events (one ``Storage.poll`` per flush). Else a custom rendering.
+    render: Render | None = None
+    #: Written after the final frame, just before the response ends.
+    trailer: bytes = b""
+    #: Whether the body starts with a ``retry:`` block (the OpenAI SDK's reader takes a field-only block
+    #: for an event with empty data, so OpenAI streams leave it out).
+    retry: bool = True
+
+
+class Host(Protocol):
+    """What the endpoints need from a server: the hub, the model, limits, and counters."""
+
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def model(self) -> FakeModel: ...
+    @property
+    def engine(self) -> FakeEngine | None: ...
+    @property
+    def metrics(self) -> ServerMetrics: ...
+    @property
+    def config(self) -> ServerConfig: ...
+
+
+class ChatMeta:
+    """What every OpenAI chunk of one chat completion repeats."""
+
+    __slots__ = ("created", "id", "include_usage", "model")
+
+    def __init__(self, completion_id: str, model: str, created: int, include_usage: bool) -> None:
+        self.id = completion_id
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            **extra,
+        }
+
+
+# -- request validation ------------------------------------------------------------------------------
+
+
+def parse_json_body(content_type: str | None, body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body; 415 for another content type, 400 for anything but an object."""
+    ctype = (content_type or "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HttpError(415, f"expected Content-Type application/json, got {ctype!r}")
+    try:
+        parsed = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise HttpError(400, "request body must be a JSON object")
+    return parsed
+
+
+def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise HttpError(400, f"{name!r} must be an integer from {lo} to {hi}")
+    return value
+
+
+def float_field(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise HttpError(400, f"{name!r} must be a number")
+    if not lo <= value <= hi:
+        raise HttpError(400, f"{name!r} must be from {lo} to {hi}")
+    return float(value)
+
+
+def match_route(method: str, path: str) -> tuple[str, str]:
+    """``(route, stream_id)`` for a request; 404 for an unknown path, 405 for a method it does not take.
+
+    Routes: ``attach``, ``cancel`` (both with a stream id), ``create``, ``chat``, ``health``, ``metrics``.
+    """
+    if path.startswith(STREAMS_PATH + "/"):
+        rest = path[len(STREAMS_PATH) + 1 :]
+        stream_id, _, tail = rest.partition("/")
+        if tail == "events":
+            _allow(method, "GET")
+            return "attach", stream_id
+        if tail == "":
+            _allow(method, "DELETE")
+            return "cancel", stream_id
+    elif path == STREAMS_PATH:
+        _allow(method, "POST")
+        return "create", ""
+    elif path == "/v1/chat/completions":
+        _allow(method, "POST")
+        return "chat", ""
+    elif path == "/healthz":
+        _allow(method, "GET", "HEAD")
+        return "health", ""
+    elif path == "/metrics":
+        _allow(method, "GET")
+        return "metrics", ""
+    raise HttpError(404, f"no route for {path}")
+
+
+def _allow(method: str, *methods: str) -> None:
+    if method not in methods:
+        raise HttpError(405, f"{method} is not allowed here; use {', '.join(methods)}")
+
+
+def last_event_id_of(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """The resume point of an attach: the ``Last-Event-ID`` header, else ``?last_event_id=``, else ``""``.
+
+    ``headers`` has lower-case names. An empty header counts as absent (docs/protocol.md §4.1).
+    """
+    return headers.get("last-event-id", "").strip() or query.get("last_event_id", "").strip()
+
+
+# -- resume and stream plans ---------------------------------------------------------------------------
+
+
+def resolve_resume(hub: Hub, stream_id: str, last_event_id: str) -> tuple[TokenStream, int]:
+    """The stream and the seq to replay after, for an attach to ``stream_id`` with ``last_event_id``.
+
+    Raises as docs/protocol.md §4.2 says: ``RemoteProtocolError`` (malformed, or another stream's id),
+    ``EpochMismatch``, ``StreamNotFound``, ``ResumeFromFuture``, ``ResumeExpired``.
+    """
+    after = 0
+    if last_event_id:
+        point = hub.parse_resume(last_event_id)
+        if point.stream_id != stream_id:
+            raise RemoteProtocolError(
+                f"Last-Event-ID names stream {point.stream_id!r} but the path names {stream_id!r}"
+            )
+        after = point.seq
+    return hub.check_resume(stream_id, after), after
+
+
+def nothing_left(stream: TokenStream, after: int) -> bool:
+    """True when the stream has ended and the client holds its final frame: answer 204."""
+    return not stream.is_open and after >= stream.last_seq
+
+
+def count_resume(hub: Hub, metrics: ServerMetrics | None, stream: TokenStream, after: int) -> None:
+    hub.counters["resumes"] += 1
+    if metrics is not None:
+        metrics.resumes_total += 1
+        metrics.replayed_frames_total += stream.last_seq - after
+
+
+def plan_sse(hub: Hub, stream: TokenStream, after: int, events_url: str | None) -> StreamPlan:
+    """Plan of an SSE stream: a ``stream`` intro event (its id is the resume point ``after``), then frames."""
+    intro_body: dict[str, Any] = {"stream_id": stream.id, "epoch": hub.epoch}
+    if events_url is not None:
+        intro_body["events_url"] = events_url
+    intro_body["after"] = after
+    intro = _core.sse_event(
+        json.dumps(intro_body), id=f"{format_id_prefix(stream.id, hub.epoch)}{after}", event="stream"
+    )
+    head = [("X-Tokenwire-Stream-Id", stream.id), ("X-Tokenwire-Epoch", hub.epoch)]
+    if events_url is not None:
+        head.insert(0, ("Location", events_url))
+    return StreamPlan(stream, after, head, intro)
+
+
+def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base: str = "") -> StreamPlan:
+    """Plan of an OpenAI chat-completion chunk stream, ending with ``data: [DONE]``."""
+    storage = hub.storage
+    prefix = format_id_prefix(stream.id, hub.epoch)
+    dumps = json.dumps
+
+    def render(handle: int, pos: int) -> bytes:
+        out: list[bytes] = []
+        for kind, seq, text in storage.frames_since(handle, pos):
+            if kind == FrameKind.TOKEN:
+                chunk = meta.chunk({"content": text}, None)
+            elif kind == FrameKind.DONE:
+                done = json.loads(text)
+                reason = done.get("reason", "stop")
+                chunk = meta.chunk({}, reason if reason in ("stop", "length") else "stop")
+                if meta.include_usage and "usage" in done:
+                    out.append(_core.sse_event(dumps(chunk), id=f"{prefix}{seq}"))
+                    chunk = {**meta.chunk({}, None), "choices": [], "usage": done["usage"]}
+            else:
+                err = json.loads(text)
+                chunk = {"error": {"message": err.get("message", ""), "type": err.get("code", "error")}}
+            out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}"))
+        return b"".join(out)
+
+    intro = b""
+    if after == 0:
+        intro = _core.sse_event(dumps(meta.chunk({"role": "assistant", "content": ""}, None)), id=f"{prefix}0")
+    head = [
+        ("X-Tokenwire-Stream-Id", stream.id),
+        ("X-Tokenwire-Epoch", hub.epoch),
+        ("Location", f"{base}{STREAMS_PATH}/{stream.id}/events?format=openai"),
+    ]
+    return StreamPlan(stream, after, head, intro, render, trailer=_OPENAI_DONE, retry=False)
+
+
+async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> tuple[int, dict[str, Any]]:
+    """Non-streaming chat completion: wait for the whole answer; ``(status, JSON body)``."""
+    text: list[str] = []
+    done: dict[str, Any] = {}
+    try:
+        async with hub.subscribe(stream.id) as sub:
+            async for frames in sub:
+                for f in frames:
+                    if f.kind is FrameKind.TOKEN:
+                        text.append(f.text)
+                    else:
+                        done = f.json()
+    except StreamNotFound:
+        done = {"reason": "cancelled"}
+    if "code" in done:
+        return 500, {"error": {"message": done.get("message"), "type": done["code"]}}
+    reason = done.get("reason", "stop")
+    return 200, {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(text)},
+                "finish_reason": reason if reason in ("stop", "length") else "stop",
+            }
+        ],
+        "usage": done.get("usage", {}),
+    }
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated ``POST /v1/chat/completions``: its stream has started."""
+
+    stream: TokenStream
+    meta: ChatMeta
+    streaming: bool
+
+
+@dataclass(eq=False)
+class Endpoints:
+    """The endpoints of docs/protocol.md §7 over a :class:`Host`; callers move the bytes.
+
+    ``base`` arguments are the path prefix the app is mounted under (ASGI ``root_path``), for the URLs
+    the answers carry.
+    """
+
+    host: Host
+    #: Chat completions by stream id, for ``format=openai`` resumes. Entries of streams the hub no longer
+    #: holds are dropped as it grows.
+    chats: dict[str, ChatMeta] = field(default_factory=dict)
+    _prune_at: int = field(default=1024, init=False, repr=False)
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def start_generation(self, body: dict[str, Any], prompt: str, max_tokens: int) -> TokenStream:
+        host = self.host
+        stream_id = body.get("stream_id")
+        if stream_id is not None:
+            if not isinstance(stream_id, str):
+                raise HttpError(400, "'stream_id' must be a string")
+            validate_stream_id(stream_id)
+        ttft = float_field(body, "ttft", 0.0, 600.0)
+        rate = float_field(body, "tokens_per_s", 0.0, 1e9)
+        stamp = body.get("stamp", False)
+        if not isinstance(stamp, bool):
+            raise HttpError(400, "'stamp' must be a boolean")
+        host.metrics.streams_started_total += 1
+        engine = host.engine
+        if engine is not None:
+            return engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
+        source = host.model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
+        return host.hub.start(source, stream_id=stream_id)
+
+    def create(self, body: dict[str, Any], base: str = "") -> StreamPlan:
+        """``POST /v1/streams``: start a generation and stream it from the start."""
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise HttpError(400, "'prompt' (string) is required")
+        max_tokens = int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
+        stream = self.start_generation(body, prompt, max_tokens)
+        return self.plan_sse(stream, 0, base)
+
+    def cancel(self, stream_id: str) -> None:
+        """``DELETE /v1/streams/{id}``: 204 after this returns; ``StreamNotFound`` is a 404."""
+        self.host.hub.cancel(stream_id)
+
+    def attach(self, stream_id: str, last_event_id: str, query: Mapping[str, str], base: str = "") -> StreamPlan | None:
+        """``GET /v1/streams/{id}/events``: the plan, or ``None`` for 204 (ended, nothing left)."""
+        host = self.host
+        stream, after = resolve_resume(host.hub, stream_id, last_event_id)
+        if nothing_left(stream, after):
+            return None  # 204 also tells EventSource to stop reconnecting.
+        if last_event_id:
+            count_resume(host.hub, host.metrics, stream, after)
+        fmt = query.get("format", "sse")
+        if fmt == "openai":
+            meta = self.chats.get(stream_id)
+            if meta is None:
+                raise RemoteProtocolError(
+                    f"stream {stream_id} is not a chat completion; format=openai is not available"
+                )
+            return plan_openai(host.hub, stream, after, meta, base)
+        if fmt != "sse":
+            raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
+        return self.plan_sse(stream, after, base)
+
+    def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
+        return plan_sse(self.host.hub, stream, after, f"{base}{STREAMS_PATH}/{stream.id}/events")
+
+    def chat(self, body: dict[str, Any]) -> ChatRequest:
+        """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise HttpError(400, "'messages' must be a non-empty array")
+        parts: list[str] = []
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
+                raise HttpError(400, "each message must be an object with a string 'content'")
+            parts.append(m.get("content", ""))
+        model = body.get("model", "tokenwire-fake")
+        if not isinstance(model, str):
+            raise HttpError(400, "'model' must be a string")
+        limit = self.host.config.max_tokens_limit
+        max_tokens = int_field(body, "max_completion_tokens", 0, 0, limit) or int_field(
+            body, "max_tokens", 64, 1, limit
+        )
+        options = body.get("stream_options") or {}
+        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        stream = self.start_generation(body, "\n".join(parts), max_tokens)
+        meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
+        self._remember(stream.id, meta)
+        return ChatRequest(stream, meta, bool(body.get("stream")))
+
+    def _remember(self, stream_id: str, meta: ChatMeta) -> None:
+        chats = self.chats
+        chats[stream_id] = meta
+        if len(chats) > self._prune_at:
+            hub = self.host.hub
+            self.chats = {k: v for k, v in chats.items() if k in hub}
+            self._prune_at = max(1024, 2 * len(self.chats))
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "epoch": self.host.hub.epoch}
