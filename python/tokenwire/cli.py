@@ -82,6 +82,7 @@ async def _serve(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat,
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
+        max_tokens_limit=args.max_tokens_limit,
     )
     model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
     server = SseServer(
@@ -160,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats on idle streams")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let streams finish on shutdown")
     serve.add_argument("--max-connections", type=int, default=20_000)
+    serve.add_argument("--max-tokens-limit", type=int, default=100_000, help="largest max_tokens a request may ask")
     serve.add_argument(
         "--abandon-after", type=float, default=30.0, help="cancel a generation nobody watched for this long"
     )

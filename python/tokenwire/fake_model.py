@@ -113,8 +113,16 @@ VOCABULARY: tuple[str, ...] = (
 )
 
 
+#: Tokens per step of an unthrottled generation.
+_UNTHROTTLED_BATCH = 256
+
+
 class FakeCompletion:
-    """Async iterator of one request's tokens; ``usage`` and ``finish_reason`` are set when exhausted."""
+    """Async iterator of one request's tokens; ``usage`` and ``finish_reason`` are set when exhausted.
+
+    Paced, it yields one token (``str``) at a time; unthrottled (``tokens_per_s`` 0/None) it yields lists of
+    up to 256 tokens, one list per loop iteration. :meth:`Hub.start <tokenwire.hub.Hub.start>` takes both.
+    """
 
     def __init__(
         self, tokens: list[str], prompt_tokens: int, ttft: float, tokens_per_s: float | None, stamp: bool = False
@@ -132,7 +140,7 @@ class FakeCompletion:
     def __aiter__(self) -> FakeCompletion:
         return self
 
-    async def __anext__(self) -> str:
+    async def __anext__(self) -> str | list[str]:
         i = self._i
         if i >= len(self._tokens):
             self.finish_reason = "length"
@@ -150,8 +158,16 @@ class FakeCompletion:
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        elif i % 256 == 255:
-            await asyncio.sleep(0)  # unthrottled: still let the loop breathe
+        elif not self._interval:
+            # Unthrottled: hand out a batch per step (as a multi-token decode step does), one loop
+            # iteration each, so the consumer's flushes interleave.
+            batch = self._tokens[i : i + _UNTHROTTLED_BATCH]
+            self._i = i + len(batch)
+            await asyncio.sleep(0)
+            if self._stamp:
+                at = f"{STAMP_SEPARATOR}{time.time_ns() // 1000}"
+                return [t + at for t in batch]
+            return batch
         self._i = i + 1
         return stamp(self._tokens[i]) if self._stamp else self._tokens[i]
 

@@ -367,10 +367,11 @@ class Hub:
         log.debug("stream %s created", stream_id)
         return stream
 
-    def start(self, source: AsyncIterable[str], *, stream_id: str | None = None) -> TokenStream:
+    def start(self, source: AsyncIterable[str | Sequence[str]], *, stream_id: str | None = None) -> TokenStream:
         """Create a stream and run a task that sends every string of ``source`` to it, then finishes it.
 
-        ``source`` is any async iterable of text (a FakeModel, a real LLM client). If it has ``usage`` or
+        ``source`` is any async iterable of text (a FakeModel, a real LLM client); an item may also be a
+        list of tokens produced together (one ``send_many``). If it has ``usage`` or
         ``finish_reason`` attributes when exhausted, they go into the ``done`` frame. An exception in it
         fails the stream with an ``error`` frame.
         """
@@ -381,11 +382,14 @@ class Hub:
         task.add_done_callback(self._producers.discard)
         return stream
 
-    async def _pump(self, stream: TokenStream, source: AsyncIterable[str]) -> None:
+    async def _pump(self, stream: TokenStream, source: AsyncIterable[str | Sequence[str]]) -> None:
         try:
-            send = stream.send
-            async for text in source:
-                send(text)
+            send, send_many = stream.send, stream.send_many
+            async for item in source:
+                if type(item) is str:
+                    send(item)
+                else:
+                    send_many(item)
             if stream.is_open:
                 reason = getattr(source, "finish_reason", None) or "stop"
                 stream.finish(reason, usage=getattr(source, "usage", None))
