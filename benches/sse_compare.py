@@ -83,6 +83,7 @@ def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> d
             "--url", f"http://127.0.0.1:{port}", "--streams", str(streams), "--ramp", str(args.ramp),
             "--max-tokens", str(max_tokens), "--tokens-per-s", "0" if unthrottled else str(args.steps),
             "--server-pid", str(proc.pid), "--json", report_path, "--quiet", "--procs", str(args.procs),
+            "--stream-timeout", str(args.stream_timeout),
         ]  # fmt: skip
         if not SERVERS[name]["resume"]:
             cmd.append("--no-resume")
@@ -124,7 +125,8 @@ def main() -> int:
     p.add_argument("--unthrottled-tokens", type=int, default=0, help="also run 1 unthrottled stream of N tokens")
     p.add_argument("--server-cores", default="0")
     p.add_argument("--client-cores", default="1")
-    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
+    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
     p.add_argument("--out", default="sse_compare.json")
     args = p.parse_args()
     points = [int(x) for x in args.points.split(",") if x]

@@ -124,6 +124,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         model_seed=args.model_seed,
         resumable=not args.no_resume,
         server_pid=args.server_pid,
+        stream_timeout=args.stream_timeout,
         quiet=args.quiet,
     )
     report = run_loadtest(cfg)
@@ -180,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--model-seed", type=int, default=0, help="the server FakeModel's seed (content check)")
     lt.add_argument("--no-resume", action="store_true", help="target cannot resume (a peer server)")
     lt.add_argument("--server-pid", type=int, help="measure this process's CPU and memory (the server)")
+    lt.add_argument("--stream-timeout", type=float, default=600.0, help="give up on a stream after this long")
     lt.add_argument("--json", help="write the full report here")
     lt.add_argument("--quiet", action="store_true", help="no progress or summary output")
     return p
