@@ -29,6 +29,10 @@ TOKENWIRE = [PY, "-m", "tokenwire"]
 
 SERVERS: dict[str, dict[str, Any]] = {
     "tokenwire": {"cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}"], "resume": True},
+    "tokenwire-delay100": {
+        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--max-delay-ms", "100"],
+        "resume": True,
+    },
     "sse-starlette": {
         "cmd": [PY, "-m", "benches.peers.sse_starlette_app", "--steps-per-s", "{steps}", "--port", "{port}"],
         "resume": False,
@@ -117,7 +121,7 @@ def row(name: str, streams: int, r: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", default="1000,3000,5000,10000", help="concurrent streams per point")
-    p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--servers", default="tokenwire,sse-starlette,aiohttp", help=f"from {', '.join(SERVERS)}")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of tokens per stream")
     p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
     p.add_argument("--ramp", type=float, default=1000.0)
