@@ -15,10 +15,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 
-system-deps: ## Debian tools the tests drive as real clients (curl); needs root or sudo where missing
+system-deps: ## Debian tools the tests drive as real clients (curl, headless Chromium); needs root or sudo where missing
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-install: $(PY) system-deps ## venv + the package (Rust extension built in release mode) + test and lint tools
+install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
 	$(PY) -m pip install -q -e ".[dev]"
 
 build-dev: $(PY) ## rebuild the extension, debug build (fast to compile)
@@ -63,7 +64,7 @@ serve: install ## install, then run the SSE server on 127.0.0.1:8000 (in-memory 
 demo: install ## install, then stream, drop mid-answer, resume, verify (no server needed)
 	$(VENV)/bin/tokenwire demo
 
-check: install lint test-rust test ## install everything and pass every check and test (CI runs this)
+check: system-deps install lint test-rust test ## install everything and pass every check and test (CI runs this)
 
 clean: ## remove build outputs and the venv
 	rm -rf target $(VENV) python/tokenwire/*.so .pytest_cache .hypothesis .benchmarks .mypy_cache .ruff_cache

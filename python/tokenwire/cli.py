@@ -9,10 +9,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tokenwire import __version__
 from tokenwire.fake_model import FakeModel
 from tokenwire.hub import FrameKind, Hub
+
+if TYPE_CHECKING:
+    from tokenwire.server import SseServer
+    from tokenwire.server.webtransport import WebTransportServer
 
 __all__ = ["main"]
 
@@ -99,10 +104,40 @@ async def _serve(args: argparse.Namespace) -> int:
         f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode})",
         flush=True,
     )
+    wt = await _start_webtransport(args, server) if args.webtransport else None
     await stop.wait()
     print("shutting down: draining streams", flush=True)
+    if wt is not None:
+        await wt.shutdown(close_hub=False)
     await server.shutdown()
     return 0
+
+
+async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTransportServer | None:
+    """The WebTransport server on the SSE server's hub, on the same port number over UDP."""
+    from dataclasses import replace
+
+    from tokenwire.server.certs import load_certificate
+    from tokenwire.server.webtransport import WebTransportServer
+
+    if bool(args.cert) != bool(args.key):
+        print("--cert and --key go together; WebTransport not started", file=sys.stderr, flush=True)
+        return None
+    certificate = load_certificate(args.cert, args.key) if args.cert else None
+    config = replace(sse.config, port=sse.port)
+    wt = WebTransportServer(sse.hub, config, model=sse.model, engine_steps_per_s=None, certificate=certificate)
+    wt.engine = sse.engine  # one engine steps every stream, whichever protocol started it
+    try:
+        await wt.start()
+    except OSError as exc:
+        print(f"WebTransport not started: UDP port {sse.port}: {exc}", file=sys.stderr, flush=True)
+        return None
+    kind = "certificate from files" if certificate else "development certificate (ECDSA P-256, < 14 days)"
+    print(
+        f"serving WebTransport on {wt.url} (UDP); {kind}, sha-256 {wt.certificate.sha256_hex}",
+        flush=True,
+    )
+    return wt
 
 
 def _loadtest(args: argparse.Namespace) -> int:
@@ -147,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--away", type=float, default=0.3, help="seconds spent disconnected")
     demo.add_argument("--seed", type=int, default=0)
 
-    serve = sub.add_parser("serve", help="run the SSE server on an in-memory hub with the FakeModel")
+    serve = sub.add_parser("serve", help="run the SSE (and WebTransport) server on an in-memory hub with the FakeModel")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")
@@ -167,6 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         "--abandon-after", type=float, default=30.0, help="cancel a generation nobody watched for this long"
     )
     serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument(
+        "--webtransport",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve WebTransport (HTTP/3, UDP) on the same port number and hub",
+    )
+    serve.add_argument("--cert", help="WebTransport certificate (chain) PEM file; default: a development one")
+    serve.add_argument("--key", help="private key PEM file of --cert")
 
     lt = sub.add_parser("loadtest", help="many concurrent SSE clients: exactly-once checks and latency figures")
     lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")

@@ -53,7 +53,7 @@ class Histogram:
 class ServerMetrics:
     """Counters of one server process, per protocol label (``sse`` now, ``webtransport`` later)."""
 
-    COUNTERS = (
+    COUNTERS: tuple[tuple[str, str], ...] = (
         ("connections_total", "Connections accepted"),
         ("requests_total", "HTTP requests parsed"),
         ("bad_requests_total", "Requests answered with a 4xx/5xx error"),

@@ -117,3 +117,25 @@ async def test_reconnect_budget_is_bounded() -> None:
         async for _ in reader:
             pass
     await client.aclose()
+
+
+async def test_position_counts_what_the_caller_was_handed() -> None:
+    """Breaking out mid-batch and resuming elsewhere from ``last_event_id`` loses nothing."""
+    model = FakeModel(seed=5)
+    async with sse_server(model=model) as server, SseClient(f"http://127.0.0.1:{server.port}") as client:
+        stream = server.hub.create_stream()
+        texts = model.tokens("x", 50)
+        stream.send_many(texts)  # all 50 arrive in one read: one parsed batch
+        stream.finish()
+        reader = await client.attach(stream.id)
+        got = []
+        async for token in reader:
+            got.append(token)
+            if len(got) == 7:
+                break
+        assert reader.position == 7
+        await reader.aclose()
+        again = await client.attach(stream.id, last_event_id=reader.last_event_id)
+        got += [t async for t in again]
+        assert got == texts
+        assert again.position == 51  # the done frame

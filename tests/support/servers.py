@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tokenwire import FakeModel, Hub
+from tokenwire.client.webtransport import WebTransportClient
 from tokenwire.server import ServerConfig, SseServer
+from tokenwire.server.config import WebTransportLimits
+from tokenwire.server.webtransport import WebTransportServer
 
 
 @contextlib.asynccontextmanager
@@ -25,3 +28,28 @@ async def sse_server(
         yield server
     finally:
         await server.shutdown(drain_timeout=0)
+
+
+@contextlib.asynccontextmanager
+async def wt_server(
+    hub: Hub | None = None,
+    *,
+    model: FakeModel | None = None,
+    limits: WebTransportLimits | None = None,
+    **config: Any,
+) -> AsyncIterator[WebTransportServer]:
+    """A WebTransport server on 127.0.0.1, UDP, a free port, with a development certificate made here."""
+    cfg = ServerConfig(host="127.0.0.1", port=0, webtransport=limits or WebTransportLimits(), **config)
+    server = WebTransportServer(hub, cfg, model=model or FakeModel(seed=5))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(drain_timeout=0)
+
+
+def wt_client(server: WebTransportServer, **options: Any) -> WebTransportClient:
+    """A client that trusts ``server``'s certificate by its SHA-256, as a browser page would."""
+    options.setdefault("server_certificate_hashes", [server.certificate.sha256])
+    options.setdefault("backoff_initial", 0.01)
+    return WebTransportClient(server.url, **options)

@@ -169,8 +169,9 @@ def _error_for(status: int, body: bytes) -> TokenwireError:
 class TokenStreamReader:
     """Async iterator of one stream's tokens, exactly once and in order, across reconnects.
 
-    ``position`` is the seq of the last frame delivered; ``last_event_id`` what a reconnect sends.
-    After the iteration ends, ``done`` holds the ``done`` event's JSON body.
+    ``position`` is the seq of the last token handed to the caller (the final frame's seq once the iteration
+    has ended), so ``last_event_id`` is always a safe point to resume from elsewhere, even after breaking out
+    of the loop mid-batch. After the iteration ends, ``done`` holds the ``done`` event's JSON body.
     """
 
     def __init__(self, client: SseClient, response: _Response | None, stream_id: str = "", after: int = 0) -> None:
@@ -180,15 +181,22 @@ class TokenStreamReader:
         self.stream_id = stream_id
         self.epoch = ""
         self.position = after
+        #: Seq of the last frame parsed (tokens past ``position`` wait in ``_pending``); reconnects resume here.
+        self._received = after
         self.done: dict[str, Any] | None = None
         self.reconnects = 0
         self.duplicates_dropped = 0
-        self._pending: collections.deque[str] = collections.deque()
+        self._pending: collections.deque[tuple[int, str]] = collections.deque()
         self._finished = False
 
     @property
     def last_event_id(self) -> str:
+        """Resume point of what the caller has been handed."""
         return f"{self.stream_id}:{self.epoch}:{self.position}" if self.epoch else ""
+
+    @property
+    def _resume_id(self) -> str:
+        return f"{self.stream_id}:{self.epoch}:{self._received}"
 
     def __aiter__(self) -> Self:
         return self
@@ -196,18 +204,23 @@ class TokenStreamReader:
     async def __anext__(self) -> str:
         while not self._pending:
             if self._finished:
+                self.position = self._received
                 raise StopAsyncIteration
             await self._fill()
-        return self._pending.popleft()
+        seq, text = self._pending.popleft()
+        self.position = seq
+        return text
 
     async def batches(self) -> AsyncIterator[list[str]]:
         """The same tokens, a list per network read (fewer awaits for fast consumers)."""
         while True:
             if self._pending:
-                batch = list(self._pending)
+                batch = [text for _, text in self._pending]
+                self.position = self._pending[-1][0]
                 self._pending.clear()
                 yield batch
             if self._finished:
+                self.position = self._received
                 return
             await self._fill()
 
@@ -238,7 +251,7 @@ class TokenStreamReader:
             if error is not None and not isinstance(error, OSError):
                 raise error
             if not self._finished:
-                log.debug("stream %s: connection ended at seq %d; resuming", self.stream_id, self.position)
+                log.debug("stream %s: connection ended at seq %d; resuming", self.stream_id, self._received)
             return
         try:
             events = self._decoder.feed(data)
@@ -258,14 +271,14 @@ class TokenStreamReader:
         if kind not in ("token", "done", "error"):
             return
         seq = int(event_id.rpartition(":")[2] or 0)
-        if seq <= self.position:
+        if seq <= self._received:
             self.duplicates_dropped += 1
             return
-        if seq != self.position + 1:
-            raise RemoteProtocolError(f"stream {self.stream_id}: seq {seq} after {self.position} (a gap)")
-        self.position = seq
+        if seq != self._received + 1:
+            raise RemoteProtocolError(f"stream {self.stream_id}: seq {seq} after {self._received} (a gap)")
+        self._received = seq
         if kind == "token":
-            self._pending.append(payload)
+            self._pending.append((seq, payload))
         elif kind == "done":
             self.done = json.loads(payload)
             self._finish()
@@ -389,7 +402,7 @@ class SseClient:
                 await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
                 delay = min(self.backoff_max, delay * 2)
             try:
-                resp = await self._open_events(reader, reader.last_event_id)
+                resp = await self._open_events(reader, reader._resume_id)
             except (OSError, TimeoutError) as exc:
                 last_error = exc
                 continue

@@ -6,7 +6,33 @@ from dataclasses import dataclass, field
 
 from tokenwire.protocol.http1 import HttpLimits
 
-__all__ = ["ServerConfig"]
+__all__ = ["ServerConfig", "WebTransportLimits"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebTransportLimits:
+    """Limits of the WebTransport server (per process unless said otherwise)."""
+
+    #: WebTransport sessions open at once, over every connection; more are refused with 429.
+    max_sessions: int = 10_000
+    #: Sessions one QUIC connection may open.
+    max_sessions_per_connection: int = 16
+    #: Request streams (pending or attached) one session may hold at once; more get a 503 error reply.
+    max_streams_per_session: int = 256
+    #: Largest request message body (a start request's JSON, prompt included); more is a 413 error reply.
+    max_request_bytes: int = 1 << 20
+    #: Bytes a token stream may have in QUIC's send buffer (unsent or unacknowledged) before the server stops
+    #: pulling frames from the ring for it (the ring is the buffer).
+    stream_buffer_high: int = 256 * 1024
+    #: Streams of a not yet established session that are held until its CONNECT arrives.
+    max_early_streams: int = 16
+    #: QUIC idle timeout: a connection that receives nothing for this long is dropped.
+    idle_timeout: float = 60.0
+    #: QUIC flow control windows the server grants its peer.
+    max_stream_data: int = 1 << 20
+    max_data: int = 16 << 20
+    #: Session tickets kept for resumption and 0-RTT.
+    max_session_tickets: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +59,4 @@ class ServerConfig:
     #: Seconds shutdown waits for open streams to finish before closing their connections.
     drain_timeout: float = 10.0
     http: HttpLimits = field(default_factory=HttpLimits)
+    webtransport: WebTransportLimits = field(default_factory=WebTransportLimits)

@@ -1,0 +1,704 @@
+"""An async WebTransport client for tokenwire streams, on aioquic, decoding with the Rust core.
+
+One client holds one WebTransport session (one QUIC connection) at a time and multiplexes every token stream
+over it, one bidirectional stream per request (docs/protocol.md §4.4). It delivers every token exactly once
+and in order: each reader keeps the stream id, the epoch and the seq of the last frame it handed out; when
+its stream is reset or the connection drops, it attaches again (a new stream, on a new session if need be,
+after a jittered backoff) with that position, and drops any replayed seq it already delivered. Resume
+failures surface as the typed errors of :mod:`tokenwire.errors`, as with :class:`~tokenwire.client.SseClient`.
+
+Session tickets are kept (:class:`SessionTicketStore`), so a reconnect resumes the TLS session and sends its
+attach requests in 0-RTT early data.
+
+Example (against ``tokenwire serve --webtransport``, trusting its development certificate by hash)::
+
+    async with WebTransportClient(url, server_certificate_hashes=[sha256]) as client:
+        reader = await client.generate("Hello", max_tokens=32)
+        async for token in reader:
+            print(token, end="")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.tls import SessionTicket
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tokenwire import _core
+from tokenwire.client.sse import ConnectionFailed
+from tokenwire.errors import RemoteProtocolError, StreamFailed, TokenwireError
+from tokenwire.protocol.webtransport import (
+    WT_PATH,
+    AttachRequested,
+    CancelConfirmed,
+    CancelRequested,
+    Reply,
+    ReplyReader,
+    Request,
+    RequestFailed,
+    StartRequested,
+    StreamAttached,
+    WtCode,
+    connect_headers,
+    encode_request,
+    error_from_reply,
+    http3_error_code,
+    wt_error_code,
+)
+
+__all__ = [
+    "CertificateMismatch",
+    "SessionTicketStore",
+    "StreamInterrupted",
+    "WebTransportClient",
+    "WebTransportStreamReader",
+]
+
+log = logging.getLogger("tokenwire.client.webtransport")
+
+_TOKEN = _core.FRAME_TOKEN
+_DONE = _core.FRAME_DONE
+_ERROR = _core.FRAME_ERROR
+
+
+class StreamInterrupted(TokenwireError):
+    """A request stream was cut (reset, session or connection gone) before it ended; resumable.
+
+    ``code`` is the WebTransport error code of the reset (:class:`~tokenwire.protocol.webtransport.WtCode`),
+    ``None`` if the session or connection went away.
+    """
+
+    status_hint = 503
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CertificateMismatch(TokenwireError):
+    """The server's certificate is not one of ``server_certificate_hashes``."""
+
+    status_hint = 495
+
+
+class SessionTicketStore:
+    """TLS session tickets by server name, for session resumption and 0-RTT. Each ticket is used once.
+
+    Share one store between clients (a load generator's) so each reconnect finds a ticket.
+    """
+
+    def __init__(self, max_per_server: int = 8) -> None:
+        self.max_per_server = max_per_server
+        self._tickets: dict[str, collections.deque[SessionTicket]] = {}
+
+    def add(self, ticket: SessionTicket) -> None:
+        queue = self._tickets.setdefault(ticket.server_name, collections.deque(maxlen=self.max_per_server))
+        queue.append(ticket)
+
+    def take(self, server_name: str) -> SessionTicket | None:
+        """The newest valid ticket for ``server_name`` (removed from the store), or ``None``."""
+        queue = self._tickets.get(server_name)
+        while queue:
+            ticket = queue.pop()
+            if ticket.is_valid:
+                return ticket
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._tickets.values())
+
+
+class _RequestStream:
+    """One request stream: its reply, then the frames it carries (parsed as they arrive)."""
+
+    __slots__ = ("_waiter", "conn", "ended", "error", "frames", "parser", "qid", "reply")
+
+    def __init__(self, conn: _Connection, qid: int) -> None:
+        self.conn = conn
+        self.qid = qid
+        self.parser = ReplyReader()
+        self.reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.frames: collections.deque[tuple[int, int, str]] = collections.deque()
+        self.ended = False  # FIN received
+        self.error: BaseException | None = None  # cut or malformed: the stream is over
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def over(self) -> bool:
+        return self.ended or self.error is not None
+
+    def on_data(self, data: bytes, end: bool) -> None:
+        if self.over:
+            return
+        try:
+            frames = self.parser.feed(data)
+            self.frames.extend(frames)
+            if end:
+                self.parser.close()
+        except TokenwireError as exc:
+            self._resolve_reply()
+            self.abort(WtCode.BAD_REQUEST, StreamInterrupted(f"malformed bytes from the server: {exc}"))
+            return
+        self._resolve_reply()
+        if end:
+            self.ended = True
+            self.conn.forget(self)
+        self._wake()
+
+    def _resolve_reply(self) -> None:
+        reply = self.parser.reply
+        if reply is not None and not self.reply.done():
+            self.reply.set_result(reply)
+
+    def on_reset(self, h3_code: int) -> None:
+        code = wt_error_code(h3_code)
+        name = WtCode(code).name if code is not None and code in WtCode._value2member_map_ else hex(h3_code)
+        self.fail(StreamInterrupted(f"the server reset the stream ({name})", code))
+        self.conn.forget(self)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.over:
+            return
+        self.error = exc
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+            self.reply.exception()  # retrieved: nobody may be waiting for it
+        self._wake()
+
+    def abort(self, code: int = WtCode.NO_ERROR, exc: BaseException | None = None) -> None:
+        """Stop reading this stream (the server detaches; the generation goes on)."""
+        if not self.over:
+            conn = self.conn
+            h3_code = http3_error_code(code)
+            with contextlib.suppress(ValueError, RuntimeError):
+                conn._quic.stop_stream(self.qid, h3_code)
+                conn._quic.reset_stream(self.qid, h3_code)
+            conn.transmit_soon()
+            self.fail(exc or StreamInterrupted("stream closed by the client", code))
+        self.conn.forget(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until frames are available or the stream is over."""
+        while not self.frames and not self.over:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+class _Connection(QuicConnectionProtocol):
+    """One QUIC connection carrying one WebTransport session."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: QuicStreamHandler | None = None,
+        *,
+        pins: frozenset[bytes] = frozenset(),
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        loop = asyncio.get_running_loop()
+        self.h3 = H3Connection(quic, enable_webtransport=True)
+        self.pins = pins
+        self.session_id = -1
+        self.status: asyncio.Future[int] = loop.create_future()
+        self.handshake: asyncio.Future[HandshakeCompleted] = loop.create_future()
+        self.streams: dict[int, _RequestStream] = {}
+        self.lost: BaseException | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+
+    def open_session(self, authority: str, path: str) -> None:
+        self.session_id = self._quic.get_next_available_stream_id()
+        self.h3.send_headers(self.session_id, connect_headers(authority, path))
+
+    def open_stream(self, request: bytes) -> _RequestStream:
+        """A new bidirectional stream of the session carrying ``request`` (sent with FIN)."""
+        if self.lost is not None:
+            raise StreamInterrupted(f"the connection is gone: {self.lost}")
+        qid = self.h3.create_webtransport_stream(self.session_id)
+        stream = _RequestStream(self, qid)
+        self.streams[qid] = stream
+        self._quic.send_stream_data(qid, request, end_stream=True)
+        self.transmit_soon()
+        return stream
+
+    def forget(self, stream: _RequestStream) -> None:
+        self.streams.pop(stream.qid, None)
+
+    def transmit_soon(self) -> None:
+        """One transmit for everything queued in this loop iteration (many requests, one packet)."""
+        if self._transmit_handle is None and self.lost is None:
+            self._transmit_handle = self._loop.call_soon(self._transmit_now)
+
+    def _transmit_now(self) -> None:
+        self._transmit_handle = None
+        if self.lost is None:
+            self.transmit()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived | StreamReset | StopSendingReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                # aioquic's H3 layer would read the answer on a stream we opened as HTTP/3 frames: bypass it.
+                if isinstance(event, StreamDataReceived):
+                    stream.on_data(event.data, event.end_stream)
+                elif isinstance(event, StreamReset):
+                    stream.on_reset(event.error_code)
+                return  # a STOP_SENDING: our request was sent whole, nothing to stop
+            if isinstance(event, StreamReset) and event.stream_id == self.session_id:
+                self._lose(StreamInterrupted("the server closed the session"))
+        elif isinstance(event, HandshakeCompleted):
+            self._handshake_completed(event)
+        elif isinstance(event, ConnectionTerminated):
+            reason = event.reason_phrase or f"error 0x{event.error_code:x}"
+            self._lose(StreamInterrupted(f"connection closed: {reason}"))
+            return
+        for h3_event in self.h3.handle_event(event):
+            if h3_event.__class__ is HeadersReceived or h3_event.__class__ is DataReceived:
+                self._session_event(h3_event)
+
+    def _session_event(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived) and event.stream_id == self.session_id:
+            raw = dict(event.headers).get(b":status", b"0")
+            status = int(raw) if raw.isdigit() else 0
+            if not self.status.done():
+                self.status.set_result(status)
+            if status != 200:
+                self._lose(_refused(status))
+        elif isinstance(event, DataReceived) and event.stream_id == self.session_id and event.stream_ended:
+            self._lose(StreamInterrupted("the server closed the session"))
+
+    def error_received(self, exc: Exception) -> None:
+        """An ICMP error on the (connected) socket: the server is not there (any more)."""
+        self._lose(StreamInterrupted(f"the server cannot be reached: {exc!r}"))
+
+    def _handshake_completed(self, event: HandshakeCompleted) -> None:
+        if self.pins and not event.session_resumed:
+            cert = self._quic.tls._peer_certificate
+            digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest() if cert is not None else b""
+            if digest not in self.pins:
+                exc = CertificateMismatch(f"server certificate sha-256 {digest.hex()} is not pinned")
+                self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="certificate mismatch")
+                self._lose(exc)
+                if not self.handshake.done():
+                    self.handshake.set_exception(exc)
+                    self.handshake.exception()
+                return
+        if not self.handshake.done():
+            self.handshake.set_result(event)
+
+    def _lose(self, exc: BaseException) -> None:
+        """The session is over: every stream fails with ``exc`` (readers resume on a new session)."""
+        if self.lost is not None:
+            return
+        self.lost = exc
+        for future in (self.status, self.handshake):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()
+        for stream in list(self.streams.values()):
+            stream.fail(exc)
+        self.streams.clear()
+        self._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        """Close the socket once the close frame is out; no timers stay behind."""
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self, reason: str, graceful: bool = False) -> None:
+        """Close the connection now (CONNECTION_CLOSE); streams fail and readers resume on a new one."""
+        if self.lost is not None:
+            return
+        if graceful:
+            with contextlib.suppress(Exception):
+                self._quic.send_stream_data(self.session_id, b"", end_stream=True)
+        self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
+        self._lose(StreamInterrupted(f"connection closed by the client: {reason}"))
+
+
+def _refused(status: int) -> TokenwireError:
+    exc = RemoteProtocolError(f"the server refused the WebTransport session: HTTP {status}")
+    exc.status_hint = status or 502
+    return exc
+
+
+class WebTransportStreamReader:
+    """Async iterator of one stream's tokens, exactly once and in order, across reconnects.
+
+    ``position`` is the seq of the last token handed out (of the final frame once the iteration has ended);
+    with ``stream_id`` and ``epoch`` it is the resume point of what the caller consumed, so a caller that
+    stops iterating can resume elsewhere (``last_event_id`` gives it in SSE form, to resume over SSE) and
+    miss nothing. ``received`` is the seq of the last frame received (tokens up to it may still be queued
+    here). After the iteration ends, ``done`` holds the ``done`` frame's JSON body (``None`` if the stream
+    had ended before this reader attached).
+    """
+
+    def __init__(self, client: WebTransportClient, stream: _RequestStream | None, reply: StreamAttached) -> None:
+        self._client = client
+        self._stream = stream
+        self.stream_id = reply.stream_id
+        self.epoch = reply.epoch
+        self.position = reply.after
+        self.received = reply.after
+        self.done: dict[str, Any] | None = None
+        self.reconnects = 0
+        self.duplicates_dropped = 0
+        self._pending: collections.deque[tuple[int, str]] = collections.deque()
+        self._finished = False
+
+    @property
+    def last_event_id(self) -> str:
+        return f"{self.stream_id}:{self.epoch}:{self.position}"
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._pending:
+            if self._finished:
+                self.position = self.received
+                raise StopAsyncIteration
+            await self._fill()
+        seq, token = self._pending.popleft()
+        self.position = seq
+        return token
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """The same tokens, a list per arrival (fewer awaits for fast consumers)."""
+        while True:
+            if self._pending:
+                pending = self._pending
+                self.position = pending[-1][0]
+                batch = [token for _, token in pending]
+                pending.clear()
+                yield batch
+            if self._finished:
+                self.position = self.received
+                return
+            await self._fill()
+
+    async def text(self) -> str:
+        """Read the whole answer."""
+        return "".join([t async for batch in self.batches() for t in batch])
+
+    async def aclose(self) -> None:
+        """Stop reading (the generation goes on on the server)."""
+        self._finished = True
+        self._close_stream()
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.abort()
+
+    async def _fill(self) -> None:
+        stream = self._stream
+        if stream is None:
+            self._stream = stream = await self._client._reattach(self)
+        await stream.wait()
+        frames = stream.frames
+        while frames:
+            kind, seq, payload = frames.popleft()
+            self._handle(kind, seq, payload)
+            if self._finished:
+                self._close_stream()
+                return
+        if stream.ended:
+            self._finished = True  # FIN without a final frame: the stream had ended, nothing was left
+            self._stream = None
+        elif stream.error is not None:
+            log.debug("stream %s interrupted at seq %d (%s); resuming", self.stream_id, self.received, stream.error)
+            self._close_stream()
+
+    def _handle(self, kind: int, seq: int, payload: str) -> None:
+        if seq == 0:
+            return  # heartbeat
+        if seq <= self.received:
+            self.duplicates_dropped += 1
+            return
+        if seq != self.received + 1:
+            self._finished = True
+            raise RemoteProtocolError(f"stream {self.stream_id}: seq {seq} after {self.received} (a gap)")
+        self.received = seq
+        if kind == _TOKEN:
+            self._pending.append((seq, payload))
+        elif kind == _DONE:
+            self.done = json.loads(payload)
+            self._finished = True
+        elif kind == _ERROR:
+            body = json.loads(payload)
+            self._finished = True
+            raise StreamFailed(body.get("message", "generation failed"), body.get("code", "generation_failed"))
+
+
+class WebTransportClient:
+    """Client of one tokenwire WebTransport server (``url`` like ``https://127.0.0.1:8000/v1/webtransport``).
+
+    Certificates: ``server_certificate_hashes`` pins SHA-256 hashes of the server's certificate (as a
+    browser's ``serverCertificateHashes``; the development certificate of ``tokenwire serve``); ``cadata``/
+    ``cafile`` add trusted roots; ``verify=False`` trusts anything (tests only).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        server_certificate_hashes: Iterable[bytes] = (),
+        cadata: bytes | None = None,
+        cafile: str | None = None,
+        verify: bool = True,
+        server_name: str | None = None,
+        tickets: SessionTicketStore | None = None,
+        max_retries: int = 8,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        connect_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"url must be https://host[:port][/path], got {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 443
+        self.path = parts.path or WT_PATH
+        self.authority = parts.netloc
+        self.server_name = server_name or self.host
+        self.pins = frozenset(server_certificate_hashes)
+        self.cadata = cadata
+        self.cafile = cafile
+        self.verify = verify
+        self.tickets = tickets if tickets is not None else SessionTicketStore()
+        self.max_retries = max_retries
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        #: Connections opened, and how many of them resumed a TLS session / had early data accepted.
+        self.connections = 0
+        self.sessions_resumed = 0
+        self.early_data_accepted = 0
+        self._conn: _Connection | None = None
+        self._lock = asyncio.Lock()
+        self._readers: set[WebTransportStreamReader] = set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for reader in list(self._readers):
+            await reader.aclose()
+        self._readers.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort("client closed", graceful=True)
+        await asyncio.sleep(0)  # let the socket close
+
+    # -- connections -----------------------------------------------------------------------------------
+
+    def _configuration(self) -> QuicConfiguration:
+        configuration = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=H3_ALPN,
+            max_datagram_frame_size=65536,
+            server_name=self.server_name,
+            idle_timeout=self.idle_timeout,
+        )
+        if self.pins or not self.verify:
+            configuration.verify_mode = ssl.CERT_NONE  # checked against the pins after the handshake
+        elif self.cadata is not None or self.cafile is not None:
+            configuration.load_verify_locations(cafile=self.cafile, cadata=self.cadata)
+        configuration.session_ticket = self.tickets.take(self.server_name)
+        return configuration
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        family, _, _, _, addr = infos[0]
+        configuration = self._configuration()
+        quic = QuicConnection(configuration=configuration, session_ticket_handler=self.tickets.add)
+        local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)  # noqa: S104 - a client's ephemeral port
+        # A connected socket: ICMP errors (nobody listening) reach error_received and fail fast.
+        _, conn = await loop.create_datagram_endpoint(
+            lambda: _Connection(quic, pins=self.pins),
+            local_addr=local,
+            remote_addr=(str(addr[0]), int(addr[1])),
+            family=family,
+        )
+        conn.connect(addr, transmit=False)
+        conn.open_session(self.authority, self.path)
+        conn.transmit()  # Initial (+ the CONNECT in 0-RTT when a ticket allows it)
+        conn.handshake.add_done_callback(self._count_handshake)
+        self.connections += 1
+        return conn
+
+    def _count_handshake(self, future: asyncio.Future[HandshakeCompleted]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            event = future.result()
+            self.sessions_resumed += event.session_resumed
+            self.early_data_accepted += event.early_data_accepted
+
+    async def _session(self) -> _Connection:
+        """The live connection, or a new one (requests are pipelined: nothing waits for the handshake)."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None or conn.lost is not None:
+                conn = self._conn = await self._connect()
+            return conn
+
+    def drop(self) -> None:
+        """Close the QUIC connection now, as a network failure would; readers resume on a new one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort("dropped")
+
+    async def wait_connected(self) -> HandshakeCompleted:
+        """Open the session if needed and wait for its handshake (session resumption, early data flags)."""
+        conn = await self._session()
+        async with asyncio.timeout(self.connect_timeout):
+            return await conn.handshake
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    async def _request(self, request: Request | bytes) -> tuple[_RequestStream, Reply]:
+        conn = await self._session()
+        stream = conn.open_stream(request if isinstance(request, bytes) else encode_request(request))
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reply = await stream.reply
+        except TimeoutError:
+            stream.abort()
+            raise
+        if isinstance(reply, RequestFailed):
+            raise error_from_reply(reply)
+        return stream, reply
+
+    async def request_raw(self, data: bytes) -> Reply:
+        """Send ``data`` as a request stream's bytes and return the reply (typed errors raise). For tests
+        and tools: the server answers malformed bytes with an error reply."""
+        stream, reply = await self._request(data)
+        stream.abort()
+        return reply
+
+    async def generate(self, prompt: str, *, max_tokens: int = 64, **params: Any) -> WebTransportStreamReader:
+        """Start a generation and return its token reader once the server has named the stream.
+
+        A start is never retried (the prompt could run twice); a stream cut before its reply raises
+        ``ConnectionFailed``. ``params``: ``stream_id``, ``ttft``, ``tokens_per_s``, ``stamp``.
+        """
+        try:
+            stream, reply = await self._request(StartRequested(prompt, max_tokens, params))
+        except (StreamInterrupted, OSError) as exc:
+            raise ConnectionFailed(f"the generation request was cut before its answer: {exc}") from exc
+        return self._reader(stream, reply)
+
+    async def attach(
+        self, stream_id: str, *, epoch: str = "", after: int = 0, last_event_id: str | None = None
+    ) -> WebTransportStreamReader:
+        """Attach to a running or finished stream, from the start or from a resume point (``epoch`` and
+        ``after``, or an SSE ``last_event_id`` ``{stream_id}:{epoch}:{seq}``)."""
+        if last_event_id:
+            sid, epoch, seq = last_event_id.split(":")
+            if sid != stream_id:
+                raise ValueError(f"last_event_id names stream {sid!r}, not {stream_id!r}")
+            after = int(seq)
+        reader = WebTransportStreamReader(self, None, StreamAttached(stream_id, epoch, after))
+        reader._stream = await self._attach(reader, retry=True)
+        reader.reconnects = 0
+        self._readers.add(reader)
+        return reader
+
+    async def cancel(self, stream_id: str) -> None:
+        """Stop a stream's generation (``StreamNotFound`` if the server does not hold it)."""
+        stream, reply = await self._request(CancelRequested(stream_id))
+        stream.abort()
+        if not isinstance(reply, CancelConfirmed):
+            raise RemoteProtocolError(f"unexpected reply to a cancel: {reply!r}")
+
+    def _reader(self, stream: _RequestStream, reply: Reply) -> WebTransportStreamReader:
+        if not isinstance(reply, StreamAttached):
+            stream.abort()
+            raise RemoteProtocolError(f"unexpected reply: {reply!r}")
+        reader = WebTransportStreamReader(self, stream, reply)
+        self._readers.add(reader)
+        return reader
+
+    async def _reattach(self, reader: WebTransportStreamReader) -> _RequestStream:
+        return await self._attach(reader, retry=True)
+
+    async def _attach(self, reader: WebTransportStreamReader, *, retry: bool) -> _RequestStream:
+        """Attach ``reader`` after the last frame it received, with jittered exponential backoff; typed errors are final."""
+        delay = self.backoff_initial
+        last_error: BaseException | None = None
+        for attempt in range(self.max_retries + 1 if retry else 1):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+                delay = min(self.backoff_max, delay * 2)
+            request = AttachRequested(reader.stream_id, reader.epoch, reader.received)
+            try:
+                stream, reply = await self._request(request)
+            except (OSError, TimeoutError, StreamInterrupted) as exc:
+                last_error = exc
+                continue
+            except RemoteProtocolError as exc:
+                if exc.status_hint in (429, 502, 503, 504):
+                    last_error = exc
+                    continue
+                raise
+            if not isinstance(reply, StreamAttached) or reply.stream_id != reader.stream_id:
+                stream.abort()
+                raise RemoteProtocolError(f"unexpected reply to an attach: {reply!r}")
+            if reader.epoch and reply.epoch != reader.epoch:
+                stream.abort()
+                raise RemoteProtocolError(f"attach answered from epoch {reply.epoch!r}, not {reader.epoch!r}")
+            reader.epoch = reply.epoch
+            reader.reconnects += 1
+            return stream
+        raise ConnectionFailed(f"could not resume stream {reader.stream_id}: {last_error!r}") from last_error

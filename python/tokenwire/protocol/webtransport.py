@@ -1,0 +1,552 @@
+"""WebTransport requests and replies (docs/protocol.md §3.1 and §4.4): sans-I/O.
+
+A client opens one bidirectional WebTransport stream per request and writes one **request message**: start a
+generation, attach to a stream (resume), or cancel one. The server writes one **reply message** first (the
+stream it attached, a cancel confirmation, or a typed error), then, on an attached stream, the core's binary
+frames (§3) until the final frame, then FIN.
+
+Message layout (both directions)::
+
+    kind: u8 | len: varint | body: len bytes, a UTF-8 JSON object
+
+Kinds 0x11-0x13 are requests, 0x21-0x23 replies; none collides with a frame kind (1-4), so a reader that
+confuses the two fails at once. Decoding is incremental (any split of the bytes), bounded (``max_bytes``)
+and typed: ``FrameError`` for bytes that are not a message, ``RequestTooLarge`` (413) past the bound,
+``RemoteProtocolError`` for a message whose fields are wrong.
+
+Stream resets carry WebTransport application error codes (:class:`WtCode`), which travel in QUIC as
+HTTP/3 error codes (:func:`http3_error_code`, draft-ietf-webtrans-http3 §4.3).
+
+Nothing here does I/O or reads a clock; the server and client adapters move the bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tokenwire import _core
+from tokenwire.errors import (
+    EpochMismatch,
+    FrameError,
+    HubFull,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ResumeExpired,
+    ResumeFromFuture,
+    StreamNotFound,
+    TokenwireError,
+)
+from tokenwire.protocol.resume import validate_stream_id
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "REPLY_CANCELLED",
+    "REPLY_ERROR",
+    "REPLY_STREAM",
+    "REQUEST_ATTACH",
+    "REQUEST_CANCEL",
+    "REQUEST_START",
+    "SESSION_GONE",
+    "WT_PATH",
+    "AttachRequested",
+    "CancelConfirmed",
+    "CancelRequested",
+    "Message",
+    "MessageReader",
+    "Reply",
+    "ReplyReader",
+    "Request",
+    "RequestFailed",
+    "RequestReader",
+    "RequestTooLarge",
+    "StartRequested",
+    "StreamAttached",
+    "WtCode",
+    "code_for_status",
+    "connect_headers",
+    "encode_message",
+    "encode_reply",
+    "encode_request",
+    "error_from_reply",
+    "error_reply",
+    "http3_error_code",
+    "is_webtransport_connect",
+    "parse_reply",
+    "parse_request",
+    "wt_error_code",
+]
+
+#: The path of a WebTransport session (extended CONNECT ``:path``).
+WT_PATH: Final = "/v1/webtransport"
+
+REQUEST_START: Final = 0x11
+REQUEST_ATTACH: Final = 0x12
+REQUEST_CANCEL: Final = 0x13
+REPLY_STREAM: Final = 0x21
+REPLY_CANCELLED: Final = 0x22
+REPLY_ERROR: Final = 0x23
+
+REQUEST_KINDS: Final = frozenset((REQUEST_START, REQUEST_ATTACH, REQUEST_CANCEL))
+REPLY_KINDS: Final = frozenset((REPLY_STREAM, REPLY_CANCELLED, REPLY_ERROR))
+
+#: Largest message body accepted by default (what ``POST /v1/streams`` accepts as a body).
+DEFAULT_MAX_MESSAGE: Final = 1 << 20
+
+_MAX_SEQ: Final = (1 << 62) - 1
+_MAX_EPOCH_LEN: Final = 64
+
+
+class WtCode(enum.IntEnum):
+    """WebTransport application error codes of a token stream (RESET_STREAM / STOP_SENDING).
+
+    On the wire they are mapped into the HTTP/3 error space with :func:`http3_error_code`.
+    """
+
+    #: Nothing wrong: the client stops reading a stream it no longer wants.
+    NO_ERROR = 0x00
+    #: The server failed (500).
+    INTERNAL_ERROR = 0x01
+    #: The server is shutting down: resume, elsewhere or later.
+    SHUTDOWN = 0x02
+    #: The server cut this stream (slow reader, ring moved past it): attach again from your position.
+    RESUME = 0x10
+    #: Malformed or invalid request (400).
+    BAD_REQUEST = 0x11
+    #: Unknown stream (404).
+    STREAM_NOT_FOUND = 0x12
+    #: Resume point of another epoch (409).
+    EPOCH_MISMATCH = 0x13
+    #: Resume point no longer held (410).
+    RESUME_EXPIRED = 0x14
+    #: Request message over the size limit (413).
+    TOO_LARGE = 0x15
+    #: Too many streams, or the hub's memory is full (503): retry later.
+    BUSY = 0x16
+
+
+_CODE_BY_STATUS: Final = {
+    400: WtCode.BAD_REQUEST,
+    404: WtCode.STREAM_NOT_FOUND,
+    409: WtCode.EPOCH_MISMATCH,
+    410: WtCode.RESUME_EXPIRED,
+    413: WtCode.TOO_LARGE,
+    429: WtCode.BUSY,
+    503: WtCode.BUSY,
+}
+
+#: HTTP/3 error code that resets a session's streams when the session is gone (draft-ietf-webtrans-http3).
+SESSION_GONE: Final = 0x170D7B68
+
+_WT_H3_FIRST: Final = 0x52E4A40FA8DB
+_WT_H3_LAST: Final = 0x52E5AC983162
+
+
+def code_for_status(status: int) -> WtCode:
+    """The error code of an error reply with HTTP status ``status``."""
+    if status in _CODE_BY_STATUS:
+        return _CODE_BY_STATUS[status]
+    return WtCode.BAD_REQUEST if 400 <= status < 500 else WtCode.INTERNAL_ERROR
+
+
+def http3_error_code(code: int) -> int:
+    """The HTTP/3 (QUIC) error code that carries WebTransport application error ``code`` (32 bits)."""
+    if not 0 <= code <= 0xFFFFFFFF:
+        raise LocalProtocolError(f"WebTransport error codes are 32-bit, got {code}")
+    return _WT_H3_FIRST + code + code // 0x1E
+
+
+def wt_error_code(h3_code: int) -> int | None:
+    """The WebTransport application error code carried by an HTTP/3 error code; ``None`` if it carries none."""
+    if not _WT_H3_FIRST <= h3_code <= _WT_H3_LAST or (h3_code - 0x21) % 0x1F == 0:
+        return None  # outside the range, or a reserved (GREASE) codepoint
+    shifted = h3_code - _WT_H3_FIRST
+    return shifted - shifted // 0x1F
+
+
+# -- messages ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded message: its kind and JSON object body."""
+
+    kind: int
+    body: dict[str, Any]
+
+
+def encode_message(kind: int, body: Mapping[str, Any]) -> bytes:
+    """``kind | len | body`` with ``body`` as compact JSON."""
+    if not 0 <= kind <= 0xFF:
+        raise LocalProtocolError(f"message kind must fit a byte, got {kind}")
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return bytes((kind,)) + _core.encode_varint(len(payload)) + payload
+
+
+class RequestTooLarge(FrameError):
+    """A request message longer than the receiver's limit."""
+
+    status_hint = 413
+
+
+class MessageReader:
+    """Incremental decoder of ONE message: feed any split of the bytes.
+
+    Errors are detected as early as possible: an unknown kind at its byte, an oversized body right after
+    its length. After the first error the reader is poisoned: every later call raises it again. Bytes that
+    arrive after the message are kept in :attr:`rest`.
+    """
+
+    __slots__ = ("_buf", "_error", "_kinds", "_length", "_max", "message", "rest")
+
+    def __init__(self, kinds: Iterable[int], max_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._kinds = frozenset(kinds)
+        self._max = max_bytes
+        self._buf = b""
+        self._length: int | None = None
+        self._error: FrameError | None = None
+        self.message: Message | None = None
+        self.rest = b""
+
+    def feed(self, data: bytes) -> Message | None:
+        """The message once ``data`` completes it (returned once), else ``None``."""
+        if self._error is not None:
+            raise self._error
+        if self.message is not None:
+            self.rest += data
+            return None
+        buf = self._buf + data
+        try:
+            message = self._parse(buf)
+        except FrameError as exc:
+            self._error = exc
+            self._buf = b""
+            raise
+        return message
+
+    def _parse(self, buf: bytes) -> Message | None:
+        if not buf:
+            return None
+        kind = buf[0]
+        if kind not in self._kinds:
+            raise FrameError(f"unknown message kind 0x{kind:02x}")
+        if self._length is None:
+            decoded = _core.decode_varint(buf[1:])
+            if decoded is None:
+                self._buf = buf
+                return None
+            length, used = decoded
+            if length > self._max:
+                raise RequestTooLarge(f"message body of {length} bytes is over the limit of {self._max}")
+            self._length = length
+            buf = buf[:1] + buf[1 + used :]  # keep the kind byte, drop the length
+        end = 1 + self._length
+        if len(buf) < end:
+            self._buf = buf
+            return None
+        payload, self.rest, self._buf = buf[1:end], buf[end:], b""
+        try:
+            body = json.loads(payload.decode())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FrameError(f"message body is not UTF-8 JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise FrameError("message body must be a JSON object")
+        self.message = Message(kind, body)
+        return self.message
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held back."""
+        return len(self._buf)
+
+    def close(self) -> None:
+        """End of the stream: ``FrameError`` unless a whole message arrived."""
+        if self._error is not None:
+            raise self._error
+        if self.message is None:
+            self._error = FrameError(
+                "the stream ended inside a message" if self._buf else "the stream ended before any message"
+            )
+            raise self._error
+
+
+# -- requests (client -> server) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequested:
+    """Start a generation and stream it from seq 0. ``params``: ``stream_id``, ``ttft``, ``tokens_per_s``,
+    ``stamp`` as in ``POST /v1/streams`` (the server checks them)."""
+
+    prompt: str
+    max_tokens: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body, the same object ``POST /v1/streams`` takes."""
+        out: dict[str, Any] = {**self.params, "prompt": self.prompt}
+        if self.max_tokens is not None:
+            out["max_tokens"] = self.max_tokens
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AttachRequested:
+    """Attach to a stream after seq ``after`` (0: from the start). ``epoch`` is required when ``after > 0``."""
+
+    stream_id: str
+    epoch: str = ""
+    after: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """Stop a stream's generation (closing a stream never does)."""
+
+    stream_id: str
+
+
+Request = StartRequested | AttachRequested | CancelRequested
+
+
+def encode_request(request: Request) -> bytes:
+    if isinstance(request, StartRequested):
+        return encode_message(REQUEST_START, request.body())
+    if isinstance(request, AttachRequested):
+        body: dict[str, Any] = {"stream_id": request.stream_id, "after": request.after}
+        if request.epoch:
+            body["epoch"] = request.epoch
+        return encode_message(REQUEST_ATTACH, body)
+    return encode_message(REQUEST_CANCEL, {"stream_id": request.stream_id})
+
+
+def _stream_id(body: Mapping[str, Any]) -> str:
+    value = body.get("stream_id")
+    if not isinstance(value, str):
+        raise RemoteProtocolError("'stream_id' (string) is required")
+    try:
+        return validate_stream_id(value)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(str(exc)) from None
+
+
+def parse_request(message: Message) -> Request:
+    """The typed request of a message; ``RemoteProtocolError`` if a field is missing or malformed."""
+    body = message.body
+    if message.kind == REQUEST_START:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise RemoteProtocolError("'prompt' (string) is required")
+        max_tokens = body.get("max_tokens")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+            raise RemoteProtocolError("'max_tokens' must be an integer")
+        params = {k: v for k, v in body.items() if k not in ("prompt", "max_tokens")}
+        return StartRequested(prompt, max_tokens, params)
+    if message.kind == REQUEST_ATTACH:
+        stream_id = _stream_id(body)
+        epoch = body.get("epoch", "")
+        if not isinstance(epoch, str) or len(epoch) > _MAX_EPOCH_LEN:
+            raise RemoteProtocolError(f"'epoch' must be a string of at most {_MAX_EPOCH_LEN} characters")
+        after = body.get("after", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_SEQ:
+            raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
+        if after > 0 and not epoch:
+            raise RemoteProtocolError("an attach after seq > 0 must name the epoch of its resume point")
+        return AttachRequested(stream_id, epoch, after)
+    if message.kind == REQUEST_CANCEL:
+        return CancelRequested(_stream_id(body))
+    raise FrameError(f"message kind 0x{message.kind:02x} is not a request")
+
+
+class RequestReader:
+    """Server side of one request stream: the request, once its bytes have arrived.
+
+    A stream carries exactly one request; bytes after it are a protocol error. The client may end its
+    side (FIN) right after the request, or keep it open.
+    """
+
+    __slots__ = ("_reader", "request")
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._reader = MessageReader(REQUEST_KINDS, max_bytes)
+        self.request: Request | None = None
+
+    def feed(self, data: bytes, end: bool = False) -> Request | None:
+        """The request once ``data`` completes it (returned once). Raises ``FrameError``,
+        ``RequestTooLarge`` or ``RemoteProtocolError``."""
+        reader = self._reader
+        message = reader.feed(data) if data or self.request is None else None
+        if reader.rest:
+            raise FrameError("a stream carries one request; bytes followed it")
+        if end:
+            reader.close()
+        if message is None:
+            return None
+        self.request = parse_request(message)
+        return self.request
+
+
+# -- replies (server -> client) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAttached:
+    """The stream this request stream now carries: frames after seq ``after`` of ``stream_id`` in ``epoch``."""
+
+    stream_id: str
+    epoch: str
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelConfirmed:
+    stream_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A typed error answer: ``type`` is the class name of :mod:`tokenwire.errors` (or ``HttpError``),
+    ``status`` the HTTP status the SSE server answers in the same case, ``code`` a :class:`WtCode`.
+    ``extra``: ``oldest_seq``, ``last_seq`` or ``epoch`` as in docs/protocol.md §4.2."""
+
+    type: str
+    message: str
+    status: int
+    code: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Reply = StreamAttached | CancelConfirmed | RequestFailed
+
+
+def encode_reply(reply: Reply) -> bytes:
+    if isinstance(reply, StreamAttached):
+        return encode_message(REPLY_STREAM, {"stream_id": reply.stream_id, "epoch": reply.epoch, "after": reply.after})
+    if isinstance(reply, CancelConfirmed):
+        return encode_message(REPLY_CANCELLED, {"stream_id": reply.stream_id})
+    body = {"type": reply.type, "message": reply.message, "status": reply.status, "code": reply.code}
+    return encode_message(REPLY_ERROR, body | {k: v for k, v in reply.extra.items() if k not in body})
+
+
+def parse_reply(message: Message) -> Reply:
+    body = message.body
+    try:
+        if message.kind == REPLY_STREAM:
+            after = body["after"]
+            if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_SEQ:
+                raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
+            return StreamAttached(_stream_id(body), str(body["epoch"]), after)
+        if message.kind == REPLY_CANCELLED:
+            return CancelConfirmed(_stream_id(body))
+        if message.kind == REPLY_ERROR:
+            status, code = body.get("status", 500), body.get("code", WtCode.INTERNAL_ERROR)
+            if not isinstance(status, int) or not isinstance(code, int):
+                raise RemoteProtocolError("error 'status' and 'code' must be integers")
+            extra = {k: v for k, v in body.items() if k not in ("type", "message", "status", "code")}
+            return RequestFailed(str(body.get("type", "")), str(body.get("message", "")), status, code, extra)
+    except KeyError as exc:
+        raise RemoteProtocolError(f"reply without {exc}") from None
+    raise FrameError(f"message kind 0x{message.kind:02x} is not a reply")
+
+
+def error_reply(exc: BaseException) -> RequestFailed:
+    """The error answer for an exception raised while serving a request (docs/protocol.md §4.4)."""
+    raw = getattr(exc, "status", None) or getattr(exc, "status_hint", 500)
+    status = raw if isinstance(raw, int) else 500
+    message = str(exc) if isinstance(exc, TokenwireError) else "internal server error"
+    extra: dict[str, Any] = {}
+    for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch")):
+        if hasattr(exc, attr):
+            extra[key] = getattr(exc, attr)
+    return RequestFailed(type(exc).__name__, message, status, int(code_for_status(status)), extra)
+
+
+def error_from_reply(reply: RequestFailed) -> TokenwireError:
+    """The typed exception a client raises for an error answer (the inverse of :func:`error_reply`)."""
+    extra, message = reply.extra, reply.message
+    if reply.type == "StreamNotFound":
+        return StreamNotFound(message)
+    if reply.type == "EpochMismatch":
+        return EpochMismatch(message, expected=str(extra.get("epoch", "")))
+    if reply.type == "ResumeExpired":
+        return ResumeExpired(message, _int(extra.get("oldest_seq")))
+    if reply.type == "ResumeFromFuture":
+        return ResumeFromFuture(message, _int(extra.get("last_seq")))
+    if reply.type == "HubFull":
+        return HubFull(message)
+    exc: TokenwireError
+    if reply.type == "RequestTooLarge":
+        exc = RequestTooLarge(message)
+    elif reply.type == "FrameError":
+        exc = FrameError(message)
+    else:
+        exc = RemoteProtocolError(f"{reply.type} ({reply.status}): {message}")
+    exc.status_hint = reply.status
+    return exc
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class ReplyReader:
+    """Client side of one request stream: the reply message, then the core's binary frames.
+
+    :meth:`feed` returns the frames completed so far as ``(kind, seq, payload)``; :attr:`reply` is set once
+    the reply has arrived. Errors are ``FrameError``/``RemoteProtocolError``, raised by the call that meets
+    them (frames completed before an error in the same call are returned, and the next call raises).
+    """
+
+    __slots__ = ("_frames", "_reader", "reply")
+
+    def __init__(self, max_payload: int = _core.DEFAULT_MAX_PAYLOAD) -> None:
+        self._reader = MessageReader(REPLY_KINDS, DEFAULT_MAX_MESSAGE)
+        self._frames = _core.FrameDecoder(max_payload)
+        self.reply: Reply | None = None
+
+    def feed(self, data: bytes) -> list[tuple[int, int, str]]:
+        if self.reply is None:
+            message = self._reader.feed(data)
+            if message is None:
+                return []
+            self.reply = parse_reply(message)
+            data = self._reader.rest
+            self._reader.rest = b""
+            if not data:
+                return []
+        if data and not isinstance(self.reply, StreamAttached):
+            raise FrameError("bytes after a reply that carries no stream")
+        return self._frames.feed(data)
+
+    def close(self) -> None:
+        """End of the stream (FIN): ``FrameError`` if it ended inside the reply or a frame."""
+        if self.reply is None:
+            self._reader.close()
+        self._frames.close()
+
+
+# -- the session (extended CONNECT, RFC 9220 / draft-ietf-webtrans-http3) ---------------------------
+
+
+def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = None) -> list[tuple[bytes, bytes]]:
+    """Request headers of the extended CONNECT that opens a WebTransport session."""
+    headers = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"webtransport"),
+        (b":scheme", b"https"),
+        (b":authority", authority.encode()),
+        (b":path", path.encode()),
+    ]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return headers
+
+
+def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str]:
+    """``(is an extended CONNECT for webtransport, its :path)`` of a request's headers."""
+    fields = dict(headers)
+    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") == b"webtransport"
+    return ok, fields.get(b":path", b"").decode("latin-1")

@@ -1,0 +1,813 @@
+"""The WebTransport server: aioquic QUIC + HTTP/3 on the running loop (uvloop in production), sharing a Hub.
+
+A client opens a WebTransport session (extended CONNECT to ``/v1/webtransport``), then one bidirectional
+stream per request: start, attach (resume) or cancel (docs/protocol.md §4.4). Many token streams share one
+session and one QUIC connection.
+
+Data path of a token stream: ``TokenStream.send`` -> ring append (Rust) -> the stream's listener marks it
+dirty in its connection -> the connection queues itself once in the :class:`~tokenwire.server.flusher.Flusher`
+-> next loop iteration: one ``Registry.poll`` per dirty stream renders its new binary frames (Rust) into one
+``send_stream_data``, then ONE ``transmit()`` for the whole connection, so packets carry frames of many
+streams and the loop pays for one packetisation per connection per iteration, not per token.
+
+A stream whose bytes pile up in QUIC's send buffer (a slow or gone reader) stops pulling from the ring;
+after ``stall_timeout`` it is reset with :attr:`WtCode.RESUME` and the client resumes from its position.
+Closing a stream, a session or a connection never stops a generation; a cancel request does.
+
+0-RTT: an attach is idempotent and is served from early data. A start request that arrives before the
+handshake completes (early data can be replayed) waits until it has completed, so a replayed prompt never
+runs the model twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
+from aioquic.asyncio.server import QuicServer
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
+
+from tokenwire import _core
+from tokenwire.errors import EpochMismatch, ResumeExpired, StreamNotFound, TokenwireError
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.hub import Hub, TokenStream
+from tokenwire.metrics import ServerMetrics
+from tokenwire.protocol.http1 import HttpError
+from tokenwire.protocol.webtransport import (
+    SESSION_GONE,
+    WT_PATH,
+    AttachRequested,
+    CancelConfirmed,
+    CancelRequested,
+    Request,
+    RequestReader,
+    StartRequested,
+    StreamAttached,
+    WtCode,
+    encode_reply,
+    error_reply,
+    http3_error_code,
+    is_webtransport_connect,
+)
+from tokenwire.server.certs import Certificate, make_dev_certificate
+from tokenwire.server.config import ServerConfig
+from tokenwire.server.endpoints import Endpoints, count_resume, int_field
+from tokenwire.server.flusher import Flusher
+
+__all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
+
+log = logging.getLogger("tokenwire.server.webtransport")
+
+_WIRE_BINARY = _core.WIRE_BINARY
+_HEARTBEAT = _core.encode_frame(_core.FRAME_HEARTBEAT, 0, "")
+#: Ids of ended sessions remembered per connection (their late streams are refused, not held).
+_MAX_CLOSED_SESSIONS = 256
+
+
+class WebTransportMetrics(ServerMetrics):
+    """The server metrics (label ``protocol="webtransport"``) plus WebTransport's own counters."""
+
+    COUNTERS = (
+        *ServerMetrics.COUNTERS,
+        ("sessions_total", "WebTransport sessions accepted"),
+        ("sessions_refused_total", "WebTransport sessions refused (limits, bad CONNECT, shutting down)"),
+        ("early_requests_total", "Attach requests served from 0-RTT early data"),
+        ("deferred_starts_total", "Start requests held until the handshake completed (sent in early data)"),
+        ("streams_reset_total", "Token streams reset by the server (slow reader, session gone, shutdown)"),
+    )
+
+    sessions_total: int
+    sessions_refused_total: int
+    early_requests_total: int
+    deferred_starts_total: int
+    streams_reset_total: int
+
+    def __init__(self) -> None:
+        super().__init__("webtransport")
+
+
+def _send_buffered(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes of a stream still in QUIC's send buffer: not yet sent, or sent and not yet acknowledged.
+
+    aioquic has no public accessor for this; it reads the sender's buffer offsets.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    sender = stream.sender
+    return sender._buffer_stop - sender._buffer_start
+
+
+class _Session:
+    """One WebTransport session: its CONNECT stream id and its active request streams."""
+
+    __slots__ = ("id", "streams")
+
+    def __init__(self, session_id: int) -> None:
+        self.id = session_id
+        self.streams: set[int] = set()
+
+
+class _WtStream:
+    """One request stream: its request, then (attached) the token stream it carries."""
+
+    __slots__ = (
+        "conn",
+        "dirty",
+        "handle",
+        "last_write",
+        "opened_at",
+        "paused_at",
+        "position",
+        "qid",
+        "reader",
+        "recv_ended",
+        "requested_at",
+        "send_ended",
+        "session",
+        "stream",
+    )
+
+    def __init__(self, conn: WebTransportConnection, qid: int, session: _Session, now: float) -> None:
+        self.conn = conn
+        self.qid = qid
+        self.session = session
+        self.reader: RequestReader | None = RequestReader(conn.server.config.webtransport.max_request_bytes)
+        self.stream: TokenStream | None = None
+        self.handle = 0
+        self.position = 0
+        self.dirty = False
+        self.recv_ended = False
+        self.send_ended = False
+        self.opened_at = now
+        self.requested_at = 0.0
+        self.paused_at = 0.0
+        self.last_write = now
+
+    def on_frames(self) -> None:
+        """The token stream's listener: new frames or its end. Queue this stream for the next flush."""
+        if not self.dirty:
+            self.dirty = True
+            self.conn.mark_dirty(self)
+
+    def detach(self) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.detach(self.on_frames)
+            self.stream = None
+            self.conn.paused.discard(self)
+
+    def _pause(self, prefix: bytes) -> None:
+        """A slow reader: the ring holds its frames. ACKs (``datagram_received``) wake it; the tick cuts it."""
+        conn = self.conn
+        if not self.paused_at:
+            self.paused_at = conn.server.loop.time()
+            conn.paused.add(self)
+        if prefix:
+            conn.send(self, prefix, False)
+
+    def _account(self, pos: int, last: int, nbytes: int) -> None:
+        m = self.conn.server.metrics
+        now = self.conn.server.loop.time()
+        if self.requested_at:
+            (m.ttft if pos == 0 else m.resume_latency).observe(now - self.requested_at)
+            self.requested_at = 0.0
+        else:
+            m.inter_token.observe(now - self.last_write)
+        self.last_write = now
+        self.position = last
+        m.flushes_total += 1
+        m.tokens_sent_total += last - pos
+        m.bytes_sent_total += nbytes
+
+    def write(self, prefix: bytes = b"") -> None:
+        """Send everything new since ``position`` (after ``prefix``) in one ``send_stream_data``; FIN at the end.
+
+        No transmit: the caller transmits once for every stream of the connection.
+        """
+        self.dirty = False
+        if self.send_ended or self.stream is None:
+            return
+        conn = self.conn
+        server = conn.server
+        quic = conn._quic
+        if _send_buffered(quic, self.qid) > server.config.webtransport.stream_buffer_high:
+            self._pause(prefix)
+            return
+        pos = self.position
+        try:
+            data, last, ended = conn.poll(self.handle, pos, _WIRE_BINARY)
+        except ResumeExpired:
+            # The reader fell behind what the ring holds: cut; its attach gets the 410 error reply.
+            server.metrics.backpressure_closes_total += 1
+            conn.reset(self, WtCode.RESUME)
+            return
+        except StreamNotFound:
+            conn.reset(self, WtCode.RESUME)
+            return
+        if last > pos:
+            self._account(pos, last, len(data))
+        end = ended and self.position >= last
+        if prefix:
+            data = prefix + data
+        if data or end:
+            conn.send(self, data, end)
+        if end:
+            self.detach()
+            conn.finished_sending(self)
+
+
+class WebTransportConnection(QuicConnectionProtocol):
+    """One QUIC connection: HTTP/3, its WebTransport sessions, and their request streams."""
+
+    def __init__(
+        self, quic: QuicConnection, stream_handler: QuicStreamHandler | None = None, *, server: WebTransportServer
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        self.server = server
+        self.h3: H3Connection | None = None
+        self.sessions: dict[int, _Session] = {}
+        self.sessions_opened = 0
+        self.closed_sessions: set[int] = set()
+        self.streams: dict[int, _WtStream] = {}
+        #: Streams of sessions whose CONNECT has not arrived yet: session id -> [(stream id, data, ended)].
+        self.early: dict[int, list[tuple[int, bytes, bool]]] = {}
+        #: Start requests that arrived in early data, run once the handshake completes.
+        self.deferred: list[tuple[_WtStream, StartRequested]] = []
+        self.handshake_done = False
+        self.paused: set[_WtStream] = set()
+        self.poll = server.hub.storage.poll
+        self._dirty: list[_WtStream] = []
+        self._queued = False
+        self.closed = False
+
+    # -- asyncio / aioquic ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        self.server.metrics.connections_total += 1
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        if self.paused:
+            self._wake_paused()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):  # the common case first
+            if self.h3 is not None:
+                for h3_event in self.h3.handle_event(event):
+                    self._h3_event_received(h3_event)
+            return
+        handler = _QUIC_HANDLERS.get(type(event))
+        if handler is not None and handler(self, event):
+            return  # consumed: the H3 layer does not see it
+        if self.h3 is not None:
+            for h3_event in self.h3.handle_event(event):
+                self._h3_event_received(h3_event)
+
+    def _on_protocol_negotiated(self, event: ProtocolNegotiated) -> bool:
+        if event.alpn_protocol in H3_ALPN:
+            self.h3 = H3Connection(self._quic, enable_webtransport=True)
+        return False
+
+    def _on_handshake_completed(self, event: HandshakeCompleted) -> bool:
+        self.handshake_done = True
+        deferred, self.deferred = self.deferred, []
+        for st, request in deferred:
+            if not st.send_ended:
+                self._handle(st, request)
+        return False
+
+    def _on_stop_sending(self, event: StopSendingReceived) -> bool:
+        st = self.streams.get(event.stream_id)
+        if st is None:
+            return False
+        # The client stopped reading this stream (QUIC has reset our side). Generation goes on.
+        self._lost(st)
+        st.send_ended = True
+        self.finished_sending(st)
+        return True
+
+    def _on_stream_reset(self, event: StreamReset) -> bool:
+        st = self.streams.get(event.stream_id)
+        if st is not None:
+            self._recv_reset(st)
+            return True
+        session = self.sessions.get(event.stream_id)
+        if session is not None:
+            self._close_session(session)
+        return False
+
+    def _on_terminated(self, event: ConnectionTerminated) -> bool:
+        self._terminated()
+        return True
+
+    def _h3_event_received(self, event: H3Event) -> None:
+        if isinstance(event, WebTransportStreamDataReceived):
+            self._stream_data(event.session_id, event.stream_id, event.data, event.stream_ended)
+        elif isinstance(event, HeadersReceived):
+            self._headers(event)
+        elif isinstance(event, DataReceived) and event.stream_ended and event.stream_id in self.sessions:
+            # Capsules on a session's CONNECT stream are ignored; its end closes the session.
+            self._close_session(self.sessions[event.stream_id], fin=True)
+
+    # -- sessions ------------------------------------------------------------------------------------
+
+    def _headers(self, event: HeadersReceived) -> None:
+        h3 = self.h3
+        if h3 is None:
+            return
+        server = self.server
+        limits = server.config.webtransport
+        sid = event.stream_id
+        ok, path = is_webtransport_connect(event.headers)
+        status = 200
+        if not ok:
+            status = 400 if dict(event.headers).get(b":method") == b"CONNECT" else 404
+        elif path.partition("?")[0] != WT_PATH:
+            status = 404
+        elif server.draining:
+            status = 503
+        elif server.session_count >= limits.max_sessions or self.sessions_opened >= limits.max_sessions_per_connection:
+            status = 429
+        if status != 200:
+            server.metrics.sessions_refused_total += 1
+            h3.send_headers(sid, [(b":status", str(status).encode())], end_stream=True)
+            if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
+                self.closed_sessions.add(sid)
+            for qid, _, _ in self.early.pop(sid, []):
+                self._abandon(qid, SESSION_GONE)
+            return
+        h3.send_headers(sid, [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")])
+        session = _Session(sid)
+        self.sessions[sid] = session
+        self.sessions_opened += 1
+        server.session_count += 1
+        server.metrics.sessions_total += 1
+        for qid, data, ended in self.early.pop(sid, []):
+            self._stream_data(sid, qid, data, ended)
+
+    def _close_session(self, session: _Session, fin: bool = False) -> None:
+        """The session is gone: its streams are reset (their generations go on)."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
+            self.closed_sessions.add(session.id)
+        self.server.session_count -= 1
+        for qid in list(session.streams):
+            st = self.streams.get(qid)
+            if st is not None:
+                self.reset(st, SESSION_GONE, raw=True)
+        if fin:
+            with contextlib.suppress(Exception):
+                self._quic.send_stream_data(session.id, b"", end_stream=True)
+
+    # -- request streams -----------------------------------------------------------------------------
+
+    def _stream_data(self, session_id: int, qid: int, data: bytes, ended: bool) -> None:
+        st = self.streams.get(qid)
+        if st is None:
+            st = self._open(session_id, qid, data, ended)
+            if st is None:
+                return
+        if ended:
+            st.recv_ended = True
+        reader = st.reader
+        if reader is None:
+            if data and not st.send_ended:
+                self.reset(st, WtCode.BAD_REQUEST)  # bytes after the request
+            self._maybe_forget(st)
+            return
+        try:
+            request = reader.feed(data, ended)
+        except TokenwireError as exc:
+            st.reader = None
+            self._reply_error(st, exc)
+            return
+        if request is None:
+            return
+        st.reader = None
+        self.server.metrics.requests_total += 1
+        st.requested_at = self.server.loop.time()
+        if isinstance(request, StartRequested) and not self.handshake_done:
+            # Early data can be replayed by an attacker: a generation starts only once the handshake is done.
+            self.server.metrics.deferred_starts_total += 1
+            self.deferred.append((st, request))
+            return
+        self._handle(st, request)
+
+    def _open(self, session_id: int, qid: int, data: bytes, ended: bool) -> _WtStream | None:
+        """A new request stream of a session; ``None`` if it is refused or held until its session arrives."""
+        if stream_is_unidirectional(qid):
+            return None  # tokenwire uses no unidirectional streams: ignore them
+        limits = self.server.config.webtransport
+        session = self.sessions.get(session_id)
+        if session is None:
+            early = self.early.get(session_id)
+            if session_id in self.closed_sessions or (
+                early is None and len(self.early) >= limits.max_sessions_per_connection
+            ):
+                self._abandon(qid, SESSION_GONE)
+            elif early is None:
+                self.early[session_id] = [(qid, data, ended)]
+            elif len(early) < limits.max_early_streams:
+                early.append((qid, data, ended))
+            else:
+                self._abandon(qid, SESSION_GONE)
+            return None
+        st = _WtStream(self, qid, session, self.server.loop.time())
+        self.streams[qid] = st
+        session.streams.add(qid)
+        if len(session.streams) > limits.max_streams_per_session:
+            st.recv_ended = ended
+            st.reader = None
+            self._reply_error(st, HttpError(503, "too many streams on this session"))
+            return None
+        return st
+
+    def _handle(self, st: _WtStream, request: Request) -> None:
+        server = self.server
+        hub = server.hub
+        try:
+            if isinstance(request, AttachRequested):
+                if request.epoch and request.epoch != hub.epoch:
+                    raise EpochMismatch(
+                        f"resume point belongs to epoch {request.epoch!r}, this hub's history is epoch "
+                        f"{hub.epoch!r}; the frames it refers to are not here",
+                        expected=hub.epoch,
+                        got=request.epoch,
+                    )
+                stream = hub.check_resume(request.stream_id, request.after)
+                if request.after:
+                    count_resume(hub, server.metrics, stream, request.after)
+                if not self.handshake_done:
+                    server.metrics.early_requests_total += 1
+                self._serve(st, stream, request.after)
+            elif isinstance(request, StartRequested):
+                body = request.body()
+                max_tokens = int_field(body, "max_tokens", 64, 1, server.config.max_tokens_limit)
+                self._serve(st, server.endpoints.start_generation(body, request.prompt, max_tokens), 0)
+            else:
+                self._cancel(st, request)
+        except TokenwireError as exc:
+            self._reply_error(st, exc)
+        except Exception as exc:
+            log.exception("WebTransport request %r failed", request)
+            self._reply_error(st, exc)
+
+    def _cancel(self, st: _WtStream, request: CancelRequested) -> None:
+        self.server.hub.cancel(request.stream_id)
+        self.send(st, encode_reply(CancelConfirmed(request.stream_id)), True)
+        self.finished_sending(st)
+
+    def _serve(self, st: _WtStream, stream: TokenStream, after: int) -> None:
+        """Attach ``st`` to ``stream`` after seq ``after``: the reply, the replay and live frames."""
+        st.stream = stream
+        st.handle = stream._handle
+        st.position = after
+        stream.attach(st.on_frames)
+        st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after)))
+
+    def _reply_error(self, st: _WtStream, exc: BaseException) -> None:
+        """A typed error reply, then FIN; STOP_SENDING with its code if the request side is still open."""
+        reply = error_reply(exc)
+        self.server.metrics.bad_requests_total += 1
+        if not st.send_ended:
+            self.send(st, encode_reply(reply), True)
+        if not st.recv_ended:
+            with contextlib.suppress(ValueError):
+                self._quic.stop_stream(st.qid, http3_error_code(reply.code))
+        self.finished_sending(st)
+
+    # -- sending -------------------------------------------------------------------------------------
+
+    def send(self, st: _WtStream, data: bytes, end: bool) -> None:
+        try:
+            self._quic.send_stream_data(st.qid, data, end)
+        except RuntimeError:  # reset by the peer's STOP_SENDING before we saw the event
+            self._lost(st)
+        if end:
+            st.send_ended = True
+
+    def reset(self, st: _WtStream, code: int, raw: bool = False) -> None:
+        """Reset a request stream with a WebTransport error code (``raw``: an HTTP/3 code as is)."""
+        h3_code = code if raw else http3_error_code(code)
+        if st.stream is not None and (st.stream.is_open or st.position < st.stream.last_seq):
+            self.server.metrics.disconnects_total += 1
+        st.detach()
+        if not st.send_ended:
+            self._quic.reset_stream(st.qid, h3_code)
+            st.send_ended = True
+            self.server.metrics.streams_reset_total += 1
+        if not st.recv_ended:
+            with contextlib.suppress(ValueError):
+                self._quic.stop_stream(st.qid, h3_code)
+        self.finished_sending(st)
+
+    def _abandon(self, qid: int, h3_code: int) -> None:
+        """Refuse a stream that never became a request stream."""
+        with contextlib.suppress(ValueError, RuntimeError):
+            self._quic.reset_stream(qid, h3_code)
+            self._quic.stop_stream(qid, h3_code)
+
+    def finished_sending(self, st: _WtStream) -> None:
+        st.session.streams.discard(st.qid)
+        self._maybe_forget(st)
+
+    def _maybe_forget(self, st: _WtStream) -> None:
+        if st.send_ended and st.recv_ended:
+            self.streams.pop(st.qid, None)
+            st.session.streams.discard(st.qid)
+            if self.h3 is not None:
+                # aioquic's H3 layer never ends the send half of a WebTransport stream, so it would keep
+                # the stream's state for the whole connection: drop it once both halves are done.
+                self.h3._stream.pop(st.qid, None)
+
+    def _recv_reset(self, st: _WtStream) -> None:
+        st.recv_ended = True
+        if st.reader is not None:
+            # Reset before its request was complete: nothing to serve.
+            st.reader = None
+            if not st.send_ended:
+                self._quic.reset_stream(st.qid, http3_error_code(WtCode.NO_ERROR))
+                st.send_ended = True
+            self.finished_sending(st)
+        else:
+            self._maybe_forget(st)
+
+    def _lost(self, st: _WtStream) -> None:
+        stream = st.stream
+        if stream is not None and (stream.is_open or st.position < stream.last_seq):
+            self.server.metrics.disconnects_total += 1
+        st.detach()
+
+    # -- flushing ------------------------------------------------------------------------------------
+
+    def mark_dirty(self, st: _WtStream) -> None:
+        self._dirty.append(st)
+        if not self._queued:
+            self._queued = True
+            self.server.flusher.add(self)
+
+    def flush(self) -> None:
+        """Every dirty stream's new frames into its QUIC stream, then one transmit for the connection."""
+        self._queued = False
+        dirty, self._dirty = self._dirty, []
+        for st in dirty:
+            st.write()
+        if not self.closed:
+            self.transmit()
+
+    def _wake_paused(self) -> None:
+        low = self.server.config.webtransport.stream_buffer_high // 2
+        quic = self._quic
+        for st in list(self.paused):
+            if _send_buffered(quic, st.qid) <= low:
+                self.paused.discard(st)
+                st.paused_at = 0.0
+                st.on_frames()
+
+    def tick(self, now: float) -> None:
+        """Once a second: heartbeats on quiet streams, cut stalled readers, time out incomplete requests."""
+        cfg = self.server.config
+        wrote = False
+        for st in list(self.streams.values()):
+            if st.send_ended:
+                continue
+            if st.reader is not None:
+                if now - st.opened_at >= cfg.header_timeout:
+                    st.reader = None
+                    self._reply_error(st, HttpError(408, "no complete request in time"))
+                    wrote = True
+            elif st.paused_at:
+                if now - st.paused_at >= cfg.stall_timeout:
+                    self.server.metrics.backpressure_closes_total += 1
+                    self.reset(st, WtCode.RESUME)
+                    wrote = True
+            elif st.stream is not None and now - st.last_write >= cfg.heartbeat_interval:
+                self.send(st, _HEARTBEAT, False)
+                st.last_write = now
+                self.server.metrics.heartbeats_total += 1
+                wrote = True
+        if wrote and not self.closed:
+            self.transmit()
+
+    # -- the end -------------------------------------------------------------------------------------
+
+    def _terminated(self) -> None:
+        """The QUIC connection is gone: detach every stream (generations go on)."""
+        if self.closed:
+            return
+        self.closed = True
+        server = self.server
+        for st in self.streams.values():
+            self._lost(st)
+        self.streams.clear()
+        self.paused.clear()
+        self.deferred.clear()
+        server.session_count -= len(self.sessions)
+        self.sessions.clear()
+        server.connections.discard(self)
+
+    def shutdown(self) -> None:
+        """Tell every stream to resume elsewhere or later, and close the connection."""
+        if self.closed:
+            return
+        for st in list(self.streams.values()):
+            self.reset(st, WtCode.SHUTDOWN)
+        self.transmit()  # the resets first: once closing, a connection sends nothing but its close frame
+        self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="server shutting down")
+        self._terminated()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+_QUIC_HANDLERS: dict[type[QuicEvent], Callable[[WebTransportConnection, Any], bool]] = {
+    ProtocolNegotiated: WebTransportConnection._on_protocol_negotiated,
+    HandshakeCompleted: WebTransportConnection._on_handshake_completed,
+    StopSendingReceived: WebTransportConnection._on_stop_sending,
+    StreamReset: WebTransportConnection._on_stream_reset,
+    ConnectionTerminated: WebTransportConnection._on_terminated,
+}
+
+
+class WebTransportServer:
+    """``tokenwire serve``'s WebTransport side: one UDP socket, one Hub (shared with the SSE server), one flusher.
+
+    ``certificate``: a :class:`~tokenwire.server.certs.Certificate` (``load_certificate`` for production
+    files); by default a development certificate is made (see :attr:`certificate` for its SHA-256).
+    """
+
+    def __init__(
+        self,
+        hub: Hub | None = None,
+        config: ServerConfig | None = None,
+        *,
+        model: FakeModel | None = None,
+        engine_steps_per_s: float | None = None,
+        certificate: Certificate | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.hub = hub if hub is not None else Hub()
+        self.model = model or FakeModel()
+        self.engine_steps_per_s = engine_steps_per_s
+        self.engine: FakeEngine | None = None
+        self.certificate = certificate if certificate is not None else make_dev_certificate()
+        self.metrics = WebTransportMetrics()
+        self.endpoints = Endpoints(self)
+        self.connections: set[WebTransportConnection] = set()
+        self.session_count = 0
+        self.draining = False
+        self._tickets: collections.OrderedDict[bytes, SessionTicket] = collections.OrderedDict()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._quic_server: QuicServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        m = self.metrics
+        m.gauges["connections"] = lambda: len(self.connections)
+        m.gauges["sessions"] = lambda: self.session_count
+        m.gauges["stream_connections"] = lambda: sum(
+            1 for c in self.connections for s in c.streams.values() if s.stream is not None
+        )
+        m.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
+        m.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
+        m.gauges["flusher_runs"] = lambda: self.flusher.runs
+        self._registry = m.registry()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("server not started")
+        return self._loop
+
+    @property
+    def flusher(self) -> Flusher:
+        if self._flusher is None:
+            raise RuntimeError("server not started")
+        return self._flusher
+
+    @property
+    def port(self) -> int:
+        if self._transport is None:
+            raise RuntimeError("server not started")
+        return int(self._transport.get_extra_info("sockname")[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.port}{WT_PATH}"
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render(self._registry)
+
+    def certificate_info(self) -> dict[str, Any]:
+        """What a browser page needs: ``new WebTransport(url, {serverCertificateHashes: [...]})``."""
+        return {"url": self.url, "sha256": self.certificate.sha256_hex, "algorithm": "sha-256"}
+
+    def quic_configuration(self) -> QuicConfiguration:
+        limits = self.config.webtransport
+        configuration = QuicConfiguration(
+            is_client=False,
+            alpn_protocols=H3_ALPN,
+            max_datagram_frame_size=65536,
+            idle_timeout=limits.idle_timeout,
+            max_stream_data=limits.max_stream_data,
+            max_data=limits.max_data,
+        )
+        chain = load_pem_x509_certificates(self.certificate.cert_pem)
+        configuration.certificate = chain[0]
+        configuration.certificate_chain = chain[1:]
+        configuration.private_key = load_pem_private_key(self.certificate.key_pem)
+        return configuration
+
+    def _add_ticket(self, ticket: SessionTicket) -> None:
+        self._tickets[ticket.ticket] = ticket
+        while len(self._tickets) > self.config.webtransport.max_session_tickets:
+            self._tickets.popitem(last=False)
+
+    def _pop_ticket(self, label: bytes) -> SessionTicket | None:
+        # Single use: a ticket presented twice (a replay) finds nothing the second time.
+        return self._tickets.pop(label, None)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._flusher = Flusher(loop, self.config.max_delay_ms)
+        if self.engine_steps_per_s:
+            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
+        self.hub._ensure_janitor()
+        configuration = self.quic_configuration()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: QuicServer(
+                configuration=configuration,
+                create_protocol=partial(WebTransportConnection, server=self),
+                session_ticket_fetcher=self._pop_ticket,
+                session_ticket_handler=self._add_ticket,
+            ),
+            local_addr=(self.config.host, self.config.port),
+        )
+        self._transport = transport
+        self._quic_server = protocol
+        self._tick = loop.call_later(1.0, self._on_tick)
+        log.info(
+            "WebTransport server listening on %s (UDP; epoch %s; certificate sha-256 %s)",
+            self.url,
+            self.hub.epoch,
+            self.certificate.sha256_hex,
+        )
+
+    def _on_tick(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.tick(now)
+        self._tick = self.loop.call_later(1.0, self._on_tick)
+
+    async def shutdown(self, drain_timeout: float | None = None, *, close_hub: bool = True) -> None:
+        """Refuse new sessions, let open streams finish for up to ``drain_timeout``, then reset the rest with
+        ``SHUTDOWN`` (clients resume) and close every connection; stop generations unless ``close_hub`` is
+        false (a hub shared with a server still running)."""
+        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.draining = True
+        loop = self.loop
+        deadline = loop.time() + drain
+
+        def streaming() -> bool:
+            return any(s.stream is not None for c in self.connections for s in c.streams.values())
+
+        while streaming() and loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self.engine is not None and self.engine_steps_per_s:  # an engine of its own, not a shared one
+            await self.engine.aclose()
+        if close_hub:
+            await self.hub.aclose()
+        if self._transport is not None:
+            self._transport.close()
+        await asyncio.sleep(0)  # let the transport close
+        log.info("WebTransport server stopped")

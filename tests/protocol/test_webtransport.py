@@ -1,0 +1,247 @@
+"""WebTransport request/reply messages (docs/protocol.md §4.4): no sockets, no loop; whole and byte by byte."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokenwire import _core
+from tokenwire.errors import (
+    EpochMismatch,
+    FrameError,
+    HubFull,
+    RemoteProtocolError,
+    ResumeExpired,
+    ResumeFromFuture,
+    StreamNotFound,
+)
+from tokenwire.protocol.http1 import HttpError
+from tokenwire.protocol.webtransport import (
+    REPLY_KINDS,
+    REQUEST_ATTACH,
+    REQUEST_KINDS,
+    REQUEST_START,
+    AttachRequested,
+    CancelConfirmed,
+    CancelRequested,
+    Message,
+    MessageReader,
+    ReplyReader,
+    RequestFailed,
+    RequestReader,
+    RequestTooLarge,
+    StartRequested,
+    StreamAttached,
+    WtCode,
+    code_for_status,
+    connect_headers,
+    encode_message,
+    encode_reply,
+    encode_request,
+    error_from_reply,
+    error_reply,
+    http3_error_code,
+    is_webtransport_connect,
+    parse_request,
+    wt_error_code,
+)
+
+REQUESTS = [
+    StartRequested("Tell me about resumable streams", 200, {"tokens_per_s": 20.0, "stamp": True}),
+    StartRequested("ünïcode\r\n日本語", None, {}),
+    AttachRequested("Zp3Q0sJ5tXkq8yRzWb1Lmg", "q7Vd1aXe", 42),
+    AttachRequested("s", "", 0),
+    CancelRequested("Zp3Q0sJ5tXkq8yRzWb1Lmg"),
+]
+
+
+def feed_bytewise(reader: RequestReader, data: bytes) -> object:
+    out = None
+    for i in range(len(data)):
+        got = reader.feed(data[i : i + 1], end=i == len(data) - 1)
+        if got is not None:
+            assert out is None
+            out = got
+    return out
+
+
+@pytest.mark.parametrize("request_", REQUESTS)
+def test_requests_round_trip_whole_and_byte_by_byte(request_: object) -> None:
+    data = encode_request(request_)  # type: ignore[arg-type]
+    assert data[0] in REQUEST_KINDS
+    assert RequestReader().feed(data, end=True) == request_
+    assert feed_bytewise(RequestReader(), data) == request_
+
+
+def test_layout_is_kind_varint_json() -> None:
+    data = encode_request(AttachRequested("t2", "q7Vd1aXe", 300))
+    body = b'{"stream_id":"t2","after":300,"epoch":"q7Vd1aXe"}'
+    assert data == bytes([REQUEST_ATTACH]) + _core.encode_varint(len(body)) + body
+    big = encode_message(REQUEST_START, {"prompt": "x" * 100})
+    assert big[1:3] == _core.encode_varint(len(big) - 3)  # a 2-byte length
+
+
+@given(st.text(max_size=300), st.integers(1, 10_000), st.lists(st.integers(0, 400), max_size=6))
+def test_any_split_decodes_the_same(prompt: str, max_tokens: int, cuts: list[int]) -> None:
+    request = StartRequested(prompt, max_tokens, {"stream_id": "abc"})
+    data = encode_request(request)
+    reader = RequestReader()
+    got = None
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    for a, b in itertools.pairwise(points):
+        got = reader.feed(data[a:b], end=b == len(data)) or got
+    assert got == request
+
+
+def test_errors_are_detected_early_and_poison_the_reader() -> None:
+    reader = MessageReader(REQUEST_KINDS)
+    with pytest.raises(FrameError, match="unknown message kind 0x01"):
+        reader.feed(b"\x01")  # a frame kind is not a request
+    with pytest.raises(FrameError, match="unknown message kind"):
+        reader.feed(b"")  # poisoned
+
+    small = MessageReader(REQUEST_KINDS, max_bytes=10)
+    assert small.feed(bytes([REQUEST_START])) is None
+    with pytest.raises(RequestTooLarge) as info:
+        small.feed(_core.encode_varint(11))  # refused before any body byte arrives
+    assert info.value.status_hint == 413
+    assert isinstance(info.value, FrameError)
+
+    for body, match in ((b"\xff\xfe", "UTF-8 JSON"), (b"[1]", "JSON object"), (b"{x", "UTF-8 JSON")):
+        bad = MessageReader(REQUEST_KINDS)
+        with pytest.raises(FrameError, match=match):
+            bad.feed(bytes([REQUEST_START]) + _core.encode_varint(len(body)) + body)
+
+
+def test_truncated_and_trailing_bytes() -> None:
+    data = encode_request(CancelRequested("abc"))
+    with pytest.raises(FrameError, match="ended inside a message"):
+        RequestReader().feed(data[:-1], end=True)
+    with pytest.raises(FrameError, match="before any message"):
+        RequestReader().feed(b"", end=True)
+    with pytest.raises(FrameError, match="one request"):
+        RequestReader().feed(data + b"\x11", end=False)
+    reader = RequestReader()
+    assert reader.feed(data) == CancelRequested("abc")
+    with pytest.raises(FrameError, match="one request"):
+        reader.feed(b"more")
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "match"),
+    [
+        (REQUEST_START, {}, "'prompt'"),
+        (REQUEST_START, {"prompt": "x", "max_tokens": True}, "'max_tokens'"),
+        (REQUEST_START, {"prompt": "x", "max_tokens": "3"}, "'max_tokens'"),
+        (REQUEST_ATTACH, {"after": 1, "epoch": "e"}, "'stream_id'"),
+        (REQUEST_ATTACH, {"stream_id": "a:b"}, "stream id"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "after": 5}, "epoch"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "after": -1, "epoch": "e"}, "'after'"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "after": 1 << 62, "epoch": "e"}, "'after'"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "after": False}, "'after'"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "epoch": 7}, "'epoch'"),
+    ],
+)
+def test_invalid_fields_are_remote_protocol_errors(kind: int, body: dict[str, object], match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        parse_request(Message(kind, body))
+
+
+def test_replies_then_frames_in_any_split() -> None:
+    head = encode_reply(StreamAttached("abc", "q7Vd1aXe", 2))
+    frames = _core.encode_frames(_core.FRAME_TOKEN, 3, ["Hel", "lo\r\n"]) + _core.encode_frame(
+        _core.FRAME_DONE, 5, '{"reason":"stop"}'
+    )
+    data = head + frames
+    expected = [(1, 3, "Hel"), (1, 4, "lo\r\n"), (2, 5, '{"reason":"stop"}')]
+    whole = ReplyReader()
+    assert whole.feed(data) == expected
+    assert whole.reply == StreamAttached("abc", "q7Vd1aXe", 2)
+    whole.close()
+    bytewise = ReplyReader()
+    got = [f for i in range(len(data)) for f in bytewise.feed(data[i : i + 1])]
+    assert got == expected
+    assert bytewise.reply == whole.reply
+
+    truncated = ReplyReader()
+    truncated.feed(data[:-1])
+    with pytest.raises(FrameError):
+        truncated.close()
+    with pytest.raises(FrameError):
+        ReplyReader().close()
+
+
+def test_error_and_cancel_replies_carry_no_frames() -> None:
+    for reply in (
+        CancelConfirmed("abc"),
+        RequestFailed("ResumeExpired", "gone", 410, WtCode.RESUME_EXPIRED, {"oldest_seq": 3}),
+    ):
+        reader = ReplyReader()
+        assert reader.feed(encode_reply(reply)) == []
+        assert reader.reply == reply
+        reader.close()
+        with pytest.raises(FrameError, match="no stream"):
+            ReplyReader().feed(encode_reply(reply) + b"\x01\x01\x01a")
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (StreamNotFound("no stream 'x'"), 404, WtCode.STREAM_NOT_FOUND),
+        (EpochMismatch("other history", expected="q7Vd1aXe", got="zz"), 409, WtCode.EPOCH_MISMATCH),
+        (ResumeExpired("expired", 7), 410, WtCode.RESUME_EXPIRED),
+        (ResumeFromFuture("future", 9), 400, WtCode.BAD_REQUEST),
+        (FrameError("unknown message kind 0x01"), 400, WtCode.BAD_REQUEST),
+        (RequestTooLarge("too big"), 413, WtCode.TOO_LARGE),
+        (HubFull("full"), 503, WtCode.BUSY),
+        (HttpError(503, "too many streams"), 503, WtCode.BUSY),
+        (RemoteProtocolError("bad"), 400, WtCode.BAD_REQUEST),
+    ],
+)
+def test_error_replies_round_trip_to_typed_errors(exc: Exception, status: int, code: WtCode) -> None:
+    reply = error_reply(exc)
+    assert (reply.status, reply.code, reply.type) == (status, code, type(exc).__name__)
+    reader = ReplyReader()
+    reader.feed(encode_reply(reply))
+    assert reader.reply == reply
+    again = error_from_reply(reply)
+    assert again.status_hint == status
+    if not isinstance(exc, HttpError) and type(exc) is not RemoteProtocolError:
+        assert type(again) is type(exc)
+    for attr in ("oldest_seq", "last_seq", "expected"):
+        if hasattr(exc, attr):
+            assert getattr(again, attr) == getattr(exc, attr)
+
+
+def test_internal_errors_hide_their_message() -> None:
+    reply = error_reply(KeyError("secret"))
+    assert (reply.status, reply.code, reply.message) == (500, WtCode.INTERNAL_ERROR, "internal server error")
+    assert code_for_status(418) == WtCode.BAD_REQUEST
+
+
+@given(st.integers(0, 0xFFFFFFFF))
+def test_http3_error_code_mapping_round_trips(code: int) -> None:
+    h3 = http3_error_code(code)
+    assert 0x52E4A40FA8DB <= h3 <= 0x52E5AC983162
+    assert (h3 - 0x21) % 0x1F != 0  # never a reserved codepoint
+    assert wt_error_code(h3) == code
+
+
+def test_http3_error_code_known_values() -> None:
+    assert http3_error_code(0) == 0x52E4A40FA8DB
+    assert http3_error_code(0x1E) == 0x52E4A40FA8DB + 0x1E + 1  # skips the reserved codepoint
+    assert wt_error_code(0x100) is None  # H3_NO_ERROR carries no application code
+    assert wt_error_code(0x52E4A40FA8DB + 0x1E) is None  # reserved
+    with pytest.raises(ValueError, match="32-bit"):
+        http3_error_code(1 << 32)
+
+
+def test_connect_headers() -> None:
+    headers = connect_headers("127.0.0.1:8000", origin="https://example.com")
+    assert is_webtransport_connect(headers) == (True, "/v1/webtransport")
+    assert is_webtransport_connect([(b":method", b"GET"), (b":path", b"/")]) == (False, "/")
+    assert REPLY_KINDS.isdisjoint(REQUEST_KINDS)
+    assert not REPLY_KINDS & {1, 2, 3, 4}
