@@ -564,6 +564,8 @@ class TokenwireASGI:
             return _Answer.json(status, body)
         if route == "health":
             return _Answer.json(200, endpoints.health())
+        if route == "webtransport":
+            return _Answer.json(200, endpoints.webtransport())  # 404 unless a WebTransport server is set
         return _Answer(200, self.render_metrics(), METRICS_CONTENT_TYPE)
 
     async def _json(self, scope: Scope, receive: Receive) -> dict[str, Any]:

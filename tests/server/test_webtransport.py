@@ -7,6 +7,7 @@ import datetime
 import re
 import sys
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -310,3 +311,23 @@ async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number() -> No
     finally:
         proc.terminate()
         assert await proc.wait() == 0
+
+
+async def test_sse_server_advertises_webtransport() -> None:
+    """``tokenwire serve`` runs both: SSE responses carry Alt-Svc and the certificate endpoint names the hash."""
+    async with sse_server() as sse:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"http://127.0.0.1:{sse.port}/v1/webtransport/certificate")
+            assert r.status_code == 404
+        async with wt_server(sse.hub) as wt:
+            sse.webtransport = wt
+            stream = sse.hub.create_stream()
+            stream.send("x")
+            stream.finish()
+            async with httpx.AsyncClient() as client:
+                info = (await client.get(f"http://127.0.0.1:{sse.port}/v1/webtransport/certificate")).json()
+                events = await client.get(f"http://127.0.0.1:{sse.port}/v1/streams/{stream.id}/events")
+            assert info == wt.certificate_info()
+            assert len(bytes.fromhex(info["sha256"])) == 32
+            assert events.headers["alt-svc"] == f'h3=":{wt.port}"; ma=86400'
+            sse.webtransport = None

@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 STREAMS_PATH = "/v1/streams"
+#: Where a browser page learns the WebTransport URL and the certificate hash to pin.
+WT_CERTIFICATE_PATH = "/v1/webtransport/certificate"
 
 #: A custom rendering of the frames after a seq, for formats the core does not render (OpenAI chunks):
 #: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
@@ -147,7 +149,8 @@ def float_field(body: dict[str, Any], name: str, lo: float, hi: float) -> float 
 def match_route(method: str, path: str) -> tuple[str, str]:
     """``(route, stream_id)`` for a request; 404 for an unknown path, 405 for a method it does not take.
 
-    Routes: ``attach``, ``cancel`` (both with a stream id), ``create``, ``chat``, ``health``, ``metrics``.
+    Routes: ``attach``, ``cancel`` (both with a stream id), ``create``, ``chat``, ``health``, ``metrics``,
+    ``webtransport`` (where the WebTransport server is and the certificate hash a browser pins).
     """
     if path.startswith(STREAMS_PATH + "/"):
         rest = path[len(STREAMS_PATH) + 1 :]
@@ -170,6 +173,9 @@ def match_route(method: str, path: str) -> tuple[str, str]:
     elif path == "/metrics":
         _allow(method, "GET")
         return "metrics", ""
+    elif path == WT_CERTIFICATE_PATH:
+        _allow(method, "GET")
+        return "webtransport", ""
     raise HttpError(404, f"no route for {path}")
 
 
@@ -412,6 +418,14 @@ class Endpoints:
             hub = self.host.hub
             self.chats = {k: v for k, v in chats.items() if k in hub}
             self._prune_at = max(1024, 2 * len(self.chats))
+
+    def webtransport(self) -> dict[str, Any]:
+        """``GET /v1/webtransport/certificate``: ``{url, sha256, algorithm}``; 404 when WebTransport is off."""
+        wt = getattr(self.host, "webtransport", None)
+        if wt is None:
+            raise HttpError(404, "WebTransport is not served here")
+        info: dict[str, Any] = wt.certificate_info()
+        return info
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "epoch": self.host.hub.epoch}

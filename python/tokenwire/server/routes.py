@@ -54,6 +54,8 @@ class Router(Endpoints):
                 self._complete_openai(conn, req, chat.stream, chat.meta)
         elif route == "health":
             conn.respond_json(200, self.health(), req.keep_alive)
+        elif route == "webtransport":
+            conn.respond_json(200, self.webtransport(), req.keep_alive)
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
 

@@ -253,6 +253,9 @@ class SseConnection(asyncio.Protocol):
             ("Connection", "close"),
             *head,
         ]
+        wt = self.server.webtransport
+        if wt is not None:
+            headers.append(("Alt-Svc", f'h3=":{wt.port}"; ma=86400'))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if retry else b""
         transport.write(render_head(200, headers) + retry_block + intro)
         self._last_write = self.server.loop.time()
@@ -357,6 +360,9 @@ class SseServer:
         self.streaming: set[SseConnection] = set()
         self.draining = False
         self.background: set[asyncio.Task[None]] = set()
+        #: The WebTransport server beside this one (``tokenwire serve`` sets it): advertised with ``Alt-Svc``
+        #: on stream responses, and its certificate hash served at ``/v1/webtransport/certificate``.
+        self.webtransport: Any = None
         self.router = Router(self)
         self._server: asyncio.Server | None = None
         self._tick: asyncio.TimerHandle | None = None
