@@ -162,6 +162,9 @@ def _loadtest(args: argparse.Namespace) -> int:
         server_pid=args.server_pid,
         stream_timeout=args.stream_timeout,
         quiet=args.quiet,
+        protocol=args.protocol,
+        sessions=args.sessions,
+        wt_cert_hash=args.wt_cert_hash or "",
     )
     report = run_loadtest(cfg)
     if args.json:
@@ -228,6 +231,16 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument("--stream-timeout", type=float, default=600.0, help="give up on a stream after this long")
     lt.add_argument("--json", help="write the full report here")
     lt.add_argument("--quiet", action="store_true", help="no progress or summary output")
+    lt.add_argument(
+        "--protocol", choices=("sse", "webtransport"), default="sse", help="SSE over HTTP/1.1, or WebTransport"
+    )
+    lt.add_argument(
+        "--sessions", type=int, default=0, help="webtransport: sessions the streams share (0: one per stream)"
+    )
+    lt.add_argument(
+        "--wt-cert-hash",
+        help="webtransport: sha-256 (hex) of the server certificate; default: GET {url}/v1/webtransport/certificate",
+    )
     return p
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from tokenwire.loadtest.report import build_report, format_report
 from tokenwire.loadtest.worker import WorkerConfig, run_worker
+from tokenwire.loadtest.wt_worker import WtWorkerConfig, run_wt_worker
 
 __all__ = ["LoadTestConfig", "ProcSampler", "run_loadtest"]
 
@@ -33,6 +34,9 @@ class LoadTestConfig:
     server_pid: int | None = None
     stream_timeout: float = 600.0
     quiet: bool = False
+    protocol: str = "sse"  # or "webtransport"
+    sessions: int = 0  # webtransport: sessions (QUIC connections) the streams share; 0 = one per stream
+    wt_cert_hash: str = ""  # webtransport: hex sha-256 to pin; "" = GET {url}/v1/webtransport/certificate
 
 
 class ProcSampler:
@@ -60,20 +64,30 @@ class ProcSampler:
         return out
 
 
-def _worker_main(cfg: WorkerConfig, q: Any) -> None:
-    result = run_worker(cfg, lambda p: q.put(("progress", os.getpid(), p)))
+def _worker_main(cfg: WorkerConfig | WtWorkerConfig, q: Any) -> None:
+    def progress(p: dict[str, int]) -> None:
+        q.put(("progress", os.getpid(), p))
+
+    result = run_wt_worker(cfg, progress) if isinstance(cfg, WtWorkerConfig) else run_worker(cfg, progress)
     q.put(("result", os.getpid(), result))
 
 
 def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any]:  # noqa: C901 - one linear driver
     """Run the load test to the end and return the report (also printed to ``out`` unless quiet)."""
     parts = urlsplit(cfg.url)
-    if parts.scheme != "http" or not parts.hostname:
+    if (
+        parts.scheme != "http" and not (cfg.protocol == "webtransport" and parts.scheme == "https")
+    ) or not parts.hostname:
         raise ValueError(f"--url must be http://host:port, got {cfg.url!r}")
     procs = max(1, min(cfg.procs, cfg.streams))
     start_at = time.time() + (0.5 if procs > 1 else 0.05)
-    configs = []
-    for k in range(procs):
+    configs: list[WorkerConfig | WtWorkerConfig] = []
+    if cfg.protocol == "webtransport":
+        configs = _wt_configs(cfg, procs, start_at)
+        procs = len(configs)
+    elif cfg.protocol != "sse":
+        raise ValueError(f"--protocol must be sse or webtransport, got {cfg.protocol!r}")
+    for k in range(procs if cfg.protocol == "sse" else 0):
         indices = list(range(k, cfg.streams, procs))
         configs.append(
             WorkerConfig(
@@ -114,7 +128,11 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
 
     raw: list[dict[str, Any]] = []
     if procs == 1:
-        raw.append(run_worker(configs[0], lambda p: show(0, p)))
+        only = configs[0]
+        if isinstance(only, WtWorkerConfig):
+            raw.append(run_wt_worker(only, lambda p: show(0, p)))
+        else:
+            raw.append(run_worker(only, lambda p: show(0, p)))
     else:
         ctx = multiprocessing.get_context("spawn")
         q = ctx.Queue()
@@ -141,6 +159,53 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
     if not cfg.quiet:
         print(format_report(report), file=out, flush=True)
     return report
+
+
+def fetch_wt_certificate(url: str, timeout: float = 10.0) -> tuple[str, str]:
+    """``(webtransport url, sha-256 hex)`` from ``GET {url}/v1/webtransport/certificate`` of the SSE server."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url.rstrip('/')}/v1/webtransport/certificate", timeout=timeout) as resp:  # noqa: S310 - http(s) URL checked by the caller
+        body = json.load(resp)
+    return str(body["url"]), str(body["sha256"])
+
+
+def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[WorkerConfig | WtWorkerConfig]:
+    """WebTransport workers: stream i rides session ``i % sessions``; a session's streams stay in one process."""
+    parts = urlsplit(cfg.url)
+    if cfg.disconnect_rate > 0:
+        raise ValueError("--disconnect-rate is not supported with --protocol webtransport")
+    if cfg.wt_cert_hash:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--url must be http(s)://host:port, got {cfg.url!r}")
+        # The WebTransport endpoint has the SSE server's port number (UDP), or the https URL given.
+        path = parts.path if parts.scheme == "https" and parts.path not in ("", "/") else "/v1/webtransport"
+        wt_url, cert_hex = f"https://{parts.hostname}:{parts.port or 443}{path}", cfg.wt_cert_hash
+    else:
+        wt_url, cert_hex = fetch_wt_certificate(cfg.url)
+    cert_hash = bytes.fromhex(cert_hex.replace(":", ""))
+    sessions = cfg.sessions if cfg.sessions > 0 else cfg.streams
+    sessions = min(sessions, cfg.streams)
+    procs = min(procs, sessions)
+    out: list[WorkerConfig | WtWorkerConfig] = []
+    for k in range(procs):
+        indices = [i for i in range(cfg.streams) if (i % sessions) % procs == k]
+        out.append(
+            WtWorkerConfig(
+                url=wt_url,
+                cert_hash=cert_hash,
+                stream_indices=indices,
+                start_offsets=[i / cfg.ramp if cfg.ramp > 0 else 0.0 for i in indices],
+                session_of=[i % sessions for i in indices],
+                max_tokens=cfg.max_tokens,
+                tokens_per_s=cfg.tokens_per_s,
+                seed=cfg.seed * 1000 + k,
+                model_seed=cfg.model_seed,
+                start_at=start_at,
+                stream_timeout=cfg.stream_timeout,
+            )
+        )
+    return out
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

@@ -1,0 +1,132 @@
+"""Side-by-side WebTransport benchmark (issue 4): tokenwire WebTransport vs tokenwire SSE vs plain aioquic.
+
+Each server runs pinned to one core (``taskset -c 0``) with an engine-style producer (20 steps/s: one token
+for every active stream per step); the load generator (``tokenwire loadtest``) runs pinned to the other
+core(s). Server CPU and memory come from /proc of the server process. Points are ``STREAMS`` (one session
+per stream) or ``STREAMSxSESSIONS`` (streams multiplexed over that many WebTransport sessions; the SSE row
+of such a point is plain ``STREAMS`` connections).
+
+    .venv/bin/python -m benches.wt_compare --points 100,200,500,1000,1000x10 --duration 10 --out /tmp/wt.json
+
+Prints a markdown table (the one in BENCHMARKS.md) and writes every full report as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benches.sse_compare import PY, TASKSET, TOKENWIRE, stop_server
+
+SERVERS: dict[str, list[str]] = {
+    "tokenwire-wt": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}"],
+    "tokenwire-sse": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--no-webtransport"],
+    "aioquic-plain": [PY, "-m", "benches.peers.aioquic_wt_app", "--steps-per-s", "{steps}", "--port", "{port}"],
+}
+
+
+def start_server(name: str, port: int, steps: float, cores: str) -> tuple[subprocess.Popen[str], str]:
+    """The server process and the certificate hash it printed ('' for SSE)."""
+    cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]]
+    proc = subprocess.Popen(  # noqa: S603 - our own commands
+        [TASKSET, "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if name == "aioquic-plain" and "listening on" in line:
+            return proc, line.split("sha256")[1].strip()
+        if name == "tokenwire-wt" and "serving WebTransport on" in line:
+            return proc, line.rsplit("sha-256", 1)[1].strip()
+        if name == "tokenwire-sse" and "serving SSE on" in line:
+            return proc, ""
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"{name} did not start")
+
+
+def run_point(name: str, streams: int, sessions: int, args: argparse.Namespace, port: int) -> dict[str, Any]:
+    proc, cert = start_server(name, port, args.steps, args.server_cores)
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            report_path = f.name
+        max_tokens = max(1, round(args.duration * args.steps))
+        cmd = [
+            TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest",
+            "--streams", str(streams), "--ramp", str(args.ramp),
+            "--max-tokens", str(max_tokens), "--tokens-per-s", str(args.steps),
+            "--server-pid", str(proc.pid), "--json", report_path, "--quiet", "--procs", str(args.procs),
+            "--stream-timeout", str(args.stream_timeout),
+        ]  # fmt: skip
+        if name == "tokenwire-sse":
+            cmd += ["--url", f"http://127.0.0.1:{port}"]
+        else:
+            url = f"https://127.0.0.1:{port}/v1/webtransport"
+            cmd += ["--protocol", "webtransport", "--url", url, "--wt-cert-hash", cert, "--sessions", str(sessions)]
+        subprocess.run(cmd, check=False, timeout=args.timeout)  # noqa: S603
+        report: dict[str, Any] = json.loads(Path(report_path).read_text())
+        os.unlink(report_path)
+        return report
+    finally:
+        stop_server(proc)
+
+
+def row(name: str, point: str, r: dict[str, Any]) -> str:
+    sv = r.get("server", {})
+    per100k = sv.get("cpu_seconds_per_100k_tokens")
+
+    def ms(d: dict[str, Any], k: str) -> str:
+        return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
+
+    c = r["correctness"]
+    ok = f"{r['streams']['ok']}/{r['streams']['total']}"
+    if per100k is None:
+        return f"| {name} | {point} | no tokens | | | | | {ok} | |"
+    return (
+        f"| {name} | {point} | {r['tokens']['per_s']:,.0f} | {per100k:.2f} | {sv.get('cpu_utilisation', 0) * 100:.0f}% "
+        f"| {ms(r['delivery_lag_s'], 'p99')} | {ms(r['schedule_lateness_s'], 'p99')} | {ok} | {c['lost']}/{c['duplicated']} |"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--points", default="100,200,500,1000,1000x10", help="STREAMS or STREAMSxSESSIONS, comma-separated")
+    p.add_argument("--servers", default="tokenwire-wt,tokenwire-sse,aioquic-plain", help=f"from {', '.join(SERVERS)}")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of tokens per stream")
+    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
+    p.add_argument("--ramp", type=float, default=1000.0)
+    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    p.add_argument("--server-cores", default="0")
+    p.add_argument("--client-cores", default="1")
+    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
+    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
+    p.add_argument("--out", default="wt_compare.json")
+    args = p.parse_args()
+    results = []
+    print("| server | streams (x sessions) | tokens/s | server CPU-s per 100k tokens | server CPU "
+          "| lag p99 ms | lateness p99 ms | streams ok | lost/dup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    port = 18300
+    for point in [x for x in args.points.split(",") if x]:
+        streams_s, _, sessions_s = point.partition("x")
+        streams, sessions = int(streams_s), int(sessions_s or 0)
+        for name in args.servers.split(","):
+            port += 1
+            report = run_point(name, streams, sessions, args, port)
+            results.append({"server": name, "streams": streams, "sessions": sessions, "report": report})
+            label = f"{streams:,}" + (f" x {sessions}" if sessions and name != "tokenwire-sse" else "")
+            print(row(name, label, report), flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
