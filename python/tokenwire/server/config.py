@@ -33,6 +33,8 @@ class WebTransportLimits:
     max_data: int = 16 << 20
     #: Session tickets kept for resumption and 0-RTT.
     max_session_tickets: int = 10_000
+    #: UDP socket buffers asked of the kernel (one socket carries every session; 0 keeps the default).
+    socket_buffer_bytes: int = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)

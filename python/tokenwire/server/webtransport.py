@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -652,6 +653,24 @@ _QUIC_HANDLERS: dict[type[QuicEvent], Callable[[WebTransportConnection, Any], bo
 }
 
 
+def _enlarge_socket_buffers(sock: Any, size: int) -> None:
+    """Ask for ``size``-byte UDP buffers: one socket carries every session, and the kernel's default
+    receive buffer (≈ 208 KiB) drops datagrams in bursts of many sessions. Beyond ``net.core.rmem_max`` the
+    kernel caps the request; with CAP_NET_ADMIN the ``*FORCE`` options lift the cap. Best effort."""
+    if sock is None or size <= 0:
+        return
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):  # fmt: skip
+        for option in (force, plain):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                continue
+
+
 class WebTransportServer:
     """``tokenwire serve``'s WebTransport side: one UDP socket, one Hub (shared with the SSE server), one flusher.
 
@@ -770,6 +789,7 @@ class WebTransportServer:
         )
         self._transport = transport
         self._quic_server = protocol
+        _enlarge_socket_buffers(transport.get_extra_info("socket"), self.config.webtransport.socket_buffer_bytes)
         self._tick = loop.call_later(1.0, self._on_tick)
         log.info(
             "WebTransport server listening on %s (UDP; epoch %s; certificate sha-256 %s)",
