@@ -21,12 +21,12 @@ from typing import Any, cast
 
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
-from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
+from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.flusher import Flusher
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -337,7 +337,7 @@ class SseConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class SseServer:
+class SseServer(ServerBase):
     """``tokenwire serve``'s SSE side: one listening socket, one Hub, one flusher."""
 
     def __init__(
@@ -350,43 +350,17 @@ class SseServer:
     ) -> None:
         from tokenwire.server.routes import Router
 
-        self.config = config or ServerConfig()
-        self.hub = hub if hub is not None else Hub()
-        self.model = model or FakeModel()
-        self.engine_steps_per_s = engine_steps_per_s
-        self.engine: FakeEngine | None = None
-        self.metrics = ServerMetrics("sse")
+        super().__init__(hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=ServerMetrics("sse"))
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
-        self.draining = False
         self.background: set[asyncio.Task[None]] = set()
         #: The WebTransport server beside this one (``tokenwire serve`` sets it): advertised with ``Alt-Svc``
         #: on stream responses, and its certificate hash served at ``/v1/webtransport/certificate``.
         self.webtransport: Any = None
         self.router = Router(self)
         self._server: asyncio.Server | None = None
-        self._tick: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: Flusher | None = None
-        m = self.metrics
-        m.gauges["connections"] = lambda: len(self.connections)
-        m.gauges["stream_connections"] = lambda: len(self.streaming)
-        m.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
-        m.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
-        m.gauges["flusher_runs"] = lambda: self.flusher.runs
-        self._registry = m.registry()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError("server not started")
-        return self._loop
-
-    @property
-    def flusher(self) -> Flusher:
-        if self._flusher is None:
-            raise RuntimeError("server not started")
-        return self._flusher
+        self.metrics.gauges["connections"] = lambda: len(self.connections)
+        self.metrics.gauges["stream_connections"] = lambda: len(self.streaming)
 
     @property
     def port(self) -> int:
@@ -394,16 +368,8 @@ class SseServer:
             raise RuntimeError("server not started")
         return int(self._server.sockets[0].getsockname()[1])
 
-    def render_metrics(self) -> bytes:
-        return self.metrics.render(self._registry)
-
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._flusher = Flusher(loop, self.config.max_delay_ms)
-        if self.engine_steps_per_s:
-            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
-        self.hub._ensure_janitor()
+        loop = self._start_common()
         self._server = await loop.create_server(
             lambda: SseConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
         )

@@ -49,7 +49,7 @@ from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certi
 
 from tokenwire import _core
 from tokenwire.errors import EpochMismatch, ResumeExpired, StreamNotFound, TokenwireError
-from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
@@ -69,10 +69,10 @@ from tokenwire.protocol.webtransport import (
     http3_error_code,
     is_webtransport_connect,
 )
+from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import Endpoints, count_resume, int_field
-from tokenwire.server.flusher import Flusher
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
 
@@ -671,12 +671,14 @@ def _enlarge_socket_buffers(sock: Any, size: int) -> None:
                 continue
 
 
-class WebTransportServer:
+class WebTransportServer(ServerBase):
     """``tokenwire serve``'s WebTransport side: one UDP socket, one Hub (shared with the SSE server), one flusher.
 
     ``certificate``: a :class:`~tokenwire.server.certs.Certificate` (``load_certificate`` for production
     files); by default a development certificate is made (see :attr:`certificate` for its SHA-256).
     """
+
+    metrics: WebTransportMetrics
 
     def __init__(
         self,
@@ -687,45 +689,20 @@ class WebTransportServer:
         engine_steps_per_s: float | None = None,
         certificate: Certificate | None = None,
     ) -> None:
-        self.config = config or ServerConfig()
-        self.hub = hub if hub is not None else Hub()
-        self.model = model or FakeModel()
-        self.engine_steps_per_s = engine_steps_per_s
-        self.engine: FakeEngine | None = None
+        super().__init__(hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=WebTransportMetrics())
         self.certificate = certificate if certificate is not None else make_dev_certificate()
-        self.metrics = WebTransportMetrics()
         self.endpoints = Endpoints(self)
         self.connections: set[WebTransportConnection] = set()
         self.session_count = 0
-        self.draining = False
         self._tickets: collections.OrderedDict[bytes, SessionTicket] = collections.OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
         self._quic_server: QuicServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flusher: Flusher | None = None
-        self._tick: asyncio.TimerHandle | None = None
         m = self.metrics
         m.gauges["connections"] = lambda: len(self.connections)
         m.gauges["sessions"] = lambda: self.session_count
         m.gauges["stream_connections"] = lambda: sum(
             1 for c in self.connections for s in c.streams.values() if s.stream is not None
         )
-        m.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
-        m.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
-        m.gauges["flusher_runs"] = lambda: self.flusher.runs
-        self._registry = m.registry()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError("server not started")
-        return self._loop
-
-    @property
-    def flusher(self) -> Flusher:
-        if self._flusher is None:
-            raise RuntimeError("server not started")
-        return self._flusher
 
     @property
     def port(self) -> int:
@@ -737,9 +714,6 @@ class WebTransportServer:
     def url(self) -> str:
         host = self.config.host
         return f"https://{f'[{host}]' if ':' in host else host}:{self.port}{WT_PATH}"
-
-    def render_metrics(self) -> bytes:
-        return self.metrics.render(self._registry)
 
     def certificate_info(self) -> dict[str, Any]:
         """What a browser page needs: ``new WebTransport(url, {serverCertificateHashes: [...]})``."""
@@ -771,12 +745,7 @@ class WebTransportServer:
         return self._tickets.pop(label, None)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._flusher = Flusher(loop, self.config.max_delay_ms)
-        if self.engine_steps_per_s:
-            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
-        self.hub._ensure_janitor()
+        loop = self._start_common()
         configuration = self.quic_configuration()
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: QuicServer(

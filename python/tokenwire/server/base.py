@@ -1,0 +1,66 @@
+"""What the SSE and WebTransport servers share: config, hub, model/engine, metrics, loop and flusher."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.hub import Hub
+from tokenwire.metrics import ServerMetrics
+from tokenwire.server.config import ServerConfig
+from tokenwire.server.flusher import Flusher
+
+__all__ = ["ServerBase"]
+
+
+class ServerBase:
+    """A front end of one :class:`~tokenwire.hub.Hub`: its generation source and its metrics."""
+
+    def __init__(
+        self,
+        hub: Hub | None,
+        config: ServerConfig | None,
+        *,
+        model: FakeModel | None,
+        engine_steps_per_s: float | None,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.hub = hub if hub is not None else Hub()
+        self.model = model or FakeModel()
+        self.engine_steps_per_s = engine_steps_per_s
+        self.engine: FakeEngine | None = None
+        self.metrics = metrics
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        self._tick: asyncio.TimerHandle | None = None
+        metrics.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
+        metrics.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
+        metrics.gauges["flusher_runs"] = lambda: self.flusher.runs
+        self._registry = metrics.registry()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("server not started")
+        return self._loop
+
+    @property
+    def flusher(self) -> Flusher:
+        if self._flusher is None:
+            raise RuntimeError("server not started")
+        return self._flusher
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render(self._registry)
+
+    def _start_common(self) -> asyncio.AbstractEventLoop:
+        """Bind to the running loop: the flusher, the engine (if this server runs one), the hub's janitor."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._flusher = Flusher(loop, self.config.max_delay_ms)
+        if self.engine_steps_per_s:
+            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
+        self.hub._ensure_janitor()
+        return loop
