@@ -8,6 +8,7 @@ from typing import Any
 
 from tokenwire import FakeModel, Hub
 from tokenwire.client.webtransport import WebTransportClient
+from tokenwire.protocol.webtransport import WT_PATH
 from tokenwire.server import ServerConfig, SseServer
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
@@ -36,11 +37,13 @@ async def wt_server(
     *,
     model: FakeModel | None = None,
     limits: WebTransportLimits | None = None,
+    engine_steps_per_s: float | None = None,
     **config: Any,
 ) -> AsyncIterator[WebTransportServer]:
-    """A WebTransport server on 127.0.0.1, UDP, a free port, with a development certificate made here."""
+    """A WebTransport server on 127.0.0.1, UDP, a free port, with a development certificate made here
+    (``engine_steps_per_s``: generations run in the batching FakeEngine, one token per stream a step)."""
     cfg = ServerConfig(host="127.0.0.1", port=0, webtransport=limits or WebTransportLimits(), **config)
-    server = WebTransportServer(hub, cfg, model=model or FakeModel(seed=5))
+    server = WebTransportServer(hub, cfg, model=model or FakeModel(seed=5), engine_steps_per_s=engine_steps_per_s)
     await server.start()
     try:
         yield server
@@ -48,8 +51,10 @@ async def wt_server(
         await server.shutdown(drain_timeout=0)
 
 
-def wt_client(server: WebTransportServer, **options: Any) -> WebTransportClient:
-    """A client that trusts ``server``'s certificate by its SHA-256, as a browser page would."""
+def wt_client(server: WebTransportServer, *, via: tuple[str, int] | None = None, **options: Any) -> WebTransportClient:
+    """A client that trusts ``server``'s certificate by its SHA-256, as a browser page would; ``via``: send to
+    this address instead (a :class:`~tests.support.udp_relay.UdpRelay` in front of the server)."""
     options.setdefault("server_certificate_hashes", [server.certificate.sha256])
     options.setdefault("backoff_initial", 0.01)
-    return WebTransportClient(server.url, **options)
+    url = server.url if via is None else f"https://{via[0]}:{via[1]}{WT_PATH}"
+    return WebTransportClient(url, **options)

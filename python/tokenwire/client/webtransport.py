@@ -10,6 +10,10 @@ failures surface as the typed errors of :mod:`tokenwire.errors`, as with :class:
 Session tickets are kept (:class:`SessionTicketStore`), so a reconnect resumes the TLS session and sends its
 attach requests in 0-RTT early data.
 
+Connection migration: :meth:`WebTransportClient.rebind` moves the live connection to a new UDP socket (a new
+local port), as when the client's network changes; the server validates the new path and the session and its
+streams go on without a reconnect.
+
 Example (against ``tokenwire serve --webtransport``, trusting its development certificate by hash)::
 
     async with WebTransportClient(url, server_certificate_hashes=[sha256]) as client:
@@ -227,6 +231,7 @@ class _Connection(QuicConnectionProtocol):
         stream_handler: QuicStreamHandler | None = None,
         *,
         pins: frozenset[bytes] = frozenset(),
+        keepalive: float | None = None,
     ) -> None:
         super().__init__(quic, stream_handler)
         loop = asyncio.get_running_loop()
@@ -237,11 +242,70 @@ class _Connection(QuicConnectionProtocol):
         self.handshake: asyncio.Future[HandshakeCompleted] = loop.create_future()
         self.streams: dict[int, _RequestStream] = {}
         self.lost: BaseException | None = None
+        self.remote: tuple[str, int] = ("", 0)  # the server's address (set by the client once connected)
+        self.family = socket.AF_INET
         self._transmit_handle: asyncio.Handle | None = None
+        self._pings = 0
+        self.keepalive = keepalive
+        self._heard = True  # a datagram arrived since the last keepalive tick
+        self._keepalive_handle: asyncio.TimerHandle | None = None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        self._heard = True
+        super().datagram_received(data, addr)
+
+    def _keepalive_tick(self) -> None:
+        """A PING when a stream is open and nothing came for a whole interval: after a NAT rebinding only a
+        packet from the client tells the server where it is now, and a client that only receives would
+        otherwise stay silent (and unreachable) until its idle timeout."""
+        self._keepalive_handle = None
+        if self.lost is not None or not self.keepalive:
+            return
+        if not self._heard and self.streams:
+            self.queue_ping()
+            self.transmit_soon()
+        self._heard = False
+        self._keepalive_handle = self._loop.call_later(self.keepalive, self._keepalive_tick)
+
+    def queue_ping(self) -> None:
+        """Queue a PING (retransmitted until acknowledged) for the next transmit."""
+        self._pings += 1
+        self._quic.send_ping(self._pings)
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return None
+        host, port = transport.get_extra_info("sockname")[:2]
+        return (str(host), int(port))
+
+    async def rebind(self) -> tuple[str, int]:
+        """Move to a new UDP socket (a new local port); returns its address. See ``WebTransportClient.rebind``."""
+        await self.handshake  # RFC 9000 §9: no migration before the handshake (raises if the connection is lost)
+        local = ("::", 0) if self.family == socket.AF_INET6 else ("0.0.0.0", 0)  # noqa: S104 - an ephemeral port
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Socket(self), local_addr=local, remote_addr=self.remote, family=self.family
+        )
+        if self.lost is not None:  # lost while the socket was being made
+            transport.close()
+            raise StreamInterrupted(f"the connection is gone: {self.lost}")
+        old, self._transport = self._transport, transport
+        if old is not None:
+            old.close()  # what the server still sends to the old port is lost, and recovered by QUIC
+        # RFC 9000 §9.5: a new local address uses a new connection ID (when the server has issued a spare one).
+        self._quic.change_connection_id()
+        # Something ack-eliciting at once, so the server sees the new address and validates it now.
+        self.queue_ping()
+        self.transmit()
+        host, port = transport.get_extra_info("sockname")[:2]
+        return (str(host), int(port))
 
     def open_session(self, authority: str, path: str) -> None:
         self.session_id = self._quic.get_next_available_stream_id()
         self.h3.send_headers(self.session_id, connect_headers(authority, path))
+        if self.keepalive:
+            self._keepalive_handle = self._loop.call_later(self.keepalive, self._keepalive_tick)
 
     def open_stream(self, request: bytes) -> _RequestStream:
         """A new bidirectional stream of the session carrying ``request`` (sent with FIN)."""
@@ -338,6 +402,9 @@ class _Connection(QuicConnectionProtocol):
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -353,6 +420,19 @@ class _Connection(QuicConnectionProtocol):
                 self._quic.send_stream_data(self.session_id, b"", end_stream=True)
         self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
         self._lose(StreamInterrupted(f"connection closed by the client: {reason}"))
+
+
+class _Socket(asyncio.DatagramProtocol):
+    """The protocol of a socket a connection moved to (``rebind``): hands everything to the connection."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.conn.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.conn.error_received(exc)
 
 
 def _refused(status: int) -> TokenwireError:
@@ -480,6 +560,11 @@ class WebTransportClient:
     Certificates: ``server_certificate_hashes`` pins SHA-256 hashes of the server's certificate (as a
     browser's ``serverCertificateHashes``; the development certificate of ``tokenwire serve``); ``cadata``/
     ``cafile`` add trusted roots; ``verify=False`` trusts anything (tests only).
+
+    ``keepalive``: while a stream is open and nothing has arrived from the server for this many seconds, the
+    client sends a PING (``None`` turns it off). After a NAT rebinding the server can only learn the client's
+    new address from a packet the client sends; a client that only receives, with nothing left to
+    acknowledge, would otherwise go unheard until ``idle_timeout`` ends the connection and it reconnects.
     """
 
     def __init__(
@@ -497,6 +582,7 @@ class WebTransportClient:
         backoff_max: float = 5.0,
         connect_timeout: float = 10.0,
         idle_timeout: float = 60.0,
+        keepalive: float | None = 1.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
@@ -516,6 +602,7 @@ class WebTransportClient:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
         #: Connections opened, and how many of them resumed a TLS session / had early data accepted.
         self.connections = 0
         self.sessions_resumed = 0
@@ -567,11 +654,13 @@ class WebTransportClient:
         local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)  # noqa: S104 - a client's ephemeral port
         # A connected socket: ICMP errors (nobody listening) reach error_received and fail fast.
         _, conn = await loop.create_datagram_endpoint(
-            lambda: _Connection(quic, pins=self.pins),
+            lambda: _Connection(quic, pins=self.pins, keepalive=self.keepalive),
             local_addr=local,
             remote_addr=(str(addr[0]), int(addr[1])),
             family=family,
         )
+        conn.remote = (str(addr[0]), int(addr[1]))
+        conn.family = family
         conn.connect(addr, transmit=False)
         conn.open_session(self.authority, self.path)
         conn.transmit()  # Initial (+ the CONNECT in 0-RTT when a ticket allows it)
@@ -598,6 +687,26 @@ class WebTransportClient:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.abort("dropped")
+
+    async def rebind(self) -> tuple[str, int]:
+        """Connection migration: move the live connection to a new UDP socket on a new local port, as a client
+        whose network changed (Wi-Fi to cellular, a new NAT mapping) would; returns the new local address.
+
+        The old socket is closed. The new path uses a new connection ID when the server has issued a spare
+        one, and a PING goes out on it at once so the server sees the new address and validates it. The
+        session and every stream go on without a reconnect (``reconnects`` stays as it was). Waits for the
+        handshake first; raises ``StreamInterrupted`` when there is no live connection.
+        """
+        conn = self._conn
+        if conn is None or conn.lost is not None:
+            raise StreamInterrupted("no live connection to move")
+        return await conn.rebind()
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """The local address of the live connection's UDP socket (``None`` without one)."""
+        conn = self._conn
+        return None if conn is None or conn.lost is not None else conn.local_address
 
     async def wait_connected(self) -> HandshakeCompleted:
         """Open the session if needed and wait for its handshake (session resumption, early data flags)."""
