@@ -9,6 +9,8 @@ the Python client and the server, both on this loop.
   in order, none twice, and every prompt ran once.
 - Migration: the client rebinds its UDP socket mid-stream (``WebTransportClient.rebind``), then a NAT
   rebinding moves it again; the server sees the new addresses and the session goes on without a reconnect.
+  A NAT rebinding at a quiet moment (nothing in flight, nothing to acknowledge) is healed by the client's
+  keepalive PING, not by the idle timeout and a reconnect.
 """
 
 from __future__ import annotations
