@@ -20,7 +20,7 @@ import httptools
 from tokenwire import _core
 from tokenwire.fake_model import FakeModel
 
-__all__ = ["StreamResult", "WorkerConfig", "run_worker"]
+__all__ = ["StreamResult", "WorkerBase", "WorkerConfig", "run_worker"]
 
 
 def _now_us() -> int:
@@ -228,8 +228,11 @@ class _Stream:
             conn.transport.abort()
 
 
-class _Worker:
-    def __init__(self, cfg: WorkerConfig, progress: Any) -> None:
+class WorkerBase:
+    """What every load-generator process shares, whatever the protocol: counters, histograms, the ramp,
+    progress reports, the content check. Subclasses run one stream in :meth:`_run_stream`."""
+
+    def __init__(self, cfg: Any, progress: Any) -> None:
         self.cfg = cfg
         self.progress = progress
         self.rng = random.Random(cfg.seed)  # noqa: S311 - not crypto
@@ -244,40 +247,63 @@ class _Worker:
     def expected_hash(self, prompt: str) -> int:
         return _core.fnv1a64("".join(self._model.tokens(prompt, self.cfg.max_tokens)))
 
-    async def _one(self, index: int, offset: float) -> StreamResult:
+    async def _run_stream(self, index: int, slot: int) -> StreamResult:
+        raise NotImplementedError
+
+    def _slots(self) -> list[int]:
+        """A per-stream argument for :meth:`_run_stream` (the WebTransport session); none by default."""
+        return [0] * len(self.cfg.stream_indices)
+
+    async def _close(self) -> None:
+        """Release what the streams shared (connections, sessions)."""
+
+    async def _one(self, index: int, offset: float, slot: int) -> StreamResult:
         delay = self.cfg.start_at + offset - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         self.active += 1
         try:
-            result = await _Stream(self, index).run()
+            result = await self._run_stream(index, slot)
         finally:
             self.active -= 1
         self.finished += 1
         self.failed += not result.ok
         return result
 
+    def _counts(self) -> dict[str, int]:
+        return {"tokens": self.tokens, "active": self.active, "finished": self.finished, "failed": self.failed}
+
     async def _report_progress(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.progress({"tokens": self.tokens, "active": self.active, "finished": self.finished,
-                           "failed": self.failed})  # fmt: skip
+            self.progress(self._counts())
 
     async def run(self) -> dict[str, Any]:
+        cfg = self.cfg
         ticker = asyncio.get_running_loop().create_task(self._report_progress())
         try:
             results = await asyncio.gather(
-                *(self._one(i, off) for i, off in zip(self.cfg.stream_indices, self.cfg.start_offsets, strict=True))
+                *(
+                    self._one(i, off, slot)
+                    for i, off, slot in zip(cfg.stream_indices, cfg.start_offsets, self._slots(), strict=True)
+                )
             )
         finally:
             ticker.cancel()
-        self.progress({"tokens": self.tokens, "active": 0, "finished": self.finished, "failed": self.failed})
+            await self._close()
+        self.progress(self._counts())
         return {
             "results": [asdict(r) for r in results],
             "lag": _hist_summary(self.lag),
             "lateness": _hist_summary(self.lateness),
-            "lag_hist": self.lag.to_bytes() if hasattr(self.lag, "to_bytes") else None,
         }
+
+
+class _Worker(WorkerBase):
+    """SSE streams, one connection each."""
+
+    async def _run_stream(self, index: int, slot: int) -> StreamResult:
+        return await _Stream(self, index).run()
 
 
 def _hist_summary(h: Any) -> dict[str, float]:

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from tokenwire import _core
 from tokenwire.client import webtransport as _wt_client
 from tokenwire.client.webtransport import WebTransportClient
-from tokenwire.fake_model import STAMP_SEPARATOR, FakeModel
-from tokenwire.loadtest.worker import StreamResult, _hist_summary
+from tokenwire.fake_model import STAMP_SEPARATOR
+from tokenwire.loadtest.worker import StreamResult, WorkerBase
 from tokenwire.protocol.webtransport import StartRequested, StreamAttached
 
 __all__ = ["WtWorkerConfig", "run_wt_worker"]
@@ -72,18 +71,13 @@ class WtWorkerConfig:
     stream_timeout: float = 600.0
 
 
-class _WtWorker:
+class _WtWorker(WorkerBase):
+    """WebTransport streams, spread over sessions (``cfg.session_of``)."""
+
+    cfg: WtWorkerConfig
+
     def __init__(self, cfg: WtWorkerConfig, progress: Any) -> None:
-        self.cfg = cfg
-        self.progress = progress
-        self.rng = random.Random(cfg.seed)  # noqa: S311 - not crypto
-        self.lag = _core.LagHistogram()
-        self.lateness = _core.LagHistogram()
-        self.tokens = 0
-        self.active = 0
-        self.finished = 0
-        self.failed = 0
-        self._model = FakeModel(seed=cfg.model_seed)
+        super().__init__(cfg, progress)
         self._interval_us = int(1e6 / cfg.tokens_per_s) if cfg.tokens_per_s > 0 else 0
         self.clients: dict[int, WebTransportClient] = {}
 
@@ -97,9 +91,6 @@ class _WtWorker:
                 max_retries=0,
             )
         return client
-
-    def expected_hash(self, prompt: str) -> int:
-        return _core.fnv1a64("".join(self._model.tokens(prompt, self.cfg.max_tokens)))
 
     async def _stream(self, index: int, session: int) -> StreamResult:  # noqa: C901 - one stream, top to bottom
         cfg = self.cfg
@@ -176,46 +167,15 @@ class _WtWorker:
         result.ok = done and not result.error and result.hash_ok and result.lost == 0 and result.duplicates == 0
         return result
 
-    async def _one(self, index: int, offset: float, session: int) -> StreamResult:
-        delay = self.cfg.start_at + offset - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self.active += 1
-        try:
-            result = await self._stream(index, session)
-        finally:
-            self.active -= 1
-        self.finished += 1
-        self.failed += not result.ok
-        return result
+    async def _run_stream(self, index: int, slot: int) -> StreamResult:
+        return await self._stream(index, slot)
 
-    async def _report_progress(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.progress({"tokens": self.tokens, "active": self.active, "finished": self.finished,
-                           "failed": self.failed})  # fmt: skip
+    def _slots(self) -> list[int]:
+        return list(self.cfg.session_of)
 
-    async def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        ticker = asyncio.get_running_loop().create_task(self._report_progress())
-        try:
-            results = await asyncio.gather(
-                *(
-                    self._one(i, off, s)
-                    for i, off, s in zip(cfg.stream_indices, cfg.start_offsets, cfg.session_of, strict=True)
-                )
-            )
-        finally:
-            ticker.cancel()
-            for client in self.clients.values():
-                await client.aclose()
-        self.progress({"tokens": self.tokens, "active": 0, "finished": self.finished, "failed": self.failed})
-        return {
-            "results": [asdict(r) for r in results],
-            "lag": _hist_summary(self.lag),
-            "lateness": _hist_summary(self.lateness),
-            "lag_hist": None,
-        }
+    async def _close(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
 
 
 def run_wt_worker(cfg: WtWorkerConfig, progress: Any) -> dict[str, Any]:
