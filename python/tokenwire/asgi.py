@@ -291,15 +291,8 @@ class _Streamer:
                     data = render(handle, pos) if last > pos else b""
                 if last > pos:
                     if m is not None:
-                        now = loop.time()
-                        if self._requested_at:
-                            (m.ttft if pos == 0 else m.resume_latency).observe(now - self._requested_at)
-                            self._requested_at = 0.0
-                        else:
-                            m.inter_token.observe(now - self._last_write)
-                        m.flushes_total += 1
-                        m.tokens_sent_total += last - pos
-                        m.bytes_sent_total += len(data)
+                        m.observe_write(pos, last, len(data), loop.time(), self._requested_at, self._last_write)
+                        self._requested_at = 0.0
                     pos = last
                     pending = pending + data if pending else data
                 if ended:

@@ -91,6 +91,19 @@ class ServerMetrics:
         self.resume_latency = Histogram()
         self.gauges: dict[str, Callable[[], float]] = {}
 
+    def observe_write(
+        self, pos: int, last: int, nbytes: int, now: float, requested_at: float, last_write: float
+    ) -> None:
+        """Account one coalesced write of frames ``pos+1..last``: the first write after a request feeds the
+        time-to-first-token (``pos == 0``) or resume histogram, later ones the inter-token histogram."""
+        if requested_at:
+            (self.ttft if pos == 0 else self.resume_latency).observe(now - requested_at)
+        else:
+            self.inter_token.observe(now - last_write)
+        self.flushes_total += 1
+        self.tokens_sent_total += last - pos
+        self.bytes_sent_total += nbytes
+
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=False)
         reg.register(_Collector(self))

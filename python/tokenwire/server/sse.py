@@ -294,19 +294,12 @@ class SseConnection(asyncio.Protocol):
             self._abort()
             return
         if last > pos:
-            m = server.metrics
             now = server.loop.time()
-            if self._requested_at:
-                (m.ttft if pos == 0 else m.resume_latency).observe(now - self._requested_at)
-                self._requested_at = 0.0
-            else:
-                m.inter_token.observe(now - self._last_write)
+            server.metrics.observe_write(pos, last, len(data), now, self._requested_at, self._last_write)
+            self._requested_at = 0.0
             self._last_write = now
             self.position = last
             transport.write(data)
-            m.flushes_total += 1
-            m.tokens_sent_total += last - pos
-            m.bytes_sent_total += len(data)
         if ended and self.position >= last:
             self._finish_stream()
 

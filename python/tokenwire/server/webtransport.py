@@ -187,18 +187,11 @@ class _WtStream:
             conn.send(self, prefix, False)
 
     def _account(self, pos: int, last: int, nbytes: int) -> None:
-        m = self.conn.server.metrics
         now = self.conn.server.loop.time()
-        if self.requested_at:
-            (m.ttft if pos == 0 else m.resume_latency).observe(now - self.requested_at)
-            self.requested_at = 0.0
-        else:
-            m.inter_token.observe(now - self.last_write)
+        self.conn.server.metrics.observe_write(pos, last, nbytes, now, self.requested_at, self.last_write)
+        self.requested_at = 0.0
         self.last_write = now
         self.position = last
-        m.flushes_total += 1
-        m.tokens_sent_total += last - pos
-        m.bytes_sent_total += nbytes
 
     def write(self, prefix: bytes = b"") -> None:
         """Send everything new since ``position`` (after ``prefix``) in one ``send_stream_data``; FIN at the end.
