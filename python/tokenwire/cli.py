@@ -124,7 +124,11 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTr
         print("--cert and --key go together; WebTransport not started", file=sys.stderr, flush=True)
         return None
     certificate = load_certificate(args.cert, args.key) if args.cert else None
-    config = replace(sse.config, port=sse.port)
+    config = replace(
+        sse.config,
+        port=sse.port,
+        webtransport=replace(sse.config.webtransport, datagram_previews=args.datagram_previews),
+    )
     wt = WebTransportServer(sse.hub, config, model=sse.model, engine_steps_per_s=None, certificate=certificate)
     wt.engine = sse.engine  # one engine steps every stream, whichever protocol started it
     try:
@@ -214,6 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--cert", help="WebTransport certificate (chain) PEM file; default: a development one")
     serve.add_argument("--key", help="private key PEM file of --cert")
+    serve.add_argument(
+        "--datagram-previews",
+        action="store_true",
+        help="WebTransport: send unreliable datagram previews of new tokens to streams that ask (off by default)",
+    )
 
     lt = sub.add_parser("loadtest", help="many concurrent SSE clients: exactly-once checks and latency figures")
     lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")

@@ -20,6 +20,7 @@ from tokenwire.errors import (
 )
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.webtransport import (
+    MAX_PREVIEW_BYTES,
     REPLY_KINDS,
     REQUEST_ATTACH,
     REQUEST_KINDS,
@@ -39,12 +40,15 @@ from tokenwire.protocol.webtransport import (
     code_for_status,
     connect_headers,
     encode_message,
+    encode_preview,
     encode_reply,
     encode_request,
     error_from_reply,
     error_reply,
     http3_error_code,
     is_webtransport_connect,
+    parse_preview,
+    parse_reply,
     parse_request,
     wt_error_code,
 )
@@ -54,6 +58,8 @@ REQUESTS = [
     StartRequested("ünïcode\r\n日本語", None, {}),
     AttachRequested("Zp3Q0sJ5tXkq8yRzWb1Lmg", "q7Vd1aXe", 42),
     AttachRequested("s", "", 0),
+    AttachRequested("Zp3Q0sJ5tXkq8yRzWb1Lmg", "q7Vd1aXe", 42, previews=True),
+    StartRequested("previews please", 8, {"previews": True}),
     CancelRequested("Zp3Q0sJ5tXkq8yRzWb1Lmg"),
 ]
 
@@ -143,6 +149,8 @@ def test_truncated_and_trailing_bytes() -> None:
         (REQUEST_ATTACH, {"stream_id": "abc", "after": 1 << 62, "epoch": "e"}, "'after'"),
         (REQUEST_ATTACH, {"stream_id": "abc", "after": False}, "'after'"),
         (REQUEST_ATTACH, {"stream_id": "abc", "epoch": 7}, "'epoch'"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "previews": 1}, "'previews'"),
+        (REQUEST_START, {"prompt": "x", "previews": "yes"}, "'previews'"),
     ],
 )
 def test_invalid_fields_are_remote_protocol_errors(kind: int, body: dict[str, object], match: str) -> None:
@@ -245,3 +253,28 @@ def test_connect_headers() -> None:
     assert is_webtransport_connect([(b":method", b"GET"), (b":path", b"/")]) == (False, "/")
     assert REPLY_KINDS.isdisjoint(REQUEST_KINDS)
     assert not REPLY_KINDS & {1, 2, 3, 4}
+
+
+def test_stream_reply_says_whether_previews_were_granted() -> None:
+    for reply in (StreamAttached("abc", "e", 0), StreamAttached("abc", "e", 7, previews=True)):
+        data = encode_reply(reply)
+        reader = MessageReader(REPLY_KINDS)
+        message = reader.feed(data)
+        assert message is not None and parse_reply(message) == reply
+    assert b"previews" not in encode_reply(StreamAttached("abc", "e", 0))  # absent unless granted
+
+
+def test_preview_datagram_round_trip_and_malformed() -> None:
+    frames = _core.encode_frames(_core.FRAME_TOKEN, 9, ["to", "ken"])
+    for qid in (0, 4, 63, 64, 16_384, (1 << 62) - 4):
+        assert parse_preview(encode_preview(qid, frames)) == (qid, [(1, 9, "to"), (1, 10, "ken")])
+    assert parse_preview(encode_preview(8, b"")) == (8, [])
+    with pytest.raises(FrameError):
+        parse_preview(b"")  # no stream id
+    with pytest.raises(FrameError):
+        parse_preview(encode_preview(8, frames[:-1]))  # a frame cut: a preview holds whole frames
+    with pytest.raises(FrameError):
+        parse_preview(encode_preview(8, b"\x09\x01\x00"))  # not a frame kind
+    big = _core.encode_frame(_core.FRAME_TOKEN, 1, "x" * (MAX_PREVIEW_BYTES + 1))
+    with pytest.raises(FrameError):
+        parse_preview(encode_preview(8, big))  # larger than any preview the server sends

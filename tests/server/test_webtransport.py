@@ -291,9 +291,11 @@ async def test_a_reader_that_stops_acknowledging_is_cut_and_resumes() -> None:
         assert reader.reconnects == 1 and client.connections == 1
 
 
-async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number() -> None:
+@pytest.mark.parametrize("previews", [False, True], ids=["default", "datagram-previews"])
+async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number(previews: bool) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0",
+        *(["--datagram-previews"] if previews else []),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -306,7 +308,8 @@ async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number() -> No
         assert port and pinned, (sse_line, wt_line)
         assert pinned[1] == f"https://127.0.0.1:{port[1]}/v1/webtransport"
         async with WebTransportClient(pinned[1], server_certificate_hashes=[bytes.fromhex(pinned[2])]) as client:
-            reader = await client.generate("cli", max_tokens=12)
+            reader = await client.generate("cli", max_tokens=12, on_preview=lambda seq, token: None)
+            assert reader.previews is previews  # asked for; granted only with --datagram-previews
             assert await reader.text() == "".join(FakeModel(seed=0).tokens("cli", 12))
     finally:
         proc.terminate()

@@ -33,14 +33,14 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
-from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
@@ -73,11 +73,13 @@ from tokenwire.protocol.webtransport import (
     encode_request,
     error_from_reply,
     http3_error_code,
+    parse_preview,
     wt_error_code,
 )
 
 __all__ = [
     "CertificateMismatch",
+    "PreviewCallback",
     "SessionTicketStore",
     "StreamInterrupted",
     "WebTransportClient",
@@ -89,6 +91,9 @@ log = logging.getLogger("tokenwire.client.webtransport")
 _TOKEN = _core.FRAME_TOKEN
 _DONE = _core.FRAME_DONE
 _ERROR = _core.FRAME_ERROR
+
+#: ``on_preview(seq, token)``: a token seen in a datagram preview before the reliable stream delivered it.
+PreviewCallback = Callable[[int, str], None]
 
 
 class StreamInterrupted(TokenwireError):
@@ -141,7 +146,7 @@ class SessionTicketStore:
 class _RequestStream:
     """One request stream: its reply, then the frames it carries (parsed as they arrive)."""
 
-    __slots__ = ("_waiter", "conn", "ended", "error", "frames", "parser", "qid", "reply")
+    __slots__ = ("_waiter", "conn", "ended", "error", "frames", "on_preview", "parser", "qid", "reply")
 
     def __init__(self, conn: _Connection, qid: int) -> None:
         self.conn = conn
@@ -151,6 +156,7 @@ class _RequestStream:
         self.frames: collections.deque[tuple[int, int, str]] = collections.deque()
         self.ended = False  # FIN received
         self.error: BaseException | None = None  # cut or malformed: the stream is over
+        self.on_preview: Callable[[list[tuple[int, int, str]]], None] | None = None  # the reader's, if it asked
         self._waiter: asyncio.Future[None] | None = None
 
     @property
@@ -349,9 +355,26 @@ class _Connection(QuicConnectionProtocol):
             reason = event.reason_phrase or f"error 0x{event.error_code:x}"
             self._lose(StreamInterrupted(f"connection closed: {reason}"))
             return
+        self._h3_events(event)
+
+    def _h3_events(self, event: QuicEvent) -> None:
+        """What the H3 layer makes of ``event``: the session's answer and end, and its datagrams."""
         for h3_event in self.h3.handle_event(event):
             if h3_event.__class__ is HeadersReceived or h3_event.__class__ is DataReceived:
                 self._session_event(h3_event)
+            elif isinstance(h3_event, DatagramReceived) and h3_event.stream_id == self.session_id:
+                self._preview(h3_event.data)
+
+    def _preview(self, data: bytes) -> None:
+        """A datagram preview (docs/protocol.md §4.5): a hint only, so a malformed one is dropped."""
+        try:
+            qid, frames = parse_preview(data)
+        except TokenwireError as exc:
+            log.debug("malformed preview datagram dropped: %s", exc)
+            return
+        stream = self.streams.get(qid)
+        if stream is not None and stream.on_preview is not None and not stream.over:
+            stream.on_preview(frames)
 
     def _session_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived) and event.stream_id == self.session_id:
@@ -450,9 +473,20 @@ class WebTransportStreamReader:
     miss nothing. ``received`` is the seq of the last frame received (tokens up to it may still be queued
     here). After the iteration ends, ``done`` holds the ``done`` frame's JSON body (``None`` if the stream
     had ended before this reader attached).
+
+    Datagram previews (docs/protocol.md §4.5): with ``on_preview``, the reader asks for them (on every attach)
+    and calls ``on_preview(seq, token)`` at most once per seq, for a token not yet received on the stream:
+    a hint that may arrive before the reliable copy (under loss) or never. The iteration is unchanged: it
+    alone delivers every token exactly once. ``previews`` says whether the server granted them.
     """
 
-    def __init__(self, client: WebTransportClient, stream: _RequestStream | None, reply: StreamAttached) -> None:
+    def __init__(
+        self,
+        client: WebTransportClient,
+        stream: _RequestStream | None,
+        reply: StreamAttached,
+        on_preview: PreviewCallback | None = None,
+    ) -> None:
         self._client = client
         self._stream = stream
         self.stream_id = reply.stream_id
@@ -462,8 +496,38 @@ class WebTransportStreamReader:
         self.done: dict[str, Any] | None = None
         self.reconnects = 0
         self.duplicates_dropped = 0
+        self.on_preview = on_preview
+        self.previews = reply.previews
+        #: Preview datagrams received, and the tokens of them handed to ``on_preview``.
+        self.previews_received = 0
+        self.previewed_tokens = 0
+        self._previewed = reply.after
         self._pending: collections.deque[tuple[int, str]] = collections.deque()
         self._finished = False
+        if stream is not None:
+            self._use(stream, reply)
+
+    def _use(self, stream: _RequestStream, reply: StreamAttached) -> None:
+        self.previews = reply.previews
+        if reply.previews and self.on_preview is not None:
+            stream.on_preview = self._preview
+
+    def _preview(self, frames: list[tuple[int, int, str]]) -> None:
+        self.previews_received += 1
+        callback = self.on_preview
+        if callback is None or self._finished:
+            return
+        stream = self._stream
+        # Tokens already here, parsed or still queued on the stream, are not news.
+        seen = max(self.received, self._previewed, stream.frames[-1][1] if stream and stream.frames else 0)
+        for kind, seq, payload in frames:
+            if kind == _TOKEN and seq > seen:
+                seen = self._previewed = seq
+                self.previewed_tokens += 1
+                try:
+                    callback(seq, payload)
+                except Exception:
+                    log.exception("on_preview callback failed (stream %s, seq %d)", self.stream_id, seq)
 
     @property
     def last_event_id(self) -> str:
@@ -736,29 +800,41 @@ class WebTransportClient:
         stream.abort()
         return reply
 
-    async def generate(self, prompt: str, *, max_tokens: int = 64, **params: Any) -> WebTransportStreamReader:
+    async def generate(
+        self, prompt: str, *, max_tokens: int = 64, on_preview: PreviewCallback | None = None, **params: Any
+    ) -> WebTransportStreamReader:
         """Start a generation and return its token reader once the server has named the stream.
 
         A start is never retried (the prompt could run twice); a stream cut before its reply raises
         ``ConnectionFailed``. ``params``: ``stream_id``, ``ttft``, ``tokens_per_s``, ``stamp``.
+        ``on_preview``: ask for datagram previews (see :class:`WebTransportStreamReader`).
         """
+        if on_preview is not None:
+            params["previews"] = True
         try:
             stream, reply = await self._request(StartRequested(prompt, max_tokens, params))
         except (StreamInterrupted, OSError) as exc:
             raise ConnectionFailed(f"the generation request was cut before its answer: {exc}") from exc
-        return self._reader(stream, reply)
+        return self._reader(stream, reply, on_preview)
 
     async def attach(
-        self, stream_id: str, *, epoch: str = "", after: int = 0, last_event_id: str | None = None
+        self,
+        stream_id: str,
+        *,
+        epoch: str = "",
+        after: int = 0,
+        last_event_id: str | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> WebTransportStreamReader:
         """Attach to a running or finished stream, from the start or from a resume point (``epoch`` and
-        ``after``, or an SSE ``last_event_id`` ``{stream_id}:{epoch}:{seq}``)."""
+        ``after``, or an SSE ``last_event_id`` ``{stream_id}:{epoch}:{seq}``). ``on_preview`` as in
+        :meth:`generate`."""
         if last_event_id:
             sid, epoch, seq = last_event_id.split(":")
             if sid != stream_id:
                 raise ValueError(f"last_event_id names stream {sid!r}, not {stream_id!r}")
             after = int(seq)
-        reader = WebTransportStreamReader(self, None, StreamAttached(stream_id, epoch, after))
+        reader = WebTransportStreamReader(self, None, StreamAttached(stream_id, epoch, after), on_preview)
         reader._stream = await self._attach(reader, retry=True)
         reader.reconnects = 0
         self._readers.add(reader)
@@ -771,11 +847,13 @@ class WebTransportClient:
         if not isinstance(reply, CancelConfirmed):
             raise RemoteProtocolError(f"unexpected reply to a cancel: {reply!r}")
 
-    def _reader(self, stream: _RequestStream, reply: Reply) -> WebTransportStreamReader:
+    def _reader(
+        self, stream: _RequestStream, reply: Reply, on_preview: PreviewCallback | None = None
+    ) -> WebTransportStreamReader:
         if not isinstance(reply, StreamAttached):
             stream.abort()
             raise RemoteProtocolError(f"unexpected reply: {reply!r}")
-        reader = WebTransportStreamReader(self, stream, reply)
+        reader = WebTransportStreamReader(self, stream, reply, on_preview)
         self._readers.add(reader)
         return reader
 
@@ -790,7 +868,7 @@ class WebTransportClient:
             if attempt:
                 await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
                 delay = min(self.backoff_max, delay * 2)
-            request = AttachRequested(reader.stream_id, reader.epoch, reader.received)
+            request = AttachRequested(reader.stream_id, reader.epoch, reader.received, reader.on_preview is not None)
             try:
                 stream, reply = await self._request(request)
             except (OSError, TimeoutError, StreamInterrupted) as exc:
@@ -809,5 +887,6 @@ class WebTransportClient:
                 raise RemoteProtocolError(f"attach answered from epoch {reply.epoch!r}, not {reader.epoch!r}")
             reader.epoch = reply.epoch
             reader.reconnects += 1
+            reader._use(stream, reply)
             return stream
         raise ConnectionFailed(f"could not resume stream {reader.stream_id}: {last_error!r}") from last_error

@@ -44,6 +44,7 @@ from tokenwire.protocol.resume import validate_stream_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
+    "MAX_PREVIEW_BYTES",
     "REPLY_CANCELLED",
     "REPLY_ERROR",
     "REPLY_STREAM",
@@ -69,12 +70,14 @@ __all__ = [
     "code_for_status",
     "connect_headers",
     "encode_message",
+    "encode_preview",
     "encode_reply",
     "encode_request",
     "error_from_reply",
     "error_reply",
     "http3_error_code",
     "is_webtransport_connect",
+    "parse_preview",
     "parse_reply",
     "parse_request",
     "wt_error_code",
@@ -295,11 +298,13 @@ class StartRequested:
 
 @dataclass(frozen=True, slots=True)
 class AttachRequested:
-    """Attach to a stream after seq ``after`` (0: from the start). ``epoch`` is required when ``after > 0``."""
+    """Attach to a stream after seq ``after`` (0: from the start). ``epoch`` is required when ``after > 0``.
+    ``previews``: ask for datagram previews of new frames (§4.5; the server may refuse)."""
 
     stream_id: str
     epoch: str = ""
     after: int = 0
+    previews: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +324,8 @@ def encode_request(request: Request) -> bytes:
         body: dict[str, Any] = {"stream_id": request.stream_id, "after": request.after}
         if request.epoch:
             body["epoch"] = request.epoch
+        if request.previews:
+            body["previews"] = True
         return encode_message(REQUEST_ATTACH, body)
     return encode_message(REQUEST_CANCEL, {"stream_id": request.stream_id})
 
@@ -333,6 +340,13 @@ def _stream_id(body: Mapping[str, Any]) -> str:
         raise RemoteProtocolError(str(exc)) from None
 
 
+def _previews(body: Mapping[str, Any]) -> bool:
+    value = body.get("previews", False)
+    if not isinstance(value, bool):
+        raise RemoteProtocolError("'previews' must be a boolean")
+    return value
+
+
 def parse_request(message: Message) -> Request:
     """The typed request of a message; ``RemoteProtocolError`` if a field is missing or malformed."""
     body = message.body
@@ -343,6 +357,7 @@ def parse_request(message: Message) -> Request:
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
             raise RemoteProtocolError("'max_tokens' must be an integer")
+        _previews(body)
         params = {k: v for k, v in body.items() if k not in ("prompt", "max_tokens")}
         return StartRequested(prompt, max_tokens, params)
     if message.kind == REQUEST_ATTACH:
@@ -355,7 +370,7 @@ def parse_request(message: Message) -> Request:
             raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
         if after > 0 and not epoch:
             raise RemoteProtocolError("an attach after seq > 0 must name the epoch of its resume point")
-        return AttachRequested(stream_id, epoch, after)
+        return AttachRequested(stream_id, epoch, after, _previews(body))
     if message.kind == REQUEST_CANCEL:
         return CancelRequested(_stream_id(body))
     raise FrameError(f"message kind 0x{message.kind:02x} is not a request")
@@ -394,11 +409,13 @@ class RequestReader:
 
 @dataclass(frozen=True, slots=True)
 class StreamAttached:
-    """The stream this request stream now carries: frames after seq ``after`` of ``stream_id`` in ``epoch``."""
+    """The stream this request stream now carries: frames after seq ``after`` of ``stream_id`` in ``epoch``.
+    ``previews``: datagram previews of its frames will be sent (asked for, and enabled on the server)."""
 
     stream_id: str
     epoch: str
     after: int
+    previews: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +441,10 @@ Reply = StreamAttached | CancelConfirmed | RequestFailed
 
 def encode_reply(reply: Reply) -> bytes:
     if isinstance(reply, StreamAttached):
-        return encode_message(REPLY_STREAM, {"stream_id": reply.stream_id, "epoch": reply.epoch, "after": reply.after})
+        body = {"stream_id": reply.stream_id, "epoch": reply.epoch, "after": reply.after}
+        if reply.previews:
+            body["previews"] = True
+        return encode_message(REPLY_STREAM, body)
     if isinstance(reply, CancelConfirmed):
         return encode_message(REPLY_CANCELLED, {"stream_id": reply.stream_id})
     body = {"type": reply.type, "message": reply.message, "status": reply.status, "code": reply.code}
@@ -438,7 +458,7 @@ def parse_reply(message: Message) -> Reply:
             after = body["after"]
             if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_SEQ:
                 raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
-            return StreamAttached(_stream_id(body), str(body["epoch"]), after)
+            return StreamAttached(_stream_id(body), str(body["epoch"]), after, body.get("previews") is True)
         if message.kind == REPLY_CANCELLED:
             return CancelConfirmed(_stream_id(body))
         if message.kind == REPLY_ERROR:
@@ -526,6 +546,31 @@ class ReplyReader:
         if self.reply is None:
             self._reader.close()
         self._frames.close()
+
+
+# -- datagram previews (docs/protocol.md §4.5) -------------------------------------------------------
+
+#: Largest preview payload a server sends (request stream id + frames): it must fit one QUIC packet of the
+#: smallest size QUIC allows (1,200 bytes) with the packet's and the DATAGRAM frame's own bytes.
+MAX_PREVIEW_BYTES: Final = 1000
+
+
+def encode_preview(request_stream_id: int, frames: bytes) -> bytes:
+    """One HTTP/3 datagram payload of a preview: ``request stream id: varint | binary frames (§3)``."""
+    return _core.encode_varint(request_stream_id) + frames
+
+
+def parse_preview(data: bytes) -> tuple[int, list[tuple[int, int, str]]]:
+    """``(request stream id, frames)`` of a preview datagram; ``FrameError`` if it is not one (a preview holds
+    whole frames only)."""
+    head = _core.decode_varint(data)
+    if head is None:
+        raise FrameError("a preview datagram without its request stream id")
+    qid, used = head
+    decoder = _core.FrameDecoder(MAX_PREVIEW_BYTES)
+    frames = decoder.feed(data[used:])
+    decoder.close()
+    return qid, frames
 
 
 # -- the session (extended CONNECT, RFC 9220 / draft-ietf-webtrans-http3) ---------------------------

@@ -35,6 +35,12 @@ class WebTransportLimits:
     max_session_tickets: int = 10_000
     #: UDP socket buffers asked of the kernel (one socket carries every session; 0 keeps the default).
     socket_buffer_bytes: int = 4 << 20
+    #: Unreliable datagram previews of new frames (docs/protocol.md §4.5), sent only to streams whose request
+    #: asks for them. Off by default: they cost bytes and never replace the reliable stream.
+    datagram_previews: bool = False
+    #: Preview datagrams a connection may have waiting for a packet (congestion-limited); past it previews
+    #: are dropped, so a connection that cannot send holds a bounded queue.
+    max_pending_previews: int = 64
 
 
 @dataclass(frozen=True, slots=True)

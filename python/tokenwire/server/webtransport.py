@@ -14,6 +14,10 @@ A stream whose bytes pile up in QUIC's send buffer (a slow or gone reader) stops
 after ``stall_timeout`` it is reset with :attr:`WtCode.RESUME` and the client resumes from its position.
 Closing a stream, a session or a connection never stops a generation; a cancel request does.
 
+Datagram previews (off by default, docs/protocol.md §4.5): a stream whose request asks for them also gets
+each batch of new frames as an HTTP/3 datagram, queued for the same transmit; bounded, never instead of the
+stream.
+
 0-RTT: an attach is idempotent and is served from early data. A start request that arrives before the
 handshake completes (early data can be replayed) waits until it has completed, so a replayed prompt never
 runs the model twice.
@@ -54,6 +58,7 @@ from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.webtransport import (
+    MAX_PREVIEW_BYTES,
     SESSION_GONE,
     WT_PATH,
     AttachRequested,
@@ -64,6 +69,7 @@ from tokenwire.protocol.webtransport import (
     StartRequested,
     StreamAttached,
     WtCode,
+    encode_preview,
     encode_reply,
     error_reply,
     http3_error_code,
@@ -94,6 +100,8 @@ class WebTransportMetrics(ServerMetrics):
         ("early_requests_total", "Attach requests served from 0-RTT early data"),
         ("deferred_starts_total", "Start requests held until the handshake completed (sent in early data)"),
         ("streams_reset_total", "Token streams reset by the server (slow reader, session gone, shutdown)"),
+        ("previews_sent_total", "Datagram previews sent"),
+        ("previews_dropped_total", "Datagram previews not sent (too large for one packet, or the queue was full)"),
     )
 
     sessions_total: int
@@ -101,6 +109,8 @@ class WebTransportMetrics(ServerMetrics):
     early_requests_total: int
     deferred_starts_total: int
     streams_reset_total: int
+    previews_sent_total: int
+    previews_dropped_total: int
 
     def __init__(self) -> None:
         super().__init__("webtransport")
@@ -139,6 +149,7 @@ class _WtStream:
         "opened_at",
         "paused_at",
         "position",
+        "previews",
         "qid",
         "reader",
         "recv_ended",
@@ -157,6 +168,7 @@ class _WtStream:
         self.handle = 0
         self.position = 0
         self.dirty = False
+        self.previews = False
         self.recv_ended = False
         self.send_ended = False
         self.opened_at = now
@@ -220,6 +232,8 @@ class _WtStream:
             return
         if last > pos:
             self._account(pos, last, len(data))
+            if self.previews:
+                conn.preview(self, data)
         end = ended and self.position >= last
         if prefix:
             data = prefix + data
@@ -456,11 +470,12 @@ class WebTransportConnection(QuicConnectionProtocol):
                     count_resume(hub, server.metrics, stream, request.after)
                 if not self.handshake_done:
                     server.metrics.early_requests_total += 1
-                self._serve(st, stream, request.after)
+                self._serve(st, stream, request.after, request.previews)
             elif isinstance(request, StartRequested):
                 body = request.body()
                 max_tokens = int_field(body, "max_tokens", 64, 1, server.config.max_tokens_limit)
-                self._serve(st, server.endpoints.start_generation(body, request.prompt, max_tokens), 0)
+                stream = server.endpoints.start_generation(body, request.prompt, max_tokens)
+                self._serve(st, stream, 0, body.get("previews") is True)
             else:
                 self._cancel(st, request)
         except TokenwireError as exc:
@@ -474,13 +489,21 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.send(st, encode_reply(CancelConfirmed(request.stream_id)), True)
         self.finished_sending(st)
 
-    def _serve(self, st: _WtStream, stream: TokenStream, after: int) -> None:
-        """Attach ``st`` to ``stream`` after seq ``after``: the reply, the replay and live frames."""
+    def _serve(self, st: _WtStream, stream: TokenStream, after: int, previews: bool) -> None:
+        """Attach ``st`` to ``stream`` after seq ``after``: the reply, the replay and live frames.
+
+        ``previews`` (asked for): granted when the server enables them and the peer takes QUIC datagrams."""
         st.stream = stream
         st.handle = stream._handle
         st.position = after
+        st.previews = previews and self.previews_allowed()
         stream.attach(st.on_frames)
-        st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after)))
+        st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after, st.previews)))
+
+    def previews_allowed(self) -> bool:
+        return (
+            self.server.config.webtransport.datagram_previews and self._quic._remote_max_datagram_frame_size is not None
+        )
 
     def _reply_error(self, st: _WtStream, exc: BaseException) -> None:
         """A typed error reply, then FIN; STOP_SENDING with its code if the request side is still open."""
@@ -502,6 +525,22 @@ class WebTransportConnection(QuicConnectionProtocol):
             self._lost(st)
         if end:
             st.send_ended = True
+
+    def preview(self, st: _WtStream, frames: bytes) -> None:
+        """Queue an unreliable copy of ``frames`` (just written to ``st``) as an HTTP/3 datagram of its session,
+        for the same transmit; dropped when it cannot fit one packet or too many wait already (§4.5)."""
+        metrics = self.server.metrics
+        payload = encode_preview(st.qid, frames)
+        h3 = self.h3
+        if (
+            h3 is None
+            or len(payload) > MAX_PREVIEW_BYTES
+            or len(self._quic._datagrams_pending) >= self.server.config.webtransport.max_pending_previews
+        ):
+            metrics.previews_dropped_total += 1
+            return
+        h3.send_datagram(st.session.id, payload)
+        metrics.previews_sent_total += 1
 
     def reset(self, st: _WtStream, code: int, raw: bool = False) -> None:
         """Reset a request stream with a WebTransport error code (``raw``: an HTTP/3 code as is)."""
