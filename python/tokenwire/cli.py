@@ -169,6 +169,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         sessions=args.sessions,
         wt_cert_hash=args.wt_cert_hash or "",
+        wt_batch_transmit=args.wt_batch_transmit,
     )
     report = run_loadtest(cfg)
     if args.json:
@@ -249,6 +250,12 @@ def _parser() -> argparse.ArgumentParser:
     lt.add_argument(
         "--wt-cert-hash",
         help="webtransport: sha-256 (hex) of the server certificate; default: GET {url}/v1/webtransport/certificate",
+    )
+    lt.add_argument(
+        "--wt-batch-transmit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="webtransport: clients transmit once per loop iteration (no: after every datagram, as aioquic)",
     )
     return p
 

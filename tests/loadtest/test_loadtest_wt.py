@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _LOADTEST = [sys.executable, "-m", "tokenwire", "loadtest", "--protocol", "webtransport"]
 
 
-def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--engine-steps-per-s", "50"],
+@contextlib.contextmanager
+def serve(*args: str) -> Iterator[tuple[str, int]]:
+    """``tokenwire serve`` on a free port: ``(its SSE base URL, its pid)``."""
+    server = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -21,45 +26,49 @@ def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path) -> 
     try:
         line = server.stdout.readline()
         assert "serving SSE on http://127.0.0.1:" in line, line
-        url = line.split(" on ")[1].split(" ")[0]
-        report_path = tmp_path / "report.json"
-        # The certificate hash comes from GET {url}/v1/webtransport/certificate (no --wt-cert-hash).
-        proc = subprocess.run(  # noqa: S603 - our own CLI
-            [
-                *_LOADTEST,
-                *f"--url {url} --streams 20 --sessions 2 --max-tokens 30 --tokens-per-s 50".split(),
-                *["--server-pid", str(server.pid), "--json", str(report_path)],
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "-> PASS" in proc.stderr
-        report = json.loads(report_path.read_text())
-        assert report["streams"] == {"total": 20, "ok": 20, "failed": 0, "errors": {}}
-        assert report["tokens"]["total"] == 20 * 30
-        assert report["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
-        assert report["delivery_lag_s"]["count"] == 20 * 30
-        assert report["server"]["cpu_seconds"] > 0
+        yield line.split(" on ")[1].split(" ")[0], server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
         server.stdout.close()
 
 
-def test_webtransport_rejects_forced_disconnects() -> None:
+def loadtest(report_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     proc = subprocess.run(  # noqa: S603 - our own CLI
-        [
-            *_LOADTEST,
-            *["--url", "https://127.0.0.1:9/v1/webtransport", "--streams", "2", "--disconnect-rate", "1"],
-            *["--wt-cert-hash", "00" * 32],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+        [*_LOADTEST, *args, "--json", str(report_path)], capture_output=True, text=True, timeout=60, check=False
     )
-    assert proc.returncode != 0
-    assert "disconnect-rate is not supported" in proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads(report_path.read_text())
+
+
+def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path) -> None:
+    with serve("--engine-steps-per-s", "50") as (url, pid):
+        # The certificate hash comes from GET {url}/v1/webtransport/certificate (no --wt-cert-hash).
+        proc, report = loadtest(
+            tmp_path / "report.json",
+            *f"--url {url} --streams 20 --sessions 2 --max-tokens 30 --tokens-per-s 50 --server-pid {pid}".split(),
+        )
+        assert "-> PASS" in proc.stderr
+        assert report["streams"] == {"total": 20, "ok": 20, "failed": 0, "errors": {}}
+        assert report["tokens"]["total"] == 20 * 30
+        assert report["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
+        assert report["delivery_lag_s"]["count"] == 20 * 30
+        assert report["server"]["cpu_seconds"] > 0
+
+
+def test_webtransport_forced_disconnects_resume_exactly_once(tmp_path: Path) -> None:
+    """Forced cuts both ways: streams alone on their session lose their QUIC connection (a reconnect, with a
+    session ticket), streams sharing a session lose their request stream; every stream resumes and ends
+    with exactly the model's tokens."""
+    with serve("--tokens-per-s", "100") as (url, _):
+        for sessions in ("0", "2"):  # one session per stream; 12 streams over 2 sessions
+            _, report = loadtest(
+                tmp_path / f"report-{sessions}.json",
+                *f"--url {url} --streams 12 --sessions {sessions} --max-tokens 150 --tokens-per-s 100".split(),
+                *["--disconnect-rate", "2", "--seed", "3"],
+            )
+            assert report["streams"]["ok"] == 12, report["streams"]
+            assert report["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
+            assert report["tokens"]["total"] == 12 * 150
+            assert report["disconnects"]["forced"] >= 12  # ~1.5 s per stream at 2 cuts/s
+            assert report["resume_s"]["max"] < 5.0  # every cut resumed (a sample per resume)

@@ -37,6 +37,7 @@ class LoadTestConfig:
     protocol: str = "sse"  # or "webtransport"
     sessions: int = 0  # webtransport: sessions (QUIC connections) the streams share; 0 = one per stream
     wt_cert_hash: str = ""  # webtransport: hex sha-256 to pin; "" = GET {url}/v1/webtransport/certificate
+    wt_batch_transmit: bool = True  # webtransport: the client's one transmit per loop iteration
 
 
 class ProcSampler:
@@ -173,8 +174,6 @@ def fetch_wt_certificate(url: str, timeout: float = 10.0) -> tuple[str, str]:
 def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[WorkerConfig | WtWorkerConfig]:
     """WebTransport workers: stream i rides session ``i % sessions``; a session's streams stay in one process."""
     parts = urlsplit(cfg.url)
-    if cfg.disconnect_rate > 0:
-        raise ValueError("--disconnect-rate is not supported with --protocol webtransport")
     if cfg.wt_cert_hash:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--url must be http(s)://host:port, got {cfg.url!r}")
@@ -203,6 +202,8 @@ def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[Worker
                 model_seed=cfg.model_seed,
                 start_at=start_at,
                 stream_timeout=cfg.stream_timeout,
+                disconnect_rate=cfg.disconnect_rate,
+                batch_transmit=cfg.wt_batch_transmit,
             )
         )
     return out

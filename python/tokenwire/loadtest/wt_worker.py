@@ -11,41 +11,35 @@ from the Rust frame decoder, queued on the request stream) rather than through t
 Python wake-up per arrival, not per token. Seq continuity, duplicates and the content hash (FNV-1a 64 of the
 unstamped texts) are checked here.
 
-Forced disconnects are not implemented for WebTransport (``disconnect_rate`` must be 0); a stream that is
-cut fails (no resume), so every failure is visible in the report.
+Forced disconnects (``disconnect_rate``, Poisson per stream): a stream alone on its session is cut by
+dropping the QUIC connection (the resume reconnects, with 0-RTT when the client holds a ticket); a stream
+sharing its session by closing its request stream (the session stays). Any cut stream, forced or not, is
+resumed with an attach after the last seq received, and the time from the cut to the first resumed frame is
+a resume sample; unexpected cuts are counted apart, as in the SSE worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import collections
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from tokenwire import _core
-from tokenwire.client import webtransport as _wt_client
-from tokenwire.client.webtransport import WebTransportClient
+from tokenwire.client.webtransport import StreamInterrupted, WebTransportClient, _RequestStream
+from tokenwire.errors import RemoteProtocolError
 from tokenwire.fake_model import STAMP_SEPARATOR
 from tokenwire.loadtest.worker import StreamResult, WorkerBase
-from tokenwire.protocol.webtransport import StartRequested, StreamAttached
+from tokenwire.protocol.webtransport import AttachRequested, StartRequested, StreamAttached
 
 __all__ = ["WtWorkerConfig", "run_wt_worker"]
 
 _TOKEN = _core.FRAME_TOKEN
 _DONE = _core.FRAME_DONE
 _ERROR = _core.FRAME_ERROR
-
-
-class _LeanConnection(_wt_client._Connection):
-    """The client connection with one transmit per loop iteration instead of one per datagram received
-    (aioquic's default): the ACKs of every datagram read in one iteration leave together. Measured here:
-    see BENCHMARKS.md, "WebTransport (issue 4)"."""
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        self._quic.receive_datagram(data, addr, now=self._loop.time())  # type: ignore[arg-type]
-        self._process_events()
-        self.transmit_soon()
+_RESUME_ATTEMPTS = 8
 
 
 def _now_us() -> int:
@@ -64,11 +58,58 @@ class WtWorkerConfig:
     seed: int
     model_seed: int
     start_at: float  # time.time() of the common start
-    lean: bool = (
-        os.environ.get("TOKENWIRE_LOADTEST_WT_LEAN", "1") != "0"
-    )  # one client transmit per loop iteration (see _LeanConnection)
+    disconnect_rate: float = 0.0  # forced disconnects per stream per second (Poisson)
+    batch_transmit: bool = True  # the client's one transmit per loop iteration (WebTransportClient)
     connect_timeout: float = 10.0
     stream_timeout: float = 600.0
+
+
+class _Cut:
+    """A forced disconnect of one stream, fired by a timer (Poisson times, as the SSE worker's)."""
+
+    __slots__ = ("client", "fired", "stream", "whole_connection")
+
+    def __init__(self, client: WebTransportClient, stream: _RequestStream, *, whole_connection: bool) -> None:
+        self.client = client
+        self.stream: _RequestStream | None = stream
+        self.whole_connection = whole_connection
+        self.fired = False
+
+    def fire(self) -> None:
+        stream = self.stream
+        if stream is None or stream.over:
+            return
+        self.fired = True
+        if self.whole_connection:
+            self.client.drop()
+        else:
+            stream.abort()
+
+
+async def _resume(client: WebTransportClient, stream_id: str, epoch: str, after: int) -> _RequestStream:
+    """Attach again after ``after`` on a new request stream (a new session if the old one is gone), with
+    jittered backoff; typed errors (404, 409, 410) are final."""
+    delay = 0.05
+    last_error: BaseException | None = None
+    for attempt in range(_RESUME_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+            delay = min(2.0, delay * 2)
+        try:
+            stream, reply = await client._request(AttachRequested(stream_id, epoch, after))
+        except (OSError, TimeoutError, StreamInterrupted) as exc:
+            last_error = exc
+            continue
+        except RemoteProtocolError as exc:
+            if exc.status_hint not in (429, 502, 503, 504):
+                raise
+            last_error = exc
+            continue
+        if not isinstance(reply, StreamAttached) or reply.stream_id != stream_id:
+            stream.abort()
+            raise RemoteProtocolError(f"unexpected reply to an attach: {reply!r}")
+        return stream
+    raise ConnectionError(f"could not resume stream {stream_id}: {last_error!r}")
 
 
 class _WtWorker(WorkerBase):
@@ -80,6 +121,7 @@ class _WtWorker(WorkerBase):
         super().__init__(cfg, progress)
         self._interval_us = int(1e6 / cfg.tokens_per_s) if cfg.tokens_per_s > 0 else 0
         self.clients: dict[int, WebTransportClient] = {}
+        self.session_streams: collections.Counter[int] = collections.Counter(cfg.session_of)
 
     def client(self, session: int) -> WebTransportClient:
         client = self.clients.get(session)
@@ -89,8 +131,15 @@ class _WtWorker(WorkerBase):
                 server_certificate_hashes=[self.cfg.cert_hash],
                 connect_timeout=self.cfg.connect_timeout,
                 max_retries=0,
+                batch_transmit=self.cfg.batch_transmit,
             )
         return client
+
+    def _schedule_cut(self, cut: _Cut) -> asyncio.TimerHandle | None:
+        rate = self.cfg.disconnect_rate
+        if rate <= 0:
+            return None
+        return asyncio.get_running_loop().call_later(self.rng.expovariate(rate), cut.fire)
 
     async def _stream(self, index: int, session: int) -> StreamResult:  # noqa: C901 - one stream, top to bottom
         cfg = self.cfg
@@ -102,6 +151,8 @@ class _WtWorker(WorkerBase):
         last = 0
         done = False
         lag, lateness, interval = self.lag, self.lateness, self._interval_us
+        cut: _Cut | None = None
+        timer: asyncio.TimerHandle | None = None
         try:
             client = self.client(session)
             params = {"tokens_per_s": cfg.tokens_per_s, "stamp": True}
@@ -109,11 +160,19 @@ class _WtWorker(WorkerBase):
             result.status = 200
             if not isinstance(reply, StreamAttached):
                 raise TypeError(f"unexpected reply {reply!r}")
+            # A stream alone on its session is cut by dropping the connection (a reconnect, 0-RTT when it
+            # can); one of many by closing just its request stream (the session stays).
+            cut = _Cut(client, stream, whole_connection=self.session_streams[session] == 1)
+            timer = self._schedule_cut(cut)
+            resume_started_us = 0
             async with asyncio.timeout(cfg.stream_timeout):
                 while not done:
                     await stream.wait()
                     now = _now_us()
                     frames = stream.frames
+                    if frames and resume_started_us:
+                        result.resumes.append((now - resume_started_us) / 1e6)
+                        resume_started_us = 0
                     first_new = 0
                     new = 0
                     while frames:
@@ -147,18 +206,31 @@ class _WtWorker(WorkerBase):
                         if interval:
                             # As the SSE worker: one lateness value per arrival, for its first new token.
                             lateness.record(max(0, now - (first_us + (first_new - 1) * interval)))
-                    if not done and stream.over:
-                        if stream.error is not None:
-                            result.error = f"stream cut: {stream.error}"
-                        else:
-                            result.error = "stream ended before its final frame"
-                        result.unexpected_drops += 1
+                    if done or not stream.over:
+                        continue
+                    if stream.ended:
+                        result.error = "stream ended before its final frame"
                         break
+                    # Cut: by us (a forced disconnect) or by the network or server. Resume after ``last``.
+                    if cut.fired:
+                        result.forced_drops += 1
+                    else:
+                        result.unexpected_drops += 1
+                    resume_started_us = _now_us()
+                    stream = await _resume(client, reply.stream_id, reply.epoch, last)
+                    cut.stream = stream
+                    cut.fired = False
+                    timer = self._schedule_cut(cut)
             stream.abort()  # forget it (after FIN this only drops the bookkeeping)
         except TimeoutError:
             result.error = result.error or "timed out"
         except Exception as exc:  # noqa: BLE001 - any failure ends this stream only, and is reported
             result.error = result.error or f"connection error: {exc!r}"
+        finally:
+            if cut is not None:
+                cut.stream = None
+            if timer is not None:
+                timer.cancel()
         if first_us:
             result.ttft = (first_us - started_us) / 1e6
         result.hash_ok = _core.fnv1a64("".join(texts)) == self.expected_hash(prompt)
@@ -186,8 +258,5 @@ def run_wt_worker(cfg: WtWorkerConfig, progress: Any) -> dict[str, Any]:
         factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover
         factory = None
-    if cfg.lean:
-        # This process only: the client builds its connections from the module's ``_Connection``.
-        _wt_client._Connection = _LeanConnection  # type: ignore[misc]
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_WtWorker(cfg, progress).run())
