@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -31,9 +32,15 @@ SERVERS: dict[str, list[str]] = {
 }
 
 
-def start_server(name: str, port: int, steps: float, cores: str) -> tuple[subprocess.Popen[str], str]:
-    """The server process and the certificate hash it printed ('' for SSE)."""
-    cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]]
+_CERT_HASH = re.compile(r"sha-?256 ([0-9a-f]{64})")
+
+
+def start_server(
+    name: str, port: int, steps: float, cores: str, command: list[str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """The server process and the certificate hash it printed ('' for SSE). ``command``: instead of
+    ``SERVERS[name]`` (same ``{port}``/``{steps}`` placeholders; it must print the hash like the others)."""
+    cmd = [c.format(port=port, steps=steps) for c in (command or SERVERS[name])]
     proc = subprocess.Popen(  # noqa: S603 - our own commands
         [TASKSET, "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -41,20 +48,29 @@ def start_server(name: str, port: int, steps: float, cores: str) -> tuple[subpro
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if name == "aioquic-plain" and "listening on" in line:
-            return proc, line.split("sha256")[1].strip()
-        if name == "tokenwire-wt" and "serving WebTransport on" in line:
-            return proc, line.rsplit("sha-256", 1)[1].strip()
         if name == "tokenwire-sse" and "serving SSE on" in line:
             return proc, ""
+        found = _CERT_HASH.search(line)
+        if found and ("listening on" in line or "WebTransport on" in line):
+            return proc, found[1]
         if not line and proc.poll() is not None:
             break
     proc.kill()
     raise RuntimeError(f"{name} did not start")
 
 
-def run_point(name: str, streams: int, sessions: int, args: argparse.Namespace, port: int) -> dict[str, Any]:
-    proc, cert = start_server(name, port, args.steps, args.server_cores)
+def run_point(
+    name: str,
+    streams: int,
+    sessions: int,
+    args: argparse.Namespace,
+    port: int,
+    *,
+    command: list[str] | None = None,
+    client_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """One load-generator run against a fresh server; ``client_args`` go to ``tokenwire loadtest``."""
+    proc, cert = start_server(name, port, args.steps, args.server_cores, command)
     try:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             report_path = f.name
@@ -71,12 +87,26 @@ def run_point(name: str, streams: int, sessions: int, args: argparse.Namespace, 
         else:
             url = f"https://127.0.0.1:{port}/v1/webtransport"
             cmd += ["--protocol", "webtransport", "--url", url, "--wt-cert-hash", cert, "--sessions", str(sessions)]
+        cmd += client_args
         subprocess.run(cmd, check=False, timeout=args.timeout)  # noqa: S603
         report: dict[str, Any] = json.loads(Path(report_path).read_text())
         os.unlink(report_path)
         return report
     finally:
         stop_server(proc)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, duration: float, out: str) -> None:
+    """What :func:`run_point` reads from its ``args``, and ``--out``."""
+    p.add_argument("--duration", type=float, default=duration, help="seconds of tokens per stream")
+    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
+    p.add_argument("--ramp", type=float, default=1000.0)
+    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    p.add_argument("--server-cores", default="0")
+    p.add_argument("--client-cores", default="1")
+    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
+    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
+    p.add_argument("--out", default=out)
 
 
 def row(name: str, point: str, r: dict[str, Any]) -> str:
@@ -100,15 +130,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", default="100,200,500,1000,1000x10", help="STREAMS or STREAMSxSESSIONS, comma-separated")
     p.add_argument("--servers", default="tokenwire-wt,tokenwire-sse,aioquic-plain", help=f"from {', '.join(SERVERS)}")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of tokens per stream")
-    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
-    p.add_argument("--ramp", type=float, default=1000.0)
-    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
-    p.add_argument("--server-cores", default="0")
-    p.add_argument("--client-cores", default="1")
-    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
-    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
-    p.add_argument("--out", default="wt_compare.json")
+    add_run_arguments(p, duration=10.0, out="wt_compare.json")
     args = p.parse_args()
     results = []
     print("| server | streams (x sessions) | tokens/s | server CPU-s per 100k tokens | server CPU "

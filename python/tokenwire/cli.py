@@ -170,6 +170,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         sessions=args.sessions,
         wt_cert_hash=args.wt_cert_hash or "",
         wt_batch_transmit=args.wt_batch_transmit,
+        wt_ack_delay_ms=args.wt_ack_delay_ms,
     )
     report = run_loadtest(cfg)
     if args.json:
@@ -256,6 +257,12 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="webtransport: clients transmit once per loop iteration (no: after every datagram, as aioquic)",
+    )
+    lt.add_argument(
+        "--wt-ack-delay-ms",
+        type=float,
+        default=0.0,
+        help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
     )
     return p
 

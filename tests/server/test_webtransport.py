@@ -334,3 +334,30 @@ async def test_sse_server_advertises_webtransport() -> None:
             assert len(bytes.fromhex(info["sha256"])) == 32
             assert events.headers["alt-svc"] == f'h3=":{wt.port}"; ma=86400'
             sse.webtransport = None
+
+
+@pytest.mark.parametrize(
+    ("options", "max_ack_delay"),
+    [
+        ({}, 0.025),  # aioquic's defaults: ACK after 1 ms, announced max_ack_delay 25 ms
+        ({"batch_transmit": False}, 0.025),  # aioquic's transmit after every datagram
+        ({"ack_delay": 0.1}, 0.1),  # fewer ACKs, and the server is told
+    ],
+    ids=["default", "transmit-per-datagram", "ack-delay-100ms"],
+)
+async def test_client_transmit_and_ack_options_keep_the_stream_exact(
+    options: dict[str, object], max_ack_delay: float
+) -> None:
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server, wt_client(server, **options) as client:
+        readers = [await client.generate(f"opt {i}", max_tokens=80, tokens_per_s=400) for i in range(4)]
+        texts = await asyncio.gather(*(r.text() for r in readers))
+        assert texts == ["".join(model.tokens(f"opt {i}", 80)) for i in range(4)]
+        (conn,) = server.connections
+        assert conn._quic._loss.max_ack_delay == pytest.approx(max_ack_delay)
+
+
+@pytest.mark.parametrize("ack_delay", [0.0, -1.0, 1.5])
+def test_client_ack_delay_is_checked(ack_delay: float) -> None:
+    with pytest.raises(ValueError, match="ack_delay"):
+        WebTransportClient("https://127.0.0.1:9/v1/webtransport", ack_delay=ack_delay)

@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from aioquic._buffer import Buffer
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
@@ -51,6 +52,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from aioquic.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 from aioquic.tls import SessionTicket
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -226,6 +228,23 @@ class _RequestStream:
                 await self._waiter
             finally:
                 self._waiter = None
+
+
+class _DelayedAckQuic(QuicConnection):
+    """A QUIC connection that acknowledges at most every ``ack_delay`` seconds (aioquic: 1 ms) and tells the
+    peer so in its ``max_ack_delay`` transport parameter (aioquic: 25 ms), so the peer's loss detection waits
+    for the delayed ACKs instead of probing."""
+
+    def __init__(self, *, ack_delay: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._ack_delay = ack_delay
+
+    def _serialize_transport_parameters(self) -> bytes:
+        params = pull_quic_transport_parameters(Buffer(data=super()._serialize_transport_parameters()))
+        params.max_ack_delay = max(1, round(self._ack_delay * 1000))
+        buf = Buffer(capacity=3 * self._max_datagram_size)
+        push_quic_transport_parameters(buf, params)
+        return buf.data
 
 
 class _Connection(QuicConnectionProtocol):
@@ -641,6 +660,11 @@ class WebTransportClient:
     ``batch_transmit``: one transmit per loop iteration for everything the datagrams read in it call for
     (their acknowledgements leave in one packet), instead of aioquic's transmit after every datagram; fewer
     packets each way, measured in BENCHMARKS.md ("WebTransport levers"). ``False`` restores aioquic's way.
+
+    ``ack_delay``: acknowledge received packets at most this many seconds late (announced to the server as
+    ``max_ack_delay``) instead of aioquic's 1 ms: fewer ACK packets for the server to process when tokens
+    arrive in many small packets, at the price of slower loss recovery and slower congestion-window growth
+    (a large replay arrives more slowly). ``None`` keeps aioquic's behaviour. At most 1 s.
     """
 
     def __init__(
@@ -660,8 +684,11 @@ class WebTransportClient:
         idle_timeout: float = 60.0,
         keepalive: float | None = 1.0,
         batch_transmit: bool = True,
+        ack_delay: float | None = None,
     ) -> None:
         parts = urlsplit(url)
+        if ack_delay is not None and not 0 < ack_delay <= 1.0:
+            raise ValueError(f"ack_delay must be in (0, 1] seconds, got {ack_delay!r}")
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"url must be https://host[:port][/path], got {url!r}")
         self.host = parts.hostname
@@ -681,6 +708,7 @@ class WebTransportClient:
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
         self.batch_transmit = batch_transmit
+        self.ack_delay = ack_delay
         #: Connections opened, and how many of them resumed a TLS session / had early data accepted.
         self.connections = 0
         self.sessions_resumed = 0
@@ -728,7 +756,13 @@ class WebTransportClient:
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         family, _, _, _, addr = infos[0]
         configuration = self._configuration()
-        quic = QuicConnection(configuration=configuration, session_ticket_handler=self.tickets.add)
+        quic = (
+            QuicConnection(configuration=configuration, session_ticket_handler=self.tickets.add)
+            if self.ack_delay is None
+            else _DelayedAckQuic(
+                configuration=configuration, session_ticket_handler=self.tickets.add, ack_delay=self.ack_delay
+            )
+        )
         local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)  # noqa: S104 - a client's ephemeral port
         # A connected socket: ICMP errors (nobody listening) reach error_received and fail fast.
         _, conn = await loop.create_datagram_endpoint(

@@ -38,6 +38,7 @@ class LoadTestConfig:
     sessions: int = 0  # webtransport: sessions (QUIC connections) the streams share; 0 = one per stream
     wt_cert_hash: str = ""  # webtransport: hex sha-256 to pin; "" = GET {url}/v1/webtransport/certificate
     wt_batch_transmit: bool = True  # webtransport: the client's one transmit per loop iteration
+    wt_ack_delay_ms: float = 0.0  # webtransport: the client's ACK delay (0: aioquic's 1 ms)
 
 
 class ProcSampler:
@@ -204,6 +205,7 @@ def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[Worker
                 stream_timeout=cfg.stream_timeout,
                 disconnect_rate=cfg.disconnect_rate,
                 batch_transmit=cfg.wt_batch_transmit,
+                ack_delay=cfg.wt_ack_delay_ms / 1000 if cfg.wt_ack_delay_ms > 0 else None,
             )
         )
     return out

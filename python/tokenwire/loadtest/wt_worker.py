@@ -60,6 +60,7 @@ class WtWorkerConfig:
     start_at: float  # time.time() of the common start
     disconnect_rate: float = 0.0  # forced disconnects per stream per second (Poisson)
     batch_transmit: bool = True  # the client's one transmit per loop iteration (WebTransportClient)
+    ack_delay: float | None = None  # the client's ACK delay (WebTransportClient); None: aioquic's
     connect_timeout: float = 10.0
     stream_timeout: float = 600.0
 
@@ -132,6 +133,7 @@ class _WtWorker(WorkerBase):
                 connect_timeout=self.cfg.connect_timeout,
                 max_retries=0,
                 batch_transmit=self.cfg.batch_transmit,
+                ack_delay=self.cfg.ack_delay,
             )
         return client
 
