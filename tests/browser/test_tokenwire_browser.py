@@ -24,6 +24,7 @@ from tests.support.browser import chromium, new_page
 from tests.support.servers import sse_server, wt_server
 from tokenwire import FakeModel, Hub
 from tokenwire.server import SseServer
+from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
 
 # One browser for the module, on one loop: these tests prove the browser, not the loop (conftest runs every
@@ -80,11 +81,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @contextlib.asynccontextmanager
-async def servers(model: FakeModel) -> AsyncIterator[tuple[SseServer, WebTransportServer]]:
+async def servers(
+    model: FakeModel, limits: WebTransportLimits | None = None
+) -> AsyncIterator[tuple[SseServer, WebTransportServer]]:
     """``tokenwire serve --webtransport`` in miniature: one hub, SSE (TCP) and WebTransport (UDP)."""
     hub = Hub()
     # retry 200 ms: EventSource comes back quickly after the forced disconnect.
-    async with sse_server(hub, model=model, retry_ms=200) as sse, wt_server(hub, model=model) as wt:
+    async with sse_server(hub, model=model, retry_ms=200) as sse, wt_server(hub, model=model, limits=limits) as wt:
         sse.webtransport = wt  # serves the certificate hash at /v1/webtransport/certificate
         yield sse, wt
 
@@ -225,3 +228,35 @@ async def test_chromium_resumes_over_webtransport_with_attach_after_closing_its_
     assert second["end"] == {"kind": "done", "seq": n + 1, "body": {"reason": "length"}}
     assert model.calls == 1
     assert (wt.metrics.sessions_total, wt.metrics.resumes_total) == (2, 1)
+
+
+async def test_chromium_receives_datagram_previews_that_match_the_stream(browser: Browser) -> None:
+    """Previews enabled on the server and asked for by the page: Chromium's ``datagrams.readable`` gets
+    HTTP/3 datagrams whose tag is the one the reply named and whose frames are the stream's own frames;
+    a stream that did not ask gets none."""
+    model = FakeModel(seed=5)
+    limits = WebTransportLimits(datagram_previews=True)
+    async with servers(model, limits) as (sse, wt), tokenwire_page(browser, sse, wt) as page:
+        await page.evaluate("tw.readPreviews('s1')")
+        asked = await request(
+            page,
+            "asked",
+            "s1",
+            "start",
+            {"prompt": "preview me", "max_tokens": 60, "tokens_per_s": 200, "previews": True},
+        )
+        plain = await request(page, "plain", "s1", "start", {"prompt": "not me", "max_tokens": 60, "tokens_per_s": 200})
+        run = await finished(page, "asked")
+        other = await finished(page, "plain")
+        await asyncio.sleep(0.05)  # datagrams and stream bytes leave together; let the last reads land
+        got = await page.evaluate("tw.previews['s1']")
+
+    tag = asked["body"]["preview"]
+    assert isinstance(tag, int) and tag > 0 and "preview" not in plain["body"]
+    assert run["tokens"] == model.tokens("preview me", 60) and other["tokens"] == model.tokens("not me", 60)
+    assert got["malformed"] == 0 and got["datagrams"]
+    assert {d["tag"] for d in got["datagrams"]} == {tag}  # none for the stream that did not ask
+    by_seq = dict(zip(run["seqs"], run["tokens"], strict=True))
+    previewed = [f for d in got["datagrams"] for f in d["frames"] if f["kind"] == "token"]
+    assert previewed and all(by_seq[f["seq"]] == f["payload"] for f in previewed)
+    assert wt.metrics.previews_sent_total == len(got["datagrams"])  # loopback: every datagram arrived

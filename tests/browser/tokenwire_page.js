@@ -37,6 +37,19 @@
     return out;
   };
 
+  // One binary frame (§3) at `at`: [{kind, seq, payload}, end], or null when incomplete.
+  const readFrame = (buf, at) => {
+    const kind = FRAME[buf[at]];
+    if (kind === undefined) throw new Error(`frame kind ${buf[at]} unknown`);
+    const seq = readVarint(buf, at + 1);
+    if (seq === null) return null;
+    if (seq[0] === 0 && kind !== "heartbeat") throw new Error(`${kind} frame with seq 0`);
+    const len = readVarint(buf, seq[1]);
+    if (len === null || len[1] + len[0] > buf.length) return null;
+    const end = len[1] + len[0];
+    return [{kind, seq: seq[0], payload: text.decode(buf.subarray(len[1], end))}, end];
+  };
+
   // One request stream's reader: the reply message, then frames; any split of the bytes.
   class StreamParser {
     constructor(run, onReply) {
@@ -67,25 +80,18 @@
       return end;
     }
     frame(at) {
-      const buf = this.buf;
-      if (at >= buf.length) return null;
+      if (at >= this.buf.length) return null;
       if (this.run.reply.kind !== "stream") throw new Error("bytes after a reply that carries no stream");
-      const kind = FRAME[buf[at]];
-      if (kind === undefined) throw new Error(`frame kind ${buf[at]} unknown`);
-      const seq = readVarint(buf, at + 1);
-      if (seq === null) return null;
-      if (seq[0] === 0 && kind !== "heartbeat") throw new Error(`${kind} frame with seq 0`);
-      const len = readVarint(buf, seq[1]);
-      if (len === null || len[1] + len[0] > buf.length) return null;
-      const end = len[1] + len[0];
-      const payload = text.decode(buf.subarray(len[1], end));
+      const got = readFrame(this.buf, at);
+      if (got === null) return null;
+      const [{kind, seq, payload}, end] = got;
       const run = this.run;
       if (kind === "heartbeat") run.heartbeats++;
       else if (run.end !== null) throw new Error(`${kind} frame after the final frame`);
       else if (kind === "token") {
         run.tokens.push(payload);
-        run.seqs.push(seq[0]);
-      } else run.end = {kind, seq: seq[0], body: JSON.parse(payload)};
+        run.seqs.push(seq);
+      } else run.end = {kind, seq, body: JSON.parse(payload)};
       return end;
     }
     close() {
@@ -156,6 +162,38 @@
       return run;
     })();
     return reply;
+  };
+
+  // Datagram previews (§4.5) of session `session`: `tw.previews[session]` collects {tag, frames} per
+  // datagram (whole frames after the tag; a malformed one is counted and dropped) until the session ends.
+  tw.previews = {};
+  tw.readPreviews = (session) => {
+    const got = (tw.previews[session] = {datagrams: [], malformed: 0});
+    (async () => {
+      const reader = tw.sessions[session].datagrams.readable.getReader();
+      for (;;) {
+        let value;
+        try {
+          ({value} = await reader.read());
+        } catch (e) {
+          return;  // the session is gone
+        }
+        if (value === undefined) return;
+        try {
+          const tag = readVarint(value, 0);
+          const frames = [];
+          for (let at = tag[1]; at < value.length;) {
+            const one = readFrame(value, at);
+            if (one === null) throw new Error("a cut frame");
+            frames.push(one[0]);
+            at = one[1];
+          }
+          got.datagrams.push({tag: tag[0], frames});
+        } catch (e) {
+          got.malformed++;
+        }
+      }
+    })();
   };
 
   // EventSource on a stream's events; `tw.finished[name]` resolves on its `done` event (then it is closed,

@@ -256,21 +256,24 @@ def test_connect_headers() -> None:
 
 
 def test_stream_reply_says_whether_previews_were_granted() -> None:
-    for reply in (StreamAttached("abc", "e", 0), StreamAttached("abc", "e", 7, previews=True)):
+    for reply in (StreamAttached("abc", "e", 0), StreamAttached("abc", "e", 7, preview=3)):
         data = encode_reply(reply)
         reader = MessageReader(REPLY_KINDS)
         message = reader.feed(data)
         assert message is not None and parse_reply(message) == reply
-    assert b"previews" not in encode_reply(StreamAttached("abc", "e", 0))  # absent unless granted
+    assert StreamAttached("abc", "e", 7, preview=3).previews and not StreamAttached("abc", "e", 0).previews
+    assert b"preview" not in encode_reply(StreamAttached("abc", "e", 0))  # absent unless granted
+    with pytest.raises(RemoteProtocolError, match="'preview'"):
+        parse_reply(Message(0x21, {"stream_id": "abc", "epoch": "e", "after": 0, "preview": True}))
 
 
 def test_preview_datagram_round_trip_and_malformed() -> None:
     frames = _core.encode_frames(_core.FRAME_TOKEN, 9, ["to", "ken"])
-    for qid in (0, 4, 63, 64, 16_384, (1 << 62) - 4):
-        assert parse_preview(encode_preview(qid, frames)) == (qid, [(1, 9, "to"), (1, 10, "ken")])
+    for tag in (1, 63, 64, 16_384, (1 << 62) - 1):
+        assert parse_preview(encode_preview(tag, frames)) == (tag, [(1, 9, "to"), (1, 10, "ken")])
     assert parse_preview(encode_preview(8, b"")) == (8, [])
     with pytest.raises(FrameError):
-        parse_preview(b"")  # no stream id
+        parse_preview(b"")  # no tag
     with pytest.raises(FrameError):
         parse_preview(encode_preview(8, frames[:-1]))  # a frame cut: a preview holds whole frames
     with pytest.raises(FrameError):

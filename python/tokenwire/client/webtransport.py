@@ -148,7 +148,7 @@ class SessionTicketStore:
 class _RequestStream:
     """One request stream: its reply, then the frames it carries (parsed as they arrive)."""
 
-    __slots__ = ("_waiter", "conn", "ended", "error", "frames", "on_preview", "parser", "qid", "reply")
+    __slots__ = ("_waiter", "conn", "ended", "error", "frames", "on_preview", "parser", "preview_tag", "qid", "reply")
 
     def __init__(self, conn: _Connection, qid: int) -> None:
         self.conn = conn
@@ -159,6 +159,7 @@ class _RequestStream:
         self.ended = False  # FIN received
         self.error: BaseException | None = None  # cut or malformed: the stream is over
         self.on_preview: Callable[[list[tuple[int, int, str]]], None] | None = None  # the reader's, if it asked
+        self.preview_tag = 0  # the tag of its previews (the reply's), once a reader takes them
         self._waiter: asyncio.Future[None] | None = None
 
     @property
@@ -267,6 +268,7 @@ class _Connection(QuicConnectionProtocol):
         self.status: asyncio.Future[int] = loop.create_future()
         self.handshake: asyncio.Future[HandshakeCompleted] = loop.create_future()
         self.streams: dict[int, _RequestStream] = {}
+        self.preview_streams: dict[int, _RequestStream] = {}  # by preview tag
         self.lost: BaseException | None = None
         self.remote: tuple[str, int] = ("", 0)  # the server's address (set by the client once connected)
         self.family = socket.AF_INET
@@ -353,6 +355,8 @@ class _Connection(QuicConnectionProtocol):
 
     def forget(self, stream: _RequestStream) -> None:
         self.streams.pop(stream.qid, None)
+        if stream.preview_tag:
+            self.preview_streams.pop(stream.preview_tag, None)
 
     def transmit_soon(self) -> None:
         """One transmit for everything queued in this loop iteration (many requests, one packet)."""
@@ -395,11 +399,11 @@ class _Connection(QuicConnectionProtocol):
     def _preview(self, data: bytes) -> None:
         """A datagram preview (docs/protocol.md §4.5): a hint only, so a malformed one is dropped."""
         try:
-            qid, frames = parse_preview(data)
+            tag, frames = parse_preview(data)
         except TokenwireError as exc:
             log.debug("malformed preview datagram dropped: %s", exc)
             return
-        stream = self.streams.get(qid)
+        stream = self.preview_streams.get(tag)
         if stream is not None and stream.on_preview is not None and not stream.over:
             stream.on_preview(frames)
 
@@ -445,6 +449,7 @@ class _Connection(QuicConnectionProtocol):
         for stream in list(self.streams.values()):
             stream.fail(exc)
         self.streams.clear()
+        self.preview_streams.clear()
         self._loop.call_soon(self._release)
 
     def _release(self) -> None:
@@ -536,8 +541,10 @@ class WebTransportStreamReader:
 
     def _use(self, stream: _RequestStream, reply: StreamAttached) -> None:
         self.previews = reply.previews
-        if reply.previews and self.on_preview is not None:
+        if reply.preview and self.on_preview is not None and not stream.over:
             stream.on_preview = self._preview
+            stream.preview_tag = reply.preview
+            stream.conn.preview_streams[reply.preview] = stream
 
     def _preview(self, frames: list[tuple[int, int, str]]) -> None:
         self.previews_received += 1

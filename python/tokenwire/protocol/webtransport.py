@@ -410,12 +410,16 @@ class RequestReader:
 @dataclass(frozen=True, slots=True)
 class StreamAttached:
     """The stream this request stream now carries: frames after seq ``after`` of ``stream_id`` in ``epoch``.
-    ``previews``: datagram previews of its frames will be sent (asked for, and enabled on the server)."""
+    ``preview``: the tag its datagram previews carry (§4.5), or 0 when none are sent."""
 
     stream_id: str
     epoch: str
     after: int
-    previews: bool = False
+    preview: int = 0
+
+    @property
+    def previews(self) -> bool:
+        return self.preview > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,8 +446,8 @@ Reply = StreamAttached | CancelConfirmed | RequestFailed
 def encode_reply(reply: Reply) -> bytes:
     if isinstance(reply, StreamAttached):
         body = {"stream_id": reply.stream_id, "epoch": reply.epoch, "after": reply.after}
-        if reply.previews:
-            body["previews"] = True
+        if reply.preview:
+            body["preview"] = reply.preview
         return encode_message(REPLY_STREAM, body)
     if isinstance(reply, CancelConfirmed):
         return encode_message(REPLY_CANCELLED, {"stream_id": reply.stream_id})
@@ -458,7 +462,10 @@ def parse_reply(message: Message) -> Reply:
             after = body["after"]
             if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_SEQ:
                 raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
-            return StreamAttached(_stream_id(body), str(body["epoch"]), after, body.get("previews") is True)
+            preview = body.get("preview", 0)
+            if isinstance(preview, bool) or not isinstance(preview, int) or not 0 <= preview <= _MAX_SEQ:
+                raise RemoteProtocolError("'preview' must be an integer from 0 to 2**62-1")
+            return StreamAttached(_stream_id(body), str(body["epoch"]), after, preview)
         if message.kind == REPLY_CANCELLED:
             return CancelConfirmed(_stream_id(body))
         if message.kind == REPLY_ERROR:
@@ -550,27 +557,28 @@ class ReplyReader:
 
 # -- datagram previews (docs/protocol.md §4.5) -------------------------------------------------------
 
-#: Largest preview payload a server sends (request stream id + frames): it must fit one QUIC packet of the
+#: Largest preview payload a server sends (tag + frames): it must fit one QUIC packet of the
 #: smallest size QUIC allows (1,200 bytes) with the packet's and the DATAGRAM frame's own bytes.
 MAX_PREVIEW_BYTES: Final = 1000
 
 
-def encode_preview(request_stream_id: int, frames: bytes) -> bytes:
-    """One HTTP/3 datagram payload of a preview: ``request stream id: varint | binary frames (§3)``."""
-    return _core.encode_varint(request_stream_id) + frames
+def encode_preview(tag: int, frames: bytes) -> bytes:
+    """One HTTP/3 datagram payload of a preview: ``tag: varint | binary frames (§3)``; the tag is the one
+    the ``stream`` reply named (``StreamAttached.preview``)."""
+    return _core.encode_varint(tag) + frames
 
 
 def parse_preview(data: bytes) -> tuple[int, list[tuple[int, int, str]]]:
-    """``(request stream id, frames)`` of a preview datagram; ``FrameError`` if it is not one (a preview holds
+    """``(tag, frames)`` of a preview datagram; ``FrameError`` if it is not one (a preview holds
     whole frames only)."""
     head = _core.decode_varint(data)
     if head is None:
-        raise FrameError("a preview datagram without its request stream id")
-    qid, used = head
+        raise FrameError("a preview datagram without its tag")
+    tag, used = head
     decoder = _core.FrameDecoder(MAX_PREVIEW_BYTES)
     frames = decoder.feed(data[used:])
     decoder.close()
-    return qid, frames
+    return tag, frames
 
 
 # -- the session (extended CONNECT, RFC 9220 / draft-ietf-webtrans-http3) ---------------------------

@@ -149,7 +149,7 @@ class _WtStream:
         "opened_at",
         "paused_at",
         "position",
-        "previews",
+        "preview_tag",
         "qid",
         "reader",
         "recv_ended",
@@ -168,7 +168,7 @@ class _WtStream:
         self.handle = 0
         self.position = 0
         self.dirty = False
-        self.previews = False
+        self.preview_tag = 0  # > 0: previews are sent, with this tag (docs/protocol.md §4.5)
         self.recv_ended = False
         self.send_ended = False
         self.opened_at = now
@@ -232,7 +232,7 @@ class _WtStream:
             return
         if last > pos:
             self._account(pos, last, len(data))
-            if self.previews:
+            if self.preview_tag:
                 conn.preview(self, data)
         end = ended and self.position >= last
         if prefix:
@@ -496,9 +496,10 @@ class WebTransportConnection(QuicConnectionProtocol):
         st.stream = stream
         st.handle = stream._handle
         st.position = after
-        st.previews = previews and self.previews_allowed()
+        # The tag: unique on this connection, and known to a browser page (which never sees QUIC stream ids).
+        st.preview_tag = st.qid // 4 + 1 if previews and self.previews_allowed() else 0
         stream.attach(st.on_frames)
-        st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after, st.previews)))
+        st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after, st.preview_tag)))
 
     def previews_allowed(self) -> bool:
         return (
@@ -530,7 +531,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         """Queue an unreliable copy of ``frames`` (just written to ``st``) as an HTTP/3 datagram of its session,
         for the same transmit; dropped when it cannot fit one packet or too many wait already (§4.5)."""
         metrics = self.server.metrics
-        payload = encode_preview(st.qid, frames)
+        payload = encode_preview(st.preview_tag, frames)
         h3 = self.h3
         if (
             h3 is None
