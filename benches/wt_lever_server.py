@@ -74,9 +74,11 @@ class LazyTimer(WebTransportConnection):
     def _handle_timer(self) -> None:
         self._timer = None
         due = self._quic.get_timer()
-        now = self._loop.time()
+        # The loop may fire a timer up to its clock's resolution early: count it as on time (as aioquic does),
+        # or an early firing would re-arm for the same deadline and spin.
+        now = max(self._timer_at or 0.0, self._loop.time())
         if due is not None and now < due:
-            self._arm(due)  # an early firing: nothing is due yet
+            self._arm(due)  # fired at an earlier deadline that has since moved later: nothing is due yet
             return
         self._timer_at = None
         self._quic.handle_timer(now=now)

@@ -178,6 +178,13 @@ def _loadtest(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def _ack_delay_ms(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1000 ms, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenwire", description="Resumable LLM token streaming.")
     p.add_argument("--version", action="version", version=f"tokenwire {__version__}")
@@ -260,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lt.add_argument(
         "--wt-ack-delay-ms",
-        type=float,
+        type=_ack_delay_ms,
         default=0.0,
         help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
     )

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
 
 from tests.support.servers import wt_client, wt_server
 from tests.support.udp_relay import UdpRelay
 from tokenwire import FakeModel
-from tokenwire.client.webtransport import WebTransportStreamReader
+from tokenwire.client.webtransport import WebTransportClient, WebTransportStreamReader
 from tokenwire.server.config import WebTransportLimits
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -101,7 +102,8 @@ async def test_a_resume_asks_again_and_an_oversized_replay_is_not_previewed() ->
 
 async def test_the_preview_queue_is_bounded_while_the_path_is_blackholed() -> None:
     """While nothing gets through, QUIC's congestion window fills and DATAGRAM frames wait: the server keeps
-    at most ``max_pending_previews`` of them and drops the rest; the stream then catches up exactly."""
+    at most ``max_pending_previews`` of them from one flush to the next and drops the older ones; the
+    stream then catches up exactly."""
     model = FakeModel(seed=5)
     limits = WebTransportLimits(datagram_previews=True, max_pending_previews=8)
     previews = Previews()
@@ -121,6 +123,45 @@ async def test_the_preview_queue_is_bounded_while_the_path_is_blackholed() -> No
         relay.blackhole(on=False)
         got += await collect(reader)
         assert got == model.tokens("blackhole", 1500)
-        assert 0 < most <= 8
+        assert 0 < most <= 8 + 1  # the kept backlog, and this flush's preview of the one stream
         assert server.metrics.previews_dropped_total > 0
         previews.check(got)
+
+
+async def test_many_previewed_streams_on_one_session_lose_no_preview_on_a_clear_path() -> None:
+    """One engine step writes a preview for each of 100 streams in one flush: more than
+    ``max_pending_previews``, all sent (the bound is on what waits from one flush to the next)."""
+    model = FakeModel(seed=5)
+    n = 100
+    async with (
+        wt_server(model=model, limits=PREVIEWS, engine_steps_per_s=50) as server,
+        wt_client(server) as client,
+    ):
+        readers = [
+            await client.generate(f"many {i}", max_tokens=20, on_preview=lambda seq, token: None) for i in range(n)
+        ]
+        texts = await asyncio.gather(*(collect(r) for r in readers))
+        assert texts == [model.tokens(f"many {i}", 20) for i in range(n)]
+        assert server.metrics.previews_dropped_total == 0
+        assert sum(r.previews_received for r in readers) == server.metrics.previews_sent_total > 20 * n // 2
+
+
+class SmallDatagramsClient(WebTransportClient):
+    """A peer that takes only tiny DATAGRAM frames (its transport parameter says 64 bytes)."""
+
+    def _configuration(self) -> QuicConfiguration:
+        configuration = super()._configuration()
+        configuration.max_datagram_frame_size = 64
+        return configuration
+
+
+async def test_previews_respect_the_peers_datagram_size_limit() -> None:
+    """A preview that would exceed the peer's ``max_datagram_frame_size`` is dropped, not sent: aioquic (and
+    RFC 9221) close the whole connection over a DATAGRAM frame larger than announced."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model, limits=PREVIEWS) as server:
+        async with SmallDatagramsClient(server.url, server_certificate_hashes=[server.certificate.sha256]) as client:
+            reader = await client.generate("x" * 10, max_tokens=200, tokens_per_s=0, on_preview=Previews())
+            assert await collect(reader) == model.tokens("x" * 10, 200)
+            assert client.connections == 1 and reader.reconnects == 0
+        assert server.metrics.previews_dropped_total > 0

@@ -148,7 +148,19 @@ class SessionTicketStore:
 class _RequestStream:
     """One request stream: its reply, then the frames it carries (parsed as they arrive)."""
 
-    __slots__ = ("_waiter", "conn", "ended", "error", "frames", "on_preview", "parser", "preview_tag", "qid", "reply")
+    __slots__ = (
+        "_waiter",
+        "conn",
+        "ended",
+        "error",
+        "frames",
+        "high",
+        "on_preview",
+        "parser",
+        "preview_tag",
+        "qid",
+        "reply",
+    )
 
     def __init__(self, conn: _Connection, qid: int) -> None:
         self.conn = conn
@@ -160,6 +172,7 @@ class _RequestStream:
         self.error: BaseException | None = None  # cut or malformed: the stream is over
         self.on_preview: Callable[[list[tuple[int, int, str]]], None] | None = None  # the reader's, if it asked
         self.preview_tag = 0  # the tag of its previews (the reply's), once a reader takes them
+        self.high = 0  # the highest seq received on this stream (heartbeats aside)
         self._waiter: asyncio.Future[None] | None = None
 
     @property
@@ -172,6 +185,10 @@ class _RequestStream:
         try:
             frames = self.parser.feed(data)
             self.frames.extend(frames)
+            for frame in reversed(frames):
+                if frame[1]:
+                    self.high = frame[1]
+                    break
             if end:
                 self.parser.close()
         except TokenwireError as exc:
@@ -238,6 +255,8 @@ class _DelayedAckQuic(QuicConnection):
 
     def __init__(self, *, ack_delay: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not hasattr(self, "_ack_delay"):  # aioquic's own (private) delay, used when ACKs are scheduled
+            raise RuntimeError("this aioquic has no QuicConnection._ack_delay: ack_delay cannot be applied")
         self._ack_delay = ack_delay
 
     def _serialize_transport_parameters(self) -> bytes:
@@ -553,7 +572,7 @@ class WebTransportStreamReader:
             return
         stream = self._stream
         # Tokens already here, parsed or still queued on the stream, are not news.
-        seen = max(self.received, self._previewed, stream.frames[-1][1] if stream and stream.frames else 0)
+        seen = max(self.received, self._previewed, stream.high if stream is not None else 0)
         for kind, seq, payload in frames:
             if kind == _TOKEN and seq > seen:
                 seen = self._previewed = seq
@@ -864,6 +883,7 @@ class WebTransportClient:
         ``ConnectionFailed``. ``params``: ``stream_id``, ``ttft``, ``tokens_per_s``, ``stamp``.
         ``on_preview``: ask for datagram previews (see :class:`WebTransportStreamReader`).
         """
+        params.pop("previews", None)  # asked for by passing on_preview, which receives them
         if on_preview is not None:
             params["previews"] = True
         try:

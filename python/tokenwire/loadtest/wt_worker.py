@@ -87,14 +87,16 @@ class _Cut:
             stream.abort()
 
 
-async def _resume(client: WebTransportClient, stream_id: str, epoch: str, after: int) -> _RequestStream:
+async def _resume(
+    client: WebTransportClient, stream_id: str, epoch: str, after: int, rng: random.Random
+) -> _RequestStream:
     """Attach again after ``after`` on a new request stream (a new session if the old one is gone), with
-    jittered backoff; typed errors (404, 409, 410) are final."""
+    jittered backoff (from ``rng``: runs repeat with ``--seed``); typed errors (404, 409, 410) are final."""
     delay = 0.05
     last_error: BaseException | None = None
     for attempt in range(_RESUME_ATTEMPTS):
         if attempt:
-            await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+            await asyncio.sleep(rng.uniform(0, delay))
             delay = min(2.0, delay * 2)
         try:
             stream, reply = await client._request(AttachRequested(stream_id, epoch, after))
@@ -106,9 +108,14 @@ async def _resume(client: WebTransportClient, stream_id: str, epoch: str, after:
                 raise
             last_error = exc
             continue
-        if not isinstance(reply, StreamAttached) or reply.stream_id != stream_id:
+        if (
+            not isinstance(reply, StreamAttached)
+            or reply.stream_id != stream_id
+            or reply.epoch != epoch
+            or reply.after != after
+        ):
             stream.abort()
-            raise RemoteProtocolError(f"unexpected reply to an attach: {reply!r}")
+            raise RemoteProtocolError(f"unexpected reply to an attach after {after} in epoch {epoch!r}: {reply!r}")
         return stream
     raise ConnectionError(f"could not resume stream {stream_id}: {last_error!r}")
 
@@ -218,8 +225,11 @@ class _WtWorker(WorkerBase):
                         result.forced_drops += 1
                     else:
                         result.unexpected_drops += 1
-                    resume_started_us = _now_us()
-                    stream = await _resume(client, reply.stream_id, reply.epoch, last)
+                    if timer is not None:
+                        timer.cancel()  # an unexpected cut: the pending forced one is void
+                    # Cut again before a frame arrived: the resume sample runs from the first cut.
+                    resume_started_us = resume_started_us or _now_us()
+                    stream = await _resume(client, reply.stream_id, reply.epoch, last, self.rng)
                     cut.stream = stream
                     cut.fired = False
                     timer = self._schedule_cut(cut)

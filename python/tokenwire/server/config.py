@@ -38,8 +38,8 @@ class WebTransportLimits:
     #: Unreliable datagram previews of new frames (docs/protocol.md §4.5), sent only to streams whose request
     #: asks for them. Off by default: they cost bytes and never replace the reliable stream.
     datagram_previews: bool = False
-    #: Preview datagrams a connection may have waiting for a packet (congestion-limited); past it previews
-    #: are dropped, so a connection that cannot send holds a bounded queue.
+    #: Preview datagrams a connection keeps waiting from one flush to the next when it cannot send them
+    #: (congestion-limited, dead path); the older ones are dropped, so the queue stays bounded.
     max_pending_previews: int = 64
 
 

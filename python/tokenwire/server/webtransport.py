@@ -36,7 +36,7 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.asyncio.server import QuicServer
-from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection, Setting
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
@@ -88,6 +88,8 @@ _WIRE_BINARY = _core.WIRE_BINARY
 _HEARTBEAT = _core.encode_frame(_core.FRAME_HEARTBEAT, 0, "")
 #: Ids of ended sessions remembered per connection (their late streams are refused, not held).
 _MAX_CLOSED_SESSIONS = 256
+#: A preview's bytes besides its frames, at most: the tag and the session's quarter stream id (varints).
+_PREVIEW_OVERHEAD = 16
 
 
 class WebTransportMetrics(ServerMetrics):
@@ -100,8 +102,8 @@ class WebTransportMetrics(ServerMetrics):
         ("early_requests_total", "Attach requests served from 0-RTT early data"),
         ("deferred_starts_total", "Start requests held until the handshake completed (sent in early data)"),
         ("streams_reset_total", "Token streams reset by the server (slow reader, session gone, shutdown)"),
-        ("previews_sent_total", "Datagram previews sent"),
-        ("previews_dropped_total", "Datagram previews not sent (too large for one packet, or the queue was full)"),
+        ("previews_sent_total", "Datagram previews queued for sending"),
+        ("previews_dropped_total", "Datagram previews dropped (too large for a packet or the peer, or stale)"),
     )
 
     sessions_total: int
@@ -502,9 +504,12 @@ class WebTransportConnection(QuicConnectionProtocol):
         st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after, st.preview_tag)))
 
     def previews_allowed(self) -> bool:
-        return (
-            self.server.config.webtransport.datagram_previews and self._quic._remote_max_datagram_frame_size is not None
-        )
+        """Enabled here, and the peer takes DATAGRAM frames (RFC 9221: a size > 0) and HTTP/3 datagrams
+        (RFC 9297: its SETTINGS_H3_DATAGRAM is 1; SETTINGS not seen yet: not granted)."""
+        if not self.server.config.webtransport.datagram_previews or self.h3 is None:
+            return False
+        settings = self.h3.received_settings
+        return bool(self._quic._remote_max_datagram_frame_size) and (settings or {}).get(Setting.H3_DATAGRAM) == 1
 
     def _reply_error(self, st: _WtStream, exc: BaseException) -> None:
         """A typed error reply, then FIN; STOP_SENDING with its code if the request side is still open."""
@@ -529,19 +534,27 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     def preview(self, st: _WtStream, frames: bytes) -> None:
         """Queue an unreliable copy of ``frames`` (just written to ``st``) as an HTTP/3 datagram of its session,
-        for the same transmit; dropped when it cannot fit one packet or too many wait already (§4.5)."""
+        for the same transmit; dropped when it cannot fit one packet, or the peer's DATAGRAM frame limit (§4.5).
+        """
         metrics = self.server.metrics
-        payload = encode_preview(st.preview_tag, frames)
         h3 = self.h3
-        if (
-            h3 is None
-            or len(payload) > MAX_PREVIEW_BYTES
-            or len(self._quic._datagrams_pending) >= self.server.config.webtransport.max_pending_previews
-        ):
+        size = _PREVIEW_OVERHEAD + len(frames)  # tag and the session's quarter stream id: 8 bytes at most each
+        # The DATAGRAM frame (type, length, then the payload) must stay under the peer's limit (aioquic: <).
+        if h3 is None or size > MAX_PREVIEW_BYTES or size + 3 >= (self._quic._remote_max_datagram_frame_size or 0):
             metrics.previews_dropped_total += 1
             return
-        h3.send_datagram(st.session.id, payload)
+        h3.send_datagram(st.session.id, encode_preview(st.preview_tag, frames))
         metrics.previews_sent_total += 1
+
+    def _trim_previews(self) -> None:
+        """Previews a congested connection could not send wait in QUIC's queue, ahead of stream data in every
+        packet: keep the newest ``max_pending_previews`` and drop the older ones (they are stale)."""
+        pending = self._quic._datagrams_pending
+        excess = len(pending) - self.server.config.webtransport.max_pending_previews
+        if excess > 0:
+            for _ in range(excess):
+                pending.popleft()
+            self.server.metrics.previews_dropped_total += excess
 
     def reset(self, st: _WtStream, code: int, raw: bool = False) -> None:
         """Reset a request stream with a WebTransport error code (``raw``: an HTTP/3 code as is)."""
@@ -607,6 +620,8 @@ class WebTransportConnection(QuicConnectionProtocol):
         """Every dirty stream's new frames into its QUIC stream, then one transmit for the connection."""
         self._queued = False
         dirty, self._dirty = self._dirty, []
+        if self._quic._datagrams_pending:
+            self._trim_previews()
         for st in dirty:
             st.write()
         if not self.closed:
