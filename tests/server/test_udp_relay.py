@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import random
 import socket
 import time
@@ -333,32 +331,15 @@ def quic_cert() -> Cert:
 
 
 def self_signed_cert() -> Cert:
-    """An ECDSA P-256 self-signed certificate for 127.0.0.1 / localhost, valid for a day: (cert, key, PEM)."""
+    """tokenwire's development certificate (ECDSA P-256, 127.0.0.1 / localhost): (cert, key, PEM)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key, cert.public_bytes(serialization.Encoding.PEM)
+    from tokenwire.server.certs import make_dev_certificate
+
+    made = make_dev_certificate(("localhost", "127.0.0.1"))
+    key = serialization.load_pem_private_key(made.key_pem, password=None)
+    return x509.load_pem_x509_certificate(made.cert_pem), cast("ec.EllipticCurvePrivateKey", key), made.cert_pem
 
 
 @contextlib.asynccontextmanager
