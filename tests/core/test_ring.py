@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -93,6 +95,14 @@ class RingMachine(RuleBasedStateMachine):
         for t in batch[:kept]:
             self.model.append(t, kind)
 
+    def _reads(self, after: int) -> tuple[Callable[[], object], ...]:
+        """Every way to read the ring after ``after``: they fail alike."""
+        return (
+            lambda: self.ring.frames_since(after),
+            lambda: self.ring.since(after, _core.WIRE_BINARY),
+            lambda: self.ring.since(after, _core.WIRE_SSE),
+        )
+
     @rule(data=st.data())
     def since(self, data: st.DataObject) -> None:
         m = self.model
@@ -108,21 +118,13 @@ class RingMachine(RuleBasedStateMachine):
         try:
             want = m.since(after)
         except ModelExpired as e:
-            for call in (
-                lambda: self.ring.frames_since(after),
-                lambda: self.ring.since(after, _core.WIRE_BINARY),
-                lambda: self.ring.since(after, _core.WIRE_SSE),
-            ):
+            for call in self._reads(after):
                 with pytest.raises(ResumeExpired) as info:
                     call()
                 assert info.value.oldest_seq == e.oldest_seq
             return
         except ModelFromFuture as e:
-            for call in (
-                lambda: self.ring.frames_since(after),
-                lambda: self.ring.since(after, _core.WIRE_BINARY),
-                lambda: self.ring.since(after, _core.WIRE_SSE),
-            ):
+            for call in self._reads(after):
                 with pytest.raises(ResumeFromFuture) as info:
                     call()
                 assert info.value.last_seq == e.last_seq

@@ -133,6 +133,16 @@ def check(got: tuple[list[Event], SpecParser], want: Expected) -> None:
     assert parser.retry == want.retry
 
 
+def check_all_splits(seq: list[Item], data: st.DataObject, max_cuts: int) -> None:
+    """The rendered ``seq`` parses to what it should: whole, in drawn chunks, and byte by byte."""
+    stream = b"".join(render(i) for i in seq)
+    want = expected_of(seq)
+    check(parse(stream), want)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=max_cuts), label="cuts")
+    check(feed_split(stream, cuts), want)
+    check(feed_bytewise(stream), want)
+
+
 # -- the spec parser itself (so that a pass below means something) -------------------------------------
 
 
@@ -178,12 +188,7 @@ def test_spec_parser_line_ends_bom_and_splits() -> None:
 @settings(max_examples=300, deadline=None)
 @given(seq=st.lists(items, max_size=8), data=st.data())
 def test_stream_round_trips_whole_and_chunked(seq: list[Item], data: st.DataObject) -> None:
-    stream = b"".join(render(i) for i in seq)
-    want = expected_of(seq)
-    check(parse(stream), want)
-    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=20), label="cuts")
-    check(feed_split(stream, cuts), want)
-    check(feed_bytewise(stream), want)
+    check_all_splits(seq, data, max_cuts=20)
 
 
 @settings(max_examples=200, deadline=None)
@@ -260,12 +265,7 @@ def test_huge_tokens(token: str, data: st.DataObject) -> None:
         _event_item(token, "big", "token"),
         Item("batch", ([token, "small", token],), (("id_prefix", "p:"), ("first_seq", 1), ("event", "token"))),
     ]
-    stream = b"".join(render(i) for i in seq)
-    want = expected_of(seq)
-    check(parse(stream), want)
-    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=50), label="cuts")
-    check(feed_split(stream, cuts), want)
-    check(feed_bytewise(stream), want)
+    check_all_splits(seq, data, max_cuts=50)
 
 
 @settings(max_examples=200, deadline=None)

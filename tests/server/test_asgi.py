@@ -14,13 +14,13 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import FastAPI, Header
-from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import Response
 
 import tokenwire.asgi
 from tests.server.test_sse_server import BAD_REQUESTS
 from tests.support.asgi_servers import SERVERS, ServerFactory
+from tests.support.openai_sdk import check_chat_completions
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event, SpecParser
 from tokenwire import FakeModel, Hub, MemoryStorage, StreamState
@@ -178,26 +178,7 @@ async def test_openai_sdk_streams_completes_and_resumes(serve: ServerFactory) ->
     model = FakeModel(seed=5, tokens_per_s=1000)
     app = TokenwireASGI(model=model)
     async with serve(app) as base:
-        client = AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-        messages: Any = [{"role": "user", "content": "Say hi"}]
-        stream = await client.chat.completions.create(
-            model="fake", messages=messages, stream=True, max_tokens=30, stream_options={"include_usage": True}
-        )
-        pieces: list[str] = []
-        finish = usage = None
-        async for chunk in stream:
-            if chunk.choices:
-                pieces.append(chunk.choices[0].delta.content or "")
-                finish = chunk.choices[0].finish_reason or finish
-            else:
-                usage = chunk.usage
-        assert "".join(pieces) == "".join(model.tokens("Say hi", 30))
-        assert finish == "length"
-        assert usage is not None and usage.completion_tokens == 30
-        whole = await client.chat.completions.create(model="fake", messages=messages, max_tokens=12)
-        assert whole.choices[0].message.content == "".join(model.tokens("Say hi", 12))
-        assert whole.usage is not None and whole.usage.completion_tokens == 12
-        await client.close()
+        await check_chat_completions(f"{base}/v1", model)
 
         # The same chat stream, resumed through ?format=openai from the 6th event on.
         async with httpx.AsyncClient(base_url=base) as http:

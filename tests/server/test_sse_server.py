@@ -9,9 +9,9 @@ import socket
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.openai_sdk import check_chat_completions
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event, SpecParser
 from tokenwire import FakeModel, Hub, MemoryStorage
@@ -126,26 +126,7 @@ async def test_httpx_attach_with_query_resume_point_and_204_when_nothing_is_left
 async def test_openai_sdk_streams_and_completes() -> None:
     model = FakeModel(seed=5, tokens_per_s=1000)
     async with sse_server(model=model) as server:
-        client = AsyncOpenAI(base_url=url(server, "/v1"), api_key="unused", max_retries=0)
-        messages = [{"role": "user", "content": "Say hi"}]
-        stream = await client.chat.completions.create(
-            model="fake", messages=messages, stream=True, max_tokens=30, stream_options={"include_usage": True}
-        )
-        pieces: list[str] = []
-        finish = usage = None
-        async for chunk in stream:
-            if chunk.choices:
-                pieces.append(chunk.choices[0].delta.content or "")
-                finish = chunk.choices[0].finish_reason or finish
-            else:
-                usage = chunk.usage
-        assert "".join(pieces) == "".join(model.tokens("Say hi", 30))
-        assert finish == "length"
-        assert usage is not None and usage.completion_tokens == 30
-        whole = await client.chat.completions.create(model="fake", messages=messages, max_tokens=12)
-        assert whole.choices[0].message.content == "".join(model.tokens("Say hi", 12))
-        assert whole.usage is not None and whole.usage.completion_tokens == 12
-        await client.close()
+        await check_chat_completions(url(server, "/v1"), model)
 
 
 async def test_chat_completion_stream_is_resumable() -> None:

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.servers import sse_server, wt_client, wt_server
+from tests.support.servers import read_n, sse_server, wt_client, wt_server
 from tokenwire import (
     EpochMismatch,
     FakeModel,
@@ -31,22 +31,12 @@ from tokenwire.client.webtransport import (
     CertificateMismatch,
     SessionTicketStore,
     WebTransportClient,
-    WebTransportStreamReader,
 )
 from tokenwire.protocol.webtransport import REQUEST_START, RequestTooLarge
 from tokenwire.server.certs import make_dev_certificate
 from tokenwire.server.config import WebTransportLimits
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
-    got: list[str] = []
-    async for token in reader:
-        got.append(token)
-        if len(got) >= n:
-            break
-    return got
 
 
 async def test_whole_stream_equals_the_model_tokens() -> None:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aioquic.h3.connection import ErrorCode
 
-from tests.support.servers import wt_client, wt_server
+from tests.support.servers import read_n, wt_client, wt_server
 from tests.support.udp_relay import Address, UdpRelay
 from tokenwire import FakeModel
 from tokenwire.client.webtransport import StreamInterrupted, WebTransportClient, WebTransportStreamReader
@@ -37,15 +37,6 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 #: this ends the connection on both sides, as a dead link would.
 IDLE_TIMEOUT = 0.4
 BLACKHOLE = IDLE_TIMEOUT + 0.5
-
-
-async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
-    got: list[str] = []
-    async for token in reader:
-        got.append(token)
-        if len(got) >= n:
-            break
-    return got
 
 
 def server_address(server: WebTransportServer) -> Address:

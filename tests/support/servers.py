@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tokenwire import FakeModel, Hub
-from tokenwire.client.webtransport import WebTransportClient
+from tokenwire.client.webtransport import WebTransportClient, WebTransportStreamReader
 from tokenwire.protocol.webtransport import WT_PATH
 from tokenwire.server import ServerConfig, SseServer
 from tokenwire.server.config import WebTransportLimits
@@ -58,3 +58,13 @@ def wt_client(server: WebTransportServer, *, via: tuple[str, int] | None = None,
     options.setdefault("backoff_initial", 0.01)
     url = server.url if via is None else f"https://{via[0]}:{via[1]}{WT_PATH}"
     return WebTransportClient(url, **options)
+
+
+async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
+    """The next ``n`` tokens of ``reader`` (fewer if the stream ends first)."""
+    got: list[str] = []
+    async for token in reader:
+        got.append(token)
+        if len(got) >= n:
+            break
+    return got

@@ -1,0 +1,33 @@
+"""The ``openai`` SDK against a tokenwire server (the Protocol server or the ASGI app): one check, both tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from tokenwire import FakeModel
+
+
+async def check_chat_completions(base_url: str, model: FakeModel) -> None:
+    """A streamed chat completion (with usage) and a whole one, through the SDK, equal the model's tokens."""
+    client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    messages: Any = [{"role": "user", "content": "Say hi"}]
+    stream = await client.chat.completions.create(
+        model="fake", messages=messages, stream=True, max_tokens=30, stream_options={"include_usage": True}
+    )
+    pieces: list[str] = []
+    finish = usage = None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        else:
+            usage = chunk.usage
+    assert "".join(pieces) == "".join(model.tokens("Say hi", 30))
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 30
+    whole = await client.chat.completions.create(model="fake", messages=messages, max_tokens=12)
+    assert whole.choices[0].message.content == "".join(model.tokens("Say hi", 12))
+    assert whole.usage is not None and whole.usage.completion_tokens == 12
+    await client.close()
