@@ -4,9 +4,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
-use crate::error::{FrameError, RegistryError, RingError, SseError};
+use crate::error::{FrameError, RegistryError, RingError};
 use crate::frame::{self, Decoder, FrameKind};
-use crate::registry::{Limits, Registry, StreamState};
+use crate::registry::{
+    Limits, Registry, StreamState, DEFAULT_MAX_BYTES_PER_STREAM, DEFAULT_MAX_FRAMES_PER_STREAM,
+    DEFAULT_MAX_TOTAL_BYTES, DEFAULT_TTL,
+};
 use crate::ring::{Ring, Wire};
 use crate::{sse, varint};
 
@@ -26,17 +29,9 @@ use exc::{HubFull, LocalProtocolError, ResumeExpired, ResumeFromFuture, StreamCl
 /// Output above this size is rendered with the GIL released.
 const DETACH_BYTES: usize = 256 * 1024;
 
+/// Errors of what this side encodes (SSE fields, frames, varints) are this side's fault.
 fn local(e: impl std::fmt::Display) -> PyErr {
     LocalProtocolError::new_err(e.to_string())
-}
-
-fn sse_err(e: &SseError) -> PyErr {
-    local(e)
-}
-
-/// Errors of frames this side encodes are this side's fault.
-fn encode_err(e: &FrameError) -> PyErr {
-    local(e)
 }
 
 fn ring_err(e: RingError) -> PyErr {
@@ -92,7 +87,7 @@ fn frames_to_list<'py>(py: Python<'py>, frames: Vec<(FrameKind, u64, &str)>) -> 
 #[pyfunction]
 fn encode_varint(py: Python<'_>, value: u64) -> PyResult<Bound<'_, PyBytes>> {
     let mut out = Vec::with_capacity(8);
-    varint::encode(value, &mut out).map_err(|e| encode_err(&e))?;
+    varint::encode(value, &mut out).map_err(local)?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -105,7 +100,7 @@ fn decode_varint(data: &[u8]) -> Option<(u64, usize)> {
 #[pyo3(signature = (data, *, id=None, event=None))]
 fn sse_event<'py>(py: Python<'py>, data: &str, id: Option<&str>, event: Option<&str>) -> PyResult<Bound<'py, PyBytes>> {
     let mut out = Vec::with_capacity(data.len() + 32);
-    sse::write_event(&mut out, id, event, data).map_err(|e| sse_err(&e))?;
+    sse::write_event(&mut out, id, event, data).map_err(local)?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -133,9 +128,9 @@ fn sse_batch<'py>(
     first_seq: u64,
     event: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
+    sse::check_id(id_prefix).map_err(local)?;
     if let Some(event) = event {
-        sse::check_event(event).map_err(|e| sse_err(&e))?;
+        sse::check_event(event).map_err(local)?;
     }
     let mut out = Vec::with_capacity(4096);
     let mut seq = first_seq;
@@ -144,7 +139,7 @@ fn sse_batch<'py>(
         if seq > varint::MAX {
             return Err(local(FrameError::VarintOverflow(seq)));
         }
-        sse::write_seq_event(&mut out, id_prefix, seq, event, t);
+        sse::write_seq_event(&mut out, id_prefix, seq, event, t.as_bytes());
         seq += 1;
         Ok(())
     })?;
@@ -154,7 +149,7 @@ fn sse_batch<'py>(
 #[pyfunction]
 fn encode_frame<'py>(py: Python<'py>, kind: u8, seq: u64, payload: &str) -> PyResult<Bound<'py, PyBytes>> {
     let mut out = Vec::with_capacity(payload.len() + 10);
-    frame::encode(&mut out, kind_arg(kind)?, seq, payload.as_bytes()).map_err(|e| encode_err(&e))?;
+    frame::encode(&mut out, kind_arg(kind)?, seq, payload.as_bytes()).map_err(local)?;
     Ok(PyBytes::new(py, &out))
 }
 
@@ -169,7 +164,7 @@ fn encode_frames<'py>(
     let mut out = Vec::with_capacity(4096);
     let mut seq = first_seq;
     for_each_str(payloads, |p| {
-        frame::encode(&mut out, kind, seq, p.as_bytes()).map_err(|e| encode_err(&e))?;
+        frame::encode(&mut out, kind, seq, p.as_bytes()).map_err(local)?;
         seq += 1;
         Ok(())
     })?;
@@ -223,9 +218,9 @@ struct PyRing {
 #[pymethods]
 impl PyRing {
     #[new]
-    #[pyo3(signature = (id_prefix="", *, max_frames=65_536, max_bytes=8 << 20))]
+    #[pyo3(signature = (id_prefix="", *, max_frames=DEFAULT_MAX_FRAMES_PER_STREAM, max_bytes=DEFAULT_MAX_BYTES_PER_STREAM))]
     fn py_new(id_prefix: &str, max_frames: usize, max_bytes: usize) -> PyResult<Self> {
-        sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
+        sse::check_id(id_prefix).map_err(local)?;
         Ok(Self {
             inner: Ring::new(id_prefix.to_owned(), max_frames, max_bytes),
         })
@@ -298,7 +293,13 @@ struct PyRegistry {
 #[pymethods]
 impl PyRegistry {
     #[new]
-    #[pyo3(signature = (*, max_frames_per_stream=65_536, max_bytes_per_stream=8 << 20, max_total_bytes=1 << 30, ttl=300.0))]
+    #[pyo3(signature = (
+        *,
+        max_frames_per_stream=DEFAULT_MAX_FRAMES_PER_STREAM,
+        max_bytes_per_stream=DEFAULT_MAX_BYTES_PER_STREAM,
+        max_total_bytes=DEFAULT_MAX_TOTAL_BYTES,
+        ttl=DEFAULT_TTL,
+    ))]
     fn py_new(max_frames_per_stream: usize, max_bytes_per_stream: usize, max_total_bytes: usize, ttl: f64) -> Self {
         let limits = Limits {
             max_frames_per_stream,
@@ -313,7 +314,7 @@ impl PyRegistry {
 
     #[pyo3(name = "create")]
     fn py_create(&mut self, key: &str, id_prefix: &str) -> PyResult<u64> {
-        sse::check_id(id_prefix).map_err(|e| sse_err(&e))?;
+        sse::check_id(id_prefix).map_err(local)?;
         self.inner.create(key, id_prefix.to_owned()).map_err(registry_err)
     }
 

@@ -60,13 +60,19 @@ pub struct Limits {
     pub ttl: f64,
 }
 
+/// The defaults of [`Limits`] (also the defaults of the Python constructors).
+pub const DEFAULT_MAX_FRAMES_PER_STREAM: usize = 65_536;
+pub const DEFAULT_MAX_BYTES_PER_STREAM: usize = 8 << 20;
+pub const DEFAULT_MAX_TOTAL_BYTES: usize = 1 << 30;
+pub const DEFAULT_TTL: f64 = 300.0;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_frames_per_stream: 65_536,
-            max_bytes_per_stream: 8 << 20,
-            max_total_bytes: 1 << 30,
-            ttl: 300.0,
+            max_frames_per_stream: DEFAULT_MAX_FRAMES_PER_STREAM,
+            max_bytes_per_stream: DEFAULT_MAX_BYTES_PER_STREAM,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            ttl: DEFAULT_TTL,
         }
     }
 }
@@ -76,7 +82,6 @@ struct Stream {
     key: String,
     ring: Ring,
     state: StreamState,
-    ended_at: f64,
     mem: usize,
 }
 
@@ -113,10 +118,6 @@ impl Registry {
             limits,
             ..Self::default()
         }
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// Streams held, open or ended.
@@ -161,7 +162,6 @@ impl Registry {
             key: key.to_owned(),
             ring,
             state: StreamState::Open,
-            ended_at: f64::NAN,
             mem: 0,
         };
         stream.mem = stream.measure();
@@ -179,26 +179,23 @@ impl Registry {
         Ok(handle)
     }
 
-    fn get(&self, handle: Handle) -> Result<&Stream, RegistryError> {
-        let slot = self
-            .slots
-            .get((handle & 0xffff_ffff) as usize)
-            .ok_or(RegistryError::NotFound)?;
-        if u64::from(slot.generation) != handle >> 32 {
-            return Err(RegistryError::NotFound);
+    /// The slot index of a live handle: in range, same generation, holding a stream.
+    fn slot_index(&self, handle: Handle) -> Result<usize, RegistryError> {
+        let index = (handle & 0xffff_ffff) as usize;
+        match self.slots.get(index) {
+            Some(slot) if u64::from(slot.generation) == handle >> 32 && slot.stream.is_some() => Ok(index),
+            _ => Err(RegistryError::NotFound),
         }
-        slot.stream.as_ref().ok_or(RegistryError::NotFound)
+    }
+
+    fn get(&self, handle: Handle) -> Result<&Stream, RegistryError> {
+        let index = self.slot_index(handle)?;
+        self.slots[index].stream.as_ref().ok_or(RegistryError::NotFound)
     }
 
     fn get_mut(&mut self, handle: Handle) -> Result<&mut Stream, RegistryError> {
-        let slot = self
-            .slots
-            .get_mut((handle & 0xffff_ffff) as usize)
-            .ok_or(RegistryError::NotFound)?;
-        if u64::from(slot.generation) != handle >> 32 {
-            return Err(RegistryError::NotFound);
-        }
-        slot.stream.as_mut().ok_or(RegistryError::NotFound)
+        let index = self.slot_index(handle)?;
+        self.slots[index].stream.as_mut().ok_or(RegistryError::NotFound)
     }
 
     pub fn key(&self, handle: Handle) -> Result<&str, RegistryError> {
@@ -259,7 +256,6 @@ impl Registry {
         let seq = self.append(handle, kind, [payload])?;
         let stream = self.get_mut(handle)?;
         stream.state = state;
-        stream.ended_at = now;
         self.ended.push_back((now, handle));
         Ok(seq)
     }
@@ -292,8 +288,7 @@ impl Registry {
 
     /// Removes a stream now, whatever its state; returns its key.
     pub fn remove(&mut self, handle: Handle) -> Result<String, RegistryError> {
-        self.get(handle)?;
-        let index = (handle & 0xffff_ffff) as usize;
+        let index = self.slot_index(handle)?;
         let slot = &mut self.slots[index];
         let stream = slot.stream.take().ok_or(RegistryError::NotFound)?;
         slot.generation = slot.generation.wrapping_add(1);
@@ -305,27 +300,28 @@ impl Registry {
 
     /// Evicts ended streams, oldest-ended first, until at most `target` bytes are held or none is left.
     fn evict_ended(&mut self, target: usize) {
-        while self.total_mem > target {
-            let Some((_, handle)) = self.ended.pop_front() else {
-                break;
-            };
-            if let Ok(key) = self.remove(handle) {
-                self.evicted.push(key);
-            }
+        while self.total_mem > target && self.drop_oldest_ended() {}
+    }
+
+    /// Removes the oldest ended stream (if still held) and records its key; false when none is left.
+    fn drop_oldest_ended(&mut self) -> bool {
+        let Some((_, handle)) = self.ended.pop_front() else {
+            return false;
+        };
+        if let Ok(key) = self.remove(handle) {
+            self.evicted.push(key);
         }
+        true
     }
 
     /// Removes ended streams whose time-to-live has run out at `now`; returns the keys of every stream
     /// removed since the last sweep (expired here, or evicted for the memory cap).
     pub fn sweep(&mut self, now: f64) -> Vec<String> {
-        while let Some(&(ended_at, handle)) = self.ended.front() {
+        while let Some(&(ended_at, _)) = self.ended.front() {
             if ended_at + self.limits.ttl > now {
                 break;
             }
-            self.ended.pop_front();
-            if let Ok(key) = self.remove(handle) {
-                self.evicted.push(key);
-            }
+            self.drop_oldest_ended();
         }
         std::mem::take(&mut self.evicted)
     }

@@ -182,9 +182,8 @@ impl Ring {
             let payload = self.payload(e);
             match wire {
                 Wire::Sse => {
-                    // Payloads entered as &str; the arena holds them byte for byte.
-                    let text = std::str::from_utf8(payload).unwrap_or_default();
-                    sse::write_seq_event(out, &self.id_prefix, seq, Some(e.kind.sse_event()), text);
+                    // Payloads entered as &str; the arena holds them byte for byte (UTF-8 already).
+                    sse::write_seq_event(out, &self.id_prefix, seq, Some(e.kind.sse_event()), payload);
                 }
                 Wire::Binary => {
                     // seq <= 2^62-1 in any ring that could exist, so this cannot fail.

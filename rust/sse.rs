@@ -37,10 +37,9 @@ pub fn check_event(event: &str) -> Result<(), SseError> {
     Ok(())
 }
 
-/// Calls `f` with each line of `text`, splitting on `\r\n`, `\r` and `\n` (an empty text is one empty line).
+/// Calls `f` with each line of `bytes`, splitting on `\r\n`, `\r` and `\n` (an empty text is one empty line).
 #[inline]
-fn for_each_line(text: &str, mut f: impl FnMut(&[u8])) {
-    let bytes = text.as_bytes();
+fn for_each_line(bytes: &[u8], mut f: impl FnMut(&[u8])) {
     let mut start = 0;
     let mut iter = memchr::memchr2_iter(b'\r', b'\n', bytes);
     while let Some(i) = iter.next() {
@@ -58,9 +57,10 @@ fn for_each_line(text: &str, mut f: impl FnMut(&[u8])) {
     f(&bytes[start..]);
 }
 
-/// Appends the `data:` lines of one event (without the blank line that ends it).
+/// Appends the `data:` lines of one event (without the blank line that ends it). `data` is UTF-8 text; bytes,
+/// so that text stored as bytes (the ring's arena) is not validated again on every replay.
 #[inline]
-pub fn write_data(out: &mut Vec<u8>, data: &str) {
+pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
     for_each_line(data, |line| {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(line);
@@ -81,6 +81,13 @@ pub fn write_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, dat
         out.extend_from_slice(id.as_bytes());
         out.push(b'\n');
     }
+    write_body(out, event, data.as_bytes());
+    Ok(())
+}
+
+/// The rest of an event after its `id:` line: the `event:` line, the `data:` lines, the blank line.
+#[inline]
+fn write_body(out: &mut Vec<u8>, event: Option<&str>, data: &[u8]) {
     if let Some(event) = event {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(event.as_bytes());
@@ -88,29 +95,22 @@ pub fn write_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, dat
     }
     write_data(out, data);
     out.push(b'\n');
-    Ok(())
 }
 
 /// Appends an event whose id is `id_prefix` followed by `seq` in decimal. The caller has checked
 /// `id_prefix` with [`check_id`] and `event` with [`check_event`] once; this is the per-token hot path.
 #[inline]
-pub fn write_seq_event(out: &mut Vec<u8>, id_prefix: &str, seq: u64, event: Option<&str>, data: &str) {
+pub fn write_seq_event(out: &mut Vec<u8>, id_prefix: &str, seq: u64, event: Option<&str>, data: &[u8]) {
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(id_prefix.as_bytes());
     out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     out.push(b'\n');
-    if let Some(event) = event {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(event.as_bytes());
-        out.push(b'\n');
-    }
-    write_data(out, data);
-    out.push(b'\n');
+    write_body(out, event, data);
 }
 
 /// Appends a comment (one `:` line per line of `text`); parsers ignore it, proxies see traffic.
 pub fn write_comment(out: &mut Vec<u8>, text: &str) {
-    for_each_line(text, |line| {
+    for_each_line(text.as_bytes(), |line| {
         out.push(b':');
         if !line.is_empty() {
             out.push(b' ');
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn seq_event_matches_checked_event() {
         let mut out = Vec::new();
-        write_seq_event(&mut out, "abc:ep:", 42, Some("token"), "x\ny");
+        write_seq_event(&mut out, "abc:ep:", 42, Some("token"), b"x\ny");
         assert_eq!(out, event(Some("abc:ep:42"), Some("token"), "x\ny").into_bytes());
     }
 

@@ -417,7 +417,7 @@ mod tests {
     fn tokens(texts: &[&str], first_seq: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, t) in texts.iter().enumerate() {
-            sse::write_seq_event(&mut out, PREFIX, first_seq + i as u64, Some("token"), t);
+            sse::write_seq_event(&mut out, PREFIX, first_seq + i as u64, Some("token"), t.as_bytes());
         }
         out
     }

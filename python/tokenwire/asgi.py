@@ -79,6 +79,7 @@ from tokenwire.server.endpoints import (
     collect_completion,
     count_resume,
     last_event_id_of,
+    left_early,
     match_route,
     nothing_left,
     parse_json_body,
@@ -344,10 +345,8 @@ class _Streamer:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            if not completed and m is not None:
-                with contextlib.suppress(StreamNotFound):
-                    if stream.is_open or pos < stream.last_seq:
-                        m.disconnects_total += 1
+            if not completed and m is not None and left_early(stream, pos):
+                m.disconnects_total += 1
 
 
 def _route_path(scope: Scope) -> str:

@@ -217,6 +217,15 @@ def nothing_left(stream: TokenStream, after: int) -> bool:
     return not stream.is_open and after >= stream.last_seq
 
 
+def left_early(stream: TokenStream, position: int) -> bool:
+    """A reader that stops at ``position`` leaves something behind: the stream is open, or holds frames after
+    it. False once the stream itself is gone (swept): nothing is left to miss."""
+    try:
+        return stream.is_open or position < stream.last_seq
+    except StreamNotFound:
+        return False
+
+
 def count_resume(hub: Hub, metrics: ServerMetrics | None, stream: TokenStream, after: int) -> None:
     hub.counters["resumes"] += 1
     if metrics is not None:

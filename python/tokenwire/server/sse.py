@@ -27,6 +27,7 @@ from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
+from tokenwire.server.endpoints import left_early
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -152,7 +153,7 @@ class SseConnection(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             stream.detach(self._on_frames)
-            if stream.is_open or self.position < stream.last_seq:
+            if left_early(stream, self.position):
                 server.metrics.disconnects_total += 1
             server.streaming.discard(self)
 

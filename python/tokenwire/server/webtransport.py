@@ -78,7 +78,7 @@ from tokenwire.protocol.webtransport import (
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.endpoints import Endpoints, count_resume, int_field
+from tokenwire.server.endpoints import Endpoints, count_resume, int_field, left_early
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
 
@@ -559,9 +559,7 @@ class WebTransportConnection(QuicConnectionProtocol):
     def reset(self, st: _WtStream, code: int, raw: bool = False) -> None:
         """Reset a request stream with a WebTransport error code (``raw``: an HTTP/3 code as is)."""
         h3_code = code if raw else http3_error_code(code)
-        if st.stream is not None and (st.stream.is_open or st.position < st.stream.last_seq):
-            self.server.metrics.disconnects_total += 1
-        st.detach()
+        self._lost(st)
         if not st.send_ended:
             self._quic.reset_stream(st.qid, h3_code)
             st.send_ended = True
@@ -603,8 +601,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             self._maybe_forget(st)
 
     def _lost(self, st: _WtStream) -> None:
-        stream = st.stream
-        if stream is not None and (stream.is_open or st.position < stream.last_seq):
+        if st.stream is not None and left_early(st.stream, st.position):
             self.server.metrics.disconnects_total += 1
         st.detach()
 
