@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, status_of
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -125,11 +125,6 @@ def _sse_headers(head: list[tuple[str, str]]) -> Headers:
     ]
 
 
-def _status_of(exc: BaseException) -> int:
-    status = getattr(exc, "status", None) or getattr(exc, "status_hint", None)
-    return status if isinstance(status, int) else 500
-
-
 class _Answer:
     """A plain (non-streaming) response."""
 
@@ -152,7 +147,7 @@ class _Answer:
     @classmethod
     def error(cls, exc: BaseException, status: int | None = None) -> _Answer:
         if status is None:
-            status = _status_of(exc)
+            status = status_of(exc)
         extra = [(b"retry-after", b"1")] if status == 503 else None
         return cls.json(status, error_body(exc, status), extra)
 

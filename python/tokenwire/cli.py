@@ -129,8 +129,8 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTr
         port=sse.port,
         webtransport=replace(sse.config.webtransport, datagram_previews=args.datagram_previews),
     )
-    wt = WebTransportServer(sse.hub, config, model=sse.model, engine_steps_per_s=None, certificate=certificate)
-    wt.engine = sse.engine  # one engine steps every stream, whichever protocol started it
+    # One engine steps every stream, whichever protocol started it (the SSE server owns it).
+    wt = WebTransportServer(sse.hub, config, model=sse.model, engine=sse.engine, certificate=certificate)
     try:
         await wt.start()
     except OSError as exc:

@@ -21,6 +21,8 @@ __all__ = [
     "StreamFailed",
     "StreamNotFound",
     "TokenwireError",
+    "error_fields",
+    "status_of",
 ]
 
 
@@ -115,3 +117,18 @@ class BackpressureExceeded(TokenwireError):
     """A reader fell too far behind; its connection is closed and it resumes from the ring."""
 
     status_hint = 503
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status a server answers for ``exc``: its ``status`` (``HttpError``) or ``status_hint``, else 500."""
+    status = getattr(exc, "status", None) or getattr(exc, "status_hint", None)
+    return status if isinstance(status, int) else 500
+
+
+def error_fields(exc: BaseException) -> dict[str, object]:
+    """The resume fields of an error answer (docs/protocol.md §4.2): ``oldest_seq``, ``last_seq``, ``epoch``."""
+    return {
+        key: getattr(exc, attr)
+        for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch"))
+        if hasattr(exc, attr)
+    }

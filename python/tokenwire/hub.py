@@ -249,15 +249,17 @@ class Subscription(Generic[T]):
         """Whatever is available now without waiting, or ``None``."""
         stream = self.stream
         storage = stream._hub.storage
-        last = storage.last_seq(stream._handle)
+        if self._wire is None:
+            raw = storage.frames_since(stream._handle, self.position)
+            if not raw:
+                return None
+            self.position = raw[-1][1]
+            return _frames(raw)  # type: ignore[return-value]
+        data, last, _ = storage.poll(stream._handle, self.position, self._wire)  # one core call
         if last <= self.position:
             return None
-        if self._wire is None:
-            batch: Any = _frames(storage.frames_since(stream._handle, self.position))
-        else:
-            batch = storage.since(stream._handle, self.position, self._wire)
         self.position = last
-        return batch  # type: ignore[no-any-return]
+        return data  # type: ignore[return-value]
 
     async def __anext__(self) -> T:
         while not self._closed:
@@ -461,14 +463,18 @@ class Hub:
     def parse_resume(self, resume_point: str | ResumePoint) -> ResumePoint:
         """Parse and check the epoch of a ``Last-Event-ID``: ``RemoteProtocolError``, ``EpochMismatch``."""
         point = parse_resume_point(resume_point) if isinstance(resume_point, str) else resume_point
-        if point.epoch != self.epoch:
+        self.check_epoch(point.epoch)
+        return point
+
+    def check_epoch(self, epoch: str) -> None:
+        """``EpochMismatch`` unless ``epoch`` is this hub's: a resume point from another history."""
+        if epoch != self.epoch:
             raise EpochMismatch(
-                f"resume point belongs to epoch {point.epoch!r}, this hub's history is epoch {self.epoch!r}; "
+                f"resume point belongs to epoch {epoch!r}, this hub's history is epoch {self.epoch!r}; "
                 "the frames it refers to are not here",
                 expected=self.epoch,
-                got=point.epoch,
+                got=epoch,
             )
-        return point
 
     @overload
     def resume(self, resume_point: str | ResumePoint, *, wire: None = None) -> Subscription[list[Frame]]: ...

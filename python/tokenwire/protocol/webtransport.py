@@ -39,6 +39,8 @@ from tokenwire.errors import (
     ResumeFromFuture,
     StreamNotFound,
     TokenwireError,
+    error_fields,
+    status_of,
 )
 from tokenwire.protocol.resume import validate_stream_id
 
@@ -208,7 +210,7 @@ class MessageReader:
     def __init__(self, kinds: Iterable[int], max_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
         self._kinds = frozenset(kinds)
         self._max = max_bytes
-        self._buf = b""
+        self._buf = bytearray()  # grows in place: a large request in many pieces is not copied each time
         self._length: int | None = None
         self._error: FrameError | None = None
         self.message: Message | None = None
@@ -221,36 +223,37 @@ class MessageReader:
         if self.message is not None:
             self.rest += data
             return None
-        buf = self._buf + data
+        buf = self._buf
+        buf += data
+        if self._length is not None and len(buf) < 1 + self._length:
+            return None  # the body is still incomplete: nothing to parse yet
         try:
-            message = self._parse(buf)
+            return self._parse(buf)
         except FrameError as exc:
             self._error = exc
-            self._buf = b""
+            buf.clear()
             raise
-        return message
 
-    def _parse(self, buf: bytes) -> Message | None:
+    def _parse(self, buf: bytearray) -> Message | None:
         if not buf:
             return None
         kind = buf[0]
         if kind not in self._kinds:
             raise FrameError(f"unknown message kind 0x{kind:02x}")
         if self._length is None:
-            decoded = _core.decode_varint(buf[1:])
+            decoded = _core.decode_varint(bytes(buf[1:9]))  # a varint takes 8 bytes at most
             if decoded is None:
-                self._buf = buf
                 return None
             length, used = decoded
             if length > self._max:
                 raise RequestTooLarge(f"message body of {length} bytes is over the limit of {self._max}")
             self._length = length
-            buf = buf[:1] + buf[1 + used :]  # keep the kind byte, drop the length
+            del buf[1 : 1 + used]  # keep the kind byte, drop the length
         end = 1 + self._length
         if len(buf) < end:
-            self._buf = buf
             return None
-        payload, self.rest, self._buf = buf[1:end], buf[end:], b""
+        payload, self.rest = bytes(buf[1:end]), bytes(buf[end:])
+        buf.clear()
         try:
             body = json.loads(payload.decode())
         except (UnicodeDecodeError, ValueError) as exc:
@@ -481,14 +484,9 @@ def parse_reply(message: Message) -> Reply:
 
 def error_reply(exc: BaseException) -> RequestFailed:
     """The error answer for an exception raised while serving a request (docs/protocol.md §4.4)."""
-    raw = getattr(exc, "status", None) or getattr(exc, "status_hint", 500)
-    status = raw if isinstance(raw, int) else 500
+    status = status_of(exc)
     message = str(exc) if isinstance(exc, TokenwireError) else "internal server error"
-    extra: dict[str, Any] = {}
-    for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch")):
-        if hasattr(exc, attr):
-            extra[key] = getattr(exc, attr)
-    return RequestFailed(type(exc).__name__, message, status, int(code_for_status(status)), extra)
+    return RequestFailed(type(exc).__name__, message, status, int(code_for_status(status)), error_fields(exc))
 
 
 def error_from_reply(reply: RequestFailed) -> TokenwireError:

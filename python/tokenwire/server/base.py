@@ -24,12 +24,16 @@ class ServerBase:
         model: FakeModel | None,
         engine_steps_per_s: float | None,
         metrics: ServerMetrics,
+        engine: FakeEngine | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         self.hub = hub if hub is not None else Hub()
         self.model = model or FakeModel()
         self.engine_steps_per_s = engine_steps_per_s
-        self.engine: FakeEngine | None = None
+        #: The batching engine: one shared with another server (``engine``; its owner closes it), or one
+        #: this server makes at start (``engine_steps_per_s``) and closes at shutdown.
+        self.engine: FakeEngine | None = engine
+        self._owns_engine = False
         self.metrics = metrics
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -52,6 +56,11 @@ class ServerBase:
             raise RuntimeError("server not started")
         return self._flusher
 
+    async def _close_engine(self) -> None:
+        """Stop the engine this server made (a shared one is its owner's to stop)."""
+        if self.engine is not None and self._owns_engine:
+            await self.engine.aclose()
+
     def render_metrics(self) -> bytes:
         return self.metrics.render(self._registry)
 
@@ -60,7 +69,8 @@ class ServerBase:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._flusher = Flusher(loop, self.config.max_delay_ms)
-        if self.engine_steps_per_s:
+        if self.engine is None and self.engine_steps_per_s:
             self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
+            self._owns_engine = True
         self.hub._ensure_janitor()
         return loop

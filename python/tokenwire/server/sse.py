@@ -16,18 +16,17 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Callable
 from typing import Any, cast
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
-from tokenwire.fake_model import FakeModel
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
+from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.endpoints import left_early
+from tokenwire.server.endpoints import Render, left_early
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -37,16 +36,13 @@ _WIRE_SSE = _core.WIRE_SSE
 
 #: A custom rendering of the frames after a seq (formats the core does not render, like OpenAI chunks):
 #: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
-StreamRender = Callable[[int, int], bytes]
+StreamRender = Render
 
 
 def error_body(exc: BaseException, status: int) -> dict[str, Any]:
     """The JSON error body of docs/protocol.md §4.2."""
     err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "status": status}
-    for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch")):
-        if hasattr(exc, attr):
-            err[key] = getattr(exc, attr)
-    return {"error": err}
+    return {"error": err | error_fields(exc)}
 
 
 class SseConnection(asyncio.Protocol):
@@ -67,7 +63,6 @@ class SseConnection(asyncio.Protocol):
         "_trailer",
         "_wire",
         "parser",
-        "peer",
         "position",
         "server",
         "stream",
@@ -80,7 +75,6 @@ class SseConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.stream: TokenStream | None = None
         self.position = 0
-        self.peer: Any = None
         self._render: StreamRender | None = None
         self._handle = 0
         self._poll = server.hub.storage.poll
@@ -102,7 +96,6 @@ class SseConnection(asyncio.Protocol):
         self.transport = transport
         server = self.server
         server.metrics.connections_total += 1
-        self.peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -209,8 +202,7 @@ class SseConnection(asyncio.Protocol):
 
     def _respond_error(self, exc: BaseException, keep_alive: bool, status: int | None = None) -> None:
         if status is None:
-            raw = getattr(exc, "status", None) or getattr(exc, "status_hint", 500)
-            status = raw if isinstance(raw, int) else 500
+            status = status_of(exc)
         self.server.metrics.bad_requests_total += 1
         extra = [("Retry-After", "1")] if status == 503 else None
         if status >= 500 or status in (408, 413, 414, 431):
@@ -301,7 +293,7 @@ class SseConnection(asyncio.Protocol):
             self._last_write = now
             self.position = last
             transport.write(data)
-        if ended and self.position >= last:
+        if ended:  # every frame up to the final one is written now
             self._finish_stream()
 
     def write_heartbeat(self, now: float) -> None:
@@ -341,10 +333,13 @@ class SseServer(ServerBase):
         *,
         model: FakeModel | None = None,
         engine_steps_per_s: float | None = None,
+        engine: FakeEngine | None = None,
     ) -> None:
         from tokenwire.server.routes import Router
 
-        super().__init__(hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=ServerMetrics("sse"))
+        super().__init__(
+            hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=ServerMetrics("sse"), engine=engine
+        )
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
         self.background: set[asyncio.Task[None]] = set()
@@ -405,8 +400,7 @@ class SseServer(ServerBase):
             conn.close_for_shutdown()
         if self._tick is not None:
             self._tick.cancel()
-        if self.engine is not None:
-            await self.engine.aclose()
+        await self._close_engine()
         await self.hub.aclose()
         if self._server is not None:
             await self._server.wait_closed()

@@ -52,8 +52,8 @@ from aioquic.quic.events import (
 from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
 
 from tokenwire import _core
-from tokenwire.errors import EpochMismatch, ResumeExpired, StreamNotFound, TokenwireError
-from tokenwire.fake_model import FakeModel
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
+from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
@@ -236,12 +236,11 @@ class _WtStream:
             self._account(pos, last, len(data))
             if self.preview_tag:
                 conn.preview(self, data)
-        end = ended and self.position >= last
         if prefix:
             data = prefix + data
-        if data or end:
-            conn.send(self, data, end)
-        if end:
+        if data or ended:  # ended: every frame up to the final one is in data now
+            conn.send(self, data, ended)
+        if ended:
             self.detach()
             conn.finished_sending(self)
 
@@ -460,13 +459,8 @@ class WebTransportConnection(QuicConnectionProtocol):
         hub = server.hub
         try:
             if isinstance(request, AttachRequested):
-                if request.epoch and request.epoch != hub.epoch:
-                    raise EpochMismatch(
-                        f"resume point belongs to epoch {request.epoch!r}, this hub's history is epoch "
-                        f"{hub.epoch!r}; the frames it refers to are not here",
-                        expected=hub.epoch,
-                        got=request.epoch,
-                    )
+                if request.epoch:
+                    hub.check_epoch(request.epoch)
                 stream = hub.check_resume(request.stream_id, request.after)
                 if request.after:
                     count_resume(hub, server.metrics, stream, request.after)
@@ -732,9 +726,17 @@ class WebTransportServer(ServerBase):
         *,
         model: FakeModel | None = None,
         engine_steps_per_s: float | None = None,
+        engine: FakeEngine | None = None,
         certificate: Certificate | None = None,
     ) -> None:
-        super().__init__(hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=WebTransportMetrics())
+        super().__init__(
+            hub,
+            config,
+            model=model,
+            engine_steps_per_s=engine_steps_per_s,
+            metrics=WebTransportMetrics(),
+            engine=engine,
+        )
         self.certificate = certificate if certificate is not None else make_dev_certificate()
         self.endpoints = Endpoints(self)
         self.connections: set[WebTransportConnection] = set()
@@ -745,9 +747,11 @@ class WebTransportServer(ServerBase):
         m = self.metrics
         m.gauges["connections"] = lambda: len(self.connections)
         m.gauges["sessions"] = lambda: self.session_count
-        m.gauges["stream_connections"] = lambda: sum(
-            1 for c in self.connections for s in c.streams.values() if s.stream is not None
-        )
+        m.gauges["stream_connections"] = self.streams_attached
+
+    def streams_attached(self) -> int:
+        """Request streams now carrying a token stream, over every connection."""
+        return sum(1 for c in self.connections for s in c.streams.values() if s.stream is not None)
 
     @property
     def port(self) -> int:
@@ -827,18 +831,14 @@ class WebTransportServer(ServerBase):
         loop = self.loop
         deadline = loop.time() + drain
 
-        def streaming() -> bool:
-            return any(s.stream is not None for c in self.connections for s in c.streams.values())
-
-        while streaming() and loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
+        while self.streams_attached() and loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.shutdown()
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
-        if self.engine is not None and self.engine_steps_per_s:  # an engine of its own, not a shared one
-            await self.engine.aclose()
+        await self._close_engine()
         if close_hub:
             await self.hub.aclose()
         if self._transport is not None:
