@@ -72,12 +72,8 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 
 def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> dict[str, Any]:
     unthrottled = streams == 1 and args.unthrottled_tokens
-    steps = 0 if unthrottled else args.steps
-    server_cmd_steps = steps
-    if name == "tokenwire" and unthrottled:
-        # Per-request pacing with tokens_per_s=0 is tokenwire's unthrottled mode.
-        server_cmd_steps = 0
-    proc = start_server(name, port, server_cmd_steps, args.server_cores)
+    steps = 0 if unthrottled else args.steps  # 0: per-request pacing with tokens_per_s=0, i.e. unthrottled
+    proc = start_server(name, port, steps, args.server_cores)
     try:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             report_path = f.name

@@ -21,16 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
-from tokenwire.fake_model import FakeModel
+from tokenwire.fake_model import STAMP_SEPARATOR, FakeModel, stamp
 
 __all__ = ["STAMP_SEPARATOR", "QueueEngine"]
 
 log = logging.getLogger("benches.peers.engine")
-
-#: U+2063 INVISIBLE SEPARATOR: between a token's text and its production stamp (µs since the epoch).
-STAMP_SEPARATOR = "\u2063"
 
 
 class _Job:
@@ -87,7 +83,7 @@ class QueueEngine:
             if i < len(tokens):
                 token = tokens[i]
                 if job.stamp:
-                    token = f"{token}{STAMP_SEPARATOR}{time.time_ns() // 1000}"
+                    token = stamp(token)
                 queue.put_nowait(token)
                 job.i = i = i + 1
                 sent += 1

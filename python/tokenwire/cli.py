@@ -8,10 +8,11 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tokenwire import __version__
+from tokenwire._loop import loop_factory
 from tokenwire.fake_model import FakeModel
 from tokenwire.hub import FrameKind, Hub
 
@@ -20,15 +21,6 @@ if TYPE_CHECKING:
     from tokenwire.server.webtransport import WebTransportServer
 
 __all__ = ["main"]
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop where it is installed, else asyncio's default."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -278,10 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    factory = _loop_factory()
-    logging.getLogger("tokenwire").info("event loop: %s", "uvloop" if factory else "asyncio")
     if args.command == "loadtest":
         return _loadtest(args)
+    factory = loop_factory()
+    logging.getLogger("tokenwire").info("event loop: %s", "uvloop" if factory else "asyncio")
     with asyncio.Runner(loop_factory=factory) as runner:
         if args.command == "demo":
             return runner.run(_demo(args))

@@ -154,7 +154,6 @@ class _RequestStream:
         "ended",
         "error",
         "frames",
-        "high",
         "on_preview",
         "parser",
         "preview_tag",
@@ -172,7 +171,6 @@ class _RequestStream:
         self.error: BaseException | None = None  # cut or malformed: the stream is over
         self.on_preview: Callable[[list[tuple[int, int, str]]], None] | None = None  # the reader's, if it asked
         self.preview_tag = 0  # the tag of its previews (the reply's), once a reader takes them
-        self.high = 0  # the highest seq received on this stream (heartbeats aside)
         self._waiter: asyncio.Future[None] | None = None
 
     @property
@@ -185,10 +183,6 @@ class _RequestStream:
         try:
             frames = self.parser.feed(data)
             self.frames.extend(frames)
-            for frame in reversed(frames):
-                if frame[1]:
-                    self.high = frame[1]
-                    break
             if end:
                 self.parser.close()
         except TokenwireError as exc:
@@ -572,7 +566,8 @@ class WebTransportStreamReader:
             return
         stream = self._stream
         # Tokens already here, parsed or still queued on the stream, are not news.
-        seen = max(self.received, self._previewed, stream.high if stream is not None else 0)
+        queued = next((f[1] for f in reversed(stream.frames) if f[1]), 0) if stream is not None else 0  # heartbeats: 0
+        seen = max(self.received, self._previewed, queued)
         for kind, seq, payload in frames:
             if kind == _TOKEN and seq > seen:
                 seen = self._previewed = seq
@@ -634,7 +629,8 @@ class WebTransportStreamReader:
     async def _fill(self) -> None:
         stream = self._stream
         if stream is None:
-            self._stream = stream = await self._client._reattach(self)
+            self._stream = stream = await self._client._attach(self)
+            self.reconnects += 1
         await stream.wait()
         frames = stream.frames
         while frames:
@@ -910,8 +906,7 @@ class WebTransportClient:
                 raise ValueError(f"last_event_id names stream {sid!r}, not {stream_id!r}")
             after = int(seq)
         reader = WebTransportStreamReader(self, None, StreamAttached(stream_id, epoch, after), on_preview)
-        reader._stream = await self._attach(reader, retry=True)
-        reader.reconnects = 0
+        reader._stream = await self._attach(reader)
         self._readers.add(reader)
         return reader
 
@@ -932,20 +927,35 @@ class WebTransportClient:
         self._readers.add(reader)
         return reader
 
-    async def _reattach(self, reader: WebTransportStreamReader) -> _RequestStream:
-        return await self._attach(reader, retry=True)
+    async def _attach(self, reader: WebTransportStreamReader) -> _RequestStream:
+        """Attach ``reader`` after the last frame it received (see :meth:`_attach_after`)."""
+        stream, reply = await self._attach_after(
+            reader.stream_id, reader.epoch, reader.received, previews=reader.on_preview is not None
+        )
+        reader.epoch = reply.epoch
+        reader._use(stream, reply)
+        return stream
 
-    async def _attach(self, reader: WebTransportStreamReader, *, retry: bool) -> _RequestStream:
-        """Attach ``reader`` after the last frame it received, with jittered exponential backoff; typed errors are final."""
+    async def _attach_after(
+        self,
+        stream_id: str,
+        epoch: str,
+        after: int,
+        *,
+        previews: bool = False,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> tuple[_RequestStream, StreamAttached]:
+        """A new request stream attached to ``stream_id`` after seq ``after`` (a new session if the old one is
+        gone), retried ``max_retries`` times with jittered exponential backoff (``uniform`` draws the jitter);
+        typed errors are final, and a reply for another stream, epoch or position is refused."""
         delay = self.backoff_initial
         last_error: BaseException | None = None
-        for attempt in range(self.max_retries + 1 if retry else 1):
+        for attempt in range(self.max_retries + 1):
             if attempt:
-                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+                await asyncio.sleep(uniform(0, delay))
                 delay = min(self.backoff_max, delay * 2)
-            request = AttachRequested(reader.stream_id, reader.epoch, reader.received, reader.on_preview is not None)
             try:
-                stream, reply = await self._request(request)
+                stream, reply = await self._request(AttachRequested(stream_id, epoch, after, previews))
             except (OSError, TimeoutError, StreamInterrupted) as exc:
                 last_error = exc
                 continue
@@ -954,14 +964,11 @@ class WebTransportClient:
                     last_error = exc
                     continue
                 raise
-            if not isinstance(reply, StreamAttached) or reply.stream_id != reader.stream_id:
+            if not isinstance(reply, StreamAttached) or reply.stream_id != stream_id or reply.after != after:
                 stream.abort()
-                raise RemoteProtocolError(f"unexpected reply to an attach: {reply!r}")
-            if reader.epoch and reply.epoch != reader.epoch:
+                raise RemoteProtocolError(f"unexpected reply to an attach after {after}: {reply!r}")
+            if epoch and reply.epoch != epoch:
                 stream.abort()
-                raise RemoteProtocolError(f"attach answered from epoch {reply.epoch!r}, not {reader.epoch!r}")
-            reader.epoch = reply.epoch
-            reader.reconnects += 1
-            reader._use(stream, reply)
-            return stream
-        raise ConnectionFailed(f"could not resume stream {reader.stream_id}: {last_error!r}") from last_error
+                raise RemoteProtocolError(f"attach answered from epoch {reply.epoch!r}, not {epoch!r}")
+            return stream, reply
+        raise ConnectionFailed(f"could not resume stream {stream_id}: {last_error!r}") from last_error

@@ -66,12 +66,16 @@ class ProcSampler:
         return out
 
 
+def _run_config(cfg: WorkerConfig | WtWorkerConfig, progress: Any) -> dict[str, Any]:
+    """One worker's streams, SSE or WebTransport by its config, on a fresh loop in this process."""
+    return run_wt_worker(cfg, progress) if isinstance(cfg, WtWorkerConfig) else run_worker(cfg, progress)
+
+
 def _worker_main(cfg: WorkerConfig | WtWorkerConfig, q: Any) -> None:
     def progress(p: dict[str, int]) -> None:
         q.put(("progress", os.getpid(), p))
 
-    result = run_wt_worker(cfg, progress) if isinstance(cfg, WtWorkerConfig) else run_worker(cfg, progress)
-    q.put(("result", os.getpid(), result))
+    q.put(("result", os.getpid(), _run_config(cfg, progress)))
 
 
 def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any]:  # noqa: C901 - one linear driver
@@ -130,11 +134,7 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
 
     raw: list[dict[str, Any]] = []
     if procs == 1:
-        only = configs[0]
-        if isinstance(only, WtWorkerConfig):
-            raw.append(run_wt_worker(only, lambda p: show(0, p)))
-        else:
-            raw.append(run_worker(only, lambda p: show(0, p)))
+        raw.append(_run_config(configs[0], lambda p: show(0, p)))
     else:
         ctx = multiprocessing.get_context("spawn")
         q = ctx.Queue()

@@ -18,6 +18,7 @@ from typing import Any
 import httptools
 
 from tokenwire import _core
+from tokenwire._loop import loop_factory
 from tokenwire.fake_model import FakeModel
 
 __all__ = ["StreamResult", "WorkerBase", "WorkerConfig", "run_worker"]
@@ -70,6 +71,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.status = 0
         self.error_body = b""
+        self.forced = False  # closed by a forced disconnect (not by the server or the network)
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,9 +113,7 @@ class _Stream:
         self.started_us = 0
         self.resume_started_us = 0
         self.conn: _Conn | None = None
-        self.stream_id = ""
         self._sched_start_us = 0
-        self._interval_us = int(1e6 / w.cfg.tokens_per_s) if w.cfg.tokens_per_s > 0 else 0
 
     def fail(self, message: str) -> None:
         if not self.result.error:
@@ -136,12 +136,9 @@ class _Stream:
         if new:
             w = self.w
             w.tokens += new
-            if self._interval_us:
-                if not self._sched_start_us:
-                    self._sched_start_us = t.first_token_at_us or now
-                first_new = t.last_seq - new + 1
-                due = self._sched_start_us + (first_new - 1) * self._interval_us
-                w.lateness.record(max(0, now - due))
+            if not self._sched_start_us:
+                self._sched_start_us = t.first_token_at_us or now
+            w.record_lateness(now, self._sched_start_us, t.last_seq - new + 1)
 
     async def _open(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> _Conn:
         cfg = self.w.cfg
@@ -189,7 +186,7 @@ class _Stream:
                 if not cfg.resumable:
                     self.fail("connection ended before the stream did (target does not resume)")
                     break
-                if not getattr(conn, "forced", False):
+                if not conn.forced:
                     self.result.unexpected_drops += 1
                 # Resume: the stream id is the first part of the last event id.
                 last = t.last_event_id
@@ -206,15 +203,9 @@ class _Stream:
             self.fail(f"connection error: {exc!r}")
         r = self.result
         r.tokens, r.duplicates, r.lost = t.tokens, t.duplicates, t.lost
-        if t.first_token_at_us:
-            r.ttft = (t.first_token_at_us - self.started_us) / 1e6
         if t.error is not None:
             self.fail(f"stream error event: {t.error}")
-        expected = self.w.expected_hash(self.prompt)
-        r.hash_ok = t.content_hash == expected
-        r.ok = bool(t.done) and not r.error and r.hash_ok and r.lost == 0 and r.duplicates == 0
-        if t.done and not r.hash_ok and not r.error:
-            r.error = "content differs from the model's tokens"
+        self.w.settle(r, self.prompt, t.content_hash, bool(t.done), t.first_token_at_us or 0, self.started_us)
         return r
 
     def _force_drop(self, conn: _Conn) -> None:
@@ -223,7 +214,7 @@ class _Stream:
             asyncio.get_running_loop().call_later(0.05, self._force_drop, conn)
             return
         if conn.transport is not None and not conn.closed.done():
-            conn.forced = True  # type: ignore[attr-defined]
+            conn.forced = True
             self.result.forced_drops += 1
             conn.transport.abort()
 
@@ -243,9 +234,28 @@ class WorkerBase:
         self.finished = 0
         self.failed = 0
         self._model = FakeModel(seed=cfg.model_seed)
+        #: The pace asked of the server: a token every this many µs (0: unthrottled, no lateness).
+        self.interval_us = int(1e6 / cfg.tokens_per_s) if cfg.tokens_per_s > 0 else 0
 
     def expected_hash(self, prompt: str) -> int:
         return _core.fnv1a64("".join(self._model.tokens(prompt, self.cfg.max_tokens)))
+
+    def record_lateness(self, now_us: int, first_token_us: int, first_new: int) -> None:
+        """One lateness value per arrival: how late its first new token (seq ``first_new``) is against the
+        stream's schedule (a token every ``interval_us`` from its first)."""
+        if self.interval_us:
+            self.lateness.record(max(0, now_us - (first_token_us + (first_new - 1) * self.interval_us)))
+
+    def settle(
+        self, r: StreamResult, prompt: str, content_hash: int, done: bool, first_us: int, started_us: int
+    ) -> None:
+        """A stream's verdict: TTFT, the content check, and ``ok`` (complete, exact, nothing lost or twice)."""
+        if first_us:
+            r.ttft = (first_us - started_us) / 1e6
+        r.hash_ok = content_hash == self.expected_hash(prompt)
+        if done and not r.hash_ok and not r.error:
+            r.error = "content differs from the model's tokens"
+        r.ok = done and not r.error and r.hash_ok and r.lost == 0 and r.duplicates == 0
 
     async def _run_stream(self, index: int, slot: int) -> StreamResult:
         raise NotImplementedError
@@ -313,13 +323,12 @@ def _hist_summary(h: Any) -> dict[str, float]:
     return {"count": h.count, "p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": h.max, "mean": h.mean}
 
 
-def run_worker(cfg: WorkerConfig, progress: Any) -> dict[str, Any]:
-    """Run one worker's streams to the end on a fresh (uv)loop; returns its raw results."""
-    try:
-        import uvloop
+def run_on_fresh_loop(worker: WorkerBase) -> dict[str, Any]:
+    """Run a worker's streams to the end on a fresh (uv)loop; returns its raw results."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(worker.run())
 
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_Worker(cfg, progress).run())
+
+def run_worker(cfg: WorkerConfig, progress: Any) -> dict[str, Any]:
+    """Run one worker's SSE streams to the end on a fresh (uv)loop; returns its raw results."""
+    return run_on_fresh_loop(_Worker(cfg, progress))

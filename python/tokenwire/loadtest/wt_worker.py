@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from tokenwire import _core
-from tokenwire.client.webtransport import StreamInterrupted, WebTransportClient, _RequestStream
-from tokenwire.errors import RemoteProtocolError
+from tokenwire.client.webtransport import WebTransportClient, _RequestStream
 from tokenwire.fake_model import STAMP_SEPARATOR
-from tokenwire.loadtest.worker import StreamResult, WorkerBase
-from tokenwire.protocol.webtransport import AttachRequested, StartRequested, StreamAttached
+from tokenwire.loadtest.worker import StreamResult, WorkerBase, _now_us, run_on_fresh_loop
+from tokenwire.protocol.webtransport import StartRequested, StreamAttached
 
 __all__ = ["WtWorkerConfig", "run_wt_worker"]
 
@@ -40,10 +37,6 @@ _TOKEN = _core.FRAME_TOKEN
 _DONE = _core.FRAME_DONE
 _ERROR = _core.FRAME_ERROR
 _RESUME_ATTEMPTS = 8
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -87,39 +80,6 @@ class _Cut:
             stream.abort()
 
 
-async def _resume(
-    client: WebTransportClient, stream_id: str, epoch: str, after: int, rng: random.Random
-) -> _RequestStream:
-    """Attach again after ``after`` on a new request stream (a new session if the old one is gone), with
-    jittered backoff (from ``rng``: runs repeat with ``--seed``); typed errors (404, 409, 410) are final."""
-    delay = 0.05
-    last_error: BaseException | None = None
-    for attempt in range(_RESUME_ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(rng.uniform(0, delay))
-            delay = min(2.0, delay * 2)
-        try:
-            stream, reply = await client._request(AttachRequested(stream_id, epoch, after))
-        except (OSError, TimeoutError, StreamInterrupted) as exc:
-            last_error = exc
-            continue
-        except RemoteProtocolError as exc:
-            if exc.status_hint not in (429, 502, 503, 504):
-                raise
-            last_error = exc
-            continue
-        if (
-            not isinstance(reply, StreamAttached)
-            or reply.stream_id != stream_id
-            or reply.epoch != epoch
-            or reply.after != after
-        ):
-            stream.abort()
-            raise RemoteProtocolError(f"unexpected reply to an attach after {after} in epoch {epoch!r}: {reply!r}")
-        return stream
-    raise ConnectionError(f"could not resume stream {stream_id}: {last_error!r}")
-
-
 class _WtWorker(WorkerBase):
     """WebTransport streams, spread over sessions (``cfg.session_of``)."""
 
@@ -127,7 +87,6 @@ class _WtWorker(WorkerBase):
 
     def __init__(self, cfg: WtWorkerConfig, progress: Any) -> None:
         super().__init__(cfg, progress)
-        self._interval_us = int(1e6 / cfg.tokens_per_s) if cfg.tokens_per_s > 0 else 0
         self.clients: dict[int, WebTransportClient] = {}
         self.session_streams: collections.Counter[int] = collections.Counter(cfg.session_of)
 
@@ -138,7 +97,8 @@ class _WtWorker(WorkerBase):
                 self.cfg.url,
                 server_certificate_hashes=[self.cfg.cert_hash],
                 connect_timeout=self.cfg.connect_timeout,
-                max_retries=0,
+                max_retries=_RESUME_ATTEMPTS - 1,  # attaches only: a start is never retried
+                backoff_max=2.0,
                 batch_transmit=self.cfg.batch_transmit,
                 ack_delay=self.cfg.ack_delay,
             )
@@ -159,7 +119,7 @@ class _WtWorker(WorkerBase):
         first_us = 0
         last = 0
         done = False
-        lag, lateness, interval = self.lag, self.lateness, self._interval_us
+        lag = self.lag
         cut: _Cut | None = None
         timer: asyncio.TimerHandle | None = None
         try:
@@ -212,9 +172,7 @@ class _WtWorker(WorkerBase):
                         result.tokens += new
                         if not first_us:
                             first_us = now
-                        if interval:
-                            # As the SSE worker: one lateness value per arrival, for its first new token.
-                            lateness.record(max(0, now - (first_us + (first_new - 1) * interval)))
+                        self.record_lateness(now, first_us, first_new)
                     if done or not stream.over:
                         continue
                     if stream.ended:
@@ -229,7 +187,7 @@ class _WtWorker(WorkerBase):
                         timer.cancel()  # an unexpected cut: the pending forced one is void
                     # Cut again before a frame arrived: the resume sample runs from the first cut.
                     resume_started_us = resume_started_us or _now_us()
-                    stream = await _resume(client, reply.stream_id, reply.epoch, last, self.rng)
+                    stream, _ = await client._attach_after(reply.stream_id, reply.epoch, last, uniform=self.rng.uniform)
                     cut.stream = stream
                     cut.fired = False
                     timer = self._schedule_cut(cut)
@@ -243,12 +201,7 @@ class _WtWorker(WorkerBase):
                 cut.stream = None
             if timer is not None:
                 timer.cancel()
-        if first_us:
-            result.ttft = (first_us - started_us) / 1e6
-        result.hash_ok = _core.fnv1a64("".join(texts)) == self.expected_hash(prompt)
-        if done and not result.hash_ok and not result.error:
-            result.error = "content differs from the model's tokens"
-        result.ok = done and not result.error and result.hash_ok and result.lost == 0 and result.duplicates == 0
+        self.settle(result, prompt, _core.fnv1a64("".join(texts)), done, first_us, started_us)
         return result
 
     async def _run_stream(self, index: int, slot: int) -> StreamResult:
@@ -264,11 +217,4 @@ class _WtWorker(WorkerBase):
 
 def run_wt_worker(cfg: WtWorkerConfig, progress: Any) -> dict[str, Any]:
     """Run one worker's WebTransport streams to the end on a fresh (uv)loop; returns its raw results."""
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_WtWorker(cfg, progress).run())
+    return run_on_fresh_loop(_WtWorker(cfg, progress))
