@@ -21,7 +21,6 @@ import collections
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -29,12 +28,12 @@ from urllib.parse import urlsplit
 import httptools
 
 from tokenwire import _core
+from tokenwire.client._reader import TokenReaderBase
 from tokenwire.errors import (
     EpochMismatch,
     RemoteProtocolError,
     ResumeExpired,
     ResumeFromFuture,
-    StreamFailed,
     StreamNotFound,
     TokenwireError,
 )
@@ -166,7 +165,11 @@ def _error_for(status: int, body: bytes) -> TokenwireError:
     return exc
 
 
-class TokenStreamReader:
+#: The SSE event types that carry frames, as frame kinds.
+_SSE_KINDS = {"token": _core.FRAME_TOKEN, "done": _core.FRAME_DONE, "error": _core.FRAME_ERROR}
+
+
+class TokenStreamReader(TokenReaderBase):
     """Async iterator of one stream's tokens, exactly once and in order, across reconnects.
 
     ``position`` is the seq of the last token handed to the caller (the final frame's seq once the iteration
@@ -175,19 +178,10 @@ class TokenStreamReader:
     """
 
     def __init__(self, client: SseClient, response: _Response | None, stream_id: str = "", after: int = 0) -> None:
+        super().__init__(stream_id, "", after)
         self._client = client
         self._response = response
         self._decoder = _core.SseDecoder()
-        self.stream_id = stream_id
-        self.epoch = ""
-        self.position = after
-        #: Seq of the last frame parsed (tokens past ``position`` wait in ``_pending``); reconnects resume here.
-        self._received = after
-        self.done: dict[str, Any] | None = None
-        self.reconnects = 0
-        self.duplicates_dropped = 0
-        self._pending: collections.deque[tuple[int, str]] = collections.deque()
-        self._finished = False
 
     @property
     def last_event_id(self) -> str:
@@ -196,45 +190,11 @@ class TokenStreamReader:
 
     @property
     def _resume_id(self) -> str:
-        return f"{self.stream_id}:{self.epoch}:{self._received}"
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> str:
-        while not self._pending:
-            if self._finished:
-                self.position = self._received
-                raise StopAsyncIteration
-            await self._fill()
-        seq, text = self._pending.popleft()
-        self.position = seq
-        return text
-
-    async def batches(self) -> AsyncIterator[list[str]]:
-        """The same tokens, a list per network read (fewer awaits for fast consumers)."""
-        while True:
-            if self._pending:
-                batch = [text for _, text in self._pending]
-                self.position = self._pending[-1][0]
-                self._pending.clear()
-                yield batch
-            if self._finished:
-                self.position = self._received
-                return
-            await self._fill()
-
-    async def text(self) -> str:
-        """Read the whole answer."""
-        parts = [t async for batch in self.batches() for t in batch]
-        return "".join(parts)
+        return f"{self.stream_id}:{self.epoch}:{self.received}"
 
     async def aclose(self) -> None:
         """Stop reading (the generation goes on on the server)."""
-        self._finished = True
-        if self._response is not None:
-            self._response.close()
-            self._response = None
+        self._finish()
 
     async def _fill(self) -> None:
         if self._response is None:
@@ -251,7 +211,7 @@ class TokenStreamReader:
             if error is not None and not isinstance(error, OSError):
                 raise error
             if not self._finished:
-                log.debug("stream %s: connection ended at seq %d; resuming", self.stream_id, self._received)
+                log.debug("stream %s: connection ended at seq %d; resuming", self.stream_id, self.received)
             return
         try:
             events = self._decoder.feed(data)
@@ -268,27 +228,12 @@ class TokenStreamReader:
             self.stream_id = info["stream_id"]
             self.epoch = info["epoch"]
             return
-        if kind not in ("token", "done", "error"):
-            return
-        seq = int(event_id.rpartition(":")[2] or 0)
-        if seq <= self._received:
-            self.duplicates_dropped += 1
-            return
-        if seq != self._received + 1:
-            raise RemoteProtocolError(f"stream {self.stream_id}: seq {seq} after {self._received} (a gap)")
-        self._received = seq
-        if kind == "token":
-            self._pending.append((seq, payload))
-        elif kind == "done":
-            self.done = json.loads(payload)
-            self._finish()
-        else:
-            body = json.loads(payload)
-            self._finish()
-            raise StreamFailed(body.get("message", "generation failed"), body.get("code", "generation_failed"))
+        frame_kind = _SSE_KINDS.get(kind)
+        if frame_kind is not None:
+            self._accept(frame_kind, int(event_id.rpartition(":")[2] or 0), payload)
 
     def _finish(self) -> None:
-        self._finished = True
+        super()._finish()
         if self._response is not None:
             self._response.close()
             self._response = None

@@ -28,12 +28,11 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-import json
 import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -57,8 +56,9 @@ from aioquic.tls import SessionTicket
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tokenwire import _core
+from tokenwire.client._reader import TokenReaderBase
 from tokenwire.client.sse import ConnectionFailed
-from tokenwire.errors import RemoteProtocolError, StreamFailed, TokenwireError
+from tokenwire.errors import RemoteProtocolError, TokenwireError
 from tokenwire.protocol.webtransport import (
     WT_PATH,
     AttachRequested,
@@ -91,8 +91,6 @@ __all__ = [
 log = logging.getLogger("tokenwire.client.webtransport")
 
 _TOKEN = _core.FRAME_TOKEN
-_DONE = _core.FRAME_DONE
-_ERROR = _core.FRAME_ERROR
 
 #: ``on_preview(seq, token)``: a token seen in a datagram preview before the reliable stream delivered it.
 PreviewCallback = Callable[[int, str], None]
@@ -509,7 +507,7 @@ def _refused(status: int) -> TokenwireError:
     return exc
 
 
-class WebTransportStreamReader:
+class WebTransportStreamReader(TokenReaderBase):
     """Async iterator of one stream's tokens, exactly once and in order, across reconnects.
 
     ``position`` is the seq of the last token handed out (of the final frame once the iteration has ended);
@@ -532,23 +530,15 @@ class WebTransportStreamReader:
         reply: StreamAttached,
         on_preview: PreviewCallback | None = None,
     ) -> None:
+        super().__init__(reply.stream_id, reply.epoch, reply.after)
         self._client = client
         self._stream = stream
-        self.stream_id = reply.stream_id
-        self.epoch = reply.epoch
-        self.position = reply.after
-        self.received = reply.after
-        self.done: dict[str, Any] | None = None
-        self.reconnects = 0
-        self.duplicates_dropped = 0
         self.on_preview = on_preview
         self.previews = reply.previews
         #: Preview datagrams received, and the tokens of them handed to ``on_preview``.
         self.previews_received = 0
         self.previewed_tokens = 0
         self._previewed = reply.after
-        self._pending: collections.deque[tuple[int, str]] = collections.deque()
-        self._finished = False
         if stream is not None:
             self._use(stream, reply)
 
@@ -585,37 +575,6 @@ class WebTransportStreamReader:
     def finished(self) -> bool:
         return self._finished
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> str:
-        while not self._pending:
-            if self._finished:
-                self.position = self.received
-                raise StopAsyncIteration
-            await self._fill()
-        seq, token = self._pending.popleft()
-        self.position = seq
-        return token
-
-    async def batches(self) -> AsyncIterator[list[str]]:
-        """The same tokens, a list per arrival (fewer awaits for fast consumers)."""
-        while True:
-            if self._pending:
-                pending = self._pending
-                self.position = pending[-1][0]
-                batch = [token for _, token in pending]
-                pending.clear()
-                yield batch
-            if self._finished:
-                self.position = self.received
-                return
-            await self._fill()
-
-    async def text(self) -> str:
-        """Read the whole answer."""
-        return "".join([t async for batch in self.batches() for t in batch])
-
     async def aclose(self) -> None:
         """Stop reading (the generation goes on on the server)."""
         self._finished = True
@@ -649,22 +608,11 @@ class WebTransportStreamReader:
     def _handle(self, kind: int, seq: int, payload: str) -> None:
         if seq == 0:
             return  # heartbeat
-        if seq <= self.received:
-            self.duplicates_dropped += 1
-            return
-        if seq != self.received + 1:
-            self._finished = True
-            raise RemoteProtocolError(f"stream {self.stream_id}: seq {seq} after {self.received} (a gap)")
-        self.received = seq
-        if kind == _TOKEN:
-            self._pending.append((seq, payload))
-        elif kind == _DONE:
-            self.done = json.loads(payload)
-            self._finished = True
-        elif kind == _ERROR:
-            body = json.loads(payload)
-            self._finished = True
-            raise StreamFailed(body.get("message", "generation failed"), body.get("code", "generation_failed"))
+        try:
+            self._accept(kind, seq, payload)
+        except RemoteProtocolError:
+            self._finished = True  # a gap: this reader cannot go on
+            raise
 
 
 class WebTransportClient:
