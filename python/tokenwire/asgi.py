@@ -67,11 +67,12 @@ from urllib.parse import parse_qsl, quote
 
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, status_of
-from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
+from tokenwire.server.base import HubHost
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import (
     Endpoints,
@@ -390,7 +391,7 @@ async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -
             return b"".join(chunks)
 
 
-class TokenwireASGI:
+class TokenwireASGI(HubHost):
     """The tokenwire endpoints as an ASGI 3 app over one :class:`~tokenwire.hub.Hub`.
 
     ``model``/``engine_steps_per_s`` drive the generations that ``POST /v1/streams`` and ``POST
@@ -416,31 +417,16 @@ class TokenwireASGI:
         engine_steps_per_s: float | None = None,
         config: ServerConfig | None = None,
     ) -> None:
-        self.config = config or ServerConfig()
-        self.hub = hub if hub is not None else Hub()
-        self.model = model or FakeModel()
-        self.engine_steps_per_s = engine_steps_per_s
-        self.engine: FakeEngine | None = None
-        self.metrics = ServerMetrics("sse")
+        super().__init__(hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=ServerMetrics("sse"))
         self.endpoints = Endpoints(self)
-        self.draining = False
         self.streaming: set[_Streamer] = set()
         self._started = False
-        m = self.metrics
-        m.gauges["stream_connections"] = lambda: len(self.streaming)
-        m.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
-        m.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
-        self._registry = m.registry()
-
-    def render_metrics(self) -> bytes:
-        return self.metrics.render(self._registry)
+        self.metrics.gauges["stream_connections"] = lambda: len(self.streaming)
 
     # -- lifespan ------------------------------------------------------------------------------------
 
     def _ensure_started(self) -> None:
-        if self.engine_steps_per_s and self.engine is None:
-            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
-        self.hub._ensure_janitor()
+        self._start_generation()
         self._started = True
 
     async def startup(self) -> None:
@@ -453,9 +439,7 @@ class TokenwireASGI:
         self.draining = True
         for streamer in list(self.streaming):
             streamer.close_for_shutdown()
-        if self.engine is not None:
-            engine, self.engine = self.engine, None
-            await engine.aclose()
+        await self._close_engine()
         await self.hub.aclose()
         self._started = False
 

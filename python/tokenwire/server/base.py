@@ -1,4 +1,5 @@
-"""What the SSE and WebTransport servers share: config, hub, model/engine, metrics, loop and flusher."""
+"""What every front end of a hub shares (the SSE and WebTransport servers and the ASGI app): config, hub,
+model/engine, metrics; and what the socket servers add: the loop and the flusher."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from tokenwire.metrics import ServerMetrics
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.flusher import Flusher
 
-__all__ = ["ServerBase"]
+__all__ = ["HubHost", "ServerBase"]
 
 
-class ServerBase:
+class HubHost:
     """A front end of one :class:`~tokenwire.hub.Hub`: its generation source and its metrics."""
 
     def __init__(
@@ -31,18 +32,53 @@ class ServerBase:
         self.model = model or FakeModel()
         self.engine_steps_per_s = engine_steps_per_s
         #: The batching engine: one shared with another server (``engine``; its owner closes it), or one
-        #: this server makes at start (``engine_steps_per_s``) and closes at shutdown.
+        #: this host makes at start (``engine_steps_per_s``) and closes at shutdown.
         self.engine: FakeEngine | None = engine
         self._owns_engine = False
         self.metrics = metrics
         self.draining = False
+        metrics.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
+        metrics.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
+        self._registry = metrics.registry()  # reads the gauges when scraped: subclasses may add more
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render(self._registry)
+
+    def _start_generation(self) -> None:
+        """On the running loop: the engine (if this host runs one) and the hub's janitor."""
+        if self.engine is None and self.engine_steps_per_s:
+            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
+            self._owns_engine = True
+        self.hub._ensure_janitor()
+
+    async def _close_engine(self) -> None:
+        """Stop the engine this host made (a shared one is its owner's to stop); a restart makes a new one."""
+        if self.engine is not None and self._owns_engine:
+            engine, self.engine, self._owns_engine = self.engine, None, False
+            await engine.aclose()
+
+
+class ServerBase(HubHost):
+    """A socket server of a hub: adds the running loop and the flusher (one write per connection per loop
+    iteration)."""
+
+    def __init__(
+        self,
+        hub: Hub | None,
+        config: ServerConfig | None,
+        *,
+        model: FakeModel | None,
+        engine_steps_per_s: float | None,
+        metrics: ServerMetrics,
+        engine: FakeEngine | None = None,
+    ) -> None:
+        super().__init__(
+            hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=metrics, engine=engine
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._tick: asyncio.TimerHandle | None = None
-        metrics.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
-        metrics.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
         metrics.gauges["flusher_runs"] = lambda: self.flusher.runs
-        self._registry = metrics.registry()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -56,21 +92,10 @@ class ServerBase:
             raise RuntimeError("server not started")
         return self._flusher
 
-    async def _close_engine(self) -> None:
-        """Stop the engine this server made (a shared one is its owner's to stop)."""
-        if self.engine is not None and self._owns_engine:
-            await self.engine.aclose()
-
-    def render_metrics(self) -> bytes:
-        return self.metrics.render(self._registry)
-
     def _start_common(self) -> asyncio.AbstractEventLoop:
         """Bind to the running loop: the flusher, the engine (if this server runs one), the hub's janitor."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._flusher = Flusher(loop, self.config.max_delay_ms)
-        if self.engine is None and self.engine_steps_per_s:
-            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
-            self._owns_engine = True
-        self.hub._ensure_janitor()
+        self._start_generation()
         return loop
