@@ -14,7 +14,6 @@ from tokenwire.protocol.http1 import Request
 from tokenwire.server.endpoints import (
     ChatMeta,
     Endpoints,
-    StreamPlan,
     collect_completion,
     last_event_id_of,
     match_route,
@@ -40,16 +39,16 @@ class Router(Endpoints):
             if plan is None:
                 conn.respond(204, b"", "text/event-stream", req.keep_alive)
             else:
-                _start(conn, plan)
+                conn.start_stream(plan)
         elif route == "cancel":
             self.cancel(stream_id)
             conn.respond(204, b"", "application/json", req.keep_alive)
         elif route == "create":
-            _start(conn, self.create(parse_json_body(req.headers.get("content-type"), req.body)))
+            conn.start_stream(self.create(parse_json_body(req.headers.get("content-type"), req.body)))
         elif route == "chat":
             chat = self.chat(parse_json_body(req.headers.get("content-type"), req.body))
             if chat.streaming:
-                _start(conn, plan_openai(self.server.hub, chat.stream, 0, chat.meta))
+                conn.start_stream(plan_openai(self.server.hub, chat.stream, 0, chat.meta))
             else:
                 self._complete_openai(conn, req, chat.stream, chat.meta)
         elif route == "health":
@@ -72,7 +71,3 @@ class Router(Endpoints):
         task = self.server.loop.create_task(collect())
         self.server.background.add(task)
         task.add_done_callback(self.server.background.discard)
-
-
-def _start(conn: SseConnection, plan: StreamPlan) -> None:
-    conn.start_stream(plan.stream, plan.after, plan.head, plan.intro, plan.render, plan.trailer, plan.retry)

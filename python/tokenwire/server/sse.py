@@ -26,7 +26,7 @@ from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.endpoints import Render, left_early
+from tokenwire.server.endpoints import Render, StreamPlan, left_early
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -61,7 +61,6 @@ class SseConnection(asyncio.Protocol):
         "_requested_at",
         "_timer",
         "_trailer",
-        "_wire",
         "parser",
         "position",
         "server",
@@ -78,7 +77,6 @@ class SseConnection(asyncio.Protocol):
         self._render: StreamRender | None = None
         self._handle = 0
         self._poll = server.hub.storage.poll
-        self._wire = _WIRE_SSE
         self._trailer = b""
         self._dirty = False
         self._held = False
@@ -211,46 +209,34 @@ class SseConnection(asyncio.Protocol):
 
     # -- streaming -----------------------------------------------------------------------------------
 
-    def start_stream(
-        self,
-        stream: TokenStream,
-        after: int,
-        head: list[tuple[str, str]],
-        intro: bytes,
-        render: StreamRender | None = None,
-        trailer: bytes = b"",
-        retry: bool = True,
-        wire: int = _WIRE_SSE,
-    ) -> None:
-        """Turn this connection into a stream of ``stream`` after seq ``after``: replay, then live.
+    def start_stream(self, plan: StreamPlan) -> None:
+        """Turn this connection into the stream of ``plan`` after its seq ``after``: replay, then live.
 
-        Frames are rendered by the core in ``wire`` format (one ``Registry.poll`` per flush), or by
-        ``render`` for other formats (the OpenAI chunks).
-
-        ``retry=False`` leaves out the ``retry:`` block (the OpenAI SDK's SSE reader takes a field-only
-        block for an event with empty data).
+        Frames are rendered by the core as SSE (one ``Registry.poll`` per flush), or by ``plan.render`` for
+        other formats (the OpenAI chunks). ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI
+        SDK's SSE reader takes a field-only block for an event with empty data).
         """
         transport = self.transport
         if transport is None or self._closing:
             return
+        stream = plan.stream
         self.stream = stream
-        self.position = after
+        self.position = plan.after
         self._handle = stream._handle
-        self._wire = wire
-        self._render = render
-        self._trailer = trailer
+        self._render = plan.render
+        self._trailer = plan.trailer
         headers = [
             ("Content-Type", "text/event-stream; charset=utf-8"),
             ("Cache-Control", "no-cache"),
             ("X-Accel-Buffering", "no"),
             ("Connection", "close"),
-            *head,
+            *plan.head,
         ]
         wt = self.server.webtransport
         if wt is not None:
             headers.append(("Alt-Svc", f'h3=":{wt.port}"; ma=86400'))
-        retry_block = _core.sse_retry(self.server.config.retry_ms) if retry else b""
-        transport.write(render_head(200, headers) + retry_block + intro)
+        retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
+        transport.write(render_head(200, headers) + retry_block + plan.intro)
         self._last_write = self.server.loop.time()
         self.server.streaming.add(self)
         stream.attach(self._on_frames)
@@ -272,7 +258,7 @@ class SseConnection(asyncio.Protocol):
         pos = self.position
         try:
             if self._render is None:
-                data, last, ended = self._poll(self._handle, pos, self._wire)
+                data, last, ended = self._poll(self._handle, pos, _WIRE_SSE)
             else:
                 storage = server.hub.storage
                 last = storage.last_seq(self._handle)
