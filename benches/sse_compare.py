@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +45,64 @@ SERVERS: dict[str, dict[str, Any]] = {
 }
 
 
-def start_server(name: str, port: int, steps: float, cores: str) -> subprocess.Popen[str]:
-    cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]["cmd"]]
+def spawn_server(
+    name: str, cmd: list[str], cores: str, ready: Callable[[str], str | None], timeout: float = 30.0
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``cmd`` pinned to ``cores``; wait for the output line ``ready`` accepts (it returns what the
+    caller needs from that line, ``None`` for any other line)."""
     proc = subprocess.Popen(  # noqa: S603 - our own commands
         [TASKSET, "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if "listening on" in line or "serving SSE on" in line:
-            return proc
+        found = ready(line)
+        if found is not None:
+            return proc, found
         if not line and proc.poll() is not None:
             break
     proc.kill()
     raise RuntimeError(f"{name} did not start")
+
+
+def start_server(name: str, port: int, steps: float, cores: str) -> subprocess.Popen[str]:
+    cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]["cmd"]]
+    ready = lambda line: "" if "listening on" in line or "serving SSE on" in line else None
+    return spawn_server(name, cmd, cores, ready, timeout=20)[0]
+
+
+def run_loadtest(args: argparse.Namespace, server: subprocess.Popen[str], loadtest_args: list[str]) -> dict[str, Any]:
+    """``tokenwire loadtest`` pinned to ``args.client_cores`` against ``server`` (its CPU measured); its report."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        report_path = f.name
+    cmd = [
+        TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest", *loadtest_args,
+        "--ramp", str(args.ramp), "--server-pid", str(server.pid), "--json", report_path, "--quiet",
+        "--procs", str(args.procs), "--stream-timeout", str(args.stream_timeout),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=False, timeout=args.timeout)  # noqa: S603
+    report: dict[str, Any] = json.loads(Path(report_path).read_text())
+    os.unlink(report_path)
+    return report
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, duration: float, out: str) -> None:
+    """What :func:`run_loadtest` and the drivers' ``run_point`` read from ``args``, and ``--out``."""
+    p.add_argument("--duration", type=float, default=duration, help="seconds of tokens per stream")
+    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
+    p.add_argument("--ramp", type=float, default=1000.0)
+    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    p.add_argument("--server-cores", default="0")
+    p.add_argument("--client-cores", default="1")
+    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
+    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
+    p.add_argument("--out", default=out)
+
+
+def ms(d: dict[str, Any], k: str) -> str:
+    """A report's percentile ``k`` (seconds) in whole milliseconds."""
+    return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -75,22 +119,14 @@ def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> d
     steps = 0 if unthrottled else args.steps  # 0: per-request pacing with tokens_per_s=0, i.e. unthrottled
     proc = start_server(name, port, steps, args.server_cores)
     try:
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-            report_path = f.name
         max_tokens = args.unthrottled_tokens if unthrottled else max(1, round(args.duration * args.steps))
-        cmd = [
-            TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest",
-            "--url", f"http://127.0.0.1:{port}", "--streams", str(streams), "--ramp", str(args.ramp),
+        loadtest_args = [
+            "--url", f"http://127.0.0.1:{port}", "--streams", str(streams),
             "--max-tokens", str(max_tokens), "--tokens-per-s", "0" if unthrottled else str(args.steps),
-            "--server-pid", str(proc.pid), "--json", report_path, "--quiet", "--procs", str(args.procs),
-            "--stream-timeout", str(args.stream_timeout),
         ]  # fmt: skip
         if not SERVERS[name]["resume"]:
-            cmd.append("--no-resume")
-        subprocess.run(cmd, check=False, timeout=args.timeout)  # noqa: S603
-        report: dict[str, Any] = json.loads(Path(report_path).read_text())
-        os.unlink(report_path)
-        return report
+            loadtest_args.append("--no-resume")
+        return run_loadtest(args, proc, loadtest_args)
     finally:
         stop_server(proc)
 
@@ -99,10 +135,6 @@ def row(name: str, streams: int, r: dict[str, Any]) -> str:
     sv = r.get("server", {})
     mem_per_1k = (sv.get("peak_rss_bytes", 0) - sv.get("rss_before_bytes", 0)) / max(streams, 1) * 1000 / 2**20
     per100k = sv.get("cpu_seconds_per_100k_tokens")
-
-    def ms(d: dict[str, Any], k: str) -> str:
-        return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
-
     c = r["correctness"]
     return (
         f"| {name} | {streams:,} | {r['tokens']['per_s']:,.0f} | {per100k:.2f} | {sv.get('cpu_utilisation', 0) * 100:.0f}% "
@@ -118,16 +150,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", default="1000,3000,5000,10000", help="concurrent streams per point")
     p.add_argument("--servers", default="tokenwire,sse-starlette,aiohttp", help=f"from {', '.join(SERVERS)}")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of tokens per stream")
-    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
-    p.add_argument("--ramp", type=float, default=1000.0)
-    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
     p.add_argument("--unthrottled-tokens", type=int, default=0, help="also run 1 unthrottled stream of N tokens")
-    p.add_argument("--server-cores", default="0")
-    p.add_argument("--client-cores", default="1")
-    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
-    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
-    p.add_argument("--out", default="sse_compare.json")
+    add_run_arguments(p, duration=10.0, out="sse_compare.json")
     args = p.parse_args()
     points = [int(x) for x in args.points.split(",") if x]
     if args.unthrottled_tokens:

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from benches.sse_compare import PY, TASKSET, TOKENWIRE, stop_server
+from benches.sse_compare import PY, TOKENWIRE, add_run_arguments, ms, run_loadtest, spawn_server, stop_server
 
 SERVERS: dict[str, list[str]] = {
     "tokenwire-wt": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}"],
@@ -41,22 +38,20 @@ def start_server(
     """The server process and the certificate hash it printed ('' for SSE). ``command``: instead of
     ``SERVERS[name]`` (same ``{port}``/``{steps}`` placeholders; it must print the hash like the others)."""
     cmd = [c.format(port=port, steps=steps) for c in (command or SERVERS[name])]
-    proc = subprocess.Popen(  # noqa: S603 - our own commands
-        [TASKSET, "-c", cores, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+
+    def ready(line: str) -> str | None:
         if name == "tokenwire-sse" and "serving SSE on" in line:
-            return proc, ""
+            return ""
         found = _CERT_HASH.search(line)
-        if found and ("listening on" in line or "WebTransport on" in line):
-            return proc, found[1]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"{name} did not start")
+        return found[1] if found and ("listening on" in line or "WebTransport on" in line) else None
+
+    return spawn_server(name, cmd, cores, ready)
+
+
+def parse_point(point: str) -> tuple[int, int]:
+    """``STREAMS`` (one session per stream: 0) or ``STREAMSxSESSIONS``."""
+    streams, _, sessions = point.partition("x")
+    return int(streams), int(sessions or 0)
 
 
 def run_point(
@@ -72,50 +67,22 @@ def run_point(
     """One load-generator run against a fresh server; ``client_args`` go to ``tokenwire loadtest``."""
     proc, cert = start_server(name, port, args.steps, args.server_cores, command)
     try:
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-            report_path = f.name
         max_tokens = max(1, round(args.duration * args.steps))
-        cmd = [
-            TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest",
-            "--streams", str(streams), "--ramp", str(args.ramp),
-            "--max-tokens", str(max_tokens), "--tokens-per-s", str(args.steps),
-            "--server-pid", str(proc.pid), "--json", report_path, "--quiet", "--procs", str(args.procs),
-            "--stream-timeout", str(args.stream_timeout),
-        ]  # fmt: skip
+        loadtest_args = ["--streams", str(streams), "--max-tokens", str(max_tokens), "--tokens-per-s", str(args.steps)]
         if name == "tokenwire-sse":
-            cmd += ["--url", f"http://127.0.0.1:{port}"]
+            loadtest_args += ["--url", f"http://127.0.0.1:{port}"]
         else:
             url = f"https://127.0.0.1:{port}/v1/webtransport"
-            cmd += ["--protocol", "webtransport", "--url", url, "--wt-cert-hash", cert, "--sessions", str(sessions)]
-        cmd += client_args
-        subprocess.run(cmd, check=False, timeout=args.timeout)  # noqa: S603
-        report: dict[str, Any] = json.loads(Path(report_path).read_text())
-        os.unlink(report_path)
-        return report
+            loadtest_args += ["--protocol", "webtransport", "--url", url, "--wt-cert-hash", cert]
+            loadtest_args += ["--sessions", str(sessions)]
+        return run_loadtest(args, proc, [*loadtest_args, *client_args])
     finally:
         stop_server(proc)
-
-
-def add_run_arguments(p: argparse.ArgumentParser, *, duration: float, out: str) -> None:
-    """What :func:`run_point` reads from its ``args``, and ``--out``."""
-    p.add_argument("--duration", type=float, default=duration, help="seconds of tokens per stream")
-    p.add_argument("--steps", type=float, default=20.0, help="engine steps (tokens per stream) per second")
-    p.add_argument("--ramp", type=float, default=1000.0)
-    p.add_argument("--procs", type=int, default=1, help="load-generator processes")
-    p.add_argument("--server-cores", default="0")
-    p.add_argument("--client-cores", default="1")
-    p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
-    p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
-    p.add_argument("--out", default=out)
 
 
 def row(name: str, point: str, r: dict[str, Any]) -> str:
     sv = r.get("server", {})
     per100k = sv.get("cpu_seconds_per_100k_tokens")
-
-    def ms(d: dict[str, Any], k: str) -> str:
-        return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
-
     c = r["correctness"]
     ok = f"{r['streams']['ok']}/{r['streams']['total']}"
     if per100k is None:
@@ -138,8 +105,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     port = 18300
     for point in [x for x in args.points.split(",") if x]:
-        streams_s, _, sessions_s = point.partition("x")
-        streams, sessions = int(streams_s), int(sessions_s or 0)
+        streams, sessions = parse_point(point)
         for name in args.servers.split(","):
             port += 1
             report = run_point(name, streams, sessions, args, port)

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
-from benches.sse_compare import PY
-from benches.wt_compare import add_run_arguments, run_point
+from benches.sse_compare import PY, add_run_arguments, ms
+from benches.wt_compare import parse_point, run_point
 
 _LEVER_SERVER = [PY, "-m", "benches.wt_lever_server", "--steps-per-s", "{steps}", "--port", "{port}"]
 
@@ -44,10 +43,6 @@ LEVERS: list[tuple[str, str, list[str] | None, tuple[str, ...]]] = [
 ]
 
 
-def _ms(d: dict[str, Any], k: str) -> str:
-    return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", default="100,1000x10", help="STREAMS or STREAMSxSESSIONS, comma-separated")
@@ -62,8 +57,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     port = 18700
     for point in [x for x in args.points.split(",") if x]:
-        streams_s, _, sessions_s = point.partition("x")
-        streams, sessions = int(streams_s), int(sessions_s or 0)
+        streams, sessions = parse_point(point)
         plain: float | None = None
         for n, (label, name, command, client_args) in enumerate(LEVERS, 1):
             if n not in chosen:
@@ -78,7 +72,7 @@ def main() -> int:
             cpu = f"{per100k:.2f}" if per100k else "no tokens"
             print(
                 f"| {n} | {label} | {point} | {r['tokens']['per_s']:,.0f} | {cpu} | {ratio} "
-                f"| {_ms(r['delivery_lag_s'], 'p99')} | {_ms(r['schedule_lateness_s'], 'p99')} "
+                f"| {ms(r['delivery_lag_s'], 'p99')} | {ms(r['schedule_lateness_s'], 'p99')} "
                 f"| {r['streams']['ok']}/{r['streams']['total']} |",
                 flush=True,
             )
