@@ -78,8 +78,8 @@ pub struct Decoder {
     poisoned: Option<FrameError>,
 }
 
-enum Step {
-    Frame(Frame, usize),
+enum Step<'a> {
+    Frame(FrameKind, u64, &'a str, usize),
     NeedMore,
 }
 
@@ -101,12 +101,24 @@ impl Decoder {
     /// `out` still holds the frames before it and the error is returned (and returned again by every
     /// later call).
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Frame>) -> Result<(), FrameError> {
+        self.feed_with(data, |kind, seq, payload| {
+            out.push(Frame {
+                kind,
+                seq,
+                payload: payload.to_owned(),
+            });
+        })
+    }
+
+    /// As [`Decoder::feed`], but hands each frame to `f` with its payload borrowed from the input (no copy
+    /// here: a binding makes its own string once).
+    pub fn feed_with(&mut self, data: &[u8], mut f: impl FnMut(FrameKind, u64, &str)) -> Result<(), FrameError> {
         if let Some(e) = &self.poisoned {
             return Err(e.clone());
         }
         let result = if self.buf.is_empty() {
             // Common case: parse straight from the caller's bytes and keep only the tail.
-            let (used, r) = self.parse_all(data, out);
+            let (used, r) = self.parse_all(data, &mut f);
             if r.is_ok() {
                 self.buf.extend_from_slice(&data[used..]);
             }
@@ -114,7 +126,7 @@ impl Decoder {
         } else {
             let mut buf = std::mem::take(&mut self.buf);
             buf.extend_from_slice(data);
-            let (used, r) = self.parse_all(&buf, out);
+            let (used, r) = self.parse_all(&buf, &mut f);
             buf.drain(..used);
             self.buf = buf;
             r
@@ -140,12 +152,12 @@ impl Decoder {
         }
     }
 
-    fn parse_all(&self, mut data: &[u8], out: &mut Vec<Frame>) -> (usize, Result<(), FrameError>) {
+    fn parse_all(&self, mut data: &[u8], f: &mut impl FnMut(FrameKind, u64, &str)) -> (usize, Result<(), FrameError>) {
         let mut used = 0;
         loop {
             match self.parse_one(data) {
-                Ok(Step::Frame(frame, n)) => {
-                    out.push(frame);
+                Ok(Step::Frame(kind, seq, payload, n)) => {
+                    f(kind, seq, payload);
                     used += n;
                     data = &data[n..];
                 }
@@ -155,7 +167,7 @@ impl Decoder {
         }
     }
 
-    fn parse_one(&self, data: &[u8]) -> Result<Step, FrameError> {
+    fn parse_one<'a>(&self, data: &'a [u8]) -> Result<Step<'a>, FrameError> {
         let Some(&kind_byte) = data.first() else {
             return Ok(Step::NeedMore);
         };
@@ -181,14 +193,7 @@ impl Decoder {
             return Ok(Step::NeedMore);
         }
         let payload = std::str::from_utf8(&data[start..end]).map_err(|_| FrameError::InvalidUtf8 { seq })?;
-        Ok(Step::Frame(
-            Frame {
-                kind,
-                seq,
-                payload: payload.to_owned(),
-            },
-            end,
-        ))
+        Ok(Step::Frame(kind, seq, payload, end))
     }
 }
 

@@ -189,14 +189,16 @@ impl PyFrameDecoder {
     #[pyo3(name = "feed")]
     fn py_feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let mut frames = Vec::new();
-        let result = self.inner.feed(data, &mut frames);
+        let result = self.inner.feed_with(data, |kind, seq, payload| {
+            frames.push((kind as u8, seq, PyString::new(py, payload)));
+        });
         if let Err(e) = result {
             // Frames before the error are delivered; the (poisoned) decoder raises on the next call.
             if frames.is_empty() {
                 return Err(exc::FrameError::new_err(e.to_string()));
             }
         }
-        PyList::new(py, frames.iter().map(|f| (f.kind as u8, f.seq, f.payload.as_str())))
+        PyList::new(py, frames)
     }
 
     #[pyo3(name = "close")]
