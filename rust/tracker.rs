@@ -23,6 +23,7 @@
 //! the incomplete event of the old response and keeps every count.
 
 use crate::error::TrackerError;
+use crate::frame::FrameKind;
 use crate::sse_parse::{EventRef, SseParser, DEFAULT_MAX_EVENT_BYTES};
 
 /// The separator between a token's text and its production stamp.
@@ -49,20 +50,27 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// Splits `"text\u{2063}1732540000123456"` into `("text", Some(1732540000123456))`; text without a stamp
 /// comes back whole with `None`.
 pub fn split_stamp(token: &str) -> (&str, Option<u64>) {
-    let bytes = token.as_bytes();
+    let mut sep = [0; 4];
+    match trailing_number(token, STAMP_SEPARATOR.encode_utf8(&mut sep).as_bytes()) {
+        Some((text_end, stamp)) => (&token[..text_end], Some(stamp)),
+        None => (token, None),
+    }
+}
+
+/// The number that ends `s`: 1-20 ASCII digits right after `sep`, as `(where sep starts, the number)`;
+/// `None` without one (or 20 digits above `u64::MAX`).
+#[inline]
+fn trailing_number(s: &str, sep: &[u8]) -> Option<(usize, u64)> {
+    let bytes = s.as_bytes();
     let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-    let sep = STAMP_SEPARATOR.len_utf8();
-    if digits == 0 || digits > 20 || bytes.len() < digits + sep {
-        return (token, None);
+    if digits == 0 || digits > 20 || bytes.len() < digits + sep.len() {
+        return None;
     }
-    let text_end = bytes.len() - digits - sep;
-    if &bytes[text_end..text_end + sep] != "\u{2063}".as_bytes() {
-        return (token, None);
+    let sep_start = bytes.len() - digits - sep.len();
+    if &bytes[sep_start..sep_start + sep.len()] != sep {
+        return None;
     }
-    match token[text_end + sep..].parse::<u64>() {
-        Ok(stamp) => (&token[..text_end], Some(stamp)),
-        Err(_) => (token, None), // 20 digits above u64::MAX
-    }
+    Some((sep_start, s[bytes.len() - digits..].parse().ok()?))
 }
 
 // -- lag histogram ------------------------------------------------------------------------------------
@@ -247,22 +255,17 @@ impl Default for Progress {
 /// The seq of a `{stream_id}:{epoch}:{seq}` id: 1-20 ASCII digits after the last `:`.
 #[inline]
 fn seq_of(id: &str) -> Option<u64> {
-    let bytes = id.as_bytes();
-    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 20 || digits == bytes.len() || bytes[bytes.len() - digits - 1] != b':' {
-        return None;
-    }
-    id[bytes.len() - digits..].parse().ok()
+    trailing_number(id, b":").map(|(_, seq)| seq)
 }
 
 impl Progress {
     /// Handles one event; returns whether it delivered a new token.
     #[inline]
     fn event(&mut self, ev: EventRef<'_>, now_us: u64, lag: &mut LagHistogram) -> Result<bool, TrackerError> {
-        let kind: &'static str = match ev.event_type {
-            "token" => "token",
-            "done" => "done",
-            "error" => "error",
+        let kind = match ev.event_type {
+            "token" => FrameKind::Token,
+            "done" => FrameKind::Done,
+            "error" => FrameKind::Error,
             "stream" => {
                 if self.last_event_id.is_empty() && self.last_seq == 0 {
                     self.last_event_id.push_str(ev.last_event_id);
@@ -275,7 +278,7 @@ impl Progress {
             Some(seq) if seq > 0 => seq,
             _ => {
                 return Err(TrackerError::BadId {
-                    event: kind,
+                    event: kind.sse_event(),
                     id: ev.last_event_id.to_owned(),
                 })
             }
@@ -289,7 +292,7 @@ impl Progress {
         self.last_event_id.clear();
         self.last_event_id.push_str(ev.last_event_id);
         match kind {
-            "token" => {
+            FrameKind::Token => {
                 let (text, stamp) = split_stamp(ev.data);
                 self.tokens += 1;
                 self.content_hash = fnv1a64_update(self.content_hash, text.as_bytes());
@@ -304,7 +307,7 @@ impl Progress {
                 }
                 Ok(true)
             }
-            "done" => {
+            FrameKind::Done => {
                 self.done = true;
                 self.done_data = Some(ev.data.to_owned());
                 Ok(false)
