@@ -21,8 +21,9 @@ import collections
 import json
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
@@ -39,6 +40,8 @@ from tokenwire.errors import (
 )
 
 __all__ = ["ConnectionFailed", "SseClient", "TokenStreamReader"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("tokenwire.client")
 
@@ -167,6 +170,38 @@ def _error_for(status: int, body: bytes) -> TokenwireError:
 
 #: The SSE event types that carry frames, as frame kinds.
 _SSE_KINDS = {"token": _core.FRAME_TOKEN, "done": _core.FRAME_DONE, "error": _core.FRAME_ERROR}
+
+
+async def with_backoff(
+    attempt: Callable[[], Awaitable[_T]],
+    *,
+    what: str,
+    tries: int,
+    initial: float,
+    cap: float,
+    transient: tuple[type[BaseException], ...],
+    transient_status: tuple[int, ...],
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> _T:
+    """``attempt()`` until it succeeds, at most ``tries`` times, sleeping a jittered, doubling delay
+    (``initial`` up to ``cap``) between tries. ``transient`` exceptions and ``RemoteProtocolError`` with a
+    ``transient_status`` are retried; other errors (the typed resume errors) are final. After the last try:
+    ``ConnectionFailed("could not {what}: ...")``."""
+    delay = initial
+    last_error: BaseException | None = None
+    for n in range(tries):
+        if n:
+            await asyncio.sleep(uniform(0, delay))
+            delay = min(cap, delay * 2)
+        try:
+            return await attempt()
+        except transient as exc:
+            last_error = exc
+        except RemoteProtocolError as exc:
+            if exc.status_hint not in transient_status:
+                raise
+            last_error = exc
+    raise ConnectionFailed(f"could not {what}: {last_error!r}") from last_error
 
 
 class TokenStreamReader(TokenReaderBase):
@@ -340,22 +375,14 @@ class SseClient:
         """Resume ``reader`` after a drop, with jittered exponential backoff; typed errors are final."""
         if not reader.stream_id or not reader.epoch:
             raise ConnectionFailed("the connection dropped before the stream was named; nothing to resume")
-        delay = self.backoff_initial
-        last_error: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
-                delay = min(self.backoff_max, delay * 2)
-            try:
-                resp = await self._open_events(reader, reader._resume_id)
-            except (OSError, TimeoutError) as exc:
-                last_error = exc
-                continue
-            except RemoteProtocolError as exc:
-                if exc.status_hint in (502, 503, 504):
-                    last_error = exc
-                    continue
-                raise
-            reader.reconnects += 1
-            return resp
-        raise ConnectionFailed(f"could not resume stream {reader.stream_id}: {last_error!r}") from last_error
+        resp = await with_backoff(
+            lambda: self._open_events(reader, reader._resume_id),
+            what=f"resume stream {reader.stream_id}",
+            tries=self.max_retries + 1,
+            initial=self.backoff_initial,
+            cap=self.backoff_max,
+            transient=(OSError, TimeoutError),
+            transient_status=(502, 503, 504),
+        )
+        reader.reconnects += 1
+        return resp

@@ -57,7 +57,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tokenwire import _core
 from tokenwire.client._reader import TokenReaderBase
-from tokenwire.client.sse import ConnectionFailed
+from tokenwire.client.sse import ConnectionFailed, with_backoff
 from tokenwire.errors import RemoteProtocolError, TokenwireError
 from tokenwire.protocol.webtransport import (
     WT_PATH,
@@ -896,27 +896,20 @@ class WebTransportClient:
         """A new request stream attached to ``stream_id`` after seq ``after`` (a new session if the old one is
         gone), retried ``max_retries`` times with jittered exponential backoff (``uniform`` draws the jitter);
         typed errors are final, and a reply for another stream, epoch or position is refused."""
-        delay = self.backoff_initial
-        last_error: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(uniform(0, delay))
-                delay = min(self.backoff_max, delay * 2)
-            try:
-                stream, reply = await self._request(AttachRequested(stream_id, epoch, after, previews))
-            except (OSError, TimeoutError, StreamInterrupted) as exc:
-                last_error = exc
-                continue
-            except RemoteProtocolError as exc:
-                if exc.status_hint in (429, 502, 503, 504):
-                    last_error = exc
-                    continue
-                raise
-            if not isinstance(reply, StreamAttached) or reply.stream_id != stream_id or reply.after != after:
-                stream.abort()
-                raise RemoteProtocolError(f"unexpected reply to an attach after {after}: {reply!r}")
-            if epoch and reply.epoch != epoch:
-                stream.abort()
-                raise RemoteProtocolError(f"attach answered from epoch {reply.epoch!r}, not {epoch!r}")
-            return stream, reply
-        raise ConnectionFailed(f"could not resume stream {stream_id}: {last_error!r}") from last_error
+        stream, reply = await with_backoff(
+            lambda: self._request(AttachRequested(stream_id, epoch, after, previews)),
+            what=f"resume stream {stream_id}",
+            tries=self.max_retries + 1,
+            initial=self.backoff_initial,
+            cap=self.backoff_max,
+            transient=(OSError, TimeoutError, StreamInterrupted),
+            transient_status=(429, 502, 503, 504),
+            uniform=uniform,
+        )
+        if not isinstance(reply, StreamAttached) or reply.stream_id != stream_id or reply.after != after:
+            stream.abort()
+            raise RemoteProtocolError(f"unexpected reply to an attach after {after}: {reply!r}")
+        if epoch and reply.epoch != epoch:
+            stream.abort()
+            raise RemoteProtocolError(f"attach answered from epoch {reply.epoch!r}, not {epoch!r}")
+        return stream, reply
