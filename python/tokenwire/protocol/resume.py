@@ -10,12 +10,15 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from tokenwire.errors import LocalProtocolError, RemoteProtocolError
+from tokenwire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
+    "MAX_EPOCH_LEN",
+    "MAX_SEQ",
     "MAX_STREAM_ID_LEN",
     "ResumePoint",
     "format_id_prefix",
+    "is_stream_id",
     "new_epoch",
     "new_stream_id",
     "parse_resume_point",
@@ -26,7 +29,8 @@ MAX_STREAM_ID_LEN = 128
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Seqs are QUIC varints on the binary wire: at most 2**62 - 1, i.e. at most 19 decimal digits.
 _SEQ_RE = re.compile(r"0|[1-9][0-9]{0,18}")
-_MAX_SEQ = (1 << 62) - 1
+MAX_SEQ = (1 << 62) - 1
+MAX_EPOCH_LEN = 64
 
 
 def new_stream_id() -> str:
@@ -39,10 +43,16 @@ def new_epoch() -> str:
     return secrets.token_urlsafe(6)
 
 
-def validate_stream_id(stream_id: str) -> str:
-    """Returns ``stream_id`` if it is 1-128 characters of ``[A-Za-z0-9_-]``; else ``LocalProtocolError``."""
-    if len(stream_id) > MAX_STREAM_ID_LEN or not _TOKEN_RE.fullmatch(stream_id):
-        raise LocalProtocolError(f"stream id must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]: {stream_id!r}")
+def is_stream_id(text: str) -> bool:
+    """1-128 characters of ``[A-Za-z0-9_-]``."""
+    return len(text) <= MAX_STREAM_ID_LEN and _TOKEN_RE.fullmatch(text) is not None
+
+
+def validate_stream_id(stream_id: str, error: type[ProtocolError] = LocalProtocolError) -> str:
+    """Returns ``stream_id`` if it is 1-128 characters of ``[A-Za-z0-9_-]``; else raises ``error`` (the
+    caller's fault by default; ``RemoteProtocolError`` for an id that came from the peer)."""
+    if not is_stream_id(stream_id):
+        raise error(f"stream id must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]: {stream_id!r}")
     return stream_id
 
 
@@ -60,7 +70,7 @@ class ResumePoint:
     seq: int
 
     def __str__(self) -> str:
-        return f"{self.stream_id}:{self.epoch}:{self.seq}"
+        return f"{format_id_prefix(self.stream_id, self.epoch)}{self.seq}"
 
 
 def parse_resume_point(text: str) -> ResumePoint:
@@ -71,10 +81,10 @@ def parse_resume_point(text: str) -> ResumePoint:
     if len(parts) != 3:
         raise RemoteProtocolError(f"resume point must be '<stream_id>:<epoch>:<seq>', got {text!r}")
     stream_id, epoch, seq = parts
-    if len(stream_id) > MAX_STREAM_ID_LEN or not _TOKEN_RE.fullmatch(stream_id):
+    if not is_stream_id(stream_id):
         raise RemoteProtocolError(f"malformed stream id in resume point {text!r}")
-    if len(epoch) > 64 or not _TOKEN_RE.fullmatch(epoch):
+    if len(epoch) > MAX_EPOCH_LEN or not _TOKEN_RE.fullmatch(epoch):
         raise RemoteProtocolError(f"malformed epoch in resume point {text!r}")
-    if not _SEQ_RE.fullmatch(seq) or int(seq) > _MAX_SEQ:
+    if not _SEQ_RE.fullmatch(seq) or int(seq) > MAX_SEQ:
         raise RemoteProtocolError(f"malformed seq in resume point {text!r}")
     return ResumePoint(stream_id, epoch, int(seq))

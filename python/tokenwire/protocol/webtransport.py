@@ -42,7 +42,7 @@ from tokenwire.errors import (
     error_fields,
     status_of,
 )
-from tokenwire.protocol.resume import validate_stream_id
+from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_stream_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -100,9 +100,6 @@ REPLY_KINDS: Final = frozenset((REPLY_STREAM, REPLY_CANCELLED, REPLY_ERROR))
 
 #: Largest message body accepted by default (what ``POST /v1/streams`` accepts as a body).
 DEFAULT_MAX_MESSAGE: Final = 1 << 20
-
-_MAX_SEQ: Final = (1 << 62) - 1
-_MAX_EPOCH_LEN: Final = 64
 
 
 class WtCode(enum.IntEnum):
@@ -337,10 +334,7 @@ def _stream_id(body: Mapping[str, Any]) -> str:
     value = body.get("stream_id")
     if not isinstance(value, str):
         raise RemoteProtocolError("'stream_id' (string) is required")
-    try:
-        return validate_stream_id(value)
-    except LocalProtocolError as exc:
-        raise RemoteProtocolError(str(exc)) from None
+    return validate_stream_id(value, RemoteProtocolError)
 
 
 def _previews(body: Mapping[str, Any]) -> bool:
@@ -366,10 +360,10 @@ def parse_request(message: Message) -> Request:
     if message.kind == REQUEST_ATTACH:
         stream_id = _stream_id(body)
         epoch = body.get("epoch", "")
-        if not isinstance(epoch, str) or len(epoch) > _MAX_EPOCH_LEN:
-            raise RemoteProtocolError(f"'epoch' must be a string of at most {_MAX_EPOCH_LEN} characters")
+        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LEN:
+            raise RemoteProtocolError(f"'epoch' must be a string of at most {MAX_EPOCH_LEN} characters")
         after = body.get("after", 0)
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_SEQ:
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
         if after > 0 and not epoch:
             raise RemoteProtocolError("an attach after seq > 0 must name the epoch of its resume point")
@@ -463,10 +457,10 @@ def parse_reply(message: Message) -> Reply:
     try:
         if message.kind == REPLY_STREAM:
             after = body["after"]
-            if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_SEQ:
+            if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
                 raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
             preview = body.get("preview", 0)
-            if isinstance(preview, bool) or not isinstance(preview, int) or not 0 <= preview <= _MAX_SEQ:
+            if isinstance(preview, bool) or not isinstance(preview, int) or not 0 <= preview <= MAX_SEQ:
                 raise RemoteProtocolError("'preview' must be an integer from 0 to 2**62-1")
             return StreamAttached(_stream_id(body), str(body["epoch"]), after, preview)
         if message.kind == REPLY_CANCELLED:
