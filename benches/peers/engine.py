@@ -63,8 +63,7 @@ class QueueEngine:
         Needs a running loop. The caller drains the queue and calls :meth:`abort` if it stops early.
         """
         queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.model.calls += 1
-        self._jobs[queue] = _Job(self.model.tokens(prompt, max_tokens), queue, stamp)
+        self._jobs[queue] = _Job(self.model.start(prompt, max_tokens)[0], queue, stamp)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="peers:queue-engine")
         return queue

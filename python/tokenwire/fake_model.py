@@ -18,11 +18,20 @@ import random
 import time
 import zlib
 from collections.abc import Sequence
-from typing import Any
 
 from tokenwire.hub import Hub, TokenStream
 
-__all__ = ["STAMP_SEPARATOR", "VOCABULARY", "FakeCompletion", "FakeEngine", "FakeModel", "stamp", "unstamp"]
+__all__ = [
+    "STAMP_SEPARATOR",
+    "VOCABULARY",
+    "FakeCompletion",
+    "FakeEngine",
+    "FakeModel",
+    "stamp",
+    "stamp_suffix",
+    "unstamp",
+    "usage",
+]
 
 log = logging.getLogger("tokenwire.fake_model")
 
@@ -32,7 +41,21 @@ STAMP_SEPARATOR = "\u2063"
 
 def stamp(text: str) -> str:
     """``text`` + separator + now as integer microseconds since the Unix epoch (load tests measure lag)."""
-    return f"{text}{STAMP_SEPARATOR}{time.time_ns() // 1000}"
+    return text + stamp_suffix()
+
+
+def stamp_suffix() -> str:
+    """What :func:`stamp` appends: the separator and now in µs (one read of the clock for a whole batch)."""
+    return f"{STAMP_SEPARATOR}{time.time_ns() // 1000}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI-style token counts of a finished generation."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def unstamp(text: str) -> str:
@@ -144,11 +167,7 @@ class FakeCompletion:
         i = self._i
         if i >= len(self._tokens):
             self.finish_reason = "length"
-            self.usage = {
-                "prompt_tokens": self._prompt_tokens,
-                "completion_tokens": i,
-                "total_tokens": self._prompt_tokens + i,
-            }
+            self.usage = usage(self._prompt_tokens, i)
             raise StopAsyncIteration
         loop = asyncio.get_running_loop()
         if self._t0 is None:
@@ -165,7 +184,7 @@ class FakeCompletion:
             self._i = i + len(batch)
             await asyncio.sleep(0)
             if self._stamp:
-                at = f"{STAMP_SEPARATOR}{time.time_ns() // 1000}"
+                at = stamp_suffix()
                 return [t + at for t in batch]
             return batch
         self._i = i + 1
@@ -192,6 +211,11 @@ class FakeModel:
         #: How many generations were started: a resumed stream must not start another.
         self.calls = 0
 
+    def start(self, prompt: str, max_tokens: int) -> tuple[list[str], int]:
+        """One generation begins (counted in :attr:`calls`): its tokens and its prompt's token count."""
+        self.calls += 1
+        return self.tokens(prompt, max_tokens), max(1, len(prompt) // 4)
+
     def tokens(self, prompt: str, max_tokens: int) -> list[str]:
         """The tokens a generation of ``prompt`` produces (no pacing)."""
         if max_tokens < 0:
@@ -212,10 +236,10 @@ class FakeModel:
 
         ``stamp``: append to each token its production time (see :func:`stamp`), for load tests.
         """
-        self.calls += 1
+        tokens, prompt_tokens = self.start(prompt, max_tokens)
         return FakeCompletion(
-            self.tokens(prompt, max_tokens),
-            prompt_tokens=max(1, len(prompt) // 4),
+            tokens,
+            prompt_tokens=prompt_tokens,
             ttft=self.ttft if ttft is None else ttft,
             tokens_per_s=self.tokens_per_s if tokens_per_s is None else tokens_per_s,
             stamp=stamp,
@@ -255,8 +279,7 @@ class FakeEngine:
     ) -> TokenStream:
         """Start a generation: it gets its first token at the next step. Needs a running loop."""
         stream = self.hub.create_stream(stream_id, abandonable=True)
-        self.model.calls += 1
-        self._jobs.append(_Job(stream, self.model.tokens(prompt, max_tokens), max(1, len(prompt) // 4), stamp))
+        self._jobs.append(_Job(stream, *self.model.start(prompt, max_tokens), stamp))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tokenwire:fake-engine")
         return stream
@@ -275,12 +298,7 @@ class FakeEngine:
                 job.i += 1
                 sent += 1
             if job.i >= len(job.tokens):
-                usage: dict[str, Any] = {
-                    "prompt_tokens": job.prompt_tokens,
-                    "completion_tokens": job.i,
-                    "total_tokens": job.prompt_tokens + job.i,
-                }
-                stream.finish("length", usage=usage)
+                stream.finish("length", usage=usage(job.prompt_tokens, job.i))
             else:
                 keep.append(job)
         self._jobs = keep
