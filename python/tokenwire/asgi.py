@@ -63,7 +63,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, status_of
@@ -71,7 +71,7 @@ from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenwire.metrics import ServerMetrics
-from tokenwire.protocol.http1 import HttpError
+from tokenwire.protocol.http1 import HttpError, check_body_size, parse_query
 from tokenwire.server.base import HubHost
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import (
@@ -363,19 +363,11 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _query(scope: Scope) -> dict[str, str]:
-    raw: bytes = scope.get("query_string", b"")
-    if not raw:
-        return {}
-    try:
-        return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
-    except UnicodeDecodeError:
-        raise HttpError(400, "request target is not UTF-8") from None
+    return parse_query(scope.get("query_string", b""))
 
 
 async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    length = headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise HttpError(413, f"request body larger than {limit} bytes")
+    check_body_size(headers.get("content-length"), 0, limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -384,8 +376,7 @@ async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -
             raise _Disconnected
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body larger than {limit} bytes")
+        check_body_size(None, size, limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -14,7 +14,16 @@ import httptools
 
 from tokenwire.errors import RemoteProtocolError
 
-__all__ = ["HttpError", "HttpLimits", "Request", "RequestParser", "render_head", "render_response"]
+__all__ = [
+    "HttpError",
+    "HttpLimits",
+    "Request",
+    "RequestParser",
+    "check_body_size",
+    "parse_query",
+    "render_head",
+    "render_response",
+]
 
 
 class HttpError(RemoteProtocolError):
@@ -106,14 +115,11 @@ class RequestParser:
         self._headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limits.max_body_bytes):
-            raise HttpError(413, f"request body larger than {self.limits.max_body_bytes} bytes")
+        check_body_size(self._headers.get("content-length"), 0, self.limits.max_body_bytes)
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
-        if self._body_len > self.limits.max_body_bytes:
-            raise HttpError(413, f"request body larger than {self.limits.max_body_bytes} bytes")
+        check_body_size(None, self._body_len, self.limits.max_body_bytes)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -124,9 +130,9 @@ class RequestParser:
             raise HttpError(400, "malformed request target") from None
         try:
             path = url.path.decode("utf-8")
-            query = dict(parse_qsl(url.query.decode("utf-8"), keep_blank_values=True)) if url.query else {}
         except UnicodeDecodeError:
             raise HttpError(400, "request target is not UTF-8") from None
+        query = parse_query(url.query or b"")
         self._done.append(
             Request(
                 method=parser.get_method().decode("latin-1"),
@@ -139,6 +145,24 @@ class RequestParser:
                 header_names=self._names,
             )
         )
+
+
+def check_body_size(content_length: str | None, received: int, limit: int) -> None:
+    """413 for a declared ``Content-Length`` (or a malformed one) or a body received so far above ``limit``."""
+    if (
+        content_length is not None and (not content_length.isdigit() or int(content_length) > limit)
+    ) or received > limit:
+        raise HttpError(413, f"request body larger than {limit} bytes")
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """A request target's query string as a dict (the last of repeated names wins); 400 unless UTF-8."""
+    if not raw:
+        return {}
+    try:
+        return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+    except UnicodeDecodeError:
+        raise HttpError(400, "request target is not UTF-8") from None
 
 
 def render_head(status: int, headers: list[tuple[str, str]]) -> bytes:
