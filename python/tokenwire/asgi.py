@@ -75,6 +75,8 @@ from tokenwire.protocol.http1 import HttpError, check_body_size, parse_query
 from tokenwire.server.base import HubHost
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import (
+    SHUTDOWN_HINT,
+    SSE_HEADERS,
     Endpoints,
     StreamPlan,
     collect_completion,
@@ -114,15 +116,11 @@ Headers = list[tuple[bytes, bytes]]
 
 _WIRE_SSE = _core.WIRE_SSE
 _STATE_OPEN = _core.STATE_OPEN
-_SHUTDOWN_HINT = b": server shutting down, reconnect to resume\nretry: 250\n\n"
 
 
 def _sse_headers(head: list[tuple[str, str]]) -> Headers:
     return [
-        (b"content-type", b"text/event-stream; charset=utf-8"),
-        (b"cache-control", b"no-cache"),
-        (b"x-accel-buffering", b"no"),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in head),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (*SSE_HEADERS, *head)),
     ]
 
 
@@ -295,7 +293,7 @@ class _Streamer:
                 if ended:
                     pending += plan.trailer
                 elif self._shutdown:
-                    pending += _SHUTDOWN_HINT
+                    pending += SHUTDOWN_HINT
                     ended = True
                 elif not pending and self._heartbeat_due:
                     pending = b":\n"

@@ -217,6 +217,16 @@ def nothing_left(stream: TokenStream, after: int) -> bool:
     return not stream.is_open and after >= stream.last_seq
 
 
+#: The response headers of every SSE stream (both servers; the socket server adds ``Connection: close``).
+SSE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+)
+#: Written to every open stream at shutdown: clients come back soon and resume.
+SHUTDOWN_HINT = b": server shutting down, reconnect to resume\nretry: 250\n\n"
+
+
 def left_early(stream: TokenStream, position: int) -> bool:
     """A reader that stops at ``position`` leaves something behind: the stream is open, or holds frames after
     it. False once the stream itself is gone (swept): nothing is left to miss."""

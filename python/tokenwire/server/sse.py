@@ -26,7 +26,7 @@ from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.endpoints import Render, StreamPlan, left_early
+from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, left_early
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -226,9 +226,7 @@ class SseConnection(asyncio.Protocol):
         self._render = plan.render
         self._trailer = plan.trailer
         headers = [
-            ("Content-Type", "text/event-stream; charset=utf-8"),
-            ("Cache-Control", "no-cache"),
-            ("X-Accel-Buffering", "no"),
+            *SSE_HEADERS,
             ("Connection", "close"),
             *plan.head,
         ]
@@ -305,7 +303,7 @@ class SseConnection(asyncio.Protocol):
         """Tell the client to come back soon, then close (it resumes with its Last-Event-ID)."""
         if self.transport is not None and not self._closing:
             self._closing = True
-            self.transport.write(b": server shutting down, reconnect to resume\nretry: 250\n\n")
+            self.transport.write(SHUTDOWN_HINT)
             self.transport.close()
 
 
