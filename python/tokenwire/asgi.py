@@ -278,12 +278,7 @@ class _Streamer:
         self._timer = loop.call_at(self._last_write + min(self.heartbeat_interval, self.stall_timeout), self._tick)
         try:
             while not self._disconnected:
-                if render is None:
-                    data, last, ended = poll(handle, pos, _WIRE_SSE)
-                else:
-                    last = storage.last_seq(handle)
-                    ended = storage.state(handle) != _STATE_OPEN
-                    data = render(handle, pos) if last > pos else b""
+                data, last, ended = poll(handle, pos, _WIRE_SSE) if render is None else render(handle, pos)
                 if last > pos:
                     if m is not None:
                         m.observe_write(pos, last, len(data), loop.time(), self._requested_at, self._last_write)

@@ -47,8 +47,8 @@ STREAMS_PATH = "/v1/streams"
 WT_CERTIFICATE_PATH = "/v1/webtransport/certificate"
 
 #: A custom rendering of the frames after a seq, for formats the core does not render (OpenAI chunks):
-#: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
-Render = Callable[[int, int], bytes]
+#: ``(handle, after) -> (bytes, last seq, ended)`` as ``Registry.poll``. Raises ResumeExpired / StreamNotFound.
+Render = Callable[[int, int], tuple[bytes, int, bool]]
 
 _OPENAI_DONE = b"data: [DONE]\n\n"
 
@@ -264,7 +264,11 @@ def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base:
     prefix = format_id_prefix(stream.id, hub.epoch)
     dumps = json.dumps
 
-    def render(handle: int, pos: int) -> bytes:
+    def render(handle: int, pos: int) -> tuple[bytes, int, bool]:
+        last = storage.last_seq(handle)
+        ended = storage.state(handle) != _core.STATE_OPEN
+        if last <= pos:
+            return b"", last, ended
         out: list[bytes] = []
         for kind, seq, text in storage.frames_since(handle, pos):
             if kind == FrameKind.TOKEN:
@@ -280,7 +284,7 @@ def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base:
                 err = json.loads(text)
                 chunk = {"error": {"message": err.get("message", ""), "type": err.get("code", "error")}}
             out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}"))
-        return b"".join(out)
+        return b"".join(out), last, ended
 
     intro = b""
     if after == 0:

@@ -34,8 +34,7 @@ log = logging.getLogger("tokenwire.server")
 
 _WIRE_SSE = _core.WIRE_SSE
 
-#: A custom rendering of the frames after a seq (formats the core does not render, like OpenAI chunks):
-#: ``(handle, after) -> bytes``. Raises ResumeExpired / StreamNotFound.
+#: The name this module exported before ``endpoints.Render`` (see there).
 StreamRender = Render
 
 
@@ -255,13 +254,10 @@ class SseConnection(asyncio.Protocol):
         server = self.server
         pos = self.position
         try:
-            if self._render is None:
-                data, last, ended = self._poll(self._handle, pos, _WIRE_SSE)
-            else:
-                storage = server.hub.storage
-                last = storage.last_seq(self._handle)
-                ended = storage.state(self._handle) != _core.STATE_OPEN
-                data = self._render(self._handle, pos) if last > pos else b""
+            render = self._render
+            data, last, ended = (
+                self._poll(self._handle, pos, _WIRE_SSE) if render is None else render(self._handle, pos)
+            )
         except ResumeExpired:
             # The client read so slowly that the ring moved past it: close; its resume gets 410.
             server.metrics.backpressure_closes_total += 1
