@@ -355,6 +355,12 @@ class Endpoints:
 
     # -- generation --------------------------------------------------------------------------------
 
+    def start(self, body: dict[str, Any], prompt: str) -> TokenStream:
+        """A generation of ``prompt`` with the ``max_tokens`` of ``body`` (64 by default, checked)."""
+        return self.start_generation(
+            body, prompt, int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
+        )
+
     def start_generation(self, body: dict[str, Any], prompt: str, max_tokens: int) -> TokenStream:
         host = self.host
         stream_id = body.get("stream_id")
@@ -379,8 +385,7 @@ class Endpoints:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise HttpError(400, "'prompt' (string) is required")
-        max_tokens = int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
-        stream = self.start_generation(body, prompt, max_tokens)
+        stream = self.start(body, prompt)
         return self.plan_sse(stream, 0, base)
 
     def cancel(self, stream_id: str) -> None:

@@ -78,7 +78,7 @@ from tokenwire.protocol.webtransport import (
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.endpoints import Endpoints, count_resume, int_field, left_early
+from tokenwire.server.endpoints import Endpoints, count_resume, left_early
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
 
@@ -469,9 +469,7 @@ class WebTransportConnection(QuicConnectionProtocol):
                 self._serve(st, stream, request.after, request.previews)
             elif isinstance(request, StartRequested):
                 body = request.body()
-                max_tokens = int_field(body, "max_tokens", 64, 1, server.config.max_tokens_limit)
-                stream = server.endpoints.start_generation(body, request.prompt, max_tokens)
-                self._serve(st, stream, 0, body.get("previews") is True)
+                self._serve(st, server.endpoints.start(body, request.prompt), 0, body.get("previews") is True)
             else:
                 self._cancel(st, request)
         except TokenwireError as exc:
