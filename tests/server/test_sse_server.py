@@ -16,6 +16,7 @@ from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event, SpecParser
 from tokenwire import FakeModel, Hub, MemoryStorage
 from tokenwire.server import SseServer
+from tokenwire.server.endpoints import left_early
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -344,3 +345,17 @@ async def test_shutdown_while_streaming_tells_clients_to_reconnect() -> None:
                 await client.get(health)
     finally:
         await server_cm.__aexit__(None, None, None)
+
+
+async def test_left_early_is_false_once_the_stream_is_gone() -> None:
+    """A reader cut after the janitor removed its ended stream left nothing behind; the check answers
+    instead of raising StreamNotFound inside a flush or connection_lost."""
+    hub = Hub()
+    stream = hub.create_stream()
+    stream.send("x")
+    assert left_early(stream, 0)
+    stream.finish()
+    assert left_early(stream, 1) and not left_early(stream, 2)
+    hub.storage.remove(stream._handle)
+    assert not left_early(stream, 0)
+    await hub.aclose()
