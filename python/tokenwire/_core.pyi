@@ -80,7 +80,8 @@ class FrameDecoder:
 class Ring:
     """One stream's recent frames, seq-indexed (1, 2, ...), bounded by frame count and payload bytes."""
 
-    def __new__(cls, id_prefix: str = "", *, max_frames: int = 65536, max_bytes: int = ...) -> Self: ...
+    def __new__(cls, id_prefix: str = "", *, max_frames: int = ..., max_bytes: int = ...) -> Self:
+        """Defaults: 65,536 frames, 8 MiB of payload."""
     def append(self, text: str, kind: int = ...) -> int:
         """Append one frame; returns its seq. ``LocalProtocolError`` if ``text`` alone exceeds ``max_bytes``."""
 
@@ -121,12 +122,12 @@ class Registry:
     def __new__(
         cls,
         *,
-        max_frames_per_stream: int = 65536,
+        max_frames_per_stream: int = ...,
         max_bytes_per_stream: int = ...,
         max_total_bytes: int = ...,
-        ttl: float = 300.0,
+        ttl: float = ...,
     ) -> Self:
-        """Defaults: 8 MiB per stream, 1 GiB in all, ended streams kept 300 s."""
+        """Defaults: 65,536 frames and 8 MiB per stream, 1 GiB in all, ended streams kept 300 s."""
     def create(self, key: str, id_prefix: str) -> int:
         """Register an open stream. ``HubFull`` if open streams hold the memory cap."""
 
