@@ -10,13 +10,20 @@ its own buffers.)
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Protocol
 
 __all__ = ["Flushable", "Flusher"]
 
+log = logging.getLogger("tokenwire.server")
+
 
 class Flushable(Protocol):
     def flush(self) -> None: ...
+
+    def flush_failed(self, exc: Exception) -> None:
+        """``flush`` raised: end this connection (only this one); its client resumes elsewhere or later."""
+        ...
 
 
 class Flusher:
@@ -44,4 +51,13 @@ class Flusher:
         pending, self._pending = self._pending, []
         self.runs += 1
         for conn in pending:
-            conn.flush()
+            # One connection's failure is its own: every other connection of this batch is still written
+            # (uvloop's _exec_queued_writes isolates each transport the same way).
+            try:
+                conn.flush()
+            except Exception as exc:
+                log.exception("flush of %r failed; closing that connection only", conn)
+                try:
+                    conn.flush_failed(exc)
+                except Exception:
+                    log.exception("closing %r after a failed flush failed too", conn)

@@ -276,6 +276,10 @@ class SseConnection(asyncio.Protocol):
         if ended:  # every frame up to the final one is written now
             self._finish_stream()
 
+    def flush_failed(self, exc: Exception) -> None:
+        """``flush`` raised (the flusher logged it): close this connection only; its client resumes."""
+        self._abort()
+
     def write_heartbeat(self, now: float) -> None:
         if self.transport is not None and not self._paused and not self._closing:
             self.transport.write(b":\n")

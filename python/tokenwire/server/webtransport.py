@@ -612,9 +612,22 @@ class WebTransportConnection(QuicConnectionProtocol):
         if self._quic._datagrams_pending:
             self._trim_previews()
         for st in dirty:
-            st.write()
+            try:
+                st.write()
+            except Exception:  # one stream's failure is its own: the others of this connection go on
+                log.exception("write of WebTransport stream %d failed; resetting that stream only", st.qid)
+                with contextlib.suppress(Exception):
+                    self.reset(st, WtCode.INTERNAL_ERROR)
         if not self.closed:
             self.transmit()
+
+    def flush_failed(self, exc: Exception) -> None:
+        """``flush`` itself raised (not one stream's write): close this connection; its streams resume."""
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
+                self.transmit()
+            self._terminated()
 
     def _wake_paused(self) -> None:
         low = self.server.config.webtransport.stream_buffer_high // 2
