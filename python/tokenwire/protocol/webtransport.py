@@ -33,6 +33,7 @@ from tokenwire.errors import (
     EpochMismatch,
     FrameError,
     HubFull,
+    InvalidBody,
     LocalProtocolError,
     RemoteProtocolError,
     ResumeExpired,
@@ -42,6 +43,7 @@ from tokenwire.errors import (
     error_fields,
     status_of,
 )
+from tokenwire.protocol.json_body import loads_object
 from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_stream_id
 
 __all__ = [
@@ -209,7 +211,7 @@ class MessageReader:
         self._max = max_bytes
         self._buf = bytearray()  # grows in place: a large request in many pieces is not copied each time
         self._length: int | None = None
-        self._error: FrameError | None = None
+        self._error: FrameError | InvalidBody | None = None
         self.message: Message | None = None
         self.rest = b""
 
@@ -226,7 +228,7 @@ class MessageReader:
             return None  # the body is still incomplete: nothing to parse yet
         try:
             return self._parse(buf)
-        except FrameError as exc:
+        except (FrameError, InvalidBody) as exc:
             self._error = exc
             buf.clear()
             raise
@@ -252,11 +254,11 @@ class MessageReader:
         payload, self.rest = bytes(buf[1:end]), bytes(buf[end:])
         buf.clear()
         try:
-            body = json.loads(payload.decode())
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise FrameError(f"message body is not UTF-8 JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise FrameError("message body must be a JSON object")
+            body = loads_object(payload, "message body")  # the checks of an HTTP request body
+        except InvalidBody as exc:
+            if exc.field:  # a member at fault (a lone surrogate): the message itself was well formed
+                raise
+            raise FrameError(str(exc)) from None
         self.message = Message(kind, body)
         return self.message
 
@@ -501,6 +503,9 @@ def error_from_reply(reply: RequestFailed) -> TokenwireError:
         exc = RequestTooLarge(message)
     elif reply.type == "FrameError":
         exc = FrameError(message)
+    elif reply.type == "InvalidBody":
+        field = extra.get("field", "")
+        exc = InvalidBody(message, field if isinstance(field, str) else "")
     else:
         exc = RemoteProtocolError(f"{reply.type} ({reply.status}): {message}")
     exc.status_hint = reply.status

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenwire import _core
-from tokenwire.errors import RemoteProtocolError, StreamNotFound
+from tokenwire.errors import InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import FrameKind, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
-from tokenwire.protocol.resume import format_id_prefix, validate_stream_id
+from tokenwire.protocol.json_body import loads_object
+from tokenwire.protocol.resume import MAX_STREAM_ID_LEN, format_id_prefix, is_stream_id
 from tokenwire.server.config import ServerConfig
 
 __all__ = [
@@ -113,17 +114,13 @@ class ChatMeta:
 
 
 def parse_json_body(content_type: str | None, body: bytes) -> dict[str, Any]:
-    """The JSON object of a request body; 415 for another content type, 400 for anything but an object."""
+    """The JSON object of a request body; 415 for another content type. 400 ``InvalidBody`` (naming the member
+    at fault) for anything but a UTF-8 JSON object of Unicode strings nested at most 64 deep
+    (:func:`tokenwire.protocol.json_body.loads_object`, which WebTransport requests go through too)."""
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise HttpError(415, f"expected Content-Type application/json, got {ctype!r}")
-    try:
-        parsed = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise HttpError(400, "request body must be a JSON object")
-    return parsed
+    return loads_object(body)
 
 
 def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -131,7 +128,7 @@ def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise HttpError(400, f"{name!r} must be an integer from {lo} to {hi}")
+        raise InvalidBody(f"{name!r} must be an integer from {lo} to {hi}", name)
     return value
 
 
@@ -140,10 +137,20 @@ def float_field(body: dict[str, Any], name: str, lo: float, hi: float) -> float 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise HttpError(400, f"{name!r} must be a number")
+        raise InvalidBody(f"{name!r} must be a number", name)
     if not lo <= value <= hi:
-        raise HttpError(400, f"{name!r} must be from {lo} to {hi}")
+        raise InvalidBody(f"{name!r} must be from {lo} to {hi}", name)
     return float(value)
+
+
+def bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    """``body[name]``, which must be a JSON boolean (or null / absent: ``default``)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidBody(f"{name!r} must be a boolean (true or false)", name)
+    return value
 
 
 def match_route(method: str, path: str) -> tuple[str, str]:
@@ -364,27 +371,25 @@ class Endpoints:
     def start_generation(self, body: dict[str, Any], prompt: str, max_tokens: int) -> TokenStream:
         host = self.host
         stream_id = body.get("stream_id")
-        if stream_id is not None:
-            if not isinstance(stream_id, str):
-                raise HttpError(400, "'stream_id' must be a string")
-            validate_stream_id(stream_id)
+        if stream_id is not None and not (isinstance(stream_id, str) and is_stream_id(stream_id)):
+            raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
         ttft = float_field(body, "ttft", 0.0, 600.0)
         rate = float_field(body, "tokens_per_s", 0.0, 1e9)
-        stamp = body.get("stamp", False)
-        if not isinstance(stamp, bool):
-            raise HttpError(400, "'stamp' must be a boolean")
-        host.metrics.streams_started_total += 1
+        stamp = bool_field(body, "stamp")
         engine = host.engine
         if engine is not None:
-            return engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
-        source = host.model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
-        return host.hub.start(source, stream_id=stream_id)
+            stream = engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
+        else:
+            source = host.model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
+            stream = host.hub.start(source, stream_id=stream_id)
+        host.metrics.streams_started_total += 1  # counted once it has started (HubFull and the like did not)
+        return stream
 
     def create(self, body: dict[str, Any], base: str = "") -> StreamPlan:
         """``POST /v1/streams``: start a generation and stream it from the start."""
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            raise HttpError(400, "'prompt' (string) is required")
+            raise InvalidBody("'prompt' (string) is required", "prompt")
         stream = self.start(body, prompt)
         return self.plan_sse(stream, 0, base)
 
@@ -419,25 +424,32 @@ class Endpoints:
         """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise HttpError(400, "'messages' must be a non-empty array")
+            raise InvalidBody("'messages' must be a non-empty array", "messages")
         parts: list[str] = []
-        for m in messages:
+        for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
-                raise HttpError(400, "each message must be an object with a string 'content'")
+                raise InvalidBody(f"messages[{i}] must be an object with a string 'content'", f"messages[{i}]")
             parts.append(m.get("content", ""))
         model = body.get("model", "tokenwire-fake")
         if not isinstance(model, str):
-            raise HttpError(400, "'model' must be a string")
+            raise InvalidBody("'model' must be a string", "model")
         limit = self.host.config.max_tokens_limit
         max_tokens = int_field(body, "max_completion_tokens", 0, 0, limit) or int_field(
             body, "max_tokens", 64, 1, limit
         )
-        options = body.get("stream_options") or {}
-        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        streaming = bool_field(body, "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidBody("'stream_options' must be an object", "stream_options")
+        include_usage = (options or {}).get("include_usage")
+        if include_usage is None:
+            include_usage = False
+        elif not isinstance(include_usage, bool):
+            raise InvalidBody("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
         stream = self.start_generation(body, "\n".join(parts), max_tokens)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
         self._remember(stream.id, meta)
-        return ChatRequest(stream, meta, bool(body.get("stream")))
+        return ChatRequest(stream, meta, streaming)
 
     def _remember(self, stream_id: str, meta: ChatMeta) -> None:
         chats = self.chats
