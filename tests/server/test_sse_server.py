@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.chunked import dechunk, split_response
 from tests.support.openai_sdk import check_chat_completions
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event, SpecParser
@@ -306,7 +307,10 @@ async def test_slow_reader_is_closed_with_bounded_memory_and_resumes_losslessly(
         except (ConnectionResetError, TimeoutError):
             pass
         sock.close()
-        _head, _, stream_bytes = received.partition(b"\r\n\r\n")
+        _status, headers, chunked = split_response(received)
+        assert headers["transfer-encoding"] == "chunked"
+        stream_bytes, complete = dechunk(chunked)
+        assert not complete  # aborted: no last chunk, so no client takes the cut for the end
         parser = SpecParser()
         evs = parser.feed(stream_bytes)
         got = tokens(evs)
@@ -337,7 +341,11 @@ async def test_shutdown_while_streaming_tells_clients_to_reconnect() -> None:
             it = resp.aiter_bytes()
             await it.__anext__()
             await server.shutdown(drain_timeout=0.1)
-            rest = b"".join([c async for c in it])
+            rest = b""
+            # The hint is a chunk, not the end of the body: the client sees the cut as one.
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                async for c in it:
+                    rest += c
         assert b"server shutting down, reconnect to resume" in rest
         assert b"retry: 250" in rest
         with pytest.raises(httpx.ConnectError):

@@ -34,21 +34,22 @@ class Router(Endpoints):
 
     def handle(self, conn: SseConnection, req: Request) -> None:
         route, stream_id = match_route(req.method, req.path)
+        chunked = req.http_version != "1.0"  # chunked bodies are HTTP/1.1
         if route == "attach":
             plan = self.attach(stream_id, last_event_id_of(req.headers, req.query), req.query)
             if plan is None:
                 conn.respond(204, b"", "text/event-stream", req.keep_alive)
             else:
-                conn.start_stream(plan)
+                conn.start_stream(plan, chunked)
         elif route == "cancel":
             self.cancel(stream_id)
             conn.respond(204, b"", "application/json", req.keep_alive)
         elif route == "create":
-            conn.start_stream(self.create(parse_json_body(req.headers.get("content-type"), req.body)))
+            conn.start_stream(self.create(parse_json_body(req.headers.get("content-type"), req.body)), chunked)
         elif route == "chat":
             chat = self.chat(parse_json_body(req.headers.get("content-type"), req.body))
             if chat.streaming:
-                conn.start_stream(plan_openai(self.server.hub, chat.stream, 0, chat.meta))
+                conn.start_stream(plan_openai(self.server.hub, chat.stream, 0, chat.meta), chunked)
             else:
                 self._complete_openai(conn, req, chat.stream, chat.meta)
         elif route == "health":

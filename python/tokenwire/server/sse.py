@@ -23,7 +23,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, erro
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
-from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
+from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, RequestParser, chunk, render_head, render_response
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, left_early
@@ -48,6 +48,7 @@ class SseConnection(asyncio.Protocol):
     """One client connection: requests until it turns into a stream, then the stream until it ends."""
 
     __slots__ = (
+        "_chunked",
         "_closing",
         "_dirty",
         "_handle",
@@ -77,6 +78,7 @@ class SseConnection(asyncio.Protocol):
         self._handle = 0
         self._poll = server.hub.storage.poll
         self._trailer = b""
+        self._chunked = False
         self._dirty = False
         self._held = False
         self._paused = False
@@ -208,12 +210,15 @@ class SseConnection(asyncio.Protocol):
 
     # -- streaming -----------------------------------------------------------------------------------
 
-    def start_stream(self, plan: StreamPlan) -> None:
+    def start_stream(self, plan: StreamPlan, chunked: bool = True) -> None:
         """Turn this connection into the stream of ``plan`` after its seq ``after``: replay, then live.
 
         Frames are rendered by the core as SSE (one ``Registry.poll`` per flush), or by ``plan.render`` for
         other formats (the OpenAI chunks). ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI
         SDK's SSE reader takes a field-only block for an event with empty data).
+
+        The body is chunked (``chunked=False`` for an HTTP/1.0 client: then only the close ends it): every write
+        is one chunk, and only a normal end writes the last chunk, so a client sees any cut as an error.
         """
         transport = self.transport
         if transport is None or self._closing:
@@ -229,11 +234,14 @@ class SseConnection(asyncio.Protocol):
             ("Connection", "close"),
             *plan.head,
         ]
+        self._chunked = chunked
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
         wt = self.server.webtransport
         if wt is not None:
             headers.append(("Alt-Svc", f'h3=":{wt.port}"; ma=86400'))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
-        transport.write(render_head(200, headers) + retry_block + plan.intro)
+        transport.write(render_head(200, headers) + self._body(retry_block + plan.intro))
         self._last_write = self.server.loop.time()
         self.server.streaming.add(self)
         stream.attach(self._on_frames)
@@ -272,9 +280,10 @@ class SseConnection(asyncio.Protocol):
             self._requested_at = 0.0
             self._last_write = now
             self.position = last
-            transport.write(data)
-        if ended:  # every frame up to the final one is written now
-            self._finish_stream()
+            if not ended:
+                transport.write(self._body(data))
+        if ended:  # every frame up to the final one goes out now, with the end of the body: one write
+            self._finish_stream(data if last > pos else b"")
 
     def flush_failed(self, exc: Exception) -> None:
         """``flush`` raised (the flusher logged it): close this connection only; its client resumes."""
@@ -282,16 +291,21 @@ class SseConnection(asyncio.Protocol):
 
     def write_heartbeat(self, now: float) -> None:
         if self.transport is not None and not self._paused and not self._closing:
-            self.transport.write(b":\n")
+            self.transport.write(self._body(b":\n"))
             self._last_write = now
             self.server.metrics.heartbeats_total += 1
 
-    def _finish_stream(self) -> None:
+    def _body(self, data: bytes) -> bytes:
+        """``data`` framed for the body of this stream's response: one chunk (none for no data)."""
+        return chunk(data) if self._chunked else data
+
+    def _finish_stream(self, data: bytes = b"") -> None:
+        """The normal end: ``data``, the trailer and the last chunk in one write, then close."""
         transport = self.transport
         self._closing = True
         if transport is not None:
-            if self._trailer:
-                transport.write(self._trailer)
+            end = data + self._trailer
+            transport.write(chunk(end) + LAST_CHUNK if self._chunked else end)
             transport.close()
 
     def _abort(self) -> None:
@@ -303,7 +317,7 @@ class SseConnection(asyncio.Protocol):
         """Tell the client to come back soon, then close (it resumes with its Last-Event-ID)."""
         if self.transport is not None and not self._closing:
             self._closing = True
-            self.transport.write(SHUTDOWN_HINT)
+            self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
             self.transport.close()
 
 
