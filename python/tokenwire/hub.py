@@ -186,10 +186,15 @@ class TokenStream:
     def cancel(self, reason: str = "cancelled") -> None:
         """Stop the generation now: a ``done`` frame with ``reason``, and the producer task is cancelled.
 
+        The frame reports ``usage`` ``{"completion_tokens": n}`` where the producer is a :meth:`Hub.start` task:
+        each frame it sent is a token, so the last seq counts them (nothing is counted per ``send``).
         A no-op on a stream that has already ended.
         """
         if self._state is StreamState.OPEN:
-            self._end(FrameKind.DONE, {"reason": reason}, StreamState.CANCELLED, reason)
+            body: dict[str, Any] = {"reason": reason}
+            if self._producer is not None:
+                body["usage"] = {"completion_tokens": self.last_seq}
+            self._end(FrameKind.DONE, body, StreamState.CANCELLED, reason)
         producer = self._producer
         if producer is not None and not producer.done():
             producer.cancel()

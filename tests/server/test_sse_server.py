@@ -159,7 +159,9 @@ async def test_cancel_ends_the_stream_for_every_watcher() -> None:
             assert (await client.delete(url(server, f"/v1/streams/{stream_id}"))).status_code == 204
             body = b"".join([c async for c in resp.aiter_bytes()])
         evs = events(body)
-        assert evs[-1].type == "done" and json.loads(evs[-1].data) == {"reason": "cancelled"}
+        done_seq = int(evs[-1].last_event_id.rsplit(":", 1)[1])
+        assert evs[-1].type == "done"
+        assert json.loads(evs[-1].data) == {"reason": "cancelled", "usage": {"completion_tokens": done_seq - 1}}
         assert (await client.delete(url(server, "/v1/streams/nope"))).status_code == 404
 
 

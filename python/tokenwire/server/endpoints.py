@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from tokenwire import _core
 from tokenwire.errors import InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import FrameKind, Hub, TokenStream
+from tokenwire.hub import FrameKind, Hub, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.json_body import loads_object
@@ -51,7 +51,9 @@ WT_CERTIFICATE_PATH = "/v1/webtransport/certificate"
 #: ``(handle, after) -> (bytes, last seq, ended)`` as ``Registry.poll``. Raises ResumeExpired / StreamNotFound.
 Render = Callable[[int, int], tuple[bytes, int, bool]]
 
-_OPENAI_DONE = b"data: [DONE]\n\n"
+#: The events of the OpenAI rendering of a final frame before ``data: [DONE]``, in order (docs/protocol.md §2.6):
+#: each has the id ``{stream_id}:{epoch}:{seq}:{part}``, and ``[DONE]`` has the final frame's own id.
+OPENAI_END_PARTS = ("finish", "usage", "error")
 
 
 @dataclass(slots=True)
@@ -265,11 +267,57 @@ def plan_sse(hub: Hub, stream: TokenStream, after: int, events_url: str | None) 
     return StreamPlan(stream, after, head, intro)
 
 
-def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base: str = "") -> StreamPlan:
-    """Plan of an OpenAI chat-completion chunk stream, ending with ``data: [DONE]``."""
+def split_end_part(last_event_id: str) -> tuple[str, str]:
+    """``(resume point, end part)`` of a ``format=openai`` Last-Event-ID: ``S:E:7:usage`` gives ``("S:E:7",
+    "usage")``; an id without a known part gives ``(last_event_id, "")``."""
+    point, sep, part = last_event_id.rpartition(":")
+    if sep and part in OPENAI_END_PARTS and point.count(":") == 2:
+        return point, part
+    return last_event_id, ""
+
+
+def resolve_end_part(stream: TokenStream, seq: int, part: str) -> int:
+    """The seq to replay after for a resume point inside the OpenAI end of ``stream`` (``seq``: its final frame,
+    ``part``: the last end event the client holds). 400 unless ``seq`` is the final frame and ``part`` one of
+    its events."""
+    parts = ("error",) if stream.state is StreamState.FAILED else ("finish", "usage")
+    if stream.is_open or seq != stream.last_seq or part not in parts:
+        raise RemoteProtocolError(
+            f"resume point {seq}:{part} names no event of this stream's end (its final frame is seq "
+            f"{stream.last_seq}{'' if not stream.is_open else ', still open'})"
+        )
+    return seq - 1
+
+
+def openai_finish_reason(done: Mapping[str, Any]) -> str:
+    """The ``finish_reason`` of a ``done`` frame: its reason as it is (``stop``, ``length``, a source's own such
+    as ``tool_calls``, or tokenwire's ``cancelled``, ``abandoned``, ``shutdown``: docs/protocol.md §2.6)."""
+    reason = done.get("reason")
+    return reason if isinstance(reason, str) and reason else "stop"
+
+
+def plan_openai(
+    hub: Hub,
+    stream: TokenStream,
+    after: int,
+    meta: ChatMeta,
+    base: str = "",
+    *,
+    resumed: bool = False,
+    end_part: str = "",
+) -> StreamPlan:
+    """Plan of an OpenAI chat-completion chunk stream, ending with ``data: [DONE]``.
+
+    Every event has its own id, so a client resumes after any of them: tokens have their frame's id; the
+    final frame becomes a finish chunk (id ``…:{seq}:finish``), a usage chunk if asked for (``…:{seq}:usage``)
+    or an error chunk (``…:{seq}:error``), then ``[DONE]`` with the final frame's own id ``…:{seq}``.
+    ``end_part``: the client holds the final frame's events up to this one (``after`` is the seq before it).
+    The role chunk (id ``…:0``) starts a stream that is not ``resumed``.
+    """
     storage = hub.storage
     prefix = format_id_prefix(stream.id, hub.epoch)
     dumps = json.dumps
+    skip_seq = after + 1 if end_part else 0
 
     def render(handle: int, pos: int) -> tuple[bytes, int, bool]:
         last = storage.last_seq(handle)
@@ -279,29 +327,36 @@ def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base:
         out: list[bytes] = []
         for kind, seq, text in storage.frames_since(handle, pos):
             if kind == FrameKind.TOKEN:
-                chunk = meta.chunk({"content": text}, None)
-            elif kind == FrameKind.DONE:
-                done = json.loads(text)
-                reason = done.get("reason", "stop")
-                chunk = meta.chunk({}, reason if reason in ("stop", "length") else "stop")
-                if meta.include_usage and "usage" in done:
-                    out.append(_core.sse_event(dumps(chunk), id=f"{prefix}{seq}"))
-                    chunk = {**meta.chunk({}, None), "choices": [], "usage": done["usage"]}
+                out.append(
+                    _core.sse_event(dumps(meta.chunk({"content": text}, None), ensure_ascii=False), id=f"{prefix}{seq}")
+                )
+                continue
+            end: list[tuple[str, dict[str, Any]]] = []
+            body = json.loads(text)
+            if kind == FrameKind.DONE:
+                end.append(("finish", meta.chunk({}, openai_finish_reason(body))))
+                if meta.include_usage and "usage" in body:
+                    end.append(("usage", {**meta.chunk({}, None), "choices": [], "usage": body["usage"]}))
             else:
-                err = json.loads(text)
-                chunk = {"error": {"message": err.get("message", ""), "type": err.get("code", "error")}}
-            out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}"))
+                error = {"message": body.get("message", ""), "type": body.get("code", "error")}
+                end.append(("error", {"error": error}))
+            if seq == skip_seq:  # a resume inside this end: leave out what the client holds
+                names = [name for name, _ in end]
+                end = end[names.index(end_part) + 1 :] if end_part in names else []
+            for name, chunk in end:
+                out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}:{name}"))
+            out.append(_core.sse_event("[DONE]", id=f"{prefix}{seq}"))
         return b"".join(out), last, ended
 
     intro = b""
-    if after == 0:
+    if after == 0 and not resumed:
         intro = _core.sse_event(dumps(meta.chunk({"role": "assistant", "content": ""}, None)), id=f"{prefix}0")
     head = [
         ("X-Tokenwire-Stream-Id", stream.id),
         ("X-Tokenwire-Epoch", hub.epoch),
         ("Location", f"{base}{STREAMS_PATH}/{stream.id}/events?format=openai"),
     ]
-    return StreamPlan(stream, after, head, intro, render, trailer=_OPENAI_DONE, retry=False)
+    return StreamPlan(stream, after, head, intro, render, retry=False)
 
 
 async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> tuple[int, dict[str, Any]]:
@@ -320,7 +375,6 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
         done = {"reason": "cancelled"}
     if "code" in done:
         return 500, {"error": {"message": done.get("message"), "type": done["code"]}}
-    reason = done.get("reason", "stop")
     return 200, {
         "id": meta.id,
         "object": "chat.completion",
@@ -330,7 +384,7 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": "".join(text)},
-                "finish_reason": reason if reason in ("stop", "length") else "stop",
+                "finish_reason": openai_finish_reason(done),
             }
         ],
         "usage": done.get("usage", {}),
@@ -400,21 +454,24 @@ class Endpoints:
     def attach(self, stream_id: str, last_event_id: str, query: Mapping[str, str], base: str = "") -> StreamPlan | None:
         """``GET /v1/streams/{id}/events``: the plan, or ``None`` for 204 (ended, nothing left)."""
         host = self.host
-        stream, after = resolve_resume(host.hub, stream_id, last_event_id)
+        fmt = query.get("format", "sse")
+        if fmt not in ("sse", "openai"):
+            raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
+        point, part = split_end_part(last_event_id) if fmt == "openai" else (last_event_id, "")
+        stream, after = resolve_resume(host.hub, stream_id, point)
+        if part:
+            after = resolve_end_part(stream, after, part)
         if nothing_left(stream, after):
             return None  # 204 also tells EventSource to stop reconnecting.
         if last_event_id:
             count_resume(host.hub, host.metrics, stream, after)
-        fmt = query.get("format", "sse")
         if fmt == "openai":
             meta = self.chats.get(stream_id)
             if meta is None:
                 raise RemoteProtocolError(
                     f"stream {stream_id} is not a chat completion; format=openai is not available"
                 )
-            return plan_openai(host.hub, stream, after, meta, base)
-        if fmt != "sse":
-            raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
+            return plan_openai(host.hub, stream, after, meta, base, resumed=bool(last_event_id), end_part=part)
         return self.plan_sse(stream, after, base)
 
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
