@@ -40,16 +40,18 @@ class Router(Endpoints):
             if plan is None:
                 conn.respond(204, b"", "text/event-stream", req.keep_alive)
             else:
-                conn.start_stream(plan, chunked)
+                conn.start_stream(plan, chunked, req.keep_alive)
         elif route == "cancel":
             self.cancel(stream_id)
             conn.respond(204, b"", "application/json", req.keep_alive)
         elif route == "create":
-            conn.start_stream(self.create(parse_json_body(req.headers.get("content-type"), req.body)), chunked)
+            conn.start_stream(
+                self.create(parse_json_body(req.headers.get("content-type"), req.body)), chunked, req.keep_alive
+            )
         elif route == "chat":
             chat = self.chat(parse_json_body(req.headers.get("content-type"), req.body))
             if chat.streaming:
-                conn.start_stream(plan_openai(self.server.hub, chat.stream, 0, chat.meta), chunked)
+                conn.start_stream(plan_openai(self.server.hub, chat.stream, 0, chat.meta), chunked, req.keep_alive)
             else:
                 self._complete_openai(conn, req, chat.stream, chat.meta)
         elif route == "health":

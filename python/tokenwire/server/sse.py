@@ -53,6 +53,7 @@ class SseConnection(asyncio.Protocol):
         "_dirty",
         "_handle",
         "_held",
+        "_keep_alive",
         "_last_write",
         "_paused",
         "_paused_at",
@@ -79,6 +80,7 @@ class SseConnection(asyncio.Protocol):
         self._poll = server.hub.storage.poll
         self._trailer = b""
         self._chunked = False
+        self._keep_alive = False
         self._dirty = False
         self._held = False
         self._paused = False
@@ -108,13 +110,14 @@ class SseConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.stream is not None or self._closing or self._held:
+            self._keep_alive = False  # bytes nobody parses: the connection cannot take a request after them
             return  # a stream connection (or one awaiting its answer) takes no more requests
         try:
             requests = self.parser.feed(data)
         except HttpError as exc:
             self._respond_error(exc, False)
             return
-        for req in requests:
+        for i, req in enumerate(requests):
             self._cancel_timer()
             self.server.metrics.requests_total += 1
             self._requested_at = self.server.loop.time()
@@ -126,6 +129,8 @@ class SseConnection(asyncio.Protocol):
                 log.exception("request %s %s failed", req.method, req.path)
                 self._respond_error(exc, False, status=500)
             if self.stream is not None or self._closing or self._held:
+                if i + 1 < len(requests):
+                    self._keep_alive = False  # requests pipelined behind a stream: the stream's end closes
                 return
             # The next request must be complete within the idle timeout; partial bytes do not extend it.
             self._arm_timer(self.server.config.idle_timeout)
@@ -210,7 +215,7 @@ class SseConnection(asyncio.Protocol):
 
     # -- streaming -----------------------------------------------------------------------------------
 
-    def start_stream(self, plan: StreamPlan, chunked: bool = True) -> None:
+    def start_stream(self, plan: StreamPlan, chunked: bool = True, keep_alive: bool = False) -> None:
         """Turn this connection into the stream of ``plan`` after its seq ``after``: replay, then live.
 
         Frames are rendered by the core as SSE (one ``Registry.poll`` per flush), or by ``plan.render`` for
@@ -218,7 +223,9 @@ class SseConnection(asyncio.Protocol):
         SDK's SSE reader takes a field-only block for an event with empty data).
 
         The body is chunked (``chunked=False`` for an HTTP/1.0 client: then only the close ends it): every write
-        is one chunk, and only a normal end writes the last chunk, so a client sees any cut as an error.
+        is one chunk, and only a normal end writes the last chunk, so a client sees any cut as an error. A
+        chunked response does not say ``Connection: close`` (Node's fetch takes a close for the end of such a
+        response, cut or not): with ``keep_alive`` the connection takes the next request after the stream's end.
         """
         transport = self.transport
         if transport is None or self._closing:
@@ -229,12 +236,13 @@ class SseConnection(asyncio.Protocol):
         self._handle = stream._handle
         self._render = plan.render
         self._trailer = plan.trailer
+        self._chunked = chunked
+        self._keep_alive = chunked and keep_alive and not self.server.draining
         headers = [
             *SSE_HEADERS,
-            ("Connection", "close"),
+            ("Connection", "keep-alive" if self._keep_alive else "close"),
             *plan.head,
         ]
-        self._chunked = chunked
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         wt = self.server.webtransport
@@ -257,7 +265,7 @@ class SseConnection(asyncio.Protocol):
         """Write everything new since ``position`` in one ``transport.write``; end the response at the end."""
         self._dirty = False
         transport = self.transport
-        if self._paused or self._closing or transport is None:
+        if self._paused or self._closing or transport is None or self.stream is None:
             return
         server = self.server
         pos = self.position
@@ -306,7 +314,22 @@ class SseConnection(asyncio.Protocol):
         if transport is not None:
             end = data + self._trailer
             transport.write(chunk(end) + LAST_CHUNK if self._chunked else end)
-            transport.close()
+            if self._keep_alive and not self.server.draining:
+                self._next_request()
+            else:
+                transport.close()
+
+    def _next_request(self) -> None:
+        """The stream's response is complete and the client keeps the connection: it takes requests again."""
+        if self.stream is not None:
+            self.stream.detach(self._on_frames)
+        self.server.streaming.discard(self)
+        self.stream = None
+        self._render = None
+        self._trailer = b""
+        self._chunked = False
+        self._closing = False
+        self._arm_timer(self.server.config.idle_timeout)
 
     def _abort(self) -> None:
         self._closing = True
