@@ -430,7 +430,7 @@ class CancelConfirmed:
 class RequestFailed:
     """A typed error answer: ``type`` is the class name of :mod:`tokenwire.errors` (or ``HttpError``),
     ``status`` the HTTP status the SSE server answers in the same case, ``code`` a :class:`WtCode`.
-    ``extra``: ``oldest_seq``, ``last_seq`` or ``epoch`` as in docs/protocol.md §4.2."""
+    ``extra``: ``oldest_seq``, ``last_seq``, ``epoch`` or ``field`` as in docs/protocol.md §4.2."""
 
     type: str
     message: str
