@@ -181,6 +181,7 @@ async def test_metrics_and_health() -> None:
         assert ("tokenwire_connections", None) in samples
 
 
+JSON = {"content-type": "application/json"}
 BAD_REQUESTS = [
     # (method, path, headers, body, status)
     ("POST", "/v1/streams", {"content-type": "application/json"}, b"{not json", 400),
@@ -191,6 +192,18 @@ BAD_REQUESTS = [
     ("POST", "/v1/streams", {"content-type": "application/json"}, b'{"prompt": "x", "stream_id": "a:b"}', 400),
     ("POST", "/v1/streams", {"content-type": "text/plain"}, b'{"prompt": "x"}', 415),
     ("POST", "/v1/chat/completions", {"content-type": "application/json"}, b'{"messages": []}', 400),
+    # Hostile bodies (tests/server/test_hostile_input.py has the fuzz): each 400 InvalidBody naming its field.
+    (
+        "POST",
+        "/v1/chat/completions",
+        JSON,
+        b'{"model": "\\ud800", "messages": [{"content": "x"}], "stream": true}',
+        400,
+    ),
+    ("POST", "/v1/chat/completions", JSON, b'{"messages": [{"content": "x"}], "stream": "no"}', 400),
+    ("POST", "/v1/streams", JSON, b'{"prompt": "x\\udfff"}', 400),
+    ("POST", "/v1/streams", JSON, b'{"prompt": "x\xed\xa0\x80"}', 400),
+    ("POST", "/v1/streams", JSON, b'{"prompt": "x", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400),
     ("GET", "/v1/streams", {}, b"", 405),
     ("GET", "/nowhere", {}, b"", 404),
     ("GET", "/v1/streams/unknown/events", {}, b"", 404),
