@@ -303,7 +303,7 @@ class _Streamer:
                     self._last_write = loop.time()
                     pending = b""
                     if ended:
-                        completed = True  # a cut (shutdown) is left incomplete: the server closes it so
+                        completed = True  # a cut (shutdown) stays incomplete: the server closes it, no last chunk
                         return
                     continue  # more may have come while the send waited
                 waiter = loop.create_future()

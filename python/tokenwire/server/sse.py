@@ -308,7 +308,8 @@ class SseConnection(asyncio.Protocol):
         return chunk(data) if self._chunked else data
 
     def _finish_stream(self, data: bytes = b"") -> None:
-        """The normal end: ``data``, the trailer and the last chunk in one write, then close."""
+        """The normal end: ``data``, the trailer and the last chunk in one write; then the next request
+        (keep-alive) or the close."""
         transport = self.transport
         self._closing = True
         if transport is not None:
