@@ -26,7 +26,7 @@ from tests.support.chunked import dechunk, split_response
 from tests.support.cut_proxy import cut_proxy
 from tests.support.openai_sdk import stream_chat
 from tests.support.servers import sse_server
-from tokenwire import FakeModel
+from tokenwire import FakeModel, Hub
 from tokenwire.asgi import TokenwireASGI
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -233,3 +233,24 @@ async def test_the_npm_openai_sdk_raises_on_a_cut_stream_and_reads_an_uncut_one(
             cut = await _node_chat(node_openai, f"http://127.0.0.1:{proxy.port}/v1/")
         assert not cut["ok"], cut  # before chunking: ok, with a short text and no finish_reason
         assert cut["text"] and len(cut["text"]) < len(whole["text"])
+
+
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+async def test_asgi_shutdown_hint_leaves_the_body_incomplete(server_name: str) -> None:
+    """As on ``tokenwire serve``: the hint is body bytes, then the response is cut (no last chunk), so even a
+    client that ignores the hint sees a cut and resumes. (A stream the hub's close ends gets its ``done``
+    frame instead: its producer stopped; this one's producer is the test.)"""
+    hub = Hub()
+    app = TokenwireASGI(hub, model=FakeModel(seed=5))
+    async with SERVERS[server_name](app) as base, httpx.AsyncClient() as client:
+        stream = hub.create_stream()
+        stream.send("first")
+        async with client.stream("GET", f"{base}/v1/streams/{stream.id}/events") as resp:
+            it = resp.aiter_bytes()
+            rest = await anext(it)
+            await app.shutdown()
+            with pytest.raises(httpx.RemoteProtocolError):
+                async for chunk in it:
+                    rest += chunk
+        assert b"data: first" in rest and b"server shutting down, reconnect to resume" in rest
+        stream.finish()
