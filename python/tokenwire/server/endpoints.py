@@ -226,7 +226,8 @@ def nothing_left(stream: TokenStream, after: int) -> bool:
     return not stream.is_open and after >= stream.last_seq
 
 
-#: The response headers of every SSE stream (both servers; the socket server adds ``Connection: close``).
+#: The response headers of every SSE stream (both servers; the socket server adds ``Connection`` and
+#: ``Transfer-Encoding: chunked``, docs/protocol.md §2.1).
 SSE_HEADERS: tuple[tuple[str, str], ...] = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
