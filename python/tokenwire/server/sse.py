@@ -143,6 +143,7 @@ class SseConnection(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             stream.detach(self._on_frames)
+            stream.reader_resumed(self)
             if left_early(stream, self.position):
                 server.metrics.disconnects_total += 1
             server.streaming.discard(self)
@@ -150,10 +151,13 @@ class SseConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._paused = True
         self._paused_at = self.server.loop.time()
+        if self.stream is not None:
+            self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
 
     def resume_writing(self) -> None:
         self._paused = False
         if self.stream is not None:
+            self.stream.reader_resumed(self)
             self._on_frames()
 
     # -- timers --------------------------------------------------------------------------------------

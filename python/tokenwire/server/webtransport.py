@@ -188,6 +188,7 @@ class _WtStream:
         stream = self.stream
         if stream is not None:
             stream.detach(self.on_frames)
+            stream.reader_resumed(self)
             self.stream = None
             self.conn.paused.discard(self)
 
@@ -197,6 +198,8 @@ class _WtStream:
         if not self.paused_at:
             self.paused_at = conn.server.loop.time()
             conn.paused.add(self)
+            if self.stream is not None:
+                self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
         if prefix:
             conn.send(self, prefix, False)
 
@@ -636,6 +639,8 @@ class WebTransportConnection(QuicConnectionProtocol):
             if _send_buffered(quic, st.qid) <= low:
                 self.paused.discard(st)
                 st.paused_at = 0.0
+                if st.stream is not None:
+                    st.stream.reader_resumed(st)
                 st.on_frames()
 
     def tick(self, now: float) -> None:
