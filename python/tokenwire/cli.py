@@ -76,6 +76,7 @@ async def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_delay_ms=args.max_delay_ms,
+        flush_max_wait_ms=args.flush_max_wait_ms,
         heartbeat_interval=args.heartbeat,
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
@@ -203,6 +204,13 @@ def _parser() -> argparse.ArgumentParser:
         help="batching-engine mode: one token for every active stream per step (0: off, pace per request)",
     )
     serve.add_argument("--max-delay-ms", type=float, default=0.0, help="wait this long to coalesce writes")
+    serve.add_argument(
+        "--flush-max-wait-ms",
+        type=float,
+        default=0.2,
+        help="with --max-delay-ms 0: flush at once when the oldest waiting write is this old (0: next loop "
+        "iteration only)",
+    )
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats on idle streams")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let streams finish on shutdown")
     serve.add_argument("--max-connections", type=int, default=20_000)
