@@ -34,6 +34,10 @@ SERVERS: dict[str, dict[str, Any]] = {
         "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--max-delay-ms", "100"],
         "resume": True,
     },
+    "tokenwire-nowait": {  # flushes only at the next loop iteration (no bound on a mark's wait): issue 3's flusher
+        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0"],
+        "resume": True,
+    },
     "sse-starlette": {
         "cmd": [PY, "-m", "benches.peers.sse_starlette_app", "--steps-per-s", "{steps}", "--port", "{port}"],
         "resume": False,
