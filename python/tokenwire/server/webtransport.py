@@ -36,7 +36,7 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.asyncio.server import QuicServer
-from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection, Setting
+from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, H3Connection, Setting
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
@@ -128,6 +128,29 @@ def _send_buffered(quic: QuicConnection, stream_id: int) -> int:
         return 0
     sender = stream.sender
     return sender._buffer_stop - sender._buffer_start
+
+
+def _webtransport_session_of(h3: H3Connection, stream_id: int) -> int | None:
+    """The session of a bidirectional stream whose WebTransport header (signal 0x41 + session id) the H3 layer
+    has read, else ``None``.
+
+    aioquic emits no event for a stream that carried the header and nothing else (it has no data to report),
+    so the server would never see such a stream open; it reads the H3 layer's stream state instead.
+    """
+    stream = h3._stream.get(stream_id)
+    if stream is None or stream.frame_type != FrameType.WEBTRANSPORT_STREAM:
+        return None
+    session_id: int | None = stream.session_id
+    return session_id
+
+
+def _grant_bidi_streams(quic: QuicConnection, count: int) -> None:
+    """Let the peer open ``count`` bidirectional streams at once (QUIC ``initial_max_streams_bidi``, then one
+    more for each that closes). aioquic fixes it at 128 with no option: this sets its private limit before the
+    handshake sends the transport parameters."""
+    limit = quic._local_max_streams_bidi
+    if limit.used == 0 and limit.value == limit.sent:
+        limit.value = limit.sent = count
 
 
 class _Session:
@@ -253,6 +276,7 @@ class WebTransportConnection(QuicConnectionProtocol):
     ) -> None:
         super().__init__(quic, stream_handler)
         self.server = server
+        _grant_bidi_streams(quic, server.config.webtransport.quic_bidi_streams)
         self.h3: H3Connection | None = None
         self.sessions: dict[int, _Session] = {}
         self.sessions_opened = 0
@@ -283,9 +307,13 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):  # the common case first
-            if self.h3 is not None:
-                for h3_event in self.h3.handle_event(event):
+            h3 = self.h3
+            if h3 is not None:
+                h3_events = h3.handle_event(event)
+                for h3_event in h3_events:
                     self._h3_event_received(h3_event)
+                if not h3_events and event.stream_id not in self.streams:
+                    self._maybe_header_only(h3, event.stream_id)
             return
         handler = _QUIC_HANDLERS.get(type(event))
         if handler is not None and handler(self, event):
@@ -293,6 +321,13 @@ class WebTransportConnection(QuicConnectionProtocol):
         if self.h3 is not None:
             for h3_event in self.h3.handle_event(event):
                 self._h3_event_received(h3_event)
+
+    def _maybe_header_only(self, h3: H3Connection, qid: int) -> None:
+        """A stream that so far carried only its WebTransport header opens now: its header timeout and its
+        place in the session's stream limit start here, not when its first request byte arrives."""
+        session_id = _webtransport_session_of(h3, qid)
+        if session_id is not None:
+            self._stream_data(session_id, qid, b"", False)
 
     def _on_protocol_negotiated(self, event: ProtocolNegotiated) -> bool:
         if event.alpn_protocol in H3_ALPN:
