@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from tokenwire import _core
 from tokenwire.errors import (
+    DuplicateStreamId,
     EpochMismatch,
     FrameError,
     HubFull,
@@ -42,7 +43,7 @@ from tokenwire.errors import (
     error_fields,
     status_of,
 )
-from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_stream_id
+from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_epoch, validate_stream_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -128,6 +129,8 @@ class WtCode(enum.IntEnum):
     TOO_LARGE = 0x15
     #: Too many streams, or the hub's memory is full (503): retry later.
     BUSY = 0x16
+    #: A start request's caller-chosen stream id is taken (409 ``DuplicateStreamId``).
+    STREAM_EXISTS = 0x17
 
 
 _CODE_BY_STATUS: Final = {
@@ -360,8 +363,10 @@ def parse_request(message: Message) -> Request:
     if message.kind == REQUEST_ATTACH:
         stream_id = _stream_id(body)
         epoch = body.get("epoch", "")
-        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LEN:
-            raise RemoteProtocolError(f"'epoch' must be a string of at most {MAX_EPOCH_LEN} characters")
+        if not isinstance(epoch, str):
+            raise RemoteProtocolError(f"'epoch' must be a string of 1-{MAX_EPOCH_LEN} characters of [A-Za-z0-9_-]")
+        if epoch:  # the rule of an SSE resume point's epoch: a malformed one is 400, not 409
+            validate_epoch(epoch)
         after = body.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
@@ -480,7 +485,8 @@ def error_reply(exc: BaseException) -> RequestFailed:
     """The error answer for an exception raised while serving a request (docs/protocol.md §4.4)."""
     status = status_of(exc)
     message = str(exc) if isinstance(exc, TokenwireError) else "internal server error"
-    return RequestFailed(type(exc).__name__, message, status, int(code_for_status(status)), error_fields(exc))
+    code = WtCode.STREAM_EXISTS if isinstance(exc, DuplicateStreamId) else code_for_status(status)
+    return RequestFailed(type(exc).__name__, message, status, int(code), error_fields(exc))
 
 
 def error_from_reply(reply: RequestFailed) -> TokenwireError:
@@ -496,6 +502,8 @@ def error_from_reply(reply: RequestFailed) -> TokenwireError:
         return ResumeFromFuture(message, _int(extra.get("last_seq")))
     if reply.type == "HubFull":
         return HubFull(message)
+    if reply.type == "DuplicateStreamId":
+        return DuplicateStreamId(message)
     exc: TokenwireError
     if reply.type == "RequestTooLarge":
         exc = RequestTooLarge(message)
