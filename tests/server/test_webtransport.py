@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aioquic.h3.connection import Setting
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,7 +36,13 @@ from tokenwire.client.webtransport import (
     SessionTicketStore,
     WebTransportClient,
 )
-from tokenwire.protocol.webtransport import REQUEST_START, RequestTooLarge
+from tokenwire.protocol.webtransport import (
+    REQUEST_START,
+    SETTINGS_ENABLE_WEBTRANSPORT,
+    SETTINGS_WT_ENABLED,
+    SETTINGS_WT_MAX_SESSIONS,
+    RequestTooLarge,
+)
 from tokenwire.server.certs import make_dev_certificate
 from tokenwire.server.config import WebTransportLimits
 
@@ -238,6 +245,19 @@ async def test_certificates_pinned_by_hash_or_trusted_as_a_root() -> None:
         async with wt_client(server, server_certificate_hashes=[cert.sha256]) as wrong:
             with pytest.raises(CertificateMismatch):
                 await wrong.generate("pinned elsewhere", max_tokens=5)
+
+
+async def test_the_server_announces_every_drafts_webtransport_settings() -> None:
+    limits = WebTransportLimits(max_sessions_per_connection=4)
+    async with wt_server(limits=limits) as server, wt_client(server) as client:
+        reader = await client.generate("settings", max_tokens=2, tokens_per_s=4000)
+        assert len(await reader.text()) > 0  # the SETTINGS frame came before any reply
+        assert client._conn is not None
+        settings = client._conn.h3.received_settings or {}
+        assert settings[Setting.ENABLE_CONNECT_PROTOCOL] == 1 and settings[Setting.H3_DATAGRAM] == 1
+        assert settings[SETTINGS_ENABLE_WEBTRANSPORT] == 1  # drafts 02-06 (Chromium)
+        assert settings[SETTINGS_WT_MAX_SESSIONS] == 4  # draft 14 (Safari)
+        assert settings[SETTINGS_WT_ENABLED] == 1  # draft 15 on (webtransport-go v0.11 on)
 
 
 async def test_shutdown_resets_streams_and_clients_see_a_typed_end() -> None:

@@ -55,7 +55,11 @@ __all__ = [
     "REQUEST_CANCEL",
     "REQUEST_START",
     "SESSION_GONE",
+    "SETTINGS_ENABLE_WEBTRANSPORT",
+    "SETTINGS_WT_ENABLED",
+    "SETTINGS_WT_MAX_SESSIONS",
     "WT_PATH",
+    "WT_PROTOCOLS",
     "AttachRequested",
     "CancelConfirmed",
     "CancelRequested",
@@ -83,6 +87,7 @@ __all__ = [
     "parse_preview",
     "parse_reply",
     "parse_request",
+    "server_settings",
     "wt_error_code",
 ]
 
@@ -598,8 +603,29 @@ def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = No
     return headers
 
 
+#: ``:protocol`` of a WebTransport extended CONNECT: ``webtransport`` (drafts up to 14, what browsers send) and
+#: ``webtransport-h3`` (draft 15 on). The stream and datagram framing is the same in every one of them.
+WT_PROTOCOLS: Final = frozenset((b"webtransport", b"webtransport-h3"))
+
+#: HTTP/3 SETTINGS a WebTransport server sends (besides SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 and
+#: SETTINGS_H3_DATAGRAM = 1, which aioquic sends): each draft's way to say "WebTransport here".
+#: SETTINGS_ENABLE_WEBTRANSPORT (drafts 02-06; Chromium, webtransport-go up to v0.10).
+SETTINGS_ENABLE_WEBTRANSPORT: Final = 0x2B603742
+#: SETTINGS_WT_MAX_SESSIONS (draft 14; Safari 26.4 requires it >= 1).
+SETTINGS_WT_MAX_SESSIONS: Final = 0x14E9CD29
+#: SETTINGS_WT_ENABLED (draft 15 on; webtransport-go v0.11 on).
+SETTINGS_WT_ENABLED: Final = 0x2C7CF000
+
+
+def server_settings(max_sessions: int) -> dict[int, int]:
+    """The WebTransport SETTINGS of a server that accepts ``max_sessions`` sessions on one connection: every
+    draft's, so a client of any of them finds its own. No SETTINGS_WT_INITIAL_MAX_* are sent, so the
+    WebTransport flow control of newer drafts stays off (QUIC's flow control applies)."""
+    return {SETTINGS_ENABLE_WEBTRANSPORT: 1, SETTINGS_WT_MAX_SESSIONS: max_sessions, SETTINGS_WT_ENABLED: 1}
+
+
 def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str]:
-    """``(is an extended CONNECT for webtransport, its :path)`` of a request's headers."""
+    """``(is an extended CONNECT for WebTransport (any draft's :protocol), its :path)`` of a request's headers."""
     fields = dict(headers)
-    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") == b"webtransport"
+    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") in WT_PROTOCOLS
     return ok, fields.get(b":path", b"").decode("latin-1")

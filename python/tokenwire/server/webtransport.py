@@ -74,6 +74,7 @@ from tokenwire.protocol.webtransport import (
     error_reply,
     http3_error_code,
     is_webtransport_connect,
+    server_settings,
 )
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
@@ -151,6 +152,18 @@ def _grant_bidi_streams(quic: QuicConnection, count: int) -> None:
     limit = quic._local_max_streams_bidi
     if limit.used == 0 and limit.value == limit.sent:
         limit.value = limit.sent = count
+
+
+class _ServerH3(H3Connection):
+    """aioquic's HTTP/3 with WebTransport on, announcing the SETTINGS of every WebTransport draft (aioquic
+    sends only draft 02's SETTINGS_ENABLE_WEBTRANSPORT): a client of a newer draft finds its own."""
+
+    def __init__(self, quic: QuicConnection, max_sessions: int) -> None:
+        self._wt_settings = server_settings(max_sessions)
+        super().__init__(quic, enable_webtransport=True)
+
+    def _get_local_settings(self) -> dict[int, int]:
+        return {**super()._get_local_settings(), **self._wt_settings}
 
 
 class _Session:
@@ -331,7 +344,7 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     def _on_protocol_negotiated(self, event: ProtocolNegotiated) -> bool:
         if event.alpn_protocol in H3_ALPN:
-            self.h3 = H3Connection(self._quic, enable_webtransport=True)
+            self.h3 = _ServerH3(self._quic, self.server.config.webtransport.max_sessions_per_connection)
         return False
 
     def _on_handshake_completed(self, event: HandshakeCompleted) -> bool:
