@@ -34,12 +34,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from aioquic._buffer import Buffer
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, H3Connection, Setting
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
+from aioquic.quic.connection import QuicConnection, QuicConnectionError, stream_is_unidirectional
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -49,6 +50,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
 
 from tokenwire import _core
@@ -152,6 +154,88 @@ def _grant_bidi_streams(quic: QuicConnection, count: int) -> None:
     limit = quic._local_max_streams_bidi
     if limit.used == 0 and limit.value == limit.sent:
         limit.value = limit.sent = count
+
+
+#: draft-ietf-quic-reliable-stream-reset: the ``reset_stream_at`` transport parameter (empty) and its frame,
+#: RESET_STREAM_AT (stream id, error code, final size, reliable size). webtransport-go v0.12 on refuses a
+#: server that does not announce it.
+_RESET_STREAM_AT_PARAMETER = 0x17F7586D2CB571
+_RESET_STREAM_AT_FRAME = 0x24
+_RESET_STREAM_FRAME = 0x04
+_STREAM_FRAMES = range(0x08, 0x10)
+
+
+class _ResetStreamAt:
+    """Announces ``reset_stream_at`` on one QUIC connection and handles RESET_STREAM_AT frames (aioquic knows
+    neither).
+
+    A peer resets a WebTransport stream with RESET_STREAM_AT so that the stream's first ``reliable_size``
+    bytes (its header: 0x41 and the session id) are still delivered: the receiver must learn which session
+    the stream belonged to. A RESET_STREAM_AT whose reliable bytes have all been delivered is a RESET_STREAM
+    (aioquic's own handler: flow control, final size, the ``StreamReset`` event); otherwise it waits until
+    STREAM frames have delivered them. Without this, such a frame would close the whole connection
+    ("Unknown frame type").
+
+    aioquic has no extension point for either, so this reads private members of the connection: the frame
+    handler table (RESET_STREAM_AT added, STREAM wrapped) and the method that encodes the transport
+    parameters (called during the handshake, after the protocol's constructor has made this).
+    """
+
+    __slots__ = ("handle_reset", "handle_stream", "pending", "quic")
+
+    def __init__(self, quic: QuicConnection) -> None:
+        self.quic = quic
+        handlers: dict[int, tuple[Callable[..., None], Any]]
+        handlers = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+        self.handle_reset, reset_epochs = handlers[_RESET_STREAM_FRAME]
+        self.handle_stream, stream_epochs = handlers[_STREAM_FRAMES[0]]
+        #: Resets waiting for their reliable bytes: stream id -> (error code, final size, reliable size).
+        self.pending: dict[int, tuple[int, int, int]] = {}
+        handlers[_RESET_STREAM_AT_FRAME] = (self.on_reset_stream_at, reset_epochs)
+        for frame_type in _STREAM_FRAMES:
+            handlers[frame_type] = (self.on_stream, stream_epochs)
+        serialize = quic._serialize_transport_parameters
+        announce = _core.encode_varint(_RESET_STREAM_AT_PARAMETER) + _core.encode_varint(0)
+        quic._serialize_transport_parameters = lambda: serialize() + announce  # type: ignore[method-assign]
+
+    def _reset(self, context: Any, frame_type: int, stream_id: int, error_code: int, final_size: int) -> None:
+        frame = Buffer(capacity=24)
+        for value in (stream_id, error_code, final_size):
+            frame.push_uint_var(value)
+        self.handle_reset(context, frame_type, Buffer(data=frame.data))
+
+    def _delivered(self, stream_id: int) -> int:
+        stream = self.quic._streams.get(stream_id)
+        return 0 if stream is None else stream.receiver.starting_offset()
+
+    def on_reset_stream_at(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        stream_id, error_code, final_size, reliable_size = (buf.pull_uint_var() for _ in range(4))
+        if reliable_size > final_size:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                frame_type=frame_type,
+                reason_phrase="RESET_STREAM_AT reliable size beyond its final size",
+            )
+        earlier = self.pending.pop(stream_id, None)
+        if earlier is not None:  # a repeated frame may only lower the reliable size
+            reliable_size = min(reliable_size, earlier[2])
+        if reliable_size <= self._delivered(stream_id):
+            self._reset(context, frame_type, stream_id, error_code, final_size)
+        else:
+            self.pending[stream_id] = (error_code, final_size, reliable_size)
+
+    def on_stream(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        if not self.pending:
+            self.handle_stream(context, frame_type, buf)
+            return
+        start = buf.tell()
+        stream_id = buf.pull_uint_var()
+        buf.seek(start)
+        self.handle_stream(context, frame_type, buf)
+        waiting = self.pending.get(stream_id)
+        if waiting is not None and waiting[2] <= self._delivered(stream_id):
+            del self.pending[stream_id]
+            self._reset(context, frame_type, stream_id, waiting[0], waiting[1])
 
 
 class _ServerH3(H3Connection):
@@ -290,6 +374,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         super().__init__(quic, stream_handler)
         self.server = server
         _grant_bidi_streams(quic, server.config.webtransport.quic_bidi_streams)
+        _ResetStreamAt(quic)
         self.h3: H3Connection | None = None
         self.sessions: dict[int, _Session] = {}
         self.sessions_opened = 0
