@@ -130,6 +130,7 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTr
         print(f"WebTransport not started: UDP port {sse.port}: {exc}", file=sys.stderr, flush=True)
         return None
     sse.webtransport = wt
+    sse.metrics.include(wt.metrics)  # one /metrics for the process: the SSE server's shows both protocols
     kind = "certificate from files" if certificate else "development certificate (ECDSA P-256, < 14 days)"
     print(
         f"serving WebTransport on {wt.url} (UDP); {kind}, sha-256 {wt.certificate.sha256_hex}",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenwire import _core
-from tokenwire.errors import RemoteProtocolError, StreamNotFound
+from tokenwire.errors import DuplicateStreamId, RemoteProtocolError, StreamNotFound
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import FrameKind, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
@@ -367,7 +367,9 @@ class Endpoints:
         if stream_id is not None:
             if not isinstance(stream_id, str):
                 raise HttpError(400, "'stream_id' must be a string")
-            validate_stream_id(stream_id)
+            validate_stream_id(stream_id, RemoteProtocolError)  # the client's id: its fault when malformed
+            if stream_id in host.hub:
+                raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id, or attach to it")
         ttft = float_field(body, "ttft", 0.0, 600.0)
         rate = float_field(body, "tokens_per_s", 0.0, 1e9)
         stamp = body.get("stamp", False)

@@ -233,9 +233,6 @@ class SseConnection(asyncio.Protocol):
             ("Connection", "close"),
             *plan.head,
         ]
-        wt = self.server.webtransport
-        if wt is not None:
-            headers.append(("Alt-Svc", f'h3=":{wt.port}"; ma=86400'))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
         transport.write(render_head(200, headers) + retry_block + plan.intro)
         self._last_write = self.server.loop.time()
@@ -331,8 +328,8 @@ class SseServer(ServerBase):
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
         self.background: set[asyncio.Task[None]] = set()
-        #: The WebTransport server beside this one (``tokenwire serve`` sets it): advertised with ``Alt-Svc``
-        #: on stream responses, and its certificate hash served at ``/v1/webtransport/certificate``.
+        #: The WebTransport server beside this one (``tokenwire serve`` sets it): its URL and certificate hash are
+        #: served at ``/v1/webtransport/certificate``. No ``Alt-Svc``: HTTP/3 serves only the WebTransport CONNECT.
         self.webtransport: Any = None
         self.router = Router(self)
         self._server: asyncio.Server | None = None
