@@ -7,6 +7,7 @@ A :class:`Hub` holds every stream's recent tokens in a Rust ring. Producers ``se
 from tokenwire._core import __version__
 from tokenwire.errors import (
     BackpressureExceeded,
+    DuplicateStreamId,
     EpochMismatch,
     FrameError,
     HubFull,
@@ -29,6 +30,7 @@ from tokenwire.storage import MemoryStorage, Storage
 
 __all__ = [
     "BackpressureExceeded",
+    "DuplicateStreamId",
     "EpochMismatch",
     "FakeEngine",
     "FakeModel",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackpressureExceeded",
+    "DuplicateStreamId",
     "EpochMismatch",
     "FrameError",
     "HubFull",
@@ -58,6 +59,12 @@ class InvalidBody(RemoteProtocolError):
 
 class FrameError(RemoteProtocolError):
     """A binary frame that cannot be decoded: unknown kind, oversized, not UTF-8, truncated at close."""
+
+
+class DuplicateStreamId(RemoteProtocolError):
+    """A start request names a caller-chosen stream id the hub already holds (409, on SSE and WebTransport)."""
+
+    status_hint = 409
 
 
 class ResumeError(TokenwireError):

@@ -149,7 +149,7 @@ async def test_status_codes_and_error_bodies_match_the_sse_server(serve: ServerF
         ("DELETE", "/v1/streams/t2/events", {}, b"", 405),
         ("POST", "/v1/streams", {"content-type": "application/json"}, b'{"prompt": "x", "max_tokens": 5000}', 400),
         ("POST", "/v1/streams", {"content-type": "application/json"}, b'{"prompt": "x", "ttft": "soon"}', 400),
-        ("POST", "/v1/streams", {"content-type": "application/json"}, b'{"prompt": "x", "stream_id": "t2"}', 400),
+        ("POST", "/v1/streams", {"content-type": "application/json"}, b'{"prompt": "x", "stream_id": "t2"}', 409),
         ("POST", "/v1/chat/completions", {"content-type": "application/json"}, b'{"messages": [{"content": 3}]}', 400),
         ("POST", "/v1/streams", {"content-type": "application/json"}, b"x" * (1 << 20 | 1), 413),
     ]

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 from tokenwire import _core
 from tokenwire.errors import (
+    DuplicateStreamId,
     EpochMismatch,
     FrameError,
     HubFull,
@@ -44,7 +45,7 @@ from tokenwire.errors import (
     status_of,
 )
 from tokenwire.protocol.json_body import loads_object
-from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_stream_id
+from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_epoch, validate_stream_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -56,7 +57,11 @@ __all__ = [
     "REQUEST_CANCEL",
     "REQUEST_START",
     "SESSION_GONE",
+    "SETTINGS_ENABLE_WEBTRANSPORT",
+    "SETTINGS_WT_ENABLED",
+    "SETTINGS_WT_MAX_SESSIONS",
     "WT_PATH",
+    "WT_PROTOCOLS",
     "AttachRequested",
     "CancelConfirmed",
     "CancelRequested",
@@ -84,6 +89,7 @@ __all__ = [
     "parse_preview",
     "parse_reply",
     "parse_request",
+    "server_settings",
     "wt_error_code",
 ]
 
@@ -130,6 +136,8 @@ class WtCode(enum.IntEnum):
     TOO_LARGE = 0x15
     #: Too many streams, or the hub's memory is full (503): retry later.
     BUSY = 0x16
+    #: A start request's caller-chosen stream id is taken (409 ``DuplicateStreamId``).
+    STREAM_EXISTS = 0x17
 
 
 _CODE_BY_STATUS: Final = {
@@ -362,8 +370,10 @@ def parse_request(message: Message) -> Request:
     if message.kind == REQUEST_ATTACH:
         stream_id = _stream_id(body)
         epoch = body.get("epoch", "")
-        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LEN:
-            raise RemoteProtocolError(f"'epoch' must be a string of at most {MAX_EPOCH_LEN} characters")
+        if not isinstance(epoch, str):
+            raise RemoteProtocolError(f"'epoch' must be a string of 1-{MAX_EPOCH_LEN} characters of [A-Za-z0-9_-]")
+        if epoch:  # the rule of an SSE resume point's epoch: a malformed one is 400, not 409
+            validate_epoch(epoch)
         after = body.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
@@ -482,7 +492,8 @@ def error_reply(exc: BaseException) -> RequestFailed:
     """The error answer for an exception raised while serving a request (docs/protocol.md §4.4)."""
     status = status_of(exc)
     message = str(exc) if isinstance(exc, TokenwireError) else "internal server error"
-    return RequestFailed(type(exc).__name__, message, status, int(code_for_status(status)), error_fields(exc))
+    code = WtCode.STREAM_EXISTS if isinstance(exc, DuplicateStreamId) else code_for_status(status)
+    return RequestFailed(type(exc).__name__, message, status, int(code), error_fields(exc))
 
 
 def error_from_reply(reply: RequestFailed) -> TokenwireError:
@@ -498,6 +509,8 @@ def error_from_reply(reply: RequestFailed) -> TokenwireError:
         return ResumeFromFuture(message, _int(extra.get("last_seq")))
     if reply.type == "HubFull":
         return HubFull(message)
+    if reply.type == "DuplicateStreamId":
+        return DuplicateStreamId(message)
     exc: TokenwireError
     if reply.type == "RequestTooLarge":
         exc = RequestTooLarge(message)
@@ -595,8 +608,29 @@ def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = No
     return headers
 
 
+#: ``:protocol`` of a WebTransport extended CONNECT: ``webtransport`` (drafts up to 14, what browsers send) and
+#: ``webtransport-h3`` (draft 15 on). The stream and datagram framing is the same in every one of them.
+WT_PROTOCOLS: Final = frozenset((b"webtransport", b"webtransport-h3"))
+
+#: HTTP/3 SETTINGS a WebTransport server sends (besides SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 and
+#: SETTINGS_H3_DATAGRAM = 1, which aioquic sends): each draft's way to say "WebTransport here".
+#: SETTINGS_ENABLE_WEBTRANSPORT (drafts 02-06; Chromium, webtransport-go up to v0.10).
+SETTINGS_ENABLE_WEBTRANSPORT: Final = 0x2B603742
+#: SETTINGS_WT_MAX_SESSIONS (draft 14; Safari 26.4 requires it >= 1).
+SETTINGS_WT_MAX_SESSIONS: Final = 0x14E9CD29
+#: SETTINGS_WT_ENABLED (draft 15 on; webtransport-go v0.11 on).
+SETTINGS_WT_ENABLED: Final = 0x2C7CF000
+
+
+def server_settings(max_sessions: int) -> dict[int, int]:
+    """The WebTransport SETTINGS of a server that accepts ``max_sessions`` sessions on one connection: every
+    draft's, so a client of any of them finds its own. No SETTINGS_WT_INITIAL_MAX_* are sent, so the
+    WebTransport flow control of newer drafts stays off (QUIC's flow control applies)."""
+    return {SETTINGS_ENABLE_WEBTRANSPORT: 1, SETTINGS_WT_MAX_SESSIONS: max_sessions, SETTINGS_WT_ENABLED: 1}
+
+
 def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str]:
-    """``(is an extended CONNECT for webtransport, its :path)`` of a request's headers."""
+    """``(is an extended CONNECT for WebTransport (any draft's :protocol), its :path)`` of a request's headers."""
     fields = dict(headers)
-    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") == b"webtransport"
+    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") in WT_PROTOCOLS
     return ok, fields.get(b":path", b"").decode("latin-1")

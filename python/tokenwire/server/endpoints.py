@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenwire import _core
-from tokenwire.errors import InvalidBody, RemoteProtocolError, StreamNotFound
+from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import FrameKind, Hub, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
@@ -426,8 +426,11 @@ class Endpoints:
     def start_generation(self, body: dict[str, Any], prompt: str, max_tokens: int) -> TokenStream:
         host = self.host
         stream_id = body.get("stream_id")
-        if stream_id is not None and not (isinstance(stream_id, str) and is_stream_id(stream_id)):
-            raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
+        if stream_id is not None:
+            if not (isinstance(stream_id, str) and is_stream_id(stream_id)):  # the client's fault: 400
+                raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
+            if stream_id in host.hub:
+                raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id, or attach to it")
         ttft = float_field(body, "ttft", 0.0, 600.0)
         rate = float_field(body, "tokens_per_s", 0.0, 1e9)
         stamp = bool_field(body, "stamp")

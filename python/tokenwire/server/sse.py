@@ -150,6 +150,7 @@ class SseConnection(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             stream.detach(self._on_frames)
+            stream.reader_resumed(self)
             if left_early(stream, self.position):
                 server.metrics.disconnects_total += 1
             server.streaming.discard(self)
@@ -157,10 +158,13 @@ class SseConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._paused = True
         self._paused_at = self.server.loop.time()
+        if self.stream is not None:
+            self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
 
     def resume_writing(self) -> None:
         self._paused = False
         if self.stream is not None:
+            self.stream.reader_resumed(self)
             self._on_frames()
 
     # -- timers --------------------------------------------------------------------------------------
@@ -245,9 +249,6 @@ class SseConnection(asyncio.Protocol):
         ]
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
-        wt = self.server.webtransport
-        if wt is not None:
-            headers.append(("Alt-Svc", f'h3=":{wt.port}"; ma=86400'))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
         transport.write(render_head(200, headers) + self._body(retry_block + plan.intro))
         self._last_write = self.server.loop.time()
@@ -324,6 +325,7 @@ class SseConnection(asyncio.Protocol):
         """The stream's response is complete and the client keeps the connection: it takes requests again."""
         if self.stream is not None:
             self.stream.detach(self._on_frames)
+            self.stream.reader_resumed(self)
         self.server.streaming.discard(self)
         self.stream = None
         self._render = None
@@ -365,8 +367,8 @@ class SseServer(ServerBase):
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
         self.background: set[asyncio.Task[None]] = set()
-        #: The WebTransport server beside this one (``tokenwire serve`` sets it): advertised with ``Alt-Svc``
-        #: on stream responses, and its certificate hash served at ``/v1/webtransport/certificate``.
+        #: The WebTransport server beside this one (``tokenwire serve`` sets it): its URL and certificate hash are
+        #: served at ``/v1/webtransport/certificate``. No ``Alt-Svc``: HTTP/3 serves only the WebTransport CONNECT.
         self.webtransport: Any = None
         self.router = Router(self)
         self._server: asyncio.Server | None = None
