@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from tests.server.test_asgi import wait_for
 from tests.server.test_sse_server import curl, events, tokens
 from tests.support.asgi_servers import SERVERS
 from tests.support.chunked import dechunk, split_response
@@ -156,6 +157,21 @@ async def test_a_kept_alive_connection_takes_a_request_after_its_stream() -> Non
         assert complete and tokens(events(payload)) == model.tokens("again", 20)
         assert answer.startswith(b"HTTP/1.1 200 OK") and server.hub.epoch.encode() in answer
         assert not server.streaming
+
+
+async def test_shutdown_closes_an_idle_kept_alive_connection_without_a_byte() -> None:
+    """After its stream the connection waits for a request: shutdown closes it with nothing written (an
+    unsolicited response would confuse the client's next request)."""
+    async with sse_server() as server:
+        body = b'{"prompt": "idle", "max_tokens": 3, "tokens_per_s": 0}'
+        req = b"POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(req % (len(body), body))
+        await reader.readuntil(b"\r\n0\r\n\r\n")
+        await wait_for(lambda: not server.streaming)
+        await server.shutdown(drain_timeout=0)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
 
 
 @pytest.mark.parametrize("server_name", sorted(SERVERS))

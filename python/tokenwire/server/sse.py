@@ -343,7 +343,8 @@ class SseConnection(asyncio.Protocol):
         """Tell the client to come back soon, then close (it resumes with its Last-Event-ID)."""
         if self.transport is not None and not self._closing:
             self._closing = True
-            self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
+            if self.stream is not None:  # an idle kept-alive connection gets no bytes outside a response
+                self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
             self.transport.close()
 
 
