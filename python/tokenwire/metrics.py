@@ -25,6 +25,12 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+#: Sub-millisecond buckets for the flusher's wait (docs/protocol.md, "Write coalescing").
+FLUSH_WAIT_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+
 class Histogram:
     """Cumulative-on-render histogram with fixed upper bounds (seconds)."""
 
@@ -92,6 +98,8 @@ class ServerMetrics:
         self.ttft = Histogram()
         self.inter_token = Histogram()
         self.resume_latency = Histogram()
+        #: Per flush: how long its oldest mark waited (a token appended -> its connection written).
+        self.flush_wait = Histogram(FLUSH_WAIT_BUCKETS)
         self.gauges: dict[str, Callable[[], float]] = {}
         #: Metrics of other servers in this process on the same hub, rendered with these (:meth:`include`).
         self.included: list[ServerMetrics] = []
@@ -154,6 +162,7 @@ class _Collector(Collector):
                 ("time_to_first_token_seconds", m.ttft, "Request received to first token written"),
                 ("inter_token_seconds", m.inter_token, "Time between token writes on a stream connection"),
                 ("resume_seconds", m.resume_latency, "Resume request received to first replayed byte written"),
+                ("flush_wait_seconds", m.flush_wait, "Per flush, how long its oldest pending write waited"),
             ):
                 h = histograms.get(name)
                 if h is None:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tokenwire.metrics import FLUSH_WAIT_BUCKETS, Histogram
 from tokenwire.server.flusher import Flusher
 
 
@@ -100,3 +101,17 @@ async def test_one_failing_connection_does_not_stop_the_others(max_wait_ms: floa
     flusher.add(Conn("c", log))
     await asyncio.sleep(0)
     assert log[-1] == "c"
+
+
+async def test_each_flush_observes_how_long_its_oldest_mark_waited() -> None:
+    hist = Histogram(FLUSH_WAIT_BUCKETS)
+    flusher = Flusher(asyncio.get_running_loop(), max_wait_ms=0.5, wait_histogram=hist)
+    log: list[str] = []
+    flusher.add(Conn("a", log))
+    _busy(0.002)
+    flusher.add(Conn("b", log))  # flushed inline: its batch's oldest mark waited >= 2 ms
+    assert hist.count == 1
+    assert hist.sum >= 0.002
+    flusher.add(Conn("c", log))
+    await asyncio.sleep(0)
+    assert hist.count == 2

@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tokenwire.metrics import Histogram
 
 __all__ = ["DEFAULT_MAX_WAIT_MS", "Flushable", "Flusher"]
 
@@ -41,10 +44,25 @@ class Flushable(Protocol):
 
 
 class Flusher:
-    __slots__ = ("_clock", "_delay", "_first", "_loop", "_max_wait", "_pending", "_scheduled", "inline_runs", "runs")
+    __slots__ = (
+        "_clock",
+        "_delay",
+        "_first",
+        "_loop",
+        "_max_wait",
+        "_pending",
+        "_scheduled",
+        "inline_runs",
+        "runs",
+        "wait_histogram",
+    )
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, max_delay_ms: float = 0.0, max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_delay_ms: float = 0.0,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        wait_histogram: Histogram | None = None,
     ) -> None:
         self._loop = loop
         self._delay = max_delay_ms / 1000.0
@@ -57,14 +75,15 @@ class Flusher:
         #: Flushes run, and how many of them ran inside a producer's step because a mark waited too long.
         self.runs = 0
         self.inline_runs = 0
+        #: Observes, per flush, how long its oldest mark waited (seconds).
+        self.wait_histogram = wait_histogram
 
     def add(self, conn: Flushable) -> None:
         """Queue ``conn`` for the next flush (the caller makes sure it is queued once)."""
         pending = self._pending
         pending.append(conn)
         if len(pending) == 1:
-            if self._max_wait:
-                self._first = self._clock()
+            self._first = self._clock()
             if not self._scheduled:
                 self._scheduled = True
                 if self._delay:
@@ -83,6 +102,8 @@ class Flusher:
     def _run(self) -> None:
         pending, self._pending = self._pending, []
         self.runs += 1
+        if self.wait_histogram is not None:
+            self.wait_histogram.observe(self._clock() - self._first)
         for conn in pending:
             # One connection's failure is its own: every other connection of this batch is still written
             # (uvloop's _exec_queued_writes isolates each transport the same way).
