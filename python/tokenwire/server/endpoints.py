@@ -373,12 +373,18 @@ class Endpoints:
         stamp = body.get("stamp", False)
         if not isinstance(stamp, bool):
             raise HttpError(400, "'stamp' must be a boolean")
-        host.metrics.streams_started_total += 1
         engine = host.engine
         if engine is not None:
-            return engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
-        source = host.model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
-        return host.hub.start(source, stream_id=stream_id)
+            stream = engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
+        else:
+            model = host.model
+            source = model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
+            # The hub's cap is charged for what the stream will hold: HubFull (503) now when it does not fit.
+            stream = host.hub.start(
+                source, stream_id=stream_id, length=max_tokens, token_bytes=model.token_bytes(stamp)
+            )
+        host.metrics.streams_started_total += 1
+        return stream
 
     def create(self, body: dict[str, Any], base: str = "") -> StreamPlan:
         """``POST /v1/streams``: start a generation and stream it from the start."""
