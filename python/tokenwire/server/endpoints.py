@@ -8,6 +8,7 @@ bytes; everything a client can observe besides timing is decided here, so the tw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "StreamPlan",
     "collect_completion",
     "float_field",
+    "idempotency_key_of",
     "int_field",
     "last_event_id_of",
     "match_route",
@@ -192,6 +194,32 @@ def last_event_id_of(headers: Mapping[str, str], query: Mapping[str, str]) -> st
     return headers.get("last-event-id", "").strip() or query.get("last_event_id", "").strip()
 
 
+#: The longest ``Idempotency-Key`` taken (a UUID is 36 characters); a longer one is 400.
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key_of(headers: Mapping[str, str]) -> str | None:
+    """The ``Idempotency-Key`` of a start request (``None`` when absent or empty); 400 when malformed.
+
+    The value is a structured-field string (``"..."``) or, as most clients send it, the bare token: 1 to
+    255 visible ASCII characters (docs/protocol.md §7.2).
+    """
+    key = headers.get("idempotency-key", "").strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in key):
+        raise HttpError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")
+    return key
+
+
+def _fingerprint(route: str, body: dict[str, Any]) -> str:
+    """What a repeated start must match: the route and the request's JSON (key order and spacing aside)."""
+    canonical = json.dumps([route, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 # -- resume and stream plans ---------------------------------------------------------------------------
 
 
@@ -332,11 +360,13 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A validated ``POST /v1/chat/completions``: its stream has started."""
+    """A validated ``POST /v1/chat/completions``: its stream has started (or was started by the request this
+    one repeats, and is served after ``after``)."""
 
     stream: TokenStream
     meta: ChatMeta
     streaming: bool
+    after: int = 0
 
 
 @dataclass(eq=False)
@@ -352,6 +382,9 @@ class Endpoints:
     #: holds are dropped as it grows.
     chats: dict[str, ChatMeta] = field(default_factory=dict)
     _prune_at: int = field(default=1024, init=False, repr=False)
+    #: ``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first. A key lives as long
+    #: as its stream is in the hub, and at most ``config.max_idempotency_keys`` are kept (the oldest go).
+    idempotency: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -386,13 +419,71 @@ class Endpoints:
         host.metrics.streams_started_total += 1
         return stream
 
-    def create(self, body: dict[str, Any], base: str = "") -> StreamPlan:
-        """``POST /v1/streams``: start a generation and stream it from the start."""
+    def create(
+        self, body: dict[str, Any], base: str = "", headers: Mapping[str, str] | None = None
+    ) -> StreamPlan | None:
+        """``POST /v1/streams``: start a generation and stream it from the start.
+
+        A repeat of a start (``Idempotency-Key``) or a retry that carries ``Last-Event-ID`` serves the stream
+        that is already there instead (see :meth:`previous_start`); ``None``: 204, nothing left to send.
+        """
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise HttpError(400, "'prompt' (string) is required")
+        previous = self.previous_start("create", body, headers)
+        if previous is not None:
+            stream, after = previous
+            return None if nothing_left(stream, after) else self.plan_sse(stream, after, base)
         stream = self.start(body, prompt)
+        self._remember_key("create", body, headers, stream)
         return self.plan_sse(stream, 0, base)
+
+    def previous_start(
+        self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None
+    ) -> tuple[TokenStream, int] | None:
+        """The stream a start request repeats, and the seq to serve after; ``None``: start a new generation.
+
+        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream: served from the
+          start, or after the request's ``Last-Event-ID``. The same key with another request body is 422.
+        - Else a ``Last-Event-ID`` (a client's SSE retry of the POST) resumes the stream it names, with the
+          rules and errors of ``GET /v1/streams/{id}/events`` (400, 404, 409, 410; 204 when nothing is left).
+        """
+        if headers is None:
+            return None
+        key = idempotency_key_of(headers)
+        last_event_id = last_event_id_of(headers, {})
+        hub = self.host.hub
+        stream_id = None
+        if key is not None and (entry := self.idempotency.get(key)) is not None:
+            if entry[1] != _fingerprint(route, body):
+                raise HttpError(422, "Idempotency-Key was used for a different request; use a new key")
+            if entry[0] in hub:
+                stream_id = entry[0]
+            else:
+                del self.idempotency[key]  # its stream is gone: the key starts a new one
+        if stream_id is None:
+            if not last_event_id:
+                return None
+            stream_id = hub.parse_resume(last_event_id).stream_id
+        stream, after = resolve_resume(hub, stream_id, last_event_id)
+        if last_event_id and not nothing_left(stream, after):
+            count_resume(hub, self.host.metrics, stream, after)
+        return stream, after
+
+    def _remember_key(
+        self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None, stream: TokenStream
+    ) -> None:
+        key = None if headers is None else idempotency_key_of(headers)
+        if key is None:
+            return
+        keys = self.idempotency
+        keys[key] = (stream.id, _fingerprint(route, body))
+        limit = self.host.config.max_idempotency_keys
+        if len(keys) > limit:
+            hub = self.host.hub
+            self.idempotency = keys = {k: v for k, v in keys.items() if v[0] in hub}
+            for k in list(keys)[: max(0, len(keys) - limit)]:  # still too many: the oldest go
+                del keys[k]
 
     def cancel(self, stream_id: str) -> None:
         """``DELETE /v1/streams/{id}``: 204 after this returns; ``StreamNotFound`` is a 404."""
@@ -421,8 +512,11 @@ class Endpoints:
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
         return plan_sse(self.host.hub, stream, after, f"{base}{STREAMS_PATH}/{stream.id}/events")
 
-    def chat(self, body: dict[str, Any]) -> ChatRequest:
-        """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata."""
+    def chat(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ChatRequest:
+        """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata.
+
+        A repeat (``Idempotency-Key``) or a retry with ``Last-Event-ID`` serves the stream already there, in
+        the OpenAI format (see :meth:`previous_start`); :meth:`chat_plan` says 204 when nothing is left."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise HttpError(400, "'messages' must be a non-empty array")
@@ -440,10 +534,28 @@ class Endpoints:
         )
         options = body.get("stream_options") or {}
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        previous = self.previous_start("chat", body, headers)
+        if previous is not None:
+            stream, after = previous
+            known = self.chats.get(stream.id)
+            if known is None:
+                raise RemoteProtocolError(f"stream {stream.id} is not a chat completion; it cannot resume here")
+            streaming = bool(body.get("stream"))
+            if not streaming:
+                self.host.hub.check_resume(stream.id, 0)  # the whole answer is collected again: 410 if gone
+            return ChatRequest(stream, known, streaming, after)
         stream = self.start_generation(body, "\n".join(parts), max_tokens)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
         self._remember(stream.id, meta)
+        self._remember_key("chat", body, headers, stream)
         return ChatRequest(stream, meta, bool(body.get("stream")))
+
+    def chat_plan(self, chat: ChatRequest, base: str = "") -> StreamPlan | None:
+        """The OpenAI chunk stream of a streaming chat request; ``None``: 204, nothing left after its resume
+        point."""
+        if nothing_left(chat.stream, chat.after):
+            return None
+        return plan_openai(self.host.hub, chat.stream, chat.after, chat.meta, base)
 
     def _remember(self, stream_id: str, meta: ChatMeta) -> None:
         chats = self.chats
