@@ -52,6 +52,7 @@ class SseConnection(asyncio.Protocol):
         "_dirty",
         "_handle",
         "_held",
+        "_idle",
         "_last_write",
         "_paused",
         "_paused_at",
@@ -79,6 +80,8 @@ class SseConnection(asyncio.Protocol):
         self._trailer = b""
         self._dirty = False
         self._held = False
+        #: Kept alive between requests: the idle timer runs until the next request's first byte.
+        self._idle = False
         self._paused = False
         self._paused_at = 0.0
         self._closing = False
@@ -98,8 +101,8 @@ class SseConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=server.config.write_buffer_high)
-        if len(server.connections) >= server.config.max_connections or server.draining:
-            self._respond_error(HttpError(503, "server is at its connection limit or shutting down"), False)
+        if len(server.connections) >= server.config.max_connections:
+            self._respond_error(HttpError(503, "server is at its connection limit"), False)
             return
         server.connections.add(self)
         self._arm_timer(server.config.header_timeout)
@@ -107,16 +110,20 @@ class SseConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stream is not None or self._closing or self._held:
             return  # a stream connection (or one awaiting its answer) takes no more requests
+        parser = self.parser
         try:
-            requests = self.parser.feed(data)
+            requests = parser.feed(data)
         except HttpError as exc:
             self._respond_error(exc, False)
             return
         for req in requests:
             self._cancel_timer()
+            self._idle = False
             self.server.metrics.requests_total += 1
             self._requested_at = self.server.loop.time()
             try:
+                if self.server.draining:
+                    raise HttpError(503, "server is shutting down")
                 self.server.router.handle(self, req)
             except TokenwireError as exc:
                 self._respond_error(exc, req.keep_alive)
@@ -125,8 +132,13 @@ class SseConnection(asyncio.Protocol):
                 self._respond_error(exc, False, status=500)
             if self.stream is not None or self._closing or self._held:
                 return
-            # The next request must be complete within the idle timeout; partial bytes do not extend it.
+            # Kept alive: the next request may start within the idle timeout.
+            self._idle = True
             self._arm_timer(self.server.config.idle_timeout)
+        if self._idle and parser.busy:
+            # A request has started arriving: it must be complete within the header timeout, as the first one.
+            self._idle = False
+            self._arm_timer(self.server.config.header_timeout)
 
     def hold(self) -> None:
         """The answer to the current request comes later (``respond`` releases the connection)."""
@@ -300,10 +312,13 @@ class SseConnection(asyncio.Protocol):
             self.transport.abort()
 
     def close_for_shutdown(self) -> None:
-        """Tell the client to come back soon, then close (it resumes with its Last-Event-ID)."""
+        """A streaming response gets the hint to come back soon (it resumes with its Last-Event-ID), then the
+        connection closes. Any other connection (idle keep-alive, a request not complete) is closed as it
+        is: a byte outside a response would be an unsolicited response to its client."""
         if self.transport is not None and not self._closing:
             self._closing = True
-            self.transport.write(SHUTDOWN_HINT)
+            if self.stream is not None:
+                self.transport.write(SHUTDOWN_HINT)
             self.transport.close()
 
 
@@ -371,15 +386,16 @@ class SseServer(ServerBase):
         await self._server.serve_forever()
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let open streams finish for up to ``drain_timeout``, then close the rest with a
-        reconnect hint; stop generations; close the hub."""
+        """Let open streams finish for up to ``drain_timeout`` while new connections and requests get 503 with
+        ``Retry-After``; then stop listening, close streaming connections with a reconnect hint and the others
+        as they are; stop generations; close the hub."""
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
         self.draining = True
-        if self._server is not None:
-            self._server.close()
         deadline = self.loop.time() + drain
         while self.streaming and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
+        if self._server is not None:
+            self._server.close()
         for conn in list(self.connections):
             conn.close_for_shutdown()
         if self._tick is not None:
