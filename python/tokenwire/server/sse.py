@@ -24,6 +24,7 @@ from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
+from tokenwire.server.accept import Listener
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, left_early
@@ -346,7 +347,8 @@ class SseServer(ServerBase):
         #: on stream responses, and its certificate hash served at ``/v1/webtransport/certificate``.
         self.webtransport: Any = None
         self.router = Router(self)
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
+        self._listeners: list[Listener] = []
         self.metrics.gauges["connections"] = lambda: len(self.connections)
         self.metrics.gauges["stream_connections"] = lambda: len(self.streaming)
 
@@ -358,9 +360,23 @@ class SseServer(ServerBase):
 
     async def start(self) -> None:
         loop = self._start_common()
-        self._server = await loop.create_server(
-            lambda: SseConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
+        # Our own accept path (server/accept.py): at the descriptor limit new connections get a 503.
+        refusal = render_response(
+            503,
+            json.dumps(error_body(HttpError(503, "server is out of file descriptors"), 503)).encode(),
+            "application/json",
+            keep_alive=False,
+            extra=[("Retry-After", "1")],
         )
+
+        def refused() -> None:
+            self.metrics.fd_limit_refusals_total += 1
+
+        for sock in await _listening_sockets(loop, self.config.host, self.config.port):
+            listener = Listener(loop, sock, lambda: SseConnection(self), refusal, refused)
+            listener.start()
+            self._listeners.append(listener)
+        self._server = self._listeners[0]
         self._schedule_tick()
         log.info("SSE server listening on %s:%d (epoch %s)", self.config.host, self.port, self.hub.epoch)
 
@@ -394,14 +410,36 @@ class SseServer(ServerBase):
         deadline = self.loop.time() + drain
         while self.streaming and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
-        if self._server is not None:
-            self._server.close()
+        for listener in self._listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.close_for_shutdown()
         if self._tick is not None:
             self._tick.cancel()
         await self._close_engine()
         await self.hub.aclose()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for listener in self._listeners:
+            await listener.wait_closed()
         log.info("SSE server stopped")
+
+
+async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host`` (every address it resolves to), as
+    ``loop.create_server`` makes them."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
