@@ -9,6 +9,7 @@ context, so "send only" is what a server pays per token write, whatever it is wr
 
 from __future__ import annotations
 
+import argparse
 import resource
 import socket
 
@@ -22,6 +23,7 @@ def cpu() -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options; --help says what it is
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(2048)
