@@ -465,7 +465,8 @@ mod tests {
         let charged = r.memory_bytes();
         assert!(charged > limits().max_total_bytes / 2, "{charged}");
         // Frames within the reservation do not add to the charge.
-        r.append(a, FrameKind::Token, std::iter::repeat_n(&[b'x'; 40][..], 300)).unwrap();
+        r.append(a, FrameKind::Token, std::iter::repeat_n(&[b'x'; 40][..], 300))
+            .unwrap();
         assert_eq!(r.memory_bytes(), charged);
         // A second one would pass the cap: refused before anything is held.
         assert!(matches!(
@@ -487,7 +488,15 @@ mod tests {
 
     #[test]
     fn memory_bound_holds_for_any_append_pattern() {
-        for (frames, size) in [(1_u64, 1_usize), (7, 3), (99, 37), (100, 100), (101, 5), (1_000, 7), (3_000, 64)] {
+        for (frames, size) in [
+            (1_u64, 1_usize),
+            (7, 3),
+            (99, 37),
+            (100, 100),
+            (101, 5),
+            (1_000, 7),
+            (3_000, 64),
+        ] {
             let mut ring = Ring::new("x:e:".into(), 100, 10_000);
             let bound = ring.memory_bound(frames, size);
             let payload = vec![b'y'; size];
@@ -496,7 +505,10 @@ mod tests {
                 ring.append(FrameKind::Token, &payload).unwrap();
                 peak = peak.max(ring.memory_bytes());
             }
-            assert!(peak <= bound, "frames {frames} size {size}: peak {peak} > bound {bound}");
+            assert!(
+                peak <= bound,
+                "frames {frames} size {size}: peak {peak} > bound {bound}"
+            );
         }
     }
 }
