@@ -14,7 +14,7 @@ import resource
 import socket
 
 N, ROUNDS = 1000, 50
-MSG = b"id: Iq2pi76UhUgHqpO3RZi5qA:Irjf4eVk:123\nevent: token\ndata:  hello\n\n"
+MSG = b"event: token\ndata:  hello\nid: Iq2pi76UhUgHqpO3RZi5qA:Irjf4eVk:123\n\n"
 
 
 def cpu() -> float:
