@@ -382,8 +382,9 @@ class Endpoints:
     #: holds are dropped as it grows.
     chats: dict[str, ChatMeta] = field(default_factory=dict)
     _prune_at: int = field(default=1024, init=False, repr=False)
-    #: ``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first. A key lives as long
-    #: as its stream is in the hub, and at most ``config.max_idempotency_keys`` are kept (the oldest go).
+    #: ``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first. A key lives at most
+    #: as long as its stream is in the hub, and at most ``config.max_idempotency_keys`` are kept (the oldest
+    #: go).
     idempotency: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # -- generation --------------------------------------------------------------------------------
@@ -477,13 +478,10 @@ class Endpoints:
         if key is None:
             return
         keys = self.idempotency
+        keys.pop(key, None)  # a key that starts anew becomes the newest
         keys[key] = (stream.id, _fingerprint(route, body))
-        limit = self.host.config.max_idempotency_keys
-        if len(keys) > limit:
-            hub = self.host.hub
-            self.idempotency = keys = {k: v for k, v in keys.items() if v[0] in hub}
-            for k in list(keys)[: max(0, len(keys) - limit)]:  # still too many: the oldest go
-                del keys[k]
+        while len(keys) > self.host.config.max_idempotency_keys:
+            del keys[next(iter(keys))]  # the oldest go (keys of swept streams are dropped when looked up)
 
     def cancel(self, stream_id: str) -> None:
         """``DELETE /v1/streams/{id}``: 204 after this returns; ``StreamNotFound`` is a 404."""
