@@ -142,34 +142,48 @@ VOCABULARY: tuple[str, ...] = (
 #: Tokens per step of an unthrottled generation.
 _UNTHROTTLED_BATCH = 256
 
+#: Tokens a :class:`TokenDraw` draws at once for one-at-a-time takers.
+_DRAW_CHUNK = 64
+
 #: The most UTF-8 bytes :func:`stamp_suffix` adds to a token (the separator and 20 digits).
 STAMP_BYTES = len(STAMP_SEPARATOR.encode()) + 20
 
 
 class TokenDraw:
     """The tokens of one generation, drawn as they are taken: the same sequence as ``rng.choices(vocabulary,
-    k=count)`` (one ``random()`` per token, as ``choices`` draws), without holding it."""
+    k=count)`` (``choices`` draws one ``random()`` per token, so drawing in chunks changes nothing), holding
+    at most :data:`_DRAW_CHUNK` of them."""
 
-    __slots__ = ("_n", "_random", "_vocabulary", "left")
+    __slots__ = ("_buf", "_choices", "_pos", "_vocabulary", "left")
 
     def __init__(self, vocabulary: tuple[str, ...], rng: random.Random, count: int) -> None:
         self._vocabulary = vocabulary
-        self._n = len(vocabulary)
-        self._random = rng.random
+        self._choices = rng.choices
+        self._buf: list[str] = []
+        self._pos = 0
         #: Tokens still to come.
         self.left = count
 
     def next(self) -> str:
         """The next token (the caller checks :attr:`left` first)."""
+        pos = self._pos
+        buf = self._buf
+        if pos == len(buf):
+            buf = self._buf = self._choices(self._vocabulary, k=min(_DRAW_CHUNK, self.left))
+            pos = 0
+        self._pos = pos + 1
         self.left -= 1
-        return self._vocabulary[int(self._random() * self._n)]
+        return buf[pos]
 
     def take(self, k: int) -> list[str]:
         """The next ``k`` tokens (fewer at the end)."""
         k = min(k, self.left)
+        held = self._buf[self._pos : self._pos + k]
+        self._pos += len(held)
         self.left -= k
-        vocabulary, rnd, n = self._vocabulary, self._random, self._n
-        return [vocabulary[int(rnd() * n)] for _ in range(k)]
+        if len(held) < k:
+            held += self._choices(self._vocabulary, k=k - len(held))
+        return held
 
 
 class FakeCompletion:
