@@ -111,7 +111,10 @@ impl Ring {
             payload
         };
         let arena = arena_len.max(8).saturating_mul(2);
-        let entries = held.max(4).next_power_of_two().saturating_mul(std::mem::size_of::<Entry>());
+        let entries = held
+            .max(4)
+            .next_power_of_two()
+            .saturating_mul(std::mem::size_of::<Entry>());
         (std::mem::size_of::<Self>() + self.id_prefix.capacity())
             .saturating_add(arena)
             .saturating_add(entries)
