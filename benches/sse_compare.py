@@ -34,6 +34,10 @@ SERVERS: dict[str, dict[str, Any]] = {
         "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--max-delay-ms", "100"],
         "resume": True,
     },
+    "tokenwire-nowait": {  # flushes only at the next loop iteration (no bound on a mark's wait): issue 3's flusher
+        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0"],
+        "resume": True,
+    },
     "sse-starlette": {
         "cmd": [PY, "-m", "benches.peers.sse_starlette_app", "--steps-per-s", "{steps}", "--port", "{port}"],
         "resume": False,
@@ -66,8 +70,21 @@ def spawn_server(
     raise RuntimeError(f"{name} did not start")
 
 
-def start_server(name: str, port: int, steps: float, cores: str) -> subprocess.Popen[str]:
+def server_command(name: str, port: int, steps: float, producer: str = "engine") -> list[str]:
+    """The command of server ``name``; ``producer="per-stream"``: no shared engine, each request iterates its
+    own generation (tokenwire: ``serve`` without ``--engine-steps-per-s``, paced by the request)."""
     cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]["cmd"]]
+    if producer == "per-stream":
+        if "--engine-steps-per-s" in cmd:
+            i = cmd.index("--engine-steps-per-s")
+            del cmd[i : i + 2]
+        else:
+            cmd += ["--producer", "per-stream"]
+    return cmd
+
+
+def start_server(name: str, port: int, steps: float, cores: str, producer: str = "engine") -> subprocess.Popen[str]:
+    cmd = server_command(name, port, steps, producer)
     ready = lambda line: "" if "listening on" in line or "serving SSE on" in line else None
     return spawn_server(name, cmd, cores, ready, timeout=20)[0]
 
@@ -98,11 +115,29 @@ def add_run_arguments(p: argparse.ArgumentParser, *, duration: float, out: str) 
     p.add_argument("--timeout", type=float, default=600, help="seconds for one point's load generator")
     p.add_argument("--stream-timeout", type=float, default=120, help="a stream slower than this counts as failed")
     p.add_argument("--out", default=out)
+    p.add_argument(
+        "--producer",
+        choices=("engine", "per-stream"),
+        default="engine",
+        help="engine: one loop feeds every stream per step; per-stream: one producer task per stream "
+        "(async for token in model.generate(...))",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="run each point this many times (one row each)")
+    p.add_argument(
+        "--hog",
+        action="store_true",
+        help="competing load: one CPU-burning process pinned to the server's cores and one to the client's",
+    )
 
 
 def ms(d: dict[str, Any], k: str) -> str:
     """A report's percentile ``k`` (seconds) in whole milliseconds."""
     return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
+
+
+def ms3(d: dict[str, Any], k: str) -> str:
+    """A report's percentile ``k`` (seconds) in milliseconds with three decimals (sub-millisecond lags)."""
+    return f"{d[k] * 1e3:.3f}" if k in d else "n/a"
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -114,10 +149,30 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+_HOG = "while True: pass"
+
+
+def start_hogs(args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
+    """``--hog``: one busy-looping process on the server's cores and one on the client's (competing load)."""
+    if not getattr(args, "hog", False):
+        return []
+    return [
+        subprocess.Popen([TASKSET, "-c", cores, PY, "-c", _HOG])  # noqa: S603 - our own command
+        for cores in (args.server_cores, args.client_cores)
+    ]
+
+
+def stop_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
+
+
 def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> dict[str, Any]:
     unthrottled = streams == 1 and args.unthrottled_tokens
     steps = 0 if unthrottled else args.steps  # 0: per-request pacing with tokens_per_s=0, i.e. unthrottled
-    proc = start_server(name, port, steps, args.server_cores)
+    proc = start_server(name, port, steps, args.server_cores, args.producer)
+    hogs = start_hogs(args)
     try:
         max_tokens = args.unthrottled_tokens if unthrottled else max(1, round(args.duration * args.steps))
         loadtest_args = [
@@ -128,6 +183,7 @@ def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> d
             loadtest_args.append("--no-resume")
         return run_loadtest(args, proc, loadtest_args)
     finally:
+        stop_hogs(hogs)
         stop_server(proc)
 
 
@@ -138,11 +194,12 @@ def row(name: str, streams: int, r: dict[str, Any]) -> str:
     c = r["correctness"]
     return (
         f"| {name} | {streams:,} | {r['tokens']['per_s']:,.0f} | {per100k:.2f} | {sv.get('cpu_utilisation', 0) * 100:.0f}% "
-        f"| {mem_per_1k:.1f} | {ms(r['ttft_s'], 'p99')} | {ms(r['delivery_lag_s'], 'p99')} "
+        f"| {mem_per_1k:.1f} | {ms(r['ttft_s'], 'p99')} | {ms3(r['delivery_lag_s'], 'p50')} "
+        f"| {ms(r['delivery_lag_s'], 'p99')} "
         f"| {ms(r['schedule_lateness_s'], 'p99')} | {r['streams']['ok']}/{r['streams']['total']} "
         f"| {c['lost']}/{c['duplicated']} |"
         if per100k is not None
-        else f"| {name} | {streams:,} | no tokens | | | | | | | {r['streams']['ok']}/{r['streams']['total']} | |"
+        else f"| {name} | {streams:,} | no tokens | | | | | | | | {r['streams']['ok']}/{r['streams']['total']} | |"
     )
 
 
@@ -157,16 +214,18 @@ def main() -> int:
     if args.unthrottled_tokens:
         points.append(1)
     results = []
+    print(f"producer: {args.producer}; competing load: {'yes' if args.hog else 'no'}; repeats: {args.repeats}")
     print("| server | streams | tokens/s | server CPU-s per 100k tokens | server CPU | MB per 1,000 streams "
-          "| TTFT p99 ms | lag p99 ms | lateness p99 ms | streams ok | lost/dup |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| TTFT p99 ms | lag p50 ms | lag p99 ms | lateness p99 ms | streams ok | lost/dup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     port = 18100
     for streams in points:
-        for name in args.servers.split(","):
-            port += 1
-            report = run_point(name, streams, args, port)
-            results.append({"server": name, "streams": streams, "report": report})
-            print(row(name, streams, report), flush=True)
+        for _ in range(args.repeats):
+            for name in args.servers.split(","):
+                port += 1
+                report = run_point(name, streams, args, port)
+                results.append({"server": name, "streams": streams, "producer": args.producer, "report": report})
+                print(row(name, streams, report), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
 

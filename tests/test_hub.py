@@ -206,7 +206,7 @@ async def test_cancel_stops_the_producer_and_ends_the_stream() -> None:
         hub.cancel(s.id)
         frames = await drain(sub)
         assert frames[-1].kind is FrameKind.DONE
-        assert frames[-1].json() == {"reason": "cancelled"}
+        assert frames[-1].json() == {"reason": "cancelled", "usage": {"completion_tokens": frames[-1].seq - 1}}
         assert s.state is StreamState.CANCELLED
         await asyncio.wait_for(closed.wait(), 1)
         assert hub.counters["streams_cancelled"] == 1
@@ -346,7 +346,8 @@ async def test_aclose_ends_running_generations_with_shutdown() -> None:
     assert s.state is StreamState.CANCELLED
     assert s.end_reason == "shutdown"
     frames = hub.subscribe(s.id).read_ready()
-    assert frames is not None and frames[-1].json() == {"reason": "shutdown"}
+    assert frames is not None
+    assert frames[-1].json() == {"reason": "shutdown", "usage": {"completion_tokens": frames[-1].seq - 1}}
 
 
 def test_memory_storage_implements_the_storage_protocol() -> None:

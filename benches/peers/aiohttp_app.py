@@ -16,13 +16,13 @@ import signal
 import uvloop
 from aiohttp import web
 
-from benches.peers.common import done_data, event_id, parse_args, parse_request, ready
+from benches.peers.common import done_data, event_id, parse_args, parse_request, per_stream_generation, ready
 from benches.peers.engine import QueueEngine
 
 __all__ = ["create_app", "encode_event", "main"]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_ENGINE = web.AppKey("engine", QueueEngine)
+_ENGINE = web.AppKey("engine", QueueEngine | None)
 
 
 def encode_event(eid: str, event: str, data: str) -> bytes:
@@ -38,13 +38,28 @@ def encode_event(eid: str, event: str, data: str) -> bytes:
 async def streams(request: web.Request) -> web.StreamResponse:
     engine = request.app[_ENGINE]
     try:
-        prompt, max_tokens, stamp = parse_request(await request.json())
+        body = await request.json()
+        prompt, max_tokens, stamp = parse_request(body)
     except ValueError as exc:  # BadRequest, or the body is not JSON
         return web.json_response({"error": {"type": "BadRequest", "message": str(exc)}}, status=400)
-    queue = engine.submit(max_tokens, stamp=stamp, prompt=prompt)
     resp = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     resp.content_type = "text/event-stream"
     resp.charset = "utf-8"
+    if engine is None:  # one producer per request: iterate the generation, write each token as it comes
+        completion = per_stream_generation(body, prompt, max_tokens, stamp)
+        try:
+            await resp.prepare(request)
+            seq = 0
+            async for item in completion:
+                for token in (item,) if type(item) is str else item:
+                    seq += 1
+                    await resp.write(encode_event(event_id(seq), "token", token))
+            await resp.write(encode_event(event_id(seq + 1), "done", done_data(seq, max_tokens)))
+            await resp.write_eof()
+        except ConnectionResetError:  # the client went away: the generation ends with the handler
+            pass
+        return resp
+    queue = engine.submit(max_tokens, stamp=stamp, prompt=prompt)
     try:
         await resp.prepare(request)
         seq = 0
@@ -62,25 +77,31 @@ async def streams(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[_ENGINE]
+    if engine is None:
+        return web.json_response({"status": "ok"})
     return web.json_response({"status": "ok", "active": engine.active, "steps": engine.steps})
 
 
-def create_app(steps_per_s: float = 20.0) -> web.Application:
-    engine = QueueEngine(steps_per_s)
+def create_app(steps_per_s: float = 20.0, producer: str = "engine") -> web.Application:
+    """``producer="per-stream"``: no shared engine; each request runs its own generation."""
+    engine = QueueEngine(steps_per_s) if producer == "engine" else None
     app = web.Application()
     app[_ENGINE] = engine
     app.router.add_post("/v1/streams", streams)
     app.router.add_get("/healthz", healthz)
 
     async def close_engine(app: web.Application) -> None:
-        await engine.aclose()
+        if engine is not None:
+            await engine.aclose()
 
     app.on_shutdown.append(close_engine)  # ends open streams with done {"reason":"shutdown"}
     return app
 
 
-async def _serve(host: str, port: int, steps_per_s: float) -> None:
-    runner = web.AppRunner(create_app(steps_per_s), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+async def _serve(host: str, port: int, steps_per_s: float, producer: str) -> None:
+    runner = web.AppRunner(
+        create_app(steps_per_s, producer), access_log=None, handle_signals=False, shutdown_timeout=2.0
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,7 +120,7 @@ async def _serve(host: str, port: int, steps_per_s: float) -> None:
 def main() -> int:
     args = parse_args("python -m benches.peers.aiohttp_app", "plain aiohttp StreamResponse on uvloop.")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(args.host, args.port, args.steps_per_s))
+        runner.run(_serve(args.host, args.port, args.steps_per_s, args.producer))
     return 0
 
 

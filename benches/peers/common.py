@@ -6,7 +6,18 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["MAX_TOKENS_LIMIT", "BadRequest", "done_data", "event_id", "parse_args", "parse_request", "ready"]
+from tokenwire.fake_model import FakeCompletion, FakeModel
+
+__all__ = [
+    "MAX_TOKENS_LIMIT",
+    "BadRequest",
+    "done_data",
+    "event_id",
+    "parse_args",
+    "parse_request",
+    "per_stream_generation",
+    "ready",
+]
 
 
 def done_data(sent: int, max_tokens: int) -> str:
@@ -49,11 +60,30 @@ def parse_request(body: Any) -> tuple[str, int, bool]:
     return prompt, max_tokens, stamp
 
 
+#: The model every per-stream peer generation comes from: the same tokens as tokenwire's ``FakeModel(seed=0)``.
+_MODEL = FakeModel(seed=0, tokens_per_s=None)
+
+
+def per_stream_generation(body: dict[str, Any], prompt: str, max_tokens: int, stamp: bool) -> FakeCompletion:
+    """One producer per request, as ``async for token in model.generate(...)`` servers are written: the same
+    generator ``tokenwire serve`` runs without an engine, paced by the request's ``tokens_per_s`` (0/absent:
+    unthrottled; items are then lists of tokens)."""
+    rate = body.get("tokens_per_s") or 0.0
+    return _MODEL.generate(prompt, max_tokens, tokens_per_s=float(rate), stamp=stamp)
+
+
 def parse_args(prog: str, description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (the ready line names it)")
     p.add_argument("--steps-per-s", type=float, default=20.0, help="engine steps per second; 0 = unthrottled")
+    p.add_argument(
+        "--producer",
+        choices=("engine", "per-stream"),
+        default="engine",
+        help="engine: one loop feeds every stream per step (queues); per-stream: each request iterates its own "
+        "FakeModel.generate(), paced by the request's tokens_per_s, and writes each token as it comes",
+    )
     args = p.parse_args()
     if args.steps_per_s < 0:
         p.error("--steps-per-s must be >= 0")

@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from benches.peers.common import done_data, event_id, parse_args, parse_request, ready
+from benches.peers.common import done_data, event_id, parse_args, parse_request, per_stream_generation, ready
 from benches.peers.engine import QueueEngine
+from tokenwire.fake_model import FakeCompletion
 
 __all__ = ["create_app", "main"]
 
@@ -43,24 +44,42 @@ async def _events(
         engine.abort(queue)  # the client went away mid-stream: stop generating for it
 
 
-def create_app(steps_per_s: float = 20.0) -> Starlette:
-    engine = QueueEngine(steps_per_s)
+async def _generated_events(completion: FakeCompletion, max_tokens: int) -> AsyncIterator[dict[str, str]]:
+    """One producer per request: the generation itself, one event per token as it comes."""
+    seq = 0
+    async for item in completion:
+        for token in (item,) if type(item) is str else item:
+            seq += 1
+            yield {"id": event_id(seq), "event": "token", "data": token}
+    yield {"id": event_id(seq + 1), "event": "done", "data": done_data(seq, max_tokens)}
+
+
+def create_app(steps_per_s: float = 20.0, producer: str = "engine") -> Starlette:
+    """``producer="per-stream"``: no shared engine; each request runs its own generation."""
+    engine = QueueEngine(steps_per_s) if producer == "engine" else None
 
     async def streams(request: Request) -> Response:
         try:
-            prompt, max_tokens, stamp = parse_request(await request.json())
+            body = await request.json()
+            prompt, max_tokens, stamp = parse_request(body)
         except ValueError as exc:  # BadRequest, or the body is not JSON
             return JSONResponse({"error": {"type": "BadRequest", "message": str(exc)}}, status_code=400)
+        if engine is None:
+            completion = per_stream_generation(body, prompt, max_tokens, stamp)
+            return EventSourceResponse(_generated_events(completion, max_tokens))
         queue = engine.submit(max_tokens, stamp=stamp, prompt=prompt)
         return EventSourceResponse(_events(engine, queue, max_tokens))
 
     async def healthz(request: Request) -> Response:
+        if engine is None:
+            return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "ok", "active": engine.active, "steps": engine.steps})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        await engine.aclose()
+        if engine is not None:
+            await engine.aclose()
 
     app = Starlette(
         routes=[Route("/v1/streams", streams, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
@@ -87,7 +106,7 @@ def _after_shutdown(signum: int, frame: Any) -> None:
 def main() -> int:
     args = parse_args("python -m benches.peers.sse_starlette_app", "sse-starlette on uvicorn (uvloop + httptools).")
     config = uvicorn.Config(
-        create_app(args.steps_per_s),
+        create_app(args.steps_per_s, args.producer),
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -7,9 +7,11 @@ A :class:`Hub` holds every stream's recent tokens in a Rust ring. Producers ``se
 from tokenwire._core import __version__
 from tokenwire.errors import (
     BackpressureExceeded,
+    DuplicateStreamId,
     EpochMismatch,
     FrameError,
     HubFull,
+    InvalidBody,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -28,6 +30,7 @@ from tokenwire.storage import MemoryStorage, Storage
 
 __all__ = [
     "BackpressureExceeded",
+    "DuplicateStreamId",
     "EpochMismatch",
     "FakeEngine",
     "FakeModel",
@@ -36,6 +39,7 @@ __all__ = [
     "FrameKind",
     "Hub",
     "HubFull",
+    "InvalidBody",
     "LocalProtocolError",
     "MemoryStorage",
     "ProtocolError",

@@ -271,6 +271,7 @@ class _Streamer:
         except OSError:
             return
         pending = (_core.sse_retry(self.retry_ms) if plan.retry else b"") + plan.intro
+        cut = False  # end without the body's end (the shutdown hint): the client must take it for a cut
         stream.attach(self.wake)
         watcher = loop.create_task(self._watch_disconnect(receive))
         self._last_write = loop.time()
@@ -288,7 +289,7 @@ class _Streamer:
                     pending += plan.trailer
                 elif self._shutdown:
                     pending += SHUTDOWN_HINT
-                    ended = True
+                    ended = cut = True
                 elif not pending and self._heartbeat_due:
                     pending = b":\n"
                     if m is not None:
@@ -296,12 +297,12 @@ class _Streamer:
                 if pending or ended:
                     self._heartbeat_due = False
                     self._sending_since = loop.time()
-                    await send({"type": "http.response.body", "body": pending, "more_body": not ended})
+                    await send({"type": "http.response.body", "body": pending, "more_body": not ended or cut})
                     self._sending_since = 0.0
                     self._last_write = loop.time()
                     pending = b""
                     if ended:
-                        completed = True
+                        completed = True  # a cut (shutdown) stays incomplete: the server closes it, no last chunk
                         return
                     continue  # more may have come while the send waited
                 waiter = loop.create_future()

@@ -76,6 +76,7 @@ async def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_delay_ms=args.max_delay_ms,
+        flush_max_wait_ms=args.flush_max_wait_ms,
         heartbeat_interval=args.heartbeat,
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
@@ -129,6 +130,7 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTr
         print(f"WebTransport not started: UDP port {sse.port}: {exc}", file=sys.stderr, flush=True)
         return None
     sse.webtransport = wt
+    sse.metrics.include(wt.metrics)  # one /metrics for the process: the SSE server's shows both protocols
     kind = "certificate from files" if certificate else "development certificate (ECDSA P-256, < 14 days)"
     print(
         f"serving WebTransport on {wt.url} (UDP); {kind}, sha-256 {wt.certificate.sha256_hex}",
@@ -203,6 +205,13 @@ def _parser() -> argparse.ArgumentParser:
         help="batching-engine mode: one token for every active stream per step (0: off, pace per request)",
     )
     serve.add_argument("--max-delay-ms", type=float, default=0.0, help="wait this long to coalesce writes")
+    serve.add_argument(
+        "--flush-max-wait-ms",
+        type=float,
+        default=0.2,
+        help="with --max-delay-ms 0: flush at once when the oldest waiting write is this old (0: next loop "
+        "iteration only)",
+    )
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats on idle streams")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let streams finish on shutdown")
     serve.add_argument("--max-connections", type=int, default=20_000)

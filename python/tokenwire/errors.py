@@ -8,9 +8,11 @@ from __future__ import annotations
 
 __all__ = [
     "BackpressureExceeded",
+    "DuplicateStreamId",
     "EpochMismatch",
     "FrameError",
     "HubFull",
+    "InvalidBody",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -46,8 +48,23 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something malformed: a bad request, a bad ``Last-Event-ID``."""
 
 
+class InvalidBody(RemoteProtocolError):
+    """A request body that cannot be used: not UTF-8 JSON, not an object, nested too deep, a member of the wrong
+    type or range, or a string that is not Unicode text. ``field`` names the member (``""``: the whole body)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class FrameError(RemoteProtocolError):
     """A binary frame that cannot be decoded: unknown kind, oversized, not UTF-8, truncated at close."""
+
+
+class DuplicateStreamId(RemoteProtocolError):
+    """A start request names a caller-chosen stream id the hub already holds (409, on SSE and WebTransport)."""
+
+    status_hint = 409
 
 
 class ResumeError(TokenwireError):
@@ -126,9 +143,14 @@ def status_of(exc: BaseException) -> int:
 
 
 def error_fields(exc: BaseException) -> dict[str, object]:
-    """The resume fields of an error answer (docs/protocol.md §4.2): ``oldest_seq``, ``last_seq``, ``epoch``."""
-    return {
+    """The extra fields of an error answer (docs/protocol.md §4.2): ``oldest_seq``, ``last_seq``, ``epoch``
+    (resume errors) and ``field`` (the request member an ``InvalidBody`` names)."""
+    fields: dict[str, object] = {
         key: getattr(exc, attr)
         for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch"))
         if hasattr(exc, attr)
     }
+    field = getattr(exc, "field", "")
+    if field and isinstance(field, str):
+        fields["field"] = field
+    return fields

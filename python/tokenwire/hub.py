@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar, overload
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar, overload
 
 from tokenwire import _core
 from tokenwire.errors import (
@@ -51,6 +51,14 @@ Wire = Literal["sse", "binary"]
 _WIRES: dict[str, int] = {"sse": _core.WIRE_SSE, "binary": _core.WIRE_BINARY}
 
 Listener = Callable[[], None]
+
+
+class Reader(Protocol):
+    """A connection reading a stream: ``position`` is the seq of the last frame it has taken from the ring."""
+
+    @property
+    def position(self) -> int: ...
+
 
 #: Longer error messages are cut, so a final frame always fits the ring.
 _MAX_ERROR_MESSAGE = 4096
@@ -98,7 +106,9 @@ class TokenStream:
         "_handle",
         "_hub",
         "_listeners",
+        "_paused_readers",
         "_producer",
+        "_readers_waiter",
         "_state",
         "abandonable",
         "created_at",
@@ -115,6 +125,9 @@ class TokenStream:
         self._append = hub.storage.append
         self._append_many = hub.storage.append_many
         self._listeners: list[Listener] = []
+        #: Readers that stopped taking frames (their transport is full): they may hold the producer back.
+        self._paused_readers: set[Reader] = set()
+        self._readers_waiter: asyncio.Future[None] | None = None
         self._producer: asyncio.Task[None] | None = None
         self._state = StreamState.OPEN
         self._detached_since = now
@@ -186,10 +199,15 @@ class TokenStream:
     def cancel(self, reason: str = "cancelled") -> None:
         """Stop the generation now: a ``done`` frame with ``reason``, and the producer task is cancelled.
 
+        The frame reports ``usage`` ``{"completion_tokens": n}`` where the producer is a :meth:`Hub.start` task:
+        each frame it sent is a token, so the last seq counts them (nothing is counted per ``send``).
         A no-op on a stream that has already ended.
         """
         if self._state is StreamState.OPEN:
-            self._end(FrameKind.DONE, {"reason": reason}, StreamState.CANCELLED, reason)
+            body: dict[str, Any] = {"reason": reason}
+            if self._producer is not None:
+                body["usage"] = {"completion_tokens": self.last_seq}
+            self._end(FrameKind.DONE, body, StreamState.CANCELLED, reason)
         producer = self._producer
         if producer is not None and not producer.done():
             producer.cancel()
@@ -217,6 +235,46 @@ class TokenStream:
             self._listeners.remove(listener)
         if not self._listeners:
             self._detached_since = self._hub.clock()
+
+    # -- producer backpressure -----------------------------------------------------------------------
+
+    def reader_paused(self, reader: Reader) -> None:
+        """``reader`` stopped taking frames (its transport is full). While it is behind by more than the hub's
+        ``reader_high_water`` frames, a producer the hub drives (:meth:`Hub.start`) waits for it, so a live
+        reader that stalls briefly does not fall off the ring. ``send`` itself never blocks."""
+        self._paused_readers.add(reader)
+
+    def reader_resumed(self, reader: Reader) -> None:
+        """``reader`` takes frames again, or is gone (call it on disconnect too): it holds nobody back."""
+        self._paused_readers.discard(reader)
+        waiter = self._readers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def readers_behind(self) -> bool:
+        """True while a paused reader is more than ``reader_high_water`` frames behind the newest frame."""
+        readers = self._paused_readers
+        if not readers:
+            return False
+        floor = self.last_seq - self._hub.reader_high_water
+        return any(r.position < floor for r in readers)
+
+    async def wait_for_readers(self, max_wait: float) -> bool:
+        """Wait (at most ``max_wait`` s) until no paused reader is behind; False if it gave up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while self.readers_behind() and self._state is StreamState.OPEN:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._readers_waiter = waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return False
+            finally:
+                self._readers_waiter = None
+        return True
 
 
 T = TypeVar("T", list[Frame], bytes)
@@ -306,8 +364,18 @@ class Hub:
         abandon_after: float | None = 30.0,
         sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        reader_high_water: int | None = None,
+        backpressure_timeout: float = 60.0,
     ) -> None:
         self.storage: Storage = storage if storage is not None else MemoryStorage()
+        #: Frames a paused reader may fall behind before a producer the hub drives waits for it (default: a
+        #: quarter of the storage's per-stream frame bound). Engine-style ``send`` never waits.
+        if reader_high_water is None:
+            reader_high_water = max(1, getattr(self.storage, "max_frames_per_stream", 65_536) // 4)
+        self.reader_high_water = reader_high_water
+        #: Longest one wait for a paused reader; then the producer goes on (that reader may fall off the ring;
+        #: its resume gets 410). Readers are closed after their server's stall timeout anyway.
+        self.backpressure_timeout = backpressure_timeout
         self.abandon_after = abandon_after
         self.sweep_interval = sweep_interval
         self.clock = clock
@@ -323,6 +391,7 @@ class Hub:
                 "streams_abandoned",
                 "streams_expired",
                 "resumes",
+                "producer_waits",
             ),
             0,
         )
@@ -399,17 +468,28 @@ class Hub:
         task.add_done_callback(self._producers.discard)
         return stream
 
+    async def _feed(self, stream: TokenStream, source: AsyncIterable[str | Sequence[str]]) -> None:
+        """Every item of ``source`` into ``stream``, then its end. Runs once per token of every generation the
+        hub drives, so ``TokenStream.send`` is inlined here."""
+        append, append_many, handle = stream._append, stream._append_many, stream._handle
+        listeners, paused = stream._listeners, stream._paused_readers
+        async for item in source:
+            if type(item) is str:
+                append(handle, item)
+            else:
+                append_many(handle, item)
+            if listeners:
+                for listener in listeners:
+                    listener()
+                if paused and stream.readers_behind():
+                    await self._hold_back(stream)
+        if stream.is_open:
+            reason = getattr(source, "finish_reason", None) or "stop"
+            stream.finish(reason, usage=getattr(source, "usage", None))
+
     async def _pump(self, stream: TokenStream, source: AsyncIterable[str | Sequence[str]]) -> None:
         try:
-            send, send_many = stream.send, stream.send_many
-            async for item in source:
-                if type(item) is str:
-                    send(item)
-                else:
-                    send_many(item)
-            if stream.is_open:
-                reason = getattr(source, "finish_reason", None) or "stop"
-                stream.finish(reason, usage=getattr(source, "usage", None))
+            await self._feed(stream, source)
         except StreamClosed:
             pass  # cancelled while the source was mid-token
         except asyncio.CancelledError:
@@ -425,6 +505,12 @@ class Hub:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+    async def _hold_back(self, stream: TokenStream) -> None:
+        """A paused reader is far behind: the producer waits for it (bounded by ``backpressure_timeout``)."""
+        self.counters["producer_waits"] += 1
+        if not await stream.wait_for_readers(self.backpressure_timeout):
+            log.warning("stream %s: a paused reader held the producer back too long; going on", stream.id)
 
     def _on_end(self, stream: TokenStream) -> None:
         key = {

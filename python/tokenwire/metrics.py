@@ -13,9 +13,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Histogram", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "HUB_GAUGES", "Histogram", "ServerMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Gauges that read the hub, not the server: rendered once on a scrape that includes other servers' metrics.
+HUB_GAUGES = frozenset(("open_streams", "hub_memory_bytes"))
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -92,6 +95,16 @@ class ServerMetrics:
         self.inter_token = Histogram()
         self.resume_latency = Histogram()
         self.gauges: dict[str, Callable[[], float]] = {}
+        #: Metrics of other servers in this process on the same hub, rendered with these (:meth:`include`).
+        self.included: list[ServerMetrics] = []
+
+    def include(self, other: ServerMetrics) -> None:
+        """Render ``other`` (another protocol's server on the same hub, in this process: ``tokenwire serve``'s
+        WebTransport server beside its SSE server) on this one's scrape, so one ``/metrics`` shows the process.
+        A family both have gets one sample per ``protocol`` label; the hub-wide gauges (:data:`HUB_GAUGES`)
+        are the same numbers for both, so they are rendered once, from this one."""
+        if other is not self and other not in self.included:
+            self.included.append(other)
 
     def observe_write(
         self, pos: int, last: int, nbytes: int, now: float, requested_at: float, last_write: float
@@ -120,21 +133,34 @@ class _Collector(Collector):
         self.m = metrics
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        m = self.m
         labels = ["protocol"]
-        for name, doc in m.COUNTERS:
-            fam = CounterMetricFamily(f"tokenwire_{name.removesuffix('_total')}", doc, labels=labels)
-            fam.add_metric([m.protocol], getattr(m, name))
-            yield fam
-        for name, getter in m.gauges.items():
-            g = GaugeMetricFamily(f"tokenwire_{name}", name.replace("_", " "), labels=labels)
-            g.add_metric([m.protocol], getter())
-            yield g
-        for name, hist, doc in (
-            ("time_to_first_token_seconds", m.ttft, "Request received to first token written"),
-            ("inter_token_seconds", m.inter_token, "Time between token writes on a stream connection"),
-            ("resume_seconds", m.resume_latency, "Resume request received to first replayed byte written"),
-        ):
-            h = HistogramMetricFamily(f"tokenwire_{name}", doc, labels=labels)
-            h.add_metric([m.protocol], hist.buckets(), sum_value=hist.sum)
-            yield h
+        counters: dict[str, CounterMetricFamily] = {}
+        gauges: dict[str, GaugeMetricFamily] = {}
+        histograms: dict[str, HistogramMetricFamily] = {}
+        for m in (self.m, *self.m.included):
+            for name, doc in m.COUNTERS:
+                fam = counters.get(name)
+                if fam is None:
+                    fam = counters[name] = CounterMetricFamily(
+                        f"tokenwire_{name.removesuffix('_total')}", doc, labels=labels
+                    )
+                fam.add_metric([m.protocol], getattr(m, name))
+            for name, getter in m.gauges.items():
+                if m is not self.m and name in HUB_GAUGES:
+                    continue
+                g = gauges.get(name)
+                if g is None:
+                    g = gauges[name] = GaugeMetricFamily(f"tokenwire_{name}", name.replace("_", " "), labels=labels)
+                g.add_metric([m.protocol], getter())
+            for name, hist, doc in (
+                ("time_to_first_token_seconds", m.ttft, "Request received to first token written"),
+                ("inter_token_seconds", m.inter_token, "Time between token writes on a stream connection"),
+                ("resume_seconds", m.resume_latency, "Resume request received to first replayed byte written"),
+            ):
+                h = histograms.get(name)
+                if h is None:
+                    h = histograms[name] = HistogramMetricFamily(f"tokenwire_{name}", doc, labels=labels)
+                h.add_metric([m.protocol], hist.buckets(), sum_value=hist.sum)
+        yield from counters.values()
+        yield from gauges.values()
+        yield from histograms.values()

@@ -72,6 +72,8 @@ class MemoryStorage:
             ttl=ttl,
         )
         self._registry = reg
+        #: The per-stream frame bound (the hub's producer backpressure is a fraction of it).
+        self.max_frames_per_stream = max_frames_per_stream
         self._epoch = epoch or new_epoch()
         self.ttl = ttl
         # Bound methods of the registry, so the hub's hot path calls straight into Rust.

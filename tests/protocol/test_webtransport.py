@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tokenwire import _core
 from tokenwire.errors import (
+    DuplicateStreamId,
     EpochMismatch,
     FrameError,
     HubFull,
@@ -25,6 +26,9 @@ from tokenwire.protocol.webtransport import (
     REQUEST_ATTACH,
     REQUEST_KINDS,
     REQUEST_START,
+    SETTINGS_ENABLE_WEBTRANSPORT,
+    SETTINGS_WT_ENABLED,
+    SETTINGS_WT_MAX_SESSIONS,
     AttachRequested,
     CancelConfirmed,
     CancelRequested,
@@ -50,6 +54,7 @@ from tokenwire.protocol.webtransport import (
     parse_preview,
     parse_reply,
     parse_request,
+    server_settings,
     wt_error_code,
 )
 
@@ -149,6 +154,10 @@ def test_truncated_and_trailing_bytes() -> None:
         (REQUEST_ATTACH, {"stream_id": "abc", "after": 1 << 62, "epoch": "e"}, "'after'"),
         (REQUEST_ATTACH, {"stream_id": "abc", "after": False}, "'after'"),
         (REQUEST_ATTACH, {"stream_id": "abc", "epoch": 7}, "'epoch'"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "epoch": "a b", "after": 1}, "epoch"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "epoch": "a:b", "after": 1}, "epoch"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "epoch": "é"}, "epoch"),
+        (REQUEST_ATTACH, {"stream_id": "abc", "epoch": "e" * 65, "after": 1}, "epoch"),
         (REQUEST_ATTACH, {"stream_id": "abc", "previews": 1}, "'previews'"),
         (REQUEST_START, {"prompt": "x", "previews": "yes"}, "'previews'"),
     ],
@@ -207,6 +216,8 @@ def test_error_and_cancel_replies_carry_no_frames() -> None:
         (HubFull("full"), 503, WtCode.BUSY),
         (HttpError(503, "too many streams"), 503, WtCode.BUSY),
         (RemoteProtocolError("bad"), 400, WtCode.BAD_REQUEST),
+        (DuplicateStreamId("stream 'x' exists already"), 409, WtCode.STREAM_EXISTS),
+        (HttpError(408, "no complete request in time"), 408, WtCode.BAD_REQUEST),
     ],
 )
 def test_error_replies_round_trip_to_typed_errors(exc: Exception, status: int, code: WtCode) -> None:
@@ -251,6 +262,16 @@ def test_connect_headers() -> None:
     headers = connect_headers("127.0.0.1:8000", origin="https://example.com")
     assert is_webtransport_connect(headers) == (True, "/v1/webtransport")
     assert is_webtransport_connect([(b":method", b"GET"), (b":path", b"/")]) == (False, "/")
+    # draft 15's upgrade token is accepted beside the older one; anything else is not WebTransport.
+    for protocol, ok in ((b"webtransport-h3", True), (b"webtransport", True), (b"websocket", False)):
+        fields = [(b":method", b"CONNECT"), (b":protocol", protocol), (b":path", b"/v1/webtransport")]
+        assert is_webtransport_connect(fields) == (ok, "/v1/webtransport")
+
+
+def test_server_settings_name_every_draft() -> None:
+    settings = server_settings(16)
+    assert settings == {0x2B603742: 1, 0x14E9CD29: 16, 0x2C7CF000: 1}
+    assert (SETTINGS_ENABLE_WEBTRANSPORT, SETTINGS_WT_MAX_SESSIONS, SETTINGS_WT_ENABLED) == tuple(settings)
     assert REPLY_KINDS.isdisjoint(REQUEST_KINDS)
     assert not REPLY_KINDS & {1, 2, 3, 4}
 

@@ -98,7 +98,8 @@ async def test_shutdown_writes_the_hint_only_inside_stream_responses() -> None:
         assert await asyncio.wait_for(pr.read(), 5) == b""
         # The streaming response: the reconnect hint (a comment and a retry field), then the close.
         tail = await asyncio.wait_for(sr.read(), 5)
-        assert tail.endswith(b": server shutting down, reconnect to resume\nretry: 250\n\n")
+        hint = b": server shutting down, reconnect to resume\nretry: 250\n\n"
+        assert tail.endswith(b"%x\r\n%s\r\n" % (len(hint), hint))  # one chunk, and no last chunk: incomplete
         for w in (iw, pw, sw):
             await close(w)
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.chunked import dechunk, split_response
 from tests.support.openai_sdk import check_chat_completions
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event, SpecParser
@@ -158,7 +159,9 @@ async def test_cancel_ends_the_stream_for_every_watcher() -> None:
             assert (await client.delete(url(server, f"/v1/streams/{stream_id}"))).status_code == 204
             body = b"".join([c async for c in resp.aiter_bytes()])
         evs = events(body)
-        assert evs[-1].type == "done" and json.loads(evs[-1].data) == {"reason": "cancelled"}
+        done_seq = int(evs[-1].last_event_id.rsplit(":", 1)[1])
+        assert evs[-1].type == "done"
+        assert json.loads(evs[-1].data) == {"reason": "cancelled", "usage": {"completion_tokens": done_seq - 1}}
         assert (await client.delete(url(server, "/v1/streams/nope"))).status_code == 404
 
 
@@ -178,6 +181,7 @@ async def test_metrics_and_health() -> None:
         assert ("tokenwire_connections", None) in samples
 
 
+JSON = {"content-type": "application/json"}
 BAD_REQUESTS = [
     # (method, path, headers, body, status)
     ("POST", "/v1/streams", {"content-type": "application/json"}, b"{not json", 400),
@@ -188,6 +192,18 @@ BAD_REQUESTS = [
     ("POST", "/v1/streams", {"content-type": "application/json"}, b'{"prompt": "x", "stream_id": "a:b"}', 400),
     ("POST", "/v1/streams", {"content-type": "text/plain"}, b'{"prompt": "x"}', 415),
     ("POST", "/v1/chat/completions", {"content-type": "application/json"}, b'{"messages": []}', 400),
+    # Hostile bodies (tests/server/test_hostile_input.py has the fuzz): each 400 InvalidBody naming its field.
+    (
+        "POST",
+        "/v1/chat/completions",
+        JSON,
+        b'{"model": "\\ud800", "messages": [{"content": "x"}], "stream": true}',
+        400,
+    ),
+    ("POST", "/v1/chat/completions", JSON, b'{"messages": [{"content": "x"}], "stream": "no"}', 400),
+    ("POST", "/v1/streams", JSON, b'{"prompt": "x\\udfff"}', 400),
+    ("POST", "/v1/streams", JSON, b'{"prompt": "x\xed\xa0\x80"}', 400),
+    ("POST", "/v1/streams", JSON, b'{"prompt": "x", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400),
     ("GET", "/v1/streams", {}, b"", 405),
     ("GET", "/nowhere", {}, b"", 404),
     ("GET", "/v1/streams/unknown/events", {}, b"", 404),
@@ -306,7 +322,10 @@ async def test_slow_reader_is_closed_with_bounded_memory_and_resumes_losslessly(
         except (ConnectionResetError, TimeoutError):
             pass
         sock.close()
-        _head, _, stream_bytes = received.partition(b"\r\n\r\n")
+        _status, headers, chunked = split_response(received)
+        assert headers["transfer-encoding"] == "chunked"
+        stream_bytes, complete = dechunk(chunked)
+        assert not complete  # aborted: no last chunk, so no client takes the cut for the end
         parser = SpecParser()
         evs = parser.feed(stream_bytes)
         got = tokens(evs)
@@ -337,7 +356,11 @@ async def test_shutdown_while_streaming_tells_clients_to_reconnect() -> None:
             it = resp.aiter_bytes()
             await it.__anext__()
             await server.shutdown(drain_timeout=0.1)
-            rest = b"".join([c async for c in it])
+            rest = b""
+            # The hint is a chunk, not the end of the body: the client sees the cut as one.
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                async for c in it:
+                    rest += c
         assert b"server shutting down, reconnect to resume" in rest
         assert b"retry: 250" in rest
         with pytest.raises(httpx.ConnectError):

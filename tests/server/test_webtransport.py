@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import re
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aioquic.h3.connection import Setting
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import read_n, sse_server, wt_client, wt_server
 from tokenwire import (
@@ -32,7 +36,13 @@ from tokenwire.client.webtransport import (
     SessionTicketStore,
     WebTransportClient,
 )
-from tokenwire.protocol.webtransport import REQUEST_START, RequestTooLarge
+from tokenwire.protocol.webtransport import (
+    REQUEST_START,
+    SETTINGS_ENABLE_WEBTRANSPORT,
+    SETTINGS_WT_ENABLED,
+    SETTINGS_WT_MAX_SESSIONS,
+    RequestTooLarge,
+)
 from tokenwire.server.certs import make_dev_certificate
 from tokenwire.server.config import WebTransportLimits
 
@@ -192,7 +202,8 @@ async def test_cancel_stops_generation_and_closing_a_stream_does_not() -> None:
         await read_n(watcher, 2)
         await client.cancel(reader.stream_id)
         rest = [t async for t in watcher]
-        assert watcher.done == {"reason": "cancelled"}
+        # A Hub.start producer's cancel reports the tokens it produced: every frame before the done one.
+        assert watcher.done == {"reason": "cancelled", "usage": {"completion_tokens": stream.last_seq - 1}}
         assert stream.state is StreamState.CANCELLED
         assert len(rest) < 10_000
         with pytest.raises(StreamNotFound):
@@ -235,6 +246,19 @@ async def test_certificates_pinned_by_hash_or_trusted_as_a_root() -> None:
         async with wt_client(server, server_certificate_hashes=[cert.sha256]) as wrong:
             with pytest.raises(CertificateMismatch):
                 await wrong.generate("pinned elsewhere", max_tokens=5)
+
+
+async def test_the_server_announces_every_drafts_webtransport_settings() -> None:
+    limits = WebTransportLimits(max_sessions_per_connection=4)
+    async with wt_server(limits=limits) as server, wt_client(server) as client:
+        reader = await client.generate("settings", max_tokens=2, tokens_per_s=4000)
+        assert len(await reader.text()) > 0  # the SETTINGS frame came before any reply
+        assert client._conn is not None
+        settings = client._conn.h3.received_settings or {}
+        assert settings[Setting.ENABLE_CONNECT_PROTOCOL] == 1 and settings[Setting.H3_DATAGRAM] == 1
+        assert settings[SETTINGS_ENABLE_WEBTRANSPORT] == 1  # drafts 02-06 (Chromium)
+        assert settings[SETTINGS_WT_MAX_SESSIONS] == 4  # draft 14 (Safari)
+        assert settings[SETTINGS_WT_ENABLED] == 1  # draft 15 on (webtransport-go v0.11 on)
 
 
 async def test_shutdown_resets_streams_and_clients_see_a_typed_end() -> None:
@@ -281,11 +305,12 @@ async def test_a_reader_that_stops_acknowledging_is_cut_and_resumes() -> None:
         assert reader.reconnects == 1 and client.connections == 1
 
 
-@pytest.mark.parametrize("previews", [False, True], ids=["default", "datagram-previews"])
-async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number(previews: bool) -> None:
+@contextlib.asynccontextmanager
+async def tokenwire_serve(*args: str) -> AsyncIterator[tuple[int, WebTransportClient]]:
+    """``tokenwire serve --port 0 --tokens-per-s 0 ARGS`` in a subprocess: its SSE port and a WebTransport client
+    pinned to the certificate hash it prints; it must exit cleanly on SIGTERM."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0",
-        *(["--datagram-previews"] if previews else []),
+        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0", *args,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -298,16 +323,54 @@ async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number(preview
         assert port and pinned, (sse_line, wt_line)
         assert pinned[1] == f"https://127.0.0.1:{port[1]}/v1/webtransport"
         async with WebTransportClient(pinned[1], server_certificate_hashes=[bytes.fromhex(pinned[2])]) as client:
-            reader = await client.generate("cli", max_tokens=12, on_preview=lambda seq, token: None)
-            assert reader.previews is previews  # asked for; granted only with --datagram-previews
-            assert await reader.text() == "".join(FakeModel(seed=0).tokens("cli", 12))
+            yield int(port[1]), client
     finally:
         proc.terminate()
         assert await proc.wait() == 0
 
 
-async def test_sse_server_advertises_webtransport() -> None:
-    """``tokenwire serve`` runs both: SSE responses carry Alt-Svc and the certificate endpoint names the hash."""
+@pytest.mark.parametrize("previews", [False, True], ids=["default", "datagram-previews"])
+async def test_tokenwire_serve_adds_webtransport_on_the_same_port_number(previews: bool) -> None:
+    async with tokenwire_serve(*(["--datagram-previews"] if previews else [])) as (_, client):
+        reader = await client.generate("cli", max_tokens=12, on_preview=lambda seq, token: None)
+        assert reader.previews is previews  # asked for; granted only with --datagram-previews
+        assert await reader.text() == "".join(FakeModel(seed=0).tokens("cli", 12))
+
+
+async def test_tokenwire_serve_metrics_show_both_protocols() -> None:
+    """One ``GET /metrics`` of ``tokenwire serve`` renders the WebTransport series beside the SSE ones."""
+    async with tokenwire_serve("--datagram-previews") as (port, client):
+        readers = [await client.generate(f"m{i}", max_tokens=5, on_preview=lambda seq, token: None) for i in range(30)]
+        texts = await asyncio.gather(*(r.text() for r in readers))
+        assert texts == ["".join(FakeModel(seed=0).tokens(f"m{i}", 5)) for i in range(30)]
+        async with httpx.AsyncClient() as http:
+            await http.get(f"http://127.0.0.1:{port}/healthz")
+            scrape = await http.get(f"http://127.0.0.1:{port}/metrics")
+    assert scrape.status_code == 200
+    samples = {
+        (s.name, s.labels.get("protocol")): s.value
+        for family in text_string_to_metric_families(scrape.text)
+        for s in family.samples
+    }
+    wt = "webtransport"
+    assert samples[("tokenwire_sessions_total", wt)] == 1
+    assert samples[("tokenwire_streams_started_total", wt)] == 30
+    assert samples[("tokenwire_requests_total", wt)] == 30
+    assert samples[("tokenwire_tokens_sent_total", wt)] == 30 * 6  # 5 tokens and the final frame each
+    assert samples[("tokenwire_time_to_first_token_seconds_count", wt)] == 30
+    assert ("tokenwire_previews_dropped_total", wt) in samples and ("tokenwire_previews_sent_total", wt) in samples
+    assert samples[("tokenwire_requests_total", "sse")] == 2  # /healthz and this scrape
+    assert samples[("tokenwire_streams_started_total", "sse")] == 0
+    # The hub's gauges are the same for both servers: rendered once.
+    assert ("tokenwire_open_streams", "sse") in samples and ("tokenwire_open_streams", wt) not in samples
+    # One family per name (the exposition format allows no repeats): both protocols are samples of it.
+    types = [line for line in scrape.text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types))
+
+
+async def test_sse_server_names_webtransport_without_alt_svc() -> None:
+    """``tokenwire serve`` runs both: the certificate endpoint names the URL and hash; SSE responses carry no
+    ``Alt-Svc``, since HTTP/3 serves only the WebTransport CONNECT (a browser would move its fetches there)."""
     async with sse_server() as sse:
         async with httpx.AsyncClient() as client:
             r = await client.get(f"http://127.0.0.1:{sse.port}/v1/webtransport/certificate")
@@ -322,7 +385,8 @@ async def test_sse_server_advertises_webtransport() -> None:
                 events = await client.get(f"http://127.0.0.1:{sse.port}/v1/streams/{stream.id}/events")
             assert info == wt.certificate_info()
             assert len(bytes.fromhex(info["sha256"])) == 32
-            assert events.headers["alt-svc"] == f'h3=":{wt.port}"; ma=86400'
+            assert events.status_code == 200
+            assert "alt-svc" not in events.headers
             sse.webtransport = None
 
 

@@ -31,6 +31,7 @@ import httptools
 from tokenwire import _core
 from tokenwire.client._reader import TokenReaderBase
 from tokenwire.errors import (
+    DuplicateStreamId,
     EpochMismatch,
     RemoteProtocolError,
     ResumeExpired,
@@ -157,6 +158,8 @@ def _error_for(status: int, body: bytes) -> TokenwireError:
         err, message = {}, body[:200].decode("utf-8", "replace")
     if status == 404:
         return StreamNotFound(message)
+    if status == 409 and err.get("type") == "DuplicateStreamId":
+        return DuplicateStreamId(message)
     if status == 409:
         return EpochMismatch(message, expected=str(err.get("epoch", "")))
     if status == 410:

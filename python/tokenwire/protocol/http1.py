@@ -15,11 +15,13 @@ import httptools
 from tokenwire.errors import RemoteProtocolError
 
 __all__ = [
+    "LAST_CHUNK",
     "HttpError",
     "HttpLimits",
     "Request",
     "RequestParser",
     "check_body_size",
+    "chunk",
     "parse_query",
     "render_head",
     "render_response",
@@ -186,3 +188,16 @@ def render_response(
         headers.extend(extra)
     headers.append(("Connection", "keep-alive" if keep_alive else "close"))
     return render_head(status, headers) + body
+
+
+#: The end of a chunked body (no trailers). Written only when a response ends normally: a body cut without it
+#: is an error to every HTTP client, so a network cut can never pass for a complete answer.
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (RFC 9112 §7.1); ``b""`` for no data (an empty chunk would end
+    the body)."""
+    if not data:
+        return b""
+    return b"%x\r\n%b\r\n" % (len(data), data)

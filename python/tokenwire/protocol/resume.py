@@ -18,10 +18,12 @@ __all__ = [
     "MAX_STREAM_ID_LEN",
     "ResumePoint",
     "format_id_prefix",
+    "is_epoch",
     "is_stream_id",
     "new_epoch",
     "new_stream_id",
     "parse_resume_point",
+    "validate_epoch",
     "validate_stream_id",
 ]
 
@@ -56,6 +58,19 @@ def validate_stream_id(stream_id: str, error: type[ProtocolError] = LocalProtoco
     return stream_id
 
 
+def is_epoch(text: str) -> bool:
+    """1-64 characters of ``[A-Za-z0-9_-]``: what an epoch may be in a resume point, on either wire."""
+    return len(text) <= MAX_EPOCH_LEN and _TOKEN_RE.fullmatch(text) is not None
+
+
+def validate_epoch(epoch: str, error: type[ProtocolError] = RemoteProtocolError) -> str:
+    """Returns ``epoch`` if :func:`is_epoch`; else raises ``error`` (400). A malformed epoch is a malformed
+    resume point, answered before any epoch comparison (which would say 409 ``EpochMismatch``)."""
+    if not is_epoch(epoch):
+        raise error(f"epoch must be 1-{MAX_EPOCH_LEN} characters of [A-Za-z0-9_-]: {epoch!r}")
+    return epoch
+
+
 def format_id_prefix(stream_id: str, epoch: str) -> str:
     """The part of every event id before the seq."""
     return f"{stream_id}:{epoch}:"
@@ -83,7 +98,7 @@ def parse_resume_point(text: str) -> ResumePoint:
     stream_id, epoch, seq = parts
     if not is_stream_id(stream_id):
         raise RemoteProtocolError(f"malformed stream id in resume point {text!r}")
-    if len(epoch) > MAX_EPOCH_LEN or not _TOKEN_RE.fullmatch(epoch):
+    if not is_epoch(epoch):
         raise RemoteProtocolError(f"malformed epoch in resume point {text!r}")
     if not _SEQ_RE.fullmatch(seq) or int(seq) > MAX_SEQ:
         raise RemoteProtocolError(f"malformed seq in resume point {text!r}")

@@ -30,9 +30,11 @@ from typing import Any, Final
 
 from tokenwire import _core
 from tokenwire.errors import (
+    DuplicateStreamId,
     EpochMismatch,
     FrameError,
     HubFull,
+    InvalidBody,
     LocalProtocolError,
     RemoteProtocolError,
     ResumeExpired,
@@ -42,7 +44,8 @@ from tokenwire.errors import (
     error_fields,
     status_of,
 )
-from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_stream_id
+from tokenwire.protocol.json_body import loads_object
+from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_epoch, validate_stream_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
@@ -54,7 +57,11 @@ __all__ = [
     "REQUEST_CANCEL",
     "REQUEST_START",
     "SESSION_GONE",
+    "SETTINGS_ENABLE_WEBTRANSPORT",
+    "SETTINGS_WT_ENABLED",
+    "SETTINGS_WT_MAX_SESSIONS",
     "WT_PATH",
+    "WT_PROTOCOLS",
     "AttachRequested",
     "CancelConfirmed",
     "CancelRequested",
@@ -82,6 +89,7 @@ __all__ = [
     "parse_preview",
     "parse_reply",
     "parse_request",
+    "server_settings",
     "wt_error_code",
 ]
 
@@ -128,6 +136,8 @@ class WtCode(enum.IntEnum):
     TOO_LARGE = 0x15
     #: Too many streams, or the hub's memory is full (503): retry later.
     BUSY = 0x16
+    #: A start request's caller-chosen stream id is taken (409 ``DuplicateStreamId``).
+    STREAM_EXISTS = 0x17
 
 
 _CODE_BY_STATUS: Final = {
@@ -209,7 +219,7 @@ class MessageReader:
         self._max = max_bytes
         self._buf = bytearray()  # grows in place: a large request in many pieces is not copied each time
         self._length: int | None = None
-        self._error: FrameError | None = None
+        self._error: FrameError | InvalidBody | None = None
         self.message: Message | None = None
         self.rest = b""
 
@@ -226,7 +236,7 @@ class MessageReader:
             return None  # the body is still incomplete: nothing to parse yet
         try:
             return self._parse(buf)
-        except FrameError as exc:
+        except (FrameError, InvalidBody) as exc:
             self._error = exc
             buf.clear()
             raise
@@ -252,11 +262,11 @@ class MessageReader:
         payload, self.rest = bytes(buf[1:end]), bytes(buf[end:])
         buf.clear()
         try:
-            body = json.loads(payload.decode())
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise FrameError(f"message body is not UTF-8 JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise FrameError("message body must be a JSON object")
+            body = loads_object(payload, "message body")  # the checks of an HTTP request body
+        except InvalidBody as exc:
+            if exc.field:  # a member at fault (a lone surrogate): the message itself was well formed
+                raise
+            raise FrameError(str(exc)) from None
         self.message = Message(kind, body)
         return self.message
 
@@ -360,8 +370,10 @@ def parse_request(message: Message) -> Request:
     if message.kind == REQUEST_ATTACH:
         stream_id = _stream_id(body)
         epoch = body.get("epoch", "")
-        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LEN:
-            raise RemoteProtocolError(f"'epoch' must be a string of at most {MAX_EPOCH_LEN} characters")
+        if not isinstance(epoch, str):
+            raise RemoteProtocolError(f"'epoch' must be a string of 1-{MAX_EPOCH_LEN} characters of [A-Za-z0-9_-]")
+        if epoch:  # the rule of an SSE resume point's epoch: a malformed one is 400, not 409
+            validate_epoch(epoch)
         after = body.get("after", 0)
         if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise RemoteProtocolError("'after' must be an integer from 0 to 2**62-1")
@@ -428,7 +440,7 @@ class CancelConfirmed:
 class RequestFailed:
     """A typed error answer: ``type`` is the class name of :mod:`tokenwire.errors` (or ``HttpError``),
     ``status`` the HTTP status the SSE server answers in the same case, ``code`` a :class:`WtCode`.
-    ``extra``: ``oldest_seq``, ``last_seq`` or ``epoch`` as in docs/protocol.md §4.2."""
+    ``extra``: ``oldest_seq``, ``last_seq``, ``epoch`` or ``field`` as in docs/protocol.md §4.2."""
 
     type: str
     message: str
@@ -480,7 +492,8 @@ def error_reply(exc: BaseException) -> RequestFailed:
     """The error answer for an exception raised while serving a request (docs/protocol.md §4.4)."""
     status = status_of(exc)
     message = str(exc) if isinstance(exc, TokenwireError) else "internal server error"
-    return RequestFailed(type(exc).__name__, message, status, int(code_for_status(status)), error_fields(exc))
+    code = WtCode.STREAM_EXISTS if isinstance(exc, DuplicateStreamId) else code_for_status(status)
+    return RequestFailed(type(exc).__name__, message, status, int(code), error_fields(exc))
 
 
 def error_from_reply(reply: RequestFailed) -> TokenwireError:
@@ -496,11 +509,16 @@ def error_from_reply(reply: RequestFailed) -> TokenwireError:
         return ResumeFromFuture(message, _int(extra.get("last_seq")))
     if reply.type == "HubFull":
         return HubFull(message)
+    if reply.type == "DuplicateStreamId":
+        return DuplicateStreamId(message)
     exc: TokenwireError
     if reply.type == "RequestTooLarge":
         exc = RequestTooLarge(message)
     elif reply.type == "FrameError":
         exc = FrameError(message)
+    elif reply.type == "InvalidBody":
+        field = extra.get("field", "")
+        exc = InvalidBody(message, field if isinstance(field, str) else "")
     else:
         exc = RemoteProtocolError(f"{reply.type} ({reply.status}): {message}")
     exc.status_hint = reply.status
@@ -590,8 +608,29 @@ def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = No
     return headers
 
 
+#: ``:protocol`` of a WebTransport extended CONNECT: ``webtransport`` (drafts up to 14, what browsers send) and
+#: ``webtransport-h3`` (draft 15 on). The stream and datagram framing is the same in every one of them.
+WT_PROTOCOLS: Final = frozenset((b"webtransport", b"webtransport-h3"))
+
+#: HTTP/3 SETTINGS a WebTransport server sends (besides SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 and
+#: SETTINGS_H3_DATAGRAM = 1, which aioquic sends): each draft's way to say "WebTransport here".
+#: SETTINGS_ENABLE_WEBTRANSPORT (drafts 02-06; Chromium, webtransport-go up to v0.10).
+SETTINGS_ENABLE_WEBTRANSPORT: Final = 0x2B603742
+#: SETTINGS_WT_MAX_SESSIONS (draft 14; Safari 26.4 requires it >= 1).
+SETTINGS_WT_MAX_SESSIONS: Final = 0x14E9CD29
+#: SETTINGS_WT_ENABLED (draft 15 on; webtransport-go v0.11 on).
+SETTINGS_WT_ENABLED: Final = 0x2C7CF000
+
+
+def server_settings(max_sessions: int) -> dict[int, int]:
+    """The WebTransport SETTINGS of a server that accepts ``max_sessions`` sessions on one connection: every
+    draft's, so a client of any of them finds its own. No SETTINGS_WT_INITIAL_MAX_* are sent, so the
+    WebTransport flow control of newer drafts stays off (QUIC's flow control applies)."""
+    return {SETTINGS_ENABLE_WEBTRANSPORT: 1, SETTINGS_WT_MAX_SESSIONS: max_sessions, SETTINGS_WT_ENABLED: 1}
+
+
 def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str]:
-    """``(is an extended CONNECT for webtransport, its :path)`` of a request's headers."""
+    """``(is an extended CONNECT for WebTransport (any draft's :protocol), its :path)`` of a request's headers."""
     fields = dict(headers)
-    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") == b"webtransport"
+    ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") in WT_PROTOCOLS
     return ok, fields.get(b":path", b"").decode("latin-1")

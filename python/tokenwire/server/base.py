@@ -96,6 +96,6 @@ class ServerBase(HubHost):
         """Bind to the running loop: the flusher, the engine (if this server runs one), the hub's janitor."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._flusher = Flusher(loop, self.config.max_delay_ms)
+        self._flusher = Flusher(loop, self.config.max_delay_ms, self.config.flush_max_wait_ms)
         self._start_generation()
         return loop

@@ -17,7 +17,8 @@ class WebTransportLimits:
     max_sessions: int = 10_000
     #: Sessions one QUIC connection may open.
     max_sessions_per_connection: int = 16
-    #: Request streams (pending or attached) one session may hold at once; more get a 503 error reply.
+    #: Request streams (pending or attached) one session may hold at once; more get a 503 error reply. A stream
+    #: counts from the moment the client opens it (its WebTransport header), until the server has sent its end.
     max_streams_per_session: int = 256
     #: Largest request message body (a start request's JSON, prompt included); more is a 413 error reply.
     max_request_bytes: int = 1 << 20
@@ -42,6 +43,15 @@ class WebTransportLimits:
     #: (congestion-limited, dead path); the older ones are dropped, so the queue stays bounded.
     max_pending_previews: int = 64
 
+    @property
+    def quic_bidi_streams(self) -> int:
+        """Bidirectional streams QUIC lets a client have open at once on one connection (the server's
+        ``initial_max_streams_bidi``; one more is granted as each closes). Every request stream counts, and so
+        does each session's CONNECT stream: room for one full session, the CONNECT stream of every session the
+        connection may open, and the stream that gets the 503, so a session meets the documented per-session
+        limit (a 503 error reply) before QUIC's stream credit (where opening a stream just waits)."""
+        return self.max_streams_per_session + self.max_sessions_per_connection + 1
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -62,6 +72,9 @@ class ServerConfig:
     max_connections: int = 20_000
     #: 0: flush at the next loop iteration. >0: wait up to this long to coalesce more tokens per write.
     max_delay_ms: float = 0.0
+    #: With ``max_delay_ms`` 0: a connection marked this long ago is flushed at the next mark (inside the
+    #: producer's step) instead of waiting for the next loop iteration; 0 turns the bound off.
+    flush_max_wait_ms: float = 0.2
     #: Largest ``max_tokens`` a request may ask for.
     max_tokens_limit: int = 100_000
     #: Seconds shutdown waits for open streams to finish before closing their connections.

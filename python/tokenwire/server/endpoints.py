@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenwire import _core
-from tokenwire.errors import RemoteProtocolError, StreamNotFound
+from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import FrameKind, Hub, TokenStream
+from tokenwire.hub import FrameKind, Hub, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
-from tokenwire.protocol.resume import format_id_prefix, validate_stream_id
+from tokenwire.protocol.json_body import loads_object
+from tokenwire.protocol.resume import MAX_STREAM_ID_LEN, format_id_prefix, is_stream_id
 from tokenwire.server.config import ServerConfig
 
 __all__ = [
@@ -52,7 +53,9 @@ WT_CERTIFICATE_PATH = "/v1/webtransport/certificate"
 #: ``(handle, after) -> (bytes, last seq, ended)`` as ``Registry.poll``. Raises ResumeExpired / StreamNotFound.
 Render = Callable[[int, int], tuple[bytes, int, bool]]
 
-_OPENAI_DONE = b"data: [DONE]\n\n"
+#: The events of the OpenAI rendering of a final frame before ``data: [DONE]``, in order (docs/protocol.md §2.6):
+#: each has the id ``{stream_id}:{epoch}:{seq}:{part}``, and ``[DONE]`` has the final frame's own id.
+OPENAI_END_PARTS = ("finish", "usage", "error")
 
 
 @dataclass(slots=True)
@@ -115,17 +118,13 @@ class ChatMeta:
 
 
 def parse_json_body(content_type: str | None, body: bytes) -> dict[str, Any]:
-    """The JSON object of a request body; 415 for another content type, 400 for anything but an object."""
+    """The JSON object of a request body; 415 for another content type. 400 ``InvalidBody`` (naming the member
+    at fault) for anything but a UTF-8 JSON object of Unicode strings nested at most 64 deep
+    (:func:`tokenwire.protocol.json_body.loads_object`, which WebTransport requests go through too)."""
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise HttpError(415, f"expected Content-Type application/json, got {ctype!r}")
-    try:
-        parsed = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise HttpError(400, "request body must be a JSON object")
-    return parsed
+    return loads_object(body)
 
 
 def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -133,7 +132,7 @@ def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise HttpError(400, f"{name!r} must be an integer from {lo} to {hi}")
+        raise InvalidBody(f"{name!r} must be an integer from {lo} to {hi}", name)
     return value
 
 
@@ -142,10 +141,20 @@ def float_field(body: dict[str, Any], name: str, lo: float, hi: float) -> float 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise HttpError(400, f"{name!r} must be a number")
+        raise InvalidBody(f"{name!r} must be a number", name)
     if not lo <= value <= hi:
-        raise HttpError(400, f"{name!r} must be from {lo} to {hi}")
+        raise InvalidBody(f"{name!r} must be from {lo} to {hi}", name)
     return float(value)
+
+
+def bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
+    """``body[name]``, which must be a JSON boolean (or null / absent: ``default``)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidBody(f"{name!r} must be a boolean (true or false)", name)
+    return value
 
 
 def match_route(method: str, path: str) -> tuple[str, str]:
@@ -245,7 +254,8 @@ def nothing_left(stream: TokenStream, after: int) -> bool:
     return not stream.is_open and after >= stream.last_seq
 
 
-#: The response headers of every SSE stream (both servers; the socket server adds ``Connection: close``).
+#: The response headers of every SSE stream (both servers; the socket server adds ``Connection`` and
+#: ``Transfer-Encoding: chunked``, docs/protocol.md §2.1).
 SSE_HEADERS: tuple[tuple[str, str], ...] = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
@@ -286,11 +296,57 @@ def plan_sse(hub: Hub, stream: TokenStream, after: int, events_url: str | None) 
     return StreamPlan(stream, after, head, intro)
 
 
-def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base: str = "") -> StreamPlan:
-    """Plan of an OpenAI chat-completion chunk stream, ending with ``data: [DONE]``."""
+def split_end_part(last_event_id: str) -> tuple[str, str]:
+    """``(resume point, end part)`` of a ``format=openai`` Last-Event-ID: ``S:E:7:usage`` gives ``("S:E:7",
+    "usage")``; an id without a known part gives ``(last_event_id, "")``."""
+    point, sep, part = last_event_id.rpartition(":")
+    if sep and part in OPENAI_END_PARTS and point.count(":") == 2:
+        return point, part
+    return last_event_id, ""
+
+
+def resolve_end_part(stream: TokenStream, seq: int, part: str) -> int:
+    """The seq to replay after for a resume point inside the OpenAI end of ``stream`` (``seq``: its final frame,
+    ``part``: the last end event the client holds). 400 unless ``seq`` is the final frame and ``part`` one of
+    its events."""
+    parts = ("error",) if stream.state is StreamState.FAILED else ("finish", "usage")
+    if stream.is_open or seq != stream.last_seq or part not in parts:
+        raise RemoteProtocolError(
+            f"resume point {seq}:{part} names no event of this stream's end (its final frame is seq "
+            f"{stream.last_seq}{'' if not stream.is_open else ', still open'})"
+        )
+    return seq - 1
+
+
+def openai_finish_reason(done: Mapping[str, Any]) -> str:
+    """The ``finish_reason`` of a ``done`` frame: its reason as it is (``stop``, ``length``, a source's own such
+    as ``tool_calls``, or tokenwire's ``cancelled``, ``abandoned``, ``shutdown``: docs/protocol.md §2.6)."""
+    reason = done.get("reason")
+    return reason if isinstance(reason, str) and reason else "stop"
+
+
+def plan_openai(
+    hub: Hub,
+    stream: TokenStream,
+    after: int,
+    meta: ChatMeta,
+    base: str = "",
+    *,
+    resumed: bool = False,
+    end_part: str = "",
+) -> StreamPlan:
+    """Plan of an OpenAI chat-completion chunk stream, ending with ``data: [DONE]``.
+
+    Every event has its own id, so a client resumes after any of them: tokens have their frame's id; the
+    final frame becomes a finish chunk (id ``…:{seq}:finish``), a usage chunk if asked for (``…:{seq}:usage``)
+    or an error chunk (``…:{seq}:error``), then ``[DONE]`` with the final frame's own id ``…:{seq}``.
+    ``end_part``: the client holds the final frame's events up to this one (``after`` is the seq before it).
+    The role chunk (id ``…:0``) starts a stream that is not ``resumed``.
+    """
     storage = hub.storage
     prefix = format_id_prefix(stream.id, hub.epoch)
     dumps = json.dumps
+    skip_seq = after + 1 if end_part else 0
 
     def render(handle: int, pos: int) -> tuple[bytes, int, bool]:
         last = storage.last_seq(handle)
@@ -300,29 +356,36 @@ def plan_openai(hub: Hub, stream: TokenStream, after: int, meta: ChatMeta, base:
         out: list[bytes] = []
         for kind, seq, text in storage.frames_since(handle, pos):
             if kind == FrameKind.TOKEN:
-                chunk = meta.chunk({"content": text}, None)
-            elif kind == FrameKind.DONE:
-                done = json.loads(text)
-                reason = done.get("reason", "stop")
-                chunk = meta.chunk({}, reason if reason in ("stop", "length") else "stop")
-                if meta.include_usage and "usage" in done:
-                    out.append(_core.sse_event(dumps(chunk), id=f"{prefix}{seq}"))
-                    chunk = {**meta.chunk({}, None), "choices": [], "usage": done["usage"]}
+                out.append(
+                    _core.sse_event(dumps(meta.chunk({"content": text}, None), ensure_ascii=False), id=f"{prefix}{seq}")
+                )
+                continue
+            end: list[tuple[str, dict[str, Any]]] = []
+            body = json.loads(text)
+            if kind == FrameKind.DONE:
+                end.append(("finish", meta.chunk({}, openai_finish_reason(body))))
+                if meta.include_usage and "usage" in body:
+                    end.append(("usage", {**meta.chunk({}, None), "choices": [], "usage": body["usage"]}))
             else:
-                err = json.loads(text)
-                chunk = {"error": {"message": err.get("message", ""), "type": err.get("code", "error")}}
-            out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}"))
+                error = {"message": body.get("message", ""), "type": body.get("code", "error")}
+                end.append(("error", {"error": error}))
+            if seq == skip_seq:  # a resume inside this end: leave out what the client holds
+                names = [name for name, _ in end]
+                end = end[names.index(end_part) + 1 :] if end_part in names else []
+            for name, chunk in end:
+                out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}:{name}"))
+            out.append(_core.sse_event("[DONE]", id=f"{prefix}{seq}"))
         return b"".join(out), last, ended
 
     intro = b""
-    if after == 0:
+    if after == 0 and not resumed:
         intro = _core.sse_event(dumps(meta.chunk({"role": "assistant", "content": ""}, None)), id=f"{prefix}0")
     head = [
         ("X-Tokenwire-Stream-Id", stream.id),
         ("X-Tokenwire-Epoch", hub.epoch),
         ("Location", f"{base}{STREAMS_PATH}/{stream.id}/events?format=openai"),
     ]
-    return StreamPlan(stream, after, head, intro, render, trailer=_OPENAI_DONE, retry=False)
+    return StreamPlan(stream, after, head, intro, render, retry=False)
 
 
 async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> tuple[int, dict[str, Any]]:
@@ -341,7 +404,6 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
         done = {"reason": "cancelled"}
     if "code" in done:
         return 500, {"error": {"message": done.get("message"), "type": done["code"]}}
-    reason = done.get("reason", "stop")
     return 200, {
         "id": meta.id,
         "object": "chat.completion",
@@ -351,7 +413,7 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": "".join(text)},
-                "finish_reason": reason if reason in ("stop", "length") else "stop",
+                "finish_reason": openai_finish_reason(done),
             }
         ],
         "usage": done.get("usage", {}),
@@ -361,12 +423,12 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
 @dataclass(slots=True)
 class ChatRequest:
     """A validated ``POST /v1/chat/completions``: its stream has started (or was started by the request this
-    one repeats, and is served after ``after``)."""
+    one repeats: ``repeat`` holds that request's ``Last-Event-ID``, ``""`` when it has none)."""
 
     stream: TokenStream
     meta: ChatMeta
     streaming: bool
-    after: int = 0
+    repeat: str | None = None
 
 
 @dataclass(eq=False)
@@ -399,14 +461,13 @@ class Endpoints:
         host = self.host
         stream_id = body.get("stream_id")
         if stream_id is not None:
-            if not isinstance(stream_id, str):
-                raise HttpError(400, "'stream_id' must be a string")
-            validate_stream_id(stream_id)
+            if not (isinstance(stream_id, str) and is_stream_id(stream_id)):  # the client's fault: 400
+                raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
+            if stream_id in host.hub:
+                raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id, or attach to it")
         ttft = float_field(body, "ttft", 0.0, 600.0)
         rate = float_field(body, "tokens_per_s", 0.0, 1e9)
-        stamp = body.get("stamp", False)
-        if not isinstance(stamp, bool):
-            raise HttpError(400, "'stamp' must be a boolean")
+        stamp = bool_field(body, "stamp")
         engine = host.engine
         if engine is not None:
             stream = engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
@@ -417,7 +478,7 @@ class Endpoints:
             stream = host.hub.start(
                 source, stream_id=stream_id, length=max_tokens, token_bytes=model.token_bytes(stamp)
             )
-        host.metrics.streams_started_total += 1
+        host.metrics.streams_started_total += 1  # counted once it has started (HubFull and the like did not)
         return stream
 
     def create(
@@ -430,46 +491,38 @@ class Endpoints:
         """
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            raise HttpError(400, "'prompt' (string) is required")
-        previous = self.previous_start("create", body, headers)
-        if previous is not None:
-            stream, after = previous
-            return None if nothing_left(stream, after) else self.plan_sse(stream, after, base)
+            raise InvalidBody("'prompt' (string) is required", "prompt")
+        repeated = self.previous_start("create", body, headers)
+        if repeated is not None:
+            return self.attach(repeated, last_event_id_of(headers or {}, {}), {}, base)
         stream = self.start(body, prompt)
         self._remember_key("create", body, headers, stream)
         return self.plan_sse(stream, 0, base)
 
-    def previous_start(
-        self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None
-    ) -> tuple[TokenStream, int] | None:
-        """The stream a start request repeats, and the seq to serve after; ``None``: start a new generation.
+    def previous_start(self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None) -> str | None:
+        """The id of the stream a start request repeats; ``None``: start a new generation.
 
-        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream: served from the
-          start, or after the request's ``Last-Event-ID``. The same key with another request body is 422.
-        - Else a ``Last-Event-ID`` (a client's SSE retry of the POST) resumes the stream it names, with the
-          rules and errors of ``GET /v1/streams/{id}/events`` (400, 404, 409, 410; 204 when nothing is left).
+        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream. The same key with
+          another request body is 422.
+        - Else a ``Last-Event-ID`` (a client's SSE retry of the POST) names it (400 malformed, 409 another
+          epoch). The caller serves it as ``GET /v1/streams/{id}/events`` with that ``Last-Event-ID`` would
+          (:meth:`attach`: 400, 404, 409, 410; 204 when nothing is left).
         """
         if headers is None:
             return None
         key = idempotency_key_of(headers)
-        last_event_id = last_event_id_of(headers, {})
         hub = self.host.hub
-        stream_id = None
         if key is not None and (entry := self.idempotency.get(key)) is not None:
             if entry[1] != _fingerprint(route, body):
                 raise HttpError(422, "Idempotency-Key was used for a different request; use a new key")
             if entry[0] in hub:
-                stream_id = entry[0]
-            else:
-                del self.idempotency[key]  # its stream is gone: the key starts a new one
-        if stream_id is None:
-            if not last_event_id:
-                return None
-            stream_id = hub.parse_resume(last_event_id).stream_id
-        stream, after = resolve_resume(hub, stream_id, last_event_id)
-        if last_event_id and not nothing_left(stream, after):
-            count_resume(hub, self.host.metrics, stream, after)
-        return stream, after
+                return entry[0]
+            del self.idempotency[key]  # its stream is gone: the key starts a new one
+        last_event_id = last_event_id_of(headers, {})
+        if not last_event_id:
+            return None
+        point = split_end_part(last_event_id)[0] if route == "chat" else last_event_id
+        return hub.parse_resume(point).stream_id
 
     def _remember_key(
         self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None, stream: TokenStream
@@ -490,21 +543,24 @@ class Endpoints:
     def attach(self, stream_id: str, last_event_id: str, query: Mapping[str, str], base: str = "") -> StreamPlan | None:
         """``GET /v1/streams/{id}/events``: the plan, or ``None`` for 204 (ended, nothing left)."""
         host = self.host
-        stream, after = resolve_resume(host.hub, stream_id, last_event_id)
+        fmt = query.get("format", "sse")
+        if fmt not in ("sse", "openai"):
+            raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
+        point, part = split_end_part(last_event_id) if fmt == "openai" else (last_event_id, "")
+        stream, after = resolve_resume(host.hub, stream_id, point)
+        if part:
+            after = resolve_end_part(stream, after, part)
         if nothing_left(stream, after):
             return None  # 204 also tells EventSource to stop reconnecting.
         if last_event_id:
             count_resume(host.hub, host.metrics, stream, after)
-        fmt = query.get("format", "sse")
         if fmt == "openai":
             meta = self.chats.get(stream_id)
             if meta is None:
                 raise RemoteProtocolError(
                     f"stream {stream_id} is not a chat completion; format=openai is not available"
                 )
-            return plan_openai(host.hub, stream, after, meta, base)
-        if fmt != "sse":
-            raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
+            return plan_openai(host.hub, stream, after, meta, base, resumed=bool(last_event_id), end_part=part)
         return self.plan_sse(stream, after, base)
 
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
@@ -517,43 +573,51 @@ class Endpoints:
         the OpenAI format (see :meth:`previous_start`); :meth:`chat_plan` says 204 when nothing is left."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise HttpError(400, "'messages' must be a non-empty array")
+            raise InvalidBody("'messages' must be a non-empty array", "messages")
         parts: list[str] = []
-        for m in messages:
+        for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
-                raise HttpError(400, "each message must be an object with a string 'content'")
+                raise InvalidBody(f"messages[{i}] must be an object with a string 'content'", f"messages[{i}]")
             parts.append(m.get("content", ""))
         model = body.get("model", "tokenwire-fake")
         if not isinstance(model, str):
-            raise HttpError(400, "'model' must be a string")
+            raise InvalidBody("'model' must be a string", "model")
         limit = self.host.config.max_tokens_limit
         max_tokens = int_field(body, "max_completion_tokens", 0, 0, limit) or int_field(
             body, "max_tokens", 64, 1, limit
         )
-        options = body.get("stream_options") or {}
-        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        previous = self.previous_start("chat", body, headers)
-        if previous is not None:
-            stream, after = previous
-            known = self.chats.get(stream.id)
-            if known is None:
-                raise RemoteProtocolError(f"stream {stream.id} is not a chat completion; it cannot resume here")
-            streaming = bool(body.get("stream"))
-            if not streaming:
-                self.host.hub.check_resume(stream.id, 0)  # the whole answer is collected again: 410 if gone
-            return ChatRequest(stream, known, streaming, after)
+        streaming = bool_field(body, "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidBody("'stream_options' must be an object", "stream_options")
+        include_usage = (options or {}).get("include_usage")
+        if include_usage is None:
+            include_usage = False
+        elif not isinstance(include_usage, bool):
+            raise InvalidBody("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
+        repeated = self.previous_start("chat", body, headers)
+        if repeated is not None:
+            return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}))
         stream = self.start_generation(body, "\n".join(parts), max_tokens)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
         self._remember(stream.id, meta)
         self._remember_key("chat", body, headers, stream)
-        return ChatRequest(stream, meta, bool(body.get("stream")))
+        return ChatRequest(stream, meta, streaming)
+
+    def _chat_repeat(self, stream_id: str, streaming: bool, last_event_id: str) -> ChatRequest:
+        known = self.chats.get(stream_id)
+        if known is None:
+            raise RemoteProtocolError(f"stream {stream_id} is not a chat completion; it cannot resume here")
+        if not streaming:
+            self.host.hub.check_resume(stream_id, 0)  # the whole answer is collected again: 410 if gone
+        return ChatRequest(self.host.hub.get(stream_id), known, streaming, last_event_id)
 
     def chat_plan(self, chat: ChatRequest, base: str = "") -> StreamPlan | None:
-        """The OpenAI chunk stream of a streaming chat request; ``None``: 204, nothing left after its resume
-        point."""
-        if nothing_left(chat.stream, chat.after):
-            return None
-        return plan_openai(self.host.hub, chat.stream, chat.after, chat.meta, base)
+        """The OpenAI chunk stream of a streaming chat request; a repeat is served as ``GET
+        .../events?format=openai`` with its ``Last-Event-ID`` (``None``: 204, nothing left)."""
+        if chat.repeat is None:
+            return plan_openai(self.host.hub, chat.stream, 0, chat.meta, base)
+        return self.attach(chat.stream.id, chat.repeat, {"format": "openai"}, base)
 
     def _remember(self, stream_id: str, meta: ChatMeta) -> None:
         chats = self.chats

@@ -61,7 +61,7 @@ class Router(Endpoints):
         if plan is None:
             conn.respond(204, b"", "text/event-stream", req.keep_alive)
         else:
-            conn.start_stream(plan)
+            conn.start_stream(plan, req.http_version != "1.0", req.keep_alive)  # chunked bodies are HTTP/1.1
 
     def _complete_openai(self, conn: SseConnection, req: Request, stream: TokenStream, meta: ChatMeta) -> None:
         """Non-streaming chat completion: collect the whole answer, then one JSON response."""

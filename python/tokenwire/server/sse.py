@@ -23,7 +23,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, erro
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
-from tokenwire.protocol.http1 import HttpError, RequestParser, render_head, render_response
+from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, RequestParser, chunk, render_head, render_response
 from tokenwire.server.accept import Listener
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
@@ -49,11 +49,13 @@ class SseConnection(asyncio.Protocol):
     """One client connection: requests until it turns into a stream, then the stream until it ends."""
 
     __slots__ = (
+        "_chunked",
         "_closing",
         "_dirty",
         "_handle",
         "_held",
         "_idle",
+        "_keep_alive",
         "_last_write",
         "_paused",
         "_paused_at",
@@ -79,6 +81,8 @@ class SseConnection(asyncio.Protocol):
         self._handle = 0
         self._poll = server.hub.storage.poll
         self._trailer = b""
+        self._chunked = False
+        self._keep_alive = False
         self._dirty = False
         self._held = False
         #: Kept alive between requests: the idle timer runs until the next request's first byte.
@@ -110,6 +114,7 @@ class SseConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.stream is not None or self._closing or self._held:
+            self._keep_alive = False  # bytes nobody parses: the connection cannot take a request after them
             return  # a stream connection (or one awaiting its answer) takes no more requests
         parser = self.parser
         try:
@@ -117,7 +122,7 @@ class SseConnection(asyncio.Protocol):
         except HttpError as exc:
             self._respond_error(exc, False)
             return
-        for req in requests:
+        for i, req in enumerate(requests):
             self._cancel_timer()
             self._idle = False
             self.server.metrics.requests_total += 1
@@ -132,6 +137,8 @@ class SseConnection(asyncio.Protocol):
                 log.exception("request %s %s failed", req.method, req.path)
                 self._respond_error(exc, False, status=500)
             if self.stream is not None or self._closing or self._held:
+                if i + 1 < len(requests):
+                    self._keep_alive = False  # requests pipelined behind a stream: the stream's end closes
                 return
             # Kept alive: the next request may start within the idle timeout.
             self._idle = True
@@ -156,6 +163,7 @@ class SseConnection(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             stream.detach(self._on_frames)
+            stream.reader_resumed(self)
             if left_early(stream, self.position):
                 server.metrics.disconnects_total += 1
             server.streaming.discard(self)
@@ -163,10 +171,13 @@ class SseConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._paused = True
         self._paused_at = self.server.loop.time()
+        if self.stream is not None:
+            self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
 
     def resume_writing(self) -> None:
         self._paused = False
         if self.stream is not None:
+            self.stream.reader_resumed(self)
             self._on_frames()
 
     # -- timers --------------------------------------------------------------------------------------
@@ -221,12 +232,17 @@ class SseConnection(asyncio.Protocol):
 
     # -- streaming -----------------------------------------------------------------------------------
 
-    def start_stream(self, plan: StreamPlan) -> None:
+    def start_stream(self, plan: StreamPlan, chunked: bool = True, keep_alive: bool = False) -> None:
         """Turn this connection into the stream of ``plan`` after its seq ``after``: replay, then live.
 
         Frames are rendered by the core as SSE (one ``Registry.poll`` per flush), or by ``plan.render`` for
         other formats (the OpenAI chunks). ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI
         SDK's SSE reader takes a field-only block for an event with empty data).
+
+        The body is chunked (``chunked=False`` for an HTTP/1.0 client: then only the close ends it): every write
+        is one chunk, and only a normal end writes the last chunk, so a client sees any cut as an error. A
+        chunked response does not say ``Connection: close`` (Node's fetch takes a close for the end of such a
+        response, cut or not): with ``keep_alive`` the connection takes the next request after the stream's end.
         """
         transport = self.transport
         if transport is None or self._closing:
@@ -237,16 +253,17 @@ class SseConnection(asyncio.Protocol):
         self._handle = stream._handle
         self._render = plan.render
         self._trailer = plan.trailer
+        self._chunked = chunked
+        self._keep_alive = chunked and keep_alive and not self.server.draining
         headers = [
             *SSE_HEADERS,
-            ("Connection", "close"),
+            ("Connection", "keep-alive" if self._keep_alive else "close"),
             *plan.head,
         ]
-        wt = self.server.webtransport
-        if wt is not None:
-            headers.append(("Alt-Svc", f'h3=":{wt.port}"; ma=86400'))
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
-        transport.write(render_head(200, headers) + retry_block + plan.intro)
+        transport.write(render_head(200, headers) + self._body(retry_block + plan.intro))
         self._last_write = self.server.loop.time()
         self.server.streaming.add(self)
         stream.attach(self._on_frames)
@@ -262,7 +279,7 @@ class SseConnection(asyncio.Protocol):
         """Write everything new since ``position`` in one ``transport.write``; end the response at the end."""
         self._dirty = False
         transport = self.transport
-        if self._paused or self._closing or transport is None:
+        if self._paused or self._closing or transport is None or self.stream is None:
             return
         server = self.server
         pos = self.position
@@ -285,9 +302,10 @@ class SseConnection(asyncio.Protocol):
             self._requested_at = 0.0
             self._last_write = now
             self.position = last
-            transport.write(data)
-        if ended:  # every frame up to the final one is written now
-            self._finish_stream()
+            if not ended:
+                transport.write(self._body(data))
+        if ended:  # every frame up to the final one goes out now, with the end of the body: one write
+            self._finish_stream(data if last > pos else b"")
 
     def flush_failed(self, exc: Exception) -> None:
         """``flush`` raised (the flusher logged it): close this connection only; its client resumes."""
@@ -295,17 +313,40 @@ class SseConnection(asyncio.Protocol):
 
     def write_heartbeat(self, now: float) -> None:
         if self.transport is not None and not self._paused and not self._closing:
-            self.transport.write(b":\n")
+            self.transport.write(self._body(b":\n"))
             self._last_write = now
             self.server.metrics.heartbeats_total += 1
 
-    def _finish_stream(self) -> None:
+    def _body(self, data: bytes) -> bytes:
+        """``data`` framed for the body of this stream's response: one chunk (none for no data)."""
+        return chunk(data) if self._chunked else data
+
+    def _finish_stream(self, data: bytes = b"") -> None:
+        """The normal end: ``data``, the trailer and the last chunk in one write; then the next request
+        (keep-alive) or the close."""
         transport = self.transport
         self._closing = True
         if transport is not None:
-            if self._trailer:
-                transport.write(self._trailer)
-            transport.close()
+            end = data + self._trailer
+            transport.write(chunk(end) + LAST_CHUNK if self._chunked else end)
+            if self._keep_alive and not self.server.draining:
+                self._next_request()
+            else:
+                transport.close()
+
+    def _next_request(self) -> None:
+        """The stream's response is complete and the client keeps the connection: it takes requests again."""
+        if self.stream is not None:
+            self.stream.detach(self._on_frames)
+            self.stream.reader_resumed(self)
+        self.server.streaming.discard(self)
+        self.stream = None
+        self._render = None
+        self._trailer = b""
+        self._chunked = False
+        self._closing = False
+        self._idle = True  # the next request's first byte starts its header timer
+        self._arm_timer(self.server.config.idle_timeout)
 
     def _abort(self) -> None:
         self._closing = True
@@ -318,8 +359,8 @@ class SseConnection(asyncio.Protocol):
         is: a byte outside a response would be an unsolicited response to its client."""
         if self.transport is not None and not self._closing:
             self._closing = True
-            if self.stream is not None:
-                self.transport.write(SHUTDOWN_HINT)
+            if self.stream is not None:  # an idle kept-alive connection gets no bytes outside a response
+                self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
             self.transport.close()
 
 
@@ -343,8 +384,8 @@ class SseServer(ServerBase):
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
         self.background: set[asyncio.Task[None]] = set()
-        #: The WebTransport server beside this one (``tokenwire serve`` sets it): advertised with ``Alt-Svc``
-        #: on stream responses, and its certificate hash served at ``/v1/webtransport/certificate``.
+        #: The WebTransport server beside this one (``tokenwire serve`` sets it): its URL and certificate hash are
+        #: served at ``/v1/webtransport/certificate``. No ``Alt-Svc``: HTTP/3 serves only the WebTransport CONNECT.
         self.webtransport: Any = None
         self.router = Router(self)
         self._server: Listener | None = None

@@ -34,12 +34,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from aioquic._buffer import Buffer
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.asyncio.server import QuicServer
-from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection, Setting
+from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, H3Connection, Setting
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
+from aioquic.quic.connection import QuicConnection, QuicConnectionError, stream_is_unidirectional
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -49,6 +50,7 @@ from aioquic.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
 
 from tokenwire import _core
@@ -74,6 +76,7 @@ from tokenwire.protocol.webtransport import (
     error_reply,
     http3_error_code,
     is_webtransport_connect,
+    server_settings,
 )
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
@@ -128,6 +131,123 @@ def _send_buffered(quic: QuicConnection, stream_id: int) -> int:
         return 0
     sender = stream.sender
     return sender._buffer_stop - sender._buffer_start
+
+
+def _webtransport_session_of(h3: H3Connection, stream_id: int) -> int | None:
+    """The session of a bidirectional stream whose WebTransport header (signal 0x41 + session id) the H3 layer
+    has read, else ``None``.
+
+    aioquic emits no event for a stream that carried the header and nothing else (it has no data to report),
+    so the server would never see such a stream open; it reads the H3 layer's stream state instead.
+    """
+    stream = h3._stream.get(stream_id)
+    if stream is None or stream.frame_type != FrameType.WEBTRANSPORT_STREAM:
+        return None
+    session_id: int | None = stream.session_id
+    return session_id
+
+
+def _grant_bidi_streams(quic: QuicConnection, count: int) -> None:
+    """Let the peer open ``count`` bidirectional streams at once (QUIC ``initial_max_streams_bidi``, then one
+    more for each that closes). aioquic fixes it at 128 with no option: this sets its private limit before the
+    handshake sends the transport parameters."""
+    limit = quic._local_max_streams_bidi
+    if limit.used == 0 and limit.value == limit.sent:
+        limit.value = limit.sent = count
+
+
+#: draft-ietf-quic-reliable-stream-reset: the ``reset_stream_at`` transport parameter (empty) and its frame,
+#: RESET_STREAM_AT (stream id, error code, final size, reliable size). webtransport-go v0.12 on refuses a
+#: server that does not announce it.
+_RESET_STREAM_AT_PARAMETER = 0x17F7586D2CB571
+_RESET_STREAM_AT_FRAME = 0x24
+_RESET_STREAM_FRAME = 0x04
+_STREAM_FRAMES = range(0x08, 0x10)
+
+
+class _ResetStreamAt:
+    """Announces ``reset_stream_at`` on one QUIC connection and handles RESET_STREAM_AT frames (aioquic knows
+    neither).
+
+    A peer resets a WebTransport stream with RESET_STREAM_AT so that the stream's first ``reliable_size``
+    bytes (its header: 0x41 and the session id) are still delivered: the receiver must learn which session
+    the stream belonged to. A RESET_STREAM_AT whose reliable bytes have all been delivered is a RESET_STREAM
+    (aioquic's own handler: flow control, final size, the ``StreamReset`` event); otherwise it waits until
+    STREAM frames have delivered them. Without this, such a frame would close the whole connection
+    ("Unknown frame type").
+
+    aioquic has no extension point for either, so this reads private members of the connection: the frame
+    handler table (RESET_STREAM_AT added, STREAM wrapped) and the method that encodes the transport
+    parameters (called during the handshake, after the protocol's constructor has made this).
+    """
+
+    __slots__ = ("handle_reset", "handle_stream", "pending", "quic")
+
+    def __init__(self, quic: QuicConnection) -> None:
+        self.quic = quic
+        handlers: dict[int, tuple[Callable[..., None], Any]]
+        handlers = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+        self.handle_reset, reset_epochs = handlers[_RESET_STREAM_FRAME]
+        self.handle_stream, stream_epochs = handlers[_STREAM_FRAMES[0]]
+        #: Resets waiting for their reliable bytes: stream id -> (error code, final size, reliable size).
+        self.pending: dict[int, tuple[int, int, int]] = {}
+        handlers[_RESET_STREAM_AT_FRAME] = (self.on_reset_stream_at, reset_epochs)
+        for frame_type in _STREAM_FRAMES:
+            handlers[frame_type] = (self.on_stream, stream_epochs)
+        serialize = quic._serialize_transport_parameters
+        announce = _core.encode_varint(_RESET_STREAM_AT_PARAMETER) + _core.encode_varint(0)
+        quic._serialize_transport_parameters = lambda: serialize() + announce  # type: ignore[method-assign]
+
+    def _reset(self, context: Any, frame_type: int, stream_id: int, error_code: int, final_size: int) -> None:
+        frame = Buffer(capacity=24)
+        for value in (stream_id, error_code, final_size):
+            frame.push_uint_var(value)
+        self.handle_reset(context, frame_type, Buffer(data=frame.data))
+
+    def _delivered(self, stream_id: int) -> int:
+        stream = self.quic._streams.get(stream_id)
+        return 0 if stream is None else stream.receiver.starting_offset()
+
+    def on_reset_stream_at(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        stream_id, error_code, final_size, reliable_size = (buf.pull_uint_var() for _ in range(4))
+        if reliable_size > final_size:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.FRAME_ENCODING_ERROR,
+                frame_type=frame_type,
+                reason_phrase="RESET_STREAM_AT reliable size beyond its final size",
+            )
+        earlier = self.pending.pop(stream_id, None)
+        if earlier is not None:  # a repeated frame may only lower the reliable size
+            reliable_size = min(reliable_size, earlier[2])
+        if reliable_size <= self._delivered(stream_id):
+            self._reset(context, frame_type, stream_id, error_code, final_size)
+        else:
+            self.pending[stream_id] = (error_code, final_size, reliable_size)
+
+    def on_stream(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        if not self.pending:
+            self.handle_stream(context, frame_type, buf)
+            return
+        start = buf.tell()
+        stream_id = buf.pull_uint_var()
+        buf.seek(start)
+        self.handle_stream(context, frame_type, buf)
+        waiting = self.pending.get(stream_id)
+        if waiting is not None and waiting[2] <= self._delivered(stream_id):
+            del self.pending[stream_id]
+            self._reset(context, frame_type, stream_id, waiting[0], waiting[1])
+
+
+class _ServerH3(H3Connection):
+    """aioquic's HTTP/3 with WebTransport on, announcing the SETTINGS of every WebTransport draft (aioquic
+    sends only draft 02's SETTINGS_ENABLE_WEBTRANSPORT): a client of a newer draft finds its own."""
+
+    def __init__(self, quic: QuicConnection, max_sessions: int) -> None:
+        self._wt_settings = server_settings(max_sessions)
+        super().__init__(quic, enable_webtransport=True)
+
+    def _get_local_settings(self) -> dict[int, int]:
+        return {**super()._get_local_settings(), **self._wt_settings}
 
 
 class _Session:
@@ -188,6 +308,7 @@ class _WtStream:
         stream = self.stream
         if stream is not None:
             stream.detach(self.on_frames)
+            stream.reader_resumed(self)
             self.stream = None
             self.conn.paused.discard(self)
 
@@ -197,6 +318,8 @@ class _WtStream:
         if not self.paused_at:
             self.paused_at = conn.server.loop.time()
             conn.paused.add(self)
+            if self.stream is not None:
+                self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
         if prefix:
             conn.send(self, prefix, False)
 
@@ -253,6 +376,8 @@ class WebTransportConnection(QuicConnectionProtocol):
     ) -> None:
         super().__init__(quic, stream_handler)
         self.server = server
+        _grant_bidi_streams(quic, server.config.webtransport.quic_bidi_streams)
+        _ResetStreamAt(quic)
         self.h3: H3Connection | None = None
         self.sessions: dict[int, _Session] = {}
         self.sessions_opened = 0
@@ -283,9 +408,13 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):  # the common case first
-            if self.h3 is not None:
-                for h3_event in self.h3.handle_event(event):
+            h3 = self.h3
+            if h3 is not None:
+                h3_events = h3.handle_event(event)
+                for h3_event in h3_events:
                     self._h3_event_received(h3_event)
+                if not h3_events and event.stream_id not in self.streams:
+                    self._maybe_header_only(h3, event.stream_id)
             return
         handler = _QUIC_HANDLERS.get(type(event))
         if handler is not None and handler(self, event):
@@ -294,9 +423,16 @@ class WebTransportConnection(QuicConnectionProtocol):
             for h3_event in self.h3.handle_event(event):
                 self._h3_event_received(h3_event)
 
+    def _maybe_header_only(self, h3: H3Connection, qid: int) -> None:
+        """A stream that so far carried only its WebTransport header opens now: its header timeout and its
+        place in the session's stream limit start here, not when its first request byte arrives."""
+        session_id = _webtransport_session_of(h3, qid)
+        if session_id is not None:
+            self._stream_data(session_id, qid, b"", False)
+
     def _on_protocol_negotiated(self, event: ProtocolNegotiated) -> bool:
         if event.alpn_protocol in H3_ALPN:
-            self.h3 = H3Connection(self._quic, enable_webtransport=True)
+            self.h3 = _ServerH3(self._quic, self.server.config.webtransport.max_sessions_per_connection)
         return False
 
     def _on_handshake_completed(self, event: HandshakeCompleted) -> bool:
@@ -636,6 +772,8 @@ class WebTransportConnection(QuicConnectionProtocol):
             if _send_buffered(quic, st.qid) <= low:
                 self.paused.discard(st)
                 st.paused_at = 0.0
+                if st.stream is not None:
+                    st.stream.reader_resumed(st)
                 st.on_frames()
 
     def tick(self, now: float) -> None:

@@ -1,0 +1,123 @@
+"""Producer backpressure: a live reader that stalls briefly holds a hub-driven producer back instead of falling
+off the ring; a reader that is gone, or stalled past its timeout, holds nobody back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from tests.support.chunked import dechunk, split_response
+from tests.support.servers import sse_server
+from tests.support.sse_spec_parser import SpecParser
+from tokenwire import FakeModel, Hub
+from tokenwire.storage import MemoryStorage
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+RING = 2048  # frames per stream: an unthrottled producer overruns it within milliseconds
+
+
+def _request(prompt: str, n: int) -> bytes:
+    body = json.dumps({"prompt": prompt, "max_tokens": n, "tokens_per_s": 0}).encode()
+    head = (
+        b"POST /v1/streams HTTP/1.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    return head + body
+
+
+def _small_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+async def _read_all(sock: socket.socket, stall_after: int, stall: float) -> bytes:
+    """Read to EOF; after ``stall_after`` bytes stop reading for ``stall`` seconds (a brief client stall)."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    stalled = False
+    while True:
+        chunk = await loop.sock_recv(sock, 65536)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+        if not stalled and len(received) >= stall_after:
+            stalled = True
+            await asyncio.sleep(stall)
+
+
+def _tokens(stream_bytes: bytes) -> tuple[list[str], list[str]]:
+    events = SpecParser().feed(stream_bytes)
+    return [e.data for e in events if e.type == "token"], [e.type for e in events if e.type != "token"]
+
+
+async def test_a_briefly_stalled_reader_holds_an_unthrottled_producer_back_and_gets_everything() -> None:
+    model = FakeModel(seed=5)
+    hub = Hub(MemoryStorage(max_frames_per_stream=RING))
+    assert hub.reader_high_water == RING // 4
+    n = 100_000
+    async with sse_server(hub, model=model, write_buffer_high=16 * 1024, stall_timeout=10.0) as server:
+        sock = _small_socket()
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(sock, _request("unthrottled", n))
+        try:
+            received = await asyncio.wait_for(_read_all(sock, 8192, 0.5), 60)
+        finally:
+            sock.close()
+        status, headers, chunked = split_response(received)
+        assert status == b"HTTP/1.1 200 OK" and headers["transfer-encoding"] == "chunked"
+        body, complete = dechunk(chunked)
+        assert complete
+        got, others = _tokens(body)
+        assert got == model.tokens("unthrottled", n)  # the whole answer, in order, once
+        assert others == ["stream", "done"]
+        assert hub.counters["producer_waits"] >= 1  # the producer waited for the reader ...
+        assert server.metrics.backpressure_closes_total == 0  # ... so the reader never fell off the ring
+
+
+async def test_a_reader_stalled_past_its_timeout_or_gone_holds_nobody_back() -> None:
+    model = FakeModel(seed=5)
+    hub = Hub(MemoryStorage(max_frames_per_stream=RING))
+    n = 100_000
+    async with sse_server(hub, model=model, write_buffer_high=16 * 1024, stall_timeout=0.3) as server:
+        sock = _small_socket()
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(_request("stuck", n))
+        try:
+            # The client never reads: it is closed after its stall timeout and the producer goes on to the end.
+            for _ in range(200):
+                if hub.stats()["streams_started"] and not hub.stats()["open_streams"]:
+                    break
+                await asyncio.sleep(0.05)
+            (stream,) = hub._streams.values()
+            assert not stream.is_open
+            assert stream.last_seq == n + 1  # every token, then done: nobody held the producer back for good
+            assert server.metrics.backpressure_closes_total == 1
+            assert hub.counters["producer_waits"] >= 1
+        finally:
+            sock.close()
+
+
+async def test_engine_style_send_never_waits() -> None:
+    hub = Hub(MemoryStorage(max_frames_per_stream=RING))
+
+    class Paused:
+        position = 0
+
+    stream = hub.create_stream()
+    reader = Paused()
+    stream.attach(lambda: None)
+    stream.reader_paused(reader)
+    for i in range(RING * 2):
+        stream.send(f"t{i}")  # synchronous: an engine's step is never blocked by a reader
+    assert stream.readers_behind()
+    stream.reader_resumed(reader)
+    assert not stream.readers_behind()
+    stream.finish()
+    await hub.aclose()
