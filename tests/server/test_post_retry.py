@@ -198,3 +198,24 @@ async def test_idempotency_key_with_curl_while_the_stream_runs() -> None:
         assert all(tokens(s) == model.tokens("curl", 30) for s in streams)
         assert len({s[0].data for s in streams}) == 1  # the same stream intro: one stream
         assert model.calls == 1
+
+
+async def test_post_retry_after_the_finish_chunk_gets_the_rest_of_the_openai_end(kind: str) -> None:
+    model = FakeModel(seed=5)
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "end"}],
+        "stream": True,
+        "max_tokens": 5,
+        "tokens_per_s": 0,
+        "stream_options": {"include_usage": True},
+    }
+    async with front(kind, model) as (base, _), httpx.AsyncClient(base_url=base) as client:
+        whole = events((await client.post("/v1/chat/completions", json=body)).content)
+        finish = next(e for e in whole if e.last_event_id.endswith(":finish"))
+        r = await client.post("/v1/chat/completions", json=body, headers={"Last-Event-ID": finish.last_event_id})
+        assert r.status_code == 200, r.text
+        assert events(r.content) == whole[whole.index(finish) + 1 :]  # the usage chunk, then [DONE]
+        r = await client.post("/v1/chat/completions", json=body, headers={"Last-Event-ID": whole[-1].last_event_id})
+        assert r.status_code == 204
+        assert model.calls == 1
