@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from tests.support.asgi_servers import SERVERS
-from tests.support.servers import sse_server
+from tests.support.servers import sse_server, wt_client, wt_server
 from tests.support.sse_spec_parser import Event, SpecParser
 from tokenwire import FakeModel, Hub
 from tokenwire.asgi import TokenwireASGI
+from tokenwire.errors import RemoteProtocolError
 from tokenwire.server import ServerConfig
 from tokenwire.server.base import HubHost
 
@@ -218,4 +219,19 @@ async def test_post_retry_after_the_finish_chunk_gets_the_rest_of_the_openai_end
         assert events(r.content) == whole[whole.index(finish) + 1 :]  # the usage chunk, then [DONE]
         r = await client.post("/v1/chat/completions", json=body, headers={"Last-Event-ID": whole[-1].last_event_id})
         assert r.status_code == 204
+        assert model.calls == 1
+
+
+async def test_webtransport_start_with_an_idempotency_key_repeats_the_same_stream() -> None:
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server, wt_client(server) as client:
+        first = await client.generate("wt key", max_tokens=20, tokens_per_s=4000, idempotency_key="wt-1")
+        tokens_first = [t async for t in first]
+        again = await client.generate("wt key", max_tokens=20, tokens_per_s=4000, idempotency_key="wt-1")
+        assert again.stream_id == first.stream_id
+        assert [t async for t in again] == tokens_first == model.tokens("wt key", 20)
+        assert model.calls == 1 and server.metrics.streams_started_total == 1
+        with pytest.raises(RemoteProtocolError, match="Idempotency-Key") as refused:  # another request: 422
+            await client.generate("another", max_tokens=20, idempotency_key="wt-1")
+        assert refused.value.status_hint == 422
         assert model.calls == 1

@@ -499,6 +499,21 @@ class Endpoints:
         self._remember_key("create", body, headers, stream)
         return self.plan_sse(stream, 0, base)
 
+    def start_keyed(self, body: dict[str, Any], prompt: str) -> TokenStream:
+        """A WebTransport start request: its ``idempotency_key`` member (optional) works as the
+        ``Idempotency-Key`` header of ``POST /v1/streams`` (same keys, same rules): a repeat gets the stream
+        already started, from seq 0, and starts no generation."""
+        key = body.pop("idempotency_key", None)
+        if key is not None and not isinstance(key, str):
+            raise InvalidBody("'idempotency_key' must be a string", "idempotency_key")
+        headers = {} if key is None else {"idempotency-key": key}
+        repeated = self.previous_start("create", body, headers)
+        if repeated is not None:
+            return self.host.hub.check_resume(repeated, 0)
+        stream = self.start(body, prompt)
+        self._remember_key("create", body, headers, stream)
+        return stream
+
     def previous_start(self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None) -> str | None:
         """The id of the stream a start request repeats; ``None``: start a new generation.
 
