@@ -130,3 +130,23 @@ async def test_a_request_started_on_a_kept_alive_connection_must_complete_within
                 await trickler
         assert status == 408
         await close(w)
+
+
+async def test_an_idle_kept_alive_connection_is_closed_without_a_byte_also_after_a_held_answer() -> None:
+    async with sse_server(idle_timeout=0.2, model=FakeModel(seed=5, tokens_per_s=2000)) as server:
+        r, w = await connect(server)
+        w.write(GET_HEALTH)
+        assert (await read_response(r))[0] == 200
+        assert await asyncio.wait_for(r.read(), 5) == b""  # idle timeout: closed, no 408 written
+        await close(w)
+        # A non-streaming chat completion is answered later (the connection is held meanwhile); then the
+        # idle timeout runs as after any answer.
+        r, w = await connect(server)
+        body = json.dumps({"messages": [{"role": "user", "content": "q"}], "max_tokens": 3}).encode()
+        w.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n")
+        w.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        status, headers, answer = await read_response(r)
+        assert status == 200 and headers["connection"] == "keep-alive"
+        assert json.loads(answer)["object"] == "chat.completion"
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        await close(w)

@@ -194,6 +194,12 @@ class SseConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if self.stream is None and not self._closing:
+            if self._idle and not self.parser.busy:
+                # Idle between requests: close without a byte (a 408 here would be an unsolicited response).
+                self._closing = True
+                if self.transport is not None:
+                    self.transport.close()
+                return
             self._respond_error(HttpError(408, "no complete request in time"), False)
 
     # -- plain responses -----------------------------------------------------------------------------
@@ -215,6 +221,9 @@ class SseConnection(asyncio.Protocol):
         if not keep_alive:
             self._closing = True
             transport.close()
+        elif self._timer is None:  # an answer that came later (held): the idle timer starts now
+            self._idle = True
+            self._arm_timer(self.server.config.idle_timeout)
 
     def respond_json(
         self, status: int, obj: object, keep_alive: bool, extra: list[tuple[str, str]] | None = None
