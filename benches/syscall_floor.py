@@ -9,11 +9,12 @@ context, so "send only" is what a server pays per token write, whatever it is wr
 
 from __future__ import annotations
 
+import argparse
 import resource
 import socket
 
 N, ROUNDS = 1000, 50
-MSG = b"id: Iq2pi76UhUgHqpO3RZi5qA:Irjf4eVk:123\nevent: token\ndata:  hello\n\n"
+MSG = b"event: token\ndata:  hello\nid: Iq2pi76UhUgHqpO3RZi5qA:Irjf4eVk:123\n\n"
 
 
 def cpu() -> float:
@@ -22,6 +23,7 @@ def cpu() -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options; --help says what it is
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(2048)

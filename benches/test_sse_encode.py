@@ -24,9 +24,9 @@ def python_encode(tokens: list[str], id_prefix: str, first_seq: int) -> bytes:
     """A careful pure-Python encoder: string building with line splitting, as Python SSE libraries do."""
     parts: list[str] = []
     for i, tok in enumerate(tokens):
-        parts.append(f"id: {id_prefix}{first_seq + i}\nevent: token\n")
+        parts.append("event: token\n")
         parts.extend(f"data: {line}\n" for line in _LINE_SEP.split(tok))
-        parts.append("\n")
+        parts.append(f"id: {id_prefix}{first_seq + i}\n\n")
     return "".join(parts).encode()
 
 
@@ -52,6 +52,9 @@ def _events(data: bytes) -> list[tuple[str, str, str]]:
 def test_encoders_agree() -> None:
     reference = _events(tokenwire_encode(TOKENS, ID_PREFIX, FIRST_SEQ))
     assert len(reference) == 1000
+    assert python_encode(TOKENS, ID_PREFIX, FIRST_SEQ) == tokenwire_encode(
+        TOKENS, ID_PREFIX, FIRST_SEQ
+    )  # byte for byte
     assert any("\n" in t for t in TOKENS)
     for name, encode in ENCODERS.items():
         assert _events(encode(TOKENS, ID_PREFIX, FIRST_SEQ)) == reference, name

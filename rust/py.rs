@@ -314,10 +314,12 @@ impl PyRegistry {
         }
     }
 
-    #[pyo3(name = "create")]
-    fn py_create(&mut self, key: &str, id_prefix: &str) -> PyResult<u64> {
+    #[pyo3(name = "create", signature = (key, id_prefix, frames = 0, frame_bytes = 0))]
+    fn py_create(&mut self, key: &str, id_prefix: &str, frames: u64, frame_bytes: usize) -> PyResult<u64> {
         sse::check_id(id_prefix).map_err(local)?;
-        self.inner.create(key, id_prefix.to_owned()).map_err(registry_err)
+        self.inner
+            .create_reserved(key, id_prefix.to_owned(), frames, frame_bytes)
+            .map_err(registry_err)
     }
 
     #[pyo3(name = "lookup")]

@@ -9,6 +9,11 @@
 //!   frames are never dropped for the cap: its own ring bounds apply (and a resume point they pushed out
 //!   is answered "expired" with the oldest seq held, never served a gap). If only open streams hold the
 //!   memory, [`Registry::create`] refuses new streams with [`RegistryError::Full`].
+//! - A stream created with a known length ([`Registry::create_reserved`]) is charged, while it is open, the
+//!   most its ring can hold by its end ([`Ring::memory_bound`]), not what it holds so far: a start whose
+//!   eventual bytes would pass the cap is refused at once (`Full`, a 503), instead of every open stream
+//!   growing past the cap later. Its end charges what the ring holds (final frame included) and gives the
+//!   unused part of the reservation back; ended streams are evictable as ever.
 //! - Handles carry a generation, so a handle to a removed stream never reaches the stream that reuses
 //!   its slot.
 //!
@@ -83,11 +88,13 @@ struct Stream {
     ring: Ring,
     state: StreamState,
     mem: usize,
+    /// Bytes charged for the ring while the stream is open (0: charge what it holds).
+    reserve: usize,
 }
 
 impl Stream {
     fn measure(&self) -> usize {
-        self.ring.memory_bytes() + self.key.capacity() + std::mem::size_of::<Slot>()
+        self.ring.memory_bytes().max(self.reserve) + self.key.capacity() + std::mem::size_of::<Slot>()
     }
 }
 
@@ -140,29 +147,49 @@ impl Registry {
 
     /// Registers a new open stream. `id_prefix` must already be a valid SSE id.
     pub fn create(&mut self, key: &str, id_prefix: String) -> Result<Handle, RegistryError> {
+        self.create_reserved(key, id_prefix, 0, 0)
+    }
+
+    /// Registers a new open stream that will carry at most `frames` tokens of at most `frame_bytes` bytes,
+    /// charged at the most its ring can hold by then while it is open; `frames` 0:
+    /// no reservation, as [`Self::create`]. `Full` if that charge does not fit below the cap.
+    pub fn create_reserved(
+        &mut self,
+        key: &str,
+        id_prefix: String,
+        frames: u64,
+        frame_bytes: usize,
+    ) -> Result<Handle, RegistryError> {
         if self.by_key.contains_key(key) {
             return Err(RegistryError::Duplicate(key.to_owned()));
-        }
-        if self.total_mem >= self.limits.max_total_bytes {
-            // Make room below the cap (not merely down to it) for the new stream.
-            self.evict_ended(self.limits.max_total_bytes.saturating_sub(1));
-            if self.total_mem >= self.limits.max_total_bytes {
-                return Err(RegistryError::Full {
-                    used: self.total_mem,
-                    cap: self.limits.max_total_bytes,
-                });
-            }
         }
         let ring = Ring::new(
             id_prefix,
             self.limits.max_frames_per_stream,
             self.limits.max_bytes_per_stream,
         );
+        let reserve = if frames == 0 {
+            0
+        } else {
+            ring.memory_bound(frames, frame_bytes)
+        };
+        let cap = self.limits.max_total_bytes;
+        if self.total_mem.saturating_add(reserve) >= cap {
+            // Make room below the cap (not merely down to it) for the new stream.
+            self.evict_ended(cap.saturating_sub(reserve).saturating_sub(1));
+            if self.total_mem.saturating_add(reserve) >= cap {
+                return Err(RegistryError::Full {
+                    used: self.total_mem.saturating_add(reserve),
+                    cap,
+                });
+            }
+        }
         let mut stream = Stream {
             key: key.to_owned(),
             ring,
             state: StreamState::Open,
             mem: 0,
+            reserve,
         };
         stream.mem = stream.measure();
         self.total_mem += stream.mem;
@@ -256,6 +283,11 @@ impl Registry {
         let seq = self.append(handle, kind, [payload])?;
         let stream = self.get_mut(handle)?;
         stream.state = state;
+        // Give back what the reservation held beyond the ring's bytes.
+        stream.reserve = 0;
+        let (old, new) = (stream.mem, stream.measure());
+        stream.mem = new;
+        self.total_mem = self.total_mem + new - old;
         self.ended.push_back((now, handle));
         Ok(seq)
     }
@@ -422,6 +454,61 @@ mod tests {
         for h in &open {
             assert_eq!(r.oldest_seq(*h).unwrap(), 1);
             assert_eq!(r.last_seq(*h).unwrap(), 9);
+        }
+    }
+
+    #[test]
+    fn reservations_count_against_the_cap_until_the_end() {
+        let mut r = Registry::new(limits());
+        // Charged what 5,000 frames of 40 bytes could hold (the ring keeps 100 of them): over half the cap.
+        let a = r.create_reserved("a", "a:e:".into(), 5_000, 40).unwrap();
+        let charged = r.memory_bytes();
+        assert!(charged > limits().max_total_bytes / 2, "{charged}");
+        // Frames within the reservation do not add to the charge.
+        r.append(a, FrameKind::Token, std::iter::repeat_n(&[b'x'; 40][..], 300))
+            .unwrap();
+        assert_eq!(r.memory_bytes(), charged);
+        // A second one would pass the cap: refused before anything is held.
+        assert!(matches!(
+            r.create_reserved("b", "b:e:".into(), 5_000, 40),
+            Err(RegistryError::Full { .. })
+        ));
+        assert_eq!(r.memory_bytes(), charged);
+        assert!(r.lookup("b").is_none());
+        // A short one fits, and so does a stream without a reservation.
+        let small = r.create_reserved("s", "s:e:".into(), 64, 12).unwrap();
+        let plain = r.create("p", "p:e:".into()).unwrap();
+        r.remove(small).unwrap();
+        r.remove(plain).unwrap();
+        // The end charges what the ring holds and gives the rest back; then the second fits.
+        r.end(a, FrameKind::Done, b"{}", StreamState::Finished, 1.0).unwrap();
+        assert!(r.memory_bytes() < charged, "{} {charged}", r.memory_bytes());
+        r.create_reserved("b", "b:e:".into(), 5_000, 40).unwrap();
+    }
+
+    #[test]
+    fn memory_bound_holds_for_any_append_pattern() {
+        for (frames, size) in [
+            (1_u64, 1_usize),
+            (7, 3),
+            (99, 37),
+            (100, 100),
+            (101, 5),
+            (1_000, 7),
+            (3_000, 64),
+        ] {
+            let mut ring = Ring::new("x:e:".into(), 100, 10_000);
+            let bound = ring.memory_bound(frames, size);
+            let payload = vec![b'y'; size];
+            let mut peak = ring.memory_bytes();
+            for _ in 0..frames {
+                ring.append(FrameKind::Token, &payload).unwrap();
+                peak = peak.max(ring.memory_bytes());
+            }
+            assert!(
+                peak <= bound,
+                "frames {frames} size {size}: peak {peak} > bound {bound}"
+            );
         }
     }
 }

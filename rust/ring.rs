@@ -96,6 +96,30 @@ impl Ring {
             + self.id_prefix.capacity()
     }
 
+    /// The most bytes [`Self::memory_bytes`] can reach while `frames` frames of at most `frame_bytes` bytes
+    /// each are appended: an upper bound over capacity doubling (arena and index) and, once the bounds evict,
+    /// the arena's dead front (at most as large as what it holds before a compaction). What a registry
+    /// reserves for a generation whose length it knows before the first token.
+    pub fn memory_bound(&self, frames: u64, frame_bytes: usize) -> usize {
+        let all = usize::try_from(frames).unwrap_or(usize::MAX);
+        let held = all.min(self.max_frames);
+        let payload = held.saturating_mul(frame_bytes).min(self.max_bytes);
+        let evicts = all > self.max_frames || all.saturating_mul(frame_bytes) > self.max_bytes;
+        let arena_len = if evicts {
+            payload.saturating_mul(2).saturating_add(COMPACT_MIN)
+        } else {
+            payload
+        };
+        let arena = arena_len.max(8).saturating_mul(2);
+        let entries = held
+            .max(4)
+            .next_power_of_two()
+            .saturating_mul(std::mem::size_of::<Entry>());
+        (std::mem::size_of::<Self>() + self.id_prefix.capacity())
+            .saturating_add(arena)
+            .saturating_add(entries)
+    }
+
     /// The largest payload one frame may carry: the byte bound, and never more than a decoder accepts
     /// by default ([`frame::DEFAULT_MAX_PAYLOAD`]), so whatever is stored can be delivered.
     pub fn max_payload(&self) -> usize {
@@ -230,7 +254,7 @@ mod tests {
         assert_eq!(r.since(0, Wire::Sse, &mut out).unwrap(), 2);
         assert_eq!(
             out,
-            b"id: s:e:1\nevent: token\ndata: a\n\nid: s:e:2\nevent: token\ndata: b\ndata: c\n\n"
+            b"event: token\ndata: a\nid: s:e:1\n\nevent: token\ndata: b\ndata: c\nid: s:e:2\n\n"
         );
         let mut out = Vec::new();
         assert_eq!(r.since(1, Wire::Binary, &mut out).unwrap(), 1);

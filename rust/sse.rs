@@ -1,7 +1,9 @@
 //! Server-sent events encoder following the WHATWG HTML "server-sent events" section.
 //!
-//! Every event is written as `id`, `event`, then one `data: ` line per line of the data, then a blank
-//! line. Data is split on every newline kind (`\r\n`, `\r`, `\n`), so a spec-conforming parser joins the
+//! Every event is written as `event`, then one `data: ` line per line of the data, then `id`, then a blank
+//! line. `id` comes last so that a client which records the id when it reads the line (before the event is
+//! complete, as `@microsoft/fetch-event-source` does) has the smallest window in which a cut loses an event:
+//! only the `id:` line and the blank line after it (see docs/protocol.md, "Field order"). Data is split on every newline kind (`\r\n`, `\r`, `\n`), so a spec-conforming parser joins the
 //! lines back with `\n`: text without CR arrives exactly as sent, and CR/CRLF arrive as LF (SSE cannot
 //! carry a CR). The space after `data:` is always written, so data that starts with a space keeps it.
 //! `id` and `event` are single-line fields: CR or LF in them (and NUL in `id`, which parsers ignore) is
@@ -76,16 +78,17 @@ pub fn write_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, dat
     if let Some(event) = event {
         check_event(event)?;
     }
+    write_body(out, event, data.as_bytes());
     if let Some(id) = id {
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(id.as_bytes());
         out.push(b'\n');
     }
-    write_body(out, event, data.as_bytes());
+    out.push(b'\n');
     Ok(())
 }
 
-/// The rest of an event after its `id:` line: the `event:` line, the `data:` lines, the blank line.
+/// The start of an event, before its `id:` line: the `event:` line and the `data:` lines.
 #[inline]
 fn write_body(out: &mut Vec<u8>, event: Option<&str>, data: &[u8]) {
     if let Some(event) = event {
@@ -94,18 +97,17 @@ fn write_body(out: &mut Vec<u8>, event: Option<&str>, data: &[u8]) {
         out.push(b'\n');
     }
     write_data(out, data);
-    out.push(b'\n');
 }
 
 /// Appends an event whose id is `id_prefix` followed by `seq` in decimal. The caller has checked
 /// `id_prefix` with [`check_id`] and `event` with [`check_event`] once; this is the per-token hot path.
 #[inline]
 pub fn write_seq_event(out: &mut Vec<u8>, id_prefix: &str, seq: u64, event: Option<&str>, data: &[u8]) {
+    write_body(out, event, data);
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(id_prefix.as_bytes());
     out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    out.push(b'\n');
-    write_body(out, event, data);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// Appends a comment (one `:` line per line of `text`); parsers ignore it, proxies see traffic.
@@ -141,7 +143,7 @@ mod tests {
     fn single_line() {
         assert_eq!(
             event(Some("s:e:1"), Some("token"), " Hello"),
-            "id: s:e:1\nevent: token\ndata:  Hello\n\n"
+            "event: token\ndata:  Hello\nid: s:e:1\n\n"
         );
     }
 

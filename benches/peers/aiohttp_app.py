@@ -26,12 +26,13 @@ _ENGINE = web.AppKey("engine", QueueEngine | None)
 
 
 def encode_event(eid: str, event: str, data: str) -> bytes:
-    """One SSE event: ``id``, ``event``, one ``data:`` line per line of ``data``, a blank line."""
+    """One SSE event as tokenwire writes it: ``event``, one ``data:`` line per line of ``data``, ``id``, a blank
+    line."""
     if "\n" in data or "\r" in data:
         lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
     else:
         lines = f"data: {data}\n"
-    return f"id: {eid}\nevent: {event}\n{lines}\n".encode()
+    return f"event: {event}\n{lines}id: {eid}\n\n".encode()
 
 
 async def streams(request: web.Request) -> web.StreamResponse:

@@ -128,8 +128,13 @@ class Registry:
         ttl: float = ...,
     ) -> Self:
         """Defaults: 65,536 frames and 8 MiB per stream, 1 GiB in all, ended streams kept 300 s."""
-    def create(self, key: str, id_prefix: str) -> int:
-        """Register an open stream. ``HubFull`` if open streams hold the memory cap."""
+    def create(self, key: str, id_prefix: str, frames: int = 0, frame_bytes: int = 0) -> int:
+        """Register an open stream. ``HubFull`` if open streams hold the memory cap.
+
+        ``frames`` > 0: the stream will carry at most ``frames`` frames of at most ``frame_bytes`` bytes (and
+        its final frame); while open it is charged the most its ring can hold by then, and refused with
+        ``HubFull`` at once if that does not fit below the cap. Its end gives the unused part back.
+        """
 
     def lookup(self, key: str) -> int | None: ...
     def append(self, handle: int, text: str) -> int:

@@ -86,7 +86,6 @@ from tokenwire.server.endpoints import (
     match_route,
     nothing_left,
     parse_json_body,
-    plan_openai,
     plan_sse,
     resolve_resume,
 )
@@ -511,11 +510,13 @@ class TokenwireASGI(HubHost):
             endpoints.cancel(stream_id)
             return _Answer(204, b"", "application/json")
         if route == "create":
-            return endpoints.create(await self._json(scope, receive), base)
+            plan = endpoints.create(await self._json(scope, receive), base, _headers(scope))
+            return _Answer(204, b"", "text/event-stream") if plan is None else plan
         if route == "chat":
-            chat = endpoints.chat(await self._json(scope, receive))
+            chat = endpoints.chat(await self._json(scope, receive), _headers(scope))
             if chat.streaming:
-                return plan_openai(self.hub, chat.stream, 0, chat.meta, base)
+                plan = endpoints.chat_plan(chat, base)
+                return _Answer(204, b"", "text/event-stream") if plan is None else plan
             status, body = await collect_completion(self.hub, chat.stream, chat.meta)
             return _Answer.json(status, body)
         if route == "health":

@@ -7,6 +7,8 @@ Two ways to drive it, as real model servers are written:
   inference engines (vLLM, TGI) do, and sends straight to the hub's streams.
 
 The same ``(seed, prompt, max_tokens)`` always gives the same tokens, so tests can check every byte.
+Tokens are drawn as they are sent (:class:`TokenDraw`), never built up front: a ``max_tokens`` of
+millions costs no memory and no stall at the start.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "FakeCompletion",
     "FakeEngine",
     "FakeModel",
+    "TokenDraw",
     "stamp",
     "stamp_suffix",
     "unstamp",
@@ -139,6 +142,49 @@ VOCABULARY: tuple[str, ...] = (
 #: Tokens per step of an unthrottled generation.
 _UNTHROTTLED_BATCH = 256
 
+#: Tokens a :class:`TokenDraw` draws at once for one-at-a-time takers.
+_DRAW_CHUNK = 64
+
+#: The most UTF-8 bytes :func:`stamp_suffix` adds to a token (the separator and 20 digits).
+STAMP_BYTES = len(STAMP_SEPARATOR.encode()) + 20
+
+
+class TokenDraw:
+    """The tokens of one generation, drawn as they are taken: the same sequence as ``rng.choices(vocabulary,
+    k=count)`` (``choices`` draws one ``random()`` per token, so drawing in chunks changes nothing), holding
+    at most :data:`_DRAW_CHUNK` of them."""
+
+    __slots__ = ("_buf", "_choices", "_pos", "_vocabulary", "left")
+
+    def __init__(self, vocabulary: tuple[str, ...], rng: random.Random, count: int) -> None:
+        self._vocabulary = vocabulary
+        self._choices = rng.choices
+        self._buf: list[str] = []
+        self._pos = 0
+        #: Tokens still to come.
+        self.left = count
+
+    def next(self) -> str:
+        """The next token (the caller checks :attr:`left` first)."""
+        pos = self._pos
+        buf = self._buf
+        if pos == len(buf):
+            buf = self._buf = self._choices(self._vocabulary, k=min(_DRAW_CHUNK, self.left))
+            pos = 0
+        self._pos = pos + 1
+        self.left -= 1
+        return buf[pos]
+
+    def take(self, k: int) -> list[str]:
+        """The next ``k`` tokens (fewer at the end)."""
+        k = min(k, self.left)
+        held = self._buf[self._pos : self._pos + k]
+        self._pos += len(held)
+        self.left -= k
+        if len(held) < k:
+            held += self._choices(self._vocabulary, k=k - len(held))
+        return held
+
 
 class FakeCompletion:
     """Async iterator of one request's tokens; ``usage`` and ``finish_reason`` are set when exhausted.
@@ -148,7 +194,7 @@ class FakeCompletion:
     """
 
     def __init__(
-        self, tokens: list[str], prompt_tokens: int, ttft: float, tokens_per_s: float | None, stamp: bool = False
+        self, tokens: TokenDraw, prompt_tokens: int, ttft: float, tokens_per_s: float | None, stamp: bool = False
     ) -> None:
         self._tokens = tokens
         self._stamp = stamp
@@ -165,7 +211,8 @@ class FakeCompletion:
 
     async def __anext__(self) -> str | list[str]:
         i = self._i
-        if i >= len(self._tokens):
+        tokens = self._tokens
+        if not tokens.left:
             self.finish_reason = "length"
             self.usage = usage(self._prompt_tokens, i)
             raise StopAsyncIteration
@@ -180,7 +227,7 @@ class FakeCompletion:
         elif not self._interval:
             # Unthrottled: hand out a batch per step (as a multi-token decode step does), one loop
             # iteration each, so the consumer's flushes interleave.
-            batch = self._tokens[i : i + _UNTHROTTLED_BATCH]
+            batch = tokens.take(_UNTHROTTLED_BATCH)
             self._i = i + len(batch)
             await asyncio.sleep(0)
             if self._stamp:
@@ -188,7 +235,7 @@ class FakeCompletion:
                 return [t + at for t in batch]
             return batch
         self._i = i + 1
-        return stamp(self._tokens[i]) if self._stamp else self._tokens[i]
+        return stamp(tokens.next()) if self._stamp else tokens.next()
 
 
 class FakeModel:
@@ -208,20 +255,36 @@ class FakeModel:
         self.ttft = ttft
         self.tokens_per_s = tokens_per_s
         self.vocabulary = tuple(vocabulary)
+        #: The most UTF-8 bytes one token has (what a hub reserves per token, see :meth:`token_bytes`).
+        self.max_token_bytes = max(len(t.encode()) for t in self.vocabulary)
         #: How many generations were started: a resumed stream must not start another.
         self.calls = 0
 
-    def start(self, prompt: str, max_tokens: int) -> tuple[list[str], int]:
-        """One generation begins (counted in :attr:`calls`): its tokens and its prompt's token count."""
-        self.calls += 1
-        return self.tokens(prompt, max_tokens), max(1, len(prompt) // 4)
+    def token_bytes(self, stamp: bool = False) -> int:
+        """The most UTF-8 bytes one sent token has (with its stamp if ``stamp``)."""
+        return self.max_token_bytes + (STAMP_BYTES if stamp else 0)
 
-    def tokens(self, prompt: str, max_tokens: int) -> list[str]:
-        """The tokens a generation of ``prompt`` produces (no pacing)."""
+    def begin(self, prompt: str, max_tokens: int) -> tuple[TokenDraw, int]:
+        """One generation begins (counted in :attr:`calls`): its tokens, drawn lazily, and its prompt's token
+        count."""
+        self.calls += 1
+        return self.draw(prompt, max_tokens), max(1, len(prompt) // 4)
+
+    def start(self, prompt: str, max_tokens: int) -> tuple[list[str], int]:
+        """As :meth:`begin`, with the whole answer as a list (memory in proportion to ``max_tokens``)."""
+        draw, prompt_tokens = self.begin(prompt, max_tokens)
+        return draw.take(max_tokens), prompt_tokens
+
+    def draw(self, prompt: str, max_tokens: int) -> TokenDraw:
+        """The tokens a generation of ``prompt`` produces, drawn as they are taken (not counted in calls)."""
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
         rng = random.Random((self.seed << 32) ^ zlib.crc32(prompt.encode()))  # noqa: S311 - not crypto
-        return rng.choices(self.vocabulary, k=max_tokens)
+        return TokenDraw(self.vocabulary, rng, max_tokens)
+
+    def tokens(self, prompt: str, max_tokens: int) -> list[str]:
+        """The tokens a generation of ``prompt`` produces (no pacing)."""
+        return self.draw(prompt, max_tokens).take(max_tokens)
 
     def generate(
         self,
@@ -236,7 +299,7 @@ class FakeModel:
 
         ``stamp``: append to each token its production time (see :func:`stamp`), for load tests.
         """
-        tokens, prompt_tokens = self.start(prompt, max_tokens)
+        tokens, prompt_tokens = self.begin(prompt, max_tokens)
         return FakeCompletion(
             tokens,
             prompt_tokens=prompt_tokens,
@@ -249,7 +312,7 @@ class FakeModel:
 class _Job:
     __slots__ = ("i", "prompt_tokens", "stamp", "stream", "tokens")
 
-    def __init__(self, stream: TokenStream, tokens: list[str], prompt_tokens: int, stamp: bool) -> None:
+    def __init__(self, stream: TokenStream, tokens: TokenDraw, prompt_tokens: int, stamp: bool) -> None:
         self.stream = stream
         self.tokens = tokens
         self.prompt_tokens = prompt_tokens
@@ -277,9 +340,15 @@ class FakeEngine:
     def submit(
         self, prompt: str, max_tokens: int = 64, *, stream_id: str | None = None, stamp: bool = False
     ) -> TokenStream:
-        """Start a generation: it gets its first token at the next step. Needs a running loop."""
-        stream = self.hub.create_stream(stream_id, abandonable=True)
-        self._jobs.append(_Job(stream, *self.model.start(prompt, max_tokens), stamp))
+        """Start a generation: it gets its first token at the next step. Needs a running loop.
+
+        The hub's memory cap is charged for what the stream will hold by its end (``HubFull`` if it does not
+        fit)."""
+        model = self.model
+        stream = self.hub.create_stream(
+            stream_id, abandonable=True, length=max_tokens, token_bytes=model.token_bytes(stamp)
+        )
+        self._jobs.append(_Job(stream, *model.begin(prompt, max_tokens), stamp))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tokenwire:fake-engine")
         return stream
@@ -292,12 +361,13 @@ class FakeEngine:
             stream = job.stream
             if not stream.is_open:
                 continue  # cancelled or abandoned
-            if job.i < len(job.tokens):
-                text = job.tokens[job.i]
+            tokens = job.tokens
+            if tokens.left:
+                text = tokens.next()
                 stream.send(stamp(text) if job.stamp else text)
                 job.i += 1
                 sent += 1
-            if job.i >= len(job.tokens):
+            if not tokens.left:
                 stream.finish("length", usage=usage(job.prompt_tokens, job.i))
             else:
                 keep.append(job)

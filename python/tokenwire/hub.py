@@ -420,16 +420,24 @@ class Hub:
 
     # -- producers -----------------------------------------------------------------------------------
 
-    def create_stream(self, stream_id: str | None = None, *, abandonable: bool = False) -> TokenStream:
+    def create_stream(
+        self, stream_id: str | None = None, *, abandonable: bool = False, length: int = 0, token_bytes: int = 0
+    ) -> TokenStream:
         """A new open stream to send to. ``HubFull`` if open streams hold the memory cap.
 
         ``abandonable``: let the abandonment policy cancel it when nobody is attached for ``abandon_after``
-        seconds (streams of :meth:`start` are).
+        seconds (streams of :meth:`start` are). ``length`` > 0: the stream carries at most ``length`` tokens
+        of at most ``token_bytes`` UTF-8 bytes; the memory cap is charged now for what it will hold by its
+        end, so a start that would pass the cap is ``HubFull`` at once.
         """
         stream_id = new_stream_id() if stream_id is None else validate_stream_id(stream_id)
         if stream_id in self._streams:
             raise LocalProtocolError(f"stream {stream_id!r} exists already")
-        handle = self.storage.create(stream_id, format_id_prefix(stream_id, self.epoch))
+        prefix = format_id_prefix(stream_id, self.epoch)
+        if length > 0:
+            handle = self.storage.create(stream_id, prefix, length, token_bytes)
+        else:
+            handle = self.storage.create(stream_id, prefix)
         stream = TokenStream(self, stream_id, handle, self.clock(), abandonable)
         self._streams[stream_id] = stream
         self.counters["streams_started"] += 1
@@ -438,15 +446,22 @@ class Hub:
         log.debug("stream %s created", stream_id)
         return stream
 
-    def start(self, source: AsyncIterable[str | Sequence[str]], *, stream_id: str | None = None) -> TokenStream:
+    def start(
+        self,
+        source: AsyncIterable[str | Sequence[str]],
+        *,
+        stream_id: str | None = None,
+        length: int = 0,
+        token_bytes: int = 0,
+    ) -> TokenStream:
         """Create a stream and run a task that sends every string of ``source`` to it, then finishes it.
 
         ``source`` is any async iterable of text (a FakeModel, a real LLM client); an item may also be a
         list of tokens produced together (one ``send_many``). If it has ``usage`` or
         ``finish_reason`` attributes when exhausted, they go into the ``done`` frame. An exception in it
-        fails the stream with an ``error`` frame.
+        fails the stream with an ``error`` frame. ``length``, ``token_bytes``: see :meth:`create_stream`.
         """
-        stream = self.create_stream(stream_id, abandonable=True)
+        stream = self.create_stream(stream_id, abandonable=True, length=length, token_bytes=token_bytes)
         task = asyncio.get_running_loop().create_task(self._pump(stream, source), name=f"tokenwire:{stream.id}")
         stream._producer = task
         self._producers.add(task)

@@ -75,6 +75,7 @@ class ServerMetrics:
         ("replayed_frames_total", "Frames served from the ring on resume"),
         ("backpressure_closes_total", "Connections closed because the client stopped reading"),
         ("heartbeats_total", "Heartbeat comments written"),
+        ("fd_limit_refusals_total", "Connections answered 503 because the process had no file descriptor left"),
     )
 
     # The counters above, declared for type checkers (``__init__`` sets each to 0).
@@ -90,6 +91,7 @@ class ServerMetrics:
     replayed_frames_total: int
     backpressure_closes_total: int
     heartbeats_total: int
+    fd_limit_refusals_total: int
 
     def __init__(self, protocol: str = "sse") -> None:
         self.protocol = protocol

@@ -394,3 +394,32 @@ def test_batch_seq_does_not_wrap() -> None:
     for first in (2**62 - 1, 2**64 - 1):
         with pytest.raises(LocalProtocolError):
             _core.sse_batch(["a", "b"], id_prefix="p", first_seq=first)
+
+
+# -- field order: id last ------------------------------------------------------------------------------
+
+
+def _eager_id(prefix: bytes) -> str:
+    """The id a client that records ``id:`` when it reads the line (``@microsoft/fetch-event-source``) holds
+    after receiving ``prefix``: the last complete ``id:`` line."""
+    complete = prefix[: prefix.rfind(b"\n") + 1].decode("utf-8", "replace")
+    ids = [line[4:] for line in complete.split("\n") if line.startswith("id: ")]
+    return ids[-1] if ids else ""
+
+
+@settings(max_examples=50, deadline=None)
+@given(texts=st.lists(tricky_text, min_size=1, max_size=8), event=st.sampled_from([None, "token"]))
+def test_id_is_the_last_field_so_a_cut_loses_an_event_at_one_offset_only(texts: list[str], event: str | None) -> None:
+    """Cut the stream at every byte offset: the id an eager client recorded differs from the id of the last
+    event a WHATWG parser dispatched only between an event's ``id:`` line and its blank line -- one offset
+    per event (with ``id:`` first it was the whole rest of the event)."""
+    stream = _core.sse_batch(texts, id_prefix="s:e:", first_seq=1, event=event)
+    for seq, block in enumerate(stream.split(b"\n\n")[:-1], 1):
+        assert block.rsplit(b"\n", 1)[-1] == f"id: s:e:{seq}".encode()  # the last line of every event
+    losing = []
+    for cut in range(len(stream) + 1):
+        dispatched = SpecParser().feed(stream[:cut])
+        if _eager_id(stream[:cut]) != (dispatched[-1].last_event_id if dispatched else ""):
+            losing.append(cut)
+    ends = [i + 1 for i in range(len(stream) - 1) if stream[i : i + 2] == b"\n\n"]
+    assert losing == ends  # just after each event's id line, before its blank line

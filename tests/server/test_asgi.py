@@ -218,7 +218,7 @@ async def test_openai_chunks_are_the_sse_servers_bytes(serve: ServerFactory) -> 
         return re.sub(rb'"created": \d+', b'"created": 0', r.content.replace(epoch.encode(), b"EPOCH"))
 
     assert normalized(ours, app.hub.epoch) == normalized(theirs, server.hub.epoch)
-    assert ours.content.endswith(b"data: [DONE]\n\n")
+    assert re.search(rb"data: \[DONE\]\nid: [^\n]+\n\n\Z", ours.content), ours.content[-200:]
 
 
 async def test_heartbeats_cancel_metrics_and_lifespan(serve: ServerFactory) -> None:

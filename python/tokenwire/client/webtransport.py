@@ -824,7 +824,8 @@ class WebTransportClient:
         """Start a generation and return its token reader once the server has named the stream.
 
         A start is never retried (the prompt could run twice); a stream cut before its reply raises
-        ``ConnectionFailed``. ``params``: ``stream_id``, ``ttft``, ``tokens_per_s``, ``stamp``.
+        ``ConnectionFailed``. ``params``: ``stream_id``, ``ttft``, ``tokens_per_s``, ``stamp``, ``idempotency_key``
+        (a repeat with the same key gets the same stream, docs/protocol.md §7.2).
         ``on_preview``: ask for datagram previews (see :class:`WebTransportStreamReader`).
         """
         params.pop("previews", None)  # asked for by passing on_preview, which receives them

@@ -65,6 +65,8 @@ class RequestParser:
         self.limits = limits or HttpLimits()
         self._parser = httptools.HttpRequestParser(self)
         self._done: list[Request] = []
+        #: True from the first byte of a request until it is complete (a header timer runs meanwhile).
+        self.busy = False
         self._reset()
 
     def _reset(self) -> None:
@@ -98,6 +100,7 @@ class RequestParser:
     # -- httptools callbacks -------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.busy = True
         self._reset()
 
     def on_url(self, url: bytes) -> None:
@@ -125,6 +128,7 @@ class RequestParser:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.busy = False
         parser = self._parser
         try:
             url = httptools.parse_url(self._url)

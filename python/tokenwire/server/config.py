@@ -79,5 +79,7 @@ class ServerConfig:
     max_tokens_limit: int = 100_000
     #: Seconds shutdown waits for open streams to finish before closing their connections.
     drain_timeout: float = 10.0
+    #: ``Idempotency-Key`` values remembered (each as long as its stream is in the hub); the oldest go first.
+    max_idempotency_keys: int = 10_000
     http: HttpLimits = field(default_factory=HttpLimits)
     webtransport: WebTransportLimits = field(default_factory=WebTransportLimits)

@@ -8,6 +8,7 @@ bytes; everything a client can observe besides timing is decided here, so the tw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -34,6 +35,7 @@ __all__ = [
     "StreamPlan",
     "collect_completion",
     "float_field",
+    "idempotency_key_of",
     "int_field",
     "last_event_id_of",
     "match_route",
@@ -199,6 +201,32 @@ def last_event_id_of(headers: Mapping[str, str], query: Mapping[str, str]) -> st
     ``headers`` has lower-case names. An empty header counts as absent (docs/protocol.md §4.1).
     """
     return headers.get("last-event-id", "").strip() or query.get("last_event_id", "").strip()
+
+
+#: The longest ``Idempotency-Key`` taken (a UUID is 36 characters); a longer one is 400.
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key_of(headers: Mapping[str, str]) -> str | None:
+    """The ``Idempotency-Key`` of a start request (``None`` when absent or empty); 400 when malformed.
+
+    The value is a structured-field string (``"..."``) or, as most clients send it, the bare token: 1 to
+    255 visible ASCII characters (docs/protocol.md §7.2).
+    """
+    key = headers.get("idempotency-key", "").strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY or not all("!" <= c <= "~" for c in key):
+        raise HttpError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")
+    return key
+
+
+def _fingerprint(route: str, body: dict[str, Any]) -> str:
+    """What a repeated start must match: the route and the request's JSON (key order and spacing aside)."""
+    canonical = json.dumps([route, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # -- resume and stream plans ---------------------------------------------------------------------------
@@ -394,11 +422,13 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
 
 @dataclass(slots=True)
 class ChatRequest:
-    """A validated ``POST /v1/chat/completions``: its stream has started."""
+    """A validated ``POST /v1/chat/completions``: its stream has started (or was started by the request this
+    one repeats: ``repeat`` holds that request's ``Last-Event-ID``, ``""`` when it has none)."""
 
     stream: TokenStream
     meta: ChatMeta
     streaming: bool
+    repeat: str | None = None
 
 
 @dataclass(eq=False)
@@ -414,6 +444,10 @@ class Endpoints:
     #: holds are dropped as it grows.
     chats: dict[str, ChatMeta] = field(default_factory=dict)
     _prune_at: int = field(default=1024, init=False, repr=False)
+    #: ``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first. A key lives at most
+    #: as long as its stream is in the hub, and at most ``config.max_idempotency_keys`` are kept (the oldest
+    #: go).
+    idempotency: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -438,18 +472,84 @@ class Endpoints:
         if engine is not None:
             stream = engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
         else:
-            source = host.model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
-            stream = host.hub.start(source, stream_id=stream_id)
+            model = host.model
+            source = model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
+            # The hub's cap is charged for what the stream will hold: HubFull (503) now when it does not fit.
+            stream = host.hub.start(
+                source, stream_id=stream_id, length=max_tokens, token_bytes=model.token_bytes(stamp)
+            )
         host.metrics.streams_started_total += 1  # counted once it has started (HubFull and the like did not)
         return stream
 
-    def create(self, body: dict[str, Any], base: str = "") -> StreamPlan:
-        """``POST /v1/streams``: start a generation and stream it from the start."""
+    def create(
+        self, body: dict[str, Any], base: str = "", headers: Mapping[str, str] | None = None
+    ) -> StreamPlan | None:
+        """``POST /v1/streams``: start a generation and stream it from the start.
+
+        A repeat of a start (``Idempotency-Key``) or a retry that carries ``Last-Event-ID`` serves the stream
+        that is already there instead (see :meth:`previous_start`); ``None``: 204, nothing left to send.
+        """
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidBody("'prompt' (string) is required", "prompt")
+        repeated = self.previous_start("create", body, headers)
+        if repeated is not None:
+            return self.attach(repeated, last_event_id_of(headers or {}, {}), {}, base)
         stream = self.start(body, prompt)
+        self._remember_key("create", body, headers, stream)
         return self.plan_sse(stream, 0, base)
+
+    def start_keyed(self, body: dict[str, Any], prompt: str) -> TokenStream:
+        """A WebTransport start request: its ``idempotency_key`` member (optional) works as the
+        ``Idempotency-Key`` header of ``POST /v1/streams`` (same keys, same rules): a repeat gets the stream
+        already started, from seq 0, and starts no generation."""
+        key = body.pop("idempotency_key", None)
+        if key is not None and not isinstance(key, str):
+            raise InvalidBody("'idempotency_key' must be a string", "idempotency_key")
+        headers = {} if key is None else {"idempotency-key": key}
+        repeated = self.previous_start("create", body, headers)
+        if repeated is not None:
+            return self.host.hub.check_resume(repeated, 0)
+        stream = self.start(body, prompt)
+        self._remember_key("create", body, headers, stream)
+        return stream
+
+    def previous_start(self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None) -> str | None:
+        """The id of the stream a start request repeats; ``None``: start a new generation.
+
+        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream. The same key with
+          another request body is 422.
+        - Else a ``Last-Event-ID`` (a client's SSE retry of the POST) names it (400 malformed, 409 another
+          epoch). The caller serves it as ``GET /v1/streams/{id}/events`` with that ``Last-Event-ID`` would
+          (:meth:`attach`: 400, 404, 409, 410; 204 when nothing is left).
+        """
+        if headers is None:
+            return None
+        key = idempotency_key_of(headers)
+        hub = self.host.hub
+        if key is not None and (entry := self.idempotency.get(key)) is not None:
+            if entry[1] != _fingerprint(route, body):
+                raise HttpError(422, "Idempotency-Key was used for a different request; use a new key")
+            if entry[0] in hub:
+                return entry[0]
+            del self.idempotency[key]  # its stream is gone: the key starts a new one
+        last_event_id = last_event_id_of(headers, {})
+        if not last_event_id:
+            return None
+        point = split_end_part(last_event_id)[0] if route == "chat" else last_event_id
+        return hub.parse_resume(point).stream_id
+
+    def _remember_key(
+        self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None, stream: TokenStream
+    ) -> None:
+        key = None if headers is None else idempotency_key_of(headers)
+        if key is None:
+            return
+        keys = self.idempotency
+        keys.pop(key, None)  # a key that starts anew becomes the newest
+        keys[key] = (stream.id, _fingerprint(route, body))
+        while len(keys) > self.host.config.max_idempotency_keys:
+            del keys[next(iter(keys))]  # the oldest go (keys of swept streams are dropped when looked up)
 
     def cancel(self, stream_id: str) -> None:
         """``DELETE /v1/streams/{id}``: 204 after this returns; ``StreamNotFound`` is a 404."""
@@ -481,8 +581,11 @@ class Endpoints:
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
         return plan_sse(self.host.hub, stream, after, f"{base}{STREAMS_PATH}/{stream.id}/events")
 
-    def chat(self, body: dict[str, Any]) -> ChatRequest:
-        """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata."""
+    def chat(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ChatRequest:
+        """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata.
+
+        A repeat (``Idempotency-Key``) or a retry with ``Last-Event-ID`` serves the stream already there, in
+        the OpenAI format (see :meth:`previous_start`); :meth:`chat_plan` says 204 when nothing is left."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidBody("'messages' must be a non-empty array", "messages")
@@ -507,10 +610,29 @@ class Endpoints:
             include_usage = False
         elif not isinstance(include_usage, bool):
             raise InvalidBody("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
+        repeated = self.previous_start("chat", body, headers)
+        if repeated is not None:
+            return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}))
         stream = self.start_generation(body, "\n".join(parts), max_tokens)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
         self._remember(stream.id, meta)
+        self._remember_key("chat", body, headers, stream)
         return ChatRequest(stream, meta, streaming)
+
+    def _chat_repeat(self, stream_id: str, streaming: bool, last_event_id: str) -> ChatRequest:
+        known = self.chats.get(stream_id)
+        if known is None:
+            raise RemoteProtocolError(f"stream {stream_id} is not a chat completion; it cannot resume here")
+        if not streaming:
+            self.host.hub.check_resume(stream_id, 0)  # the whole answer is collected again: 410 if gone
+        return ChatRequest(self.host.hub.get(stream_id), known, streaming, last_event_id)
+
+    def chat_plan(self, chat: ChatRequest, base: str = "") -> StreamPlan | None:
+        """The OpenAI chunk stream of a streaming chat request; a repeat is served as ``GET
+        .../events?format=openai`` with its ``Last-Event-ID`` (``None``: 204, nothing left)."""
+        if chat.repeat is None:
+            return plan_openai(self.host.hub, chat.stream, 0, chat.meta, base)
+        return self.attach(chat.stream.id, chat.repeat, {"format": "openai"}, base)
 
     def _remember(self, stream_id: str, meta: ChatMeta) -> None:
         chats = self.chats

@@ -14,11 +14,11 @@ from tokenwire.protocol.http1 import Request
 from tokenwire.server.endpoints import (
     ChatMeta,
     Endpoints,
+    StreamPlan,
     collect_completion,
     last_event_id_of,
     match_route,
     parse_json_body,
-    plan_openai,
 )
 
 if TYPE_CHECKING:
@@ -34,24 +34,19 @@ class Router(Endpoints):
 
     def handle(self, conn: SseConnection, req: Request) -> None:
         route, stream_id = match_route(req.method, req.path)
-        chunked = req.http_version != "1.0"  # chunked bodies are HTTP/1.1
         if route == "attach":
-            plan = self.attach(stream_id, last_event_id_of(req.headers, req.query), req.query)
-            if plan is None:
-                conn.respond(204, b"", "text/event-stream", req.keep_alive)
-            else:
-                conn.start_stream(plan, chunked, req.keep_alive)
+            self._serve(conn, req, self.attach(stream_id, last_event_id_of(req.headers, req.query), req.query))
         elif route == "cancel":
             self.cancel(stream_id)
             conn.respond(204, b"", "application/json", req.keep_alive)
         elif route == "create":
-            conn.start_stream(
-                self.create(parse_json_body(req.headers.get("content-type"), req.body)), chunked, req.keep_alive
+            self._serve(
+                conn, req, self.create(parse_json_body(req.headers.get("content-type"), req.body), "", req.headers)
             )
         elif route == "chat":
-            chat = self.chat(parse_json_body(req.headers.get("content-type"), req.body))
+            chat = self.chat(parse_json_body(req.headers.get("content-type"), req.body), req.headers)
             if chat.streaming:
-                conn.start_stream(plan_openai(self.server.hub, chat.stream, 0, chat.meta), chunked, req.keep_alive)
+                self._serve(conn, req, self.chat_plan(chat))
             else:
                 self._complete_openai(conn, req, chat.stream, chat.meta)
         elif route == "health":
@@ -60,6 +55,13 @@ class Router(Endpoints):
             conn.respond_json(200, self.webtransport(), req.keep_alive)
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
+
+    def _serve(self, conn: SseConnection, req: Request, plan: StreamPlan | None) -> None:
+        """Stream ``plan``; ``None``: 204, the stream has ended and the client holds its final frame."""
+        if plan is None:
+            conn.respond(204, b"", "text/event-stream", req.keep_alive)
+        else:
+            conn.start_stream(plan, req.http_version != "1.0", req.keep_alive)  # chunked bodies are HTTP/1.1
 
     def _complete_openai(self, conn: SseConnection, req: Request, stream: TokenStream, meta: ChatMeta) -> None:
         """Non-streaming chat completion: collect the whole answer, then one JSON response."""

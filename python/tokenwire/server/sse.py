@@ -24,6 +24,7 @@ from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, RequestParser, chunk, render_head, render_response
+from tokenwire.server.accept import Listener
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, left_early
@@ -53,6 +54,7 @@ class SseConnection(asyncio.Protocol):
         "_dirty",
         "_handle",
         "_held",
+        "_idle",
         "_keep_alive",
         "_last_write",
         "_paused",
@@ -83,6 +85,8 @@ class SseConnection(asyncio.Protocol):
         self._keep_alive = False
         self._dirty = False
         self._held = False
+        #: Kept alive between requests: the idle timer runs until the next request's first byte.
+        self._idle = False
         self._paused = False
         self._paused_at = 0.0
         self._closing = False
@@ -102,8 +106,8 @@ class SseConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=server.config.write_buffer_high)
-        if len(server.connections) >= server.config.max_connections or server.draining:
-            self._respond_error(HttpError(503, "server is at its connection limit or shutting down"), False)
+        if len(server.connections) >= server.config.max_connections:
+            self._respond_error(HttpError(503, "server is at its connection limit"), False)
             return
         server.connections.add(self)
         self._arm_timer(server.config.header_timeout)
@@ -112,16 +116,20 @@ class SseConnection(asyncio.Protocol):
         if self.stream is not None or self._closing or self._held:
             self._keep_alive = False  # bytes nobody parses: the connection cannot take a request after them
             return  # a stream connection (or one awaiting its answer) takes no more requests
+        parser = self.parser
         try:
-            requests = self.parser.feed(data)
+            requests = parser.feed(data)
         except HttpError as exc:
             self._respond_error(exc, False)
             return
         for i, req in enumerate(requests):
             self._cancel_timer()
+            self._idle = False
             self.server.metrics.requests_total += 1
             self._requested_at = self.server.loop.time()
             try:
+                if self.server.draining:
+                    raise HttpError(503, "server is shutting down")
                 self.server.router.handle(self, req)
             except TokenwireError as exc:
                 self._respond_error(exc, req.keep_alive)
@@ -132,8 +140,13 @@ class SseConnection(asyncio.Protocol):
                 if i + 1 < len(requests):
                     self._keep_alive = False  # requests pipelined behind a stream: the stream's end closes
                 return
-            # The next request must be complete within the idle timeout; partial bytes do not extend it.
+            # Kept alive: the next request may start within the idle timeout.
+            self._idle = True
             self._arm_timer(self.server.config.idle_timeout)
+        if self._idle and parser.busy:
+            # A request has started arriving: it must be complete within the header timeout, as the first one.
+            self._idle = False
+            self._arm_timer(self.server.config.header_timeout)
 
     def hold(self) -> None:
         """The answer to the current request comes later (``respond`` releases the connection)."""
@@ -181,6 +194,12 @@ class SseConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if self.stream is None and not self._closing:
+            if self._idle and not self.parser.busy:
+                # Idle between requests: close without a byte (a 408 here would be an unsolicited response).
+                self._closing = True
+                if self.transport is not None:
+                    self.transport.close()
+                return
             self._respond_error(HttpError(408, "no complete request in time"), False)
 
     # -- plain responses -----------------------------------------------------------------------------
@@ -202,6 +221,9 @@ class SseConnection(asyncio.Protocol):
         if not keep_alive:
             self._closing = True
             transport.close()
+        elif self._timer is None:  # an answer that came later (held): the idle timer starts now
+            self._idle = True
+            self._arm_timer(self.server.config.idle_timeout)
 
     def respond_json(
         self, status: int, obj: object, keep_alive: bool, extra: list[tuple[str, str]] | None = None
@@ -332,6 +354,7 @@ class SseConnection(asyncio.Protocol):
         self._trailer = b""
         self._chunked = False
         self._closing = False
+        self._idle = True  # the next request's first byte starts its header timer
         self._arm_timer(self.server.config.idle_timeout)
 
     def _abort(self) -> None:
@@ -340,7 +363,9 @@ class SseConnection(asyncio.Protocol):
             self.transport.abort()
 
     def close_for_shutdown(self) -> None:
-        """Tell the client to come back soon, then close (it resumes with its Last-Event-ID)."""
+        """A streaming response gets the hint to come back soon (it resumes with its Last-Event-ID), then the
+        connection closes. Any other connection (idle keep-alive, a request not complete) is closed as it
+        is: a byte outside a response would be an unsolicited response to its client."""
         if self.transport is not None and not self._closing:
             self._closing = True
             if self.stream is not None:  # an idle kept-alive connection gets no bytes outside a response
@@ -372,7 +397,8 @@ class SseServer(ServerBase):
         #: served at ``/v1/webtransport/certificate``. No ``Alt-Svc``: HTTP/3 serves only the WebTransport CONNECT.
         self.webtransport: Any = None
         self.router = Router(self)
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
+        self._listeners: list[Listener] = []
         self.metrics.gauges["connections"] = lambda: len(self.connections)
         self.metrics.gauges["stream_connections"] = lambda: len(self.streaming)
 
@@ -384,9 +410,23 @@ class SseServer(ServerBase):
 
     async def start(self) -> None:
         loop = self._start_common()
-        self._server = await loop.create_server(
-            lambda: SseConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
+        # Our own accept path (server/accept.py): at the descriptor limit new connections get a 503.
+        refusal = render_response(
+            503,
+            json.dumps(error_body(HttpError(503, "server is out of file descriptors"), 503)).encode(),
+            "application/json",
+            keep_alive=False,
+            extra=[("Retry-After", "1")],
         )
+
+        def refused() -> None:
+            self.metrics.fd_limit_refusals_total += 1
+
+        for sock in await _listening_sockets(loop, self.config.host, self.config.port):
+            listener = Listener(loop, sock, lambda: SseConnection(self), refusal, refused)
+            listener.start()
+            self._listeners.append(listener)
+        self._server = self._listeners[0]
         self._schedule_tick()
         log.info("SSE server listening on %s:%d (epoch %s)", self.config.host, self.port, self.hub.epoch)
 
@@ -412,21 +452,44 @@ class SseServer(ServerBase):
         await self._server.serve_forever()
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, let open streams finish for up to ``drain_timeout``, then close the rest with a
-        reconnect hint; stop generations; close the hub."""
+        """Let open streams finish for up to ``drain_timeout`` while new connections and requests get 503 with
+        ``Retry-After``; then stop listening, close streaming connections with a reconnect hint and the others
+        as they are; stop generations; close the hub."""
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
         self.draining = True
-        if self._server is not None:
-            self._server.close()
         deadline = self.loop.time() + drain
         while self.streaming and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
+        for listener in self._listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.close_for_shutdown()
         if self._tick is not None:
             self._tick.cancel()
         await self._close_engine()
         await self.hub.aclose()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for listener in self._listeners:
+            await listener.wait_closed()
         log.info("SSE server stopped")
+
+
+async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host`` (every address it resolves to), as
+    ``loop.create_server`` makes them."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks

@@ -605,7 +605,7 @@ class WebTransportConnection(QuicConnectionProtocol):
                 self._serve(st, stream, request.after, request.previews)
             elif isinstance(request, StartRequested):
                 body = request.body()
-                self._serve(st, server.endpoints.start(body, request.prompt), 0, body.get("previews") is True)
+                self._serve(st, server.endpoints.start_keyed(body, request.prompt), 0, body.get("previews") is True)
             else:
                 self._cancel(st, request)
         except TokenwireError as exc:
