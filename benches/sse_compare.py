@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benches.server_metrics import flush_wait
+
 PY = sys.executable
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
 TOKENWIRE = [PY, "-m", "tokenwire"]
@@ -36,6 +38,14 @@ SERVERS: dict[str, dict[str, Any]] = {
     },
     "tokenwire-nowait": {  # flushes only at the next loop iteration (no bound on a mark's wait): issue 3's flusher
         "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0"],
+        "resume": True,
+    },
+    "tokenwire-wait50us": {
+        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0.05"],
+        "resume": True,
+    },
+    "tokenwire-wait10us": {
+        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0.01"],
         "resume": True,
     },
     "sse-starlette": {
@@ -135,6 +145,12 @@ def ms(d: dict[str, Any], k: str) -> str:
     return f"{d[k] * 1e3:.0f}" if k in d else "n/a"
 
 
+def fw(r: dict[str, Any]) -> str:
+    """The server's flush wait p50 / p99 in ms (bucket upper bounds), tokenwire only."""
+    w = r.get("server_flush_wait_s") or {}
+    return f"≤{w['p50'] * 1e3:g} / ≤{w['p99'] * 1e3:g}" if "p99" in w else "n/a"
+
+
 def ms3(d: dict[str, Any], k: str) -> str:
     """A report's percentile ``k`` (seconds) in milliseconds with three decimals (sub-millisecond lags)."""
     return f"{d[k] * 1e3:.3f}" if k in d else "n/a"
@@ -181,7 +197,9 @@ def run_point(name: str, streams: int, args: argparse.Namespace, port: int) -> d
         ]  # fmt: skip
         if not SERVERS[name]["resume"]:
             loadtest_args.append("--no-resume")
-        return run_loadtest(args, proc, loadtest_args)
+        report = run_loadtest(args, proc, loadtest_args)
+        report["server_flush_wait_s"] = flush_wait(port)  # tokenwire's own view: mark -> write, per flush
+        return report
     finally:
         stop_hogs(hogs)
         stop_server(proc)
@@ -196,10 +214,10 @@ def row(name: str, streams: int, r: dict[str, Any]) -> str:
         f"| {name} | {streams:,} | {r['tokens']['per_s']:,.0f} | {per100k:.2f} | {sv.get('cpu_utilisation', 0) * 100:.0f}% "
         f"| {mem_per_1k:.1f} | {ms(r['ttft_s'], 'p99')} | {ms3(r['delivery_lag_s'], 'p50')} "
         f"| {ms(r['delivery_lag_s'], 'p99')} "
-        f"| {ms(r['schedule_lateness_s'], 'p99')} | {r['streams']['ok']}/{r['streams']['total']} "
+        f"| {ms(r['schedule_lateness_s'], 'p99')} | {fw(r)} | {r['streams']['ok']}/{r['streams']['total']} "
         f"| {c['lost']}/{c['duplicated']} |"
         if per100k is not None
-        else f"| {name} | {streams:,} | no tokens | | | | | | | | {r['streams']['ok']}/{r['streams']['total']} | |"
+        else f"| {name} | {streams:,} | no tokens | | | | | | | | | {r['streams']['ok']}/{r['streams']['total']} | |"
     )
 
 
@@ -216,8 +234,9 @@ def main() -> int:
     results = []
     print(f"producer: {args.producer}; competing load: {'yes' if args.hog else 'no'}; repeats: {args.repeats}")
     print("| server | streams | tokens/s | server CPU-s per 100k tokens | server CPU | MB per 1,000 streams "
-          "| TTFT p99 ms | lag p50 ms | lag p99 ms | lateness p99 ms | streams ok | lost/dup |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| TTFT p99 ms | lag p50 ms | lag p99 ms | lateness p99 ms | server flush wait p50/p99 ms | streams ok "
+          "| lost/dup |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     port = 18100
     for streams in points:
         for _ in range(args.repeats):
