@@ -56,6 +56,14 @@ SERVERS: dict[str, dict[str, Any]] = {
         "cmd": [PY, "-m", "benches.peers.aiohttp_app", "--steps-per-s", "{steps}", "--port", "{port}"],
         "resume": False,
     },
+    "tokenwire-asgi": {  # TokenwireASGI under uvicorn (uvloop + httptools), as a FastAPI user meets it
+        "cmd": [PY, "-m", "benches.peers.tokenwire_asgi_app", "--steps-per-s", "{steps}", "--port", "{port}"],
+        "resume": True,
+    },
+    "starlette-streaming": {  # a plain Starlette StreamingResponse of SSE events under the same uvicorn
+        "cmd": [PY, "-m", "benches.peers.starlette_streaming_app", "--steps-per-s", "{steps}", "--port", "{port}"],
+        "resume": False,
+    },
 }
 
 

@@ -10,29 +10,25 @@ The handler submits the request to the shared engine loop, prepares a ``text/eve
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 
 import uvloop
 from aiohttp import web
 
-from benches.peers.common import done_data, event_id, parse_args, parse_request, per_stream_generation, ready
+from benches.peers.common import (
+    done_data,
+    encode_event,
+    event_id,
+    parse_args,
+    parse_request,
+    per_stream_generation,
+    ready,
+)
 from benches.peers.engine import QueueEngine
 
 __all__ = ["create_app", "encode_event", "main"]
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _ENGINE = web.AppKey("engine", QueueEngine | None)
-
-
-def encode_event(eid: str, event: str, data: str) -> bytes:
-    """One SSE event as tokenwire writes it: ``event``, one ``data:`` line per line of ``data``, ``id``, a blank
-    line."""
-    if "\n" in data or "\r" in data:
-        lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
-    else:
-        lines = f"data: {data}\n"
-    return f"event: {event}\n{lines}id: {eid}\n\n".encode()
 
 
 async def streams(request: web.Request) -> web.StreamResponse:

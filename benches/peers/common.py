@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -12,12 +13,26 @@ __all__ = [
     "MAX_TOKENS_LIMIT",
     "BadRequest",
     "done_data",
+    "encode_event",
     "event_id",
     "parse_args",
     "parse_request",
     "per_stream_generation",
     "ready",
 ]
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def encode_event(eid: str, event: str, data: str) -> bytes:
+    """One SSE event as tokenwire writes it: ``event``, one ``data:`` line per line of ``data``, ``id``, a blank
+    line."""
+    if "\n" in data or "\r" in data:
+        lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    else:
+        lines = f"data: {data}\n"
+    return f"event: {event}\n{lines}id: {eid}\n\n".encode()
 
 
 def done_data(sent: int, max_tokens: int) -> str:

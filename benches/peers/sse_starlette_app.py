@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
-import uvicorn
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from benches.peers.common import done_data, event_id, parse_args, parse_request, per_stream_generation, ready
+from benches.peers.common import done_data, event_id, parse_args, parse_request, per_stream_generation
 from benches.peers.engine import QueueEngine
+from benches.peers.uvicorn_serve import serve
 from tokenwire.fake_model import FakeCompletion
 
 __all__ = ["create_app", "main"]
@@ -89,37 +86,9 @@ def create_app(steps_per_s: float = 20.0, producer: str = "engine") -> Starlette
     return app
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, printing the readiness line once it listens."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and not self.should_exit:
-            port = self.servers[0].sockets[0].getsockname()[1]
-            ready(self.config.host, port)
-
-
-def _after_shutdown(signum: int, frame: Any) -> None:
-    """uvicorn re-raises the signal that stopped it once it has shut down; by then there is nothing to do."""
-
-
 def main() -> int:
     args = parse_args("python -m benches.peers.sse_starlette_app", "sse-starlette on uvicorn (uvloop + httptools).")
-    config = uvicorn.Config(
-        create_app(args.steps_per_s, args.producer),
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        ws="none",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _after_shutdown)
-    _Server(config).run()
+    serve(create_app(args.steps_per_s, args.producer), args.host, args.port)
     return 0
 
 
