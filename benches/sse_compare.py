@@ -171,6 +171,8 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 _HOG = "while True: pass"
@@ -234,6 +236,7 @@ def main() -> int:
     p.add_argument("--points", default="1000,3000,5000,10000", help="concurrent streams per point")
     p.add_argument("--servers", default="tokenwire,sse-starlette,aiohttp", help=f"from {', '.join(SERVERS)}")
     p.add_argument("--unthrottled-tokens", type=int, default=0, help="also run 1 unthrottled stream of N tokens")
+    p.add_argument("--base-port", type=int, default=18100, help="servers listen on the ports after this one")
     add_run_arguments(p, duration=10.0, out="sse_compare.json")
     args = p.parse_args()
     points = [int(x) for x in args.points.split(",") if x]
@@ -245,7 +248,7 @@ def main() -> int:
           "| TTFT p99 ms | lag p50 ms | lag p99 ms | lateness p99 ms | server flush wait p50/p99 ms | streams ok "
           "| lost/dup |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    port = 18100
+    port = args.base_port
     for streams in points:
         for _ in range(args.repeats):
             for name in args.servers.split(","):

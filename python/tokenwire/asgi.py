@@ -162,6 +162,7 @@ class _Streamer:
     """One streaming response: a listener on the stream, one ``http.response.body`` per wake-up."""
 
     __slots__ = (
+        "_dirty",
         "_disconnected",
         "_heartbeat_due",
         "_last_write",
@@ -206,12 +207,15 @@ class _Streamer:
         self._last_write = 0.0
         self._sending_since = 0.0
         self._disconnected = False
+        #: Woken since the last look: a send that waited may have let new frames (or a reason) arrive.
+        self._dirty = False
         self._heartbeat_due = False
         self._stalled = False
         self._shutdown = False
 
     def wake(self) -> None:
         """The stream's listener (new frames, or its end), and every other reason to look again."""
+        self._dirty = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -278,10 +282,12 @@ class _Streamer:
         self._timer = loop.call_at(self._last_write + min(self.heartbeat_interval, self.stall_timeout), self._tick)
         try:
             while not self._disconnected:
+                self._dirty = False
                 data, last, ended = poll(handle, pos, _WIRE_SSE) if render is None else render(handle, pos)
+                now = loop.time()
                 if last > pos:
                     if m is not None:
-                        m.observe_write(pos, last, len(data), loop.time(), self._requested_at, self._last_write)
+                        m.observe_write(pos, last, len(data), now, self._requested_at, self._last_write)
                         self._requested_at = 0.0
                     pos = last
                     pending = pending + data if pending else data
@@ -296,15 +302,16 @@ class _Streamer:
                         m.heartbeats_total += 1
                 if pending or ended:
                     self._heartbeat_due = False
-                    self._sending_since = loop.time()
+                    self._sending_since = now
                     await send({"type": "http.response.body", "body": pending, "more_body": not ended or cut})
                     self._sending_since = 0.0
-                    self._last_write = loop.time()
+                    self._last_write = now  # when the bytes were handed over: the heartbeat clock
                     pending = b""
                     if ended:
                         completed = True  # a cut (shutdown) stays incomplete: the server closes it, no last chunk
                         return
-                    continue  # more may have come while the send waited
+                    if self._dirty:
+                        continue  # woken while the send waited: look again before sleeping
                 waiter = loop.create_future()
                 self._waiter = waiter
                 try:
