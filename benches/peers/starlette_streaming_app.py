@@ -31,12 +31,12 @@ from benches.peers.common import done_data, encode_event, event_id, parse_args, 
 from benches.peers.engine import QueueEngine
 from benches.peers.uvicorn_serve import serve
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "encoded_events", "main"]
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _encoded(tokens: AsyncIterator[str | list[str]], max_tokens: int) -> AsyncIterator[bytes]:
+async def encoded_events(tokens: AsyncIterator[str | list[str]], max_tokens: int) -> AsyncIterator[bytes]:
     """One SSE event per token (a list of tokens, from an unthrottled generation, goes out as one chunk)."""
     seq = 0
     async for item in tokens:
@@ -73,7 +73,7 @@ def create_app(steps_per_s: float = 20.0, producer: str = "engine") -> Starlette
             tokens = _drain(engine, max_tokens, stamp, prompt)
         else:
             tokens = per_stream_generation(body, prompt, max_tokens, stamp)
-        return StreamingResponse(_encoded(tokens, max_tokens), media_type="text/event-stream", headers=_HEADERS)
+        return StreamingResponse(encoded_events(tokens, max_tokens), media_type="text/event-stream", headers=_HEADERS)
 
     async def healthz(request: Request) -> Response:
         if engine is None:

@@ -1,5 +1,6 @@
 """The ASGI peers of ``benches/sse_compare.py`` (``tokenwire-asgi``, ``starlette-streaming``) in both producer
-shapes: started as the bench starts them, each serves exact streams to ``tokenwire loadtest``."""
+shapes: started as the bench starts them, each serves exact streams to ``tokenwire loadtest``; and the in-process
+ASGI work bench (``benches/asgi_work.py``) in its four shapes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from subprocess import Popen
 
 import pytest
 
+from benches import asgi_work
 from benches.sse_compare import SERVERS, server_command, spawn_server, stop_server
 from tokenwire.loadtest.runner import LoadTestConfig, run_loadtest
 
@@ -51,3 +53,9 @@ def test_asgi_peers_stream_exactly_in_both_producer_shapes() -> None:
     finally:
         for proc, _ in started:
             stop_server(proc)
+
+
+def test_asgi_work_runs_every_shape() -> None:
+    per_token = asgi_work.main(["--streams", "20", "--steps", "5", "--repeats", "1"])
+    assert sorted(per_token) == sorted(asgi_work.SHAPES)
+    assert all(seconds > 0 for seconds in per_token.values())
