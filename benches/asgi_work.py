@@ -13,6 +13,10 @@ drops the bytes, so what is measured is the app's work between a token being pro
 - ``starlette-per-stream``: the generator itself awaits the same release (``async for token in
   model.generate(...)`` inside the response).
 
+``generation-per-stream`` and ``hub-per-stream`` measure the parts of the per-stream shape (the generation
+alone; the generation and ``Hub.start``'s producer task, no response), so that the responses' own work is
+the difference.
+
 Tokens are stamped as the load generator asks. The result is CPU time per token (``process_time``), the
 minimum over ``--repeats``; on a shared machine the instruction count is steadier: run one shape twice
 under valgrind with different ``--steps`` and divide the difference by streams x steps::
@@ -40,6 +44,9 @@ from tokenwire.hub import Hub
 from tokenwire.server.endpoints import plan_sse
 
 SHAPES = ("tokenwire-engine", "starlette-engine", "tokenwire-per-stream", "starlette-per-stream")
+#: The per-stream shape's parts, for subtracting: the generation alone (drained by a bare task), and the
+#: generation sent to a hub stream by ``Hub.start``'s producer task with no response attached.
+PARTS = ("generation-per-stream", "hub-per-stream")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -84,6 +91,11 @@ async def _drain(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
         yield token
 
 
+async def _consume(source: AsyncIterator[str]) -> None:
+    async for _ in source:
+        pass
+
+
 async def run_shape(shape: str, streams: int, steps: int) -> float:  # noqa: C901 - four shapes side by side
     """CPU seconds per token of ``shape`` (setup and teardown excluded)."""
     kind, producer = shape.split("-", 1)
@@ -103,7 +115,13 @@ async def run_shape(shape: str, streams: int, steps: int) -> float:  # noqa: C90
     hub = app.hub
     for i in range(streams):
         tokens = model.tokens(f"prompt {i}", steps)
-        if kind == "tokenwire":
+        if kind == "generation":
+            tasks.append(loop.create_task(_consume(releases.generate(tokens))))
+        elif kind == "hub":
+            stream = hub.start(releases.generate(tokens))
+            assert stream._producer is not None  # Hub.start sets it
+            tasks.append(stream._producer)
+        elif kind == "tokenwire":
             if producer == "engine":
                 stream = hub.create_stream()
                 hub_streams.append((stream, tokens))
@@ -147,7 +165,7 @@ async def run_shape(shape: str, streams: int, steps: int) -> float:  # noqa: C90
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default=",".join(SHAPES), help=f"from {', '.join(SHAPES)}")
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"from {', '.join(SHAPES + PARTS)}")
     p.add_argument("--streams", type=int, default=1000)
     p.add_argument("--steps", type=int, default=50, help="tokens per stream")
     p.add_argument("--repeats", type=int, default=5)

@@ -56,6 +56,7 @@ def test_asgi_peers_stream_exactly_in_both_producer_shapes() -> None:
 
 
 def test_asgi_work_runs_every_shape() -> None:
-    per_token = asgi_work.main(["--streams", "20", "--steps", "5", "--repeats", "1"])
-    assert sorted(per_token) == sorted(asgi_work.SHAPES)
+    shapes = asgi_work.SHAPES + asgi_work.PARTS
+    per_token = asgi_work.main(["--shapes", ",".join(shapes), "--streams", "20", "--steps", "5", "--repeats", "1"])
+    assert sorted(per_token) == sorted(shapes)
     assert all(seconds > 0 for seconds in per_token.values())
