@@ -41,11 +41,29 @@ SERVERS: dict[str, dict[str, Any]] = {
         "resume": True,
     },
     "tokenwire-wait50us": {
-        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0.05"],
+        "cmd": [
+            *TOKENWIRE,
+            "serve",
+            "--engine-steps-per-s",
+            "{steps}",
+            "--port",
+            "{port}",
+            "--flush-max-wait-ms",
+            "0.05",
+        ],
         "resume": True,
     },
     "tokenwire-wait10us": {
-        "cmd": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--flush-max-wait-ms", "0.01"],
+        "cmd": [
+            *TOKENWIRE,
+            "serve",
+            "--engine-steps-per-s",
+            "{steps}",
+            "--port",
+            "{port}",
+            "--flush-max-wait-ms",
+            "0.01",
+        ],
         "resume": True,
     },
     "sse-starlette": {
@@ -92,6 +110,8 @@ def server_command(name: str, port: int, steps: float, producer: str = "engine")
     """The command of server ``name``; ``producer="per-stream"``: no shared engine, each request iterates its
     own generation (tokenwire: ``serve`` without ``--engine-steps-per-s``, paced by the request)."""
     cmd = [c.format(port=port, steps=steps) for c in SERVERS[name]["cmd"]]
+    if cmd[:4] == [*TOKENWIRE, "serve"]:
+        cmd += ["--max-tokens-limit", "10000000"]  # the unthrottled point asks for more than the default limit
     if producer == "per-stream":
         if "--engine-steps-per-s" in cmd:
             i = cmd.index("--engine-steps-per-s")
