@@ -412,6 +412,11 @@ impl PyRegistry {
         self.inner.oldest_seq(handle).map_err(registry_err)
     }
 
+    #[pyo3(name = "bytes_after")]
+    fn py_bytes_after(&self, handle: u64, after: u64) -> PyResult<usize> {
+        self.inner.bytes_after(handle, after).map_err(registry_err)
+    }
+
     #[pyo3(name = "state")]
     fn py_state(&self, handle: u64) -> PyResult<u8> {
         self.inner.state(handle).map(|s| s as u8).map_err(registry_err)

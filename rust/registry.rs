@@ -241,6 +241,11 @@ impl Registry {
         Ok(self.get(handle)?.ring.oldest_seq())
     }
 
+    /// Payload bytes held after seq `after` ([`Ring::bytes_after`]).
+    pub fn bytes_after(&self, handle: Handle, after: u64) -> Result<usize, RegistryError> {
+        Ok(self.get(handle)?.ring.bytes_after(after))
+    }
+
     /// Appends frames to an open stream; returns the seq of the last one (the current last seq if none).
     pub fn append<'a>(
         &mut self,

@@ -218,6 +218,23 @@ impl Ring {
         Ok(self.entries.len() - from)
     }
 
+    /// Payload bytes of the frames held after seq `after` (everything held when `after` has expired, none
+    /// when it is the newest): how far a reader at `after` is behind, in bytes.
+    pub fn bytes_after(&self, after: u64) -> usize {
+        let from = match self.start_index(after) {
+            Ok(i) => i,
+            Err(RingError::Expired { .. }) => 0,
+            Err(_) => return 0,
+        };
+        match self.entries.get(from) {
+            Some(e) => {
+                let end = self.arena_base + self.arena.len() as u64;
+                usize::try_from(end - e.start).unwrap_or(usize::MAX)
+            }
+            None => 0,
+        }
+    }
+
     /// Every frame after `after` as `(kind, seq, payload)`.
     pub fn frames_since(&self, after: u64) -> Result<Vec<(FrameKind, u64, &str)>, RingError> {
         let from = self.start_index(after)?;
@@ -238,6 +255,22 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bytes_after_counts_the_payload_a_reader_has_not_taken() {
+        let mut r = Ring::new("s:e:".into(), 3, 1 << 20);
+        assert_eq!(r.bytes_after(0), 0);
+        for p in ["ab", "cde", "f"] {
+            r.append(FrameKind::Token, p.as_bytes()).unwrap();
+        }
+        assert_eq!(r.bytes_after(0), 6);
+        assert_eq!(r.bytes_after(1), 4);
+        assert_eq!(r.bytes_after(3), 0);
+        assert_eq!(r.bytes_after(9), 0);
+        r.append(FrameKind::Token, b"gh").unwrap(); // drops "ab": a reader at 0 has expired
+        assert_eq!(r.bytes_after(0), 6);
+        assert_eq!(r.bytes_after(2), 3);
+    }
+
     use super::*;
 
     fn ring(max_frames: usize, max_bytes: usize) -> Ring {

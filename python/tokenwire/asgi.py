@@ -179,6 +179,7 @@ class _Streamer:
         "hub",
         "metrics",
         "plan",
+        "position",
         "retry_ms",
         "stall_timeout",
     )
@@ -201,6 +202,8 @@ class _Streamer:
         self.metrics = metrics
         self._requested_at = requested_at
         self._waiter: asyncio.Future[None] | None = None
+        #: The seq of the last frame taken from the ring (what producer backpressure compares).
+        self.position = plan.after
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -303,7 +306,12 @@ class _Streamer:
                 if pending or ended:
                     self._heartbeat_due = False
                     self._sending_since = now
+                    # While the server has not taken the bytes (its transport is full), this reader is paused:
+                    # a producer the hub drives waits if it falls far behind (docs/protocol.md §7).
+                    self.position = pos
+                    stream.reader_paused(self)
                     await send({"type": "http.response.body", "body": pending, "more_body": not ended or cut})
+                    stream.reader_resumed(self)
                     self._sending_since = 0.0
                     self._last_write = now  # when the bytes were handed over: the heartbeat clock
                     pending = b""
@@ -335,6 +343,7 @@ class _Streamer:
                 m.backpressure_closes_total += 1
         finally:
             stream.detach(self.wake)
+            stream.reader_resumed(self)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None

@@ -220,7 +220,7 @@ class TokenStream:
         self._state = state
         self.end_reason = reason
         self._hub._on_end(self)
-        for listener in list(self._listeners):
+        for listener in self._listeners:  # a snapshot: attach/detach replace the list
             listener()
         return seq
 
@@ -228,11 +228,13 @@ class TokenStream:
 
     def attach(self, listener: Listener) -> None:
         """Call ``listener()`` (no arguments, no I/O) whenever frames are appended or the stream ends."""
-        self._listeners.append(listener)
+        # Copy on write: a listener may run a flush that detaches another reader of this stream (a
+        # WebTransport stream cut inside an inline flush) while ``send`` iterates the list.
+        self._listeners = [*self._listeners, listener]
 
     def detach(self, listener: Listener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
+        if listener in self._listeners:
+            self._listeners = [x for x in self._listeners if x != listener]
         if not self._listeners:
             self._detached_since = self._hub.clock()
 
@@ -252,12 +254,18 @@ class TokenStream:
             waiter.set_result(None)
 
     def readers_behind(self) -> bool:
-        """True while a paused reader is more than ``reader_high_water`` frames behind the newest frame."""
+        """True while a paused reader is more than ``reader_high_water`` frames, or ``reader_high_water_bytes``
+        payload bytes, behind the newest frame (the ring drops by count and by bytes, whichever comes first)."""
+        return bool(self._behind())
+
+    def _behind(self) -> list[Reader]:
         readers = self._paused_readers
         if not readers:
-            return False
-        floor = self.last_seq - self._hub.reader_high_water
-        return any(r.position < floor for r in readers)
+            return []
+        hub = self._hub
+        floor = self.last_seq - hub.reader_high_water
+        bytes_after, handle, max_bytes = hub.storage.bytes_after, self._handle, hub.reader_high_water_bytes
+        return [r for r in readers if r.position < floor or bytes_after(handle, r.position) > max_bytes]
 
     async def wait_for_readers(self, max_wait: float) -> bool:
         """Wait (at most ``max_wait`` s) until no paused reader is behind; False if it gave up."""
@@ -271,6 +279,9 @@ class TokenStream:
             try:
                 await asyncio.wait_for(waiter, left)
             except TimeoutError:
+                # Those still behind hold nobody back any more (until they resume and pause again): the
+                # producer goes on, and they may fall off the ring (410 on resume).
+                self._paused_readers.difference_update(self._behind())
                 return False
             finally:
                 self._readers_waiter = None
@@ -373,6 +384,8 @@ class Hub:
         if reader_high_water is None:
             reader_high_water = max(1, getattr(self.storage, "max_frames_per_stream", 65_536) // 4)
         self.reader_high_water = reader_high_water
+        #: The same in payload bytes (default: a quarter of the storage's per-stream byte bound).
+        self.reader_high_water_bytes: int = max(1, getattr(self.storage, "max_bytes_per_stream", 8 << 20) // 4)
         #: Longest one wait for a paused reader; then the producer goes on (that reader may fall off the ring;
         #: its resume gets 410). Readers are closed after their server's stall timeout anyway.
         self.backpressure_timeout = backpressure_timeout
@@ -472,13 +485,13 @@ class Hub:
         """Every item of ``source`` into ``stream``, then its end. Runs once per token of every generation the
         hub drives, so ``TokenStream.send`` is inlined here."""
         append, append_many, handle = stream._append, stream._append_many, stream._handle
-        listeners, paused = stream._listeners, stream._paused_readers
+        paused = stream._paused_readers
         async for item in source:
             if type(item) is str:
                 append(handle, item)
             else:
                 append_many(handle, item)
-            if listeners:
+            if listeners := stream._listeners:
                 for listener in listeners:
                     listener()
                 if paused and stream.readers_behind():

@@ -44,6 +44,7 @@ class Storage(Protocol):
     def frames_since(self, handle: int, after: int) -> list[tuple[int, int, str]]: ...
     def last_seq(self, handle: int) -> int: ...
     def oldest_seq(self, handle: int) -> int: ...
+    def bytes_after(self, handle: int, after: int) -> int: ...
     def state(self, handle: int) -> int: ...
     def remove(self, handle: int) -> str: ...
     def sweep(self, now: float) -> list[str]: ...
@@ -74,6 +75,7 @@ class MemoryStorage:
         self._registry = reg
         #: The per-stream frame bound (the hub's producer backpressure is a fraction of it).
         self.max_frames_per_stream = max_frames_per_stream
+        self.max_bytes_per_stream = max_bytes_per_stream
         self._epoch = epoch or new_epoch()
         self.ttl = ttl
         # Bound methods of the registry, so the hub's hot path calls straight into Rust.
@@ -87,6 +89,7 @@ class MemoryStorage:
         self.frames_since = reg.frames_since
         self.last_seq = reg.last_seq
         self.oldest_seq = reg.oldest_seq
+        self.bytes_after = reg.bytes_after
         self.state = reg.state
         self.remove = reg.remove
         self.sweep = reg.sweep

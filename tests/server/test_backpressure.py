@@ -121,3 +121,80 @@ async def test_engine_style_send_never_waits() -> None:
     assert not stream.readers_behind()
     stream.finish()
     await hub.aclose()
+
+
+class _PausedReader:
+    def __init__(self, position: int = 0) -> None:
+        self.position = position
+
+
+async def _big_items(n: int, size: int):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield f"{i:08d}".ljust(size, "x")
+        if i % 64 == 0:
+            await asyncio.sleep(0)
+
+
+async def test_items_large_enough_for_the_byte_bound_still_hold_the_producer_back() -> None:
+    # 1 KiB items: the ring's 8 MiB bound holds ~8k of them, fewer than the 16,384-frame high-water mark.
+    hub = Hub()
+    stream = hub.start(_big_items(20_000, 1024))
+    stream.attach(lambda: None)
+    reader = _PausedReader(0)
+    stream.reader_paused(reader)
+    for _ in range(400):
+        if hub.counters["producer_waits"]:
+            break
+        await asyncio.sleep(0.01)
+    assert hub.counters["producer_waits"] >= 1
+    assert hub.check_resume(stream.id, 0) is stream  # nothing the paused reader needs has been dropped
+    stream.reader_resumed(reader)
+    stream.cancel()
+    await hub.aclose()
+
+
+async def test_a_reader_that_outlasts_the_backpressure_timeout_holds_the_producer_once() -> None:
+    hub = Hub(MemoryStorage(max_frames_per_stream=RING), backpressure_timeout=0.05)
+
+    async def tokens(n: int):  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield f"t{i}"
+            if i % 256 == 0:
+                await asyncio.sleep(0)
+
+    stream = hub.start(tokens(4 * RING))
+    stream.attach(lambda: None)
+    stream.reader_paused(_PausedReader(0))  # never resumes, never goes away
+    for _ in range(200):
+        if not stream.is_open:
+            break
+        await asyncio.sleep(0.02)
+    assert not stream.is_open
+    assert hub.counters["producer_waits"] == 1  # one wait, then it goes on (the reader may get 410)
+    await hub.aclose()
+
+
+async def test_a_listener_that_detaches_another_during_send_skips_no_one() -> None:
+    hub = Hub()
+    stream = hub.create_stream()
+    called: list[str] = []
+
+    def b() -> None:
+        called.append("b")
+
+    def a() -> None:
+        called.append("a")
+        stream.detach(b)  # e.g. an inline flush cut another reader of this stream
+
+    def c() -> None:
+        called.append("c")
+
+    for listener in (a, b, c):
+        stream.attach(listener)
+    stream.send("x")
+    assert called == ["a", "b", "c"]  # this send's listeners all ran
+    called.clear()
+    stream.send("y")
+    assert called == ["a", "c"]
+    stream.finish()
+    await hub.aclose()

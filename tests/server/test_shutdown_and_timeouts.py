@@ -150,3 +150,26 @@ async def test_an_idle_kept_alive_connection_is_closed_without_a_byte_also_after
         assert json.loads(answer)["object"] == "chat.completion"
         assert await asyncio.wait_for(r.read(), 5) == b""
         await close(w)
+
+
+async def test_a_non_streaming_chat_completion_in_progress_gets_503_when_the_drain_ends() -> None:
+    server = SseServer(None, ServerConfig(host="127.0.0.1", port=0), model=FakeModel(seed=5))
+    await server.start()
+    reader, writer = await connect(server)
+    try:
+        body = json.dumps(
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "tokens_per_s": 20}
+        ).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await asyncio.sleep(0.2)  # the answer is being collected (held, not streaming)
+        shutdown = asyncio.create_task(server.shutdown(drain_timeout=0.3))
+        status, headers, answer = await read_response(reader)
+        await shutdown
+        assert status == 503  # an answer, never a silent close (the client retries elsewhere)
+        assert headers["retry-after"] == "1"
+        assert json.loads(answer)["error"]["status"] == 503
+    finally:
+        await close(writer)

@@ -276,7 +276,11 @@ class SseConnection(asyncio.Protocol):
         self._last_write = self.server.loop.time()
         self.server.streaming.add(self)
         stream.attach(self._on_frames)
-        self.flush()
+        try:
+            self.flush()
+        except Exception as exc:  # as the flusher does: this connection only, never a 500 inside the body
+            log.exception("first flush of stream %s failed; closing that connection only", stream.id)
+            self.flush_failed(exc)
 
     def _on_frames(self) -> None:
         """The stream's listener: new frames or its end. Queue one flush for this loop iteration."""
@@ -367,6 +371,9 @@ class SseConnection(asyncio.Protocol):
         connection closes. Any other connection (idle keep-alive, a request not complete) is closed as it
         is: a byte outside a response would be an unsolicited response to its client."""
         if self.transport is not None and not self._closing:
+            if self._held:  # a request still waiting for its answer (a non-streaming chat completion) gets one
+                self._respond_error(HttpError(503, "server shutting down before the answer was complete"), False)
+                return
             self._closing = True
             if self.stream is not None:  # an idle kept-alive connection gets no bytes outside a response
                 self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
@@ -458,7 +465,7 @@ class SseServer(ServerBase):
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
         self.draining = True
         deadline = self.loop.time() + drain
-        while self.streaming and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
+        while (self.streaming or any(c._held for c in self.connections)) and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
         for listener in self._listeners:
             listener.close()
