@@ -39,9 +39,9 @@ SERVERS: dict[str, dict[str, Any]] = {
         "resume": True,
     },
     # The flush bound (docs/protocol.md, "Write coalescing"): issue 3's flusher (next loop iteration only), and
-    # the first default of issue 8 (0.2 ms); `tokenwire` above runs the current default (0.01 ms).
+    # a tighter bound (10 µs); `tokenwire` above runs the default (0.2 ms). BENCHMARKS.md, issue 8.
     "tokenwire-nowait": {"cmd": [*_TW_ENGINE, "--flush-max-wait-ms", "0"], "resume": True},
-    "tokenwire-wait200us": {"cmd": [*_TW_ENGINE, "--flush-max-wait-ms", "0.2"], "resume": True},
+    "tokenwire-wait10us": {"cmd": [*_TW_ENGINE, "--flush-max-wait-ms", "0.01"], "resume": True},
     "sse-starlette": {
         "cmd": [PY, "-m", "benches.peers.sse_starlette_app", "--steps-per-s", "{steps}", "--port", "{port}"],
         "resume": False,
