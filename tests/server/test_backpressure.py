@@ -9,10 +9,12 @@ import socket
 
 import pytest
 
+from tests.support.asgi_servers import uvicorn_server
 from tests.support.chunked import dechunk, split_response
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import SpecParser
 from tokenwire import FakeModel, Hub
+from tokenwire.asgi import TokenwireASGI
 from tokenwire.storage import MemoryStorage
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -198,3 +200,29 @@ async def test_a_listener_that_detaches_another_during_send_skips_no_one() -> No
     assert called == ["a", "c"]
     stream.finish()
     await hub.aclose()
+
+
+async def test_an_asgi_response_whose_send_waits_holds_the_producer_back_too() -> None:
+    model = FakeModel(seed=5)
+    hub = Hub(MemoryStorage(max_frames_per_stream=RING))
+    n = 100_000
+    app = TokenwireASGI(hub, model=model)
+    async with uvicorn_server(app, sndbuf=4096) as base:
+        port = int(base.rsplit(":", 1)[1])
+        sock = _small_socket()
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, _request("asgi unthrottled", n))
+        try:
+            received = await asyncio.wait_for(_read_all(sock, 8192, 0.5), 60)
+        finally:
+            sock.close()
+        status, _headers, chunked = split_response(received)
+        assert status == b"HTTP/1.1 200 OK"
+        body, complete = dechunk(chunked)
+        assert complete
+        got, others = _tokens(body)
+        assert got == model.tokens("asgi unthrottled", n)
+        assert others == ["stream", "done"]
+        assert hub.counters["producer_waits"] >= 1
