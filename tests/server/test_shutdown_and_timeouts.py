@@ -173,3 +173,23 @@ async def test_a_non_streaming_chat_completion_in_progress_gets_503_when_the_dra
         assert json.loads(answer)["error"]["status"] == 503
     finally:
         await close(writer)
+
+
+async def test_a_request_pipelined_behind_a_held_answer_closes_the_connection_instead_of_hanging() -> None:
+    async with sse_server(model=FakeModel(seed=5, tokens_per_s=200)) as server:
+        reader, writer = await connect(server)
+        try:
+            body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}).encode()
+            chat = (
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            writer.write(chat)
+            await asyncio.sleep(0.005)  # the chat is held (collecting its answer) when the next bytes arrive
+            writer.write(GET_HEALTH)
+            status, headers, _ = await read_response(reader)
+            assert status == 200
+            assert headers["connection"] == "close"  # the health request was never parsed: say so, and close
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            await close(writer)

@@ -64,6 +64,7 @@ class SseConnection(asyncio.Protocol):
         "_requested_at",
         "_timer",
         "_trailer",
+        "_unparsed",
         "parser",
         "position",
         "server",
@@ -83,6 +84,7 @@ class SseConnection(asyncio.Protocol):
         self._trailer = b""
         self._chunked = False
         self._keep_alive = False
+        self._unparsed = False
         self._dirty = False
         self._held = False
         #: Kept alive between requests: the idle timer runs until the next request's first byte.
@@ -114,7 +116,10 @@ class SseConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.stream is not None or self._closing or self._held:
-            self._keep_alive = False  # bytes nobody parses: the connection cannot take a request after them
+            # Bytes nobody parses (a request pipelined behind a stream or a held answer): the connection cannot
+            # take a request after them, so it closes after the current answer instead of leaving one unanswered.
+            self._keep_alive = False
+            self._unparsed = True
             return  # a stream connection (or one awaiting its answer) takes no more requests
         parser = self.parser
         try:
@@ -138,7 +143,9 @@ class SseConnection(asyncio.Protocol):
                 self._respond_error(exc, False, status=500)
             if self.stream is not None or self._closing or self._held:
                 if i + 1 < len(requests):
-                    self._keep_alive = False  # requests pipelined behind a stream: the stream's end closes
+                    # Requests pipelined behind a stream or a held answer: its end closes the connection.
+                    self._keep_alive = False
+                    self._unparsed = True
                 return
             # Kept alive: the next request may start within the idle timeout.
             self._idle = True
@@ -216,7 +223,7 @@ class SseConnection(asyncio.Protocol):
         self._held = False
         if transport is None or self._closing:
             return
-        keep_alive = keep_alive and not self.server.draining
+        keep_alive = keep_alive and not self.server.draining and not self._unparsed
         transport.write(render_response(status, body, content_type, keep_alive=keep_alive, extra=extra))
         if not keep_alive:
             self._closing = True
