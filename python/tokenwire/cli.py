@@ -208,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--flush-max-wait-ms",
         type=float,
-        default=0.2,
+        default=0.05,
         help="with --max-delay-ms 0: flush at once when the oldest waiting write is this old (0: next loop "
         "iteration only)",
     )

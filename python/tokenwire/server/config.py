@@ -74,7 +74,7 @@ class ServerConfig:
     max_delay_ms: float = 0.0
     #: With ``max_delay_ms`` 0: a connection marked this long ago is flushed at the next mark (inside the
     #: producer's step) instead of waiting for the next loop iteration; 0 turns the bound off.
-    flush_max_wait_ms: float = 0.2
+    flush_max_wait_ms: float = 0.05
     #: Largest ``max_tokens`` a request may ask for.
     max_tokens_limit: int = 100_000
     #: Seconds shutdown waits for open streams to finish before closing their connections.

@@ -31,8 +31,8 @@ __all__ = ["DEFAULT_MAX_WAIT_MS", "Flushable", "Flusher"]
 
 log = logging.getLogger("tokenwire.server")
 
-#: Default bound on how long a marked connection waits for its flush (0.2 ms; see BENCHMARKS.md, issue 8).
-DEFAULT_MAX_WAIT_MS = 0.2
+#: Default bound on how long a marked connection waits for its flush (50 µs; see BENCHMARKS.md, issue 8).
+DEFAULT_MAX_WAIT_MS = 0.05
 
 
 class Flushable(Protocol):
