@@ -465,6 +465,10 @@ class SseServer(ServerBase):
             raise RuntimeError("server not started")
         await self._server.serve_forever()
 
+    def _draining_work(self) -> bool:
+        """Open stream responses, or requests whose answer is still being made (non-streaming chat)."""
+        return bool(self.streaming) or any(c._held for c in self.connections)
+
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Let open streams finish for up to ``drain_timeout`` while new connections and requests get 503 with
         ``Retry-After``; then stop listening, close streaming connections with a reconnect hint and the others
@@ -472,7 +476,7 @@ class SseServer(ServerBase):
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
         self.draining = True
         deadline = self.loop.time() + drain
-        while (self.streaming or any(c._held for c in self.connections)) and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
+        while self._draining_work() and self.loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
             await asyncio.sleep(0.05)
         for listener in self._listeners:
             listener.close()
