@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.fetch_event_source import CuttingProxy, install, run_client
+from tests.support.cut_proxy import cut_proxy
+from tests.support.fetch_event_source import install, run_client
 
 
 def _free_port() -> int:
@@ -63,7 +64,8 @@ async def measure(args: argparse.Namespace, npm_dir: Path) -> dict[str, Any]:
             assert r.text.count("event: token") == args.tokens
         rng = random.Random(args.seed)
         offsets = [rng.randrange(args.max_offset) for _ in range(args.cuts)]
-        async with CuttingProxy(("127.0.0.1", port), lambda k: offsets[k] if k < len(offsets) else None) as proxy:
+        cut = lambda k: offsets[k] if k < len(offsets) else None
+        async with cut_proxy(port, cut, body_only=True) as proxy:
             async with asyncio.timeout(600):
                 result = await run_client(npm_dir, f"http://127.0.0.1:{proxy.port}/v1/streams/{stream_id}/events")
         seqs = {int(m["id"].rsplit(":", 1)[1]) for m in result["messages"] if m["event"] == "token"}

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.asgi_servers import uvicorn_server
-from tests.support.fetch_event_source import CuttingProxy, install, run_client
+from tests.support.cut_proxy import cut_proxy
+from tests.support.fetch_event_source import install, run_client
 from tests.support.servers import sse_server
 from tokenwire import FakeModel, Hub
 from tokenwire.asgi import TokenwireASGI
@@ -68,7 +69,7 @@ async def test_post_retried_by_fetch_event_source_runs_the_model_once(
         headers["idempotency-key"] = key
     async with (
         front(kind, model) as (port, host),
-        CuttingProxy(("127.0.0.1", port), cuts_from(first_cut)) as proxy,
+        cut_proxy(port, cuts_from(first_cut), body_only=True) as proxy,
         asyncio.timeout(60),
     ):
         result = await run_client(

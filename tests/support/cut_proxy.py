@@ -1,9 +1,12 @@
 """A TCP proxy that cuts responses: what a network cut looks like to a client, on 127.0.0.1.
 
 Each accepted connection is forwarded to the target; the client's bytes go through whole, the server's go
-through up to ``cut_after`` bytes (of that connection), and then the proxy ends the client's side: with a
-FIN (``reset=False``, an orderly close, the case a client can mistake for the end of the answer) or a RST.
-``cut_after=None`` forwards everything (a transparent proxy).
+through up to a budget of that connection, and then the proxy ends the client's side: with a FIN
+(``reset=False``, an orderly close, the case a client can mistake for the end of the answer) or a RST.
+
+``cut`` is the budget of every connection (``None``: forward everything, a transparent proxy), or a function
+of the connection's index (0, 1, ...) giving each its own. ``body_only``: the budget counts response-body bytes,
+after the response head (which always goes through). ``cuts`` records where each cut connection was cut.
 """
 
 from __future__ import annotations
@@ -12,17 +15,21 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 __all__ = ["CutProxy", "cut_proxy"]
 
+Cut = int | None | Callable[[int], int | None]
+
 
 class CutProxy:
-    def __init__(self, target_port: int, cut_after: int | None, *, reset: bool = False) -> None:
+    def __init__(self, target_port: int, cut: Cut, *, reset: bool = False, body_only: bool = False) -> None:
         self.target_port = target_port
-        self.cut_after = cut_after
+        self.cut = cut
         self.reset = reset
-        self.cuts = 0
+        self.body_only = body_only
+        self.connections = 0
+        self.cuts: list[int] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -43,10 +50,16 @@ class CutProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def _budget(self) -> int | None:
+        k = self.connections
+        self.connections += 1
+        return self.cut(k) if callable(self.cut) else self.cut
+
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        budget = self._budget()
         try:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -55,7 +68,7 @@ class CutProxy:
             return
         upstream = asyncio.create_task(self._pipe(client_r, server_w))
         try:
-            await self._downstream(server_r, client_w)
+            await self._downstream(server_r, client_w, budget)
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -66,13 +79,24 @@ class CutProxy:
             client_w.close()
             self._tasks.discard(task)
 
-    async def _downstream(self, server_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    async def _downstream(
+        self, server_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, budget: int | None
+    ) -> None:
+        data = b""
+        if self.body_only:  # the head goes through whole; the budget starts with the body
+            while b"\r\n\r\n" not in data:
+                more = await server_r.read(65536)
+                if not more:
+                    break
+                data += more
+            head, sep, data = data.partition(b"\r\n\r\n")
+            client_w.write(head + sep)
         sent = 0
-        while data := await server_r.read(65536):
-            if self.cut_after is not None and sent + len(data) >= self.cut_after:
-                client_w.write(data[: self.cut_after - sent])
+        while data or (data := await server_r.read(65536)):
+            if budget is not None and sent + len(data) >= budget:
+                client_w.write(data[: budget - sent])
                 await client_w.drain()
-                self.cuts += 1
+                self.cuts.append(budget)
                 if self.reset:
                     sock = client_w.get_extra_info("socket")
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
@@ -83,6 +107,7 @@ class CutProxy:
             client_w.write(data)
             await client_w.drain()
             sent += len(data)
+            data = b""
         client_w.write_eof()
 
     @staticmethod
@@ -95,9 +120,11 @@ class CutProxy:
 
 
 @contextlib.asynccontextmanager
-async def cut_proxy(target_port: int, cut_after: int | None, *, reset: bool = False) -> AsyncIterator[CutProxy]:
+async def cut_proxy(
+    target_port: int, cut: Cut, *, reset: bool = False, body_only: bool = False
+) -> AsyncIterator[CutProxy]:
     """A :class:`CutProxy` to ``127.0.0.1:target_port``, listening on a free port until the block ends."""
-    proxy = CutProxy(target_port, cut_after, reset=reset)
+    proxy = CutProxy(target_port, cut, reset=reset, body_only=body_only)
     await proxy.start()
     try:
         yield proxy

@@ -2,9 +2,9 @@
 
 - :func:`install` puts the package in a directory (``npm install``); ``None`` when npm or the registry is not
   available (the caller skips with the reason).
-- :class:`CuttingProxy` forwards a TCP connection to the server and ends the ``k``-th one after ``cut(k)``
-  bytes of its response *body* (counted after the response head), with a FIN as a network cut that lets
-  the last bytes through would: the client sees its response end early and retries.
+- The connections are cut by ``tests.support.cut_proxy.cut_proxy(port, cut, body_only=True)``: the ``k``-th
+  ends after ``cut(k)`` bytes of its response *body*, with a FIN as a network cut that lets the last bytes
+  through would: the client sees its response end early and retries.
 - :func:`run_client` drives the package in Node as an application would: ``openWhenHidden``, a retry after
   every early end (``onclose`` throws, ``onerror`` returns a 1 ms delay), a stop on 204 or on the final
   event, and reports every message it dispatched and how many requests it made.
@@ -13,15 +13,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
-__all__ = ["DRIVER", "CuttingProxy", "install", "run_client"]
+__all__ = ["DRIVER", "install", "run_client"]
 
 PACKAGE = "@microsoft/fetch-event-source@2.0.1"
 
@@ -108,86 +106,3 @@ async def run_client(
     assert proc.returncode == 0, err.decode()[-2000:]
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return result
-
-
-class CuttingProxy:
-    """TCP proxy to ``upstream`` that ends connection ``k`` (0, 1, ...) after ``cut(k)`` response-body bytes
-    (``None``: never). ``cuts`` records where each connection was cut."""
-
-    def __init__(self, upstream: tuple[str, int], cut: Callable[[int], int | None]) -> None:
-        self.upstream = upstream
-        self.cut = cut
-        self.connections = 0
-        self.cuts: list[int] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        k = self.connections
-        self.connections += 1
-        budget = self.cut(k)
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            client_w.close()
-            self._tasks.discard(task)
-            return
-        upload = asyncio.create_task(self._pipe(client_r, up_w))
-        try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = await up_r.read(65536)
-                if not chunk:
-                    break
-                head += chunk
-            head, sep, body = head.partition(b"\r\n\r\n")
-            client_w.write(head + sep)
-            sent = 0
-            while True:
-                if budget is not None and sent + len(body) >= budget:
-                    client_w.write(body[: budget - sent])
-                    self.cuts.append(budget)
-                    break
-                client_w.write(body)
-                sent += len(body)
-                await client_w.drain()
-                body = await up_r.read(65536)
-                if not body:
-                    break
-            await client_w.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            upload.cancel()
-            with contextlib.suppress(BaseException):
-                await upload
-            up_w.close()
-            client_w.close()  # a FIN: the client's response ends early
-            self._tasks.discard(task)
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
