@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from tokenwire.fake_model import STAMP_SEPARATOR, FakeModel, stamp
 
@@ -67,6 +68,15 @@ class QueueEngine:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="peers:queue-engine")
         return queue
+
+    async def drain(self, max_tokens: int, *, stamp: bool = False, prompt: str = "") -> AsyncIterator[str]:
+        """:meth:`submit`, then the request's tokens as they come; a consumer that stops early aborts it."""
+        queue = self.submit(max_tokens, stamp=stamp, prompt=prompt)
+        try:
+            while (token := await queue.get()) is not None:
+                yield token
+        finally:
+            self.abort(queue)  # the client went away mid-stream: stop generating for it
 
     def abort(self, queue: asyncio.Queue[str | None]) -> None:
         """Stop the generation feeding ``queue`` (its client went away). A no-op once it has ended."""

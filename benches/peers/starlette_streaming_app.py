@@ -19,24 +19,20 @@ Two producer shapes (``--producer``):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import StreamingResponse
 
-from benches.peers.common import done_data, encode_event, event_id, parse_args, parse_request, per_stream_generation
-from benches.peers.engine import QueueEngine
-from benches.peers.uvicorn_serve import serve
+from benches.peers.common import done_data, encode_event, event_id, parse_args
+from benches.peers.uvicorn_serve import Tokens, serve, starlette_app
 
 __all__ = ["create_app", "encoded_events", "main"]
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def encoded_events(tokens: AsyncIterator[str | list[str]], max_tokens: int) -> AsyncIterator[bytes]:
+async def encoded_events(tokens: Tokens, max_tokens: int) -> AsyncIterator[bytes]:
     """One SSE event per token (a list of tokens, from an unthrottled generation, goes out as one chunk)."""
     seq = 0
     async for item in tokens:
@@ -49,47 +45,13 @@ async def encoded_events(tokens: AsyncIterator[str | list[str]], max_tokens: int
     yield encode_event(event_id(seq + 1), "done", done_data(seq, max_tokens))
 
 
-async def _drain(engine: QueueEngine, max_tokens: int, stamp: bool, prompt: str) -> AsyncIterator[str]:
-    queue = engine.submit(max_tokens, stamp=stamp, prompt=prompt)
-    try:
-        while (token := await queue.get()) is not None:
-            yield token
-    finally:
-        engine.abort(queue)  # the client went away mid-stream: stop generating for it
+def _respond(tokens: Tokens, max_tokens: int) -> StreamingResponse:
+    return StreamingResponse(encoded_events(tokens, max_tokens), media_type="text/event-stream", headers=_HEADERS)
 
 
 def create_app(steps_per_s: float = 20.0, producer: str = "engine") -> Starlette:
     """``producer="per-stream"``: no shared engine; each request runs its own generation."""
-    engine = QueueEngine(steps_per_s) if producer == "engine" else None
-
-    async def streams(request: Request) -> Response:
-        try:
-            body = await request.json()
-            prompt, max_tokens, stamp = parse_request(body)
-        except ValueError as exc:  # BadRequest, or the body is not JSON
-            return JSONResponse({"error": {"type": "BadRequest", "message": str(exc)}}, status_code=400)
-        tokens: AsyncIterator[str | list[str]]
-        if engine is not None:
-            tokens = _drain(engine, max_tokens, stamp, prompt)
-        else:
-            tokens = per_stream_generation(body, prompt, max_tokens, stamp)
-        return StreamingResponse(encoded_events(tokens, max_tokens), media_type="text/event-stream", headers=_HEADERS)
-
-    async def healthz(request: Request) -> Response:
-        if engine is None:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "ok", "active": engine.active, "steps": engine.steps})
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        if engine is not None:
-            await engine.aclose()
-
-    return Starlette(
-        routes=[Route("/v1/streams", streams, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])],
-        lifespan=lifespan,
-    )
+    return starlette_app(_respond, steps_per_s, producer)
 
 
 def main() -> int:
