@@ -52,6 +52,20 @@ async def _read_all(sock: socket.socket, stall_after: int, stall: float) -> byte
             await asyncio.sleep(stall)
 
 
+async def _stream_with_a_stall(port: int, prompt: str, n: int) -> bytes:
+    """A whole unthrottled stream of ``n`` tokens, read by a client with a small receive buffer that stops
+    reading for 0.5 s after its first 8 KiB."""
+    sock = _small_socket()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, _request(prompt, n))
+        return await asyncio.wait_for(_read_all(sock, 8192, 0.5), 60)
+    finally:
+        sock.close()
+
+
 def _tokens(stream_bytes: bytes) -> tuple[list[str], list[str]]:
     events = SpecParser().feed(stream_bytes)
     return [e.data for e in events if e.type == "token"], [e.type for e in events if e.type != "token"]
@@ -63,15 +77,7 @@ async def test_a_briefly_stalled_reader_holds_an_unthrottled_producer_back_and_g
     assert hub.reader_high_water == RING // 4
     n = 100_000
     async with sse_server(hub, model=model, write_buffer_high=16 * 1024, stall_timeout=10.0) as server:
-        sock = _small_socket()
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", server.port))
-        await loop.sock_sendall(sock, _request("unthrottled", n))
-        try:
-            received = await asyncio.wait_for(_read_all(sock, 8192, 0.5), 60)
-        finally:
-            sock.close()
+        received = await _stream_with_a_stall(server.port, "unthrottled", n)
         status, headers, chunked = split_response(received)
         assert status == b"HTTP/1.1 200 OK" and headers["transfer-encoding"] == "chunked"
         body, complete = dechunk(chunked)
@@ -208,16 +214,7 @@ async def test_an_asgi_response_whose_send_waits_holds_the_producer_back_too() -
     n = 100_000
     app = TokenwireASGI(hub, model=model)
     async with uvicorn_server(app, sndbuf=4096) as base:
-        port = int(base.rsplit(":", 1)[1])
-        sock = _small_socket()
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        await loop.sock_sendall(sock, _request("asgi unthrottled", n))
-        try:
-            received = await asyncio.wait_for(_read_all(sock, 8192, 0.5), 60)
-        finally:
-            sock.close()
+        received = await _stream_with_a_stall(int(base.rsplit(":", 1)[1]), "asgi unthrottled", n)
         status, _headers, chunked = split_response(received)
         assert status == b"HTTP/1.1 200 OK"
         body, complete = dechunk(chunked)

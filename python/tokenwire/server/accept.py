@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import Callable
 
-__all__ = ["LOG_INTERVAL", "Listener"]
+__all__ = ["LOG_INTERVAL", "Listener", "listening_sockets"]
 
 log = logging.getLogger("tokenwire.server")
 
@@ -174,3 +174,25 @@ class Listener:
             with contextlib.suppress(OSError):
                 self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+
+async def listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host`` (every address it resolves to), as
+    ``loop.create_server`` makes them."""
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks

@@ -492,12 +492,10 @@ class Endpoints:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidBody("'prompt' (string) is required", "prompt")
-        repeated = self.previous_start("create", body, headers)
-        if repeated is not None:
-            return self.attach(repeated, last_event_id_of(headers or {}, {}), {}, base)
-        stream = self.start(body, prompt)
-        self._remember_key("create", body, headers, stream)
-        return self.plan_sse(stream, 0, base)
+        started = self._start_once(body, prompt, headers)
+        if isinstance(started, str):
+            return self.attach(started, last_event_id_of(headers or {}, {}), {}, base)
+        return self.plan_sse(started, 0, base)
 
     def start_keyed(self, body: dict[str, Any], prompt: str) -> TokenStream:
         """A WebTransport start request: its ``idempotency_key`` member (optional) works as the
@@ -506,10 +504,15 @@ class Endpoints:
         key = body.pop("idempotency_key", None)
         if key is not None and not isinstance(key, str):
             raise InvalidBody("'idempotency_key' must be a string", "idempotency_key")
-        headers = {} if key is None else {"idempotency-key": key}
+        started = self._start_once(body, prompt, {} if key is None else {"idempotency-key": key})
+        return self.host.hub.check_resume(started, 0) if isinstance(started, str) else started
+
+    def _start_once(self, body: dict[str, Any], prompt: str, headers: Mapping[str, str] | None) -> str | TokenStream:
+        """A start of ``POST /v1/streams`` or a WebTransport start: the id of the stream it repeats
+        (:meth:`previous_start`), else the stream it starts (its ``Idempotency-Key`` remembered)."""
         repeated = self.previous_start("create", body, headers)
         if repeated is not None:
-            return self.host.hub.check_resume(repeated, 0)
+            return repeated
         stream = self.start(body, prompt)
         self._remember_key("create", body, headers, stream)
         return stream

@@ -24,7 +24,7 @@ from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, RequestParser, chunk, render_head, render_response
-from tokenwire.server.accept import Listener
+from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
 from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, left_early
@@ -169,11 +169,9 @@ class SseConnection(asyncio.Protocol):
         server.connections.discard(self)
         stream = self.stream
         if stream is not None:
-            stream.detach(self._on_frames)
-            stream.reader_resumed(self)
+            self._release_stream(stream)
             if left_early(stream, self.position):
                 server.metrics.disconnects_total += 1
-            server.streaming.discard(self)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -357,9 +355,7 @@ class SseConnection(asyncio.Protocol):
     def _next_request(self) -> None:
         """The stream's response is complete and the client keeps the connection: it takes requests again."""
         if self.stream is not None:
-            self.stream.detach(self._on_frames)
-            self.stream.reader_resumed(self)
-        self.server.streaming.discard(self)
+            self._release_stream(self.stream)
         self.stream = None
         self._render = None
         self._trailer = b""
@@ -367,6 +363,12 @@ class SseConnection(asyncio.Protocol):
         self._closing = False
         self._idle = True  # the next request's first byte starts its header timer
         self._arm_timer(self.server.config.idle_timeout)
+
+    def _release_stream(self, stream: TokenStream) -> None:
+        """This connection no longer reads ``stream``: it neither listens nor holds its producer back."""
+        stream.detach(self._on_frames)
+        stream.reader_resumed(self)
+        self.server.streaming.discard(self)
 
     def _abort(self) -> None:
         self._closing = True
@@ -411,16 +413,16 @@ class SseServer(ServerBase):
         #: served at ``/v1/webtransport/certificate``. No ``Alt-Svc``: HTTP/3 serves only the WebTransport CONNECT.
         self.webtransport: Any = None
         self.router = Router(self)
-        self._server: Listener | None = None
         self._listeners: list[Listener] = []
         self.metrics.gauges["connections"] = lambda: len(self.connections)
         self.metrics.gauges["stream_connections"] = lambda: len(self.streaming)
 
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
+        sockets = self._listeners[0].sockets if self._listeners else []
+        if not sockets:
             raise RuntimeError("server not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         loop = self._start_common()
@@ -436,11 +438,10 @@ class SseServer(ServerBase):
         def refused() -> None:
             self.metrics.fd_limit_refusals_total += 1
 
-        for sock in await _listening_sockets(loop, self.config.host, self.config.port):
+        for sock in await listening_sockets(loop, self.config.host, self.config.port):
             listener = Listener(loop, sock, lambda: SseConnection(self), refusal, refused)
             listener.start()
             self._listeners.append(listener)
-        self._server = self._listeners[0]
         self._schedule_tick()
         log.info("SSE server listening on %s:%d (epoch %s)", self.config.host, self.port, self.hub.epoch)
 
@@ -461,9 +462,9 @@ class SseServer(ServerBase):
         self._schedule_tick()
 
     async def serve_forever(self) -> None:
-        if self._server is None:
+        if not self._listeners:
             raise RuntimeError("server not started")
-        await self._server.serve_forever()
+        await asyncio.gather(*(listener.serve_forever() for listener in self._listeners))
 
     def _draining_work(self) -> bool:
         """Open stream responses, or requests whose answer is still being made (non-streaming chat)."""
@@ -489,25 +490,3 @@ class SseServer(ServerBase):
         for listener in self._listeners:
             await listener.wait_closed()
         log.info("SSE server stopped")
-
-
-async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
-    """Bound, listening, non-blocking sockets for ``host`` (every address it resolves to), as
-    ``loop.create_server`` makes them."""
-    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    socks: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(4096)
-            sock.setblocking(False)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
