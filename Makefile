@@ -15,10 +15,11 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 
-system-deps: ## Debian tools the tests drive as real clients (curl, headless Chromium) and the benches use (valgrind); needs root or sudo where missing
+system-deps: ## Debian tools the tests drive as real clients (curl, headless Chromium), start (redis-server) and the benches use (valgrind); needs root or sudo where missing
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 	@command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
+	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
 install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
 	$(PY) -m pip install -q -e ".[dev]"

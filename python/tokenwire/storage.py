@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from tokenwire import _core
 from tokenwire.protocol.resume import new_epoch
 
-__all__ = ["MemoryStorage", "Storage"]
+__all__ = ["MemoryStorage", "Storage", "open_storage"]
 
 
 @runtime_checkable
@@ -56,6 +56,9 @@ class Storage(Protocol):
 
 class MemoryStorage:
     """Process-local history in the Rust registry. A new epoch per instance: a restart loses history."""
+
+    #: History is visible only to this process: a resume must come back to it (no ``--workers`` > 1).
+    shared = False
 
     def __init__(
         self,
@@ -107,3 +110,17 @@ class MemoryStorage:
 
     async def restore(self, key: str) -> int | None:
         return None
+
+
+def open_storage(url: str | None = None, **limits: int | float) -> Storage:
+    """The storage a URL names: ``None``, ``""`` or ``memory://`` the in-process default; ``redis://HOST:PORT/DB``,
+    ``rediss://`` or ``unix:///path.sock`` a :class:`~tokenwire.redis_storage.RedisStorage` (needs the ``redis``
+    extra). ``limits`` are the per-stream and total bounds (``max_frames_per_stream``, ``ttl``, ...)."""
+    if not url or url == "memory://":
+        return MemoryStorage(**limits)  # type: ignore[arg-type]
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from tokenwire.redis_storage import RedisStorage  # noqa: PLC0415 - the redis client is an optional extra
+
+        return RedisStorage(url, **limits)
+    raise ValueError(f"unknown storage URL {url!r}: use memory:// or redis://HOST:PORT/DB")
