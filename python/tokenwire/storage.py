@@ -112,7 +112,7 @@ class MemoryStorage:
         return None
 
 
-def open_storage(url: str | None = None, **limits: int | float) -> Storage:
+def open_storage(url: str | None = None, **limits: float) -> Storage:
     """The storage a URL names: ``None``, ``""`` or ``memory://`` the in-process default; ``redis://HOST:PORT/DB``,
     ``rediss://`` or ``unix:///path.sock`` a :class:`~tokenwire.redis_storage.RedisStorage` (needs the ``redis``
     extra). ``limits`` are the per-stream and total bounds (``max_frames_per_stream``, ``ttl``, ...)."""
@@ -120,7 +120,7 @@ def open_storage(url: str | None = None, **limits: int | float) -> Storage:
         return MemoryStorage(**limits)  # type: ignore[arg-type]
     scheme = url.split("://", 1)[0].lower()
     if scheme in ("redis", "rediss", "unix"):
-        from tokenwire.redis_storage import RedisStorage  # noqa: PLC0415 - the redis client is an optional extra
+        from tokenwire.redis_storage import RedisStorage  # the redis client is an optional extra
 
         return RedisStorage(url, **limits)
     raise ValueError(f"unknown storage URL {url!r}: use memory:// or redis://HOST:PORT/DB")
