@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StorageUnavailable
@@ -85,7 +86,7 @@ for i = 7, #ARGV, 5 do
   local st = ARGV[i + 4]
   local meta = redis.call('HMGET', m, 'state', 'shipped', 'owner')
   if meta[1] and meta[1] ~= '0' then
-    table.insert(out, id)
+    if last > tonumber(meta[2] or '0') then table.insert(out, id) end
   else
     local shipped = tonumber(meta[2] or '0')
     if not meta[1] then
@@ -125,6 +126,9 @@ redis.call('PEXPIRE', m, ARGV[9])
 redis.call('PEXPIRE', f, ARGV[9])
 return 1
 """
+
+
+_SHA1 = {source: hashlib.sha1(source.encode()).hexdigest() for source in (_SHIP, _LOST)}  # noqa: S324 - Redis' id
 
 
 @dataclass(slots=True)
@@ -219,8 +223,6 @@ class RedisStorage(MemoryStorage):
         self._client, self._tail_client = self._connect()
         self._wake_id = "0-0"
         self._connected = asyncio.Event() if _has_loop() else None
-        self._ship_sha: str | None = None
-        self._lost_sha: str | None = None
         self._maxlen = max(16, max_frames_per_stream)
 
     # -- keys ---------------------------------------------------------------------------------------
@@ -380,18 +382,14 @@ class RedisStorage(MemoryStorage):
         handle = self._registry.lookup(key)
         if handle is not None:
             return handle
-        client = self._client
         if not self._epoch_known:
             raise self._unavailable()
-        try:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._meta(key))
-                pipe.xrange(self._frames_key(key))
-                meta_raw, entries = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, "restore")
-            raise self._unavailable() from exc
-        self._ok()
+        meta_raw, entries = await self._read_stream(key)
+        if not meta_raw:
+            # Started a moment ago on its node and not shipped yet? Its first tick is at most a ship interval
+            # (and a round trip) away: look once more before calling it unknown.
+            await asyncio.sleep(max(0.05, 4 * self.ship_interval))
+            meta_raw, entries = await self._read_stream(key)
         handle = self._registry.lookup(key)  # restored meanwhile by a concurrent request
         if handle is not None:
             return handle
@@ -410,6 +408,19 @@ class RedisStorage(MemoryStorage):
             self._copies_changed.set()
             self._wake_tail()
         return handle
+
+    async def _read_stream(self, key: str) -> tuple[dict[bytes, bytes], _Entries]:
+        """One round trip: a stream's hash and every entry Redis holds for it."""
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._meta(key))
+                pipe.xrange(self._frames_key(key))
+                meta_raw, entries = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, "restore")
+            raise self._unavailable() from exc
+        self._ok()
+        return meta_raw, entries
 
     def cancel_remote(self, key: str, reason: str) -> None:
         """Ask the owner of a copied stream to cancel it (published; the end arrives through the tail)."""
@@ -558,12 +569,8 @@ class RedisStorage(MemoryStorage):
         if not batch:
             return
         try:
-            if self._ship_sha is None:
-                self._ship_sha = await self._client.script_load(_SHIP)
-            reply = await self._client.evalsha(self._ship_sha, 0, *args)
+            reply = await self._script(_SHIP, args)
         except (RedisError, OSError, TimeoutError) as exc:
-            if "NOSCRIPT" in str(exc):
-                self._ship_sha = None
             self._failed(exc, "ship")
             return
         self._ok()
@@ -613,9 +620,19 @@ class RedisStorage(MemoryStorage):
             if owned.key in ended_elsewhere:
                 owned.stopped = True
                 self._pending.discard(handle)
+                if self._registry.state(handle) != _core.STATE_OPEN:
+                    continue
                 log.warning("stream %s was ended by another node (its lease lapsed); cancelling it here", owned.key)
                 if self._host is not None:
                     self._host.on_remote_cancel(owned.key, "producer_lost")
+
+    async def _script(self, source: str, args: list[Any]) -> Any:
+        """Run a Lua script by its SHA-1, sending its text only where Redis does not know it (a new or restarted
+        server: ``EVAL`` also caches it)."""
+        try:
+            return await self._client.evalsha(_SHA1[source], 0, *args)
+        except NoScriptError:
+            return await self._client.eval(source, 0, *args)
 
     def _history_lost(self) -> None:
         """Redis lost the store's history (restarted empty): nothing produced so far ships any more."""
@@ -697,20 +714,19 @@ class RedisStorage(MemoryStorage):
         message = f"the node producing this stream ({copy.owner}) stopped; everything it produced is kept"
         payload = json.dumps({"code": "producer_lost", "message": message}, separators=(",", ":"))
         frame = _core.encode_frame(_core.FRAME_ERROR, shipped + 1, payload)
-        if self._lost_sha is None:
-            self._lost_sha = await client.script_load(_LOST)
-        done = await client.evalsha(
-            self._lost_sha,
-            0,
-            self._meta(key),
-            self._frames_key(key),
-            self._lease_key(copy.owner),
-            str(shipped),
-            frame,
-            shipped + 1,
-            _core.STATE_FAILED,
-            self._maxlen,
-            int(self.ttl * 1000),
+        done = await self._script(
+            _LOST,
+            [
+                self._meta(key),
+                self._frames_key(key),
+                self._lease_key(copy.owner),
+                str(shipped),
+                frame,
+                shipped + 1,
+                _core.STATE_FAILED,
+                self._maxlen,
+                int(self.ttl * 1000),
+            ],
         )
         if int(done) == 1:
             self._stats.producers_lost += 1
