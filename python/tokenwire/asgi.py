@@ -88,6 +88,7 @@ from tokenwire.server.endpoints import (
     parse_json_body,
     plan_sse,
     resolve_resume,
+    resume_seq_hint,
 )
 from tokenwire.server.sse import error_body
 
@@ -518,8 +519,10 @@ class TokenwireASGI(HubHost):
         route, stream_id = match_route(scope["method"], _route_path(scope))
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
-        if route in ("attach", "cancel") and self.hub.needs_restore(stream_id):
-            await self.hub.find(stream_id)  # another node's stream, maybe: copy it from the shared storage
+        if route in ("attach", "cancel"):
+            after = resume_seq_hint(stream_id, last_event_id_of(_headers(scope), _query(scope)))
+            if self.hub.needs_restore(stream_id, after):
+                await self.hub.find(stream_id, after)  # another node's stream, maybe: copy it from the shared storage
         if route == "attach":
             query = _query(scope)
             plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base)

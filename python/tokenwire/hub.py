@@ -232,6 +232,23 @@ class TokenStream:
             listener()
         return seq
 
+    async def _reaches(self, seq: int, within: float) -> None:
+        """Wait until frame ``seq`` is held or the stream ends (at most ``within`` s)."""
+        reached = asyncio.get_running_loop().create_future()
+
+        def check() -> None:
+            if (self.last_seq >= seq or not self.is_open) and not reached.done():
+                reached.set_result(None)
+
+        self.attach(check)
+        try:
+            check()
+            await asyncio.wait_for(reached, within)
+        except TimeoutError:
+            pass  # the resume check says what is missing
+        finally:
+            self.detach(check)
+
     # -- subscriber side -----------------------------------------------------------------------------
 
     def attach(self, listener: Listener) -> None:
@@ -407,6 +424,8 @@ class Hub:
         #: Longest one wait for a paused reader; then the producer goes on (that reader may fall off the ring;
         #: its resume gets 410). Readers are closed after their server's stall timeout anyway.
         self.backpressure_timeout = backpressure_timeout
+        #: Longest wait for a copy of another node's stream to reach a client's resume point (shared storage).
+        self.catch_up_wait = 2.0
         self.abandon_after = abandon_after
         self.sweep_interval = sweep_interval
         self.clock = clock
@@ -562,17 +581,29 @@ class Hub:
         except KeyError:
             raise StreamNotFound(f"no stream {stream_id!r} (never created, or expired)") from None
 
-    def needs_restore(self, stream_id: str) -> bool:
-        """Not held here, but a shared storage may have it: :meth:`find` before the sync lookups."""
-        return self.storage.shared and stream_id not in self._streams
+    def needs_restore(self, stream_id: str, after: int = 0) -> bool:
+        """:meth:`find` must come before the sync lookups: a shared storage may have a stream not held here, or
+        a copy held here may not have reached ``after`` yet (a client read it from the producing node)."""
+        if not self.storage.shared:
+            return False
+        stream = self._streams.get(stream_id)
+        return stream is None or (stream._remote and stream.is_open and after > stream.last_seq)
 
-    async def find(self, stream_id: str) -> TokenStream:
+    async def find(self, stream_id: str, after: int = 0) -> TokenStream:
         """The stream, held here or copied from the shared storage (a stream another process produces: its
         frames so far, then the live tail). ``StreamNotFound``; ``StorageUnavailable`` if the storage does not
-        answer."""
+        answer. ``after``: the seq a resume starts after; a copy behind it is waited for (at most
+        ``catch_up_wait`` s), since the client read that seq from the producing node an instant ago."""
         stream = self._streams.get(stream_id)
-        if stream is not None or not self.storage.shared:
+        if stream is None and self.storage.shared:
+            stream = await self._restore(stream_id)
+        if stream is None:
             return self.get(stream_id)
+        if stream._remote and stream.is_open and after > stream.last_seq:
+            await stream._reaches(after, self.catch_up_wait)
+        return stream
+
+    async def _restore(self, stream_id: str) -> TokenStream:
         handle = await self.storage.restore(stream_id)
         if handle is None:
             raise StreamNotFound(f"no stream {stream_id!r} on any node (never created, or expired)")

@@ -209,6 +209,8 @@ class RedisStorage(MemoryStorage):
         self.node_id = node_id or f"{os.uname().nodename[:32]}-{os.getpid()}-{new_epoch()}"
         self._epoch_known = False
         self.available = False
+        self._resync = False
+        self._closing = False
         self.last_error = "not connected yet"
         self._create_local = self._registry.create
         self.create = self._create  # type: ignore[assignment]  # a narrower signature than the registry's
@@ -301,7 +303,8 @@ class RedisStorage(MemoryStorage):
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # a task inside the redis client may take its cancel late: the close is bounded
+            await asyncio.wait(tasks, timeout=self.command_timeout)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.delete(self._lease_key(self.node_id)), self.command_timeout)
         for client in (self._client, self._tail_client):
@@ -314,6 +317,9 @@ class RedisStorage(MemoryStorage):
         if not self.available:
             if self._epoch_known:
                 log.info("redis %s reachable", self.url)
+                # A Redis back from an outage may have lost writes it acknowledged (a restart from an older
+                # snapshot): the next tick compares what it holds with what this node thinks it shipped.
+                self._resync = True
             self.available = True
             self.last_error = ""
 
@@ -561,6 +567,8 @@ class RedisStorage(MemoryStorage):
     async def _ship_once(self) -> None:
         """One tick: the new frames of every dirty stream this node produces, in one script call."""
         self._pending.update(h for h in self._registry.take_dirty() if h in self._owned)
+        if self._resync and self._epoch_known:
+            await self._resync_shipped()
         if not self._pending or not self._epoch_known:
             return
         args: list[Any] = [self.prefix, self.node_id, self._epoch, self._maxlen]
@@ -625,6 +633,28 @@ class RedisStorage(MemoryStorage):
                 log.warning("stream %s was ended by another node (its lease lapsed); cancelling it here", owned.key)
                 if self._host is not None:
                     self._host.on_remote_cancel(owned.key, "producer_lost")
+
+    async def _resync_shipped(self) -> None:
+        """Ship again from what Redis holds where that is less than this node shipped (lost writes)."""
+        owned = [(h, o) for h, o in self._owned.items() if not o.stopped]
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for _, o in owned:
+                    pipe.hget(self._meta(o.key), "shipped")
+                held = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, "resync")
+            return
+        self._ok()
+        self._resync = False
+        for (handle, o), value in zip(owned, held, strict=True):
+            in_redis = int(value or 0)
+            if in_redis < o.shipped:
+                log.warning(
+                    "stream %s: redis holds up to seq %d of %d shipped; shipping again", o.key, in_redis, o.shipped
+                )
+                o.shipped = in_redis
+                self._pending.add(handle)
 
     async def _script(self, source: str, args: list[Any]) -> Any:
         """Run a Lua script by its SHA-1, sending its text only where Redis does not know it (a new or restarted
@@ -741,9 +771,8 @@ class RedisStorage(MemoryStorage):
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._control(self.node_id))
-                    while True:
-                        message = await pubsub.get_message(timeout=1.0)
-                        if message is not None:
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
                             self._on_control(message["data"])
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc, "control subscription")

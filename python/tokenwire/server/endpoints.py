@@ -23,7 +23,7 @@ from tokenwire.hub import FrameKind, Hub, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.json_body import loads_object
-from tokenwire.protocol.resume import MAX_STREAM_ID_LEN, format_id_prefix, is_stream_id
+from tokenwire.protocol.resume import MAX_STREAM_ID_LEN, format_id_prefix, is_stream_id, parse_resume_point
 from tokenwire.server.config import ServerConfig
 
 __all__ = [
@@ -303,6 +303,18 @@ def split_end_part(last_event_id: str) -> tuple[str, str]:
     if sep and part in OPENAI_END_PARTS and point.count(":") == 2:
         return point, part
     return last_event_id, ""
+
+
+def resume_seq_hint(stream_id: str, last_event_id: str) -> int:
+    """The seq a Last-Event-ID for ``stream_id`` names (0 where it names none, or is malformed: the attach
+    itself answers that): how far a copy of another node's stream must be before the attach is checked."""
+    if not last_event_id:
+        return 0
+    try:
+        point = parse_resume_point(split_end_part(last_event_id)[0])
+    except ValueError:
+        return 0
+    return point.seq if point.stream_id == stream_id else 0
 
 
 def resolve_end_part(stream: TokenStream, seq: int, part: str) -> int:

@@ -593,7 +593,8 @@ class WebTransportConnection(QuicConnectionProtocol):
     def _handle(self, st: _WtStream, request: Request) -> None:
         server = self.server
         hub = server.hub
-        if isinstance(request, AttachRequested | CancelRequested) and hub.needs_restore(request.stream_id):
+        after = request.after if isinstance(request, AttachRequested) else 0
+        if isinstance(request, AttachRequested | CancelRequested) and hub.needs_restore(request.stream_id, after):
             server.spawn(self._restore_then_handle(st, request))  # another node's stream, maybe: copy it first
             return
         try:
@@ -619,7 +620,7 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     async def _restore_then_handle(self, st: _WtStream, request: AttachRequested | CancelRequested) -> None:
         try:
-            await self.server.hub.find(request.stream_id)
+            await self.server.hub.find(request.stream_id, request.after if isinstance(request, AttachRequested) else 0)
         except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
             if self.streams.get(st.qid) is st:
                 self._reply_error(st, exc)
