@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -102,7 +104,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     wt = await _start_webtransport(args, server, prefix) if args.webtransport else None
     if worker is not None:
-        worker.serving(loop, stop.set)
+        worker.serving(loop, stop.set, _stop_grace(args))
     await stop.wait()
     _say(f"{prefix}shutting down: draining streams")
     if wt is not None:
@@ -112,9 +114,11 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _say(line: str) -> None:
-    """One line on stdout in one write: the ``--workers`` processes share it, and their lines must not mix."""
-    sys.stdout.write(f"{line}\n")
-    sys.stdout.flush()
+    """One line on stdout in one write: the ``--workers`` processes share it, and their lines must not mix. A
+    reader gone (a worker's supervisor killed along with its pipe) must not stop a shutdown."""
+    with contextlib.suppress(OSError):
+        sys.stdout.write(f"{line}\n")
+        sys.stdout.flush()
 
 
 class _WorkerFds:
@@ -128,11 +132,21 @@ class _WorkerFds:
         index, ready_fd, lifeline_fd = (int(part) for part in text.split(","))
         return cls(index, ready_fd, lifeline_fd)
 
-    def serving(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
-        """Tell the supervisor this worker serves; stop when the supervisor is gone (its lifeline ends)."""
+    def serving(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], grace: float) -> None:
+        """Tell the supervisor this worker serves; stop when the supervisor is gone (its lifeline ends), and
+        exit after ``grace`` s if the graceful stop has not ended the process by then (nobody else will)."""
         os.write(self.ready_fd, b"1")
         os.close(self.ready_fd)
-        loop.add_reader(self.lifeline_fd, stop)  # readable only at its end: the supervisor never writes
+
+        def supervisor_gone() -> None:
+            loop.remove_reader(self.lifeline_fd)  # readable only at its end: the supervisor never writes
+            print(f"worker {self.index} (pid {os.getpid()}): the supervisor is gone; stopping", file=sys.stderr)
+            deadline = threading.Timer(grace, os._exit, (1,))  # a thread: a stuck loop cannot hold it back
+            deadline.daemon = True
+            deadline.start()
+            stop()
+
+        loop.add_reader(self.lifeline_fd, supervisor_gone)
 
 
 async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: str = "") -> WebTransportServer | None:
@@ -196,6 +210,11 @@ def _loadtest(args: argparse.Namespace) -> int:
     if args.json:
         write_json(report, args.json)
     return 0 if report["passed"] else 1
+
+
+def _stop_grace(args: argparse.Namespace) -> float:
+    """Seconds a ``--workers`` worker has to exit once told to stop: its drain, and time to close."""
+    return float(args.drain_timeout) + 10.0
 
 
 def _positive_int(text: str) -> int:
@@ -367,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 webtransport=args.webtransport,
                 dev_certificate=not args.cert,
                 storage=args.storage,
+                stop_grace=_stop_grace(args),
             )
     factory = loop_factory()
     logging.getLogger("tokenwire").info("event loop: %s", "uvloop" if factory else "asyncio")

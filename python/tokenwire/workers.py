@@ -18,9 +18,10 @@ The supervisor (this module, no event loop):
   on a pipe);
 - forwards SIGINT and SIGTERM to every worker (each drains its streams, as a single server does) and exits
   when they have exited: 0 if all exited cleanly. A worker that dies on its own stops the others (exit
-  code 1); a process manager restarts the whole;
+  code 1); a process manager restarts the whole. A worker still running ``stop_grace`` seconds after it was
+  told to stop is killed (exit code 1);
 - holds the write end of a "lifeline" pipe whose read end every worker watches: if the supervisor dies, even
-  by SIGKILL, the pipe ends and the workers shut down on their own.
+  by SIGKILL, the pipe ends and the workers shut down on their own (and exit within the same grace).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ __all__ = ["reserve_port", "supervise"]
 
 #: Seconds the workers have to report that they serve.
 START_TIMEOUT = 60.0
+#: Seconds between two looks for exited workers.
+_POLL = 0.05
 #: Tries to find a port number free for both TCP and UDP when the port asked is 0.
 _PORT_TRIES = 50
 
@@ -88,11 +91,13 @@ def supervise(
     webtransport: bool,
     dev_certificate: bool,
     storage: str,
+    stop_grace: float,
     out: TextIO = sys.stdout,
 ) -> int:
     """Run ``workers`` copies of ``tokenwire ARGV`` (a ``serve`` command line) on one port until SIGINT or
-    SIGTERM (see the module docstring); returns the exit code."""
-    sup = _Supervisor()
+    SIGTERM (see the module docstring); ``stop_grace``: seconds a worker has to exit once told to stop (its
+    drain and more), then it is killed. Returns the exit code."""
+    sup = _Supervisor(stop_grace)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, sup.forward)
     try:
@@ -138,15 +143,20 @@ def supervise(
 
 
 class _Supervisor:
-    def __init__(self) -> None:
+    def __init__(self, stop_grace: float) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         #: A stop was asked (a signal), or a worker failed: every worker has been told to stop.
         self.stopping = False
+        #: Seconds a worker has to exit after it was told to stop; then it is killed.
+        self.stop_grace = stop_grace
+        self._stop_asked: float | None = None
         self._life_w = -1
 
     def forward(self, signum: int, frame: FrameType | None = None) -> None:
         """Signal handler: pass the signal on to every worker still running."""
         self.stopping = True
+        if self._stop_asked is None:
+            self._stop_asked = time.monotonic()
         for proc in self.procs:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -191,15 +201,22 @@ class _Supervisor:
                 os.close(life_r)
 
     def wait_all(self) -> int:
-        """Reap the workers; the first that exits while nobody asked stops the others. The exit code: 0 when
-        all exited with 0 after a stop was asked, else 1."""
+        """Reap the workers; the first that exits while nobody asked stops the others; those still running
+        ``stop_grace`` s after a stop was asked are killed. The exit code: 0 when all exited with 0 after a
+        stop was asked, else 1."""
         code = 0
         by_pid = {p.pid: p for p in self.procs}
         while any(p.returncode is None for p in self.procs):
             try:
-                pid, status = os.waitpid(-1, 0)  # a signal runs its handler and the wait goes on (PEP 475)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
+            if pid == 0:  # none exited: look again soon (a signal cuts the sleep short and runs its handler)
+                if self._stop_asked is not None and time.monotonic() - self._stop_asked > self.stop_grace:
+                    code = 1
+                    self._kill_stragglers()
+                time.sleep(_POLL)
+                continue
             proc = by_pid.get(pid)
             if proc is None:
                 continue
@@ -215,6 +232,19 @@ class _Supervisor:
             elif proc.returncode != 0:
                 code = 1
         return code
+
+    def _kill_stragglers(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                print(
+                    f"tokenwire serve: worker pid {proc.pid} still running {self.stop_grace:g} s after the stop; "
+                    "killing it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+        self._stop_asked = None  # killed: only their exit statuses are left to reap
 
     def close(self) -> None:
         """Let the workers' lifeline end (they stop if still running) and reap them."""

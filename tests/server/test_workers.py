@@ -62,7 +62,7 @@ def _gone(pid: int) -> bool:
 
 
 async def _wait_gone(pid: int) -> None:
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(30):
         while not _gone(pid):  # noqa: ASYNC110 - another process's end, polled
             await asyncio.sleep(0.02)
 
@@ -94,11 +94,12 @@ async def workers(redis_url: str, *args: str, n: int = 2) -> AsyncIterator[Worke
     it prints; it must stop every worker and exit 0 on SIGTERM."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tokenwire", "serve", "--workers", str(n), "--port", "0", "--tokens-per-s", "0",
-        "--storage", redis_url, *args,
+        "--drain-timeout", "1", "--storage", redis_url, *args,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
     lines: list[str] = []
+    pids: list[int] = []
     try:
         async with asyncio.timeout(60):
             while not lines or " workers serving " not in lines[-1]:
@@ -124,6 +125,9 @@ async def workers(redis_url: str, *args: str, n: int = 2) -> AsyncIterator[Worke
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        for pid in pids:  # nothing left behind, whatever failed
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @needs_redis_storage
@@ -176,3 +180,26 @@ async def test_workers_stop_when_their_supervisor_is_killed(redis_url: str) -> N
         await w.proc.wait()
         for pid in w.pids:
             await _wait_gone(pid)
+
+
+@needs_redis_storage
+async def test_webtransport_migration_to_another_worker_ends_in_a_resume(redis_url: str) -> None:
+    """A client that changes its address (connection migration, NAT rebinding) may be hashed to another worker,
+    which does not know its QUIC connection and drops its packets: the client's connection times out, it
+    reconnects (to any worker) and resumes the stream from the shared storage, every token exactly once
+    (docs/scaling.md, "Workers and WebTransport")."""
+    async with workers(redis_url) as w:
+        async with httpx.AsyncClient(base_url=w.base) as http:
+            pinned = bytes.fromhex((await http.get("/v1/webtransport/certificate")).json()["sha256"])
+        url = f"https://127.0.0.1:{w.port}/v1/webtransport"
+        expected = FakeModel(seed=0).tokens("moves", 60)
+        for _ in range(3):  # each rebind draws a worker again: the same one (migration) or the other (resume)
+            client = WebTransportClient(url, server_certificate_hashes=[pinned], idle_timeout=1.0, backoff_initial=0.01)
+            async with client:
+                reader = await client.generate("moves", max_tokens=60, tokens_per_s=100)
+                got: list[str] = []
+                async for token in reader:
+                    got.append(token)
+                    if len(got) == 10:
+                        await client.rebind()
+                assert got == expected
