@@ -186,8 +186,10 @@ def _loadtest(args: argparse.Namespace) -> int:
     max_tokens = args.max_tokens
     if args.duration is not None:
         max_tokens = max(1, round(args.duration * args.tokens_per_s)) if args.tokens_per_s > 0 else max_tokens
+    urls = args.url or ["http://127.0.0.1:8000"]
     cfg = LoadTestConfig(
-        url=args.url,
+        url=urls[0],
+        urls=urls,
         streams=args.streams,
         ramp=args.ramp,
         max_tokens=max_tokens,
@@ -323,7 +325,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     lt = sub.add_parser("loadtest", help="many concurrent SSE clients: exactly-once checks and latency figures")
-    lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    lt.add_argument(
+        "--url",
+        action="append",
+        help="server base URL (default http://127.0.0.1:8000); repeat it for several servers: streams start on "
+        "them round robin, and each cut stream resumes on another one, at random",
+    )
     lt.add_argument("--streams", type=int, default=100, help="concurrent streams in all")
     lt.add_argument("--ramp", type=float, default=1000.0, help="new streams per second while ramping up")
     lt.add_argument("--max-tokens", type=int, default=200, help="tokens per stream")
