@@ -9,6 +9,7 @@ import importlib.util
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 from tokenwire import FakeModel
 from tokenwire.client import SseClient
 from tokenwire.client.webtransport import WebTransportClient
+from tokenwire.workers import reserve_port
 
 needs_redis_storage = pytest.mark.skipif(
     importlib.util.find_spec("tokenwire.redis_storage") is None,
@@ -50,6 +52,25 @@ def test_unknown_storage_is_a_usage_error() -> None:
     proc = serve("--storage", "ftp://nowhere")
     assert proc.returncode == 2
     assert "unknown storage URL 'ftp://nowhere'" in proc.stderr
+
+
+def test_the_supervisor_reserves_one_port_number_for_tcp_and_udp() -> None:
+    port, reservation = reserve_port("127.0.0.1", 0, udp=True)
+    joined = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert port > 0
+        assert [(s.type, s.getsockname()) for s in reservation] == [
+            (socket.SOCK_STREAM, ("127.0.0.1", port)),
+            (socket.SOCK_DGRAM, ("127.0.0.1", port)),
+        ]
+        joined.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        joined.bind(("127.0.0.1", port))  # a worker joins the group
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))  # anyone else is kept out
+    finally:
+        for sock in [*reservation, joined, plain]:
+            sock.close()
 
 
 def _gone(pid: int) -> bool:
