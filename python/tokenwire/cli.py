@@ -264,7 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--away", type=float, default=0.3, help="seconds spent disconnected")
     demo.add_argument("--seed", type=int, default=0)
 
-    serve = sub.add_parser("serve", help="run the SSE (and WebTransport) server on an in-memory hub with the FakeModel")
+    serve = sub.add_parser(
+        "serve", help="run the SSE (and WebTransport) server with the FakeModel, history in memory or Redis"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")

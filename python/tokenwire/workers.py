@@ -12,7 +12,7 @@ The supervisor (this module, no event loop):
   WebTransport: port 0 becomes a number free for both), so every worker binds the same one; it holds that
   reservation (bound, not listening: it takes no connections) until all workers are up;
 - with WebTransport and no ``--cert``, makes one development certificate for all workers (a client pins one
-  hash, whichever worker its packets reach);
+  hash, whichever worker its packets reach), in a temporary folder removed once they have read it;
 - starts the workers as ``python -m tokenwire`` with the same arguments, each in its own process group (so a
   terminal's Ctrl-C reaches the supervisor alone), and waits until each reports that it is serving (a byte
   on a pipe);
@@ -120,6 +120,8 @@ def supervise(
         finally:
             for sock in reservation:
                 sock.close()
+            if cert_dir is not None:  # each worker has read it by the time it reports ready
+                shutil.rmtree(cert_dir, ignore_errors=True)
         if started:
             from tokenwire import __version__
 
@@ -137,8 +139,6 @@ def supervise(
         code = sup.wait_all()
     finally:
         sup.close()
-        if cert_dir is not None:
-            shutil.rmtree(cert_dir, ignore_errors=True)
     return code if started else 1
 
 
