@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tokenwire import __version__
@@ -71,10 +74,12 @@ async def _demo(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from tokenwire.server import ServerConfig, SseServer
+    from tokenwire.storage import open_storage
 
     config = ServerConfig(
         host=args.host,
         port=args.port,
+        reuse_port=args.reuse_port,
         max_delay_ms=args.max_delay_ms,
         flush_max_wait_ms=args.flush_max_wait_ms,
         heartbeat_interval=args.heartbeat,
@@ -83,30 +88,68 @@ async def _serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
     )
     model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
-    server = SseServer(
-        Hub(abandon_after=args.abandon_after), config, model=model, engine_steps_per_s=args.engine_steps_per_s or None
-    )
+    hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
+    server = SseServer(hub, config, model=model, engine_steps_per_s=args.engine_steps_per_s or None)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     mode = f"engine {args.engine_steps_per_s:g} steps/s" if args.engine_steps_per_s else "per-request pacing"
-    print(
-        f"tokenwire {__version__} serving SSE on http://{args.host}:{server.port} "
-        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode})",
-        flush=True,
+    worker = _WorkerFds.parse(args.worker) if args.worker else None
+    prefix = f"worker {worker.index} (pid {os.getpid()}): " if worker else ""
+    _say(
+        f"{prefix}tokenwire {__version__} serving SSE on http://{args.host}:{server.port} "
+        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode})"
     )
-    wt = await _start_webtransport(args, server) if args.webtransport else None
+    wt = await _start_webtransport(args, server, prefix) if args.webtransport else None
+    if worker is not None:
+        worker.serving(loop, stop.set, _stop_grace(args))
     await stop.wait()
-    print("shutting down: draining streams", flush=True)
+    _say(f"{prefix}shutting down: draining streams")
     if wt is not None:
         await wt.shutdown(close_hub=False)
     await server.shutdown()
     return 0
 
 
-async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTransportServer | None:
+def _say(line: str) -> None:
+    """One line on stdout in one write: the ``--workers`` processes share it, and their lines must not mix. A
+    reader gone (a worker's supervisor killed along with its pipe) must not stop a shutdown."""
+    with contextlib.suppress(OSError):
+        sys.stdout.write(f"{line}\n")
+        sys.stdout.flush()
+
+
+class _WorkerFds:
+    """A ``--workers`` worker's end of its supervisor's pipes (``--worker INDEX,READY_FD,LIFELINE_FD``)."""
+
+    def __init__(self, index: int, ready_fd: int, lifeline_fd: int) -> None:
+        self.index, self.ready_fd, self.lifeline_fd = index, ready_fd, lifeline_fd
+
+    @classmethod
+    def parse(cls, text: str) -> _WorkerFds:
+        index, ready_fd, lifeline_fd = (int(part) for part in text.split(","))
+        return cls(index, ready_fd, lifeline_fd)
+
+    def serving(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], grace: float) -> None:
+        """Tell the supervisor this worker serves; stop when the supervisor is gone (its lifeline ends), and
+        exit after ``grace`` s if the graceful stop has not ended the process by then (nobody else will)."""
+        os.write(self.ready_fd, b"1")
+        os.close(self.ready_fd)
+
+        def supervisor_gone() -> None:
+            loop.remove_reader(self.lifeline_fd)  # readable only at its end: the supervisor never writes
+            print(f"worker {self.index} (pid {os.getpid()}): the supervisor is gone; stopping", file=sys.stderr)
+            deadline = threading.Timer(grace, os._exit, (1,))  # a thread: a stuck loop cannot hold it back
+            deadline.daemon = True
+            deadline.start()
+            stop()
+
+        loop.add_reader(self.lifeline_fd, supervisor_gone)
+
+
+async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: str = "") -> WebTransportServer | None:
     """The WebTransport server on the SSE server's hub, on the same port number over UDP."""
     from dataclasses import replace
 
@@ -132,10 +175,7 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer) -> WebTr
     sse.webtransport = wt
     sse.metrics.include(wt.metrics)  # one /metrics for the process: the SSE server's shows both protocols
     kind = "certificate from files" if certificate else "development certificate (ECDSA P-256, < 14 days)"
-    print(
-        f"serving WebTransport on {wt.url} (UDP); {kind}, sha-256 {wt.certificate.sha256_hex}",
-        flush=True,
-    )
+    _say(f"{prefix}serving WebTransport on {wt.url} (UDP); {kind}, sha-256 {wt.certificate.sha256_hex}")
     return wt
 
 
@@ -146,8 +186,10 @@ def _loadtest(args: argparse.Namespace) -> int:
     max_tokens = args.max_tokens
     if args.duration is not None:
         max_tokens = max(1, round(args.duration * args.tokens_per_s)) if args.tokens_per_s > 0 else max_tokens
+    urls = args.url or ["http://127.0.0.1:8000"]
     cfg = LoadTestConfig(
-        url=args.url,
+        url=urls[0],
+        urls=urls,
         streams=args.streams,
         ramp=args.ramp,
         max_tokens=max_tokens,
@@ -172,6 +214,35 @@ def _loadtest(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def _stop_grace(args: argparse.Namespace) -> float:
+    """Seconds a ``--workers`` worker has to exit once told to stop: its drain, and time to close."""
+    return float(args.drain_timeout) + 10.0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _serve_storage_refusal(args: argparse.Namespace) -> str | None:
+    """Why ``serve`` cannot run with this ``--storage`` and ``--workers`` (``None``: it can)."""
+    from tokenwire.storage import open_storage
+
+    try:
+        storage = open_storage(args.storage)
+    except (ValueError, ImportError) as exc:
+        return f"--storage {args.storage}: {exc}"
+    if args.workers > 1 and not getattr(storage, "shared", False):
+        return (
+            f"--workers {args.workers} needs a storage that every worker shares; {args.storage} keeps each stream "
+            "in the process that started it, and a resume would land on another worker, which does not hold the "
+            "stream (404). Use --storage redis://HOST:PORT/DB, or --workers 1."
+        )
+    return None
+
+
 def _ack_delay_ms(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1000:
@@ -193,7 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--away", type=float, default=0.3, help="seconds spent disconnected")
     demo.add_argument("--seed", type=int, default=0)
 
-    serve = sub.add_parser("serve", help="run the SSE (and WebTransport) server on an in-memory hub with the FakeModel")
+    serve = sub.add_parser(
+        "serve", help="run the SSE (and WebTransport) server with the FakeModel, history in memory or Redis"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")
@@ -221,6 +294,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument(
+        "--storage",
+        default="memory://",
+        help="where stream history lives: memory:// (this process) or redis://HOST:PORT/DB (shared by every "
+        "worker and node, so a stream resumes on any of them)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), supervised by this one; above 1 needs a shared "
+        "--storage",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that other processes may share the port (--workers does it)",
+    )
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX,READY_FD,LIFELINE_FD: set by --workers
+    serve.add_argument(
         "--webtransport",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -235,7 +327,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     lt = sub.add_parser("loadtest", help="many concurrent SSE clients: exactly-once checks and latency figures")
-    lt.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    lt.add_argument(
+        "--url",
+        action="append",
+        help="server base URL (default http://127.0.0.1:8000); repeat it for several servers: streams start on "
+        "them round robin, and each cut stream resumes on another one, at random",
+    )
     lt.add_argument("--streams", type=int, default=100, help="concurrent streams in all")
     lt.add_argument("--ramp", type=float, default=1000.0, help="new streams per second while ramping up")
     lt.add_argument("--max-tokens", type=int, default=200, help="tokens per stream")
@@ -276,11 +373,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "loadtest":
         return _loadtest(args)
+    if args.command == "serve" and args.worker is None:
+        refusal = _serve_storage_refusal(args)
+        if refusal is not None:
+            print(f"tokenwire serve: {refusal}", file=sys.stderr, flush=True)
+            return 2
+        if args.workers > 1:
+            from tokenwire.workers import supervise
+
+            return supervise(
+                argv,
+                args.workers,
+                host=args.host,
+                port=args.port,
+                webtransport=args.webtransport,
+                dev_certificate=not args.cert,
+                storage=args.storage,
+                stop_grace=_stop_grace(args),
+            )
     factory = loop_factory()
     logging.getLogger("tokenwire").info("event loop: %s", "uvloop" if factory else "asyncio")
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,16 @@ import pytest
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
+    yield from _serve()
+
+
+@pytest.fixture(scope="module")
+def other_server() -> Iterator[tuple[str, int]]:
+    """A second in-memory server: it does not hold the first one's streams."""
+    yield from _serve()
+
+
+def _serve() -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--engine-steps-per-s", "50"],
         stdout=subprocess.PIPE,
@@ -75,3 +87,38 @@ def test_unreachable_server_fails_loudly() -> None:
     assert proc.returncode == 1
     assert "0/3 ok" in proc.stderr
     assert "connection error" in proc.stderr
+
+
+def _started(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:  # noqa: S310 - our test server
+        text = resp.read().decode()
+    found = re.search(r'^tokenwire_streams_started_total\{protocol="sse"\} (\d+)', text, re.MULTILINE)
+    assert found, text
+    return int(found[1])
+
+
+def test_several_urls_resume_on_another_node_in_memory_ones_answer_errors(
+    server: tuple[str, int], other_server: tuple[str, int], tmp_path: Path
+) -> None:
+    """Streams start round robin; a cut stream resumes on the other url. Two in-memory servers share nothing,
+    so each cross-node resume is answered 404 or 409: reported as stream errors, not a crash."""
+    (a, _), (b, _) = server, other_server
+    before = _started(a), _started(b)
+    report_path = tmp_path / "report.json"
+    proc = loadtest(
+        "--url", a, "--url", b, "--streams", "20", "--max-tokens", "60", "--tokens-per-s", "50",
+        "--disconnect-rate", "3", "--json", str(report_path),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (_started(a) - before[0], _started(b) - before[1]) == (10, 10)  # round robin
+    report = json.loads(report_path.read_text())
+    assert report["config"]["urls"] == [a, b]
+    d = report["disconnects"]
+    assert d["resumes"] > 0
+    assert d["cross_node_resumes"] == d["resumes"]  # with two urls, a resume always goes to the other one
+    errors = report["streams"]["errors"]
+    assert set(errors) <= {"HTTP 404", "HTTP 409"}
+    assert sum(errors.values()) == report["streams"]["failed"] == d["resumes"]
+    assert report["resume_cross_node_s"] == {}  # no cross-node resume got a byte of its stream
+    assert f"nodes     2 urls; {d['resumes']} of {d['resumes']} resumes on another node" in proc.stderr

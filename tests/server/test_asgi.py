@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
@@ -244,7 +245,7 @@ async def test_heartbeats_cancel_metrics_and_lifespan(serve: ServerFactory) -> N
 
             r = await client.post("/v1/streams", json={"prompt": "m", "max_tokens": 5, "tokens_per_s": 0})
             assert tokens(events(r.content)) == FakeModel(seed=5).tokens("m", 5)
-            assert (await client.get("/healthz")).json() == {"status": "ok", "epoch": hub.epoch}
+            assert (await client.get("/healthz")).json() == {"status": "ok", "epoch": hub.epoch, "pid": os.getpid()}
             r = await client.get("/metrics")
             assert r.headers["content-type"].startswith("text/plain")
             samples = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 
@@ -169,7 +170,7 @@ async def test_metrics_and_health() -> None:
     async with sse_server() as server, httpx.AsyncClient() as client:
         await client.post(url(server, "/v1/streams"), json={"prompt": "m", "max_tokens": 5, "tokens_per_s": 0})
         health = (await client.get(url(server, "/healthz"))).json()
-        assert health == {"status": "ok", "epoch": server.hub.epoch}
+        assert health == {"status": "ok", "epoch": server.hub.epoch, "pid": os.getpid()}
         r = await client.get(url(server, "/metrics"))
         assert r.headers["content-type"].startswith("text/plain")
         samples = {

@@ -63,8 +63,13 @@ def build_report(
         "disconnects": {
             "forced": sum(r["forced_drops"] for r in results),
             "unexpected": sum(r["unexpected_drops"] for r in results),
+            "resumes": sum(r.get("resume_attempts", 0) for r in results),
+            "cross_node_resumes": sum(r.get("cross_node_attempts", 0) for r in results),
         },
+        # Reconnect (connect + request) -> first bytes of the resumed stream; cross-node: resumed on another
+        # server than the one the stream started on.
         "resume_s": percentiles([x for r in results for x in r["resumes"]]),
+        "resume_cross_node_s": percentiles([x for r in results for x in r.get("cross_node_resumes", ())]),
     }
     if server is not None:
         cpu = server["cpu_seconds"]
@@ -98,6 +103,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"resume {_ms(r['resume_s'], 'p50', 'p99', 'max')}"
         ),
     ]
+    if len(r["config"].get("urls") or ()) > 1:
+        d = r["disconnects"]
+        lines.append(
+            f"nodes     {len(r['config']['urls'])} urls; {d['cross_node_resumes']} of {d['resumes']} resumes on "
+            f"another node than the stream's start; cross-node resume {_ms(r['resume_cross_node_s'], 'p50', 'p99', 'max')}"
+        )
     if "server" in r:
         sv = r["server"]
         per = sv["cpu_seconds_per_100k_tokens"]

@@ -8,7 +8,7 @@ import os
 import queue
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -22,6 +22,9 @@ __all__ = ["LoadTestConfig", "ProcSampler", "run_loadtest"]
 @dataclass
 class LoadTestConfig:
     url: str = "http://127.0.0.1:8000"
+    #: Several servers (nodes, or ports of one): stream i starts on ``urls[i % len(urls)]`` and a cut stream
+    #: resumes on another of them, chosen at random. Empty: ``[url]``.
+    urls: list[str] = field(default_factory=list)
     streams: int = 100
     ramp: float = 1000.0  # new streams per second
     max_tokens: int = 200
@@ -80,11 +83,16 @@ def _worker_main(cfg: WorkerConfig | WtWorkerConfig, q: Any) -> None:
 
 def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any]:  # noqa: C901 - one linear driver
     """Run the load test to the end and return the report (also printed to ``out`` unless quiet)."""
-    parts = urlsplit(cfg.url)
-    if (
-        parts.scheme != "http" and not (cfg.protocol == "webtransport" and parts.scheme == "https")
-    ) or not parts.hostname:
-        raise ValueError(f"--url must be http://host:port, got {cfg.url!r}")
+    urls = cfg.urls or [cfg.url]
+    for url in urls:
+        parts = urlsplit(url)
+        if (
+            parts.scheme != "http" and not (cfg.protocol == "webtransport" and parts.scheme == "https")
+        ) or not parts.hostname:
+            raise ValueError(f"--url must be http://host:port, got {url!r}")
+    if len(urls) > 1 and cfg.protocol != "sse":
+        raise ValueError("several --url are supported with --protocol sse only")
+    targets = [(p.hostname or "", p.port or 80, p.path.rstrip("/")) for p in map(urlsplit, urls)]
     procs = max(1, min(cfg.procs, cfg.streams))
     start_at = time.time() + (0.5 if procs > 1 else 0.05)
     configs: list[WorkerConfig | WtWorkerConfig] = []
@@ -97,9 +105,10 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
         indices = list(range(k, cfg.streams, procs))
         configs.append(
             WorkerConfig(
-                host=parts.hostname,
-                port=parts.port or 80,
-                path_prefix=parts.path.rstrip("/"),
+                host=targets[0][0],
+                port=targets[0][1],
+                path_prefix=targets[0][2],
+                targets=targets,
                 stream_indices=indices,
                 start_offsets=[i / cfg.ramp if cfg.ramp > 0 else 0.0 for i in indices],
                 max_tokens=cfg.max_tokens,

@@ -44,6 +44,9 @@ class WorkerConfig:
     start_at: float  # time.time() of the common start
     connect_timeout: float = 10.0
     stream_timeout: float = 600.0
+    #: ``(host, port, path_prefix)`` of every server: stream i starts on ``targets[i % len]``; a cut stream
+    #: resumes on another one, at random. Empty: only ``host``/``port``/``path_prefix``.
+    targets: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +63,11 @@ class StreamResult:
     resumes: list[float] = field(default_factory=list)
     forced_drops: int = 0
     unexpected_drops: int = 0
+    #: Reconnects made to resume (each gets a ``resumes`` sample once its first bytes arrive).
+    resume_attempts: int = 0
+    #: Of those, the ones sent to another server than the stream started on, and their latencies.
+    cross_node_attempts: int = 0
+    cross_node_resumes: list[float] = field(default_factory=list)
 
 
 class _Conn(asyncio.Protocol):
@@ -114,6 +122,11 @@ class _Stream:
         self.resume_started_us = 0
         self.conn: _Conn | None = None
         self._sched_start_us = 0
+        targets = w.cfg.targets or [(w.cfg.host, w.cfg.port, w.cfg.path_prefix)]
+        self.targets = targets
+        #: The server the stream started on (its producer), and the one the current connection goes to.
+        self.home = self.target = targets[index % len(targets)]
+        self._cross_node = False
 
     def fail(self, message: str) -> None:
         if not self.result.error:
@@ -130,8 +143,11 @@ class _Stream:
                 self.conn.transport.abort()
             return
         if self.resume_started_us:
-            # Reconnect sent -> first bytes of the resumed stream (its replay starts in the same write).
-            self.result.resumes.append((now - self.resume_started_us) / 1e6)
+            # Reconnect (connect, request) -> first bytes of the resumed stream (its replay starts in them).
+            took = (now - self.resume_started_us) / 1e6
+            self.result.resumes.append(took)
+            if self._cross_node:
+                self.result.cross_node_resumes.append(took)
             self.resume_started_us = 0
         if new:
             w = self.w
@@ -142,14 +158,15 @@ class _Stream:
 
     async def _open(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> _Conn:
         cfg = self.w.cfg
-        lines = [f"{method} {cfg.path_prefix}{path} HTTP/1.1", f"Host: {cfg.host}:{cfg.port}"]
+        host, port, prefix = self.target
+        lines = [f"{method} {prefix}{path} HTTP/1.1", f"Host: {host}:{port}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if method == "POST":
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(cfg.connect_timeout):
-            transport, conn = await loop.create_connection(lambda: _Conn(self), cfg.host, cfg.port)
+            transport, conn = await loop.create_connection(lambda: _Conn(self), host, port)
         self.conn = conn
         transport.write(raw)
         return conn
@@ -194,6 +211,7 @@ class _Stream:
                 if not stream_id:
                     self.fail("dropped before the stream was named")
                     break
+                self._resume_target()
                 self.resume_started_us = _now_us()
                 t.new_response()
                 conn = await self._open("GET", f"/v1/streams/{stream_id}/events", b"", {"Last-Event-ID": last})
@@ -207,6 +225,17 @@ class _Stream:
             self.fail(f"stream error event: {t.error}")
         self.w.settle(r, self.prompt, t.content_hash, bool(t.done), t.first_token_at_us or 0, self.started_us)
         return r
+
+    def _resume_target(self) -> None:
+        """With several servers, resume on one the cut connection did not go to, chosen at random (the first
+        resume of a stream always lands on another server than its producer)."""
+        r = self.result
+        r.resume_attempts += 1
+        others = [t for t in self.targets if t != self.target]
+        if others:
+            self.target = self.w.rng.choice(others)
+        self._cross_node = self.target != self.home
+        r.cross_node_attempts += self._cross_node
 
     def _force_drop(self, conn: _Conn) -> None:
         if conn.status != 200 or not self.tracker.last_event_id:

@@ -176,9 +176,12 @@ class Listener:
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
 
-async def listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+async def listening_sockets(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """Bound, listening, non-blocking sockets for ``host`` (every address it resolves to), as
-    ``loop.create_server`` makes them."""
+    ``loop.create_server`` makes them; ``reuse_port``: with ``SO_REUSEPORT``, to share the port with other
+    processes (the kernel hashes each connection to one of the listeners)."""
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     socks: list[socket.socket] = []
     try:
@@ -186,6 +189,8 @@ async def listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: in
             sock = socket.socket(family, kind, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)

@@ -57,6 +57,9 @@ class WebTransportLimits:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Bind with ``SO_REUSEPORT`` (TCP, and UDP for WebTransport), so that several processes share the port and
+    #: the kernel spreads connections over them (``tokenwire serve --workers``).
+    reuse_port: bool = False
     #: SSE ``retry:`` sent first on every stream: the client's reconnection delay.
     retry_ms: int = 1000
     #: A comment line on a stream that wrote nothing for this long keeps proxies from closing it.

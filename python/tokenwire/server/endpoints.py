@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -666,9 +667,10 @@ class Endpoints:
         return info
 
     def health(self) -> dict[str, Any]:
-        """``GET /health``: the epoch, and a shared storage's reachability (``storage_up``)."""
+        """``GET /health``: the epoch, this process's pid (it tells apart the workers that share a port, ``tokenwire
+        serve --workers``), and a shared storage's reachability (``storage_up``)."""
         storage = self.host.hub.storage
-        body: dict[str, Any] = {"status": "ok", "epoch": self.host.hub.epoch}
+        body: dict[str, Any] = {"status": "ok", "epoch": self.host.hub.epoch, "pid": os.getpid()}
         if storage.shared:
             body["storage"] = type(storage).__name__
             body["storage_up"] = bool(storage.stats().get("redis_up", 0))

@@ -446,7 +446,8 @@ class SseServer(ServerBase):
         def refused() -> None:
             self.metrics.fd_limit_refusals_total += 1
 
-        for sock in await listening_sockets(loop, self.config.host, self.config.port):
+        cfg = self.config
+        for sock in await listening_sockets(loop, cfg.host, cfg.port, reuse_port=cfg.reuse_port):
             listener = Listener(loop, sock, lambda: SseConnection(self), refusal, refused)
             listener.start()
             self._listeners.append(listener)

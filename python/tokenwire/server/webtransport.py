@@ -968,6 +968,7 @@ class WebTransportServer(ServerBase):
                 session_ticket_handler=self._add_ticket,
             ),
             local_addr=(self.config.host, self.config.port),
+            reuse_port=self.config.reuse_port or None,
         )
         self._transport = transport
         self._quic_server = protocol
