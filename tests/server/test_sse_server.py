@@ -379,6 +379,8 @@ async def test_left_early_is_false_once_the_stream_is_gone() -> None:
     assert left_early(stream, 0)
     stream.finish()
     assert left_early(stream, 1) and not left_early(stream, 2)
-    hub.storage.remove(stream._handle)
+    handle = hub.storage.lookup(stream.id)
+    assert handle is not None
+    hub.storage.remove(handle)
     assert not left_early(stream, 0)
     await hub.aclose()
