@@ -70,7 +70,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, stat
 from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tokenwire.metrics import ServerMetrics
+from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError, check_body_size, parse_query
 from tokenwire.server.base import HubHost
 from tokenwire.server.config import ServerConfig
@@ -203,8 +203,6 @@ class _Streamer:
         self._waiter: asyncio.Future[None] | None = None
         #: Where this response reads its stream: the reader that producer backpressure compares.
         self.cursor = plan.stream.cursor(plan.after, "sse", plan.render)
-        if metrics is not None:
-            self.cursor.on_read = self._account
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -261,12 +259,6 @@ class _Streamer:
             when = min(when, now + self.stall_timeout)
         self._timer = loop.call_at(when, self._tick)
 
-    def _account(self, pos: int, last: int, nbytes: int) -> None:
-        """The cursor's accounting hook: frames ``pos+1..last`` (``nbytes``) go into the next message."""
-        assert self.metrics is not None and self._loop is not None  # noqa: S101 - set only with metrics, in run
-        self.metrics.observe_write(pos, last, nbytes, self._loop.time(), self._requested_at, self._last_write)
-        self._requested_at = 0.0
-
     async def run(self, receive: Receive, send: Send) -> None:  # noqa: C901 - one loop, read in one place
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -276,6 +268,11 @@ class _Streamer:
         cursor = self.cursor
         read = cursor.poll
         m = self.metrics
+        meter = None
+        if m is not None:  # write accounting: the meter's observe is the cursor's hook
+            meter = WriteMeter(m, loop.time)
+            meter.requested_at = self._requested_at
+            cursor.on_read = meter.observe
         completed = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
@@ -286,11 +283,13 @@ class _Streamer:
         stream.attach(self.wake)
         watcher = loop.create_task(self._watch_disconnect(receive))
         self._last_write = loop.time()
+        if meter is not None:
+            meter.last_write = self._last_write
         self._timer = loop.call_at(self._last_write + min(self.heartbeat_interval, self.stall_timeout), self._tick)
         try:
             while not self._disconnected:
                 self._dirty = False
-                data, _, ended = read()  # the cursor accounts the frames it took (_account)
+                data, _, ended = read()  # the cursor's hook (the meter) accounts the frames it took
                 now = loop.time()
                 if data:
                     pending = pending + data if pending else data
@@ -313,6 +312,8 @@ class _Streamer:
                     stream.reader_resumed(cursor)
                     self._sending_since = 0.0
                     self._last_write = now  # when the bytes were handed over: the heartbeat clock
+                    if meter is not None:
+                        meter.last_write = now  # and the inter-token one (a heartbeat counts)
                     pending = b""
                     if ended:
                         completed = True  # a cut (shutdown) stays incomplete: the server closes it, no last chunk

@@ -326,7 +326,7 @@ class Cursor:
     its owner attaches a listener to the stream and polls when woken.
     """
 
-    __slots__ = ("_frames_since", "_handle", "_poll", "_render", "_state", "_wire", "on_read", "position", "stream")
+    __slots__ = ("_frames_since", "_handle", "_read", "_render", "_state", "_wire", "on_read", "position", "stream")
 
     def __init__(self, stream: TokenStream, after: int, wire: int | None, render: Render | None) -> None:
         self.stream = stream
@@ -337,13 +337,16 @@ class Cursor:
         self._handle = stream._handle
         self._wire = _core.WIRE_SSE if wire is None else wire
         self._render = render
-        # Bound methods of the storage, taken once: a poll is one call into the core (the SSE flush's hot path).
         storage = stream._hub.storage
-        self._poll = storage.poll
         self._frames_since = storage.frames_since
         self._state = storage.state
-        if wire is None and render is None:
-            self._poll = _frames_only
+        # What a poll calls, chosen once: for a wire format, the storage's bound method itself, so the SSE flush's
+        # hot path is this one Python call and one call into the core.
+        self._read: Callable[[int, int, int], tuple[bytes, int, bool]] = storage.poll
+        if render is not None:
+            self._read = self._read_rendered
+        elif wire is None:
+            self._read = _frames_only
 
     def __repr__(self) -> str:
         return f"<Cursor {self.stream.id} position={self.position}>"
@@ -355,22 +358,22 @@ class Cursor:
         ``position`` are no longer held (the reader fell behind the ring), ``StreamNotFound`` when the stream is
         gone; ``position`` is unchanged then."""
         pos = self.position
-        render = self._render
-        if render is None:
-            data, last, ended = self._poll(self._handle, pos, self._wire)
-        else:
-            data, last, ended = self._poll_rendered(pos, render)
+        result = self._read(self._handle, pos, self._wire)
+        last = result[1]
         if last > pos:
             self.position = last
-            if self.on_read is not None:
-                self.on_read(pos, last, len(data))
-        return data, last, ended
+            on_read = self.on_read
+            if on_read is not None:
+                on_read(pos, last, len(result[0]))
+        return result
 
-    def _poll_rendered(self, pos: int, render: Render) -> tuple[bytes, int, bool]:
-        raw = self._frames_since(self._handle, pos)
+    def _read_rendered(self, handle: int, pos: int, wire: int) -> tuple[bytes, int, bool]:
+        raw = self._frames_since(handle, pos)
         if not raw:
-            return b"", pos, self._state(self._handle) != _core.STATE_OPEN
+            return b"", pos, self._state(handle) != _core.STATE_OPEN
         kind, last, _ = raw[-1]
+        render = self._render
+        assert render is not None  # noqa: S101 - chosen only with a render
         return render(raw), last, kind != _core.FRAME_TOKEN
 
     def frames(self) -> list[Frame]:
@@ -386,7 +389,7 @@ class Cursor:
         return _frames(raw)
 
 
-def _frames_only(handle: int, after: int, wire: int = 0) -> tuple[bytes, int, bool]:
+def _frames_only(handle: int, after: int, wire: int) -> tuple[bytes, int, bool]:
     raise LocalProtocolError("this cursor has no wire format and no render: read it with frames()")
 
 

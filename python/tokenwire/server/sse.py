@@ -23,7 +23,7 @@ from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Cursor, Hub, TokenStream
-from tokenwire.metrics import ServerMetrics
+from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, RequestParser, chunk, render_head, render_response
 from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
@@ -55,11 +55,10 @@ class SseConnection(asyncio.Protocol):
         "_held",
         "_idle",
         "_keep_alive",
-        "_last_write",
+        "_meter",
         "_paused",
         "_paused_at",
         "_read",
-        "_requested_at",
         "_timer",
         "_trailer",
         "_unparsed",
@@ -88,8 +87,8 @@ class SseConnection(asyncio.Protocol):
         self._paused = False
         self._paused_at = 0.0
         self._closing = False
-        self._last_write = 0.0
-        self._requested_at = 0.0
+        #: Write accounting (its ``observe`` is the cursor's hook) and the heartbeat clock (``last_write``).
+        self._meter = WriteMeter(server.metrics, server.loop.time)
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
@@ -127,7 +126,7 @@ class SseConnection(asyncio.Protocol):
             self._cancel_timer()
             self._idle = False
             self.server.metrics.requests_total += 1
-            self._requested_at = self.server.loop.time()
+            self._meter.requested_at = self.server.loop.time()
             try:
                 if self.server.draining:
                     raise HttpError(503, "server is shutting down")
@@ -262,7 +261,7 @@ class SseConnection(asyncio.Protocol):
         stream = plan.stream
         self.stream = stream
         self._cursor = cursor = stream.cursor(plan.after, "sse", plan.render)
-        cursor.on_read = self._account
+        cursor.on_read = self._meter.observe
         self._read = cursor.poll
         self._trailer = plan.trailer
         self._chunked = chunked
@@ -276,7 +275,7 @@ class SseConnection(asyncio.Protocol):
             headers.append(("Transfer-Encoding", "chunked"))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
         transport.write(render_head(200, headers) + self._body(retry_block + plan.intro))
-        self._last_write = self.server.loop.time()
+        self._meter.last_write = self.server.loop.time()
         self.server.streaming.add(self)
         stream.attach(self._on_frames)
         try:
@@ -298,7 +297,7 @@ class SseConnection(asyncio.Protocol):
         if self._paused or self._closing or transport is None or self.stream is None:
             return
         try:
-            data, _, ended = self._read()  # the cursor's poll: it accounts the frames it took (_account)
+            data, _, ended = self._read()  # the cursor's poll; its hook (the meter) accounts the frames it took
         except ResumeExpired:
             # The client read so slowly that the ring moved past it: close; its resume gets 410.
             self.server.metrics.backpressure_closes_total += 1
@@ -310,15 +309,7 @@ class SseConnection(asyncio.Protocol):
         if ended:  # every frame up to the final one goes out now, with the end of the body: one write
             self._finish_stream(data)
         elif data:
-            transport.write(self._body(data))
-
-    def _account(self, pos: int, last: int, nbytes: int) -> None:
-        """The cursor's accounting hook: frames ``pos+1..last`` (``nbytes``) are about to be written."""
-        server = self.server
-        now = server.loop.time()
-        server.metrics.observe_write(pos, last, nbytes, now, self._requested_at, self._last_write)
-        self._requested_at = 0.0
-        self._last_write = now
+            transport.write(chunk(data) if self._chunked else data)  # self._body(data), inlined: once per token
 
     @property
     def position(self) -> int:
@@ -332,7 +323,7 @@ class SseConnection(asyncio.Protocol):
     def write_heartbeat(self, now: float) -> None:
         if self.transport is not None and not self._paused and not self._closing:
             self.transport.write(self._body(b":\n"))
-            self._last_write = now
+            self._meter.last_write = now
             self.server.metrics.heartbeats_total += 1
 
     def _body(self, data: bytes) -> bytes:
@@ -463,7 +454,7 @@ class SseServer(ServerBase):
                 if now - conn._paused_at >= cfg.stall_timeout:
                     self.metrics.backpressure_closes_total += 1
                     conn._abort()
-            elif now - conn._last_write >= cfg.heartbeat_interval:
+            elif now - conn._meter.last_write >= cfg.heartbeat_interval:
                 conn.write_heartbeat(now)
         self._schedule_tick()
 

@@ -58,7 +58,7 @@ from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Cursor, Hub, TokenStream
-from tokenwire.metrics import ServerMetrics
+from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.webtransport import (
     MAX_PREVIEW_BYTES,
@@ -267,14 +267,13 @@ class _WtStream:
         "conn",
         "cursor",
         "dirty",
-        "last_write",
+        "meter",
         "opened_at",
         "paused_at",
         "preview_tag",
         "qid",
         "reader",
         "recv_ended",
-        "requested_at",
         "send_ended",
         "session",
         "stream",
@@ -293,9 +292,9 @@ class _WtStream:
         self.recv_ended = False
         self.send_ended = False
         self.opened_at = now
-        self.requested_at = 0.0
         self.paused_at = 0.0
-        self.last_write = now
+        #: Write accounting (its ``observe`` is the cursor's hook) and the heartbeat clock (``last_write``).
+        self.meter = WriteMeter(conn.server.metrics, conn.server.loop.time, now)
 
     def on_frames(self) -> None:
         """The token stream's listener: new frames or its end. Queue this stream for the next flush."""
@@ -329,13 +328,6 @@ class _WtStream:
         if prefix:
             conn.send(self, prefix, False)
 
-    def _account(self, pos: int, last: int, nbytes: int) -> None:
-        """The cursor's accounting hook: frames ``pos+1..last`` (``nbytes``) are about to be sent."""
-        now = self.conn.server.loop.time()
-        self.conn.server.metrics.observe_write(pos, last, nbytes, now, self.requested_at, self.last_write)
-        self.requested_at = 0.0
-        self.last_write = now
-
     def write(self, prefix: bytes = b"") -> None:
         """Send everything new since ``position`` (after ``prefix``) in one ``send_stream_data``; FIN at the end.
 
@@ -352,7 +344,7 @@ class _WtStream:
             self._pause(prefix)
             return
         try:
-            data, _, ended = cursor.poll()  # accounts the frames it took (_account)
+            data, _, ended = cursor.poll()  # its hook (the meter) accounts the frames it took
         except ResumeExpired:
             # The reader fell behind what the ring holds: cut; its attach gets the 410 error reply.
             server.metrics.backpressure_closes_total += 1
@@ -556,7 +548,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             return
         st.reader = None
         self.server.metrics.requests_total += 1
-        st.requested_at = self.server.loop.time()
+        st.meter.requested_at = self.server.loop.time()
         if isinstance(request, StartRequested) and not self.handshake_done:
             # Early data can be replayed by an attacker: a generation starts only once the handshake is done.
             self.server.metrics.deferred_starts_total += 1
@@ -628,7 +620,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         ``previews`` (asked for): granted when the server enables them and the peer takes QUIC datagrams."""
         st.stream = stream
         st.cursor = stream.cursor(after, "binary")
-        st.cursor.on_read = st._account
+        st.cursor.on_read = st.meter.observe
         # The tag: unique on this connection, and known to a browser page (which never sees QUIC stream ids).
         st.preview_tag = st.qid // 4 + 1 if previews and self.previews_allowed() else 0
         stream.attach(st.on_frames)
@@ -796,9 +788,9 @@ class WebTransportConnection(QuicConnectionProtocol):
                     self.server.metrics.backpressure_closes_total += 1
                     self.reset(st, WtCode.RESUME)
                     wrote = True
-            elif st.stream is not None and now - st.last_write >= cfg.heartbeat_interval:
+            elif st.stream is not None and now - st.meter.last_write >= cfg.heartbeat_interval:
                 self.send(st, _HEARTBEAT, False)
-                st.last_write = now
+                st.meter.last_write = now
                 self.server.metrics.heartbeats_total += 1
                 wrote = True
         if wrote and not self.closed:
