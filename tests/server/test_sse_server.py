@@ -181,6 +181,27 @@ async def test_metrics_and_health() -> None:
         assert ("tokenwire_connections", None) in samples
 
 
+async def test_write_metrics_count_what_each_cursor_read_once() -> None:
+    """The connection's cursor accounts each write through its meter: the first read of a request feeds the
+    time-to-first-token (from seq 0) or the resume histogram; frames and bytes are counted once."""
+    async with sse_server() as server, httpx.AsyncClient() as client:
+        hub = server.hub
+        stream = hub.create_stream()
+        stream.send_many(["a", "b", "c"])
+        stream.finish()
+        whole = hub.subscribe(stream.id, wire="sse").read_ready()
+        tail = hub.subscribe(stream.id, after=2, wire="sse").read_ready()
+        assert whole is not None and tail is not None
+        events_url = url(server, f"/v1/streams/{stream.id}/events")
+        assert tokens(events((await client.get(events_url)).content)) == ["a", "b", "c"]
+        resumed = await client.get(events_url, headers={"last-event-id": f"{stream.id}:{hub.epoch}:2"})
+        assert tokens(events(resumed.content)) == ["c"]
+        m = server.metrics
+        assert (m.ttft.count, m.resume_latency.count) == (1, 1)
+        assert m.tokens_sent_total == 4 + 2
+        assert m.bytes_sent_total == len(whole) + len(tail)
+
+
 JSON = {"content-type": "application/json"}
 BAD_REQUESTS = [
     # (method, path, headers, body, status)

@@ -247,8 +247,9 @@ class SseConnection(asyncio.Protocol):
         """Turn this connection into the stream of ``plan`` after its seq ``after``: replay, then live.
 
         The connection reads through a :class:`~tokenwire.hub.Cursor`: frames rendered by the core as SSE (one
-        ``Storage.poll`` per flush), or by ``plan.render`` for other formats (the OpenAI chunks). ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI
-        SDK's SSE reader takes a field-only block for an event with empty data).
+        ``Storage.poll`` per flush), or by ``plan.render`` for other formats (the OpenAI chunks).
+        ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI SDK's SSE reader takes a field-only block
+        for an event with empty data).
 
         The body is chunked (``chunked=False`` for an HTTP/1.0 client: then only the close ends it): every write
         is one chunk, and only a normal end writes the last chunk, so a client sees any cut as an error. A
