@@ -314,12 +314,25 @@ impl PyRegistry {
         }
     }
 
-    #[pyo3(name = "create", signature = (key, id_prefix, frames = 0, frame_bytes = 0))]
-    fn py_create(&mut self, key: &str, id_prefix: &str, frames: u64, frame_bytes: usize) -> PyResult<u64> {
+    #[pyo3(name = "create", signature = (key, id_prefix, frames = 0, frame_bytes = 0, *, first_seq = 1, tracked = false))]
+    fn py_create(
+        &mut self,
+        key: &str,
+        id_prefix: &str,
+        frames: u64,
+        frame_bytes: usize,
+        first_seq: u64,
+        tracked: bool,
+    ) -> PyResult<u64> {
         sse::check_id(id_prefix).map_err(local)?;
         self.inner
-            .create_reserved(key, id_prefix.to_owned(), frames, frame_bytes)
+            .create_with(key, id_prefix.to_owned(), frames, frame_bytes, first_seq, tracked)
             .map_err(registry_err)
+    }
+
+    #[pyo3(name = "take_dirty")]
+    fn py_take_dirty(&mut self) -> Vec<u64> {
+        self.inner.take_dirty()
     }
 
     #[pyo3(name = "lookup")]

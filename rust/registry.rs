@@ -90,6 +90,10 @@ struct Stream {
     mem: usize,
     /// Bytes charged for the ring while the stream is open (0: charge what it holds).
     reserve: usize,
+    /// Appends put the handle on the registry's dirty list (a storage that ships new frames elsewhere).
+    tracked: bool,
+    /// On the dirty list now.
+    dirty: bool,
 }
 
 impl Stream {
@@ -117,6 +121,8 @@ pub struct Registry {
     total_mem: usize,
     limits: Limits,
     evicted: Vec<String>,
+    /// Tracked streams appended to since the last [`Registry::take_dirty`].
+    dirty: Vec<Handle>,
 }
 
 impl Registry {
@@ -148,6 +154,43 @@ impl Registry {
     /// Registers a new open stream. `id_prefix` must already be a valid SSE id.
     pub fn create(&mut self, key: &str, id_prefix: String) -> Result<Handle, RegistryError> {
         self.create_reserved(key, id_prefix, 0, 0)
+    }
+
+    /// [`Self::create_reserved`] with where seqs start (`first_seq`, 1 for a new stream; a copy of another
+    /// node's stream starts where the copied history does) and whether appends mark it dirty (`tracked`).
+    pub fn create_with(
+        &mut self,
+        key: &str,
+        id_prefix: String,
+        frames: u64,
+        frame_bytes: usize,
+        first_seq: u64,
+        tracked: bool,
+    ) -> Result<Handle, RegistryError> {
+        let handle = self.create_reserved(key, id_prefix, frames, frame_bytes)?;
+        let limits = self.limits;
+        let stream = self.get_mut(handle)?;
+        if first_seq > 1 {
+            stream.ring = Ring::starting_at(
+                stream.ring.id_prefix().to_owned(),
+                limits.max_frames_per_stream,
+                limits.max_bytes_per_stream,
+                first_seq,
+            );
+        }
+        stream.tracked = tracked;
+        Ok(handle)
+    }
+
+    /// The tracked streams appended to (or ended) since the last call, each once, in first-append order.
+    pub fn take_dirty(&mut self) -> Vec<Handle> {
+        let handles = std::mem::take(&mut self.dirty);
+        for &h in &handles {
+            if let Ok(stream) = self.get_mut(h) {
+                stream.dirty = false;
+            }
+        }
+        handles
     }
 
     /// Registers a new open stream that will carry at most `frames` tokens of at most `frame_bytes` bytes,
@@ -190,6 +233,8 @@ impl Registry {
             state: StreamState::Open,
             mem: 0,
             reserve,
+            tracked: false,
+            dirty: false,
         };
         stream.mem = stream.measure();
         self.total_mem += stream.mem;
@@ -257,6 +302,8 @@ impl Registry {
         if stream.state != StreamState::Open {
             return Err(RegistryError::Closed(stream.state));
         }
+        let newly_dirty = stream.tracked && !stream.dirty;
+        stream.dirty |= stream.tracked;
         let mut result = Ok(stream.ring.last_seq());
         for p in payloads {
             match stream.ring.append(kind, p) {
@@ -270,6 +317,9 @@ impl Registry {
         let (old, new) = (stream.mem, stream.measure());
         stream.mem = new;
         self.total_mem = self.total_mem + new - old;
+        if newly_dirty {
+            self.dirty.push(handle);
+        }
         if self.total_mem > self.limits.max_total_bytes {
             self.evict_ended(self.limits.max_total_bytes);
         }
@@ -375,6 +425,24 @@ mod tests {
             max_total_bytes: 50_000,
             ttl: 10.0,
         }
+    }
+
+    #[test]
+    fn tracked_streams_go_on_the_dirty_list_once_and_copies_start_at_their_seq() {
+        let mut reg = Registry::new(limits());
+        let own = reg.create_with("own", "own:e:".into(), 0, 0, 1, true).unwrap();
+        let copy = reg.create_with("copy", "copy:e:".into(), 0, 0, 40, false).unwrap();
+        reg.append(own, FrameKind::Token, [&b"a"[..], b"b"]).unwrap();
+        reg.append(own, FrameKind::Token, [&b"c"[..]]).unwrap();
+        assert_eq!(reg.append(copy, FrameKind::Token, [&b"x"[..]]).unwrap(), 40);
+        assert_eq!(reg.oldest_seq(copy).unwrap(), 40);
+        assert_eq!(reg.take_dirty(), vec![own]);
+        assert!(reg.take_dirty().is_empty());
+        reg.end(own, FrameKind::Done, b"{}", StreamState::Finished, 0.0)
+            .unwrap();
+        assert_eq!(reg.take_dirty(), vec![own]);
+        reg.remove(own).unwrap();
+        assert!(reg.take_dirty().is_empty());
     }
 
     #[test]

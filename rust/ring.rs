@@ -60,6 +60,15 @@ impl Ring {
         }
     }
 
+    /// An empty ring whose first frame will get seq `first_seq` (at least 1): a copy of another node's
+    /// stream that starts where the copied history starts.
+    pub fn starting_at(id_prefix: String, max_frames: usize, max_bytes: usize, first_seq: u64) -> Self {
+        Self {
+            first_seq: first_seq.max(1),
+            ..Self::new(id_prefix, max_frames, max_bytes)
+        }
+    }
+
     /// The seq of the newest frame, 0 before the first.
     #[inline]
     pub fn last_seq(&self) -> u64 {

@@ -2,11 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import pytest
 import uvloop
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from tests.support.redis_server import RedisProcess
 
 settings.register_profile("fast", max_examples=100, deadline=None)
 settings.register_profile(
@@ -29,3 +34,35 @@ async def no_leaks() -> AsyncIterator[None]:
     await asyncio.sleep(0)
     leaked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert not leaked, f"tasks left running: {leaked}"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    """A ``redis-server`` of this test's own (127.0.0.1, free port): stop, restart with or without its data."""
+    from tests.support.redis_server import RedisProcess  # redis only for the tests that ask
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make system-deps)")
+    with RedisProcess() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _redis_session() -> Iterator[RedisProcess]:
+    from tests.support.redis_server import RedisProcess  # redis only for the tests that ask
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make system-deps)")
+    with RedisProcess(unix_socket=True) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(_redis_session: RedisProcess) -> str:
+    """The URL of one ``redis-server`` shared by the session (a unix socket), emptied before each test; a test
+    that restarts Redis takes ``redis_server`` instead."""
+    if not _redis_session.running:
+        _redis_session.start()  # a test stopped it
+    with _redis_session.client() as client:
+        client.flushall()
+    return _redis_session.url

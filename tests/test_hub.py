@@ -404,7 +404,8 @@ async def test_a_cursor_accounts_each_read_that_took_frames_once() -> None:
 
 
 async def test_a_cursor_raises_the_resume_errors_and_keeps_its_position() -> None:
-    async with Hub(MemoryStorage(max_frames_per_stream=4)) as hub:
+    storage = MemoryStorage(max_frames_per_stream=4)
+    async with Hub(storage) as hub:
         s = hub.create_stream()
         cursor = s.cursor(0)
         s.send_many([f"t{i}" for i in range(6)])  # seq 1 and 2 are gone
@@ -416,9 +417,9 @@ async def test_a_cursor_raises_the_resume_errors_and_keeps_its_position() -> Non
         late = s.cursor(2)
         assert late.poll()[1:] == (6, False)
         s.finish()
-        handle = hub.storage.lookup(s.id)
+        handle = storage.lookup(s.id)
         assert handle is not None
-        hub.storage.remove(handle)
+        storage.remove(handle)
         with pytest.raises(StreamNotFound):
             late.poll()
         assert late.position == 6

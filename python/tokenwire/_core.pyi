@@ -128,13 +128,27 @@ class Registry:
         ttl: float = ...,
     ) -> Self:
         """Defaults: 65,536 frames and 8 MiB per stream, 1 GiB in all, ended streams kept 300 s."""
-    def create(self, key: str, id_prefix: str, frames: int = 0, frame_bytes: int = 0) -> int:
+    def create(
+        self,
+        key: str,
+        id_prefix: str,
+        frames: int = 0,
+        frame_bytes: int = 0,
+        *,
+        first_seq: int = 1,
+        tracked: bool = False,
+    ) -> int:
         """Register an open stream. ``HubFull`` if open streams hold the memory cap.
 
         ``frames`` > 0: the stream will carry at most ``frames`` frames of at most ``frame_bytes`` bytes (and
         its final frame); while open it is charged the most its ring can hold by then, and refused with
         ``HubFull`` at once if that does not fit below the cap. Its end gives the unused part back.
+        ``first_seq``: the seq its first frame gets (a copy of another node's stream starts where the copied
+        history does). ``tracked``: appends and the end put it on the :meth:`take_dirty` list.
         """
+
+    def take_dirty(self) -> list[int]:
+        """Tracked streams appended to or ended since the last call, each once, in first-append order."""
 
     def lookup(self, key: str) -> int | None: ...
     def append(self, handle: int, text: str) -> int:

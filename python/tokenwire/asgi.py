@@ -518,6 +518,8 @@ class TokenwireASGI(HubHost):
         route, stream_id = match_route(scope["method"], _route_path(scope))
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
+        if route in ("attach", "cancel") and self.hub.needs_restore(stream_id):
+            await self.hub.find(stream_id)  # another node's stream, maybe: copy it from the shared storage
         if route == "attach":
             query = _query(scope)
             plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base)

@@ -19,6 +19,7 @@ __all__ = [
     "ResumeError",
     "ResumeExpired",
     "ResumeFromFuture",
+    "StorageUnavailable",
     "StreamClosed",
     "StreamFailed",
     "StreamNotFound",
@@ -110,6 +111,13 @@ class ResumeFromFuture(ResumeError, ValueError):
 
 class HubFull(TokenwireError):
     """The hub's memory cap is held by open streams; no new stream can start until some end."""
+
+    status_hint = 503
+
+
+class StorageUnavailable(TokenwireError):
+    """The shared stream storage (Redis) does not answer: no stream can start, and a stream another node
+    produced cannot be resumed here, until it does (streams already running go on serving their readers)."""
 
     status_hint = 503
 

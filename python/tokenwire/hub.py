@@ -131,6 +131,7 @@ class TokenStream:
         "_paused_readers",
         "_producer",
         "_readers_waiter",
+        "_remote",
         "_state",
         "abandonable",
         "created_at",
@@ -151,6 +152,8 @@ class TokenStream:
         self._paused_readers: set[Reader] = set()
         self._readers_waiter: asyncio.Future[None] | None = None
         self._producer: asyncio.Task[None] | None = None
+        #: A copy of a stream another process produces (a shared storage's): its frames arrive from there.
+        self._remote = False
         self._state = StreamState.OPEN
         self._detached_since = now
         self.created_at = now
@@ -223,8 +226,13 @@ class TokenStream:
 
         The frame reports ``usage`` ``{"completion_tokens": n}`` where the producer is a :meth:`Hub.start` task:
         each frame it sent is a token, so the last seq counts them (nothing is counted per ``send``).
-        A no-op on a stream that has already ended.
+        A no-op on a stream that has already ended. On a copy of another process's stream the cancel is sent
+        to that process; the ``done`` frame arrives from there.
         """
+        if self._remote:
+            if self._state is StreamState.OPEN:
+                self._hub.storage.cancel_remote(self.id, reason)
+            return
         if self._state is StreamState.OPEN:
             body: dict[str, Any] = {"reason": reason}
             if self._producer is not None:
@@ -393,6 +401,15 @@ def _frames_only(handle: int, after: int, wire: int) -> tuple[bytes, int, bool]:
     raise LocalProtocolError("this cursor has no wire format and no render: read it with frames()")
 
 
+def _end_reason(last_frames: list[tuple[int, int, str]]) -> str | None:
+    """The reason (``done``) or code (``error``) in a stream's final frame, as ``end_reason`` holds it."""
+    for kind, _, text in last_frames[-1:]:
+        with contextlib.suppress(ValueError, AttributeError):
+            body = json.loads(text)
+            return str(body.get("reason" if kind == FrameKind.DONE else "code", ""))
+    return None
+
+
 T = TypeVar("T", list[Frame], bytes)
 
 
@@ -482,6 +499,7 @@ class Hub:
         backpressure_timeout: float = 60.0,
     ) -> None:
         self.storage: Storage = storage if storage is not None else MemoryStorage()
+        self.storage.bind(self)
         #: Frames a paused reader may fall behind before a producer the hub drives waits for it (default: a
         #: quarter of the storage's per-stream frame bound). Engine-style ``send`` never waits.
         if reader_high_water is None:
@@ -508,6 +526,7 @@ class Hub:
                 "streams_expired",
                 "resumes",
                 "producer_waits",
+                "streams_restored",
             ),
             0,
         )
@@ -640,10 +659,72 @@ class Hub:
     # -- lookups and subscribers ---------------------------------------------------------------------
 
     def get(self, stream_id: str) -> TokenStream:
+        """A stream this hub holds (its own, or a copy :meth:`find` made); else ``StreamNotFound``."""
         try:
             return self._streams[stream_id]
         except KeyError:
             raise StreamNotFound(f"no stream {stream_id!r} (never created, or expired)") from None
+
+    def needs_restore(self, stream_id: str) -> bool:
+        """Not held here, but a shared storage may have it: :meth:`find` before the sync lookups."""
+        return self.storage.shared and stream_id not in self._streams
+
+    async def find(self, stream_id: str) -> TokenStream:
+        """The stream, held here or copied from the shared storage (a stream another process produces: its
+        frames so far, then the live tail). ``StreamNotFound``; ``StorageUnavailable`` if the storage does not
+        answer."""
+        stream = self._streams.get(stream_id)
+        if stream is not None or not self.storage.shared:
+            return self.get(stream_id)
+        handle = await self.storage.restore(stream_id)
+        if handle is None:
+            raise StreamNotFound(f"no stream {stream_id!r} on any node (never created, or expired)")
+        stream = self._streams.get(stream_id)  # a concurrent find made it meanwhile
+        if stream is None:
+            stream = TokenStream(self, stream_id, handle, self.clock(), abandonable=False)
+            stream._remote = True
+            state = StreamState(self.storage.state(handle))
+            if state is not StreamState.OPEN:
+                stream._state = state
+                stream.end_reason = _end_reason(self.storage.frames_since(handle, stream.last_seq - 1))
+            self._streams[stream_id] = stream
+            self.counters["streams_restored"] += 1
+            log.debug("stream %s copied from the shared storage (%s)", stream_id, state.name.lower())
+        return stream
+
+    # -- a shared storage's reports (StorageHost) ----------------------------------------------------
+
+    def on_remote_frames(self, key: str) -> None:
+        stream = self._streams.get(key)
+        if stream is not None:
+            for listener in stream._listeners:
+                listener()
+
+    def on_remote_end(self, key: str, state: int, reason: str) -> None:
+        stream = self._streams.get(key)
+        if stream is not None and stream._state is StreamState.OPEN:
+            stream._state = StreamState(state)
+            stream.end_reason = reason
+            self._on_end(stream)
+            for listener in stream._listeners:
+                listener()
+
+    def on_remote_cancel(self, key: str, reason: str) -> None:
+        stream = self._streams.get(key)
+        if stream is not None and not stream._remote:
+            stream.cancel(reason)
+
+    def has_readers(self, key: str) -> bool:
+        stream = self._streams.get(key)
+        return stream is not None and bool(stream._listeners)
+
+    def on_remote_readers(self, key: str) -> None:
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream._detached_since = self.clock()
+
+    def owned_unread(self) -> list[str]:
+        return [s.id for s in self._streams.values() if s.is_open and s.abandonable and not s._listeners]
 
     def cancel(self, stream_id: str, reason: str = "cancelled") -> TokenStream:
         """Cancel a stream's generation (``StreamNotFound`` if unknown); a no-op if it has ended."""
@@ -728,6 +809,7 @@ class Hub:
         return removed
 
     def _ensure_janitor(self) -> None:
+        self.storage.start()
         if self._janitor is None or self._janitor.done():
             self._janitor = asyncio.get_running_loop().create_task(self._run_janitor(), name="tokenwire:janitor")
 
@@ -762,3 +844,4 @@ class Hub:
             tasks.append(self._janitor)
             self._janitor = None
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.storage.aclose()  # after the producers' ends, so a shared storage ships them

@@ -174,7 +174,7 @@ class _Collector(Collector):
                     )
                 fam.add_metric([m.protocol], getattr(m, name))
             for name, getter in m.gauges.items():
-                if m is not self.m and name in HUB_GAUGES:
+                if m is not self.m and (name in HUB_GAUGES or name.startswith("storage_")):
                     continue
                 g = gauges.get(name)
                 if g is None:

@@ -9,7 +9,7 @@ background, and implements :meth:`Storage.restore` to load a stream that another
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tokenwire import _core
 from tokenwire.protocol.resume import new_epoch
@@ -19,7 +19,16 @@ __all__ = ["MemoryStorage", "Storage", "open_storage"]
 
 @runtime_checkable
 class Storage(Protocol):
-    """What the hub needs from a history store. Handles are opaque ints the storage hands out."""
+    """What the hub calls on a history store. Handles are opaque ints the storage hands out.
+
+    Readers of a stream (the hub's cursors) call ``poll``, ``frames_since`` and ``bytes_after``; the hub calls
+    the rest. A shared storage (``shared`` True) also holds copies of streams other processes produce:
+    :meth:`restore` makes one, and it reports their new frames, their end and cancels for the streams this
+    process produces to the hub it is bound to (:class:`tokenwire.redis_storage.StorageHost`).
+    """
+
+    #: Another process can resume a stream this one produced (``--workers`` > 1 needs it).
+    shared: bool
 
     @property
     def epoch(self) -> str:
@@ -35,22 +44,39 @@ class Storage(Protocol):
         not fit). A backend without a cap may ignore them; the hub passes them only when > 0."""
         ...
 
-    def lookup(self, key: str) -> int | None: ...
     def append(self, handle: int, text: str) -> int: ...
     def append_many(self, handle: int, texts: Sequence[str]) -> int: ...
     def end(self, handle: int, kind: int, payload: str, state: int, now: float) -> int: ...
-    def since(self, handle: int, after: int, wire: int = ...) -> bytes: ...
     def poll(self, handle: int, after: int, wire: int = ...) -> tuple[bytes, int, bool]: ...
     def frames_since(self, handle: int, after: int) -> list[tuple[int, int, str]]: ...
     def last_seq(self, handle: int) -> int: ...
     def oldest_seq(self, handle: int) -> int: ...
     def bytes_after(self, handle: int, after: int) -> int: ...
     def state(self, handle: int) -> int: ...
-    def remove(self, handle: int) -> str: ...
     def sweep(self, now: float) -> list[str]: ...
 
     async def restore(self, key: str) -> int | None:
-        """Load a stream this process does not hold (another node's); ``None`` if nobody has it."""
+        """A copy of a stream this process does not hold (another node's); ``None`` if nobody has it."""
+        ...
+
+    def cancel_remote(self, key: str, reason: str) -> None:
+        """Ask the process producing a copied stream to cancel it."""
+        ...
+
+    def bind(self, host: Any) -> None:
+        """The hub this storage reports to (called once, by the hub)."""
+        ...
+
+    def start(self) -> None:
+        """On the running loop: start background work (idempotent; the hub calls it with its janitor)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish background work (the hub's ``aclose`` calls it last)."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Storage gauges and counters for the server's metrics (``tokenwire_storage_*``)."""
         ...
 
 
@@ -111,13 +137,28 @@ class MemoryStorage:
     async def restore(self, key: str) -> int | None:
         return None
 
+    def cancel_remote(self, key: str, reason: str) -> None:
+        """Never called: every stream of a memory storage is this process's own."""
 
-def open_storage(url: str | None = None, **limits: float) -> Storage:
+    def bind(self, host: Any) -> None:
+        """Nothing to report: no other process writes here."""
+
+    def start(self) -> None:
+        """No background work."""
+
+    async def aclose(self) -> None:
+        """No background work."""
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+
+def open_storage(url: str | None = None, **limits: Any) -> Storage:
     """The storage a URL names: ``None``, ``""`` or ``memory://`` the in-process default; ``redis://HOST:PORT/DB``,
     ``rediss://`` or ``unix:///path.sock`` a :class:`~tokenwire.redis_storage.RedisStorage` (needs the ``redis``
     extra). ``limits`` are the per-stream and total bounds (``max_frames_per_stream``, ``ttl``, ...)."""
     if not url or url == "memory://":
-        return MemoryStorage(**limits)  # type: ignore[arg-type]
+        return MemoryStorage(**limits)
     scheme = url.split("://", 1)[0].lower()
     if scheme in ("redis", "rediss", "unix"):
         from tokenwire.redis_storage import RedisStorage  # the redis client is an optional extra

@@ -394,14 +394,15 @@ async def test_shutdown_while_streaming_tells_clients_to_reconnect() -> None:
 async def test_left_early_is_false_once_the_stream_is_gone() -> None:
     """A reader cut after the janitor removed its ended stream left nothing behind; the check answers
     instead of raising StreamNotFound inside a flush or connection_lost."""
-    hub = Hub()
+    storage = MemoryStorage()
+    hub = Hub(storage)
     stream = hub.create_stream()
     stream.send("x")
     assert left_early(stream, 0)
     stream.finish()
     assert left_early(stream, 1) and not left_early(stream, 2)
-    handle = hub.storage.lookup(stream.id)
+    handle = storage.lookup(stream.id)
     assert handle is not None
-    hub.storage.remove(handle)
+    storage.remove(handle)
     assert not left_early(stream, 0)
     await hub.aclose()

@@ -4,6 +4,9 @@ model/engine, metrics; and what the socket servers add: the loop and the flusher
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Coroutine
+from typing import Any
 
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Hub
@@ -39,7 +42,12 @@ class HubHost:
         self.draining = False
         metrics.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
         metrics.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
+        for name in self.hub.storage.stats():  # a shared storage's own (tokenwire_storage_redis_*)
+            metrics.gauges[f"storage_{name}"] = functools.partial(self._storage_stat, name)
         self._registry = metrics.registry()  # reads the gauges when scraped: subclasses may add more
+
+    def _storage_stat(self, name: str) -> float:
+        return self.hub.storage.stats()[name]
 
     def render_metrics(self) -> bytes:
         return self.metrics.render(self._registry)
@@ -78,6 +86,8 @@ class ServerBase(HubHost):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._tick: asyncio.TimerHandle | None = None
+        #: Tasks answering a request later (a completion collected, a stream copied from a shared storage).
+        self.background: set[asyncio.Task[None]] = set()
         metrics.gauges["flusher_runs"] = lambda: self.flusher.runs
 
     @property
@@ -91,6 +101,12 @@ class ServerBase(HubHost):
         if self._flusher is None:
             raise RuntimeError("server not started")
         return self._flusher
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a background task of this server (kept referenced until it is done)."""
+        task = self.loop.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def _start_common(self) -> asyncio.AbstractEventLoop:
         """Bind to the running loop: the flusher, the engine (if this server runs one), the hub's janitor."""

@@ -646,4 +646,10 @@ class Endpoints:
         return info
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "epoch": self.host.hub.epoch}
+        """``GET /health``: the epoch, and a shared storage's reachability (``storage_up``)."""
+        storage = self.host.hub.storage
+        body: dict[str, Any] = {"status": "ok", "epoch": self.host.hub.epoch}
+        if storage.shared:
+            body["storage"] = type(storage).__name__
+            body["storage_up"] = bool(storage.stats().get("redis_up", 0))
+        return body

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tokenwire.errors import TokenwireError
 from tokenwire.hub import TokenStream
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenwire.protocol.http1 import Request
@@ -34,7 +35,11 @@ class Router(Endpoints):
 
     def handle(self, conn: SseConnection, req: Request) -> None:
         route, stream_id = match_route(req.method, req.path)
-        if route == "attach":
+        if route in ("attach", "cancel") and self.server.hub.needs_restore(stream_id):
+            # Another node's stream, maybe: copy it from the shared storage, then answer as for our own.
+            conn.hold()
+            self.server.spawn(self._restore_then_handle(conn, req, stream_id))
+        elif route == "attach":
             self._serve(conn, req, self.attach(stream_id, last_event_id_of(req.headers, req.query), req.query))
         elif route == "cancel":
             self.cancel(stream_id)
@@ -56,6 +61,14 @@ class Router(Endpoints):
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
 
+    async def _restore_then_handle(self, conn: SseConnection, req: Request, stream_id: str) -> None:
+        try:
+            await self.server.hub.find(stream_id)
+        except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
+            conn.answer_error(exc, req.keep_alive)
+            return
+        conn.dispatch(req)
+
     def _serve(self, conn: SseConnection, req: Request, plan: StreamPlan | None) -> None:
         """Stream ``plan``; ``None``: 204, the stream has ended and the client holds its final frame."""
         if plan is None:
@@ -73,6 +86,4 @@ class Router(Endpoints):
             conn.respond_json(status, body, keep_alive and status < 500)
 
         conn.hold()
-        task = self.server.loop.create_task(collect())
-        self.server.background.add(task)
-        task.add_done_callback(self.server.background.discard)
+        self.server.spawn(collect())

@@ -24,7 +24,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, erro
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
-from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, RequestParser, chunk, render_head, render_response
+from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, Request, RequestParser, chunk, render_head, render_response
 from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
@@ -127,15 +127,7 @@ class SseConnection(asyncio.Protocol):
             self._idle = False
             self.server.metrics.requests_total += 1
             self._meter.requested_at = self.server.loop.time()
-            try:
-                if self.server.draining:
-                    raise HttpError(503, "server is shutting down")
-                self.server.router.handle(self, req)
-            except TokenwireError as exc:
-                self._respond_error(exc, req.keep_alive)
-            except Exception as exc:
-                log.exception("request %s %s failed", req.method, req.path)
-                self._respond_error(exc, False, status=500)
+            self.dispatch(req)
             if self.stream is not None or self._closing or self._held:
                 if i + 1 < len(requests):
                     # Requests pipelined behind a stream or a held answer: its end closes the connection.
@@ -149,6 +141,23 @@ class SseConnection(asyncio.Protocol):
             # A request has started arriving: it must be complete within the header timeout, as the first one.
             self._idle = False
             self._arm_timer(self.server.config.header_timeout)
+
+    def dispatch(self, req: Request) -> None:
+        """Route ``req`` and answer it (now, or later: held), errors as their status."""
+        self._held = False
+        try:
+            if self.server.draining:
+                raise HttpError(503, "server is shutting down")
+            self.server.router.handle(self, req)
+        except TokenwireError as exc:
+            self._respond_error(exc, req.keep_alive)
+        except Exception as exc:
+            log.exception("request %s %s failed", req.method, req.path)
+            self._respond_error(exc, False, status=500)
+
+    def answer_error(self, exc: BaseException, keep_alive: bool) -> None:
+        """The error answer to a held request."""
+        self._respond_error(exc, keep_alive)
 
     def hold(self) -> None:
         """The answer to the current request comes later (``respond`` releases the connection)."""
@@ -406,7 +415,6 @@ class SseServer(ServerBase):
         )
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
-        self.background: set[asyncio.Task[None]] = set()
         #: The WebTransport server beside this one (``tokenwire serve`` sets it): its URL and certificate hash are
         #: served at ``/v1/webtransport/certificate``. No ``Alt-Svc``: HTTP/3 serves only the WebTransport CONNECT.
         self.webtransport: Any = None

@@ -588,6 +588,9 @@ class WebTransportConnection(QuicConnectionProtocol):
     def _handle(self, st: _WtStream, request: Request) -> None:
         server = self.server
         hub = server.hub
+        if isinstance(request, AttachRequested | CancelRequested) and hub.needs_restore(request.stream_id):
+            server.spawn(self._restore_then_handle(st, request))  # another node's stream, maybe: copy it first
+            return
         try:
             if isinstance(request, AttachRequested):
                 if request.epoch:
@@ -608,6 +611,17 @@ class WebTransportConnection(QuicConnectionProtocol):
         except Exception as exc:
             log.exception("WebTransport request %r failed", request)
             self._reply_error(st, exc)
+
+    async def _restore_then_handle(self, st: _WtStream, request: AttachRequested | CancelRequested) -> None:
+        try:
+            await self.server.hub.find(request.stream_id)
+        except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
+            if self.streams.get(st.qid) is st:
+                self._reply_error(st, exc)
+            return
+        if self.streams.get(st.qid) is st:  # still open
+            self._handle(st, request)
+            self.transmit()
 
     def _cancel(self, st: _WtStream, request: CancelRequested) -> None:
         self.server.hub.cancel(request.stream_id)
