@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.sse_spec_parser import SpecParser
 from tokenwire import (
+    Cursor,
     EpochMismatch,
     FakeEngine,
     FakeModel,
@@ -17,6 +18,7 @@ from tokenwire import (
     FrameKind,
     Hub,
     HubFull,
+    LocalProtocolError,
     MemoryStorage,
     RemoteProtocolError,
     ResumeExpired,
@@ -353,3 +355,118 @@ async def test_aclose_ends_running_generations_with_shutdown() -> None:
 def test_memory_storage_implements_the_storage_protocol() -> None:
     assert isinstance(MemoryStorage(), Storage)
     assert MemoryStorage().epoch != MemoryStorage().epoch
+
+
+# -- the delivery cursor ------------------------------------------------------------------------------------
+
+
+async def test_a_cursor_reads_each_frame_once_then_reports_the_end() -> None:
+    async with Hub() as hub:
+        s = hub.create_stream()
+        cursor = s.cursor(0)
+        assert isinstance(cursor, Cursor) and cursor.stream is s
+        assert cursor.poll() == (b"", 0, False)
+        s.send_many(["a", "b"])
+        parser = SpecParser()
+        data, last, ended = cursor.poll()
+        assert (last, ended, cursor.position) == (2, False, 2)
+        assert [(e.type, e.data, e.last_event_id) for e in parser.feed(data)] == [
+            ("token", "a", f"{s.id}:{hub.epoch}:1"),
+            ("token", "b", f"{s.id}:{hub.epoch}:2"),
+        ]
+        assert cursor.poll() == (b"", 2, False)  # nothing new: nothing twice
+        s.finish()
+        data, last, ended = cursor.poll()
+        assert (last, ended, cursor.position) == (3, True, 3)
+        assert [e.type for e in parser.feed(data)] == ["done"]
+        assert cursor.poll() == (b"", 3, True)
+        # The same frames in the binary wire, from a cursor placed in the middle.
+        binary = s.cursor(1, wire="binary").poll()[0]
+        assert _core.FrameDecoder().feed(binary) == [(1, 2, "b"), (_core.FRAME_DONE, 3, '{"reason":"stop"}')]
+
+
+async def test_a_cursor_accounts_each_read_that_took_frames_once() -> None:
+    async with Hub() as hub:
+        s = hub.create_stream()
+        reads: list[tuple[int, int, int]] = []
+        cursor = s.cursor(0)
+        cursor.on_read = lambda pos, last, nbytes: reads.append((pos, last, nbytes))
+        cursor.poll()
+        s.send_many(["x", "yz"])
+        data, _, _ = cursor.poll()
+        cursor.poll()
+        s.send("w")
+        frames_cursor = s.cursor(1, wire=None)
+        frames_cursor.on_read = cursor.on_read
+        assert [f.text for f in frames_cursor.frames()] == ["yz", "w"]
+        assert frames_cursor.frames() == []
+        assert reads == [(0, 2, len(data)), (1, 3, 0)]
+
+
+async def test_a_cursor_raises_the_resume_errors_and_keeps_its_position() -> None:
+    storage = MemoryStorage(max_frames_per_stream=4)
+    async with Hub(storage) as hub:
+        s = hub.create_stream()
+        cursor = s.cursor(0)
+        s.send_many([f"t{i}" for i in range(6)])  # seq 1 and 2 are gone
+        with pytest.raises(ResumeExpired) as err:
+            cursor.poll()
+        assert err.value.oldest_seq == 3 and cursor.position == 0
+        with pytest.raises(ResumeExpired):
+            s.cursor(1, wire=None).frames()
+        late = s.cursor(2)
+        assert late.poll()[1:] == (6, False)
+        s.finish()
+        handle = storage.lookup(s.id)
+        assert handle is not None
+        storage.remove(handle)
+        with pytest.raises(StreamNotFound):
+            late.poll()
+        assert late.position == 6
+        with pytest.raises(LocalProtocolError):
+            s.cursor(0, wire=None).poll()  # a frames-only cursor renders nothing
+
+
+async def test_a_render_gets_the_frames_each_read_took() -> None:
+    async with Hub() as hub:
+        s = hub.create_stream()
+        seen: list[list[tuple[int, int, str]]] = []
+
+        def render(frames: list[tuple[int, int, str]]) -> bytes:
+            seen.append(frames)
+            return "|".join(text for _, _, text in frames).encode()
+
+        cursor = s.cursor(0, render=render)
+        assert cursor.poll() == (b"", 0, False)
+        s.send_many(["a", "b"])
+        assert cursor.poll() == (b"a|b", 2, False)
+        s.fail("boom", code="x")
+        data, last, ended = cursor.poll()
+        assert (last, ended) == (3, True) and data.startswith(b'{"code":"x"')
+        assert cursor.poll() == (b"", 3, True)  # ended, nothing new: the render is not called
+        assert [[seq for _, seq, _ in frames] for frames in seen] == [[1, 2], [3]]
+        assert seen[1][0][0] == _core.FRAME_ERROR
+
+
+async def test_a_paused_cursor_holds_the_producer_back_until_it_reads() -> None:
+    async with Hub(MemoryStorage(max_frames_per_stream=64)) as hub:
+        s = hub.create_stream()
+        cursor = s.cursor(0)
+        s.reader_paused(cursor)
+        s.send_many([f"t{i}" for i in range(hub.reader_high_water + 2)])
+        assert s.readers_behind()
+        cursor.poll()  # it took everything: no longer behind, though still paused
+        assert not s.readers_behind()
+        s.reader_resumed(cursor)
+
+
+async def test_a_subscription_reads_through_its_cursor() -> None:
+    async with Hub() as hub:
+        s = hub.create_stream()
+        s.send_many(["a", "b"])
+        sub = hub.subscribe(s.id, after=1)
+        assert sub.cursor.position == sub.position == 1
+        frames = sub.read_ready()
+        assert frames is not None and [f.seq for f in frames] == [2]
+        assert sub.position == sub.cursor.position == 2 and sub.read_ready() is None
+        sub.close()

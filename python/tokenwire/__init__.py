@@ -1,7 +1,8 @@
 """tokenwire: resumable LLM token streaming over SSE and WebTransport, with a Rust wire core.
 
 A :class:`Hub` holds every stream's recent tokens in a Rust ring. Producers ``send`` tokens to a
-:class:`TokenStream`; subscribers attach at any seq, detach, and resume while generation goes on.
+:class:`TokenStream`; subscribers attach at any seq, detach, and resume while generation goes on. Every reader
+reads through a :class:`Cursor` (``stream.cursor(after)``): its place in the stream and one read per batch.
 """
 
 from tokenwire._core import __version__
@@ -25,12 +26,13 @@ from tokenwire.errors import (
     TokenwireError,
 )
 from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import Frame, FrameKind, Hub, StreamState, Subscription, TokenStream, Wire
+from tokenwire.hub import Cursor, Frame, FrameKind, Hub, Render, StreamState, Subscription, TokenStream, Wire
 from tokenwire.protocol.resume import ResumePoint, parse_resume_point
 from tokenwire.storage import MemoryStorage, Storage
 
 __all__ = [
     "BackpressureExceeded",
+    "Cursor",
     "DuplicateStreamId",
     "EpochMismatch",
     "FakeEngine",
@@ -45,6 +47,7 @@ __all__ = [
     "MemoryStorage",
     "ProtocolError",
     "RemoteProtocolError",
+    "Render",
     "ResumeError",
     "ResumeExpired",
     "ResumeFromFuture",

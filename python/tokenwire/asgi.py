@@ -46,8 +46,8 @@ Example (``uvicorn example:app``)::
     )
 
 How a stream is served: the response attaches a listener to the :class:`~tokenwire.hub.TokenStream`; a
-``send`` or the stream's end wakes it; it then reads everything new from the ring in one
-``Storage.poll`` call (SSE bytes rendered in Rust) and sends it as one ``http.response.body`` message.
+``send`` or the stream's end wakes it; it then reads everything new through its
+:class:`~tokenwire.hub.Cursor` (one ``Storage.poll`` call: SSE bytes rendered in Rust) and sends it as one ``http.response.body`` message.
 Tokens sent in one loop iteration thus go out in one message. The server's flow control applies: while
 the client does not read, ``send`` waits and the ring is the buffer. A reader that falls behind the ring,
 or stays stalled for ``stall_timeout``, has its connection closed (the server logs a response that did
@@ -70,7 +70,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, stat
 from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tokenwire.metrics import ServerMetrics
+from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError, check_body_size, parse_query
 from tokenwire.server.base import HubHost
 from tokenwire.server.config import ServerConfig
@@ -114,7 +114,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-_WIRE_SSE = _core.WIRE_SSE
 _STATE_OPEN = _core.STATE_OPEN
 
 
@@ -175,12 +174,12 @@ class _Streamer:
         "_task",
         "_timer",
         "_waiter",
+        "cursor",
         "headers",
         "heartbeat_interval",
         "hub",
         "metrics",
         "plan",
-        "position",
         "retry_ms",
         "stall_timeout",
     )
@@ -203,8 +202,8 @@ class _Streamer:
         self.metrics = metrics
         self._requested_at = requested_at
         self._waiter: asyncio.Future[None] | None = None
-        #: The seq of the last frame taken from the ring (what producer backpressure compares).
-        self.position = plan.after
+        #: Where this response reads its stream: the reader that producer backpressure compares.
+        self.cursor = plan.stream.cursor(plan.after, "sse", plan.render)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -267,12 +266,14 @@ class _Streamer:
         self._task = asyncio.current_task()
         plan = self.plan
         stream = plan.stream
-        handle = stream._handle
-        storage = self.hub.storage
-        poll = storage.poll
-        render = plan.render
+        cursor = self.cursor
+        read = cursor.poll
         m = self.metrics
-        pos = plan.after
+        meter = None
+        if m is not None:  # write accounting: the meter's observe is the cursor's hook
+            meter = WriteMeter(m, loop.time)
+            meter.requested_at = self._requested_at
+            cursor.on_read = meter.observe
         completed = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
@@ -283,17 +284,15 @@ class _Streamer:
         stream.attach(self.wake)
         watcher = loop.create_task(self._watch_disconnect(receive))
         self._last_write = loop.time()
+        if meter is not None:
+            meter.last_write = self._last_write
         self._timer = loop.call_at(self._last_write + min(self.heartbeat_interval, self.stall_timeout), self._tick)
         try:
             while not self._disconnected:
                 self._dirty = False
-                data, last, ended = poll(handle, pos, _WIRE_SSE) if render is None else render(handle, pos)
+                data, _, ended = read()  # the cursor's hook (the meter) accounts the frames it took
                 now = loop.time()
-                if last > pos:
-                    if m is not None:
-                        m.observe_write(pos, last, len(data), now, self._requested_at, self._last_write)
-                        self._requested_at = 0.0
-                    pos = last
+                if data:
                     pending = pending + data if pending else data
                 if ended:
                     pending += plan.trailer
@@ -309,12 +308,13 @@ class _Streamer:
                     self._sending_since = now
                     # While the server has not taken the bytes (its transport is full), this reader is paused:
                     # a producer the hub drives waits if it falls far behind (docs/protocol.md §7).
-                    self.position = pos
-                    stream.reader_paused(self)
+                    stream.reader_paused(cursor)
                     await send({"type": "http.response.body", "body": pending, "more_body": not ended or cut})
-                    stream.reader_resumed(self)
+                    stream.reader_resumed(cursor)
                     self._sending_since = 0.0
                     self._last_write = now  # when the bytes were handed over: the heartbeat clock
+                    if meter is not None:
+                        meter.last_write = now  # and the inter-token one (a heartbeat counts)
                     pending = b""
                     if ended:
                         completed = True  # a cut (shutdown) stays incomplete: the server closes it, no last chunk
@@ -344,14 +344,14 @@ class _Streamer:
                 m.backpressure_closes_total += 1
         finally:
             stream.detach(self.wake)
-            stream.reader_resumed(self)
+            stream.reader_resumed(cursor)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            if not completed and m is not None and left_early(stream, pos):
+            if not completed and m is not None and left_early(stream, cursor.position):
                 m.disconnects_total += 1
 
 

@@ -6,8 +6,10 @@ disconnect never stops generation: the abandonment policy cancels a producer onl
 attached for ``abandon_after`` seconds, and :meth:`TokenStream.cancel` stops it at once.
 
 Data path: ``TokenStream.send`` -> ``storage.append`` (Rust ring) -> each attached listener is called
-(no I/O: it marks a subscriber or a connection ready) -> the subscriber reads ``storage.since`` as one
-batch in its wire format.
+(no I/O: it marks a subscriber or a connection ready) -> the reader's :class:`Cursor` takes everything after
+its position as one batch in its wire format (one ``storage.poll``). Every reader (the SSE connection, the
+WebTransport stream, the ASGI response, :class:`Subscription`) reads through a cursor; nothing outside this
+module touches a storage handle.
 
 All methods are called from the event loop's thread.
 """
@@ -43,7 +45,18 @@ from tokenwire.protocol.resume import (
 )
 from tokenwire.storage import MemoryStorage, Storage
 
-__all__ = ["Frame", "FrameKind", "Hub", "StreamState", "Subscription", "TokenStream", "Wire"]
+__all__ = [
+    "Cursor",
+    "Frame",
+    "FrameKind",
+    "Hub",
+    "OnRead",
+    "Render",
+    "StreamState",
+    "Subscription",
+    "TokenStream",
+    "Wire",
+]
 
 log = logging.getLogger("tokenwire.hub")
 
@@ -52,9 +65,18 @@ _WIRES: dict[str, int] = {"sse": _core.WIRE_SSE, "binary": _core.WIRE_BINARY}
 
 Listener = Callable[[], None]
 
+#: A custom rendering, for formats the core does not render (the OpenAI chunks): the frames one read of a
+#: :class:`Cursor` took, as ``(kind, seq, text)`` in seq order (the last may be the final ``done`` or ``error``
+#: frame), to the bytes to write.
+Render = Callable[[list[tuple[int, int, str]]], bytes]
+
+#: A cursor's accounting hook, called after each read that took frames: ``(position before, last seq read,
+#: bytes returned)`` (bytes 0 for :meth:`Cursor.frames`). The servers feed their write metrics from it.
+OnRead = Callable[[int, int, int], None]
+
 
 class Reader(Protocol):
-    """A connection reading a stream: ``position`` is the seq of the last frame it has taken from the ring."""
+    """A reader of a stream (a :class:`Cursor`): ``position`` is the seq of the last frame it has taken."""
 
     @property
     def position(self) -> int: ...
@@ -251,6 +273,13 @@ class TokenStream:
 
     # -- subscriber side -----------------------------------------------------------------------------
 
+    def cursor(self, after: int = 0, wire: Wire | None = "sse", render: Render | None = None) -> Cursor:
+        """A reader's place in this stream after seq ``after``: :meth:`Cursor.poll` reads what is new in ``wire``
+        format, or rendered by ``render`` (then ``wire`` is not used). ``wire=None`` and no ``render``: a cursor
+        for :meth:`Cursor.frames` only. Resume errors come from the reads (check a resume point first with
+        :meth:`Hub.check_resume`)."""
+        return Cursor(self, after, None if wire is None else _WIRES[wire], render)
+
     def attach(self, listener: Listener) -> None:
         """Call ``listener()`` (no arguments, no I/O) whenever frames are appended or the stream ends."""
         # Copy on write: a listener may run a flush that detaches another reader of this stream (a
@@ -313,6 +342,82 @@ class TokenStream:
         return True
 
 
+class Cursor:
+    """One reader's place in a stream and the one way to read it: everything after ``position`` in one storage call.
+
+    Every consumer of a stream reads through a cursor (the SSE connection, the WebTransport stream, the ASGI
+    response, :class:`Subscription`), so a storage backend meets readers in this class only. A cursor is also the
+    :class:`Reader` that producer backpressure compares (``stream.reader_paused(cursor)``). It does not listen:
+    its owner attaches a listener to the stream and polls when woken.
+    """
+
+    __slots__ = ("_frames_since", "_handle", "_read", "_render", "_state", "_wire", "on_read", "position", "stream")
+
+    def __init__(self, stream: TokenStream, after: int, wire: int | None, render: Render | None) -> None:
+        self.stream = stream
+        #: Seq of the last frame read: a reader that has delivered everything read resumes after it.
+        self.position = after
+        #: Accounting hook (:data:`OnRead`), called after each read that took frames.
+        self.on_read: OnRead | None = None
+        self._handle = stream._handle
+        self._wire = _core.WIRE_SSE if wire is None else wire
+        self._render = render
+        storage = stream._hub.storage
+        self._frames_since = storage.frames_since
+        self._state = storage.state
+        # What a poll calls, chosen once: for a wire format, the storage's bound method itself, so the SSE flush's
+        # hot path is this one Python call and one call into the core.
+        self._read: Callable[[int, int, int], tuple[bytes, int, bool]] = storage.poll
+        if render is not None:
+            self._read = self._read_rendered
+        elif wire is None:
+            self._read = _frames_only
+
+    def __repr__(self) -> str:
+        return f"<Cursor {self.stream.id} position={self.position}>"
+
+    def poll(self) -> tuple[bytes, int, bool]:
+        """``(data, last_seq, ended)``: every frame after ``position`` rendered (``b""`` if none), the stream's last
+        seq, and whether it has ended (``data`` then ends with the final frame, unless an earlier poll took it).
+        ``position`` moves to ``last_seq``. ``ResumeExpired`` (``.oldest_seq``) when the frames after
+        ``position`` are no longer held (the reader fell behind the ring), ``StreamNotFound`` when the stream is
+        gone; ``position`` is unchanged then."""
+        pos = self.position
+        result = self._read(self._handle, pos, self._wire)
+        last = result[1]
+        if last > pos:
+            self.position = last
+            on_read = self.on_read
+            if on_read is not None:
+                on_read(pos, last, len(result[0]))
+        return result
+
+    def _read_rendered(self, handle: int, pos: int, wire: int) -> tuple[bytes, int, bool]:
+        raw = self._frames_since(handle, pos)
+        if not raw:
+            return b"", pos, self._state(handle) != _core.STATE_OPEN
+        kind, last, _ = raw[-1]
+        render = self._render
+        assert render is not None  # noqa: S101 - chosen only with a render
+        return render(raw), last, kind != _core.FRAME_TOKEN
+
+    def frames(self) -> list[Frame]:
+        """Every frame after ``position`` (``[]`` if none), as :class:`Frame` objects; ``position`` moves to the
+        last. Errors as :meth:`poll`."""
+        pos = self.position
+        raw = self._frames_since(self._handle, pos)
+        if not raw:
+            return []
+        last = self.position = raw[-1][1]
+        if self.on_read is not None:
+            self.on_read(pos, last, 0)
+        return _frames(raw)
+
+
+def _frames_only(handle: int, after: int, wire: int) -> tuple[bytes, int, bool]:
+    raise LocalProtocolError("this cursor has no wire format and no render: read it with frames()")
+
+
 def _end_reason(last_frames: list[tuple[int, int, str]]) -> str | None:
     """The reason (``done``) or code (``error``) in a stream's final frame, as ``end_reason`` holds it."""
     for kind, _, text in last_frames[-1:]:
@@ -334,11 +439,17 @@ class Subscription(Generic[T]):
 
     def __init__(self, stream: TokenStream, after: int, wire: int | None) -> None:
         self.stream = stream
-        self.position = after
-        self._wire = wire
+        #: Where this subscription reads (``position`` is its).
+        self.cursor = Cursor(stream, after, wire, None)
+        self._bytes = wire is not None
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         stream.attach(self._wake)
+
+    @property
+    def position(self) -> int:
+        """Seq of the last frame delivered: the resume point to come back with."""
+        return self.cursor.position
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -350,19 +461,11 @@ class Subscription(Generic[T]):
 
     def read_ready(self) -> T | None:
         """Whatever is available now without waiting, or ``None``."""
-        stream = self.stream
-        storage = stream._hub.storage
-        if self._wire is None:
-            raw = storage.frames_since(stream._handle, self.position)
-            if not raw:
-                return None
-            self.position = raw[-1][1]
-            return _frames(raw)  # type: ignore[return-value]
-        data, last, _ = storage.poll(stream._handle, self.position, self._wire)  # one core call
-        if last <= self.position:
-            return None
-        self.position = last
-        return data  # type: ignore[return-value]
+        if self._bytes:
+            batch: Any = self.cursor.poll()[0]  # one core call
+        else:
+            batch = self.cursor.frames()
+        return batch or None
 
     async def __anext__(self) -> T:
         while not self._closed:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "HUB_GAUGES", "Histogram", "ServerMetrics"]
+__all__ = ["CONTENT_TYPE", "HUB_GAUGES", "Histogram", "ServerMetrics", "WriteMeter"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -114,19 +114,6 @@ class ServerMetrics:
         if other is not self and other not in self.included:
             self.included.append(other)
 
-    def observe_write(
-        self, pos: int, last: int, nbytes: int, now: float, requested_at: float, last_write: float
-    ) -> None:
-        """Account one coalesced write of frames ``pos+1..last``: the first write after a request feeds the
-        time-to-first-token (``pos == 0``) or resume histogram, later ones the inter-token histogram."""
-        if requested_at:
-            (self.ttft if pos == 0 else self.resume_latency).observe(now - requested_at)
-        else:
-            self.inter_token.observe(now - last_write)
-        self.flushes_total += 1
-        self.tokens_sent_total += last - pos
-        self.bytes_sent_total += nbytes
-
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=False)
         reg.register(_Collector(self))
@@ -134,6 +121,39 @@ class ServerMetrics:
 
     def render(self, registry: CollectorRegistry) -> bytes:
         return generate_latest(registry)
+
+
+class WriteMeter:
+    """One reader's write accounting: its :meth:`observe` is the ``on_read`` hook of the reader's
+    :class:`~tokenwire.hub.Cursor`, so a write is counted with no call in between (the SSE flush's hot path).
+
+    ``requested_at``: when the request that the next write answers arrived (0: none waits); ``last_write``: when
+    the reader last wrote (a heartbeat too), the clock of the inter-token histogram and of heartbeats.
+    """
+
+    __slots__ = ("clock", "last_write", "metrics", "requested_at")
+
+    def __init__(self, metrics: ServerMetrics, clock: Callable[[], float], last_write: float = 0.0) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.requested_at = 0.0
+        self.last_write = last_write
+
+    def observe(self, pos: int, last: int, nbytes: int) -> None:
+        """Account one coalesced write of frames ``pos+1..last`` (``nbytes``): the first write after a request
+        feeds the time-to-first-token (``pos == 0``) or resume histogram, later ones the inter-token histogram."""
+        now = self.clock()
+        m = self.metrics
+        requested_at = self.requested_at
+        if requested_at:
+            (m.ttft if pos == 0 else m.resume_latency).observe(now - requested_at)
+            self.requested_at = 0.0
+        else:
+            m.inter_token.observe(now - self.last_write)
+        self.last_write = now
+        m.flushes_total += 1
+        m.tokens_sent_total += last - pos
+        m.bytes_sent_total += nbytes
 
 
 class _Collector(Collector):

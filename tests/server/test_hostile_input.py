@@ -289,12 +289,12 @@ async def test_a_flush_that_raises_ends_only_its_own_connection(caplog: pytest.L
         hub = server.hub
         streams = [hub.create_stream(f"s{i}") for i in range(6)]
         attach = server.router.attach
-        poll = hub.storage.poll
 
-        def failing_render(handle: int, pos: int) -> tuple[bytes, int, bool]:
-            if pos >= 1:
+        def failing_render(frames: list[tuple[int, int, str]]) -> bytes:
+            first_seq = frames[0][1]
+            if first_seq > 1:
                 raise RuntimeError("this connection's render fails")
-            return poll(handle, pos, _core.WIRE_SSE)
+            return _core.sse_batch([text for _, _, text in frames], id_prefix=f"s0:{hub.epoch}:", first_seq=first_seq)
 
         def attach_with_a_failing_render(*args: Any, **kwargs: Any) -> StreamPlan | None:
             plan = attach(*args, **kwargs)

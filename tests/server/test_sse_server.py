@@ -182,6 +182,27 @@ async def test_metrics_and_health() -> None:
         assert ("tokenwire_connections", None) in samples
 
 
+async def test_write_metrics_count_what_each_cursor_read_once() -> None:
+    """The connection's cursor accounts each write through its meter: the first read of a request feeds the
+    time-to-first-token (from seq 0) or the resume histogram; frames and bytes are counted once."""
+    async with sse_server() as server, httpx.AsyncClient() as client:
+        hub = server.hub
+        stream = hub.create_stream()
+        stream.send_many(["a", "b", "c"])
+        stream.finish()
+        whole = hub.subscribe(stream.id, wire="sse").read_ready()
+        tail = hub.subscribe(stream.id, after=2, wire="sse").read_ready()
+        assert whole is not None and tail is not None
+        events_url = url(server, f"/v1/streams/{stream.id}/events")
+        assert tokens(events((await client.get(events_url)).content)) == ["a", "b", "c"]
+        resumed = await client.get(events_url, headers={"last-event-id": f"{stream.id}:{hub.epoch}:2"})
+        assert tokens(events(resumed.content)) == ["c"]
+        m = server.metrics
+        assert (m.ttft.count, m.resume_latency.count) == (1, 1)
+        assert m.tokens_sent_total == 4 + 2
+        assert m.bytes_sent_total == len(whole) + len(tail)
+
+
 JSON = {"content-type": "application/json"}
 BAD_REQUESTS = [
     # (method, path, headers, body, status)
@@ -374,12 +395,15 @@ async def test_shutdown_while_streaming_tells_clients_to_reconnect() -> None:
 async def test_left_early_is_false_once_the_stream_is_gone() -> None:
     """A reader cut after the janitor removed its ended stream left nothing behind; the check answers
     instead of raising StreamNotFound inside a flush or connection_lost."""
-    hub = Hub()
+    storage = MemoryStorage()
+    hub = Hub(storage)
     stream = hub.create_stream()
     stream.send("x")
     assert left_early(stream, 0)
     stream.finish()
     assert left_early(stream, 1) and not left_early(stream, 2)
-    hub.storage.remove(stream._handle)
+    handle = storage.lookup(stream.id)
+    assert handle is not None
+    storage.remove(handle)
     assert not left_early(stream, 0)
     await hub.aclose()

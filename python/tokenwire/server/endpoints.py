@@ -13,14 +13,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenwire import _core
 from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import FrameKind, Hub, StreamState, TokenStream
+from tokenwire.hub import FrameKind, Hub, Render, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.json_body import loads_object
@@ -50,10 +50,6 @@ STREAMS_PATH = "/v1/streams"
 #: Where a browser page learns the WebTransport URL and the certificate hash to pin.
 WT_CERTIFICATE_PATH = "/v1/webtransport/certificate"
 
-#: A custom rendering of the frames after a seq, for formats the core does not render (OpenAI chunks):
-#: ``(handle, after) -> (bytes, last seq, ended)`` as ``Registry.poll``. Raises ResumeExpired / StreamNotFound.
-Render = Callable[[int, int], tuple[bytes, int, bool]]
-
 #: The events of the OpenAI rendering of a final frame before ``data: [DONE]``, in order (docs/protocol.md §2.6):
 #: each has the id ``{stream_id}:{epoch}:{seq}:{part}``, and ``[DONE]`` has the final frame's own id.
 OPENAI_END_PARTS = ("finish", "usage", "error")
@@ -69,7 +65,8 @@ class StreamPlan:
     head: list[tuple[str, str]]
     #: Written after the ``retry:`` block, before the first frame.
     intro: bytes
-    #: ``None``: the core renders SSE events (one ``Storage.poll`` per flush). Else a custom rendering.
+    #: ``None``: the core renders SSE events (one ``Storage.poll`` per flush). Else a custom rendering of the
+    #: frames each read takes (:data:`tokenwire.hub.Render`); the connection's cursor reads them.
     render: Render | None = None
     #: Written after the final frame, just before the response ends.
     trailer: bytes = b""
@@ -356,18 +353,13 @@ def plan_openai(
     ``end_part``: the client holds the final frame's events up to this one (``after`` is the seq before it).
     The role chunk (id ``…:0``) starts a stream that is not ``resumed``.
     """
-    storage = hub.storage
     prefix = format_id_prefix(stream.id, hub.epoch)
     dumps = json.dumps
     skip_seq = after + 1 if end_part else 0
 
-    def render(handle: int, pos: int) -> tuple[bytes, int, bool]:
-        last = storage.last_seq(handle)
-        ended = storage.state(handle) != _core.STATE_OPEN
-        if last <= pos:
-            return b"", last, ended
+    def render(frames: list[tuple[int, int, str]]) -> bytes:
         out: list[bytes] = []
-        for kind, seq, text in storage.frames_since(handle, pos):
+        for kind, seq, text in frames:
             if kind == FrameKind.TOKEN:
                 out.append(
                     _core.sse_event(dumps(meta.chunk({"content": text}, None), ensure_ascii=False), id=f"{prefix}{seq}")
@@ -388,7 +380,7 @@ def plan_openai(
             for name, chunk in end:
                 out.append(_core.sse_event(dumps(chunk, ensure_ascii=False), id=f"{prefix}{seq}:{name}"))
             out.append(_core.sse_event("[DONE]", id=f"{prefix}{seq}"))
-        return b"".join(out), last, ended
+        return b"".join(out)
 
     intro = b""
     if after == 0 and not resumed:

@@ -1,8 +1,9 @@
 """The SSE server: an asyncio Protocol per connection on uvloop (or the default loop), sharing one Hub.
 
 Data path of a stream connection: ``TokenStream.send`` -> ring append (Rust) -> this connection's listener
-marks it dirty -> :class:`~tokenwire.server.flusher.Flusher` runs once per loop iteration -> one
-``since`` call renders everything new as SSE bytes (Rust) -> one ``transport.write``.
+marks it dirty -> :class:`~tokenwire.server.flusher.Flusher` runs once per loop iteration -> the connection's
+:class:`~tokenwire.hub.Cursor` renders everything new as SSE bytes (one ``Storage.poll``, Rust) -> one
+``transport.write``.
 
 A client that stops reading makes the transport pause: the connection stops pulling from the ring (the ring
 is the buffer, bounded), and after ``stall_timeout`` the connection is closed. The client resumes later
@@ -21,8 +22,8 @@ from typing import Any, cast
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
 from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import Hub, TokenStream
-from tokenwire.metrics import ServerMetrics
+from tokenwire.hub import Cursor, Hub, TokenStream
+from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, Request, RequestParser, chunk, render_head, render_response
 from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
@@ -32,8 +33,6 @@ from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, Strea
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
 log = logging.getLogger("tokenwire.server")
-
-_WIRE_SSE = _core.WIRE_SSE
 
 #: The name this module exported before ``endpoints.Render`` (see there).
 StreamRender = Render
@@ -51,22 +50,19 @@ class SseConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_closing",
+        "_cursor",
         "_dirty",
-        "_handle",
         "_held",
         "_idle",
         "_keep_alive",
-        "_last_write",
+        "_meter",
         "_paused",
         "_paused_at",
-        "_poll",
-        "_render",
-        "_requested_at",
+        "_read",
         "_timer",
         "_trailer",
         "_unparsed",
         "parser",
-        "position",
         "server",
         "stream",
         "transport",
@@ -77,10 +73,9 @@ class SseConnection(asyncio.Protocol):
         self.parser = RequestParser(server.config.http)
         self.transport: asyncio.Transport | None = None
         self.stream: TokenStream | None = None
-        self.position = 0
-        self._render: StreamRender | None = None
-        self._handle = 0
-        self._poll = server.hub.storage.poll
+        #: Where this connection reads its stream; the reader that producer backpressure sees.
+        self._cursor: Cursor | None = None
+        self._read = _nothing_to_read
         self._trailer = b""
         self._chunked = False
         self._keep_alive = False
@@ -92,8 +87,8 @@ class SseConnection(asyncio.Protocol):
         self._paused = False
         self._paused_at = 0.0
         self._closing = False
-        self._last_write = 0.0
-        self._requested_at = 0.0
+        #: Write accounting (its ``observe`` is the cursor's hook) and the heartbeat clock (``last_write``).
+        self._meter = WriteMeter(server.metrics, server.loop.time)
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
@@ -131,7 +126,7 @@ class SseConnection(asyncio.Protocol):
             self._cancel_timer()
             self._idle = False
             self.server.metrics.requests_total += 1
-            self._requested_at = self.server.loop.time()
+            self._meter.requested_at = self.server.loop.time()
             self.dispatch(req)
             if self.stream is not None or self._closing or self._held:
                 if i + 1 < len(requests):
@@ -185,13 +180,15 @@ class SseConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._paused = True
         self._paused_at = self.server.loop.time()
-        if self.stream is not None:
-            self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
+        cursor = self._cursor
+        if cursor is not None:
+            cursor.stream.reader_paused(cursor)  # a producer the hub drives waits if this reader falls far behind
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self.stream is not None:
-            self.stream.reader_resumed(self)
+        cursor = self._cursor
+        if cursor is not None:
+            cursor.stream.reader_resumed(cursor)
             self._on_frames()
 
     # -- timers --------------------------------------------------------------------------------------
@@ -258,9 +255,10 @@ class SseConnection(asyncio.Protocol):
     def start_stream(self, plan: StreamPlan, chunked: bool = True, keep_alive: bool = False) -> None:
         """Turn this connection into the stream of ``plan`` after its seq ``after``: replay, then live.
 
-        Frames are rendered by the core as SSE (one ``Registry.poll`` per flush), or by ``plan.render`` for
-        other formats (the OpenAI chunks). ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI
-        SDK's SSE reader takes a field-only block for an event with empty data).
+        The connection reads through a :class:`~tokenwire.hub.Cursor`: frames rendered by the core as SSE (one
+        ``Storage.poll`` per flush), or by ``plan.render`` for other formats (the OpenAI chunks).
+        ``plan.retry=False`` leaves out the ``retry:`` block (the OpenAI SDK's SSE reader takes a field-only block
+        for an event with empty data).
 
         The body is chunked (``chunked=False`` for an HTTP/1.0 client: then only the close ends it): every write
         is one chunk, and only a normal end writes the last chunk, so a client sees any cut as an error. A
@@ -272,9 +270,9 @@ class SseConnection(asyncio.Protocol):
             return
         stream = plan.stream
         self.stream = stream
-        self.position = plan.after
-        self._handle = stream._handle
-        self._render = plan.render
+        self._cursor = cursor = stream.cursor(plan.after, "sse", plan.render)
+        cursor.on_read = self._meter.observe
+        self._read = cursor.poll
         self._trailer = plan.trailer
         self._chunked = chunked
         self._keep_alive = chunked and keep_alive and not self.server.draining
@@ -287,7 +285,7 @@ class SseConnection(asyncio.Protocol):
             headers.append(("Transfer-Encoding", "chunked"))
         retry_block = _core.sse_retry(self.server.config.retry_ms) if plan.retry else b""
         transport.write(render_head(200, headers) + self._body(retry_block + plan.intro))
-        self._last_write = self.server.loop.time()
+        self._meter.last_write = self.server.loop.time()
         self.server.streaming.add(self)
         stream.attach(self._on_frames)
         try:
@@ -308,31 +306,25 @@ class SseConnection(asyncio.Protocol):
         transport = self.transport
         if self._paused or self._closing or transport is None or self.stream is None:
             return
-        server = self.server
-        pos = self.position
         try:
-            render = self._render
-            data, last, ended = (
-                self._poll(self._handle, pos, _WIRE_SSE) if render is None else render(self._handle, pos)
-            )
+            data, _, ended = self._read()  # the cursor's poll; its hook (the meter) accounts the frames it took
         except ResumeExpired:
             # The client read so slowly that the ring moved past it: close; its resume gets 410.
-            server.metrics.backpressure_closes_total += 1
+            self.server.metrics.backpressure_closes_total += 1
             self._abort()
             return
         except StreamNotFound:
             self._abort()
             return
-        if last > pos:
-            now = server.loop.time()
-            server.metrics.observe_write(pos, last, len(data), now, self._requested_at, self._last_write)
-            self._requested_at = 0.0
-            self._last_write = now
-            self.position = last
-            if not ended:
-                transport.write(self._body(data))
         if ended:  # every frame up to the final one goes out now, with the end of the body: one write
-            self._finish_stream(data if last > pos else b"")
+            self._finish_stream(data)
+        elif data:
+            transport.write(chunk(data) if self._chunked else data)  # self._body(data), inlined: once per token
+
+    @property
+    def position(self) -> int:
+        """Seq of the last frame this connection has taken from its stream (0 before a stream)."""
+        return 0 if self._cursor is None else self._cursor.position
 
     def flush_failed(self, exc: Exception) -> None:
         """``flush`` raised (the flusher logged it): close this connection only; its client resumes."""
@@ -341,7 +333,7 @@ class SseConnection(asyncio.Protocol):
     def write_heartbeat(self, now: float) -> None:
         if self.transport is not None and not self._paused and not self._closing:
             self.transport.write(self._body(b":\n"))
-            self._last_write = now
+            self._meter.last_write = now
             self.server.metrics.heartbeats_total += 1
 
     def _body(self, data: bytes) -> bytes:
@@ -366,7 +358,8 @@ class SseConnection(asyncio.Protocol):
         if self.stream is not None:
             self._release_stream(self.stream)
         self.stream = None
-        self._render = None
+        self._cursor = None
+        self._read = _nothing_to_read
         self._trailer = b""
         self._chunked = False
         self._closing = False
@@ -376,7 +369,8 @@ class SseConnection(asyncio.Protocol):
     def _release_stream(self, stream: TokenStream) -> None:
         """This connection no longer reads ``stream``: it neither listens nor holds its producer back."""
         stream.detach(self._on_frames)
-        stream.reader_resumed(self)
+        if self._cursor is not None:
+            stream.reader_resumed(self._cursor)
         self.server.streaming.discard(self)
 
     def _abort(self) -> None:
@@ -396,6 +390,10 @@ class SseConnection(asyncio.Protocol):
             if self.stream is not None:  # an idle kept-alive connection gets no bytes outside a response
                 self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
             self.transport.close()
+
+
+def _nothing_to_read() -> tuple[bytes, int, bool]:
+    raise RuntimeError("this connection has no stream to read")  # flush() checks for a stream first
 
 
 class SseServer(ServerBase):
@@ -466,7 +464,7 @@ class SseServer(ServerBase):
                 if now - conn._paused_at >= cfg.stall_timeout:
                     self.metrics.backpressure_closes_total += 1
                     conn._abort()
-            elif now - conn._last_write >= cfg.heartbeat_interval:
+            elif now - conn._meter.last_write >= cfg.heartbeat_interval:
                 conn.write_heartbeat(now)
         self._schedule_tick()
 

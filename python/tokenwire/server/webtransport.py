@@ -6,7 +6,8 @@ session and one QUIC connection.
 
 Data path of a token stream: ``TokenStream.send`` -> ring append (Rust) -> the stream's listener marks it
 dirty in its connection -> the connection queues itself once in the :class:`~tokenwire.server.flusher.Flusher`
--> next loop iteration: one ``Registry.poll`` per dirty stream renders its new binary frames (Rust) into one
+-> next loop iteration: one cursor poll (one ``Storage.poll``) per dirty stream renders its new binary frames
+(Rust) into one
 ``send_stream_data``, then ONE ``transmit()`` for the whole connection, so packets carry frames of many
 streams and the loop pays for one packetisation per connection per iteration, not per token.
 
@@ -56,8 +57,8 @@ from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certi
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
 from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import Hub, TokenStream
-from tokenwire.metrics import ServerMetrics
+from tokenwire.hub import Cursor, Hub, TokenStream
+from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.webtransport import (
     MAX_PREVIEW_BYTES,
@@ -87,7 +88,6 @@ __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"
 
 log = logging.getLogger("tokenwire.server.webtransport")
 
-_WIRE_BINARY = _core.WIRE_BINARY
 _HEARTBEAT = _core.encode_frame(_core.FRAME_HEARTBEAT, 0, "")
 #: Ids of ended sessions remembered per connection (their late streams are refused, not held).
 _MAX_CLOSED_SESSIONS = 256
@@ -265,17 +265,15 @@ class _WtStream:
 
     __slots__ = (
         "conn",
+        "cursor",
         "dirty",
-        "handle",
-        "last_write",
+        "meter",
         "opened_at",
         "paused_at",
-        "position",
         "preview_tag",
         "qid",
         "reader",
         "recv_ended",
-        "requested_at",
         "send_ended",
         "session",
         "stream",
@@ -287,16 +285,16 @@ class _WtStream:
         self.session = session
         self.reader: RequestReader | None = RequestReader(conn.server.config.webtransport.max_request_bytes)
         self.stream: TokenStream | None = None
-        self.handle = 0
-        self.position = 0
+        #: Where this stream reads its token stream (set with ``stream``): the reader backpressure sees.
+        self.cursor: Cursor | None = None
         self.dirty = False
         self.preview_tag = 0  # > 0: previews are sent, with this tag (docs/protocol.md §4.5)
         self.recv_ended = False
         self.send_ended = False
         self.opened_at = now
-        self.requested_at = 0.0
         self.paused_at = 0.0
-        self.last_write = now
+        #: Write accounting (its ``observe`` is the cursor's hook) and the heartbeat clock (``last_write``).
+        self.meter = WriteMeter(conn.server.metrics, conn.server.loop.time, now)
 
     def on_frames(self) -> None:
         """The token stream's listener: new frames or its end. Queue this stream for the next flush."""
@@ -304,11 +302,17 @@ class _WtStream:
             self.dirty = True
             self.conn.mark_dirty(self)
 
+    @property
+    def position(self) -> int:
+        """Seq of the last frame taken from the token stream (0 before one is attached)."""
+        return 0 if self.cursor is None else self.cursor.position
+
     def detach(self) -> None:
         stream = self.stream
         if stream is not None:
             stream.detach(self.on_frames)
-            stream.reader_resumed(self)
+            if self.cursor is not None:
+                stream.reader_resumed(self.cursor)
             self.stream = None
             self.conn.paused.discard(self)
 
@@ -318,17 +322,11 @@ class _WtStream:
         if not self.paused_at:
             self.paused_at = conn.server.loop.time()
             conn.paused.add(self)
-            if self.stream is not None:
-                self.stream.reader_paused(self)  # a producer the hub drives waits if this reader falls far behind
+            if self.stream is not None and self.cursor is not None:
+                # a producer the hub drives waits if this reader falls far behind
+                self.stream.reader_paused(self.cursor)
         if prefix:
             conn.send(self, prefix, False)
-
-    def _account(self, pos: int, last: int, nbytes: int) -> None:
-        now = self.conn.server.loop.time()
-        self.conn.server.metrics.observe_write(pos, last, nbytes, now, self.requested_at, self.last_write)
-        self.requested_at = 0.0
-        self.last_write = now
-        self.position = last
 
     def write(self, prefix: bytes = b"") -> None:
         """Send everything new since ``position`` (after ``prefix``) in one ``send_stream_data``; FIN at the end.
@@ -336,7 +334,8 @@ class _WtStream:
         No transmit: the caller transmits once for every stream of the connection.
         """
         self.dirty = False
-        if self.send_ended or self.stream is None:
+        cursor = self.cursor
+        if self.send_ended or self.stream is None or cursor is None:
             return
         conn = self.conn
         server = conn.server
@@ -344,9 +343,8 @@ class _WtStream:
         if _send_buffered(quic, self.qid) > server.config.webtransport.stream_buffer_high:
             self._pause(prefix)
             return
-        pos = self.position
         try:
-            data, last, ended = conn.poll(self.handle, pos, _WIRE_BINARY)
+            data, _, ended = cursor.poll()  # its hook (the meter) accounts the frames it took
         except ResumeExpired:
             # The reader fell behind what the ring holds: cut; its attach gets the 410 error reply.
             server.metrics.backpressure_closes_total += 1
@@ -355,10 +353,8 @@ class _WtStream:
         except StreamNotFound:
             conn.reset(self, WtCode.RESUME)
             return
-        if last > pos:
-            self._account(pos, last, len(data))
-            if self.preview_tag:
-                conn.preview(self, data)
+        if data and self.preview_tag:
+            conn.preview(self, data)
         if prefix:
             data = prefix + data
         if data or ended:  # ended: every frame up to the final one is in data now
@@ -389,7 +385,6 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.deferred: list[tuple[_WtStream, StartRequested]] = []
         self.handshake_done = False
         self.paused: set[_WtStream] = set()
-        self.poll = server.hub.storage.poll
         self._dirty: list[_WtStream] = []
         self._queued = False
         self.closed = False
@@ -553,7 +548,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             return
         st.reader = None
         self.server.metrics.requests_total += 1
-        st.requested_at = self.server.loop.time()
+        st.meter.requested_at = self.server.loop.time()
         if isinstance(request, StartRequested) and not self.handshake_done:
             # Early data can be replayed by an attacker: a generation starts only once the handshake is done.
             self.server.metrics.deferred_starts_total += 1
@@ -639,8 +634,8 @@ class WebTransportConnection(QuicConnectionProtocol):
 
         ``previews`` (asked for): granted when the server enables them and the peer takes QUIC datagrams."""
         st.stream = stream
-        st.handle = stream._handle
-        st.position = after
+        st.cursor = stream.cursor(after, "binary")
+        st.cursor.on_read = st.meter.observe
         # The tag: unique on this connection, and known to a browser page (which never sees QUIC stream ids).
         st.preview_tag = st.qid // 4 + 1 if previews and self.previews_allowed() else 0
         stream.attach(st.on_frames)
@@ -787,8 +782,8 @@ class WebTransportConnection(QuicConnectionProtocol):
             if _send_buffered(quic, st.qid) <= low:
                 self.paused.discard(st)
                 st.paused_at = 0.0
-                if st.stream is not None:
-                    st.stream.reader_resumed(st)
+                if st.stream is not None and st.cursor is not None:
+                    st.stream.reader_resumed(st.cursor)
                 st.on_frames()
 
     def tick(self, now: float) -> None:
@@ -808,9 +803,9 @@ class WebTransportConnection(QuicConnectionProtocol):
                     self.server.metrics.backpressure_closes_total += 1
                     self.reset(st, WtCode.RESUME)
                     wrote = True
-            elif st.stream is not None and now - st.last_write >= cfg.heartbeat_interval:
+            elif st.stream is not None and now - st.meter.last_write >= cfg.heartbeat_interval:
                 self.send(st, _HEARTBEAT, False)
-                st.last_write = now
+                st.meter.last_write = now
                 self.server.metrics.heartbeats_total += 1
                 wrote = True
         if wrote and not self.closed:
