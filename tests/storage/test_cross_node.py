@@ -1,0 +1,232 @@
+"""Resume on any node: real ``tokenwire serve`` processes (each on its own port) sharing one real
+``redis-server``, driven over HTTP by httpx; one node killed with SIGKILL; the ASGI app under ``uvicorn
+--workers 2``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tokenwire import FakeModel, _core
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Node:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc, self.port = proc, port
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def metric(self, client: httpx.AsyncClient, name: str) -> float:
+        text = (await client.get(f"{self.base}/metrics")).text
+        return sum(float(m[1]) for m in re.finditer(rf"^tokenwire_{name}{{[^}}]*}} (\S+)$", text, re.MULTILINE))
+
+
+@contextlib.asynccontextmanager
+async def nodes(redis_url: str, n: int, *args: str) -> AsyncIterator[list[Node]]:
+    """``n`` separate ``tokenwire serve`` processes on one Redis (as on ``n`` machines)."""
+    started: list[Node] = []
+    try:
+        for _ in range(n):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--no-webtransport",
+                "--storage", redis_url, "--drain-timeout", "1", *args,
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            async with asyncio.timeout(30):
+                line = (await proc.stdout.readline()).decode()
+            found = re.search(r"http://127\.0\.0\.1:(\d+) ", line)
+            assert found, line
+            started.append(Node(proc, int(found[1])))
+        async with httpx.AsyncClient() as client:
+            epochs = {(await client.get(f"{n.base}/healthz")).json()["epoch"] for n in started}
+        assert len(epochs) == 1 and "-" not in epochs  # one store, one epoch
+        yield started
+    finally:
+        for node in started:
+            if node.proc.returncode is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in started:
+            try:
+                async with asyncio.timeout(15):
+                    await node.proc.wait()
+            except TimeoutError:
+                node.proc.kill()
+                await node.proc.wait()
+
+
+async def events(
+    client: httpx.AsyncClient, method: str, url: str, *, limit: int | None = None, **kw: object
+) -> tuple[int, list[tuple[str, str, str]]]:
+    """(status, events) of one request, reading at most ``limit`` events and then dropping the connection."""
+    decoder = _core.SseDecoder()
+    got: list[tuple[str, str, str]] = []
+    async with client.stream(method, url, **kw) as response:  # type: ignore[arg-type]
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code, [("", "status", response.text)]
+        async for chunk in response.aiter_bytes():
+            got += decoder.feed(chunk)
+            if limit is not None and len(got) >= limit:
+                break
+            if got and got[-1][1] in ("done", "error"):
+                break
+    return 200, got[:limit] if limit is not None else got
+
+
+async def test_streams_resume_exactly_once_on_random_nodes_and_the_model_runs_once(redis_url: str) -> None:
+    rng = random.Random(3)
+    async with nodes(redis_url, 3, "--tokens-per-s", "200") as cluster, httpx.AsyncClient(timeout=30) as client:
+
+        async def one(i: int) -> int:
+            prompt, n = f"prompt {i}", 60
+            home = rng.choice(cluster)
+            status, got = await events(
+                client, "POST", f"{home.base}/v1/streams", json={"prompt": prompt, "max_tokens": n},
+                limit=rng.randrange(1, 20),
+            )  # fmt: skip
+            assert status == 200
+            cuts = 0
+            while got[-1][1] not in ("done", "error"):
+                node = rng.choice([c for c in cluster if c is not home] or cluster)
+                last_id = got[-1][0]
+                stream_id = last_id.split(":")[0]
+                status, more = await events(
+                    client, "GET", f"{node.base}/v1/streams/{stream_id}/events",
+                    headers={"Last-Event-ID": last_id}, limit=rng.choice([5, 15, None]),
+                )  # fmt: skip
+                assert status == 200, more
+                got += more
+                cuts += 1
+            tokens = [data for _, kind, data in got if kind == "token"]
+            assert got[-1][1] == "done", got[-1]
+            seqs = [int(i.rsplit(":", 1)[1]) for i, kind, _ in got if kind == "token"]
+            assert seqs == list(range(1, n + 1))  # none lost, none twice, across nodes
+            assert "".join(tokens) == "".join(FakeModel(seed=0).tokens(prompt, n))
+            return cuts
+
+        cuts = await asyncio.gather(*(one(i) for i in range(12)))
+        assert sum(cuts) >= 12
+        started = [await node.metric(client, "streams_started_total") for node in cluster]
+        assert sum(started) == 12  # the model ran once per prompt, whichever node served the resumes
+        restored = sum([await node.metric(client, "storage_redis_restores") for node in cluster])
+        assert restored >= 1
+
+
+async def test_cancel_on_another_node_stops_the_generation(redis_url: str) -> None:
+    async with nodes(redis_url, 2, "--tokens-per-s", "50") as (a, b), httpx.AsyncClient(timeout=30) as client:
+        status, got = await events(
+            client, "POST", f"{a.base}/v1/streams", json={"prompt": "p", "max_tokens": 5000}, limit=2
+        )
+        assert status == 200
+        stream_id = got[-1][0].split(":")[0]
+        assert (await client.delete(f"{b.base}/v1/streams/{stream_id}")).status_code == 204
+        status, rest = await events(
+            client, "GET", f"{a.base}/v1/streams/{stream_id}/events", headers={"Last-Event-ID": got[-1][0]}
+        )
+        assert rest[-1][1] == "done" and json.loads(rest[-1][2])["reason"] == "cancelled"
+        assert len(rest) < 200  # stopped long before its 5,000 tokens
+        assert (await client.delete(f"{b.base}/v1/streams/never-made")).status_code == 404
+
+
+async def test_a_killed_producer_node_ends_its_streams_with_producer_lost(redis_url: str) -> None:
+    async with nodes(redis_url, 2, "--tokens-per-s", "20") as (a, b), httpx.AsyncClient(timeout=60) as client:
+        status, got = await events(
+            client, "POST", f"{a.base}/v1/streams", json={"prompt": "p", "max_tokens": 5000}, limit=3
+        )
+        stream_id = got[-1][0].split(":")[0]
+        reader = asyncio.ensure_future(
+            events(client, "GET", f"{b.base}/v1/streams/{stream_id}/events", headers={"Last-Event-ID": got[-1][0]})
+        )
+        await asyncio.sleep(0.5)
+        os.kill(a.proc.pid, signal.SIGKILL)  # no drain, no last ship: the node is gone
+        status, rest = await asyncio.wait_for(reader, 30)  # the lease (3 s) lapses, a lease more, then the end
+        assert status == 200
+        last = rest[-1]
+        assert last[1] == "error" and json.loads(last[2])["code"] == "producer_lost"
+        seqs = [int(i.rsplit(":", 1)[1]) for i, kind, _ in [*got, *rest] if kind == "token"]
+        assert seqs == list(range(1, len(seqs) + 1))  # everything shipped before the kill, once
+        # Everything produced before is still resumable, on the node that is left.
+        status, again = await events(client, "GET", f"{b.base}/v1/streams/{stream_id}/events")
+        assert [e for e in again if e[1] == "token"] == [e for e in [*got, *rest] if e[1] == "token"]
+
+
+APP = textwrap.dedent(
+    """
+    import os
+    from tokenwire import Hub
+    from tokenwire.asgi import TokenwireASGI
+    from tokenwire.redis_storage import RedisStorage
+
+    def make():
+        return TokenwireASGI(Hub(RedisStorage(os.environ["TW_REDIS"])))
+    """
+)
+
+
+async def test_asgi_app_under_uvicorn_workers_resumes_on_any_worker(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "twapp.py").write_text(APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "TW_REDIS": redis_url,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "twapp:make", "--factory", "--workers", "2", "--port", str(port),
+        "--log-level", "warning", env=env,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get(f"{base}/healthz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            pids: set[int] = set()
+            for i in range(6):
+                # A new connection per request: the workers share the listening socket, any may answer.
+                async with httpx.AsyncClient(timeout=30) as fresh:
+                    status, got = await events(
+                        fresh, "POST", f"{base}/v1/streams", json={"prompt": f"u{i}", "max_tokens": 30}, limit=5
+                    )
+                    assert status == 200
+                while got[-1][1] != "done":
+                    async with httpx.AsyncClient(timeout=30) as fresh:
+                        pids.add((await fresh.get(f"{base}/healthz")).json().get("pid", 0))
+                        stream_id = got[-1][0].split(":")[0]
+                        status, more = await events(
+                            fresh, "GET", f"{base}/v1/streams/{stream_id}/events",
+                            headers={"Last-Event-ID": got[-1][0]}, limit=7,
+                        )  # fmt: skip
+                        assert status == 200, more
+                        got += more
+                seqs = [int(e[0].rsplit(":", 1)[1]) for e in got if e[1] == "token"]
+                assert seqs == list(range(1, 31))
+                assert "".join(e[2] for e in got if e[1] == "token") == "".join(FakeModel(seed=0).tokens(f"u{i}", 30))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(20):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
