@@ -91,6 +91,7 @@ async def _serve(args: argparse.Namespace) -> int:
     hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
     server = SseServer(hub, config, model=model, engine_steps_per_s=args.engine_steps_per_s or None)
     await server.start()
+    storage_note = await _storage_note(hub)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,7 +101,7 @@ async def _serve(args: argparse.Namespace) -> int:
     prefix = f"worker {worker.index} (pid {os.getpid()}): " if worker else ""
     _say(
         f"{prefix}tokenwire {__version__} serving SSE on http://{args.host}:{server.port} "
-        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode})"
+        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode}{storage_note})"
     )
     wt = await _start_webtransport(args, server, prefix) if args.webtransport else None
     if worker is not None:
@@ -224,6 +225,22 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
     return value
+
+
+async def _storage_note(hub: Hub) -> str:
+    """For the startup line: where history lives; a shared storage is given a few seconds to answer first
+    (its epoch is the store's). Serving starts either way: until Redis answers, starts and resumes of other
+    nodes' streams are 503."""
+    storage = hub.storage
+    if not storage.shared:
+        return ""
+    from tokenwire.redis_storage import RedisStorage  # the redis extra: only a shared storage needs it
+
+    if not isinstance(storage, RedisStorage):
+        return ""
+    if await storage.wait_connected(5.0):
+        return f", storage {storage.url}"
+    return f", storage {storage.url} NOT REACHABLE ({storage.last_error}): starts answer 503 until it is"
 
 
 def _serve_storage_refusal(args: argparse.Namespace) -> str | None:
