@@ -137,6 +137,7 @@ class TokenStream:
         "created_at",
         "end_reason",
         "id",
+        "labels",
     )
 
     def __init__(self, hub: Hub, stream_id: str, handle: int, now: float, abandonable: bool) -> None:
@@ -158,6 +159,9 @@ class TokenStream:
         self._detached_since = now
         self.created_at = now
         self.end_reason: str | None = None
+        #: Small facts about the stream that travel with its history (a shared storage ships them to every
+        #: node): e.g. the chat completion metadata of an OpenAI-compatible stream. Set with :meth:`label`.
+        self.labels: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<TokenStream {self.id} {self._state.name.lower()} last_seq={self.last_seq}>"
@@ -188,6 +192,12 @@ class TokenStream:
     @property
     def subscribers(self) -> int:
         return len(self._listeners)
+
+    def label(self, name: str, value: str) -> None:
+        """Attach ``name = value`` to the stream (set it before the first token to have it on other nodes with
+        the stream's first shipped frames; a later value is shipped with the next ones)."""
+        self.labels[name] = value
+        self._hub.storage.label(self._handle, name, value)
 
     # -- producer side -------------------------------------------------------------------------------
 
@@ -714,6 +724,7 @@ class Hub:
         if stream is None:
             stream = TokenStream(self, stream_id, handle, self.clock(), abandonable=False)
             stream._remote = True
+            stream.labels = self.storage.labels(stream_id)
             state = StreamState(self.storage.state(handle))
             if state is not StreamState.OPEN:
                 stream._state = state

@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis.asyncio as aioredis
@@ -72,13 +72,14 @@ class StorageHost(Protocol):
 
 
 # One script call per tick ships every dirty stream. ARGV: prefix, node, epoch, maxlen, open ttl ms, ended
-# ttl ms, then per stream: id, from (shipped before), last, frames, end state ('0' while open). Returns
+# ttl ms, then per stream: id, from (shipped before), last, frames, end state ('0' while open), labels (JSON,
+# '' when unchanged). Returns
 # {1, ids...} (ids: streams ended elsewhere, e.g. declared lost; their owner stops) or {0} (epoch changed).
 _SHIP = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'epoch') ~= ARGV[3] then return {0} end
 local out = {1}
-for i = 7, #ARGV, 5 do
+for i = 7, #ARGV, 6 do
   local id = ARGV[i]
   local m = p .. 's:' .. id .. ':m'
   local f = p .. 's:' .. id .. ':f'
@@ -91,6 +92,9 @@ for i = 7, #ARGV, 5 do
     local shipped = tonumber(meta[2] or '0')
     if not meta[1] then
       redis.call('HSET', m, 'owner', ARGV[2], 'state', '0', 'shipped', '0')
+    end
+    if ARGV[i + 5] ~= '' then
+      redis.call('HSET', m, 'labels', ARGV[i + 5])
     end
     if last > shipped then
       if st ~= '0' then
@@ -152,6 +156,9 @@ class _Owned:
     stopped: bool = False
     #: First tick that saw unshipped frames (replication lag), 0 when all is shipped.
     dirty_since: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    #: Labels changed since the last ship.
+    labels_dirty: bool = False
 
 
 @dataclass(slots=True)
@@ -219,6 +226,7 @@ class RedisStorage(MemoryStorage):
         self._owned: dict[int, _Owned] = {}
         self._pending: set[int] = set()  # owned handles with frames (or a creation) not yet shipped
         self._copies: dict[str, _Copy] = {}
+        self._copy_labels: dict[str, dict[str, str]] = {}
         self._stats = _Stats()
         self._tasks: list[asyncio.Task[None]] = []
         self._copies_changed = asyncio.Event()
@@ -355,7 +363,18 @@ class RedisStorage(MemoryStorage):
                 self._pending.discard(handle)
             for key in gone:
                 self._copies.pop(key, None)
+                self._copy_labels.pop(key, None)
         return removed
+
+    def label(self, handle: int, name: str, value: str) -> None:
+        owned = self._owned.get(handle)
+        if owned is not None:
+            owned.labels[name] = value
+            owned.labels_dirty = True
+            self._pending.add(handle)
+
+    def labels(self, key: str) -> dict[str, str]:
+        return dict(self._copy_labels.get(key, {}))
 
     def is_copy(self, key: str) -> bool:
         """The stream is produced by another node; this one holds a copy."""
@@ -406,6 +425,8 @@ class RedisStorage(MemoryStorage):
         shipped = int(meta.get("shipped", "0"))
         first_seq = frames[0][1] if frames else shipped + 1
         handle = self._create_local(key, format_id_prefix(key, self._epoch), first_seq=first_seq)
+        with contextlib.suppress(ValueError, AttributeError):
+            self._copy_labels[key] = {str(k): str(v) for k, v in json.loads(meta.get("labels", "{}")).items()}
         self._stats.restores += 1
         copy = _Copy(handle, meta.get("owner", ""), entry_id)
         ended = self._apply(handle, frames, end_state)
@@ -580,6 +601,8 @@ class RedisStorage(MemoryStorage):
             reply = await self._script(_SHIP, args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "ship")
+            for _, owned, _, had_labels in batch:
+                owned.labels_dirty |= had_labels
             return
         self._ok()
         self._stats.ship_calls += 1
@@ -589,11 +612,11 @@ class RedisStorage(MemoryStorage):
             return
         self._shipped(batch, {r.decode() if isinstance(r, bytes) else str(r) for r in reply[1:]})
 
-    def _collect(self, args: list[Any]) -> list[tuple[int, _Owned, int]]:
+    def _collect(self, args: list[Any]) -> list[tuple[int, _Owned, int, bool]]:
         """Adds each pending stream's ``id, from, last, frames, state`` to ``args``; returns what it added."""
         reg = self._registry
         now = time.monotonic()
-        batch: list[tuple[int, _Owned, int]] = []
+        batch: list[tuple[int, _Owned, int, bool]] = []
         for handle in list(self._pending):
             owned = self._owned.get(handle)
             if owned is None or owned.stopped:
@@ -614,13 +637,15 @@ class RedisStorage(MemoryStorage):
             except LookupError:  # removed meanwhile
                 self._pending.discard(handle)
                 continue
-            args += [owned.key, after, last, data, reg.state(handle) if ended else 0]
-            batch.append((handle, owned, last))
+            labels = json.dumps(owned.labels, separators=(",", ":")) if owned.labels_dirty else ""
+            owned.labels_dirty = False  # set again if this tick fails
+            args += [owned.key, after, last, data, reg.state(handle) if ended else 0, labels]
+            batch.append((handle, owned, last, bool(labels)))
             self._stats.ship_frames_bytes += len(data)
         return batch
 
-    def _shipped(self, batch: list[tuple[int, _Owned, int]], ended_elsewhere: set[str]) -> None:
-        for handle, owned, last in batch:
+    def _shipped(self, batch: list[tuple[int, _Owned, int, bool]], ended_elsewhere: set[str]) -> None:
+        for handle, owned, last, _ in batch:
             owned.shipped = max(owned.shipped, last)
             if self._registry.last_seq(handle) <= owned.shipped:
                 self._pending.discard(handle)

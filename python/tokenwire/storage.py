@@ -63,6 +63,14 @@ class Storage(Protocol):
         """Ask the process producing a copied stream to cancel it."""
         ...
 
+    def label(self, handle: int, name: str, value: str) -> None:
+        """Keep ``name = value`` with a stream this process produces (a shared storage ships it)."""
+        ...
+
+    def labels(self, key: str) -> dict[str, str]:
+        """The labels of a copied stream, as its producer set them."""
+        ...
+
     def bind(self, host: Any) -> None:
         """The hub this storage reports to (called once, by the hub)."""
         ...
@@ -139,6 +147,12 @@ class MemoryStorage:
 
     def cancel_remote(self, key: str, reason: str) -> None:
         """Never called: every stream of a memory storage is this process's own."""
+
+    def label(self, handle: int, name: str, value: str) -> None:
+        """The stream object keeps its labels; nobody else reads them."""
+
+    def labels(self, key: str) -> dict[str, str]:
+        return {}
 
     def bind(self, host: Any) -> None:
         """Nothing to report: no other process writes here."""

@@ -100,9 +100,9 @@ async def test_every_event_of_the_openai_end_is_a_resume_point(serve: Serve) -> 
 
 async def test_an_error_end_is_resumable_too(serve: Serve) -> None:
     hub = Hub()
-    async with serve(hub, FakeModel(seed=5)) as (base, endpoints), httpx.AsyncClient() as client:
+    async with serve(hub, FakeModel(seed=5)) as (base, _endpoints), httpx.AsyncClient() as client:
         stream = hub.create_stream()
-        endpoints.chats[stream.id] = ChatMeta(f"chatcmpl-{stream.id}", "m", 0, include_usage=True)
+        ChatMeta(f"chatcmpl-{stream.id}", "m", 0, include_usage=True).remember(stream)
         stream.send_many(["a", "b"])
         stream.fail("the model fell over", code="model_error")
         prefix = stream.id_prefix

@@ -230,3 +230,24 @@ async def test_asgi_app_under_uvicorn_workers_resumes_on_any_worker(redis_url: s
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def test_an_openai_chat_stream_resumes_on_another_node(redis_url: str) -> None:
+    """The chat completion's metadata (id, model, created) travels with the stream: the OpenAI chunks resumed on
+    node B carry the same id and model as those node A sent."""
+    async with nodes(redis_url, 2, "--tokens-per-s", "100") as (a, b), httpx.AsyncClient(timeout=30) as client:
+        body = {"model": "m-1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "stream": True}
+        status, first = await events(client, "POST", f"{a.base}/v1/chat/completions", json=body, limit=4)
+        assert status == 200
+        last_id = first[-1][0]
+        status, rest = await events(
+            client, "GET", f"{b.base}/v1/streams/{last_id.split(':')[0]}/events?format=openai",
+            headers={"Last-Event-ID": last_id},
+        )  # fmt: skip
+        assert status == 200, rest
+        chunks = [json.loads(data) for _, _, data in [*first, *rest] if data.startswith("{")]
+        assert {c["id"] for c in chunks} == {f"chatcmpl-{last_id.split(':')[0]}"}
+        assert {c["model"] for c in chunks} == {"m-1"} and len({c["created"] for c in chunks}) == 1
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == "".join(FakeModel(seed=0).tokens("hi", 30))
+        assert rest[-1][2] == "[DONE]"

@@ -101,6 +101,20 @@ class ChatMeta:
         self.created = created
         self.include_usage = include_usage
 
+    def remember(self, stream: TokenStream) -> None:
+        """Keep this with the stream (its ``chat`` label), for ``format=openai`` resumes on any node."""
+        fields = {"id": self.id, "model": self.model, "created": self.created, "include_usage": self.include_usage}
+        stream.label("chat", json.dumps(fields, separators=(",", ":")))
+
+    @classmethod
+    def of(cls, stream: TokenStream) -> ChatMeta | None:
+        """The chat completion ``stream`` carries (``None``: it is not one)."""
+        label = stream.labels.get("chat")
+        if label is None:
+            return None
+        f = json.loads(label)
+        return cls(str(f["id"]), str(f["model"]), int(f["created"]), bool(f["include_usage"]))
+
     def chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -445,10 +459,6 @@ class Endpoints:
     """
 
     host: Host
-    #: Chat completions by stream id, for ``format=openai`` resumes. Entries of streams the hub no longer
-    #: holds are dropped as it grows.
-    chats: dict[str, ChatMeta] = field(default_factory=dict)
-    _prune_at: int = field(default=1024, init=False, repr=False)
     #: ``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first. A key lives at most
     #: as long as its stream is in the hub, and at most ``config.max_idempotency_keys`` are kept (the oldest
     #: go).
@@ -578,7 +588,7 @@ class Endpoints:
         if last_event_id:
             count_resume(host.hub, host.metrics, stream, after)
         if fmt == "openai":
-            meta = self.chats.get(stream_id)
+            meta = ChatMeta.of(stream)
             if meta is None:
                 raise RemoteProtocolError(
                     f"stream {stream_id} is not a chat completion; format=openai is not available"
@@ -623,12 +633,12 @@ class Endpoints:
             return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}))
         stream = self.start_generation(body, "\n".join(parts), max_tokens)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
-        self._remember(stream.id, meta)
+        meta.remember(stream)
         self._remember_key("chat", body, headers, stream)
         return ChatRequest(stream, meta, streaming)
 
     def _chat_repeat(self, stream_id: str, streaming: bool, last_event_id: str) -> ChatRequest:
-        known = self.chats.get(stream_id)
+        known = ChatMeta.of(self.host.hub.get(stream_id))
         if known is None:
             raise RemoteProtocolError(f"stream {stream_id} is not a chat completion; it cannot resume here")
         if not streaming:
@@ -641,14 +651,6 @@ class Endpoints:
         if chat.repeat is None:
             return plan_openai(self.host.hub, chat.stream, 0, chat.meta, base)
         return self.attach(chat.stream.id, chat.repeat, {"format": "openai"}, base)
-
-    def _remember(self, stream_id: str, meta: ChatMeta) -> None:
-        chats = self.chats
-        chats[stream_id] = meta
-        if len(chats) > self._prune_at:
-            hub = self.host.hub
-            self.chats = {k: v for k, v in chats.items() if k in hub}
-            self._prune_at = max(1024, 2 * len(self.chats))
 
     def webtransport(self) -> dict[str, Any]:
         """``GET /v1/webtransport/certificate``: ``{url, sha256, algorithm}``; 404 when WebTransport is off."""
