@@ -55,7 +55,7 @@ async def connected(*hubs: Hub) -> None:
 
 
 async def read_all(hub: Hub, stream_id: str, after: int, limit: float = 20) -> list[Frame]:
-    await hub.find(stream_id)
+    await hub.find(stream_id, after)
     frames: list[Frame] = []
     async with asyncio.timeout(limit):
         async for batch in hub.subscribe(stream_id, after):
