@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tokenwire import FakeModel, _core
+from tokenwire.client.webtransport import WebTransportClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,8 +42,9 @@ async def nodes(redis_url: str, n: int, *args: str) -> AsyncIterator[list[Node]]
     started: list[Node] = []
     try:
         for _ in range(n):
+            webtransport = [] if "--webtransport" in args else ["--no-webtransport"]
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--no-webtransport",
+                sys.executable, "-m", "tokenwire", "serve", "--port", "0", *webtransport,
                 "--storage", redis_url, "--drain-timeout", "1", *args,
                 stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -251,3 +253,22 @@ async def test_an_openai_chat_stream_resumes_on_another_node(redis_url: str) -> 
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         assert text == "".join(FakeModel(seed=0).tokens("hi", 30))
         assert rest[-1][2] == "[DONE]"
+
+
+async def test_a_stream_started_over_sse_resumes_over_webtransport_on_another_node(redis_url: str) -> None:
+    async with (
+        nodes(redis_url, 2, "--tokens-per-s", "100", "--webtransport") as (a, b),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        status, got = await events(
+            client, "POST", f"{a.base}/v1/streams", json={"prompt": "wt", "max_tokens": 40}, limit=6
+        )
+        assert status == 200
+        last_id = got[-1][0]
+        stream_id = last_id.split(":")[0]
+        cert = (await client.get(f"{b.base}/v1/webtransport/certificate")).json()
+        async with WebTransportClient(cert["url"], server_certificate_hashes=[bytes.fromhex(cert["sha256"])]) as wt:
+            reader = await wt.attach(stream_id, last_event_id=last_id)
+            rest = await reader.text()
+        sse_tokens = "".join(data for _, kind, data in got if kind == "token")
+        assert sse_tokens + rest == "".join(FakeModel(seed=0).tokens("wt", 40))
