@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.redis_server import RedisProcess
 from tokenwire import FakeModel, _core
 from tokenwire.client.webtransport import WebTransportClient
 
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Node:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc, self.port = proc, port
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, line: str) -> None:
+        self.proc, self.port, self.line = proc, port, line
         self.base = f"http://127.0.0.1:{port}"
 
     async def metric(self, client: httpx.AsyncClient, name: str) -> float:
@@ -37,8 +38,8 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def nodes(redis_url: str, n: int, *args: str) -> AsyncIterator[list[Node]]:
-    """``n`` separate ``tokenwire serve`` processes on one Redis (as on ``n`` machines)."""
+async def nodes(redis_url: str, n: int, *args: str, same_epoch: bool = True) -> AsyncIterator[list[Node]]:
+    """``n`` separate ``tokenwire serve`` processes on one Redis (as on ``n`` machines); stopped with SIGTERM."""
     started: list[Node] = []
     try:
         for _ in range(n):
@@ -53,10 +54,11 @@ async def nodes(redis_url: str, n: int, *args: str) -> AsyncIterator[list[Node]]
                 line = (await proc.stdout.readline()).decode()
             found = re.search(r"http://127\.0\.0\.1:(\d+) ", line)
             assert found, line
-            started.append(Node(proc, int(found[1])))
-        async with httpx.AsyncClient() as client:
-            epochs = {(await client.get(f"{n.base}/healthz")).json()["epoch"] for n in started}
-        assert len(epochs) == 1 and "-" not in epochs  # one store, one epoch
+            started.append(Node(proc, int(found[1]), line))
+        if same_epoch:
+            async with httpx.AsyncClient() as client:
+                epochs = {(await client.get(f"{n.base}/healthz")).json()["epoch"] for n in started}
+            assert len(epochs) == 1 and "-" not in epochs  # one store, one epoch
         yield started
     finally:
         for node in started:
@@ -272,3 +274,20 @@ async def test_a_stream_started_over_sse_resumes_over_webtransport_on_another_no
             rest = await reader.text()
         sse_tokens = "".join(data for _, kind, data in got if kind == "token")
         assert sse_tokens + rest == "".join(FakeModel(seed=0).tokens("wt", 40))
+
+
+async def test_a_node_without_redis_serves_and_answers_503_until_redis_is_back(redis_server: RedisProcess) -> None:
+    redis_server.stop()
+    async with nodes(redis_server.url, 1, same_epoch=False) as (node,), httpx.AsyncClient(timeout=30) as client:
+        assert "NOT REACHABLE" in node.line, node.line  # it says so, and serves anyway
+        r = await client.post(f"{node.base}/v1/streams", json={"prompt": "p", "max_tokens": 3})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "unreachable" in r.json()["error"]["message"]
+        assert (await client.get(f"{node.base}/healthz")).json()["storage_up"] is False
+        redis_server.start()
+        for _ in range(200):  # the node's heartbeat finds it within a second
+            if (await client.get(f"{node.base}/healthz")).json()["storage_up"]:
+                break
+            await asyncio.sleep(0.05)
+        status, got = await events(client, "POST", f"{node.base}/v1/streams", json={"prompt": "p", "max_tokens": 3})
+        assert status == 200 and got[-1][1] == "done"

@@ -8,6 +8,7 @@ processes would; the process-level tests (real ``tokenwire serve`` nodes, a node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,16 @@ def node(url: str, **kw: float) -> Hub:
     kw.setdefault("ship_interval", 0.002)
     kw.setdefault("lease", 0.6)
     return Hub(RedisStorage(url, **kw))  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(url: str, **kw: float) -> AsyncIterator[tuple[Hub, Hub]]:
+    a, b = node(url, **kw), node(url, **kw)
+    try:
+        yield a, b
+    finally:
+        await a.aclose()
+        await b.aclose()
 
 
 @pytest.fixture
@@ -191,8 +202,7 @@ async def test_producer_lost_when_the_owner_stops_renewing_its_lease(nodes: Call
 
 
 async def test_redis_restarted_with_its_data_resumes(redis_server: RedisProcess) -> None:
-    a, b = node(redis_server.url), node(redis_server.url)
-    try:
+    async with two_nodes(redis_server.url) as (a, b):
         await connected(a, b)
         epoch = a.epoch
         stream = a.start(tokens_of(300, 0.003))
@@ -201,9 +211,6 @@ async def test_redis_restarted_with_its_data_resumes(redis_server: RedisProcess)
         frames = await read_all_retrying(b, stream.id)
         assert texts(frames) == [f"t{k} " for k in range(300)]
         assert a.epoch == epoch == b.epoch
-    finally:
-        await a.aclose()
-        await b.aclose()
 
 
 async def read_all_retrying(hub: Hub, stream_id: str, within: float = 15) -> list[Frame]:
@@ -217,8 +224,7 @@ async def read_all_retrying(hub: Hub, stream_id: str, within: float = 15) -> lis
 
 
 async def test_redis_restarted_empty_makes_old_resume_points_409(redis_server: RedisProcess) -> None:
-    a, b = node(redis_server.url), node(redis_server.url)
-    try:
+    async with two_nodes(redis_server.url) as (a, b):
         await connected(a, b)
         old = a.epoch
         stream = a.start(tokens_of(100_000, 0.003))
@@ -234,9 +240,6 @@ async def test_redis_restarted_empty_makes_old_resume_points_409(redis_server: R
         # New streams work in the new epoch.
         fresh = a.start(tokens_of(5))
         assert texts(await read_all(b, fresh.id, 0)) == [f"t{k} " for k in range(5)]
-    finally:
-        await a.aclose()
-        await b.aclose()
 
 
 async def test_redis_unreachable_at_start_then_back(redis_server: RedisProcess) -> None:
@@ -258,8 +261,7 @@ async def test_redis_unreachable_at_start_then_back(redis_server: RedisProcess) 
 async def test_redis_down_mid_stream_local_readers_go_on_and_shipping_catches_up(
     redis_server: RedisProcess,
 ) -> None:
-    a, b = node(redis_server.url, command_timeout=0.5), node(redis_server.url, command_timeout=0.5)
-    try:
+    async with two_nodes(redis_server.url, command_timeout=0.5) as (a, b):
         await connected(a, b)
         stream = a.start(tokens_of(200, 0.003))
         local = asyncio.ensure_future(read_all(a, stream.id, 0))
@@ -274,9 +276,6 @@ async def test_redis_down_mid_stream_local_readers_go_on_and_shipping_catches_up
         # Frames made while Redis was away were shipped once it came back: another node has them all.
         assert texts(await read_all_retrying(b, stream.id)) == [f"t{k} " for k in range(200)]
         assert a.storage.stats()["redis_errors"] > 0
-    finally:
-        await a.aclose()
-        await b.aclose()
 
 
 async def test_abandonment_counts_readers_on_other_nodes(redis_url: str, nodes: Callable[..., Hub]) -> None:
