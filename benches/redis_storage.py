@@ -8,11 +8,11 @@ The script starts its own ``redis-server`` (persistence off, a free port on 127.
   ``--storage redis://...`` alternating in one run (the order flips every repeat), server on ``--server-cores``,
   generator on ``--client-cores``, redis-server on ``--redis-cores``. Per run: the server's CPU per 100k tokens
   delivered (``loadtest --server-pid``), redis-server's own CPU (``/proc/PID/stat`` around the load test), Redis
-  commands per token (``INFO stats`` ``total_commands_processed``: commands clients sent, a script call counts
-  once) and the commands Redis executed per token (``INFO commandstats``, which also counts each command a
-  script runs), and the server's ship calls (``tokenwire_storage_redis_ship_calls`` from ``/metrics``).
-- ``resume``: two nodes (``--storage redis://...``) on one Redis; ``tokenwire loadtest --url A --url B`` with
-  forced disconnects, each cut stream resuming on the other node. Per repeat: ``resume_cross_node_s``
+  commands per token (``INFO stats`` ``total_commands_processed``; in Redis 7 it counts every command a Lua
+  script runs too) with a per-command breakdown (``INFO commandstats``), and the server's own round trips and
+  ship calls (``tokenwire_storage_redis_round_trips`` / ``_ship_calls`` from ``/metrics``).
+- ``resume``: two nodes (``--storage redis://...``; ``--node-cores``, default A on core 0 and B on core 1) on one
+  Redis; ``tokenwire loadtest --url A --url B`` with forced disconnects, each cut stream resuming on the other node. Per repeat: ``resume_cross_node_s``
   p50 / p99 / max and the load test's exactly-once verdict. ``--hog``: also one busy loop on each core.
 - ``workers``: ``tokenwire serve --workers N --storage redis://...`` for each N of ``--workers`` at saturation
   (unthrottled streams: ``--engine-steps-per-s 0``, ``loadtest --tokens-per-s 0``): tokens/s delivered, and
@@ -20,8 +20,9 @@ The script starts its own ``redis-server`` (persistence off, a free port on 127.
 
     .venv/bin/python -m benches.redis_storage --bench cpu --streams 1000 --duration 10 --repeats 3
     .venv/bin/python -m benches.redis_storage --bench resume --streams 300 --duration 8 --disconnect-rate 0.25 \\
-        --repeats 5 [--hog]
-    .venv/bin/python -m benches.redis_storage --bench workers --workers 1,2 --sat-streams 32 --sat-tokens 40000
+        --client-cores "" --repeats 5 [--hog]          # --nodes 1 [--resume-storage memory]: same-node baseline
+    .venv/bin/python -m benches.redis_storage --bench workers --server-cores "" --client-cores "" \\
+        --redis-cores "" --repeats 3 --sat-streams 32 --sat-tokens 300000
 
 Prints progress and a markdown table per benchmark (the ones in BENCHMARKS.md) and writes every row, with the
 full load-test reports, as JSON (``--out``).
@@ -303,8 +304,9 @@ def bench_resume(args: argparse.Namespace, redis: RedisProcess, log_dir: Path) -
     cores = args.node_cores.split(":") if args.node_cores else ["", ""]
     for rep in range(1, args.repeats + 1):
         watch.flush()
-        serve = ["--engine-steps-per-s", f"{args.steps:g}", "--storage", redis.url]
-        nodes = [Server(serve, cores[i % len(cores)], log_dir, f"node{i}") for i in range(2)]
+        storage = redis.url if args.resume_storage == "redis" else "memory://"
+        serve = ["--engine-steps-per-s", f"{args.steps:g}", "--storage", storage]
+        nodes = [Server(serve, cores[i % len(cores)], log_dir, f"node{i}") for i in range(args.nodes)]
         hogs = _hogs(args.hog)
         _log(
             f"resume repeat {rep}: nodes {[n.proc.pid for n in nodes]}, {args.streams} streams x {max_tokens} tokens, "
@@ -327,6 +329,8 @@ def bench_resume(args: argparse.Namespace, redis: RedisProcess, log_dir: Path) -
             "bench": "resume",
             "repeat": rep,
             "hog": args.hog,
+            "nodes": args.nodes,
+            "storage": args.resume_storage,
             "cross_node": report["resume_cross_node_s"],
             "resume": report["resume_s"],
             "cuts": d["forced"],
@@ -342,13 +346,13 @@ def bench_resume(args: argparse.Namespace, redis: RedisProcess, log_dir: Path) -
             f"  cross-node resume p50 {ms3(row['cross_node'], 'p50')} ms, p99 {ms3(row['cross_node'], 'p99')} ms "
             f"({d['cross_node_resumes']} of {d['resumes']} resumes); {row['verdict']}"
         )
-    print("\n| repeat | competing load | cuts | resumes (cross-node) | cross-node resume p50 ms | p99 ms | max ms "
+    print("\n| repeat | nodes, storage | competing load | cuts | resumes (cross-node) | cross-node resume p50 ms | p99 ms | max ms "
           "| all resumes p99 ms | restores | streams / lost / dup |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c = r["cross_node"]
         print(
-            f"| {r['repeat']} | {'yes' if r['hog'] else 'no'} | {r['cuts']:,} | {r['resumes']:,} "
+            f"| {r['repeat']} | {r['nodes']}, {r['storage']} | {'yes' if r['hog'] else 'no'} | {r['cuts']:,} | {r['resumes']:,} "
             f"({r['cross_node_resumes']:,}) | {ms3(c, 'p50')} | {ms3(c, 'p99')} | {ms3(c, 'max')} "
             f"| {ms3(r['resume'], 'p99')} | {r['restores']:.0f} | {r['verdict']} |"
         )
@@ -462,6 +466,8 @@ def main() -> int:
     p.add_argument("--node-cores", default="0:1", help="resume: node A's and node B's cores, ':'-separated")
     p.add_argument("--disconnect-rate", type=float, default=0.25, help="resume: forced cuts per stream per second")
     p.add_argument("--hog", action="store_true", help="resume: one busy loop on each core (competing load)")
+    p.add_argument("--nodes", type=int, choices=(1, 2), default=2, help="resume: 1 = the same-node baseline")
+    p.add_argument("--resume-storage", choices=("redis", "memory"), default="redis", help="resume: the nodes' storage")
     p.add_argument("--workers", default="1,2", help="workers: the --workers values compared")
     p.add_argument("--sat-streams", type=int, default=32, help="workers: concurrent unthrottled streams")
     p.add_argument("--sat-tokens", type=int, default=40000, help="workers: tokens per unthrottled stream")

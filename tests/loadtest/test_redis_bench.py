@@ -36,7 +36,7 @@ def test_every_benchmark_row_streams_exactly(tmp_path: Path) -> None:
     assert proc.returncode == 0, stdout + stderr
     rows = json.loads(out.read_text())
     assert [(r["bench"], r.get("storage") or r.get("workers")) for r in rows] == [
-        ("cpu", "memory"), ("cpu", "redis"), ("resume", None), ("workers", 1), ("workers", 2),
+        ("cpu", "memory"), ("cpu", "redis"), ("resume", "redis"), ("workers", 1), ("workers", 2),
     ]  # fmt: skip
     for row in rows:
         report = row["report"]
