@@ -305,7 +305,7 @@ class RedisStorage(MemoryStorage):
 
     async def aclose(self) -> None:
         """Ship what is left (bounded by ``command_timeout``), then stop the tasks and close the connections."""
-        if self.available and self._pending:
+        if self.available:  # the hub's producers ended since the last tick: their final frames are dirty
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ship_once(), self.command_timeout)
         tasks, self._tasks = self._tasks, []

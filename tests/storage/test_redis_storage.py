@@ -314,3 +314,22 @@ async def test_storage_metrics_count_round_trips_not_tokens(nodes: Callable[...,
     await connected(b)
     assert texts(await read_all(b, streams[3].id, 0)) == ["x"] * 50
     assert json.loads((await read_all(b, streams[3].id, 50))[-1].text) == {"reason": "stop"}
+
+
+async def test_a_node_closing_ships_the_ends_of_its_streams(nodes: Callable[..., Hub]) -> None:
+    """``Hub.aclose`` ends its producers' streams; the storage's close ships those final frames even when no
+    tick came between the ends and the close: readers on other nodes get ``shutdown``, not ``producer_lost``."""
+    a, b = nodes(ship_interval=30.0), nodes()  # a ships only when asked (no tick in this test)
+    await connected(a, b)
+    stream = a.start(tokens_of(100_000, 0.2))  # a slow model: nothing new between the last tick and the close
+    await eventually(lambda: stream.last_seq >= 1)
+    storage = a.storage
+    assert isinstance(storage, RedisStorage)
+    await storage._ship_once()  # everything so far is in Redis: nothing is pending
+    await b.find(stream.id)
+    reader = asyncio.ensure_future(read_all(b, stream.id, 0))
+    await storage._ship_once()
+    await a.aclose()
+    frames = await asyncio.wait_for(reader, 10)
+    assert frames[-1].kind is FrameKind.DONE and frames[-1].json()["reason"] == "shutdown"
+    assert texts(frames) == [f"t{k} " for k in range(frames[-1].seq - 1)]
