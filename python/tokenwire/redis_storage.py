@@ -338,6 +338,9 @@ class RedisStorage(MemoryStorage):
             log.warning("redis %s: %s failed: %s", self.url, what, message)
         self.available = False
         self.last_error = message
+        # The call that reaches Redis first after this may be the ship script itself: compare what Redis holds
+        # with what was shipped before any ship (a Redis back from an older snapshot lost acknowledged writes).
+        self._resync = self._epoch_known
 
     def _unavailable(self) -> StorageUnavailable:
         return StorageUnavailable(f"stream storage (redis {self.url}) is unreachable: {self.last_error}")
@@ -590,6 +593,8 @@ class RedisStorage(MemoryStorage):
         self._pending.update(h for h in self._registry.take_dirty() if h in self._owned)
         if self._resync and self._epoch_known:
             await self._resync_shipped()
+            if self._resync:  # Redis still away: a ship now could write past frames it lost
+                return
         if not self._pending or not self._epoch_known:
             return
         args: list[Any] = [self.prefix, self.node_id, self._epoch, self._maxlen]
@@ -662,6 +667,9 @@ class RedisStorage(MemoryStorage):
     async def _resync_shipped(self) -> None:
         """Ship again from what Redis holds where that is less than this node shipped (lost writes)."""
         owned = [(h, o) for h, o in self._owned.items() if not o.stopped]
+        if not owned:  # nothing to compare (and no round trip that would say Redis answers)
+            self._resync = False
+            return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for _, o in owned:
