@@ -526,7 +526,10 @@ class RedisStorage(MemoryStorage):
 
     async def _wake(self) -> None:
         try:
-            await self._client.xadd(self._wake_key, {"w": "1"}, maxlen=8, approximate=False)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=8, approximate=False)
+                pipe.pexpire(self._wake_key, 60_000)  # node ids are new at every start: the key goes with its node
+                await pipe.execute()
             self._ok()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "wake")

@@ -366,3 +366,16 @@ async def test_redis_back_from_an_older_snapshot_gets_the_lost_frames_again(redi
         stream.finish()
         frames = await read_all_retrying(b, stream.id)
         assert texts(frames) == [f"t{k} " for k in range(90)]
+
+
+async def test_a_nodes_wake_key_expires(redis_server: RedisProcess) -> None:
+    """Node ids are new at every start: the wake key a node's tail reader listens on must not outlive it."""
+    async with two_nodes(redis_server.url) as (a, b):
+        await connected(a, b)
+        stream = a.start(tokens_of(100_000, 0.01))
+        await b.find(stream.id)  # a copy: B wakes its tail reader
+        storage = b.storage
+        assert isinstance(storage, RedisStorage)
+        with redis_server.client() as client:
+            await eventually(lambda: client.exists(storage._wake_key) == 1)
+            assert client.pttl(storage._wake_key) > 0
