@@ -457,14 +457,22 @@ class RedisStorage(MemoryStorage):
         copy = self._copies.get(key)
         if copy is None:
             return
-        self._spawn(self._publish(copy.owner, f"cancel\t{key}\t{reason}"), "cancel")
+        self._spawn(self._publish(key, copy, f"cancel\t{key}\t{reason}"), "cancel")
 
-    async def _publish(self, node: str, message: str) -> None:
-        try:
-            await self._client.publish(self._control(node), message)
-            self._ok()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, "publish")
+    async def _publish(self, key: str, copy: _Copy, message: str) -> None:
+        """Publish to ``copy``'s owner until its control subscription took it (pub/sub keeps nothing: Redis away,
+        or the owner resubscribing, would drop it) or the copy ends (cancelled, or its owner declared lost)."""
+        delay = 0.05
+        while self._copies.get(key) is copy:
+            try:
+                received = await self._client.publish(self._control(copy.owner), message)
+                self._ok()
+                if received:
+                    return
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc, "publish")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"tokenwire:redis:{what}")

@@ -379,3 +379,18 @@ async def test_a_nodes_wake_key_expires(redis_server: RedisProcess) -> None:
         with redis_server.client() as client:
             await eventually(lambda: client.exists(storage._wake_key) == 1)
             assert client.pttl(storage._wake_key) > 0
+
+
+async def test_a_cancel_on_another_node_during_a_redis_outage_reaches_the_owner(redis_server: RedisProcess) -> None:
+    """``DELETE`` on a node that holds a copy answers at once; the cancel it sends the owner is not dropped
+    because Redis was away at that moment (or the owner's control channel was reconnecting)."""
+    async with two_nodes(redis_server.url, command_timeout=0.5) as (a, b):
+        await connected(a, b)
+        stream = a.start(tokens_of(100_000, 0.01))
+        copy = await b.find(stream.id)
+        redis_server.stop(save=True)
+        copy.cancel("user")
+        await asyncio.sleep(0.3)
+        redis_server.start()
+        await eventually(lambda: not stream.is_open)
+        assert stream.end_reason == "user"
