@@ -394,3 +394,22 @@ async def test_a_cancel_on_another_node_during_a_redis_outage_reaches_the_owner(
         redis_server.start()
         await eventually(lambda: not stream.is_open)
         assert stream.end_reason == "user"
+
+
+async def test_an_old_resume_point_is_409_on_a_node_that_never_held_the_stream(redis_server: RedisProcess) -> None:
+    """Redis restarted empty: a resume point of the lost history is 409 on every node (as on the owner and as
+    with the in-memory storage), not 404 where the node only looked the stream up in the store."""
+    import httpx
+
+    from tests.support.servers import sse_server
+
+    async with two_nodes(redis_server.url) as (a, b), sse_server(b) as server, httpx.AsyncClient() as http:
+        await connected(a, b)
+        old = a.epoch
+        stream = a.start(tokens_of(100_000, 0.01))
+        await eventually(lambda: stream.last_seq >= 3)
+        redis_server.restart(keep_data=False)
+        await eventually(lambda: old not in (a.epoch, b.epoch))
+        url = f"http://127.0.0.1:{server.port}/v1/streams/{stream.id}/events"
+        r = await http.get(url, headers={"Last-Event-ID": f"{stream.id}:{old}:3"})
+        assert r.status_code == 409, r.text
