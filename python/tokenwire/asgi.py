@@ -88,7 +88,7 @@ from tokenwire.server.endpoints import (
     parse_json_body,
     plan_sse,
     resolve_resume,
-    resume_seq_hint,
+    resume_hint,
 )
 from tokenwire.server.sse import error_body
 
@@ -520,9 +520,9 @@ class TokenwireASGI(HubHost):
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
         if route in ("attach", "cancel"):
-            after = resume_seq_hint(stream_id, last_event_id_of(_headers(scope), _query(scope)))
+            after, epoch = resume_hint(stream_id, last_event_id_of(_headers(scope), _query(scope)))
             if self.hub.needs_restore(stream_id, after):
-                await self.hub.find(stream_id, after)  # another node's stream, maybe: copy it from the shared storage
+                await self.hub.find(stream_id, after, epoch)  # another node's stream, maybe: copy it from the store
         if route == "attach":
             query = _query(scope)
             plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base)

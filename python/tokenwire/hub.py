@@ -702,14 +702,20 @@ class Hub:
         stream = self._streams.get(stream_id)
         return stream is None or (stream._remote and stream.is_open and after > stream.last_seq)
 
-    async def find(self, stream_id: str, after: int = 0) -> TokenStream:
+    async def find(self, stream_id: str, after: int = 0, epoch: str = "") -> TokenStream:
         """The stream, held here or copied from the shared storage (a stream another process produces: its
         frames so far, then the live tail). ``StreamNotFound``; ``StorageUnavailable`` if the storage does not
         answer. ``after``: the seq a resume starts after; a copy behind it is waited for (at most
-        ``catch_up_wait`` s), since the client read that seq from the producing node an instant ago."""
+        ``catch_up_wait`` s), since the client read that seq from the producing node an instant ago. ``epoch``:
+        the resume point's; a stream no node has from another epoch is ``EpochMismatch`` (409, as for one held)."""
         stream = self._streams.get(stream_id)
         if stream is None and self.storage.shared:
-            stream = await self._restore(stream_id)
+            try:
+                stream = await self._restore(stream_id)
+            except StreamNotFound:
+                if epoch:
+                    self.check_epoch(epoch)
+                raise
         if stream is None:
             return self.get(stream_id)
         if stream._remote and stream.is_open and after > stream.last_seq:

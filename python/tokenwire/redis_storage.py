@@ -305,7 +305,7 @@ class RedisStorage(MemoryStorage):
 
     async def aclose(self) -> None:
         """Ship what is left (bounded by ``command_timeout``), then stop the tasks and close the connections."""
-        if self.available and self._pending:
+        if self.available:  # the hub's producers ended since the last tick: their final frames are dirty
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ship_once(), self.command_timeout)
         tasks, self._tasks = self._tasks, []
@@ -338,6 +338,9 @@ class RedisStorage(MemoryStorage):
             log.warning("redis %s: %s failed: %s", self.url, what, message)
         self.available = False
         self.last_error = message
+        # The call that reaches Redis first after this may be the ship script itself: compare what Redis holds
+        # with what was shipped before any ship (a Redis back from an older snapshot lost acknowledged writes).
+        self._resync = self._epoch_known
 
     def _unavailable(self) -> StorageUnavailable:
         return StorageUnavailable(f"stream storage (redis {self.url}) is unreachable: {self.last_error}")
@@ -454,14 +457,22 @@ class RedisStorage(MemoryStorage):
         copy = self._copies.get(key)
         if copy is None:
             return
-        self._spawn(self._publish(copy.owner, f"cancel\t{key}\t{reason}"), "cancel")
+        self._spawn(self._publish(key, copy, f"cancel\t{key}\t{reason}"), "cancel")
 
-    async def _publish(self, node: str, message: str) -> None:
-        try:
-            await self._client.publish(self._control(node), message)
-            self._ok()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, "publish")
+    async def _publish(self, key: str, copy: _Copy, message: str) -> None:
+        """Publish to ``copy``'s owner until its control subscription took it (pub/sub keeps nothing: Redis away,
+        or the owner resubscribing, would drop it) or the copy ends (cancelled, or its owner declared lost)."""
+        delay = 0.05
+        while self._copies.get(key) is copy:
+            try:
+                received = await self._client.publish(self._control(copy.owner), message)
+                self._ok()
+                if received:
+                    return
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc, "publish")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"tokenwire:redis:{what}")
@@ -523,7 +534,10 @@ class RedisStorage(MemoryStorage):
 
     async def _wake(self) -> None:
         try:
-            await self._client.xadd(self._wake_key, {"w": "1"}, maxlen=8, approximate=False)
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=8, approximate=False)
+                pipe.pexpire(self._wake_key, 60_000)  # node ids are new at every start: the key goes with its node
+                await pipe.execute()
             self._ok()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "wake")
@@ -590,6 +604,8 @@ class RedisStorage(MemoryStorage):
         self._pending.update(h for h in self._registry.take_dirty() if h in self._owned)
         if self._resync and self._epoch_known:
             await self._resync_shipped()
+            if self._resync:  # Redis still away: a ship now could write past frames it lost
+                return
         if not self._pending or not self._epoch_known:
             return
         args: list[Any] = [self.prefix, self.node_id, self._epoch, self._maxlen]
@@ -662,6 +678,9 @@ class RedisStorage(MemoryStorage):
     async def _resync_shipped(self) -> None:
         """Ship again from what Redis holds where that is less than this node shipped (lost writes)."""
         owned = [(h, o) for h, o in self._owned.items() if not o.stopped]
+        if not owned:  # nothing to compare (and no round trip that would say Redis answers)
+            self._resync = False
+            return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for _, o in owned:

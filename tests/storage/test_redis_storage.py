@@ -314,3 +314,102 @@ async def test_storage_metrics_count_round_trips_not_tokens(nodes: Callable[...,
     await connected(b)
     assert texts(await read_all(b, streams[3].id, 0)) == ["x"] * 50
     assert json.loads((await read_all(b, streams[3].id, 50))[-1].text) == {"reason": "stop"}
+
+
+async def test_a_node_closing_ships_the_ends_of_its_streams(nodes: Callable[..., Hub]) -> None:
+    """``Hub.aclose`` ends its producers' streams; the storage's close ships those final frames even when no
+    tick came between the ends and the close: readers on other nodes get ``shutdown``, not ``producer_lost``."""
+    a, b = nodes(ship_interval=30.0), nodes()  # a ships only when asked (no tick in this test)
+    await connected(a, b)
+    stream = a.start(tokens_of(100_000, 0.2))  # a slow model: nothing new between the last tick and the close
+    await eventually(lambda: stream.last_seq >= 1)
+    storage = a.storage
+    assert isinstance(storage, RedisStorage)
+    await storage._ship_once()  # everything so far is in Redis: nothing is pending
+    await b.find(stream.id)
+    reader = asyncio.ensure_future(read_all(b, stream.id, 0))
+    await storage._ship_once()
+    await a.aclose()
+    frames = await asyncio.wait_for(reader, 10)
+    assert frames[-1].kind is FrameKind.DONE and frames[-1].json()["reason"] == "shutdown"
+    assert texts(frames) == [f"t{k} " for k in range(frames[-1].seq - 1)]
+
+
+async def test_redis_back_from_an_older_snapshot_gets_the_lost_frames_again(redis_server: RedisProcess) -> None:
+    """Redis restarts from a snapshot older than what it acknowledged: whichever call reaches it first after
+    the outage (usually the next shipping tick), the owner ships again from what Redis holds, so another
+    node reads every token, no hole."""
+    async with two_nodes(redis_server.url, command_timeout=0.5) as (a, b):
+        await connected(a, b)
+        storage = a.storage
+        assert isinstance(storage, RedisStorage)
+        stream = a.create_stream()
+        owned = next(iter(storage._owned.values()))
+        for k in range(30):
+            stream.send(f"t{k} ")
+        await eventually(lambda: owned.shipped == 30)
+        with redis_server.client() as client:
+            client.save()  # the snapshot Redis will come back with
+        for k in range(30, 60):
+            stream.send(f"t{k} ")
+        await eventually(lambda: owned.shipped == 60)  # acknowledged, and lost with the crash below
+        proc = redis_server.proc
+        assert proc is not None
+        proc.kill()  # no shutdown save: the next start loads the older snapshot
+        proc.wait()
+        redis_server.proc = None
+        await eventually(lambda: not storage.available)
+        for k in range(60, 90):
+            stream.send(f"t{k} ")
+        redis_server.start()
+        await eventually(lambda: owned.shipped == 90 and storage.available)
+        stream.finish()
+        frames = await read_all_retrying(b, stream.id)
+        assert texts(frames) == [f"t{k} " for k in range(90)]
+
+
+async def test_a_nodes_wake_key_expires(redis_server: RedisProcess) -> None:
+    """Node ids are new at every start: the wake key a node's tail reader listens on must not outlive it."""
+    async with two_nodes(redis_server.url) as (a, b):
+        await connected(a, b)
+        stream = a.start(tokens_of(100_000, 0.01))
+        await b.find(stream.id)  # a copy: B wakes its tail reader
+        storage = b.storage
+        assert isinstance(storage, RedisStorage)
+        with redis_server.client() as client:
+            await eventually(lambda: client.exists(storage._wake_key) == 1)
+            assert client.pttl(storage._wake_key) > 0
+
+
+async def test_a_cancel_on_another_node_during_a_redis_outage_reaches_the_owner(redis_server: RedisProcess) -> None:
+    """``DELETE`` on a node that holds a copy answers at once; the cancel it sends the owner is not dropped
+    because Redis was away at that moment (or the owner's control channel was reconnecting)."""
+    async with two_nodes(redis_server.url, command_timeout=0.5) as (a, b):
+        await connected(a, b)
+        stream = a.start(tokens_of(100_000, 0.01))
+        copy = await b.find(stream.id)
+        redis_server.stop(save=True)
+        copy.cancel("user")
+        await asyncio.sleep(0.3)
+        redis_server.start()
+        await eventually(lambda: not stream.is_open)
+        assert stream.end_reason == "user"
+
+
+async def test_an_old_resume_point_is_409_on_a_node_that_never_held_the_stream(redis_server: RedisProcess) -> None:
+    """Redis restarted empty: a resume point of the lost history is 409 on every node (as on the owner and as
+    with the in-memory storage), not 404 where the node only looked the stream up in the store."""
+    import httpx
+
+    from tests.support.servers import sse_server
+
+    async with two_nodes(redis_server.url) as (a, b), sse_server(b) as server, httpx.AsyncClient() as http:
+        await connected(a, b)
+        old = a.epoch
+        stream = a.start(tokens_of(100_000, 0.01))
+        await eventually(lambda: stream.last_seq >= 3)
+        redis_server.restart(keep_data=False)
+        await eventually(lambda: old not in (a.epoch, b.epoch))
+        url = f"http://127.0.0.1:{server.port}/v1/streams/{stream.id}/events"
+        r = await http.get(url, headers={"Last-Event-ID": f"{stream.id}:{old}:3"})
+        assert r.status_code == 409, r.text

@@ -317,16 +317,17 @@ def split_end_part(last_event_id: str) -> tuple[str, str]:
     return last_event_id, ""
 
 
-def resume_seq_hint(stream_id: str, last_event_id: str) -> int:
-    """The seq a Last-Event-ID for ``stream_id`` names (0 where it names none, or is malformed: the attach
-    itself answers that): how far a copy of another node's stream must be before the attach is checked."""
+def resume_hint(stream_id: str, last_event_id: str) -> tuple[int, str]:
+    """The seq and epoch a Last-Event-ID for ``stream_id`` names (``(0, "")`` where it names none, or is
+    malformed: the attach itself answers that): how far a copy of another node's stream must be before the
+    attach is checked, and the history a stream no node has came from (another epoch's: 409, not 404)."""
     if not last_event_id:
-        return 0
+        return 0, ""
     try:
         point = parse_resume_point(split_end_part(last_event_id)[0])
     except ValueError:
-        return 0
-    return point.seq if point.stream_id == stream_id else 0
+        return 0, ""
+    return (point.seq, point.epoch) if point.stream_id == stream_id else (0, "")
 
 
 def resolve_end_part(stream: TokenStream, seq: int, part: str) -> int:

@@ -20,7 +20,7 @@ from tokenwire.server.endpoints import (
     last_event_id_of,
     match_route,
     parse_json_body,
-    resume_seq_hint,
+    resume_hint,
 )
 
 if TYPE_CHECKING:
@@ -37,11 +37,11 @@ class Router(Endpoints):
     def handle(self, conn: SseConnection, req: Request) -> None:
         route, stream_id = match_route(req.method, req.path)
         last_event_id = last_event_id_of(req.headers, req.query) if route == "attach" else ""
-        after = resume_seq_hint(stream_id, last_event_id)
+        after, epoch = resume_hint(stream_id, last_event_id)
         if route in ("attach", "cancel") and self.server.hub.needs_restore(stream_id, after):
             # Another node's stream, maybe: copy it from the shared storage, then answer as for our own.
             conn.hold()
-            self.server.spawn(self._restore_then_handle(conn, req, stream_id, after))
+            self.server.spawn(self._restore_then_handle(conn, req, stream_id, after, epoch))
         elif route == "attach":
             self._serve(conn, req, self.attach(stream_id, last_event_id, req.query))
         elif route == "cancel":
@@ -64,9 +64,11 @@ class Router(Endpoints):
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
 
-    async def _restore_then_handle(self, conn: SseConnection, req: Request, stream_id: str, after: int) -> None:
+    async def _restore_then_handle(
+        self, conn: SseConnection, req: Request, stream_id: str, after: int, epoch: str
+    ) -> None:
         try:
-            await self.server.hub.find(stream_id, after)
+            await self.server.hub.find(stream_id, after, epoch)
         except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
             conn.answer_error(exc, req.keep_alive)
             return

@@ -615,7 +615,10 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     async def _restore_then_handle(self, st: _WtStream, request: AttachRequested | CancelRequested) -> None:
         try:
-            await self.server.hub.find(request.stream_id, request.after if isinstance(request, AttachRequested) else 0)
+            if isinstance(request, AttachRequested):
+                await self.server.hub.find(request.stream_id, request.after, request.epoch)
+            else:
+                await self.server.hub.find(request.stream_id)
         except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
             if self.streams.get(st.qid) is st:
                 self._reply_error(st, exc)
