@@ -88,7 +88,7 @@ from tokenwire.server.endpoints import (
     parse_json_body,
     plan_sse,
     resolve_resume,
-    resume_hint,
+    stream_to_find,
 )
 from tokenwire.server.sse import error_body
 
@@ -519,10 +519,9 @@ class TokenwireASGI(HubHost):
         route, stream_id = match_route(scope["method"], _route_path(scope))
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
-        if route in ("attach", "cancel"):
-            after, epoch = resume_hint(stream_id, last_event_id_of(_headers(scope), _query(scope)))
-            if self.hub.needs_restore(stream_id, after):
-                await self.hub.find(stream_id, after, epoch)  # another node's stream, maybe: copy it from the store
+        find = stream_to_find(route, stream_id, _headers(scope), _query(scope))
+        if find.stream_id and self.hub.needs_restore(find.stream_id, find.after):
+            await self.hub.find(*find)  # another node's stream, maybe: copy it from the shared storage
         if route == "attach":
             query = _query(scope)
             plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base)

@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from tokenwire import _core
@@ -71,61 +74,70 @@ class StorageHost(Protocol):
         """Open streams this node produces that nobody here reads (abandonment candidates)."""
 
 
-# One script call per tick ships every dirty stream. ARGV: prefix, node, epoch, maxlen, open ttl ms, ended
-# ttl ms, then per stream: id, from (shipped before), last, frames, end state ('0' while open), labels (JSON,
-# '' when unchanged). Returns
-# {1, ids...} (ids: streams ended elsewhere, e.g. declared lost; their owner stops) or {0} (epoch changed).
+# One script call per tick ships every dirty stream. ARGV: prefix, node, epoch, maxlen, open ttl ms, ended ttl
+# ms, then two per stream: ``"{id} {from} {last} {end state} {labels JSON or nothing}"`` and the frames (binary
+# wire format) after ``from`` up to ``last``. Per stream and tick Redis runs two commands (HGET, XADD); the
+# hash is written when the stream starts, changes labels, or ends. What Redis holds is the last entry's id
+# (``0-{seq}``): an entry that is not newer (a tick shipped again) is refused by XADD and skipped. Returns
+# {1, ids...} (ids: streams ended elsewhere, e.g. declared lost, that got new frames: their owner stops) or {0}
+# (the epoch changed: the store lost its history).
 _SHIP = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'epoch') ~= ARGV[3] then return {0} end
 local out = {1}
-for i = 7, #ARGV, 6 do
-  local id = ARGV[i]
+for i = 7, #ARGV, 2 do
+  local id, from, last, st, labels = string.match(ARGV[i], '^(%S+) (%d+) (%d+) (%d+) ?(.*)$')
   local m = p .. 's:' .. id .. ':m'
   local f = p .. 's:' .. id .. ':f'
-  local last = tonumber(ARGV[i + 2])
-  local st = ARGV[i + 4]
-  local meta = redis.call('HMGET', m, 'state', 'shipped', 'owner')
-  if meta[1] and meta[1] ~= '0' then
-    if last > tonumber(meta[2] or '0') then table.insert(out, id) end
+  local state = redis.call('HGET', m, 'state')
+  if state and state ~= '0' then
+    local held = redis.call('XREVRANGE', f, '+', '-', 'COUNT', 1)
+    local shipped = 0
+    if held[1] then shipped = tonumber(string.sub(held[1][1], 3)) end
+    if tonumber(last) > shipped then table.insert(out, id) end
   else
-    local shipped = tonumber(meta[2] or '0')
-    if not meta[1] then
-      redis.call('HSET', m, 'owner', ARGV[2], 'state', '0', 'shipped', '0')
+    if not state then
+      redis.call('HSET', m, 'owner', ARGV[2], 'state', '0')
+      redis.call('PEXPIRE', m, ARGV[5])
     end
-    if ARGV[i + 5] ~= '' then
-      redis.call('HSET', m, 'labels', ARGV[i + 5])
+    if labels ~= '' then
+      redis.call('HSET', m, 'labels', labels)
     end
-    if last > shipped then
+    if last ~= from then
+      local added
       if st ~= '0' then
-        redis.call('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', ARGV[i + 3], 's', st)
+        added = redis.pcall('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', ARGV[i + 1], 's', st)
       else
-        redis.call('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', ARGV[i + 3])
+        added = redis.pcall('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', ARGV[i + 1])
       end
-      redis.call('HSET', m, 'shipped', last, 'state', st)
-      if tonumber(ARGV[i + 1]) > shipped then
-        redis.call('HSET', m, 'gap', ARGV[i + 1])
+      if type(added) == 'string' and (from == '0' or math.floor(tonumber(last) / 1024) ~= math.floor(tonumber(from) / 1024)) then
+        redis.call('PEXPIRE', f, ARGV[5])
+        redis.call('PEXPIRE', m, ARGV[5])
       end
     end
-    local ttl = ARGV[5]
-    if st ~= '0' then ttl = ARGV[6] end
-    redis.call('PEXPIRE', m, ttl)
-    redis.call('PEXPIRE', f, ttl)
+    if st ~= '0' then
+      redis.call('HSET', m, 'state', st)
+      redis.call('PEXPIRE', m, ARGV[6])
+      redis.call('PEXPIRE', f, ARGV[6])
+    end
   end
 end
 return out
 """
 
-# Ends an open stream whose owner's lease is gone. ARGV: meta key, frames key, lease key, expected shipped,
-# frame bytes, its seq, state, maxlen, ttl ms. 1: done; 0: not needed (ended, or the owner is back); -1: the
-# owner shipped meanwhile (try again).
+# Ends an open stream whose owner's lease is gone. ARGV: meta key, frames key, lease key, expected last seq in
+# Redis, frame bytes, its seq, state, maxlen, ttl ms. 1: done; 0: not needed (ended, or the owner is back);
+# -1: the owner shipped meanwhile (try again).
 _LOST = """
 local m, f = ARGV[1], ARGV[2]
 if redis.call('HGET', m, 'state') ~= '0' then return 0 end
 if redis.call('EXISTS', ARGV[3]) == 1 then return 0 end
-if (redis.call('HGET', m, 'shipped') or '0') ~= ARGV[4] then return -1 end
+local held = redis.call('XREVRANGE', f, '+', '-', 'COUNT', 1)
+local shipped = '0'
+if held[1] then shipped = string.sub(held[1][1], 3) end
+if shipped ~= ARGV[4] then return -1 end
 redis.call('XADD', f, 'MAXLEN', '~', ARGV[8], '0-' .. ARGV[6], 'd', ARGV[5], 's', ARGV[7])
-redis.call('HSET', m, 'shipped', ARGV[6], 'state', ARGV[7], 'lost', '1')
+redis.call('HSET', m, 'state', ARGV[7], 'lost', '1')
 redis.call('PEXPIRE', m, ARGV[9])
 redis.call('PEXPIRE', f, ARGV[9])
 return 1
@@ -287,9 +299,17 @@ class RedisStorage(MemoryStorage):
         """The clients (they connect on first use): a pool for the writer, heartbeat, restores and control,
         and the tail reader's own connection, which blocks up to a second per read."""
         timeout = self.command_timeout
-        client = aioredis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        # A pooled connection Redis closed (it restarted) fails its next command: that command is sent once
+        # more on a new connection. Every call here may run twice (XADD refuses an entry it has, a second cancel
+        # or wake changes nothing).
+        retry = {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
+        client = aioredis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout, **retry)
         tail = aioredis.from_url(
-            self.url, socket_timeout=timeout + 1.0, socket_connect_timeout=timeout, single_connection_client=True
+            self.url,
+            socket_timeout=timeout + 1.0,
+            socket_connect_timeout=timeout,
+            single_connection_client=True,
+            **retry,
         )
         return client, tail
 
@@ -425,8 +445,7 @@ class RedisStorage(MemoryStorage):
             return None
         meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
         frames, entry_id, end_state = _contiguous(entries)
-        shipped = int(meta.get("shipped", "0"))
-        first_seq = frames[0][1] if frames else shipped + 1
+        first_seq = frames[0][1] if frames else _entry_seq(entry_id) + 1
         handle = self._create_local(key, format_id_prefix(key, self._epoch), first_seq=first_seq)
         with contextlib.suppress(ValueError, AttributeError):
             self._copy_labels[key] = {str(k): str(v) for k, v in json.loads(meta.get("labels", "{}")).items()}
@@ -655,7 +674,7 @@ class RedisStorage(MemoryStorage):
                 continue
             labels = json.dumps(owned.labels, separators=(",", ":")) if owned.labels_dirty else ""
             owned.labels_dirty = False  # set again if this tick fails
-            args += [owned.key, after, last, data, reg.state(handle) if ended else 0, labels]
+            args += [f"{owned.key} {after} {last} {reg.state(handle) if ended else 0} {labels}", data]
             batch.append((handle, owned, last, bool(labels)))
             self._stats.ship_frames_bytes += len(data)
         return batch
@@ -684,7 +703,7 @@ class RedisStorage(MemoryStorage):
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for _, o in owned:
-                    pipe.hget(self._meta(o.key), "shipped")
+                    pipe.xrevrange(self._frames_key(o.key), count=1)
                 held = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc, "resync")
@@ -692,7 +711,7 @@ class RedisStorage(MemoryStorage):
         self._ok()
         self._resync = False
         for (handle, o), value in zip(owned, held, strict=True):
-            in_redis = int(value or 0)
+            in_redis = _entry_seq(value[0][0].decode()) if value else 0
             if in_redis < o.shipped:
                 log.warning(
                     "stream %s: redis holds up to seq %d of %d shipped; shipping again", o.key, in_redis, o.shipped
@@ -784,7 +803,8 @@ class RedisStorage(MemoryStorage):
     async def _declare_lost(self, key: str, copy: _Copy) -> None:
         """The owner's lease lapsed a lease ago: end the stream in Redis with ``producer_lost``."""
         client = self._client
-        shipped = int(await client.hget(self._meta(key), "shipped") or 0)
+        held = cast("_Entries", await client.xrevrange(self._frames_key(key), count=1))
+        shipped = _entry_seq(held[0][0].decode()) if held else 0
         message = f"the node producing this stream ({copy.owner}) stopped; everything it produced is kept"
         payload = json.dumps({"code": "producer_lost", "message": message}, separators=(",", ":"))
         frame = _core.encode_frame(_core.FRAME_ERROR, shipped + 1, payload)
@@ -834,6 +854,11 @@ def _has_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _entry_seq(entry_id: str) -> int:
+    """The seq an entry id ``0-{seq}`` names: the last frame of its batch."""
+    return int(entry_id.partition("-")[2] or 0)
 
 
 _Entries = Sequence[tuple[bytes, dict[bytes, bytes]]]

@@ -291,3 +291,19 @@ async def test_a_node_without_redis_serves_and_answers_503_until_redis_is_back(r
             await asyncio.sleep(0.05)
         status, got = await events(client, "POST", f"{node.base}/v1/streams", json={"prompt": "p", "max_tokens": 3})
         assert status == 200 and got[-1][1] == "done"
+
+
+async def test_a_post_retried_with_last_event_id_on_another_node_resumes_the_same_generation(redis_url: str) -> None:
+    """What ``@microsoft/fetch-event-source`` does after a cut: the same POST again, with ``Last-Event-ID``;
+    landing on another node, it still gets the rest of the one generation."""
+    async with nodes(redis_url, 2, "--tokens-per-s", "100") as (a, b), httpx.AsyncClient(timeout=30) as client:
+        body = {"prompt": "retry", "max_tokens": 25}
+        status, got = await events(client, "POST", f"{a.base}/v1/streams", json=body, limit=5)
+        assert status == 200
+        status, rest = await events(
+            client, "POST", f"{b.base}/v1/streams", json=body, headers={"Last-Event-ID": got[-1][0]}
+        )
+        assert status == 200, rest
+        seqs = [int(i.rsplit(":", 1)[1]) for i, kind, _ in [*got, *rest] if kind == "token"]
+        assert seqs == list(range(1, 26))
+        assert [await n.metric(client, "streams_started_total") for n in (a, b)] == [1, 0]

@@ -8,6 +8,7 @@ bytes; everything a client can observe besides timing is decided here, so the tw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tokenwire import _core
 from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
@@ -317,17 +318,33 @@ def split_end_part(last_event_id: str) -> tuple[str, str]:
     return last_event_id, ""
 
 
-def resume_hint(stream_id: str, last_event_id: str) -> tuple[int, str]:
-    """The seq and epoch a Last-Event-ID for ``stream_id`` names (``(0, "")`` where it names none, or is
-    malformed: the attach itself answers that): how far a copy of another node's stream must be before the
-    attach is checked, and the history a stream no node has came from (another epoch's: 409, not 404)."""
-    if not last_event_id:
-        return 0, ""
-    try:
-        point = parse_resume_point(split_end_part(last_event_id)[0])
-    except ValueError:
-        return 0, ""
-    return (point.seq, point.epoch) if point.stream_id == stream_id else (0, "")
+class StreamToFind(NamedTuple):
+    """The stream a request reads or cancels, the seq it resumes after, and its resume point's epoch."""
+
+    stream_id: str
+    after: int = 0
+    epoch: str = ""
+
+
+def stream_to_find(route: str, stream_id: str, headers: Mapping[str, str], query: Mapping[str, str]) -> StreamToFind:
+    """What a server with a shared storage finds (``Hub.find``: a copy of another node's stream, far enough)
+    before it handles a request: the path's stream for an attach or a cancel, the ``Last-Event-ID``'s for a
+    start retried with one (``create``, ``chat``); ``stream_id`` ``""``: none, or a malformed id (the request
+    itself answers that). The epoch tells a stream no node has from another history (409, not 404)."""
+    if route == "cancel":
+        return StreamToFind(stream_id)
+    if route not in ("attach", "create", "chat"):
+        return StreamToFind("")
+    last_event_id = last_event_id_of(headers, query if route == "attach" else {})
+    point = None
+    if last_event_id:
+        with contextlib.suppress(ValueError):
+            point = parse_resume_point(split_end_part(last_event_id)[0])
+    if route == "attach":
+        if point is None or point.stream_id != stream_id:
+            return StreamToFind(stream_id)
+        return StreamToFind(stream_id, point.seq, point.epoch)
+    return StreamToFind(point.stream_id, point.seq, point.epoch) if point is not None else StreamToFind("")
 
 
 def resolve_end_part(stream: TokenStream, seq: int, part: str) -> int:

@@ -16,11 +16,12 @@ from tokenwire.server.endpoints import (
     ChatMeta,
     Endpoints,
     StreamPlan,
+    StreamToFind,
     collect_completion,
     last_event_id_of,
     match_route,
     parse_json_body,
-    resume_hint,
+    stream_to_find,
 )
 
 if TYPE_CHECKING:
@@ -36,14 +37,13 @@ class Router(Endpoints):
 
     def handle(self, conn: SseConnection, req: Request) -> None:
         route, stream_id = match_route(req.method, req.path)
-        last_event_id = last_event_id_of(req.headers, req.query) if route == "attach" else ""
-        after, epoch = resume_hint(stream_id, last_event_id)
-        if route in ("attach", "cancel") and self.server.hub.needs_restore(stream_id, after):
+        find = stream_to_find(route, stream_id, req.headers, req.query)
+        if find.stream_id and self.server.hub.needs_restore(find.stream_id, find.after):
             # Another node's stream, maybe: copy it from the shared storage, then answer as for our own.
             conn.hold()
-            self.server.spawn(self._restore_then_handle(conn, req, stream_id, after, epoch))
+            self.server.spawn(self._restore_then_handle(conn, req, find))
         elif route == "attach":
-            self._serve(conn, req, self.attach(stream_id, last_event_id, req.query))
+            self._serve(conn, req, self.attach(stream_id, last_event_id_of(req.headers, req.query), req.query))
         elif route == "cancel":
             self.cancel(stream_id)
             conn.respond(204, b"", "application/json", req.keep_alive)
@@ -64,11 +64,9 @@ class Router(Endpoints):
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
 
-    async def _restore_then_handle(
-        self, conn: SseConnection, req: Request, stream_id: str, after: int, epoch: str
-    ) -> None:
+    async def _restore_then_handle(self, conn: SseConnection, req: Request, find: StreamToFind) -> None:
         try:
-            await self.server.hub.find(stream_id, after, epoch)
+            await self.server.hub.find(*find)
         except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
             conn.answer_error(exc, req.keep_alive)
             return
