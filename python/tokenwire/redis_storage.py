@@ -784,7 +784,8 @@ class RedisStorage(MemoryStorage):
     async def _declare_lost(self, key: str, copy: _Copy) -> None:
         """The owner's lease lapsed a lease ago: end the stream in Redis with ``producer_lost``."""
         client = self._client
-        shipped = int(await client.hget(self._meta(key), "shipped") or 0)
+        held = await client.hget(self._meta(key), "shipped")
+        shipped = int(held or 0)
         message = f"the node producing this stream ({copy.owner}) stopped; everything it produced is kept"
         payload = json.dumps({"code": "producer_lost", "message": message}, separators=(",", ":"))
         frame = _core.encode_frame(_core.FRAME_ERROR, shipped + 1, payload)
@@ -805,6 +806,10 @@ class RedisStorage(MemoryStorage):
         if int(done) == 1:
             self._stats.producers_lost += 1
             log.warning("stream %s: producer node %s lost; ended with producer_lost", key, copy.owner)
+        if int(done) != -1 and (held is None or self._registry.last_seq(copy.handle) > shipped):
+            # Redis lost history this copy holds (back from an older snapshot, or its keys went): an end written
+            # there is not after what the copy holds, so it would never reach it. End the copy here.
+            self._end_copy(copy.handle, _core.FRAME_ERROR, "producer_lost", message)
         self._wake_tail()
 
     # -- control: cancels for streams this node produces ---------------------------------------------
