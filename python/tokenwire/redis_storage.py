@@ -74,7 +74,8 @@ class StorageHost(Protocol):
 # One script call per tick ships every dirty stream. ARGV: prefix, node, epoch, maxlen, open ttl ms, ended
 # ttl ms, then per stream: id, from (shipped before), last, frames, end state ('0' while open), labels (JSON,
 # '' when unchanged). Returns
-# {1, ids...} (ids: streams ended elsewhere, e.g. declared lost; their owner stops) or {0} (epoch changed).
+# {1, ids...} (ids: streams ended elsewhere, e.g. declared lost, or owned by another node; they stop here) or {0}
+# (epoch changed).
 _SHIP = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'epoch') ~= ARGV[3] then return {0} end
@@ -86,7 +87,9 @@ for i = 7, #ARGV, 6 do
   local last = tonumber(ARGV[i + 2])
   local st = ARGV[i + 4]
   local meta = redis.call('HMGET', m, 'state', 'shipped', 'owner')
-  if meta[1] and meta[1] ~= '0' then
+  if meta[3] and meta[3] ~= ARGV[2] then
+    table.insert(out, id)  -- the id is another node's stream (a client-chosen id used twice): this one stops
+  elseif meta[1] and meta[1] ~= '0' then
     if last > tonumber(meta[2] or '0') then table.insert(out, id) end
   else
     local shipped = tonumber(meta[2] or '0')

@@ -444,3 +444,20 @@ async def test_a_copy_ahead_of_an_older_snapshot_still_gets_producer_lost(redis_
         await eventually(lambda: not copy.is_open)
         assert copy.end_reason == "producer_lost"
         owner._tasks.clear()
+
+
+async def test_a_stream_id_taken_on_another_node_does_not_mix_two_histories(nodes: Callable[..., Hub]) -> None:
+    """A client-chosen stream id already produced on node A, started again on node B (which does not hold it):
+    B's frames must not be spliced into A's history in Redis; B's duplicate ends instead."""
+    a, b, c = nodes(), nodes(), nodes()
+    await connected(a, b, c)
+    first = a.create_stream("chosen-id")
+    for k in range(5):
+        first.send(f"a{k} ")
+    await eventually(lambda: next(iter(a.storage._owned.values())).shipped == 5)  # type: ignore[attr-defined]
+    second = b.create_stream("chosen-id")
+    for k in range(10):
+        second.send(f"b{k} ")
+    await eventually(lambda: not second.is_open)
+    first.finish()
+    assert texts(await read_all(c, "chosen-id", 0)) == [f"a{k} " for k in range(5)]
