@@ -80,7 +80,8 @@ class StorageHost(Protocol):
 # hash is written when the stream starts, changes labels, or ends. What Redis holds is the last entry's id
 # (``0-{seq}``): an entry that is not newer (a tick shipped again) is refused by XADD and skipped. Returns
 # {1, ids...} (ids: streams ended elsewhere, e.g. declared lost, that got new frames: their owner stops) or {0}
-# (the epoch changed: the store lost its history).
+# (the epoch changed: the store lost its history). A stream whose hash names another owner (a client-chosen id
+# used twice) is reported too: this node's stops.
 _SHIP = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'epoch') ~= ARGV[3] then return {0} end
@@ -89,8 +90,11 @@ for i = 7, #ARGV, 2 do
   local id, from, last, st, labels = string.match(ARGV[i], '^(%S+) (%d+) (%d+) (%d+) ?(.*)$')
   local m = p .. 's:' .. id .. ':m'
   local f = p .. 's:' .. id .. ':f'
-  local state = redis.call('HGET', m, 'state')
-  if state and state ~= '0' then
+  local meta = redis.call('HMGET', m, 'state', 'owner')
+  local state = meta[1]
+  if meta[2] and meta[2] ~= ARGV[2] then
+    table.insert(out, id)  -- the id is another node's stream (a client-chosen id used twice): this one stops
+  elseif state and state ~= '0' then
     local held = redis.call('XREVRANGE', f, '+', '-', 'COUNT', 1)
     local shipped = 0
     if held[1] then shipped = tonumber(string.sub(held[1][1], 3)) end
@@ -127,10 +131,12 @@ return out
 
 # Ends an open stream whose owner's lease is gone. ARGV: meta key, frames key, lease key, expected last seq in
 # Redis, frame bytes, its seq, state, maxlen, ttl ms. 1: done; 0: not needed (ended, or the owner is back);
-# -1: the owner shipped meanwhile (try again).
+# -1: the owner shipped meanwhile (try again); 2: Redis has no hash for it (its keys went: the copy ends itself).
 _LOST = """
 local m, f = ARGV[1], ARGV[2]
-if redis.call('HGET', m, 'state') ~= '0' then return 0 end
+local state = redis.call('HGET', m, 'state')
+if not state then return 2 end
+if state ~= '0' then return 0 end
 if redis.call('EXISTS', ARGV[3]) == 1 then return 0 end
 local held = redis.call('XREVRANGE', f, '+', '-', 'COUNT', 1)
 local shipped = '0'
@@ -825,6 +831,10 @@ class RedisStorage(MemoryStorage):
         if int(done) == 1:
             self._stats.producers_lost += 1
             log.warning("stream %s: producer node %s lost; ended with producer_lost", key, copy.owner)
+        if int(done) == 2 or (int(done) != -1 and self._registry.last_seq(copy.handle) > shipped):
+            # Redis lost history this copy holds (back from an older snapshot, or its keys went): an end written
+            # there is not after what the copy holds, so it would never reach it. End the copy here.
+            self._end_copy(copy.handle, _core.FRAME_ERROR, "producer_lost", message)
         self._wake_tail()
 
     # -- control: cancels for streams this node produces ---------------------------------------------

@@ -413,3 +413,51 @@ async def test_an_old_resume_point_is_409_on_a_node_that_never_held_the_stream(r
         url = f"http://127.0.0.1:{server.port}/v1/streams/{stream.id}/events"
         r = await http.get(url, headers={"Last-Event-ID": f"{stream.id}:{old}:3"})
         assert r.status_code == 409, r.text
+
+
+async def test_a_copy_ahead_of_an_older_snapshot_still_gets_producer_lost(redis_server: RedisProcess) -> None:
+    """Redis comes back from a snapshot older than what a copy holds, and the owner is gone: the copy's
+    readers still get ``producer_lost`` (the end written in Redis, after what it still holds, would never reach
+    a copy that is past it), instead of waiting forever."""
+    async with two_nodes(redis_server.url, command_timeout=0.5, lease=0.3) as (a, b):
+        await connected(a, b)
+        owner = a.storage
+        assert isinstance(owner, RedisStorage)
+        stream = a.create_stream()
+        for k in range(10):
+            stream.send(f"t{k} ")
+        await eventually(lambda: next(iter(owner._owned.values())).shipped == 10)
+        with redis_server.client() as client:
+            client.save()  # the snapshot Redis will come back with
+        copy = await b.find(stream.id)
+        for k in range(10, 20):
+            stream.send(f"t{k} ")
+        await eventually(lambda: copy.last_seq == 20)
+        for task in owner._tasks:  # the owner dies: nothing more ships, its lease is not renewed
+            task.cancel()
+        proc = redis_server.proc
+        assert proc is not None
+        proc.kill()  # no shutdown save: the next start loads the older snapshot
+        proc.wait()
+        redis_server.proc = None
+        redis_server.start()
+        await eventually(lambda: not copy.is_open)
+        assert copy.end_reason == "producer_lost"
+        owner._tasks.clear()
+
+
+async def test_a_stream_id_taken_on_another_node_does_not_mix_two_histories(nodes: Callable[..., Hub]) -> None:
+    """A client-chosen stream id already produced on node A, started again on node B (which does not hold it):
+    B's frames must not be spliced into A's history in Redis; B's duplicate ends instead."""
+    a, b, c = nodes(), nodes(), nodes()
+    await connected(a, b, c)
+    first = a.create_stream("chosen-id")
+    for k in range(5):
+        first.send(f"a{k} ")
+    await eventually(lambda: next(iter(a.storage._owned.values())).shipped == 5)  # type: ignore[attr-defined]
+    second = b.create_stream("chosen-id")
+    for k in range(10):
+        second.send(f"b{k} ")
+    await eventually(lambda: not second.is_open)
+    first.finish()
+    assert texts(await read_all(c, "chosen-id", 0)) == [f"a{k} " for k in range(5)]
