@@ -439,10 +439,15 @@ class RedisStorage(MemoryStorage):
         if not self._epoch_known:
             raise self._unavailable()
         meta_raw, entries = await self._read_stream(key)
-        if not meta_raw:
-            # Started a moment ago on its node and not shipped yet? Its first tick is at most a ship interval
-            # (and a round trip) away: look once more before calling it unknown.
-            await asyncio.sleep(max(0.05, 4 * self.ship_interval))
+        wait = max(0.05, 4 * self.ship_interval)
+        for _ in range(4):
+            if meta_raw:
+                break
+            # Started a moment ago on its node and not shipped yet? Its first tick is a ship interval and a round
+            # trip away, more on a node short of CPU: look again, waiting longer each time (0.75 s in all),
+            # before calling it unknown. A client would otherwise run its prompt again.
+            await asyncio.sleep(wait)
+            wait *= 2
             meta_raw, entries = await self._read_stream(key)
         handle = self._registry.lookup(key)  # restored meanwhile by a concurrent request
         if handle is not None:
@@ -788,13 +793,15 @@ class RedisStorage(MemoryStorage):
             if host is not None and any(int(e) > now_ms for e in expiries):
                 host.on_remote_readers(key)
         now = time.monotonic()
+        lost = []
         for key, copy in list(self._copies.items()):
             if alive.get(copy.owner):
                 copy.owner_missing_since = 0.0
             elif not copy.owner_missing_since:
                 copy.owner_missing_since = now
             elif now - copy.owner_missing_since >= self.lease:
-                await self._declare_lost(key, copy)
+                lost.append(self._declare_lost(key, copy))
+        await asyncio.gather(*lost)  # together: many copies of one dead owner must not delay this node's lease
 
     def _adopt_epoch(self, epoch: str) -> None:
         if epoch != self._epoch:
