@@ -75,8 +75,9 @@ class StorageHost(Protocol):
 
 
 # One script call per tick ships every dirty stream. ARGV: prefix, node, epoch, maxlen, open ttl ms, ended ttl
-# ms, then two per stream: ``"{id} {from} {last} {end state} {labels JSON or nothing}"`` and the frames (binary
-# wire format) after ``from`` up to ``last``. Per stream and tick Redis runs two commands (HGET, XADD); the
+# ms, then two for all streams: lines ``"{id} {from} {last} {end state} {frames size} {labels JSON or nothing}"``
+# and every stream's frames (binary wire format, after ``from`` up to ``last``) one after another: the request
+# has eight arguments whatever the number of streams (redis-py builds it in Python, per argument). Per stream and tick Redis runs two commands (HGET, XADD); the
 # hash is written when the stream starts, changes labels, or ends. What Redis holds is the last entry's id
 # (``0-{seq}``): an entry that is not newer (a tick shipped again) is refused by XADD and skipped. Returns
 # {1, ids...} (ids: streams ended elsewhere, e.g. declared lost, that got new frames: their owner stops) or {0}
@@ -86,8 +87,11 @@ _SHIP = """
 local p = ARGV[1]
 if redis.call('GET', p .. 'epoch') ~= ARGV[3] then return {0} end
 local out = {1}
-for i = 7, #ARGV, 2 do
-  local id, from, last, st, labels = string.match(ARGV[i], '^(%S+) (%d+) (%d+) (%d+) ?(.*)$')
+local blob, at = ARGV[8], 1
+for line in string.gmatch(ARGV[7], '[^\\n]+') do
+  local id, from, last, st, size, labels = string.match(line, '^(%S+) (%d+) (%d+) (%d+) (%d+) ?(.*)$')
+  local frames = string.sub(blob, at, at + tonumber(size) - 1)
+  at = at + tonumber(size)
   local m = p .. 's:' .. id .. ':m'
   local f = p .. 's:' .. id .. ':f'
   local meta = redis.call('HMGET', m, 'state', 'owner')
@@ -110,9 +114,9 @@ for i = 7, #ARGV, 2 do
     if last ~= from then
       local added
       if st ~= '0' then
-        added = redis.pcall('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', ARGV[i + 1], 's', st)
+        added = redis.pcall('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', frames, 's', st)
       else
-        added = redis.pcall('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', ARGV[i + 1])
+        added = redis.pcall('XADD', f, 'MAXLEN', '~', ARGV[4], '0-' .. last, 'd', frames)
       end
       if type(added) == 'string' and (from == '0' or math.floor(tonumber(last) / 1024) ~= math.floor(tonumber(from) / 1024)) then
         redis.call('PEXPIRE', f, ARGV[5])
@@ -659,10 +663,12 @@ class RedisStorage(MemoryStorage):
         self._shipped(batch, {r.decode() if isinstance(r, bytes) else str(r) for r in reply[1:]})
 
     def _collect(self, args: list[Any]) -> list[tuple[int, _Owned, int, bool]]:
-        """Adds each pending stream's ``id, from, last, frames, state`` to ``args``; returns what it added."""
+        """Adds the pending streams' head lines and frames to ``args`` (see ``_SHIP``); returns what it added."""
         reg = self._registry
         now = time.monotonic()
         batch: list[tuple[int, _Owned, int, bool]] = []
+        heads: list[str] = []
+        frames: list[bytes] = []
         for handle in list(self._pending):
             owned = self._owned.get(handle)
             if owned is None or owned.stopped:
@@ -685,9 +691,11 @@ class RedisStorage(MemoryStorage):
                 continue
             labels = json.dumps(owned.labels, separators=(",", ":")) if owned.labels_dirty else ""
             owned.labels_dirty = False  # set again if this tick fails
-            args += [f"{owned.key} {after} {last} {reg.state(handle) if ended else 0} {labels}", data]
+            heads.append(f"{owned.key} {after} {last} {reg.state(handle) if ended else 0} {len(data)} {labels}")
+            frames.append(data)
             batch.append((handle, owned, last, bool(labels)))
             self._stats.ship_frames_bytes += len(data)
+        args += ["\n".join(heads), b"".join(frames)]
         return batch
 
     def _shipped(self, batch: list[tuple[int, _Owned, int, bool]], ended_elsewhere: set[str]) -> None:
