@@ -149,6 +149,11 @@ async def workers(redis_url: str, *args: str, n: int = 2) -> AsyncIterator[Worke
         for pid in pids:  # nothing left behind, whatever failed
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
+        # The workers held the supervisor's stdout too: read it to its end, so the pipe's transport is closed
+        # before the loop is (uvloop cannot close a loop with a handle still reading: EBUSY).
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await proc.stdout.read()
 
 
 @needs_redis_storage

@@ -71,6 +71,9 @@ async def nodes(redis_url: str, n: int, *args: str, same_epoch: bool = True) -> 
             except TimeoutError:
                 node.proc.kill()
                 await node.proc.wait()
+            with contextlib.suppress(Exception):  # the pipe's end, before the loop closes (uvloop: EBUSY)
+                async with asyncio.timeout(10):
+                    await node.proc.stdout.read()  # type: ignore[union-attr]
 
 
 async def events(
