@@ -579,7 +579,7 @@ class RedisStorage(MemoryStorage):
     async def _tail_loop(self) -> None:
         """One blocking read over every copied stream (and this node's wake key), for the whole node."""
         backoff = 0.05
-        while True:
+        while _not_cancelled():
             if not self._copies:
                 self._copies_changed.clear()
                 await self._copies_changed.wait()
@@ -626,7 +626,7 @@ class RedisStorage(MemoryStorage):
     # -- owner: ship new frames ---------------------------------------------------------------------
 
     async def _ship_loop(self) -> None:
-        while True:
+        while _not_cancelled():
             await asyncio.sleep(self.ship_interval)
             try:
                 await self._ship_once()
@@ -760,7 +760,7 @@ class RedisStorage(MemoryStorage):
 
     async def _heartbeat_loop(self) -> None:
         interval = self.lease / 3
-        while True:
+        while _not_cancelled():
             try:
                 await self._heartbeat()
             except (RedisError, OSError, TimeoutError) as exc:
@@ -855,7 +855,7 @@ class RedisStorage(MemoryStorage):
     # -- control: cancels for streams this node produces ---------------------------------------------
 
     async def _control_loop(self) -> None:
-        while True:
+        while _not_cancelled():
             client = self._client
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
@@ -871,6 +871,15 @@ class RedisStorage(MemoryStorage):
         parts = data.decode(errors="replace").split("\t")
         if len(parts) == 3 and parts[0] == "cancel" and self._host is not None:
             self._host.on_remote_cancel(parts[1], parts[2])
+
+
+def _not_cancelled() -> bool:
+    """For the background loops: a cancel that a call inside the redis client swallowed (it happens, while a
+    command is in flight) still stops the loop at its next turn, instead of leaving it running."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return True
 
 
 def _has_loop() -> bool:
