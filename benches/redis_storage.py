@@ -45,18 +45,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benches.sse_compare import PY, TASKSET, TOKENWIRE, ms, ms3
-from tests.support.redis_server import RedisProcess
+from benches.sse_compare import TASKSET, TOKENWIRE, hogs_on, ms, ms3, stop_hogs
+from tests.support.redis_server import RedisProcess, free_port
 
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pin(cores: str) -> list[str]:
@@ -80,7 +72,7 @@ class Server:
     With ``--workers N`` the ready line lists the workers' PIDs (:attr:`pids`)."""
 
     def __init__(self, args: list[str], cores: str, log_dir: Path, name: str, timeout: float = 60.0) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.name = name
         self.log_path = log_dir / f"{name}-{self.port}.log"
         cmd = [*_pin(cores), *TOKENWIRE, "serve", "--port", str(self.port), "--no-webtransport", *args]
@@ -198,19 +190,6 @@ def run_loadtest(
     return report
 
 
-def _hogs(on: bool) -> list[subprocess.Popen[bytes]]:
-    """One busy-looping process on each core (competing load), or none."""
-    if not on:
-        return []
-    return [subprocess.Popen([TASKSET, "-c", c, PY, "-c", "while True: pass"]) for c in ("0", "1")]  # noqa: S603
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def _verdict(r: dict[str, Any]) -> str:
     c = r["correctness"]
     return f"{r['streams']['ok']}/{r['streams']['total']} ok, lost {c['lost']}, dup {c['duplicated']}" + (
@@ -307,7 +286,7 @@ def bench_resume(args: argparse.Namespace, redis: RedisProcess, log_dir: Path) -
         storage = redis.url if args.resume_storage == "redis" else "memory://"
         serve = ["--engine-steps-per-s", f"{args.steps:g}", "--storage", storage]
         nodes = [Server(serve, cores[i % len(cores)], log_dir, f"node{i}") for i in range(args.nodes)]
-        hogs = _hogs(args.hog)
+        hogs = hogs_on(("0", "1")) if args.hog else []
         _log(
             f"resume repeat {rep}: nodes {[n.proc.pid for n in nodes]}, {args.streams} streams x {max_tokens} tokens, "
             f"{args.disconnect_rate}/s cuts per stream{', competing load' if args.hog else ''}"
@@ -321,7 +300,7 @@ def bench_resume(args: argparse.Namespace, redis: RedisProcess, log_dir: Path) -
             )  # fmt: skip
             metrics = [n.metrics() for n in nodes]
         finally:
-            _stop_all(hogs)
+            stop_hogs(hogs)
             for n in nodes:
                 n.stop()
         d = report["disconnects"]

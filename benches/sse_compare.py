@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +177,12 @@ _HOG = "while True: pass"
 
 def start_hogs(args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
     """``--hog``: one busy-looping process on the server's cores and one on the client's (competing load)."""
-    if not getattr(args, "hog", False):
-        return []
-    return [
-        subprocess.Popen([TASKSET, "-c", cores, PY, "-c", _HOG])  # noqa: S603 - our own command
-        for cores in (args.server_cores, args.client_cores)
-    ]
+    return hogs_on((args.server_cores, args.client_cores)) if getattr(args, "hog", False) else []
+
+
+def hogs_on(cores: Sequence[str]) -> list[subprocess.Popen[bytes]]:
+    """One busy-looping process pinned to each of ``cores`` (competing load); stop them with :func:`stop_hogs`."""
+    return [subprocess.Popen([TASKSET, "-c", c, PY, "-c", _HOG]) for c in cores]  # noqa: S603 - our own command
 
 
 def stop_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:

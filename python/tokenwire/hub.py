@@ -257,12 +257,24 @@ class TokenStream:
             raise StreamClosed(f"stream {self.id} is {self._state.name.lower()}; it cannot end again")
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         seq = self._hub.storage.end(self._handle, int(kind), payload, int(state), self._hub.clock())
+        self._ended(state, reason)
+        return seq
+
+    def _ended(self, state: StreamState, reason: str | None) -> None:
+        """The final frame is held (appended here, or by a shared storage's copy): say so to the hub and readers."""
         self._state = state
         self.end_reason = reason
         self._hub._on_end(self)
         for listener in self._listeners:  # a snapshot: attach/detach replace the list
             listener()
-        return seq
+
+    def _final_reason(self) -> str | None:
+        """The reason (``done``) or code (``error``) in the final frame held, as ``end_reason`` holds it."""
+        for kind, _, text in self._hub.storage.frames_since(self._handle, self.last_seq - 1)[-1:]:
+            with contextlib.suppress(ValueError, AttributeError):
+                body = json.loads(text)
+                return str(body.get("reason" if kind == FrameKind.DONE else "code", ""))
+        return None
 
     async def _reaches(self, seq: int, within: float) -> None:
         """Wait until frame ``seq`` is held or the stream ends (at most ``within`` s)."""
@@ -426,15 +438,6 @@ class Cursor:
 
 def _frames_only(handle: int, after: int, wire: int) -> tuple[bytes, int, bool]:
     raise LocalProtocolError("this cursor has no wire format and no render: read it with frames()")
-
-
-def _end_reason(last_frames: list[tuple[int, int, str]]) -> str | None:
-    """The reason (``done``) or code (``error``) in a stream's final frame, as ``end_reason`` holds it."""
-    for kind, _, text in last_frames[-1:]:
-        with contextlib.suppress(ValueError, AttributeError):
-            body = json.loads(text)
-            return str(body.get("reason" if kind == FrameKind.DONE else "code", ""))
-    return None
 
 
 T = TypeVar("T", list[Frame], bytes)
@@ -734,7 +737,7 @@ class Hub:
             state = StreamState(self.storage.state(handle))
             if state is not StreamState.OPEN:
                 stream._state = state
-                stream.end_reason = _end_reason(self.storage.frames_since(handle, stream.last_seq - 1))
+                stream.end_reason = stream._final_reason()
             self._streams[stream_id] = stream
             self.counters["streams_restored"] += 1
             log.debug("stream %s copied from the shared storage (%s)", stream_id, state.name.lower())
@@ -748,14 +751,10 @@ class Hub:
             for listener in stream._listeners:
                 listener()
 
-    def on_remote_end(self, key: str, state: int, reason: str) -> None:
+    def on_remote_end(self, key: str, state: int) -> None:
         stream = self._streams.get(key)
         if stream is not None and stream._state is StreamState.OPEN:
-            stream._state = StreamState(state)
-            stream.end_reason = reason
-            self._on_end(stream)
-            for listener in stream._listeners:
-                listener()
+            stream._ended(StreamState(state), stream._final_reason())
 
     def on_remote_cancel(self, key: str, reason: str) -> None:
         stream = self._streams.get(key)

@@ -58,7 +58,7 @@ class StorageHost(Protocol):
     def on_remote_frames(self, key: str) -> None:
         """New frames were appended to the local copy of another node's stream."""
 
-    def on_remote_end(self, key: str, state: int, reason: str) -> None:
+    def on_remote_end(self, key: str, state: int) -> None:
         """The local copy of another node's stream got its final frame."""
 
     def on_remote_cancel(self, key: str, reason: str) -> None:
@@ -239,7 +239,6 @@ class RedisStorage(MemoryStorage):
         self._epoch_known = False
         self.available = False
         self._resync = False
-        self._closing = False
         self.last_error = "not connected yet"
         self._create_local = self._registry.create
         self.create = self._create  # type: ignore[assignment]  # a narrower signature than the registry's
@@ -254,7 +253,7 @@ class RedisStorage(MemoryStorage):
         self._copies_changed = asyncio.Event()
         self._client, self._tail_client = self._connect()
         self._wake_id = "0-0"
-        self._connected = asyncio.Event() if _has_loop() else None
+        self._connected = asyncio.Event()
         self._maxlen = max(16, max_frames_per_stream)
 
     # -- keys ---------------------------------------------------------------------------------------
@@ -295,8 +294,6 @@ class RedisStorage(MemoryStorage):
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
-        if self._connected is None:
-            self._connected = asyncio.Event()
         for name, coro in (
             ("heartbeat", self._heartbeat_loop()),
             ("ship", self._ship_loop()),
@@ -326,12 +323,9 @@ class RedisStorage(MemoryStorage):
     async def wait_connected(self, within: float) -> bool:
         """Wait until Redis has answered once (True) or ``within`` s pass (False)."""
         self.start()
-        connected = self._connected
-        if connected is None:  # start() made it
-            return False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(connected.wait(), within)
-        return connected.is_set()
+            await asyncio.wait_for(self._connected.wait(), within)
+        return self._connected.is_set()
 
     async def aclose(self) -> None:
         """Ship what is left (bounded by ``command_timeout``), then stop the tasks and close the connections."""
@@ -355,9 +349,6 @@ class RedisStorage(MemoryStorage):
         if not self.available:
             if self._epoch_known:
                 log.info("redis %s reachable", self.url)
-                # A Redis back from an outage may have lost writes it acknowledged (a restart from an older
-                # snapshot): the next tick compares what it holds with what this node thinks it shipped.
-                self._resync = True
             self.available = True
             self.last_error = ""
 
@@ -408,11 +399,6 @@ class RedisStorage(MemoryStorage):
 
     def labels(self, key: str) -> dict[str, str]:
         return dict(self._copy_labels.get(key, {}))
-
-    def is_copy(self, key: str) -> bool:
-        """The stream is produced by another node; this one holds a copy."""
-        handle = self._registry.lookup(key)
-        return handle is not None and handle not in self._owned
 
     def stats(self) -> dict[str, float]:
         s = self._stats
@@ -526,7 +512,7 @@ class RedisStorage(MemoryStorage):
             if seq <= last:
                 continue
             if seq != last + 1:
-                self._end_copy(handle, _core.FRAME_ERROR, "history_gap", f"frames {last + 1}-{seq - 1} were lost")
+                self._end_copy(handle, "history_gap", f"frames {last + 1}-{seq - 1} were lost")
                 return True
             last = seq
             if kind == _core.FRAME_TOKEN:
@@ -537,7 +523,7 @@ class RedisStorage(MemoryStorage):
                 tokens = []
             state = end_state or (_core.STATE_FINISHED if kind == _core.FRAME_DONE else _core.STATE_FAILED)
             reg.end(handle, kind, text, state, time.monotonic())
-            self._notify_end(handle, kind, text, state)
+            self._notify_end(handle, state)
             return True
         if tokens:
             reg.append_many(handle, tokens)
@@ -545,22 +531,20 @@ class RedisStorage(MemoryStorage):
                 self._host.on_remote_frames(reg.key(handle))
         return False
 
-    def _end_copy(self, handle: int, kind: int, code: str, message: str) -> None:
+    def _end_copy(self, handle: int, code: str, message: str) -> None:
         """End a copy here only (its history cannot go on): readers get an ``error`` frame with ``code``."""
         reg = self._registry
         if reg.state(handle) != _core.STATE_OPEN:
             return
         payload = json.dumps({"code": code, "message": message}, separators=(",", ":"))
-        reg.end(handle, kind, payload, _core.STATE_FAILED, time.monotonic())
-        self._notify_end(handle, kind, payload, _core.STATE_FAILED)
+        reg.end(handle, _core.FRAME_ERROR, payload, _core.STATE_FAILED, time.monotonic())
+        self._notify_end(handle, _core.STATE_FAILED)
 
-    def _notify_end(self, handle: int, kind: int, payload: str, state: int) -> None:
+    def _notify_end(self, handle: int, state: int) -> None:
         key = self._registry.key(handle)
         self._copies.pop(key, None)
         if self._host is not None:
-            body = json.loads(payload)
-            reason = body.get("reason" if kind == _core.FRAME_DONE else "code", "")
-            self._host.on_remote_end(key, state, str(reason))
+            self._host.on_remote_end(key, state)
 
     def _wake_tail(self) -> None:
         """Make the tail reader re-read its key list now (a new copy to follow)."""
@@ -751,9 +735,8 @@ class RedisStorage(MemoryStorage):
         for owned in self._owned.values():
             owned.stopped = True
         self._pending.clear()
-        for key, copy in list(self._copies.items()):
-            self._end_copy(copy.handle, _core.FRAME_ERROR, "history_lost", "the stream store lost its history")
-            self._copies.pop(key, None)
+        for copy in list(self._copies.values()):
+            self._end_copy(copy.handle, "history_lost", "the stream store lost its history")
         self._epoch_known = False  # the heartbeat reads (or sets) the new epoch
 
     # -- heartbeat: lease, epoch, readers, owners ---------------------------------------------------
@@ -765,7 +748,7 @@ class RedisStorage(MemoryStorage):
                 await self._heartbeat()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc, "heartbeat")
-                if self._connected is not None and not self._connected.is_set():
+                if not self._connected.is_set():
                     await asyncio.sleep(min(interval, 0.2))
                     continue
             except Exception:
@@ -818,8 +801,7 @@ class RedisStorage(MemoryStorage):
                 self._history_lost()
             self._epoch = epoch
             self._epoch_known = True
-        if self._connected is not None:
-            self._connected.set()
+        self._connected.set()
 
     async def _declare_lost(self, key: str, copy: _Copy) -> None:
         """The owner's lease lapsed a lease ago: end the stream in Redis with ``producer_lost``."""
@@ -849,7 +831,7 @@ class RedisStorage(MemoryStorage):
         if int(done) == 2 or (int(done) != -1 and self._registry.last_seq(copy.handle) > shipped):
             # Redis lost history this copy holds (back from an older snapshot, or its keys went): an end written
             # there is not after what the copy holds, so it would never reach it. End the copy here.
-            self._end_copy(copy.handle, _core.FRAME_ERROR, "producer_lost", message)
+            self._end_copy(copy.handle, "producer_lost", message)
         self._wake_tail()
 
     # -- control: cancels for streams this node produces ---------------------------------------------
@@ -879,14 +861,6 @@ def _not_cancelled() -> bool:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-    return True
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
     return True
 
 

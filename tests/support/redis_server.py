@@ -34,7 +34,8 @@ REDIS_SERVER = shutil.which("redis-server")
 _DUMP = "dump.rdb"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -50,7 +51,7 @@ class RedisProcess:
         # Under /tmp, not pytest's tmp_path: a unix socket path must stay under 108 bytes.
         self.directory = Path(tempfile.mkdtemp(prefix="tw-redis-"))
         self.unix_socket = self.directory / "redis.sock" if unix_socket else None
-        self.port = 0 if unix_socket else _free_port()
+        self.port = 0 if unix_socket else free_port()
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
