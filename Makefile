@@ -6,7 +6,7 @@ export HYPOTHESIS_PROFILE
 
 .DEFAULT_GOAL := help
 
-.PHONY: help system-deps install build-dev build-prod build-profiling format lint lint-python lint-rust test-rust test bench serve demo check clean
+.PHONY: help system-deps install build-dev build-prod build-profiling format lint lint-python lint-rust lint-js test-rust test test-js bench serve demo check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -15,11 +15,13 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 
-system-deps: ## Debian tools the tests drive as real clients (curl, headless Chromium), start (redis-server) and the benches use (valgrind); needs root or sudo where missing
+system-deps: ## Debian tools the tests drive as real clients (curl, headless Chromium), start (redis-server), the benches use (valgrind) and the JS client's checks run on (node, npm); needs root or sudo where missing
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 	@command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
 	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+	@command -v node >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	@command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm; }
 
 install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
 	$(PY) -m pip install -q -e ".[dev]"
@@ -49,13 +51,30 @@ lint-rust: ## rustfmt and clippy (lints live in Cargo.toml)
 	cargo clippy -q --all-targets -- -D warnings
 	cargo clippy -q --all-targets --features python -- -D warnings
 
-lint: lint-python lint-rust ## all linters
+# The JS client's dev tools (typescript), as js/package-lock.json pins them; reinstalled when the lock changes.
+JS_DEPS := js/node_modules/.package-lock.json
+
+$(JS_DEPS): js/package.json js/package-lock.json
+	cd js && npm ci --no-audit --no-fund
+	@touch $@
+
+lint-js: $(JS_DEPS) ## tsc --checkJs over js/src/client.js; js/types/client.d.ts must be what tsc generates from it now
+	cd js && ./node_modules/.bin/tsc -p .
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd js && \
+	  ./node_modules/.bin/tsc -p tsconfig.types.json --outDir "$$tmp" && \
+	  { diff -u types/client.d.ts "$$tmp/client.d.ts" || \
+	    { echo "js/types/client.d.ts is stale: run 'cd js && npm run types' and commit it" >&2; exit 1; }; }
+
+lint: lint-python lint-rust lint-js ## all linters
 
 test-rust: ## Rust unit tests of the pure core (no Python needed)
 	cargo test -q
 
 test: ## pytest: the suite, plus every benchmark once as a smoke test
 	$(PY) -m pytest tests benches -q
+
+test-js: ## node --test: the JS client's decoders on the wire vectors shared with the Rust tests
+	node --test js/test/*.test.js
 
 bench: ## time the benchmarks side by side
 	$(PY) -m pytest benches -q --benchmark-enable --benchmark-columns=min,mean,median,ops,rounds --benchmark-sort=mean
@@ -66,7 +85,7 @@ serve: install ## install, then run the SSE server on 127.0.0.1:8000 (in-memory 
 demo: install ## install, then stream, drop mid-answer, resume, verify (no server needed)
 	$(VENV)/bin/tokenwire demo
 
-check: system-deps install lint test-rust test ## install everything and pass every check and test (CI runs this)
+check: system-deps install lint test-rust test test-js ## install everything and pass every check and test (CI runs this)
 
 clean: ## remove build outputs and the venv
-	rm -rf target $(VENV) python/tokenwire/*.so .pytest_cache .hypothesis .benchmarks .mypy_cache .ruff_cache
+	rm -rf target $(VENV) js/node_modules python/tokenwire/*.so .pytest_cache .hypothesis .benchmarks .mypy_cache .ruff_cache
