@@ -665,8 +665,8 @@ export class TokenwireClient {
       throw new ConnectError("WebTransport failed here recently");
     const res = await this._fetch("/v1/webtransport/certificate");
     if (!res.ok) {
-      this._skipWt = Infinity;
-      throw new ConnectError("the server offers no WebTransport");
+      if (res.status == 404) this._skipWt = Infinity; // not served here: SSE for this client's lifetime
+      throw new ConnectError("no WebTransport certificate: HTTP " + res.status);
     }
     const info = await res.json();
     const wt = new WT(
@@ -953,7 +953,7 @@ export class TokenStream extends EventTarget {
     this._error = error;
     this.final = end;
     this._close();
-    this._emit("end", end || { reason: "error", error });
+    this._emit("end", end || (error ? { reason: "error", error } : null));
     this._emit("kpi", { ...this.kpis });
   }
 
