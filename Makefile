@@ -58,9 +58,11 @@ $(JS_DEPS): js/package.json js/package-lock.json
 	cd js && npm ci --no-audit --no-fund
 	@touch $@
 
-lint-js: $(JS_DEPS) ## tsc --checkJs over js/src/client.js; js/types/client.d.ts must be what tsc generates from it now
+lint-js: $(JS_DEPS) ## tsc --checkJs over js/src/client.js; js/types/client.d.ts current; size budget (6 KB min+gz); npm pack accepts js/
 	cd js && ./node_modules/.bin/tsc -p .
 	cd js && node scripts/types.mjs --check
+	cd js && node scripts/size.mjs --max-gzip 6144
+	cd js && npm pack --dry-run --silent >/dev/null
 
 lint: lint-python lint-rust lint-js ## all linters
 
