@@ -81,7 +81,8 @@ async def test_a_page_on_an_allowed_origin_uses_the_endpoints(browser: Browser) 
     assert events[-1].type == "done"
     resumed = [e for e in SpecParser().feed(got["resumed"].encode()) if e.type in ("token", "done")]
     prefix = f"{got['streamId']}:{server.hub.epoch}:"
-    assert [e.last_event_id for e in resumed] == [f"{prefix}{seq}" for seq in range(4, 8)]  # after seq 3: tokens 4-6, done
+    # After seq 3: tokens 4 to 6, then the final frame.
+    assert [e.last_event_id for e in resumed] == [f"{prefix}{seq}" for seq in range(4, 8)]
     assert got["missing"][0] == 404 and got["missing"][1]["error"]["type"] == "StreamNotFound"
     assert got["cancel"] == 204
     tail = SpecParser().feed(got["cancelledTail"].encode())
