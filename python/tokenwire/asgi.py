@@ -61,7 +61,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -80,12 +80,14 @@ from tokenwire.server.endpoints import (
     Endpoints,
     StreamPlan,
     collect_completion,
+    cors_headers,
     count_resume,
     last_event_id_of,
     left_early,
     match_route,
     nothing_left,
     parse_json_body,
+    plain_answer,
     plan_sse,
     resolve_resume,
     stream_to_find,
@@ -117,10 +119,13 @@ Headers = list[tuple[bytes, bytes]]
 _STATE_OPEN = _core.STATE_OPEN
 
 
+def _raw(headers: Iterable[tuple[str, str]]) -> Headers:
+    """Headers as ASGI carries them: lower-case names, latin-1 bytes."""
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
 def _sse_headers(head: list[tuple[str, str]]) -> Headers:
-    return [
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (*SSE_HEADERS, *head)),
-    ]
+    return _raw((*SSE_HEADERS, *head))
 
 
 class _Answer:
@@ -131,8 +136,8 @@ class _Answer:
     def __init__(self, status: int, body: bytes, content_type: str, extra: Headers | None = None) -> None:
         self.status = status
         self.body = body
-        headers: Headers = [(b"content-type", content_type.encode("latin-1"))]
-        if status != 204:
+        headers: Headers = [(b"content-type", content_type.encode("latin-1"))] if content_type else []
+        if status not in (204, 304):  # neither carries a body, nor Content-Length (RFC 9110 §8.6)
             headers.append((b"content-length", str(len(body)).encode("latin-1")))
         if extra:
             headers.extend(extra)
@@ -149,9 +154,10 @@ class _Answer:
         extra = [(b"retry-after", b"1")] if status == 503 else None
         return cls.json(status, error_body(exc, status), extra)
 
-    async def send_to(self, send: Send) -> None:
+    async def send_to(self, send: Send, head_only: bool = False) -> None:
+        """Send the answer (``head_only``: to a HEAD request, without the body)."""
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+        await send({"type": "http.response.body", "body": b"" if head_only else self.body, "more_body": False})
 
 
 class _Disconnected(Exception):
@@ -505,10 +511,13 @@ class TokenwireASGI(HubHost):
             log.exception("request %s %s failed", scope.get("method"), scope.get("path"))
             self.metrics.bad_requests_total += 1
             answer = _Answer.error(exc, 500)
+        cors = _raw(cors_headers(self.config.allow_origins, _headers(scope).get("origin")))
         if isinstance(answer, _Answer):
-            await answer.send_to(send)
+            answer.headers += cors
+            await answer.send_to(send, head_only=scope["method"] == "HEAD")
             return
-        streamer = _Streamer(self.hub, answer, _sse_headers(answer.head), self.config, self.metrics, requested_at)
+        headers = _sse_headers(answer.head) + cors
+        streamer = _Streamer(self.hub, answer, headers, self.config, self.metrics, requested_at)
         self.streaming.add(streamer)
         try:
             await streamer.run(receive, send)
@@ -517,6 +526,9 @@ class TokenwireASGI(HubHost):
 
     async def _dispatch(self, scope: Scope, receive: Receive) -> _Answer | StreamPlan:
         route, stream_id = match_route(scope["method"], _route_path(scope))
+        plain = plain_answer(route, scope["method"], _headers(scope), self.config)
+        if plain is not None:  # a preflight, or a browser file
+            return _Answer(plain.status, plain.body, plain.content_type, _raw(plain.headers))
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
         find = stream_to_find(route, stream_id, _headers(scope), _query(scope))

@@ -86,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
         max_tokens_limit=args.max_tokens_limit,
+        allow_origins=tuple(args.allow_origin or ()),
     )
     model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
     hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
@@ -260,6 +261,15 @@ def _serve_storage_refusal(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _origin(text: str) -> str:
+    from tokenwire.server.config import normalize_origin
+
+    try:
+        return normalize_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _ack_delay_ms(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1000:
@@ -306,6 +316,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let streams finish on shutdown")
     serve.add_argument("--max-connections", type=int, default=20_000)
     serve.add_argument("--max-tokens-limit", type=int, default=100_000, help="largest max_tokens a request may ask")
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        type=_origin,
+        metavar="ORIGIN",
+        help="CORS: let pages of ORIGIN (https://app.example, or * for any) call the endpoints; repeatable; "
+        "off by default",
+    )
     serve.add_argument(
         "--abandon-after", type=float, default=30.0, help="cancel a generation nobody watched for this long"
     )

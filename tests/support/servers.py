@@ -10,6 +10,7 @@ from tokenwire import FakeModel, Hub
 from tokenwire.client.webtransport import WebTransportClient, WebTransportStreamReader
 from tokenwire.protocol.webtransport import WT_PATH
 from tokenwire.server import ServerConfig, SseServer
+from tokenwire.server.certs import Certificate
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
 
@@ -38,12 +39,15 @@ async def wt_server(
     model: FakeModel | None = None,
     limits: WebTransportLimits | None = None,
     engine_steps_per_s: float | None = None,
+    certificate: Certificate | None = None,
     **config: Any,
 ) -> AsyncIterator[WebTransportServer]:
-    """A WebTransport server on 127.0.0.1, UDP, a free port, with a development certificate made here
-    (``engine_steps_per_s``: generations run in the batching FakeEngine, one token per stream a step)."""
+    """A WebTransport server on 127.0.0.1, UDP, a free port, with ``certificate`` or a development certificate
+    made here (``engine_steps_per_s``: generations run in the batching FakeEngine, one token per stream a step)."""
     cfg = ServerConfig(host="127.0.0.1", port=0, webtransport=limits or WebTransportLimits(), **config)
-    server = WebTransportServer(hub, cfg, model=model or FakeModel(seed=5), engine_steps_per_s=engine_steps_per_s)
+    server = WebTransportServer(
+        hub, cfg, model=model or FakeModel(seed=5), engine_steps_per_s=engine_steps_per_s, certificate=certificate
+    )
     await server.start()
     try:
         yield server

@@ -180,14 +180,25 @@ def render_head(status: int, headers: list[tuple[str, str]]) -> bytes:
 
 
 def render_response(
-    status: int, body: bytes, content_type: str, *, keep_alive: bool, extra: list[tuple[str, str]] | None = None
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    keep_alive: bool,
+    extra: list[tuple[str, str]] | None = None,
+    send_body: bool = True,
 ) -> bytes:
-    """A complete response with a body."""
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    """A complete response with a body (``send_body=False``: the head only, as the answer to ``HEAD``, its
+    Content-Length that of the body). 204 and 304 carry neither a body nor Content-Length (RFC 9110 §8.6);
+    an empty ``content_type`` leaves Content-Type out."""
+    headers = [("Content-Type", content_type)] if content_type else []
+    if status not in (204, 304):
+        headers.append(("Content-Length", str(len(body))))
     if extra:
         headers.extend(extra)
     headers.append(("Connection", "keep-alive" if keep_alive else "close"))
-    return render_head(status, headers) + body
+    head = render_head(status, headers)
+    return head + body if send_body and status not in (204, 304) else head
 
 
 #: The end of a chunked body (no trailers). Written only when a response ends normally: a body cut without it

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -48,6 +49,22 @@ class Certificate:
     @property
     def sha256_hex(self) -> str:
         return self.sha256.hex()
+
+    @property
+    def self_signed(self) -> bool:
+        """Whether the (first) certificate signs itself: its issuer is its subject and its own key verifies its
+        signature. A browser accepts such a certificate only by its hash (``serverCertificateHashes``), so
+        ``GET /v1/webtransport/certificate`` tells clients to pin it; one a CA issued must not be pinned (a
+        pinned hash replaces the browser's CA checks, and Chromium takes a hash only for a certificate valid
+        for less than 14 days)."""
+        cert = x509.load_pem_x509_certificate(self.cert_pem)
+        if cert.issuer != cert.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
 
 
 def make_dev_certificate(

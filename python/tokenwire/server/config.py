@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from tokenwire.protocol.http1 import HttpLimits
 
-__all__ = ["ServerConfig", "WebTransportLimits"]
+__all__ = ["ServerConfig", "WebTransportLimits", "normalize_origin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,5 +85,39 @@ class ServerConfig:
     drain_timeout: float = 10.0
     #: ``Idempotency-Key`` values remembered (each as long as its stream is in the hub); the oldest go first.
     max_idempotency_keys: int = 10_000
+    #: CORS, off by default: the origins (``https://app.example``, or ``*`` for any) whose pages may call the
+    #: endpoints. Preflights (``OPTIONS``) are answered for them, and every answer to them carries
+    #: ``Access-Control-Allow-Origin`` and exposes ``X-Tokenwire-Stream-Id``, ``X-Tokenwire-Epoch`` and
+    #: ``Location`` (docs/protocol.md §7.4).
+    allow_origins: tuple[str, ...] = ()
     http: HttpLimits = field(default_factory=HttpLimits)
     webtransport: WebTransportLimits = field(default_factory=WebTransportLimits)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))
+
+
+def normalize_origin(origin: str) -> str:
+    """``origin`` as a browser sends it in ``Origin`` (``scheme://host[:port]``: lower case, no default port, no
+    path or trailing slash), or ``*``; ``ValueError`` for anything else."""
+    text = origin.strip()
+    if text == "*":
+        return text
+    parts = urlsplit(text.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == -1
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        raise ValueError(f"an allowed origin is scheme://host[:port] or *, got {origin!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")

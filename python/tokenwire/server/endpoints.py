@@ -26,30 +26,39 @@ from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.json_body import loads_object
 from tokenwire.protocol.resume import MAX_STREAM_ID_LEN, format_id_prefix, is_stream_id, parse_resume_point
+from tokenwire.server.assets import ASSETS, asset, not_modified
 from tokenwire.server.config import ServerConfig
 
 __all__ = [
+    "CLIENT_PATH",
+    "ROUTE_METHODS",
     "STREAMS_PATH",
     "ChatMeta",
     "Endpoints",
     "Host",
+    "Plain",
     "Render",
     "StreamPlan",
     "collect_completion",
+    "cors_headers",
     "float_field",
     "idempotency_key_of",
     "int_field",
     "last_event_id_of",
     "match_route",
     "parse_json_body",
+    "plain_answer",
     "plan_openai",
     "plan_sse",
+    "preflight_headers",
     "resolve_resume",
 ]
 
 STREAMS_PATH = "/v1/streams"
 #: Where a browser page learns the WebTransport URL and the certificate hash to pin.
 WT_CERTIFICATE_PATH = "/v1/webtransport/certificate"
+#: The browser client, an ES module (docs/client.md); the demo page on it is served at ``/``.
+CLIENT_PATH = "/v1/client.js"
 
 #: The events of the OpenAI rendering of a final frame before ``data: [DONE]``, in order (docs/protocol.md §2.6):
 #: each has the id ``{stream_id}:{epoch}:{seq}:{part}``, and ``[DONE]`` has the final frame's own id.
@@ -170,42 +179,115 @@ def bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
     return value
 
 
+#: The methods each route takes (``OPTIONS`` besides, on every route: :func:`preflight_headers`).
+ROUTE_METHODS: dict[str, tuple[str, ...]] = {
+    "attach": ("GET",),
+    "cancel": ("DELETE",),
+    "create": ("POST",),
+    "chat": ("POST",),
+    "health": ("GET", "HEAD"),
+    "metrics": ("GET",),
+    "webtransport": ("GET",),
+    "client": ("GET", "HEAD"),
+    "demo": ("GET", "HEAD"),
+}
+#: Paths of the routes that take no stream id.
+_PATHS = {
+    STREAMS_PATH: "create",
+    "/v1/chat/completions": "chat",
+    "/healthz": "health",
+    "/metrics": "metrics",
+    WT_CERTIFICATE_PATH: "webtransport",
+    CLIENT_PATH: "client",
+    "/": "demo",
+}
+
+
 def match_route(method: str, path: str) -> tuple[str, str]:
     """``(route, stream_id)`` for a request; 404 for an unknown path, 405 for a method it does not take.
 
     Routes: ``attach``, ``cancel`` (both with a stream id), ``create``, ``chat``, ``health``, ``metrics``,
-    ``webtransport`` (where the WebTransport server is and the certificate hash a browser pins).
+    ``webtransport`` (where the WebTransport server is and the certificate hash a browser pins), ``client``
+    (the browser client module) and ``demo`` (the demo page). ``OPTIONS`` is taken on every route (the caller
+    answers it: :func:`preflight_headers`).
     """
-    if path.startswith(STREAMS_PATH + "/"):
-        rest = path[len(STREAMS_PATH) + 1 :]
-        stream_id, _, tail = rest.partition("/")
-        if tail == "events":
-            _allow(method, "GET")
-            return "attach", stream_id
-        if tail == "":
-            _allow(method, "DELETE")
-            return "cancel", stream_id
-    elif path == STREAMS_PATH:
-        _allow(method, "POST")
-        return "create", ""
-    elif path == "/v1/chat/completions":
-        _allow(method, "POST")
-        return "chat", ""
-    elif path == "/healthz":
-        _allow(method, "GET", "HEAD")
-        return "health", ""
-    elif path == "/metrics":
-        _allow(method, "GET")
-        return "metrics", ""
-    elif path == WT_CERTIFICATE_PATH:
-        _allow(method, "GET")
-        return "webtransport", ""
-    raise HttpError(404, f"no route for {path}")
-
-
-def _allow(method: str, *methods: str) -> None:
-    if method not in methods:
+    route = _PATHS.get(path)
+    stream_id = ""
+    if route is None and path.startswith(STREAMS_PATH + "/"):
+        stream_id, _, tail = path[len(STREAMS_PATH) + 1 :].partition("/")
+        route = {"events": "attach", "": "cancel"}.get(tail)
+    if route is None:
+        raise HttpError(404, f"no route for {path}")
+    methods = ROUTE_METHODS[route]
+    if method not in methods and method != "OPTIONS":
         raise HttpError(405, f"{method} is not allowed here; use {', '.join(methods)}")
+    return route, stream_id
+
+
+# -- CORS (opt-in: ServerConfig.allow_origins) ---------------------------------------------------------
+
+#: What a page on an allowed origin may send (preflight answers) and read (every answer).
+CORS_ALLOW_METHODS = "GET, POST, DELETE"
+CORS_ALLOW_HEADERS = "content-type, last-event-id, idempotency-key, authorization"
+CORS_EXPOSE_HEADERS = "X-Tokenwire-Stream-Id, X-Tokenwire-Epoch, Location"
+#: Seconds a browser may reuse a preflight answer (Chromium caps it at 7,200, Firefox at 86,400).
+CORS_MAX_AGE = 600
+
+
+def cors_headers(allow_origins: tuple[str, ...], origin: str | None) -> list[tuple[str, str]]:
+    """The CORS headers of every answer to a request from ``origin`` (its ``Origin`` header): the grant for an
+    allowed origin; ``Vary: Origin`` alone for another (caches must tell them apart); none when CORS is off."""
+    if not allow_origins:
+        return []
+    vary = [] if "*" in allow_origins else [("Vary", "Origin")]
+    if not _origin_allowed(allow_origins, origin):
+        return vary
+    return [
+        ("Access-Control-Allow-Origin", "*" if "*" in allow_origins else str(origin)),
+        *vary,
+        ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS),
+    ]
+
+
+def _origin_allowed(allow_origins: tuple[str, ...], origin: str | None) -> bool:
+    return origin is not None and ("*" in allow_origins or origin in allow_origins)
+
+
+def preflight_headers(route: str, allow_origins: tuple[str, ...], origin: str | None) -> list[tuple[str, str]]:
+    """The headers of the 204 that answers ``OPTIONS`` on ``route``: ``Allow``, and for an allowed ``origin`` what
+    it may send and how long the browser may keep this answer (:func:`cors_headers`, which every answer carries,
+    adds the grant itself)."""
+    headers = [("Allow", ", ".join((*ROUTE_METHODS[route], "OPTIONS")))]
+    if _origin_allowed(allow_origins, origin):
+        headers += [
+            ("Access-Control-Allow-Methods", CORS_ALLOW_METHODS),
+            ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+            ("Access-Control-Max-Age", str(CORS_MAX_AGE)),
+        ]
+    return headers
+
+
+class Plain(NamedTuple):
+    """A complete answer that needs neither the hub nor the request body."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: list[tuple[str, str]]
+
+
+def plain_answer(route: str, method: str, headers: Mapping[str, str], config: ServerConfig) -> Plain | None:
+    """The answer to a preflight (``OPTIONS``) or to a request for a browser file (``client``, ``demo``: 304
+    when ``If-None-Match`` names the current one); ``None`` for every other request. ``headers`` has lower-case
+    names."""
+    if method == "OPTIONS":
+        return Plain(204, b"", "", preflight_headers(route, config.allow_origins, headers.get("origin")))
+    if route not in ASSETS:
+        return None
+    file = asset(route)
+    if not_modified(headers.get("if-none-match"), file.etag):
+        return Plain(304, b"", "", file.headers)
+    return Plain(200, file.body, file.content_type, file.headers)
 
 
 def last_event_id_of(headers: Mapping[str, str], query: Mapping[str, str]) -> str:

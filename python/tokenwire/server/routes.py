@@ -21,6 +21,7 @@ from tokenwire.server.endpoints import (
     last_event_id_of,
     match_route,
     parse_json_body,
+    plain_answer,
     stream_to_find,
 )
 
@@ -37,6 +38,10 @@ class Router(Endpoints):
 
     def handle(self, conn: SseConnection, req: Request) -> None:
         route, stream_id = match_route(req.method, req.path)
+        plain = plain_answer(route, req.method, req.headers, self.server.config)
+        if plain is not None:  # a preflight, or a browser file
+            conn.respond(plain.status, plain.body, plain.content_type, req.keep_alive, plain.headers)
+            return
         find = stream_to_find(route, stream_id, req.headers, req.query)
         if find.stream_id and self.server.hub.needs_restore(find.stream_id, find.after):
             # Another node's stream, maybe: copy it from the shared storage, then answer as for our own.

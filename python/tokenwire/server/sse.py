@@ -28,7 +28,7 @@ from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, Request, RequestPars
 from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig
-from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, left_early
+from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, cors_headers, left_early
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -50,8 +50,10 @@ class SseConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_closing",
+        "_cors",
         "_cursor",
         "_dirty",
+        "_head_only",
         "_held",
         "_idle",
         "_keep_alive",
@@ -82,6 +84,10 @@ class SseConnection(asyncio.Protocol):
         self._unparsed = False
         self._dirty = False
         self._held = False
+        #: The current request is a HEAD: its answer has no body.
+        self._head_only = False
+        #: The CORS headers of every answer to the current request (ServerConfig.allow_origins).
+        self._cors: list[tuple[str, str]] = []
         #: Kept alive between requests: the idle timer runs until the next request's first byte.
         self._idle = False
         self._paused = False
@@ -145,6 +151,8 @@ class SseConnection(asyncio.Protocol):
     def dispatch(self, req: Request) -> None:
         """Route ``req`` and answer it (now, or later: held), errors as their status."""
         self._held = False
+        self._head_only = req.method == "HEAD"
+        self._cors = cors_headers(self.server.config.allow_origins, req.headers.get("origin"))
         try:
             if self.server.draining:
                 raise HttpError(503, "server is shutting down")
@@ -228,7 +236,15 @@ class SseConnection(asyncio.Protocol):
         if transport is None or self._closing:
             return
         keep_alive = keep_alive and not self.server.draining and not self._unparsed
-        transport.write(render_response(status, body, content_type, keep_alive=keep_alive, extra=extra))
+        if self._cors:
+            extra = [*(extra or ()), *self._cors]
+        transport.write(
+            render_response(
+                status, body, content_type, keep_alive=keep_alive, extra=extra, send_body=not self._head_only
+            )
+        )
+        self._head_only = False  # answered: what comes next (a 408 on the next request) is no HEAD's
+        self._cors = []
         if not keep_alive:
             self._closing = True
             transport.close()
@@ -280,6 +296,7 @@ class SseConnection(asyncio.Protocol):
             *SSE_HEADERS,
             ("Connection", "keep-alive" if self._keep_alive else "close"),
             *plan.head,
+            *self._cors,
         ]
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
@@ -363,6 +380,7 @@ class SseConnection(asyncio.Protocol):
         self._trailer = b""
         self._chunked = False
         self._closing = False
+        self._cors = []
         self._idle = True  # the next request's first byte starts its header timer
         self._arm_timer(self.server.config.idle_timeout)
 

@@ -900,6 +900,8 @@ class WebTransportServer(ServerBase):
             engine=engine,
         )
         self.certificate = certificate if certificate is not None else make_dev_certificate()
+        #: Whether clients must pin the certificate by its hash (the development certificate; any self-signed one).
+        self.self_signed = self.certificate.self_signed
         self.endpoints = Endpoints(self)
         self.connections: set[WebTransportConnection] = set()
         self.session_count = 0
@@ -927,8 +929,14 @@ class WebTransportServer(ServerBase):
         return f"https://{f'[{host}]' if ':' in host else host}:{self.port}{WT_PATH}"
 
     def certificate_info(self) -> dict[str, Any]:
-        """What a browser page needs: ``new WebTransport(url, {serverCertificateHashes: [...]})``."""
-        return {"url": self.url, "sha256": self.certificate.sha256_hex, "algorithm": "sha-256"}
+        """What a browser page needs: ``new WebTransport(url, {serverCertificateHashes: [...]})``, the hash to be
+        passed only when ``self_signed`` is true (docs/protocol.md §7.1)."""
+        return {
+            "url": self.url,
+            "sha256": self.certificate.sha256_hex,
+            "algorithm": "sha-256",
+            "self_signed": self.self_signed,
+        }
 
     def quic_configuration(self) -> QuicConfiguration:
         limits = self.config.webtransport

@@ -1,0 +1,1 @@
+../../../js/src/client.js
