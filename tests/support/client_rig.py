@@ -34,7 +34,6 @@ from tokenwire.storage import MemoryStorage
 __all__ = ["Rig", "ScriptedModel", "Seen", "closed_udp_port", "install", "rig", "silent_udp_port", "twt", "until"]
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT_JS = ROOT / "js" / "src" / "client.js"
 SCENARIOS_JS = (ROOT / "tests" / "browser" / "client_scenarios.js").read_text()
 
 
@@ -118,8 +117,7 @@ class Seen:
 
 
 class RecordingRouter(Router):
-    """The SSE server's router, recording every request it routes (what the server saw of the client), and
-    serving the client module at ``/v1/client.js`` from the checkout (until the server's own route exists)."""
+    """The SSE server's router, recording every request it routes: what the server saw of the client."""
 
     def __init__(self, server: SseServer) -> None:
         super().__init__(server)
@@ -127,9 +125,6 @@ class RecordingRouter(Router):
 
     def handle(self, conn: SseConnection, req: Request) -> None:
         self.seen.append(Seen(req.method, req.path, req.headers.get("last-event-id", "")))
-        if req.method == "GET" and req.path == "/v1/client.js":
-            conn.respond(200, CLIENT_JS.read_bytes(), "text/javascript; charset=utf-8", req.keep_alive)
-            return
         super().handle(conn, req)
 
     def attaches(self, stream_id: str) -> list[Seen]:
