@@ -61,8 +61,8 @@ PREFERENCES: dict[str, bool | int | str] = {
     "services.settings.server": "data:,",
 }
 
-#: The window, as Playwright's default viewport, so screenshots of both browsers compare.
-WINDOW = (1280, 720)
+#: The viewport, as Playwright's default, so screenshots of both browsers compare.
+VIEWPORT = (1280, 720)
 
 #: How long :meth:`FirefoxDriver.run` lets a page function take before it fails with a timeout.
 SCRIPT_TIMEOUT_S = 30.0
@@ -130,8 +130,8 @@ class FirefoxDriver:
 
     async def screenshot(self, path: Path) -> None:
         """A PNG of the window's viewport at ``path``."""
-        png = await asyncio.to_thread(self.driver.get_screenshot_as_png)
-        path.write_bytes(png)
+        if not await asyncio.to_thread(self.driver.save_screenshot, str(path)):
+            raise OSError(f"Firefox's screenshot could not be written to {path}")
 
     @property
     def versions(self) -> dict[str, str]:
@@ -163,8 +163,6 @@ async def open_firefox(script_timeout: float = SCRIPT_TIMEOUT_S) -> AsyncIterato
     options = Options()
     options.binary_location = FIREFOX
     options.add_argument("-headless")
-    options.add_argument(f"--width={WINDOW[0]}")
-    options.add_argument(f"--height={WINDOW[1]}")
     options.enable_bidi = True  # webSocketUrl: console messages as BiDi log events
     for name, value in PREFERENCES.items():
         options.set_preference(name, value)
@@ -178,12 +176,21 @@ async def open_firefox(script_timeout: float = SCRIPT_TIMEOUT_S) -> AsyncIterato
             pytest.fail(f"Firefox did not start: {exc.msg}\ngeckodriver's log:\n{tail}", pytrace=False)
         try:
             driver.set_script_timeout(script_timeout)
+            await asyncio.to_thread(_set_viewport, driver)
             await asyncio.to_thread(_route_console, driver)
             page = FirefoxDriver(driver, script_timeout)
             log.info("firefox %s, geckodriver %s", *page.versions.values())
             yield page
         finally:
             await asyncio.to_thread(driver.quit)
+
+
+def _set_viewport(driver: webdriver.Firefox) -> None:
+    """The window sized so its viewport (what a screenshot shows) is :data:`VIEWPORT`: headless Firefox keeps the
+    toolbars' height inside the window's size."""
+    width, height = VIEWPORT
+    extra_w, extra_h = driver.execute_script("return [outerWidth - innerWidth, outerHeight - innerHeight]")
+    driver.set_window_size(width + extra_w, height + extra_h)
 
 
 def _route_console(driver: webdriver.Firefox) -> None:
