@@ -97,13 +97,20 @@ class PageScriptError(Exception):
 
 
 class FirefoxDriver:
-    """One headless Firefox window; the contract's ``PageDriver`` (tests/support/drivers.py)."""
+    """One headless Firefox window; the contract's ``PageDriver`` (tests/support/drivers.py). The page's
+    console and uncaught errors go to the test's log and to :attr:`console`, the evidence a failing test
+    prints."""
 
     name = "firefox"
 
     def __init__(self, driver: webdriver.Firefox, script_timeout: float = SCRIPT_TIMEOUT_S) -> None:
         self.driver = driver
         self.script_timeout = script_timeout
+        self.console: list[str] = []
+
+    def _log(self, line: str, level: int = logging.INFO) -> None:
+        log.log(level, "%s", line)
+        self.console.append(line)  # list.append is atomic: BiDi events come on the websocket's thread
 
     async def goto(self, url: str) -> None:
         """Loads ``url`` and waits for its ``load`` event."""
@@ -129,9 +136,9 @@ class FirefoxDriver:
         await asyncio.to_thread(self.driver.refresh)
 
     async def screenshot(self, path: Path) -> None:
-        """A PNG of the window's viewport at ``path``."""
-        if not await asyncio.to_thread(self.driver.save_screenshot, str(path)):
-            raise OSError(f"Firefox's screenshot could not be written to {path}")
+        """A PNG of the whole page (beyond the viewport where it is taller), as Chromium's driver takes it."""
+        png = await asyncio.to_thread(self.driver.get_full_page_screenshot_as_png)
+        await asyncio.to_thread(path.write_bytes, png)
 
     @property
     def versions(self) -> dict[str, str]:
@@ -177,8 +184,8 @@ async def open_firefox(script_timeout: float = SCRIPT_TIMEOUT_S) -> AsyncIterato
         try:
             driver.set_script_timeout(script_timeout)
             await asyncio.to_thread(_set_viewport, driver)
-            await asyncio.to_thread(_route_console, driver)
             page = FirefoxDriver(driver, script_timeout)
+            await asyncio.to_thread(_route_console, page)
             log.info("firefox %s, geckodriver %s", *page.versions.values())
             yield page
         finally:
@@ -193,8 +200,11 @@ def _set_viewport(driver: webdriver.Firefox) -> None:
     driver.set_window_size(width + extra_w, height + extra_h)
 
 
-def _route_console(driver: webdriver.Firefox) -> None:
-    """The page's console messages and uncaught errors to the log, over BiDi (log.entryAdded)."""
-    script = driver.script
-    script.add_console_handler(lambda m: log.info("console.%s: %s", m.level, m.text))
-    script.add_error_handler(lambda e: log.error("page error: %s at %s:%s", e.message, e.source, e.line_number))
+def _route_console(page: FirefoxDriver) -> None:
+    """The page's console messages and uncaught errors to :meth:`FirefoxDriver._log`, over BiDi
+    (log.entryAdded)."""
+    script = page.driver.script
+    script.add_console_handler(lambda m: page._log(f"console.{m.level}: {m.text}"))
+    script.add_error_handler(
+        lambda e: page._log(f"page error: {e.message} at {e.source}:{e.line_number}", logging.ERROR)
+    )
