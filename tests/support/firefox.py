@@ -65,24 +65,32 @@ PREFERENCES: dict[str, bool | int | str] = {
 VIEWPORT = (1280, 720)
 
 #: How long :meth:`FirefoxDriver.run` lets a page function take before it fails with a timeout.
-SCRIPT_TIMEOUT_S = 30.0
+SCRIPT_TIMEOUT_S = 20.0
 
-# The body of every `run`: evaluates the source of an (async) function, calls it with the argument and
-# hands back its result as JSON text (undefined -> null), or what it threw. JSON text rather than the
-# WebDriver serialisation, so the result is plain JSON as the contract's `run` promises, whatever it holds.
-_RUN = """
-const [source, arg, done] = arguments;
-const fail = (e) => done({error: {
-  name: (e && e.name) || typeof e, message: e && e.message !== undefined ? String(e.message) : String(e),
-  stack: (e && e.stack) || ""}});
-let fn;
-try { fn = (0, eval)(`(${source})`); } catch (e) { fail(e); return; }
-Promise.resolve().then(() => typeof fn === "function" ? fn(arg) : fn).then((value) => {
-  let text;
-  try { text = JSON.stringify(value === undefined ? null : value); } catch (e) { fail(e); return; }
-  done({json: text === undefined ? "null" : text});
-}, fail);
-"""
+# What every `run` evaluates in the page's own realm: the source of an (async) function, called with the
+# argument (JSON text, parsed there); `done` gets its result as JSON text (undefined: null), or what it threw.
+# JSON text rather than the WebDriver serialisation, so the result is plain JSON, as the contract's `run` says.
+_RUNNER = """(source, argJson, done) => {
+  const fail = (e) => done(JSON.stringify({error: {
+    name: (e && e.name) || typeof e, message: e && e.message !== undefined ? String(e.message) : String(e),
+    stack: (e && e.stack) || ""}}));
+  try {
+    const fn = (0, eval)(`(${source})`);
+    Promise.resolve()
+      .then(() => (typeof fn === "function" ? fn(JSON.parse(argJson)) : fn))
+      .then((value) => done(JSON.stringify({value: value === undefined ? null : value})))
+      .catch(fail);
+  } catch (e) {
+    fail(e);
+  }
+}"""
+
+# WebDriver's script runs in a sandbox of Marionette's, whose own global (`globalThis`) is thrown away after
+# each call: a scenario's `globalThis.twt = ...` would be lost, `delete globalThis.WebTransport` would leave
+# the page's, and the module a dynamic import loads would not be the page's. So the runner is compiled by
+# the page's own `eval` (`window` is the page's window there) and runs as the page's code, as Playwright's
+# `evaluate` does. (A page whose CSP forbids eval would need WebDriver BiDi's script.callFunction instead.)
+_RUN = "const [runner, source, argJson, done] = arguments; window.eval(`(${runner})`)(source, argJson, done);"
 
 
 class PageScriptError(Exception):
@@ -121,15 +129,18 @@ class FirefoxDriver:
         it with ``arg`` (JSON) and returns what it returns or resolves to, as JSON (``undefined``: None).
         Raises :class:`PageScriptError` with the page's error, or TimeoutError past the script timeout."""
         try:
-            reply = await asyncio.to_thread(self.driver.execute_async_script, _RUN, script, arg)
+            reply = await asyncio.to_thread(
+                self.driver.execute_async_script, _RUN, _RUNNER, script, json.dumps(arg, allow_nan=False)
+            )
         except TimeoutException as exc:
             raise TimeoutError(f"page function still running after {self.script_timeout} s: {script[:200]}") from exc
         except JavascriptException as exc:  # thrown before the function could run (the wrapper itself)
             raise PageScriptError("JavascriptException", exc.msg or "", "") from exc
-        if "error" in reply:
-            error = reply["error"]
+        result = json.loads(reply)
+        if "error" in result:
+            error = result["error"]
             raise PageScriptError(error["name"], error["message"], error["stack"])
-        return json.loads(reply["json"])
+        return result["value"]
 
     async def reload(self) -> None:
         """Reloads the page (what a user's F5 does) and waits for its ``load`` event."""
