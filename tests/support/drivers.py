@@ -25,7 +25,7 @@ __all__ = ["BROWSERS", "ChromiumDriver", "PageDriver", "open_driver"]
 log = logging.getLogger("tests.browser")
 
 #: Every browser a scenario may run in; a suite parametrized over it gains a browser by its name alone.
-BROWSERS = ("chromium",)
+BROWSERS = ("chromium", "firefox")
 
 
 class PageDriver(Protocol):
@@ -112,8 +112,8 @@ async def open_driver(name: str) -> AsyncIterator[PageDriver]:
             finally:
                 await driver.close()
     elif name == "firefox":
-        firefox = importlib.import_module("tests.support.firefox")
-        async with firefox.open_firefox() as driver:
-            yield driver
+        firefox = importlib.import_module("tests.support.firefox")  # selenium only where Firefox runs
+        async with firefox.open_firefox() as page:
+            yield page
     else:
-        raise ValueError(f"no driver for browser {name!r}; known: {', '.join(BROWSERS)}, firefox")
+        raise ValueError(f"no driver for browser {name!r}; known: {', '.join(BROWSERS)}")
