@@ -13,7 +13,9 @@ async ({webTransport = true, module = "/v1/client.js"} = {}) => {
   const clients = {};
   const runs = {};
   const now = () => performance.now();
-  const plain = (value) => (value === undefined ? null : JSON.parse(JSON.stringify(value)));
+  // As JSON, errors included (name and message: JSON.stringify alone makes an Error `{}`).
+  const asJson = (_, v) => (v instanceof Error ? {name: v.name, message: v.message} : v);
+  const plain = (value) => (value === undefined ? null : JSON.parse(JSON.stringify(value, asJson)));
   const ERRORS = [
     "TokenwireError", "StreamNotFound", "EpochMismatch", "ResumeExpired", "ResumeFromFuture", "GenerationFailed",
     "ConnectError",

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"
 RATE = 400.0  # tokens per second of a generation: mid-answer lasts long enough to act in
 
 
-def request(prompt: str, n: int, rate: float = RATE) -> dict[str, Any]:
+def ask(prompt: str, n: int, rate: float = RATE) -> dict[str, Any]:
+    """A generate() body: ``n`` tokens of ``prompt`` at ``rate`` tokens per second."""
     return {"prompt": prompt, "max_tokens": n, "tokens_per_s": rate}
 
 
@@ -49,7 +50,7 @@ async def start_held(
     gate = r.model.hold(prompt, held)
     await r.open_page(driver)
     await twt(driver, "newClient", "c", client)
-    started: dict[str, Any] = await twt(driver, "start", name, {"request": request(prompt, n), **start})
+    started: dict[str, Any] = await twt(driver, "start", name, {"request": ask(prompt, n), **start})
     assert started.get("error") is None, started
     assert await twt(driver, "waitTokens", name, held)
     return gate, started
@@ -79,7 +80,7 @@ async def test_a_whole_answer_arrives_over_the_expected_transport(
     async with rig() as r:
         page = await r.open_page(driver, webtransport=webtransport)
         await twt(driver, "newClient", "c", {"transport": transport})
-        started = await twt(driver, "start", "a", {"request": request(prompt, n, 2000)})
+        started = await twt(driver, "start", "a", {"request": ask(prompt, n, 2000)})
         run = await finished(driver, "a")
         await check_against_replay(r, run["id"], run["tokens"])
 
@@ -99,8 +100,10 @@ async def test_a_whole_answer_arrives_over_the_expected_transport(
     assert r.wt is not None
     started_over = {"webtransport": r.wt.metrics.streams_started_total, "sse": r.sse.metrics.streams_started_total}
     assert started_over == {"webtransport": int(expected == "webtransport"), "sse": int(expected == "sse")}
-    if not webtransport:
-        assert r.wt.metrics.sessions_total == 0  # a page without WebTransport never opened a session
+    # Only a client that uses WebTransport asks where it is: not one told to use SSE, nor a page without it.
+    asked = [s for s in r.router.seen if s.path == "/v1/webtransport/certificate"]
+    assert len(asked) == int(expected == "webtransport")
+    assert r.wt.metrics.sessions_total == int(expected == "webtransport")
 
 
 # -- (c): a WebTransport failure mid-answer continues over SSE at the exact seq -----------------------
@@ -111,7 +114,7 @@ async def test_webtransport_killed_mid_answer_continues_over_sse_then_comes_back
     later = "a later question"
     async with rig() as r:
         gate, started = await start_held(r, driver, "c1", prompt, n, held, {})
-        assert r.kill_webtransport() == 1
+        assert r.kill_webtransport() == 1  # the one session of the page
         stream_id = started["id"]
         await until(lambda: len(r.router.attaches(stream_id)) > 0, "the client's SSE resume")
         gate.set()
@@ -119,7 +122,7 @@ async def test_webtransport_killed_mid_answer_continues_over_sse_then_comes_back
         attaches = r.router.attaches(stream_id)
         await check_against_replay(r, run["id"], run["tokens"])
         # A later request may use WebTransport again: the failure was mid-answer, not at connect.
-        await twt(driver, "start", "c2", {"request": request(later, 20, 2000)})
+        await twt(driver, "start", "c2", {"request": ask(later, 20, 2000)})
         again = await finished(driver, "c2")
         await check_against_replay(r, again["id"], again["tokens"])
 
@@ -165,17 +168,40 @@ async def test_drop_cuts_the_connection_and_the_client_recovers_by_itself(driver
 # -- (d): abort vs detach --------------------------------------------------------------------------------
 
 
+class ReaderStillAttached(AssertionError):
+    """The server still counts a reader of the stream after the page's loop left it."""
+
+
+#: Firefox ESR 153 sends no STOP_SENDING when a page cancels a WebTransport stream's readable (the client's
+#: ``reader.cancel()`` on leaving the loop): the server never learns that the reader went and keeps the request
+#: stream attached, sending frames nobody reads, until the stream ends or the session closes. Chromium sends
+#: STOP_SENDING at once. The generation is not affected (it goes on either way).
+FIREFOX_KEEPS_WEBTRANSPORT_READER = pytest.mark.xfail(
+    raises=ReaderStillAttached,
+    strict=True,
+    reason="Firefox ESR sends no STOP_SENDING when a WebTransport receive stream is cancelled",
+)
+
+
 @pytest.mark.parametrize("transport", ["webtransport", "sse"])
-async def test_break_detaches_and_the_generation_goes_on(driver: PageDriver, transport: str) -> None:
+async def test_break_detaches_and_the_generation_goes_on(
+    driver: PageDriver, transport: str, request: pytest.FixtureRequest
+) -> None:
+    if driver.name == "firefox" and transport == "webtransport":
+        request.applymarker(FIREFOX_KEEPS_WEBTRANSPORT_READER)
     prompt, n, held, kept = f"leave the loop over {transport}", 60, 30, 10
     async with rig() as r:
         gate = r.model.hold(prompt, held)
         await r.open_page(driver)
         await twt(driver, "newClient", "c", {"transport": transport})
-        started = await twt(driver, "start", "b", {"request": request(prompt, n), "breakAfter": kept})
+        started = await twt(driver, "start", "b", {"request": ask(prompt, n), "breakAfter": kept})
         first = await finished(driver, "b")
         stream = r.hub.get(started["id"])
-        await until(lambda: stream.subscribers == 0, "the server to see the reader go")
+        try:  # the server sees the reader go (the generation is held: the stream is open all along)
+            await until(lambda: stream.subscribers == 0, "the server to see the reader go", seconds=2)
+            detached = True
+        except AssertionError:
+            detached = False
         open_after_break = stream.is_open
         gate.set()
         await until(lambda: not stream.is_open, "the generation to finish")
@@ -193,6 +219,8 @@ async def test_break_detaches_and_the_generation_goes_on(driver: PageDriver, tra
     assert "".join(first["tokens"] + second["tokens"]) == r.model.text(prompt, n)
     assert not any(s.method == "DELETE" for s in r.router.seen)
     assert r.hub.counters["streams_cancelled"] == 0
+    if not detached:
+        raise ReaderStillAttached(f"{driver.name} over {transport}: {stream.subscribers} reader(s) after the break")
 
 
 @pytest.mark.parametrize("transport", ["webtransport", "sse"])
@@ -257,6 +285,15 @@ async def test_reload_then_restore_gives_the_whole_text_once(driver: PageDriver,
 # -- (f): 404 / 409 / 410 as typed errors --------------------------------------------------------------
 
 
+TYPED_ERRORS = ("TokenwireError", "StreamNotFound", "EpochMismatch", "ResumeExpired", "ResumeFromFuture")
+
+# FIREFOX_LOSES_ERROR_REPLY. After an error reply (+ FIN), the server sends STOP_SENDING when the request's FIN
+# has not arrived yet (docs/protocol.md §4.4). Firefox ESR 153 then errors the stream's readable too ("TypeError:
+# Error in input stream"), at times before the page has read the reply it had received: the client sees a
+# transport failure, tries again after its backoff, and gets the typed error on the second try (7 of 16 runs of
+# this test had such a retry; none in 16 with the server's STOP_SENDING left out). Chromium keeps the reply.
+
+
 @pytest.mark.parametrize("transport", ["webtransport", "sse"])
 async def test_resume_errors_are_typed(driver: PageDriver, transport: str) -> None:
     # A ring of 8 frames: a stream of 40 tokens keeps only its last 8 frames, the first ones have expired.
@@ -290,13 +327,20 @@ async def test_resume_errors_are_typed(driver: PageDriver, transport: str) -> No
     # A 409 of another type is a TokenwireError of that type, not an EpochMismatch.
     assert taken["error"]["classes"] == ["TokenwireError"] and taken["error"]["status"] == 409
     assert taken["error"]["type"] == "DuplicateStreamId"
-    # No retry after a 4xx: each resume reached the server once.
+    # No retry after a 4xx: a client that got the typed error stops there. Any reconnect before it followed a
+    # transport failure, never a TokenwireError.
+    reconnects = [e["detail"] for run in runs.values() for e in run["events"] if e["type"] == "reconnect"]
+    assert not any(d["error"]["name"] in TYPED_ERRORS for d in reconnects), reconnects
+    assert all(run["events"][-1]["type"] == "end" for run in runs.values())
     assert r.wt is not None
-    if transport == "sse":
+    if transport == "sse":  # and so each resume reached the server once
+        assert reconnects == []
         assert len(r.router.attaches("nosuchstream")) == 1 and len(r.router.attaches(stream.id)) == 2
+    elif driver.name == "firefox":
+        # FIREFOX_LOSES_ERROR_REPLY: the first try's reply can be lost to the browser, which then tries again.
+        assert r.wt.metrics.bad_requests_total >= 4
     else:
-        assert r.router.attaches("nosuchstream") == r.router.attaches(stream.id) == []
-        assert r.wt.metrics.bad_requests_total == 4
+        assert reconnects == [] and r.wt.metrics.bad_requests_total == 4
     assert r.model.calls == 0
 
 
@@ -313,13 +357,13 @@ async def test_auto_falls_back_to_sse_within_the_connect_timeout(driver: PageDri
         async with rig(webtransport=False, certificate_info=info | {"self_signed": True}) as r:
             await r.open_page(driver)
             await twt(driver, "newClient", "c", {"connectTimeoutMs": timeout_ms})
-            await twt(driver, "start", "g", {"request": request(prompt, n, 2000)})
+            await twt(driver, "start", "g", {"request": ask(prompt, n, 2000)})
             run = await finished(driver, "g")
             await check_against_replay(r, run["id"], run["tokens"])
             tried = arrived()
             # Remembered for the origin: a new client of this page does not try WebTransport again.
             await twt(driver, "newClient", "c2", {"connectTimeoutMs": timeout_ms})
-            await twt(driver, "start", "g2", {"request": request(prompt + " again", n, 2000)})
+            await twt(driver, "start", "g2", {"request": ask(prompt + " again", n, 2000)})
             second = await finished(driver, "g2")
             tried_again = arrived() - tried
 
