@@ -481,7 +481,8 @@ async function wtRequest(wt, kind, body) {
   return {
     reply,
     async read() {
-      const got = first || (await next())?.frames || null;
+      // A clean FIN with no final frame: the stream had ended and its final frame was held (§4.4).
+      const got = first || (await next())?.frames || [{ kind: "fin", seq: 0, payload: "" }];
       first = null;
       return got;
     },
@@ -664,8 +665,8 @@ export class TokenwireClient {
       throw new ConnectError("WebTransport failed here recently");
     const res = await this._fetch("/v1/webtransport/certificate");
     if (!res.ok) {
-      this._skipWt = Infinity;
-      throw new ConnectError("the server offers no WebTransport");
+      if (res.status == 404) this._skipWt = Infinity; // not served here: SSE for this client's lifetime
+      throw new ConnectError("no WebTransport certificate: HTTP " + res.status);
     }
     const info = await res.json();
     const wt = new WT(
@@ -843,6 +844,7 @@ export class TokenStream extends EventTarget {
   /** @internal One frame or event; the token it delivers, if any. @param {Item} item */
   _take(item) {
     const { kind, seq, payload } = item;
+    if (kind == "fin") return void this._end(null, this.final);
     if (kind == "stream") {
       const info = JSON.parse(payload);
       this.id = info.stream_id;
@@ -877,8 +879,11 @@ export class TokenStream extends EventTarget {
     const c = this._c;
     this._t0 ||= now();
     for (;;) {
-      if (this._fails > c.options.maxRetries)
-        throw new ConnectError(`no connection after ${this._fails} tries`, this._error);
+      if (this._fails > c.options.maxRetries) {
+        const e = new ConnectError(`no connection after ${this._fails} tries`, this._error);
+        this._end(e, this.final);
+        throw e;
+      }
       if (this._fails) {
         const delayMs = backoff(this._fails, this._retry);
         this._emit("reconnect", { attempt: this._fails, delayMs, error: this._error });
@@ -948,7 +953,7 @@ export class TokenStream extends EventTarget {
     this._error = error;
     this.final = end;
     this._close();
-    this._emit("end", end || { reason: "error", error });
+    this._emit("end", end || (error ? { reason: "error", error } : null));
     this._emit("kpi", { ...this.kpis });
   }
 
