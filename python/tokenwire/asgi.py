@@ -3,9 +3,10 @@
 :class:`TokenwireASGI` serves the endpoints of ``tokenwire serve`` (docs/protocol.md §7): ``POST
 /v1/streams``, ``GET /v1/streams/{id}/events`` (resume with ``Last-Event-ID`` or ``?last_event_id=``;
 ``?format=openai``), ``DELETE /v1/streams/{id}``, ``POST /v1/chat/completions`` (OpenAI-compatible),
-``GET /healthz`` and ``GET /metrics``, with the same status codes, bodies and event bytes. It runs under
-any ASGI 3 server (the tests use uvicorn and hypercorn) and mounts under a prefix (``Mount("/tw",
-app=tw)``).
+``GET /healthz``, ``GET /metrics``, the browser client ``GET /v1/client.js`` and its demo page ``GET /``,
+with the same status codes, bodies and event bytes, and the same opt-in CORS (``ServerConfig.allow_origins``).
+It runs under any ASGI 3 server (the tests use uvicorn and hypercorn) and mounts under a prefix
+(``Mount("/tw", app=tw)``).
 
 :func:`stream_response` streams one stream of a :class:`~tokenwire.hub.Hub` from a route of your own, and
 resumes it from a ``Last-Event-ID``. With Starlette installed it is a Starlette ``Response``, so a FastAPI

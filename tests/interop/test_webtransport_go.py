@@ -69,3 +69,26 @@ async def test_webtransport_go_client_starts_a_stream_and_resets_one_mid_request
         assert [f["seq"] for f in frames] == list(range(1, 14))
         assert frames[-1]["kind"] == 2 and json.loads(frames[-1]["payload"])["reason"] == "length"
         assert server.metrics.sessions_total == 1 and server.metrics.streams_started_total == 1
+
+
+@pytest.mark.timeout(300)
+async def test_webtransport_go_client_with_flow_control_gets_every_frame_within_its_credit(wtgo: Path) -> None:
+    """webtransport-go turns WebTransport flow control on (SETTINGS_WT_INITIAL_MAX_DATA 200), grants more with
+    WT_MAX_DATA capsules as it reads, and fails the session if the server ever sends past its limit: the whole
+    answer arrives through a 200-byte window."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server:
+        proc = await asyncio.create_subprocess_exec(
+            str(wtgo), "-url", server.url, "-sha256", server.certificate.sha256_hex,
+            "-prompt", "credit", "-max-tokens", "300", "-max-incoming-data", "200",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        frames = json.loads(out)["frames"]
+        assert [f["payload"] for f in frames if f["kind"] == 1] == model.tokens("credit", 300)
+        assert [f["seq"] for f in frames] == list(range(1, 302))
+        # The server waited for credit many times: the window is far smaller than the answer.
+        assert server.metrics.credit_waits_total > 5
+        assert server.metrics.streams_started_total == 1 and model.calls == 1

@@ -21,40 +21,53 @@ from tokenwire.errors import (
 )
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.webtransport import (
+    CAPSULE_CLOSE_SESSION,
+    CAPSULE_WT_MAX_DATA,
     MAX_PREVIEW_BYTES,
     REPLY_KINDS,
     REQUEST_ATTACH,
     REQUEST_KINDS,
     REQUEST_START,
+    SERVER_FLOW_CONTROL_LIMIT,
     SETTINGS_ENABLE_WEBTRANSPORT,
+    SETTINGS_WEBTRANSPORT_MAX_SESSIONS,
     SETTINGS_WT_ENABLED,
+    SETTINGS_WT_INITIAL_MAX_DATA,
+    SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI,
+    SETTINGS_WT_INITIAL_MAX_STREAMS_UNI,
     SETTINGS_WT_MAX_SESSIONS,
     AttachRequested,
     CancelConfirmed,
     CancelRequested,
+    CapsuleReader,
     Message,
     MessageReader,
     ReplyReader,
     RequestFailed,
     RequestReader,
     RequestTooLarge,
+    SendCredit,
     StartRequested,
     StreamAttached,
     WtCode,
     code_for_status,
     connect_headers,
+    encode_capsule,
     encode_message,
     encode_preview,
     encode_reply,
     encode_request,
     error_from_reply,
     error_reply,
+    flow_control_enabled,
     http3_error_code,
     is_webtransport_connect,
+    max_data_of,
     parse_preview,
     parse_reply,
     parse_request,
     server_settings,
+    speaks_draft13_on,
     wt_error_code,
 )
 
@@ -268,12 +281,104 @@ def test_connect_headers() -> None:
         assert is_webtransport_connect(fields) == (ok, "/v1/webtransport")
 
 
-def test_server_settings_name_every_draft() -> None:
+def test_server_settings_name_every_draft_and_the_initial_flow_control_limits() -> None:
     settings = server_settings(16)
-    assert settings == {0x2B603742: 1, 0x14E9CD29: 16, 0x2C7CF000: 1}
-    assert (SETTINGS_ENABLE_WEBTRANSPORT, SETTINGS_WT_MAX_SESSIONS, SETTINGS_WT_ENABLED) == tuple(settings)
+    assert settings == {
+        0x2B603742: 1,  # SETTINGS_ENABLE_WEBTRANSPORT, drafts 02-06
+        0xC671706A: 16,  # SETTINGS_WEBTRANSPORT_MAX_SESSIONS, drafts 07-12
+        0x14E9CD29: 16,  # SETTINGS_WT_MAX_SESSIONS, drafts 13-14
+        0x2C7CF000: 1,  # SETTINGS_WT_ENABLED, draft 15 on
+        0x2B61: 1 << 60,  # SETTINGS_WT_INITIAL_MAX_DATA
+        0x2B64: 1 << 60,  # SETTINGS_WT_INITIAL_MAX_STREAMS_UNI
+        0x2B65: 1 << 60,  # SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI
+    }
+    assert tuple(settings) == (
+        SETTINGS_ENABLE_WEBTRANSPORT,
+        SETTINGS_WEBTRANSPORT_MAX_SESSIONS,
+        SETTINGS_WT_MAX_SESSIONS,
+        SETTINGS_WT_ENABLED,
+        SETTINGS_WT_INITIAL_MAX_DATA,
+        SETTINGS_WT_INITIAL_MAX_STREAMS_UNI,
+        SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI,
+    )
+    assert SERVER_FLOW_CONTROL_LIMIT == 1 << 60  # the most streams a WT_MAX_STREAMS may grant (draft 14 §5.6.1)
     assert REPLY_KINDS.isdisjoint(REQUEST_KINDS)
     assert not REPLY_KINDS & {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize(
+    ("client", "enabled", "draft13_on"),
+    [
+        ({}, False, False),  # aioquic's client, webtransport-go without a Config
+        ({0x2B603742: 1, 0x33: 1}, False, False),  # Chromium, Firefox (draft 02)
+        ({0x14E9CD29: 1}, False, True),  # draft 14, one session: no flow control
+        ({0x14E9CD29: 4}, True, True),  # draft 14, several sessions
+        ({0x14E9CD29: 1, 0x2B64: 100, 0x2B65: 100}, True, True),  # Safari 26.4 (WebKit's initial stream limits)
+        ({0x2C7CF000: 1, 0x2B61: 300}, True, True),  # draft 15 on with a data limit (webtransport-go's Config)
+        ({0x2C7CF000: 1, 0x2B61: 0, 0x2B64: 0}, False, True),  # zeros declare nothing
+        ({0xC671706A: 16}, False, False),  # draft 07's setting: no flow control in that draft
+    ],
+)
+def test_flow_control_is_on_when_the_client_declares_it(
+    client: dict[int, int], enabled: bool, draft13_on: bool
+) -> None:
+    assert flow_control_enabled(client) is enabled
+    assert speaks_draft13_on(client) is draft13_on
+
+
+def test_send_credit_grants_up_to_the_limit_and_only_raises() -> None:
+    credit = SendCredit(300)
+    assert credit.take(200) == 200 and credit.take(200) == 100 and credit.take(1) == 0
+    assert credit.available == 0 and credit.sent == 300
+    # WT_DATA_BLOCKED once per limit: type, length, then the limit it blocked at.
+    assert (
+        credit.blocked()
+        == bytes.fromhex("990b4d41 02 412c".replace(" ", ""))
+        == encode_capsule(0x190B4D41, b"\x41\x2c")
+    )
+    assert credit.blocked() == b""
+    credit.raise_limit(300)  # the same limit again is allowed
+    credit.raise_limit(1000)
+    assert credit.available == 700 and credit.blocked() != b""
+    with pytest.raises(RemoteProtocolError, match="went down"):
+        credit.raise_limit(999)
+    assert SendCredit(0).take(1) == 0  # no SETTINGS_WT_INITIAL_MAX_DATA: nothing until a capsule
+
+
+CAPSULE_STREAM = b"".join(
+    (
+        encode_capsule(0x190B4D3D, _core.encode_varint(5000)),  # WT_MAX_DATA
+        encode_capsule(0x00, b"d" * 20),  # DATAGRAM: skipped
+        encode_capsule(0x190B4D3F, _core.encode_varint(7)),  # WT_MAX_STREAMS: skipped (the server opens none)
+        encode_capsule(0x29, b"x" * 9000),  # unknown and long: skipped, never kept
+        encode_capsule(0x190B4D3D, _core.encode_varint(1 << 40)),
+        encode_capsule(0x2843, b"\x00\x00\x00\x07bye"),  # CLOSE_WEBTRANSPORT_SESSION
+    )
+)
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+def test_capsule_reader_keeps_what_the_server_acts_on(split: str) -> None:
+    reader = CapsuleReader()
+    chunks = [CAPSULE_STREAM] if split == "whole" else [CAPSULE_STREAM[i : i + 1] for i in range(len(CAPSULE_STREAM))]
+    got = [capsule for chunk in chunks for capsule in reader.feed(chunk)]
+    assert got == [
+        (CAPSULE_WT_MAX_DATA, _core.encode_varint(5000)),
+        (CAPSULE_WT_MAX_DATA, _core.encode_varint(1 << 40)),
+        (CAPSULE_CLOSE_SESSION, b"\x00\x00\x00\x07bye"),
+    ]
+    assert [max_data_of(value) for kind, value in got if kind == CAPSULE_WT_MAX_DATA] == [5000, 1 << 40]
+    assert len(reader._buf) == 0
+
+
+def test_capsule_reader_skips_an_oversized_capsule_it_would_read_and_values_are_checked() -> None:
+    reader = CapsuleReader()
+    huge = encode_capsule(0x2843, b"m" * 5000)  # a CLOSE with a message over the bound: skipped as it comes
+    assert reader.feed(huge[:100]) == [] and len(reader._buf) == 0
+    assert reader.feed(huge[100:] + encode_capsule(0x190B4D3D, b"\x01")) == [(CAPSULE_WT_MAX_DATA, b"\x01")]
+    for bad in (b"", b"\x01\x02", b"\x40"):
+        with pytest.raises(FrameError, match="one varint"):
+            max_data_of(bad)
 
 
 def test_stream_reply_says_whether_previews_were_granted() -> None:

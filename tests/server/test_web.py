@@ -28,7 +28,7 @@ from tests.support.servers import sse_server, wt_server
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.cli import main
 from tokenwire.server import ServerConfig
-from tokenwire.server.certs import Certificate, make_dev_certificate
+from tokenwire.server.certs import Certificate, load_certificate, make_dev_certificate
 from tokenwire.server.config import normalize_origin
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -316,8 +316,12 @@ def _ca_issued_certificate() -> Certificate:
     return Certificate(leaf.public_bytes(serialization.Encoding.PEM), key_pem, None, None)
 
 
-async def test_the_certificate_json_says_whether_to_pin_it() -> None:
-    assert make_dev_certificate().self_signed
+async def test_the_certificate_json_says_whether_to_pin_it(tmp_path: Path) -> None:
+    dev = make_dev_certificate(directory=tmp_path)
+    assert dev.self_signed
+    assert dev.cert_path is not None and dev.key_path is not None
+    # As `tokenwire serve --workers` hands its development certificate to each worker (--cert, --key).
+    assert load_certificate(dev.cert_path, dev.key_path).self_signed
     issued = _ca_issued_certificate()
     assert not issued.self_signed
     async with sse_server() as sse, httpx.AsyncClient() as http:

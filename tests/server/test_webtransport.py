@@ -91,6 +91,8 @@ async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt() ->
         assert client.connections == 2
         # The second connection resumed the TLS session and sent its attach in 0-RTT early data.
         assert client.sessions_resumed == 1 and client.early_data_accepted == 1
+        # ... which the server answered once the handshake had completed (no session from early data).
+        assert server.metrics.early_sessions_total == 1
         assert server.metrics.early_requests_total == 1
         assert server.metrics.resumes_total == 1
 
@@ -107,7 +109,7 @@ async def test_a_start_in_early_data_waits_for_the_handshake() -> None:
             reader = await second.generate("early", max_tokens=20, tokens_per_s=4000)
             assert await reader.text() == "".join(model.tokens("early", 20))
             assert second.early_data_accepted == 1
-        assert server.metrics.deferred_starts_total == 1
+        assert server.metrics.deferred_starts_total == 1 and server.metrics.early_sessions_total == 1
         assert model.calls == 1
 
 

@@ -48,6 +48,8 @@ from tokenwire.protocol.json_body import loads_object
 from tokenwire.protocol.resume import MAX_EPOCH_LEN, MAX_SEQ, validate_epoch, validate_stream_id
 
 __all__ = [
+    "CAPSULE_CLOSE_SESSION",
+    "CAPSULE_WT_MAX_DATA",
     "DEFAULT_MAX_MESSAGE",
     "MAX_PREVIEW_BYTES",
     "REPLY_CANCELLED",
@@ -56,15 +58,22 @@ __all__ = [
     "REQUEST_ATTACH",
     "REQUEST_CANCEL",
     "REQUEST_START",
+    "SERVER_FLOW_CONTROL_LIMIT",
     "SESSION_GONE",
     "SETTINGS_ENABLE_WEBTRANSPORT",
+    "SETTINGS_WEBTRANSPORT_MAX_SESSIONS",
     "SETTINGS_WT_ENABLED",
+    "SETTINGS_WT_INITIAL_MAX_DATA",
+    "SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI",
+    "SETTINGS_WT_INITIAL_MAX_STREAMS_UNI",
     "SETTINGS_WT_MAX_SESSIONS",
+    "WT_FLOW_CONTROL_ERROR",
     "WT_PATH",
     "WT_PROTOCOLS",
     "AttachRequested",
     "CancelConfirmed",
     "CancelRequested",
+    "CapsuleReader",
     "Message",
     "MessageReader",
     "Reply",
@@ -73,23 +82,28 @@ __all__ = [
     "RequestFailed",
     "RequestReader",
     "RequestTooLarge",
+    "SendCredit",
     "StartRequested",
     "StreamAttached",
     "WtCode",
     "code_for_status",
     "connect_headers",
+    "encode_capsule",
     "encode_message",
     "encode_preview",
     "encode_reply",
     "encode_request",
     "error_from_reply",
     "error_reply",
+    "flow_control_enabled",
     "http3_error_code",
     "is_webtransport_connect",
+    "max_data_of",
     "parse_preview",
     "parse_reply",
     "parse_request",
     "server_settings",
+    "speaks_draft13_on",
     "wt_error_code",
 ]
 
@@ -612,21 +626,171 @@ def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = No
 #: ``webtransport-h3`` (draft 15 on). The stream and datagram framing is the same in every one of them.
 WT_PROTOCOLS: Final = frozenset((b"webtransport", b"webtransport-h3"))
 
-#: HTTP/3 SETTINGS a WebTransport server sends (besides SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 and
-#: SETTINGS_H3_DATAGRAM = 1, which aioquic sends): each draft's way to say "WebTransport here".
-#: SETTINGS_ENABLE_WEBTRANSPORT (drafts 02-06; Chromium, webtransport-go up to v0.10).
+#: HTTP/3 SETTINGS of WebTransport (besides SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 and SETTINGS_H3_DATAGRAM = 1,
+#: which aioquic sends): each draft's way to say "WebTransport here" (docs/protocol.md §3.1 has the table of
+#: browsers and drafts).
+#: SETTINGS_ENABLE_WEBTRANSPORT (drafts 02-06; Chromium, Firefox, webtransport-go up to v0.10).
 SETTINGS_ENABLE_WEBTRANSPORT: Final = 0x2B603742
-#: SETTINGS_WT_MAX_SESSIONS (draft 14; Safari 26.4 requires it >= 1).
+#: SETTINGS_WEBTRANSPORT_MAX_SESSIONS (drafts 07-12; Chromium's quiche knows it as its draft 07).
+SETTINGS_WEBTRANSPORT_MAX_SESSIONS: Final = 0xC671706A
+#: SETTINGS_WT_MAX_SESSIONS (drafts 13-14; Safari 26.4 requires it >= 1).
 SETTINGS_WT_MAX_SESSIONS: Final = 0x14E9CD29
 #: SETTINGS_WT_ENABLED (draft 15 on; webtransport-go v0.11 on).
 SETTINGS_WT_ENABLED: Final = 0x2C7CF000
+#: The initial WebTransport flow control limits (drafts 12 on, the same codes in each): what the peer may open
+#: and send in each session before a WT_MAX_STREAMS / WT_MAX_DATA capsule raises them.
+SETTINGS_WT_INITIAL_MAX_DATA: Final = 0x2B61
+SETTINGS_WT_INITIAL_MAX_STREAMS_UNI: Final = 0x2B64
+SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI: Final = 0x2B65
+_INITIAL_LIMITS: Final = (
+    SETTINGS_WT_INITIAL_MAX_DATA,
+    SETTINGS_WT_INITIAL_MAX_STREAMS_UNI,
+    SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI,
+)
+
+#: The server's initial limits on a client, in every session: 2**60 streams of each kind and 2**60 bytes, more
+#: than any session can use, so the server never has to raise them with capsules. A client is still bounded
+#: where it matters: QUIC's stream and data flow control, the per-session stream limit (a 503 error reply) and
+#: the request size limit (413).
+SERVER_FLOW_CONTROL_LIMIT: Final = 1 << 60
+
+#: Capsules (RFC 9297 §3.2) on a session's CONNECT stream that the server reads; others are skipped.
+CAPSULE_CLOSE_SESSION: Final = 0x2843
+CAPSULE_WT_MAX_DATA: Final = 0x190B4D3D
+#: HTTP/3 error code that closes a session whose peer broke flow control (a WT_MAX_DATA that went down).
+WT_FLOW_CONTROL_ERROR: Final = 0x045D4487
 
 
 def server_settings(max_sessions: int) -> dict[int, int]:
     """The WebTransport SETTINGS of a server that accepts ``max_sessions`` sessions on one connection: every
-    draft's, so a client of any of them finds its own. No SETTINGS_WT_INITIAL_MAX_* are sent, so the
-    WebTransport flow control of newer drafts stays off (QUIC's flow control applies)."""
-    return {SETTINGS_ENABLE_WEBTRANSPORT: 1, SETTINGS_WT_MAX_SESSIONS: max_sessions, SETTINGS_WT_ENABLED: 1}
+    draft's, so a client of any of them finds its own, and the initial flow control limits
+    (:data:`SERVER_FLOW_CONTROL_LIMIT`). Draft 13-14 clients need them with more than one session (Safari
+    refuses a server that allows several sessions without them); sending them also says that this server does
+    WebTransport flow control: a client that sends its own enables it (:func:`flow_control_enabled`)."""
+    return {
+        SETTINGS_ENABLE_WEBTRANSPORT: 1,
+        SETTINGS_WEBTRANSPORT_MAX_SESSIONS: max_sessions,
+        SETTINGS_WT_MAX_SESSIONS: max_sessions,
+        SETTINGS_WT_ENABLED: 1,
+        SETTINGS_WT_INITIAL_MAX_DATA: SERVER_FLOW_CONTROL_LIMIT,
+        SETTINGS_WT_INITIAL_MAX_STREAMS_UNI: SERVER_FLOW_CONTROL_LIMIT,
+        SETTINGS_WT_INITIAL_MAX_STREAMS_BIDI: SERVER_FLOW_CONTROL_LIMIT,
+    }
+
+
+def flow_control_enabled(client_settings: Mapping[int, int]) -> bool:
+    """Whether WebTransport flow control is on, given the client's SETTINGS and the server's
+    (:func:`server_settings`, which declare it): the client declares it too with a non-zero initial limit
+    (drafts 12 on) or more than one session in SETTINGS_WT_MAX_SESSIONS (drafts 13-14) (draft 14 §5.1)."""
+    return (
+        any(client_settings.get(code, 0) for code in _INITIAL_LIMITS)
+        or client_settings.get(SETTINGS_WT_MAX_SESSIONS, 0) > 1
+    )
+
+
+def speaks_draft13_on(client_settings: Mapping[int, int]) -> bool:
+    """Whether the client speaks draft 13 or later (it sends SETTINGS_WT_MAX_SESSIONS or SETTINGS_WT_ENABLED):
+    without flow control such a client may hold one session per connection (draft 14 §5.1)."""
+    return bool(client_settings.get(SETTINGS_WT_MAX_SESSIONS, 0) or client_settings.get(SETTINGS_WT_ENABLED, 0))
+
+
+class SendCredit:
+    """WebTransport flow control of what this endpoint sends in one session (draft 14 §5.4): the peer's limit
+    (its SETTINGS_WT_INITIAL_MAX_DATA, 0 when absent, then WT_MAX_DATA capsules) and the stream bytes sent so
+    far (every byte this endpoint writes on the session's streams counts; datagrams do not)."""
+
+    __slots__ = ("blocked_at", "limit", "sent")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent = 0
+        #: The limit a WT_DATA_BLOCKED capsule was last sent at (one per limit).
+        self.blocked_at = -1
+
+    @property
+    def available(self) -> int:
+        return max(0, self.limit - self.sent)
+
+    def take(self, wanted: int) -> int:
+        """Use up to ``wanted`` bytes of credit; returns how many may be sent now."""
+        granted = min(wanted, self.available)
+        self.sent += granted
+        return granted
+
+    def raise_limit(self, limit: int) -> None:
+        """A WT_MAX_DATA capsule: the new limit; ``RemoteProtocolError`` if it is lower than the last one."""
+        if limit < self.limit:
+            raise RemoteProtocolError(f"WT_MAX_DATA went down from {self.limit} to {limit}")
+        self.limit = limit
+
+    def blocked(self) -> bytes:
+        """The WT_DATA_BLOCKED capsule to send when a write finds no credit (``b""``: sent already at this
+        limit)."""
+        if self.blocked_at == self.limit:
+            return b""
+        self.blocked_at = self.limit
+        return encode_capsule(_CAPSULE_WT_DATA_BLOCKED, _core.encode_varint(self.limit))
+
+
+_CAPSULE_WT_DATA_BLOCKED: Final = 0x190B4D41
+#: The largest capsule value the reader keeps (CLOSE_WEBTRANSPORT_SESSION's message is at most 1,024 bytes);
+#: the values of longer capsules, and of every capsule it does not read, are skipped as they arrive.
+_MAX_CAPSULE_VALUE: Final = 4096
+_READ_CAPSULES: Final = frozenset((CAPSULE_CLOSE_SESSION, CAPSULE_WT_MAX_DATA))
+
+
+def encode_capsule(capsule_type: int, value: bytes) -> bytes:
+    """``type | length | value`` (RFC 9297 §3.2), for the DATA frames of a CONNECT stream."""
+    return _core.encode_varint(capsule_type) + _core.encode_varint(len(value)) + value
+
+
+class CapsuleReader:
+    """Incremental reader of the capsules of a session's CONNECT stream (the payload of its DATA frames): feed
+    any split of the bytes; get ``(type, value)`` of each complete capsule the server acts on (WT_MAX_DATA,
+    CLOSE_WEBTRANSPORT_SESSION). Other capsules are skipped, whatever their length, without being kept."""
+
+    __slots__ = ("_buf", "_skip")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._skip = 0  # bytes of a skipped capsule's value still to come
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        buf = self._buf
+        buf += data
+        while buf:
+            if self._skip:
+                dropped = min(self._skip, len(buf))
+                del buf[:dropped]
+                self._skip -= dropped
+                continue
+            head = _core.decode_varint(bytes(buf[:8]))
+            if head is None:
+                break
+            capsule_type, used = head
+            size = _core.decode_varint(bytes(buf[used : used + 8]))
+            if size is None:
+                break
+            length, used_length = size
+            start = used + used_length
+            if capsule_type not in _READ_CAPSULES or length > _MAX_CAPSULE_VALUE:
+                del buf[:start]
+                self._skip = length
+                continue
+            if len(buf) < start + length:
+                break
+            out.append((capsule_type, bytes(buf[start : start + length])))
+            del buf[: start + length]
+        return out
+
+
+def max_data_of(value: bytes) -> int:
+    """The Maximum Data of a WT_MAX_DATA capsule's value; ``FrameError`` if it is not exactly one varint."""
+    decoded = _core.decode_varint(value)
+    if decoded is None or decoded[1] != len(value):
+        raise FrameError("a WT_MAX_DATA capsule holds one varint")
+    return decoded[0]
 
 
 def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, str]:

@@ -19,9 +19,16 @@ Datagram previews (off by default, docs/protocol.md §4.5): a stream whose reque
 each batch of new frames as an HTTP/3 datagram, queued for the same transmit; bounded, never instead of the
 stream.
 
-0-RTT: an attach is idempotent and is served from early data. A start request that arrives before the
-handshake completes (early data can be replayed) waits until it has completed, so a replayed prompt never
-runs the model twice.
+0-RTT: a session is never established from early data (draft-ietf-webtrans-http3 §3.2: the CONNECT is not
+safe). A CONNECT that arrives before the handshake has completed is held, with the request streams of its
+session, and answered once it has (RFC 8470 §3: defer rather than refuse, so the client loses no round trip);
+a replayed first flight never completes a handshake, so it never gets a session, and no request of it is
+served. A CONNECT also waits for the client's SETTINGS (its draft and its flow control).
+
+WebTransport flow control (drafts 12 on): the server's SETTINGS give every client limits it never reaches
+(2**60 streams and bytes per session). When the client turns flow control on as well (Safari, webtransport-go
+with a Config), the server keeps to the client's WT_MAX_DATA: bytes its credit does not cover wait in the
+stream (which stops pulling frames from the ring) until a WT_MAX_DATA capsule raises it.
 """
 
 from __future__ import annotations
@@ -61,23 +68,32 @@ from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.webtransport import (
+    CAPSULE_CLOSE_SESSION,
+    CAPSULE_WT_MAX_DATA,
     MAX_PREVIEW_BYTES,
     SESSION_GONE,
+    SETTINGS_WT_INITIAL_MAX_DATA,
+    WT_FLOW_CONTROL_ERROR,
     WT_PATH,
     AttachRequested,
     CancelConfirmed,
     CancelRequested,
+    CapsuleReader,
     Request,
     RequestReader,
+    SendCredit,
     StartRequested,
     StreamAttached,
     WtCode,
     encode_preview,
     encode_reply,
     error_reply,
+    flow_control_enabled,
     http3_error_code,
     is_webtransport_connect,
+    max_data_of,
     server_settings,
+    speaks_draft13_on,
 )
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
@@ -102,8 +118,13 @@ class WebTransportMetrics(ServerMetrics):
         *ServerMetrics.COUNTERS,
         ("sessions_total", "WebTransport sessions accepted"),
         ("sessions_refused_total", "WebTransport sessions refused (limits, bad CONNECT, shutting down)"),
-        ("early_requests_total", "Attach requests served from 0-RTT early data"),
-        ("deferred_starts_total", "Start requests held until the handshake completed (sent in early data)"),
+        ("early_sessions_total", "Session CONNECTs that came in 0-RTT early data, answered after the handshake"),
+        (
+            "early_requests_total",
+            "Attach and cancel requests that came in 0-RTT early data, served after the handshake",
+        ),
+        ("deferred_starts_total", "Start requests that came in 0-RTT early data, started after the handshake"),
+        ("credit_waits_total", "Times a session used up the client's flow control credit (sent WT_DATA_BLOCKED)"),
         ("streams_reset_total", "Token streams reset by the server (slow reader, session gone, shutdown)"),
         ("previews_sent_total", "Datagram previews queued for sending"),
         ("previews_dropped_total", "Datagram previews dropped (too large for a packet or the peer, or stale)"),
@@ -111,8 +132,10 @@ class WebTransportMetrics(ServerMetrics):
 
     sessions_total: int
     sessions_refused_total: int
+    early_sessions_total: int
     early_requests_total: int
     deferred_starts_total: int
+    credit_waits_total: int
     streams_reset_total: int
     previews_sent_total: int
     previews_dropped_total: int
@@ -251,13 +274,19 @@ class _ServerH3(H3Connection):
 
 
 class _Session:
-    """One WebTransport session: its CONNECT stream id and its active request streams."""
+    """One WebTransport session: its CONNECT stream id, its active request streams, and, when the client turned
+    WebTransport flow control on, the credit it gives the server (docs/protocol.md §3.1)."""
 
-    __slots__ = ("id", "streams")
+    __slots__ = ("blocked", "capsules", "credit", "id", "streams")
 
-    def __init__(self, session_id: int) -> None:
+    def __init__(self, session_id: int, credit: SendCredit | None) -> None:
         self.id = session_id
         self.streams: set[int] = set()
+        #: ``None``: flow control is off (QUIC's alone applies).
+        self.credit = credit
+        self.capsules = CapsuleReader()
+        #: Streams whose bytes wait for credit (a WT_MAX_DATA capsule), in the order they blocked.
+        self.blocked: dict[int, _WtStream] = {}
 
 
 class _WtStream:
@@ -267,6 +296,9 @@ class _WtStream:
         "conn",
         "cursor",
         "dirty",
+        "early",
+        "held",
+        "held_end",
         "meter",
         "opened_at",
         "paused_at",
@@ -279,10 +311,19 @@ class _WtStream:
         "stream",
     )
 
-    def __init__(self, conn: WebTransportConnection, qid: int, session: _Session, now: float) -> None:
+    def __init__(
+        self, conn: WebTransportConnection, qid: int, session: _Session, now: float, early: bool = False
+    ) -> None:
         self.conn = conn
         self.qid = qid
         self.session = session
+        #: Its first bytes came in 0-RTT early data (it waited for the handshake with its session).
+        self.early = early
+        #: Bytes written while the session had no flow control credit, and whether FIN follows them: they go
+        #: out as WT_MAX_DATA capsules raise the limit; meanwhile the stream takes no more frames (the ring holds
+        #: them).
+        self.held = bytearray()
+        self.held_end = False
         self.reader: RequestReader | None = RequestReader(conn.server.config.webtransport.max_request_bytes)
         self.stream: TokenStream | None = None
         #: Where this stream reads its token stream (set with ``stream``): the reader backpressure sees.
@@ -316,15 +357,33 @@ class _WtStream:
             self.stream = None
             self.conn.paused.discard(self)
 
+    def hold_reader(self) -> None:
+        """Stop taking frames (a full QUIC send buffer, or no flow control credit): the ring holds them, a
+        producer the hub drives waits if this reader falls far behind, and the tick cuts it after
+        ``stall_timeout``."""
+        if not self.paused_at:
+            self.paused_at = self.conn.server.loop.time()
+            if self.stream is not None and self.cursor is not None:
+                self.stream.reader_paused(self.cursor)
+
+    def release_reader(self) -> None:
+        """Take frames again (see :meth:`hold_reader`): the next flush writes what the ring has."""
+        if self.paused_at:
+            self.paused_at = 0.0
+            if self.stream is not None and self.cursor is not None:
+                self.stream.reader_resumed(self.cursor)
+        self.on_frames()
+
+    @property
+    def waiting_for_credit(self) -> bool:
+        return bool(self.held) or self.held_end
+
     def _pause(self, prefix: bytes) -> None:
         """A slow reader: the ring holds its frames. ACKs (``datagram_received``) wake it; the tick cuts it."""
         conn = self.conn
         if not self.paused_at:
-            self.paused_at = conn.server.loop.time()
             conn.paused.add(self)
-            if self.stream is not None and self.cursor is not None:
-                # a producer the hub drives waits if this reader falls far behind
-                self.stream.reader_paused(self.cursor)
+            self.hold_reader()
         if prefix:
             conn.send(self, prefix, False)
 
@@ -336,6 +395,9 @@ class _WtStream:
         self.dirty = False
         cursor = self.cursor
         if self.send_ended or self.stream is None or cursor is None:
+            return
+        if self.held:  # waiting for flow control credit: the ring holds the rest
+            self.hold_reader()
             return
         conn = self.conn
         server = conn.server
@@ -379,10 +441,13 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.sessions_opened = 0
         self.closed_sessions: set[int] = set()
         self.streams: dict[int, _WtStream] = {}
-        #: Streams of sessions whose CONNECT has not arrived yet: session id -> [(stream id, data, ended)].
-        self.early: dict[int, list[tuple[int, bytes, bool]]] = {}
-        #: Start requests that arrived in early data, run once the handshake completes.
-        self.deferred: list[tuple[_WtStream, StartRequested]] = []
+        #: Streams of sessions not established yet (CONNECT not arrived, or held):
+        #: session id -> [(stream id, data, ended, came in early data)].
+        self.early: dict[int, list[tuple[int, bytes, bool, bool]]] = {}
+        #: Requests (CONNECTs) held until the handshake has completed and the client's SETTINGS have arrived:
+        #: a session is never established from 0-RTT early data (draft-ietf-webtrans-http3 §3.2, RFC 8470 §3),
+        #: nor before the server knows the client's draft and flow control (draft 14 §3.1).
+        self.held_connects: list[tuple[HeadersReceived, bool]] = []
         self.handshake_done = False
         self.paused: set[_WtStream] = set()
         self._dirty: list[_WtStream] = []
@@ -410,6 +475,8 @@ class WebTransportConnection(QuicConnectionProtocol):
                     self._h3_event_received(h3_event)
                 if not h3_events and event.stream_id not in self.streams:
                     self._maybe_header_only(h3, event.stream_id)
+                if self.held_connects and self._connects_ready():  # the client's SETTINGS came in this data
+                    self._release_connects()
             return
         handler = _QUIC_HANDLERS.get(type(event))
         if handler is not None and handler(self, event):
@@ -432,10 +499,8 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     def _on_handshake_completed(self, event: HandshakeCompleted) -> bool:
         self.handshake_done = True
-        deferred, self.deferred = self.deferred, []
-        for st, request in deferred:
-            if not st.send_ended:
-                self._handle(st, request)
+        if self.held_connects and self._connects_ready():
+            self._release_connects()
         return False
 
     def _on_stop_sending(self, event: StopSendingReceived) -> bool:
@@ -444,6 +509,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             return False
         # The client stopped reading this stream (QUIC has reset our side). Generation goes on.
         self._lost(st)
+        self._drop_held(st)
         st.send_ended = True
         self.finished_sending(st)
         return True
@@ -466,20 +532,50 @@ class WebTransportConnection(QuicConnectionProtocol):
         if isinstance(event, WebTransportStreamDataReceived):
             self._stream_data(event.session_id, event.stream_id, event.data, event.stream_ended)
         elif isinstance(event, HeadersReceived):
+            if self._connects_ready():
+                self._headers(event)
+            else:
+                self._hold_connect(event)
+        elif isinstance(event, DataReceived) and event.stream_id in self.sessions:
+            session = self.sessions[event.stream_id]
+            if event.data:
+                self._capsules(session, event.data)
+            if event.stream_ended and session.id in self.sessions:  # its end closes the session
+                self._close_session(session, fin=True)
+
+    # -- 0-RTT and the client's SETTINGS: when a CONNECT may be answered --------------------------------
+
+    def _connects_ready(self) -> bool:
+        return self.handshake_done and self.h3 is not None and self.h3.received_settings is not None
+
+    def _hold_connect(self, event: HeadersReceived) -> None:
+        limits = self.server.config.webtransport
+        if len(self.held_connects) >= limits.max_sessions_per_connection:
+            self._refuse(event.stream_id, 429)
+            return
+        self.held_connects.append((event, not self.handshake_done))
+
+    def _release_connects(self) -> None:
+        held, self.held_connects = self.held_connects, []
+        for event, early in held:
+            if early:
+                self.server.metrics.early_sessions_total += 1
             self._headers(event)
-        elif isinstance(event, DataReceived) and event.stream_ended and event.stream_id in self.sessions:
-            # Capsules on a session's CONNECT stream are ignored; its end closes the session.
-            self._close_session(self.sessions[event.stream_id], fin=True)
+        self.transmit()
 
     # -- sessions ------------------------------------------------------------------------------------
 
     def _headers(self, event: HeadersReceived) -> None:
+        """A request: a WebTransport CONNECT accepted as a session, or refused (the handshake has completed and
+        the client's SETTINGS are known by now)."""
         h3 = self.h3
         if h3 is None:
             return
         server = self.server
         limits = server.config.webtransport
         sid = event.stream_id
+        settings = h3.received_settings or {}
+        flow_control = flow_control_enabled(settings)
         ok, path = is_webtransport_connect(event.headers)
         status = 200
         if not ok:
@@ -490,22 +586,52 @@ class WebTransportConnection(QuicConnectionProtocol):
             status = 503
         elif server.session_count >= limits.max_sessions or self.sessions_opened >= limits.max_sessions_per_connection:
             status = 429
+        elif self.sessions and speaks_draft13_on(settings) and not flow_control:
+            # A client of draft 13 on without flow control may hold one session at a time (draft 14 §5.1).
+            self._refuse(sid, reset=ErrorCode.H3_REQUEST_REJECTED)
+            return
         if status != 200:
-            server.metrics.sessions_refused_total += 1
-            h3.send_headers(sid, [(b":status", str(status).encode())], end_stream=True)
-            if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
-                self.closed_sessions.add(sid)
-            for qid, _, _ in self.early.pop(sid, []):
-                self._abandon(qid, SESSION_GONE)
+            self._refuse(sid, status)
             return
         h3.send_headers(sid, [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")])
-        session = _Session(sid)
+        credit = SendCredit(settings.get(SETTINGS_WT_INITIAL_MAX_DATA, 0)) if flow_control else None
+        session = _Session(sid, credit)
         self.sessions[sid] = session
         self.sessions_opened += 1
         server.session_count += 1
         server.metrics.sessions_total += 1
-        for qid, data, ended in self.early.pop(sid, []):
-            self._stream_data(sid, qid, data, ended)
+        for qid, data, ended, early in self.early.pop(sid, []):
+            self._stream_data(sid, qid, data, ended, early)
+
+    def _refuse(self, sid: int, status: int = 0, reset: int = 0) -> None:
+        """Refuse the session of CONNECT stream ``sid``: answer an HTTP ``status``, or reset the stream with the
+        HTTP/3 error code ``reset``; streams held for it are abandoned."""
+        self.server.metrics.sessions_refused_total += 1
+        if reset:
+            self._abandon(sid, reset)
+        elif self.h3 is not None:
+            self.h3.send_headers(sid, [(b":status", str(status).encode())], end_stream=True)
+        if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
+            self.closed_sessions.add(sid)
+        for qid, _, _, _ in self.early.pop(sid, []):
+            self._abandon(qid, SESSION_GONE)
+
+    def _capsules(self, session: _Session, data: bytes) -> None:
+        """Capsules on the session's CONNECT stream: WT_MAX_DATA raises the credit (ignored when flow control is
+        off, draft 14 §5.1), CLOSE_WEBTRANSPORT_SESSION ends the session; others are skipped."""
+        for capsule_type, value in session.capsules.feed(data):
+            if capsule_type == CAPSULE_CLOSE_SESSION:
+                self._close_session(session, fin=True)
+                return
+            credit = session.credit
+            if capsule_type == CAPSULE_WT_MAX_DATA and credit is not None:
+                try:
+                    credit.raise_limit(max_data_of(value))
+                except TokenwireError:
+                    self._abandon(session.id, WT_FLOW_CONTROL_ERROR)
+                    self._close_session(session)
+                    return
+                self._credit_arrived(session)
 
     def _close_session(self, session: _Session, fin: bool = False) -> None:
         """The session is gone: its streams are reset (their generations go on)."""
@@ -514,7 +640,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
             self.closed_sessions.add(session.id)
         self.server.session_count -= 1
-        for qid in list(session.streams):
+        for qid in [*session.streams, *session.blocked]:
             st = self.streams.get(qid)
             if st is not None:
                 self.reset(st, SESSION_GONE, raw=True)
@@ -524,10 +650,11 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     # -- request streams -----------------------------------------------------------------------------
 
-    def _stream_data(self, session_id: int, qid: int, data: bytes, ended: bool) -> None:
+    def _stream_data(self, session_id: int, qid: int, data: bytes, ended: bool, early: bool = False) -> None:
+        """Bytes of request stream ``qid`` (``early``: its first bytes came in 0-RTT, held with its session)."""
         st = self.streams.get(qid)
         if st is None:
-            st = self._open(session_id, qid, data, ended)
+            st = self._open(session_id, qid, data, ended, early)
             if st is None:
                 return
         if ended:
@@ -547,35 +674,38 @@ class WebTransportConnection(QuicConnectionProtocol):
         if request is None:
             return
         st.reader = None
-        self.server.metrics.requests_total += 1
+        metrics = self.server.metrics
+        metrics.requests_total += 1
         st.meter.requested_at = self.server.loop.time()
-        if isinstance(request, StartRequested) and not self.handshake_done:
-            # Early data can be replayed by an attacker: a generation starts only once the handshake is done.
-            self.server.metrics.deferred_starts_total += 1
-            self.deferred.append((st, request))
-            return
+        if st.early:  # served now that the handshake has completed: a replayed flight never gets here
+            if isinstance(request, StartRequested):
+                metrics.deferred_starts_total += 1
+            else:
+                metrics.early_requests_total += 1
         self._handle(st, request)
 
-    def _open(self, session_id: int, qid: int, data: bytes, ended: bool) -> _WtStream | None:
-        """A new request stream of a session; ``None`` if it is refused or held until its session arrives."""
+    def _open(self, session_id: int, qid: int, data: bytes, ended: bool, early: bool) -> _WtStream | None:
+        """A new request stream of a session; ``None`` if it is refused or held until its session is
+        established."""
         if stream_is_unidirectional(qid):
             return None  # tokenwire uses no unidirectional streams: ignore them
         limits = self.server.config.webtransport
         session = self.sessions.get(session_id)
         if session is None:
-            early = self.early.get(session_id)
+            held = self.early.get(session_id)
+            entry = (qid, data, ended, not self.handshake_done)
             if session_id in self.closed_sessions or (
-                early is None and len(self.early) >= limits.max_sessions_per_connection
+                held is None and len(self.early) >= limits.max_sessions_per_connection
             ):
                 self._abandon(qid, SESSION_GONE)
-            elif early is None:
-                self.early[session_id] = [(qid, data, ended)]
-            elif len(early) < limits.max_early_streams:
-                early.append((qid, data, ended))
+            elif held is None:
+                self.early[session_id] = [entry]
+            elif len(held) < limits.max_early_streams:
+                held.append(entry)
             else:
                 self._abandon(qid, SESSION_GONE)
             return None
-        st = _WtStream(self, qid, session, self.server.loop.time())
+        st = _WtStream(self, qid, session, self.server.loop.time(), early)
         self.streams[qid] = st
         session.streams.add(qid)
         if len(session.streams) > limits.max_streams_per_session:
@@ -599,8 +729,6 @@ class WebTransportConnection(QuicConnectionProtocol):
                 stream = hub.check_resume(request.stream_id, request.after)
                 if request.after:
                     count_resume(hub, server.metrics, stream, request.after)
-                if not self.handshake_done:
-                    server.metrics.early_requests_total += 1
                 self._serve(st, stream, request.after, request.previews)
             elif isinstance(request, StartRequested):
                 body = request.body()
@@ -666,12 +794,74 @@ class WebTransportConnection(QuicConnectionProtocol):
     # -- sending -------------------------------------------------------------------------------------
 
     def send(self, st: _WtStream, data: bytes, end: bool) -> None:
+        """Write ``data`` (then FIN if ``end``) on ``st``; with flow control on, what the session's credit does not
+        cover waits in ``st.held`` for a WT_MAX_DATA capsule (the client's limit is never exceeded)."""
+        credit = st.session.credit
+        if credit is not None and (st.waiting_for_credit or len(data) > credit.available):
+            st.held += data
+            st.held_end = st.held_end or end
+            if end:
+                st.send_ended = True
+            self._send_held(st)
+            if st.waiting_for_credit:
+                self._wait_for_credit(st, credit)
+            return
+        if credit is not None:
+            credit.take(len(data))
+        self._write(st, data, end)
+
+    def _write(self, st: _WtStream, data: bytes, end: bool) -> None:
         try:
             self._quic.send_stream_data(st.qid, data, end)
         except RuntimeError:  # reset by the peer's STOP_SENDING before we saw the event
             self._lost(st)
         if end:
             st.send_ended = True
+
+    def _send_held(self, st: _WtStream) -> None:
+        """Send as much of ``st.held`` as the session's credit covers (and FIN after the last byte)."""
+        credit = st.session.credit
+        if credit is None:
+            return
+        granted = credit.take(len(st.held))
+        data = bytes(st.held[:granted])
+        del st.held[:granted]
+        end = st.held_end and not st.held
+        if data or end:
+            st.held_end = st.held_end and not end
+            self._write(st, data, end)
+
+    def _wait_for_credit(self, st: _WtStream, credit: SendCredit) -> None:
+        """``st`` has bytes the credit does not cover: it takes no frames until a WT_MAX_DATA capsule comes (the
+        tick cuts it after ``stall_timeout``); the client hears once per limit that the server is blocked."""
+        st.session.blocked.setdefault(st.qid, st)
+        st.hold_reader()
+        capsule = credit.blocked()
+        if capsule:
+            self.server.metrics.credit_waits_total += 1
+            if self.h3 is not None:
+                with contextlib.suppress(Exception):  # the CONNECT stream may be closing: the capsule is advice
+                    self.h3.send_data(st.session.id, capsule, end_stream=False)
+
+    def _credit_arrived(self, session: _Session) -> None:
+        """A WT_MAX_DATA capsule raised the limit: the held bytes go out, in the order their streams blocked;
+        a stream with nothing left held takes frames again."""
+        credit = session.credit
+        for st in list(session.blocked.values()):
+            self._send_held(st)
+            if st.waiting_for_credit and credit is not None:
+                self._wait_for_credit(st, credit)  # blocked again, at the new limit
+                break
+            del session.blocked[st.qid]
+            st.release_reader()
+            self._maybe_forget(st)
+        self.transmit()
+
+    def _drop_held(self, st: _WtStream) -> None:
+        """The stream is reset or stopped: its held bytes will never be sent."""
+        st.held.clear()
+        st.held_end = False
+        st.session.blocked.pop(st.qid, None)
 
     def preview(self, st: _WtStream, frames: bytes) -> None:
         """Queue an unreliable copy of ``frames`` (just written to ``st``) as an HTTP/3 datagram of its session,
@@ -701,7 +891,9 @@ class WebTransportConnection(QuicConnectionProtocol):
         """Reset a request stream with a WebTransport error code (``raw``: an HTTP/3 code as is)."""
         h3_code = code if raw else http3_error_code(code)
         self._lost(st)
-        if not st.send_ended:
+        unsent = st.waiting_for_credit  # FIN queued, not sent: the stream is still open
+        self._drop_held(st)
+        if not st.send_ended or unsent:
             self._quic.reset_stream(st.qid, h3_code)
             st.send_ended = True
             self.server.metrics.streams_reset_total += 1
@@ -721,7 +913,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         self._maybe_forget(st)
 
     def _maybe_forget(self, st: _WtStream) -> None:
-        if st.send_ended and st.recv_ended:
+        if st.send_ended and st.recv_ended and not st.waiting_for_credit:
             self.streams.pop(st.qid, None)
             st.session.streams.discard(st.qid)
             if self.h3 is not None:
@@ -784,17 +976,14 @@ class WebTransportConnection(QuicConnectionProtocol):
         for st in list(self.paused):
             if _send_buffered(quic, st.qid) <= low:
                 self.paused.discard(st)
-                st.paused_at = 0.0
-                if st.stream is not None and st.cursor is not None:
-                    st.stream.reader_resumed(st.cursor)
-                st.on_frames()
+                st.release_reader()
 
     def tick(self, now: float) -> None:
         """Once a second: heartbeats on quiet streams, cut stalled readers, time out incomplete requests."""
         cfg = self.server.config
         wrote = False
         for st in list(self.streams.values()):
-            if st.send_ended:
+            if st.send_ended and not st.waiting_for_credit:
                 continue
             if st.reader is not None:
                 if now - st.opened_at >= cfg.header_timeout:
@@ -826,7 +1015,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             self._lost(st)
         self.streams.clear()
         self.paused.clear()
-        self.deferred.clear()
+        self.held_connects.clear()
         server.session_count -= len(self.sessions)
         self.sessions.clear()
         server.connections.discard(self)

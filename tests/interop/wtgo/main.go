@@ -43,14 +43,17 @@ func main() {
 	pin := flag.String("sha256", "", "hex SHA-256 of the server certificate (DER)")
 	prompt := flag.String("prompt", "hello", "prompt of the start request")
 	maxTokens := flag.Int("max-tokens", 8, "max_tokens of the start request")
+	maxData := flag.Int64("max-incoming-data", 0, "turn WebTransport flow control on: the session's initial "+
+		"SETTINGS_WT_INITIAL_MAX_DATA (webtransport-go raises it with WT_MAX_DATA as it reads, and fails the "+
+		"session if the server sends past it); 0: off")
 	flag.Parse()
-	if err := run(*url, *pin, *prompt, *maxTokens); err != nil {
+	if err := run(*url, *pin, *prompt, *maxTokens, *maxData); err != nil {
 		fmt.Fprintln(os.Stderr, "wtgo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(url, pin, prompt string, maxTokens int) error {
+func run(url, pin, prompt string, maxTokens int, maxData int64) error {
 	want, err := hex.DecodeString(pin)
 	if err != nil || len(want) != sha256.Size {
 		return fmt.Errorf("-sha256 must be 64 hex digits")
@@ -72,6 +75,9 @@ func run(url, pin, prompt string, maxTokens int) error {
 	defer cancel()
 	var d webtransport.Transport
 	d.TLSClientConfig = tlsConf
+	if maxData > 0 {
+		d.Config = &webtransport.Config{MaxIncomingData: maxData}
+	}
 	rsp, sess, err := d.Dial(ctx, url, nil)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
