@@ -292,6 +292,7 @@ TYPED_ERRORS = ("TokenwireError", "StreamNotFound", "EpochMismatch", "ResumeExpi
 # Error in input stream"), at times before the page has read the reply it had received: the client sees a
 # transport failure, tries again after its backoff, and gets the typed error on the second try (7 of 16 runs of
 # this test had such a retry; none in 16 with the server's STOP_SENDING left out). Chromium keeps the reply.
+# tests/browser/test_firefox.py (test_firefox_gets_the_error_reply_the_server_ends_with_stop_sending) pins it.
 
 
 @pytest.mark.parametrize("transport", ["webtransport", "sse"])
