@@ -88,6 +88,8 @@ async def dom(driver: PageDriver) -> dict[str, Any]:
 
 
 async def shoot(driver: PageDriver, path: Path) -> None:
+    """A screenshot for people, named after the browser too: ``{browser}-{name}.png`` beside ``path``."""
+    path = path.with_name(f"{driver.name}-{path.name}")
     await driver.screenshot(path)
     log.info("demo page screenshot: %s", path)
 
