@@ -26,6 +26,15 @@ system-deps: ## Debian tools the tests drive as real clients (curl, headless Chr
 install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
 	$(PY) -m pip install -q -e ".[dev]"
 
+# Firefox for the browser tests: Debian's firefox-esr, and geckodriver built from crates.io into the repo
+# (no binary download: the npm and PyPI geckodriver packages fetch one). tests/support/firefox.py looks here.
+GECKODRIVER_VERSION := 0.37.1
+.PHONY: firefox-deps
+system-deps: firefox-deps
+firefox-deps: ## firefox-esr (apt) and geckodriver in .cache/geckodriver (cargo install, about 2 minutes, once)
+	@test -x /usr/bin/firefox-esr || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q firefox-esr; }
+	@test -x .cache/geckodriver/bin/geckodriver || cargo install -q --locked geckodriver@$(GECKODRIVER_VERSION) --root .cache/geckodriver
+
 build-dev: $(PY) ## rebuild the extension, debug build (fast to compile)
 	$(VENV)/bin/maturin develop -q
 
