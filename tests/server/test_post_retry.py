@@ -235,3 +235,27 @@ async def test_webtransport_start_with_an_idempotency_key_repeats_the_same_strea
             await client.generate("another", max_tokens=20, idempotency_key="wt-1")
         assert refused.value.status_hint == 422
         assert model.calls == 1
+
+
+async def test_a_key_is_one_key_for_webtransport_and_post_on_one_hub() -> None:
+    """``tokenwire serve`` runs both servers on one hub: a browser client whose WebTransport start failed before
+    its reply retries it as ``POST /v1/streams`` with the same key, and must get the stream already started."""
+    hub, model = Hub(), FakeModel(seed=5)
+    async with (
+        sse_server(hub, model=model) as sse,
+        wt_server(hub, model=model) as wt,
+        wt_client(wt) as client,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{sse.port}") as http,
+    ):
+        started = await client.generate("one key", max_tokens=12, tokens_per_s=4000, idempotency_key="both-1")
+        tokens = [t async for t in started]
+        r = await http.post(
+            "/v1/streams",
+            json={"prompt": "one key", "max_tokens": 12, "tokens_per_s": 4000},
+            headers={"Idempotency-Key": "both-1"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-tokenwire-stream-id"] == started.stream_id
+        assert [e.data for e in events(r.content) if e.type == "token"] == tokens
+        assert model.calls == 1
+    await hub.aclose()

@@ -14,8 +14,9 @@ import json
 import math
 import os
 import time
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from tokenwire import _core
@@ -550,6 +551,10 @@ class ChatRequest:
     repeat: str | None = None
 
 
+#: The idempotency keys of each hub (:attr:`Endpoints.idempotency`); a hub's go with it.
+_KEYS: weakref.WeakKeyDictionary[Hub, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+
 @dataclass(eq=False)
 class Endpoints:
     """The endpoints of docs/protocol.md §7 over a :class:`Host`; callers move the bytes.
@@ -559,10 +564,18 @@ class Endpoints:
     """
 
     host: Host
-    #: ``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first. A key lives at most
-    #: as long as its stream is in the hub, and at most ``config.max_idempotency_keys`` are kept (the oldest
-    #: go).
-    idempotency: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def idempotency(self) -> dict[str, tuple[str, str]]:
+        """``Idempotency-Key`` -> (stream id, fingerprint of the start request), oldest first: one table per
+        hub, so every server on it (``tokenwire serve``'s SSE and WebTransport, an ASGI app beside them)
+        answers a key alike (docs/protocol.md §7.2). A key lives at most as long as its stream is in the hub,
+        and at most ``config.max_idempotency_keys`` are kept (the oldest go)."""
+        hub = self.host.hub
+        keys = _KEYS.get(hub)
+        if keys is None:
+            keys = _KEYS[hub] = {}
+        return keys
 
     # -- generation --------------------------------------------------------------------------------
 
