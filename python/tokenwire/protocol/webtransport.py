@@ -364,7 +364,7 @@ def _stream_id(body: Mapping[str, Any]) -> str:
 def _previews(body: Mapping[str, Any]) -> bool:
     value = body.get("previews", False)
     if not isinstance(value, bool):
-        raise RemoteProtocolError("'previews' must be a boolean")
+        raise InvalidBody("'previews' must be a boolean", "previews")
     return value
 
 
@@ -374,10 +374,10 @@ def parse_request(message: Message) -> Request:
     if message.kind == REQUEST_START:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            raise RemoteProtocolError("'prompt' (string) is required")
+            raise InvalidBody("'prompt' (string) is required", "prompt")  # as POST /v1/streams answers
         max_tokens = body.get("max_tokens")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
-            raise RemoteProtocolError("'max_tokens' must be an integer")
+            raise InvalidBody("'max_tokens' must be an integer", "max_tokens")
         _previews(body)
         params = {k: v for k, v in body.items() if k not in ("prompt", "max_tokens")}
         return StartRequested(prompt, max_tokens, params)
