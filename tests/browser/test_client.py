@@ -287,13 +287,6 @@ async def test_reload_then_restore_gives_the_whole_text_once(driver: PageDriver,
 
 TYPED_ERRORS = ("TokenwireError", "StreamNotFound", "EpochMismatch", "ResumeExpired", "ResumeFromFuture")
 
-# FIREFOX_LOSES_ERROR_REPLY. After an error reply (+ FIN), the server sends STOP_SENDING when the request's FIN
-# has not arrived yet (docs/protocol.md §4.4). Firefox ESR 153 then errors the stream's readable too ("TypeError:
-# Error in input stream"), at times before the page has read the reply it had received: the client sees a
-# transport failure, tries again after its backoff, and gets the typed error on the second try (7 of 16 runs of
-# this test had such a retry; none in 16 with the server's STOP_SENDING left out). Chromium keeps the reply.
-# tests/browser/test_firefox.py (test_firefox_gets_the_error_reply_the_server_ends_with_stop_sending) pins it.
-
 
 @pytest.mark.parametrize("transport", ["webtransport", "sse"])
 async def test_resume_errors_are_typed(driver: PageDriver, transport: str) -> None:
@@ -337,10 +330,7 @@ async def test_resume_errors_are_typed(driver: PageDriver, transport: str) -> No
     if transport == "sse":  # and so each resume reached the server once
         assert reconnects == []
         assert len(r.router.attaches("nosuchstream")) == 1 and len(r.router.attaches(stream.id)) == 2
-    elif driver.name == "firefox":
-        # FIREFOX_LOSES_ERROR_REPLY: the first try's reply can be lost to the browser, which then tries again.
-        assert r.wt.metrics.bad_requests_total >= 4
-    else:
+    else:  # the error reply of a whole request comes without STOP_SENDING, which Firefox let overtake it
         assert reconnects == [] and r.wt.metrics.bad_requests_total == 4
     assert r.model.calls == 0
 

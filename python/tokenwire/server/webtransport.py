@@ -736,10 +736,10 @@ class WebTransportConnection(QuicConnectionProtocol):
             else:
                 self._cancel(st, request)
         except TokenwireError as exc:
-            self._reply_error(st, exc)
+            self._reply_error(st, exc, request_read=True)
         except Exception as exc:
             log.exception("WebTransport request %r failed", request)
-            self._reply_error(st, exc)
+            self._reply_error(st, exc, request_read=True)
 
     async def _restore_then_handle(self, st: _WtStream, request: AttachRequested | CancelRequested) -> None:
         try:
@@ -749,7 +749,7 @@ class WebTransportConnection(QuicConnectionProtocol):
                 await self.server.hub.find(request.stream_id)
         except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
             if self.streams.get(st.qid) is st:
-                self._reply_error(st, exc)
+                self._reply_error(st, exc, request_read=True)
             return
         if self.streams.get(st.qid) is st:  # still open
             self._handle(st, request)
@@ -780,13 +780,15 @@ class WebTransportConnection(QuicConnectionProtocol):
         settings = self.h3.received_settings
         return bool(self._quic._remote_max_datagram_frame_size) and (settings or {}).get(Setting.H3_DATAGRAM) == 1
 
-    def _reply_error(self, st: _WtStream, exc: BaseException) -> None:
-        """A typed error reply, then FIN; STOP_SENDING with its code if the request side is still open."""
+    def _reply_error(self, st: _WtStream, exc: BaseException, *, request_read: bool = False) -> None:
+        """A typed error reply, then FIN; STOP_SENDING with its code if the request side is still open and the
+        request was not read whole (``request_read``: only its FIN can follow, and Firefox 153 drops a reply
+        that a STOP_SENDING overtakes: its readable fails with "Error in input stream")."""
         reply = error_reply(exc)
         self.server.metrics.bad_requests_total += 1
         if not st.send_ended:
             self.send(st, encode_reply(reply), True)
-        if not st.recv_ended:
+        if not st.recv_ended and not request_read:
             with contextlib.suppress(ValueError):
                 self._quic.stop_stream(st.qid, http3_error_code(reply.code))
         self.finished_sending(st)
