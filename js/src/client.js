@@ -548,6 +548,10 @@ export class TokenwireClient {
     this._skipWt = 0; // until when (Date.now()) "auto" does not try WebTransport
     /** @internal @type {Set<TokenStream>} */
     this._live = new Set();
+    // A reload or a closed tab: each kept stream writes its last state now (saves are 100 ms apart otherwise).
+    globalThis.addEventListener?.("pagehide", () => {
+      for (const s of this._live) s._save(true);
+    });
   }
 
   /**
@@ -757,6 +761,8 @@ export class TokenStream extends EventTarget {
     this._retry = 1000;
     /** @internal */
     this._saved = 0;
+    /** @internal @type {ReturnType<typeof setTimeout> | 0} */
+    this._later = 0; // the save that ends a window of skipped ones
     /** @internal @type {unknown} */
     this._error = null;
     client._live.add(this);
@@ -968,9 +974,19 @@ export class TokenStream extends EventTarget {
 
   /** @internal @param {boolean} [force] */
   _save(force) {
-    const t = now();
-    if (!this._key || (!force && t - this._saved < 100)) return;
-    this._saved = t;
+    if (!this._key) return;
+    const wait = this._saved + 100 - now();
+    if (!force && wait > 0) {
+      // The last state of a burst is saved too, even when no token follows it (a held or slow generation).
+      this._later ||= setTimeout(() => {
+        this._later = 0;
+        this._save(true);
+      }, wait);
+      return;
+    }
+    clearTimeout(this._later);
+    this._later = 0;
+    this._saved = now();
     try {
       storage("sessionStorage")?.setItem(
         PREFIX + this._key,
