@@ -200,7 +200,15 @@ async def open_firefox(script_timeout: float = SCRIPT_TIMEOUT_S) -> AsyncIterato
             log.info("firefox %s, geckodriver %s", *page.versions.values())
             yield page
         finally:
-            await asyncio.to_thread(driver.quit)
+            await asyncio.to_thread(_quit, driver)
+
+
+def _quit(driver: webdriver.Firefox) -> None:
+    """Quit; the BiDi log subscriptions go first (with them, quitting took about 11 s instead of 1 s)."""
+    with contextlib.suppress(WebDriverException):
+        driver.script.clear_console_handlers()
+        driver.script.clear_error_handlers()
+    driver.quit()
 
 
 def _set_viewport(driver: webdriver.Firefox) -> None:
