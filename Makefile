@@ -81,7 +81,7 @@ test-rust: ## Rust unit tests of the pure core (no Python needed)
 test: ## pytest: the suite, plus every benchmark once as a smoke test
 	$(PY) -m pytest tests benches -q
 
-test-js: ## node --test: the JS client's decoders on the wire vectors shared with the Rust tests
+test-js: ## node --test: the JS client's decoders on the wire vectors shared with the Rust tests; the client against a real tokenwire serve (make install's venv)
 	node --test js/test/*.test.js
 
 bench: ## time the benchmarks side by side

@@ -564,7 +564,9 @@ export class TokenwireClient {
    */
   async generate(body, options = {}) {
     const t0 = now();
-    const key = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => (b + 256).toString(16).slice(1)).join("");
+    const bytes = new Uint8Array(16); // the idempotency key: 128 random bits (Node 18 has no global crypto)
+    globalThis.crypto ? crypto.getRandomValues(bytes) : bytes.forEach((_, i) => (bytes[i] = Math.random() * 256));
+    const key = Array.from(bytes, (b) => (b + 256).toString(16).slice(1)).join("");
     let useWt = this.options.transport != "sse";
     for (let fails = 0; ; ) {
       try {
@@ -811,7 +813,8 @@ export class TokenStream extends EventTarget {
 
   /** @internal @param {string} type @param {unknown} detail */
   _emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+    // Node 18 has no global CustomEvent: an Event with `detail` there.
+    this.dispatchEvent(globalThis.CustomEvent ? new CustomEvent(type, { detail }) : Object.assign(new Event(type), { detail }));
   }
 
   /** @internal @returns {Promise<IteratorResult<string>>} */
