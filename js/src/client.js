@@ -767,6 +767,8 @@ export class TokenStream extends EventTarget {
     this._later = 0; // the save that ends a window of skipped ones
     /** @internal @type {unknown} */
     this._error = null;
+    /** @internal */
+    this._wake = noop; // ends the backoff's wait
     client._live.add(this);
     this._save(true);
   }
@@ -896,7 +898,10 @@ export class TokenStream extends EventTarget {
       if (this._fails) {
         const delayMs = backoff(this._fails, this._retry);
         this._emit("reconnect", { attempt: this._fails, delayMs, error: this._error });
-        await sleep(delayMs);
+        await new Promise((r) => {
+          const timer = setTimeout(r, delayMs);
+          this._wake = () => r(clearTimeout(timer)); // an abort, a detach: no more waiting
+        });
         if (this._state != LIVE) return null;
       }
       try {
@@ -968,6 +973,7 @@ export class TokenStream extends EventTarget {
 
   /** @internal */
   _close() {
+    this._wake();
     this._conn?.close();
     this._conn = null;
     this._q = [];
