@@ -45,6 +45,15 @@
  * @property {string} [code] For an error frame.
  * @property {string} [message] For an error frame.
  */
+/**
+ * The events of a `TokenStream`, each with its `detail`.
+ * @typedef {object} StreamEvents
+ * @property {CustomEvent<{token: string, seq: number}>} token A token handed to the loop.
+ * @property {CustomEvent<Kpis>} kpi After each token, a reconnect, and the end: a copy of `kpis`.
+ * @property {CustomEvent<Transport>} transport The stream moved to SSE.
+ * @property {CustomEvent<{attempt: number, delayMs: number, error: unknown}>} reconnect Before each wait of the backoff.
+ * @property {CustomEvent<Final | {reason: "error", error: unknown} | null>} end The stream ended.
+ */
 /** @typedef {{persist?: string}} StreamOptions */
 /** @typedef {{kind: string, seq: number, payload: string}} Item */
 /** @typedef {{read(): Promise<Item[] | null>, close(): void, cut(): void, parser?: SseParser}} Conn */
@@ -302,6 +311,7 @@ const REPLIES = { 0x21: "stream", 0x22: "cancelled", 0x23: "error" };
  * A WebTransport request message (§3.1): kind byte, varint length, JSON body.
  * @param {MessageKind} kind
  * @param {object} body
+ * @returns {Uint8Array}
  */
 export function encodeMessage(kind, body) {
   const code = REQUESTS[kind];
@@ -806,6 +816,47 @@ export class TokenStream extends EventTarget {
     }
     const res = await c._fetch("/v1/streams/" + this.id, { method: "DELETE" });
     if (!res.ok && res.status != 404) throw await httpError(res);
+  }
+
+  /**
+   * Listens to one of the stream's events, typed as `StreamEvents` gives them (any other type as `EventTarget` does).
+   * @template {keyof StreamEvents} K
+   * @overload
+   * @param {K} type
+   * @param {(event: StreamEvents[K]) => void} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * @overload
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   * @returns {void}
+   */
+  /** @param {string} type @param {any} listener @param {boolean | AddEventListenerOptions} [options] */
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+  }
+
+  /**
+   * @template {keyof StreamEvents} K
+   * @overload
+   * @param {K} type
+   * @param {(event: StreamEvents[K]) => void} listener
+   * @param {boolean | EventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * @overload
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | EventListenerOptions} [options]
+   * @returns {void}
+   */
+  /** @param {string} type @param {any} listener @param {boolean | EventListenerOptions} [options] */
+  removeEventListener(type, listener, options) {
+    super.removeEventListener(type, listener, options);
   }
 
   /** Cuts the current connection as a network failure would; the stream recovers by itself. */
