@@ -779,6 +779,8 @@ export class TokenStream extends EventTarget {
     this._error = null;
     /** @internal */
     this._wake = noop; // ends the backoff's wait
+    /** @internal */
+    this._unsent = 0; // 1: an abort() has not reached the server yet
     client._live.add(this);
     this._save(true);
   }
@@ -800,22 +802,35 @@ export class TokenStream extends EventTarget {
     };
   }
 
-  /** Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends. */
+  /**
+   * Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends.
+   * @returns {Promise<void>}
+   */
   async abort() {
-    if (this._state == ENDED) return;
+    if (this._state == ENDED && !this._unsent) return;
+    this._unsent = 1; // until the server has the cancel: a later abort() sends it again
     this._end(null, { reason: "cancelled" });
     const c = this._c;
     try {
       const wt = this.transport == "webtransport" && (await c._session());
-      if (wt) return (await wtRequest(wt, "cancel", { stream_id: this.id })).close();
+      if (wt) {
+        (await wtRequest(wt, "cancel", { stream_id: this.id })).close();
+        return void (this._unsent = 0);
+      }
     } catch (e) {
       if (final(e)) {
-        if (/** @type {TokenwireError} */ (e).status == 404) return;
+        if (/** @type {TokenwireError} */ (e).status == 404) return void (this._unsent = 0);
         throw e;
       }
     }
-    const res = await c._fetch("/v1/streams/" + this.id, { method: "DELETE" });
+    let res;
+    try {
+      res = await c._fetch("/v1/streams/" + this.id, { method: "DELETE" });
+    } catch (e) {
+      throw new ConnectError("the cancel did not reach the server", e);
+    }
     if (!res.ok && res.status != 404) throw await httpError(res);
+    this._unsent = 0;
   }
 
   /**

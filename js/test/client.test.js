@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { TokenwireClient } from "../src/client.js";
-import { replay, serve } from "./server.js";
+import { ConnectError, TokenwireClient } from "../src/client.js";
+import { proxy, replay, serve } from "./server.js";
 
 /** Resolves once every promise callback queued so far has run, and the ones they queued: before any timer or I/O. */
 const settled = () => new Promise((resolve) => setImmediate(resolve));
@@ -70,4 +70,26 @@ test("client.close() while a stream waits to reconnect ends its loop at once; it
   const clean = await replay(base, stream.id);
   assert.deepEqual([...first.run.tokens, ...rest.run.tokens], clean.tokens);
   assert.equal(stream.final?.reason, "length");
+});
+
+test("abort() that cannot reach the server rejects with ConnectError, and a later abort() cancels", async (t) => {
+  const base = await serve(t);
+  const network = await proxy(t, base);
+  const client = new TokenwireClient(network.url, { transport: "sse" });
+  const stream = await client.generate({ prompt: "abort offline", max_tokens: 100, tokens_per_s: 40 });
+  const first = once(stream, "token");
+  const { run, done } = read(stream);
+  await first;
+  const waiting = once(stream, "reconnect");
+  network.down();
+  await waiting;
+  await assert.rejects(stream.abort(), (e) => e instanceof ConnectError && e.cause instanceof Error);
+  await done;
+  assert.equal(run.error, null);
+  network.up();
+  await stream.abort(); // the cancel that did not arrive is sent now
+  const clean = await replay(base, stream.id);
+  assert.equal(clean.final.reason, "cancelled");
+  assert.ok(clean.tokens.length < 100);
+  assert.deepEqual(run.tokens, clean.tokens.slice(0, run.tokens.length));
 });

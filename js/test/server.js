@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import net from "node:net";
 import { fileURLToPath } from "node:url";
 
 import { SseParser } from "../src/client.js";
@@ -70,4 +71,47 @@ export async function metric(base, name) {
   let sum = 0;
   for (const m of text.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "gm"))) sum += Number(m[1]);
   return sum;
+}
+
+/**
+ * A TCP proxy to `base` for test `t`: a network a test can break (`down()`: every connection through it cut, new ones
+ * closed at once) and mend (`up()`).
+ * @param {import("node:test").TestContext} t
+ * @param {string} base
+ */
+export async function proxy(t, base) {
+  const target = new URL(base);
+  let open = true;
+  /** @type {Set<net.Socket>} */
+  const sockets = new Set();
+  const server = net.createServer((near) => {
+    if (!open) return near.destroy();
+    const far = net.connect(Number(target.port), target.hostname);
+    for (const s of [near, far]) {
+      sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        near.destroy();
+        far.destroy();
+      });
+    }
+    near.pipe(far).pipe(near);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(null)));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  const { port } = /** @type {net.AddressInfo} */ (server.address());
+  return {
+    url: `http://127.0.0.1:${port}`,
+    down() {
+      open = false;
+      for (const s of sockets) s.destroy();
+    },
+    up() {
+      open = true;
+    },
+  };
 }

@@ -178,7 +178,10 @@ export class TokenStream extends EventTarget {
     kpis: Kpis;
     /** The resume point: "id:epoch:seq". */
     get lastEventId(): string;
-    /** Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends. */
+    /**
+     * Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends.
+     * @returns {Promise<void>}
+     */
     abort(): Promise<void>;
     /**
      * Listens to one of the stream's events, typed as `StreamEvents` gives them (any other type as `EventTarget` does).
