@@ -189,9 +189,12 @@ const httpError = async (res) => {
   } catch {} // not tokenwire's JSON (a proxy's page): the status alone
   return typedError(res.status, body);
 };
-/** Errors after which nothing is retried: the server's 4xx answers (but 408, 429) and a failed generation. */
-const final = (/** @type {unknown} */ e) =>
+/** A `ConnectError` that no retry mends (no WebTransport in this runtime, or none on the server). @param {string} m */
+const hopeless = (m) => Object.assign(new ConnectError(m), { _final: 1 });
+/** Errors after which nothing is retried: the server's 4xx answers (but 408, 429), a failed generation, `hopeless`. */
+const final = (/** @type {any} */ e) =>
   e instanceof GenerationFailed ||
+  e?._final ||
   (e instanceof TokenwireError && e.status >= 400 && e.status < 500 && e.status != 408 && e.status != 429);
 
 // ---------------------------------------------------------------------------------------------------
@@ -623,7 +626,8 @@ export class TokenwireClient {
   resume(lastEventId, options = {}) {
     const m = /^([\w-]{1,128}):([\w-]{1,64}):(\d{1,19})$/.exec(String(lastEventId).trim());
     if (!m) throw new TokenwireError("not a resume point: " + lastEventId, 400, { type: "RemoteProtocolError" });
-    const wt = this.options.transport != "sse" && globalThis.WebTransport ? "webtransport" : "sse";
+    const t = this.options.transport;
+    const wt = t == "webtransport" || (t == "auto" && globalThis.WebTransport) ? "webtransport" : "sse";
     return new TokenStream(this, m[1], m[2], +m[3], wt, options);
   }
 
@@ -676,13 +680,15 @@ export class TokenwireClient {
     const key = PREFIX + "wt-failed:" + this.baseUrl;
     const local = storage("localStorage");
     const WT = globalThis.WebTransport;
-    if (!WT) throw new ConnectError("no WebTransport in this browser");
+    if (!WT) throw hopeless("no WebTransport in this browser");
     if (this.options.transport == "auto" && Math.max(this._skipWt, +(local?.getItem(key) || 0)) > Date.now())
       throw new ConnectError("WebTransport failed here recently");
     const res = await this._fetch("/v1/webtransport/certificate");
     if (!res.ok) {
-      if (res.status == 404) this._skipWt = Infinity; // not served here: SSE for this client's lifetime
-      throw new ConnectError("no WebTransport certificate: HTTP " + res.status);
+      const e = "no WebTransport certificate: HTTP " + res.status;
+      if (res.status != 404) throw new ConnectError(e);
+      this._skipWt = Infinity; // not served here: SSE for this client's lifetime ("auto")
+      throw hopeless(e);
     }
     const info = await res.json();
     const wt = new WT(
@@ -818,10 +824,9 @@ export class TokenStream extends EventTarget {
         return void (this._unsent = 0);
       }
     } catch (e) {
-      if (final(e)) {
-        if (/** @type {TokenwireError} */ (e).status == 404) return void (this._unsent = 0);
-        throw e;
-      }
+      const status = final(e) && /** @type {TokenwireError} */ (e).status; // the server's answer (no session: DELETE)
+      if (status == 404) return void (this._unsent = 0);
+      if (status) throw e;
     }
     let res;
     try {

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ConnectError, TokenwireClient } from "../src/client.js";
-import { proxy, replay, serve } from "./server.js";
+import { metric, proxy, replay, serve } from "./server.js";
 
 /** Resolves once every promise callback queued so far has run, and the ones they queued: before any timer or I/O. */
 const settled = () => new Promise((resolve) => setImmediate(resolve));
@@ -92,4 +92,28 @@ test("abort() that cannot reach the server rejects with ConnectError, and a late
   assert.equal(clean.final.reason, "cancelled");
   assert.ok(clean.tokens.length < 100);
   assert.deepEqual(run.tokens, clean.tokens.slice(0, run.tokens.length));
+});
+
+test('transport "webtransport" where there is none (Node): ConnectError at once, and never SSE', async (t) => {
+  const base = await serve(t);
+  const started = await new TokenwireClient(base, { transport: "sse" }).generate({ prompt: "over SSE", max_tokens: 5 });
+  for await (const _ of started);
+  const client = new TokenwireClient(base, { transport: "webtransport", maxRetries: 2 });
+  const noWebTransport = (/** @type {unknown} */ e) => e instanceof ConnectError && /no WebTransport/.test(e.message);
+  // Nothing to wait for and retry: this runtime has no WebTransport.
+  await assert.rejects(client.generate({ prompt: "over WebTransport", max_tokens: 5 }), noWebTransport);
+  const stream = client.resume(`${started.id}:${started.epoch}:0`);
+  /** @type {unknown[]} */
+  const reconnects = [];
+  stream.addEventListener("reconnect", (e) => reconnects.push(e.detail));
+  /** @type {string[]} */
+  const tokens = [];
+  await assert.rejects(async () => {
+    for await (const token of stream) tokens.push(token);
+  }, noWebTransport);
+  assert.deepEqual(tokens, []);
+  assert.deepEqual(reconnects, []);
+  assert.equal(stream.transport, "webtransport");
+  assert.equal(await metric(base, "tokenwire_streams_started_total"), 1);
+  assert.equal(await metric(base, "tokenwire_resumes_total"), 0);
 });
