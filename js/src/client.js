@@ -580,6 +580,7 @@ export class TokenwireClient {
     const bytes = new Uint8Array(16); // the idempotency key: 128 random bits (Node 18 has no global crypto)
     globalThis.crypto ? crypto.getRandomValues(bytes) : bytes.forEach((_, i) => (bytes[i] = Math.random() * 256));
     const key = Array.from(bytes, (b) => (b + 256).toString(16).slice(1)).join("");
+    const json = JSON.stringify(body); // a body that is not JSON throws here, before anything is sent or retried
     let useWt = this.options.transport != "sse";
     for (let fails = 0; ; ) {
       try {
@@ -593,7 +594,7 @@ export class TokenwireClient {
           "POST",
           "/v1/streams",
           { "content-type": "application/json", "idempotency-key": key },
-          JSON.stringify(body),
+          json,
         );
         if (!c) throw new TokenwireError("no stream in the answer", 204);
         /** @type {Item[]} */

@@ -117,3 +117,10 @@ test('transport "webtransport" where there is none (Node): ConnectError at once,
   assert.equal(await metric(base, "tokenwire_streams_started_total"), 1);
   assert.equal(await metric(base, "tokenwire_resumes_total"), 0);
 });
+
+test("generate() with a body that is not JSON throws its TypeError at once: nothing is sent or retried", async (t) => {
+  const base = await serve(t);
+  const client = new TokenwireClient(base, { transport: "sse", maxRetries: 2 });
+  await assert.rejects(client.generate({ prompt: "a BigInt", max_tokens: 5, seed: 1n }), TypeError);
+  assert.equal(await metric(base, "tokenwire_streams_started_total"), 0);
+});
