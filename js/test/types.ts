@@ -2,11 +2,6 @@
 // (types/client.d.ts): `make lint-js` type-checks this file (tsconfig.json includes it). Never run.
 import { ResumeExpired, StreamNotFound, TokenwireClient, type Final, type Kpis } from "../types/client.js";
 
-declare const badge: HTMLElement;
-declare const out: HTMLElement;
-declare const saved: string;
-declare function startOver(): void;
-
 export async function examples(): Promise<void> {
   const client = new TokenwireClient();
   const stream = await client.generate({ prompt: "Hello", max_tokens: 32 });
@@ -15,8 +10,12 @@ export async function examples(): Promise<void> {
   const kpis: Kpis = stream.kpis;
   console.log(stream.transport, final, kpis);
 
+  const badge = document.body.appendChild(document.createElement("p"));
+  const next = await client.generate({ prompt: "Hello again", max_tokens: 64 });
+  next.addEventListener("kpi", (e) => (badge.textContent = `${e.detail.transport} · ${e.detail.tokensPerS?.toFixed(0)} tok/s`));
+  for await (const token of next) console.log(token.length);
+
   // Each event's detail has the type the docs give it.
-  stream.addEventListener("kpi", (e) => (badge.textContent = `${e.detail.transport} · ${e.detail.tokensPerS?.toFixed(0)} tok/s`));
   stream.addEventListener("token", (e) => console.log(e.detail.token.length, e.detail.seq + 1));
   stream.addEventListener("transport", (e) => console.log(e.detail === "sse"));
   stream.addEventListener("reconnect", (e) => console.log(e.detail.attempt + e.detail.delayMs, e.detail.error));
@@ -28,16 +27,19 @@ export async function examples(): Promise<void> {
   stream.removeEventListener("token", onToken);
   stream.addEventListener("other", (e: Event) => console.log(e.type)); // any other type: a plain Event
 
+  const page = document.getElementById("out") as HTMLElement;
   const kept =
     client.restore("answer") ?? (await client.generate({ prompt: "Hello", max_tokens: 200 }, { persist: "answer" }));
-  out.textContent = kept.text;
-  for await (const token of kept) out.textContent += token;
+  page.textContent = kept.text;
+  for await (const token of kept) page.textContent += token;
 
+  const out = document.body.appendChild(document.createElement("pre"));
+  const saved = `nosuchstream:${stream.epoch}:0`;
   try {
     for await (const token of client.resume(saved)) out.textContent += token;
   } catch (e) {
     if (e instanceof ResumeExpired) out.textContent += ` [frames before ${e.oldestSeq} are gone]`;
-    else if (e instanceof StreamNotFound) startOver();
+    else if (e instanceof StreamNotFound) out.textContent = "That answer is gone: ask again.";
     else throw e;
   }
 }
