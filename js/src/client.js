@@ -917,6 +917,9 @@ export class TokenStream extends EventTarget {
         }
         if (final(e)) {
           this._end(e, this.final);
+          // The server refused the resume point (404, 409, 410, 400): a kept one can never resume, so forget it.
+          if (this._key && TYPED[/** @type {TokenwireError} */ (e).type])
+            storage("sessionStorage")?.removeItem(PREFIX + this._key);
           throw e;
         }
         this._lost(e);
