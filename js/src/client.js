@@ -559,12 +559,6 @@ export class TokenwireClient {
     this._wt = null;
     /** @internal */
     this._skipWt = 0; // until when (Date.now()) "auto" does not try WebTransport
-    /** @internal @type {Set<TokenStream>} */
-    this._live = new Set();
-    // A reload or a closed tab: each kept stream writes its last state now (saves are 100 ms apart otherwise).
-    globalThis.addEventListener?.("pagehide", () => {
-      for (const s of this._live) s._save(true);
-    });
   }
 
   /**
@@ -649,14 +643,14 @@ export class TokenwireClient {
     s._save(true);
     if (kept.final) {
       s._state = ENDED;
-      this._live.delete(s);
+      READING.delete(s);
     }
     return s;
   }
 
   /** Detaches every stream being read (their generations go on) and closes the WebTransport session. */
   close() {
-    for (const s of this._live) s._detach();
+    for (const s of READING) if (s._c == this) s._detach();
     this._wt?.then((wt) => wt?.close(), noop);
     this._wt = null;
   }
@@ -723,6 +717,12 @@ const LIVE = 0;
 const DETACHED = 1;
 const ENDED = 2;
 
+/** @type {Set<TokenStream>} The streams being read, of every client (a stream holds its client, not the reverse). */
+const READING = new Set();
+// A reload or a closed tab: each kept stream writes its last state now (saves are 100 ms apart otherwise). One
+// listener for the module: one per client kept every client alive as long as the page.
+globalThis.addEventListener?.("pagehide", () => READING.forEach((s) => s._save(true)));
+
 /**
  * One generation's tokens: iterate it (`for await`) to get each token once, in order. Leaving the loop
  * detaches (the generation goes on); iterating again attaches again. Events: "token", "kpi",
@@ -788,7 +788,7 @@ export class TokenStream extends EventTarget {
     this._wake = noop; // ends the backoff's wait
     /** @internal */
     this._unsent = 0; // 1: an abort() has not reached the server yet
-    client._live.add(this);
+    READING.add(this);
     this._save(true);
   }
 
@@ -801,7 +801,7 @@ export class TokenStream extends EventTarget {
   [Symbol.asyncIterator]() {
     if (this._state == DETACHED) {
       this._state = LIVE;
-      this._c._live.add(this);
+      READING.add(this);
     }
     return {
       next: () => this._next(),
@@ -1052,7 +1052,7 @@ export class TokenStream extends EventTarget {
     this._conn?.close();
     this._conn = null;
     this._q = [];
-    this._c._live.delete(this);
+    READING.delete(this);
     this._save(true);
   }
 
