@@ -121,7 +121,7 @@ export class ResumeExpired extends TokenwireError {
   /** @param {string} m @param {number} s @param {Record<string, any>} b */
   constructor(m, s, b) {
     super(m, s, b);
-    /** @type {number} */
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
     this.oldestSeq = b.oldest_seq;
   }
 }
@@ -130,7 +130,7 @@ export class ResumeFromFuture extends TokenwireError {
   /** @param {string} m @param {number} s @param {Record<string, any>} b */
   constructor(m, s, b) {
     super(m, s, b);
-    /** @type {number} */
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
     this.lastSeq = b.last_seq;
   }
 }

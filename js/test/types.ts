@@ -38,7 +38,11 @@ export async function examples(): Promise<void> {
   try {
     for await (const token of client.resume(saved)) out.textContent += token;
   } catch (e) {
-    if (e instanceof ResumeExpired) out.textContent += ` [frames before ${e.oldestSeq} are gone]`;
+    if (e instanceof ResumeExpired) {
+      // @ts-expect-error: a 410 without tokenwire's error body (a proxy's) has no oldest_seq
+      const oldest: number = e.oldestSeq;
+      out.textContent += ` [frames before ${oldest ?? "?"} are gone]`;
+    }
     else if (e instanceof StreamNotFound) out.textContent = "That answer is gone: ask again.";
     else throw e;
   }

@@ -46,15 +46,15 @@ export class EpochMismatch extends TokenwireError {
 export class ResumeExpired extends TokenwireError {
     /** @param {string} m @param {number} s @param {Record<string, any>} b */
     constructor(m: string, s: number, b: Record<string, any>);
-    /** @type {number} */
-    oldestSeq: number;
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
+    oldestSeq: number | undefined;
 }
 /** 400: the resume point is past the stream's last frame (`lastSeq`). */
 export class ResumeFromFuture extends TokenwireError {
     /** @param {string} m @param {number} s @param {Record<string, any>} b */
     constructor(m: string, s: number, b: Record<string, any>);
-    /** @type {number} */
-    lastSeq: number;
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
+    lastSeq: number | undefined;
 }
 /** The generation ended with an `error` frame; `code` is its code (such as "generation_failed"). */
 export class GenerationFailed extends TokenwireError {
