@@ -67,7 +67,7 @@ $(JS_DEPS): js/package.json js/package-lock.json
 	cd js && npm ci --no-audit --no-fund
 	@touch $@
 
-lint-js: $(JS_DEPS) ## tsc --checkJs over js/src/client.js; js/types/client.d.ts current; size budget (6 KB min+gz); npm pack accepts js/
+lint-js: $(JS_DEPS) ## tsc --checkJs over js/src/client.js, and js/test/types.ts (the docs' examples against the published types); js/types/client.d.ts current; size budget (6 KB min+gz); npm pack accepts js/
 	cd js && ./node_modules/.bin/tsc -p .
 	cd js && node scripts/types.mjs --check
 	cd js && node scripts/size.mjs --max-gzip 6144
@@ -81,7 +81,7 @@ test-rust: ## Rust unit tests of the pure core (no Python needed)
 test: ## pytest: the suite, plus every benchmark once as a smoke test
 	$(PY) -m pytest tests benches -q
 
-test-js: ## node --test: the JS client's decoders on the wire vectors shared with the Rust tests
+test-js: ## node --test: the JS client's decoders on the wire vectors shared with the Rust tests; the client against a real tokenwire serve (make install's venv)
 	node --test js/test/*.test.js
 
 bench: ## time the benchmarks side by side

@@ -45,6 +45,15 @@
  * @property {string} [code] For an error frame.
  * @property {string} [message] For an error frame.
  */
+/**
+ * The events of a `TokenStream`, each with its `detail`.
+ * @typedef {object} StreamEvents
+ * @property {CustomEvent<{token: string, seq: number}>} token A token handed to the loop.
+ * @property {CustomEvent<Kpis>} kpi After each token, a reconnect, and the end: a copy of `kpis`.
+ * @property {CustomEvent<Transport>} transport The stream moved to SSE.
+ * @property {CustomEvent<{attempt: number, delayMs: number, error: unknown}>} reconnect Before each wait of the backoff.
+ * @property {CustomEvent<Final | {reason: "error", error: unknown} | null>} end The stream ended.
+ */
 /** @typedef {{persist?: string}} StreamOptions */
 /** @typedef {{kind: string, seq: number, payload: string}} Item */
 /** @typedef {{read(): Promise<Item[] | null>, close(): void, cut(): void, parser?: SseParser}} Conn */
@@ -112,7 +121,7 @@ export class ResumeExpired extends TokenwireError {
   /** @param {string} m @param {number} s @param {Record<string, any>} b */
   constructor(m, s, b) {
     super(m, s, b);
-    /** @type {number} */
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
     this.oldestSeq = b.oldest_seq;
   }
 }
@@ -121,7 +130,7 @@ export class ResumeFromFuture extends TokenwireError {
   /** @param {string} m @param {number} s @param {Record<string, any>} b */
   constructor(m, s, b) {
     super(m, s, b);
-    /** @type {number} */
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
     this.lastSeq = b.last_seq;
   }
 }
@@ -180,9 +189,12 @@ const httpError = async (res) => {
   } catch {} // not tokenwire's JSON (a proxy's page): the status alone
   return typedError(res.status, body);
 };
-/** Errors after which nothing is retried: the server's 4xx answers (but 408, 429) and a failed generation. */
-const final = (/** @type {unknown} */ e) =>
+/** A `ConnectError` that no retry mends (no WebTransport in this runtime, or none on the server). @param {string} m */
+const hopeless = (m) => Object.assign(new ConnectError(m), { _final: 1 });
+/** Errors after which nothing is retried: the server's 4xx answers (but 408, 429), a failed generation, `hopeless`. */
+const final = (/** @type {any} */ e) =>
   e instanceof GenerationFailed ||
+  e?._final ||
   (e instanceof TokenwireError && e.status >= 400 && e.status < 500 && e.status != 408 && e.status != 429);
 
 // ---------------------------------------------------------------------------------------------------
@@ -302,6 +314,7 @@ const REPLIES = { 0x21: "stream", 0x22: "cancelled", 0x23: "error" };
  * A WebTransport request message (§3.1): kind byte, varint length, JSON body.
  * @param {MessageKind} kind
  * @param {object} body
+ * @returns {Uint8Array}
  */
 export function encodeMessage(kind, body) {
   const code = REQUESTS[kind];
@@ -546,12 +559,6 @@ export class TokenwireClient {
     this._wt = null;
     /** @internal */
     this._skipWt = 0; // until when (Date.now()) "auto" does not try WebTransport
-    /** @internal @type {Set<TokenStream>} */
-    this._live = new Set();
-    // A reload or a closed tab: each kept stream writes its last state now (saves are 100 ms apart otherwise).
-    globalThis.addEventListener?.("pagehide", () => {
-      for (const s of this._live) s._save(true);
-    });
   }
 
   /**
@@ -564,7 +571,10 @@ export class TokenwireClient {
    */
   async generate(body, options = {}) {
     const t0 = now();
-    const key = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => (b + 256).toString(16).slice(1)).join("");
+    const bytes = new Uint8Array(16); // the idempotency key: 128 random bits (Node 18 has no global crypto)
+    globalThis.crypto ? crypto.getRandomValues(bytes) : bytes.forEach((_, i) => (bytes[i] = Math.random() * 256));
+    const key = Array.from(bytes, (b) => (b + 256).toString(16).slice(1)).join("");
+    const json = JSON.stringify(body); // a body that is not JSON throws here, before anything is sent or retried
     let useWt = this.options.transport != "sse";
     for (let fails = 0; ; ) {
       try {
@@ -578,7 +588,7 @@ export class TokenwireClient {
           "POST",
           "/v1/streams",
           { "content-type": "application/json", "idempotency-key": key },
-          JSON.stringify(body),
+          json,
         );
         if (!c) throw new TokenwireError("no stream in the answer", 204);
         /** @type {Item[]} */
@@ -611,7 +621,8 @@ export class TokenwireClient {
   resume(lastEventId, options = {}) {
     const m = /^([\w-]{1,128}):([\w-]{1,64}):(\d{1,19})$/.exec(String(lastEventId).trim());
     if (!m) throw new TokenwireError("not a resume point: " + lastEventId, 400, { type: "RemoteProtocolError" });
-    const wt = this.options.transport != "sse" && globalThis.WebTransport ? "webtransport" : "sse";
+    const t = this.options.transport;
+    const wt = t == "webtransport" || (t == "auto" && globalThis.WebTransport) ? "webtransport" : "sse";
     return new TokenStream(this, m[1], m[2], +m[3], wt, options);
   }
 
@@ -632,14 +643,14 @@ export class TokenwireClient {
     s._save(true);
     if (kept.final) {
       s._state = ENDED;
-      this._live.delete(s);
+      READING.delete(s);
     }
     return s;
   }
 
   /** Detaches every stream being read (their generations go on) and closes the WebTransport session. */
   close() {
-    for (const s of this._live) s._detach();
+    for (const s of READING) if (s._c == this) s._detach();
     this._wt?.then((wt) => wt?.close(), noop);
     this._wt = null;
   }
@@ -664,13 +675,15 @@ export class TokenwireClient {
     const key = PREFIX + "wt-failed:" + this.baseUrl;
     const local = storage("localStorage");
     const WT = globalThis.WebTransport;
-    if (!WT) throw new ConnectError("no WebTransport in this browser");
+    if (!WT) throw hopeless("no WebTransport in this browser");
     if (this.options.transport == "auto" && Math.max(this._skipWt, +(local?.getItem(key) || 0)) > Date.now())
       throw new ConnectError("WebTransport failed here recently");
     const res = await this._fetch("/v1/webtransport/certificate");
     if (!res.ok) {
-      if (res.status == 404) this._skipWt = Infinity; // not served here: SSE for this client's lifetime
-      throw new ConnectError("no WebTransport certificate: HTTP " + res.status);
+      const e = "no WebTransport certificate: HTTP " + res.status;
+      if (res.status != 404) throw new ConnectError(e);
+      this._skipWt = Infinity; // not served here: SSE for this client's lifetime ("auto")
+      throw hopeless(e);
     }
     const info = await res.json();
     const wt = new WT(
@@ -703,6 +716,12 @@ export class TokenwireClient {
 const LIVE = 0;
 const DETACHED = 1;
 const ENDED = 2;
+
+/** @type {Set<TokenStream>} The streams being read, of every client (a stream holds its client, not the reverse). */
+const READING = new Set();
+// A reload or a closed tab: each kept stream writes its last state now (saves are 100 ms apart otherwise). One
+// listener for the module: one per client kept every client alive as long as the page.
+globalThis.addEventListener?.("pagehide", () => READING.forEach((s) => s._save(true)));
 
 /**
  * One generation's tokens: iterate it (`for await`) to get each token once, in order. Leaving the loop
@@ -765,7 +784,11 @@ export class TokenStream extends EventTarget {
     this._later = 0; // the save that ends a window of skipped ones
     /** @internal @type {unknown} */
     this._error = null;
-    client._live.add(this);
+    /** @internal */
+    this._wake = noop; // ends the backoff's wait
+    /** @internal */
+    this._unsent = 0; // 1: an abort() has not reached the server yet
+    READING.add(this);
     this._save(true);
   }
 
@@ -778,7 +801,7 @@ export class TokenStream extends EventTarget {
   [Symbol.asyncIterator]() {
     if (this._state == DETACHED) {
       this._state = LIVE;
-      this._c._live.add(this);
+      READING.add(this);
     }
     return {
       next: () => this._next(),
@@ -786,22 +809,75 @@ export class TokenStream extends EventTarget {
     };
   }
 
-  /** Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends. */
+  /**
+   * Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends.
+   * @returns {Promise<void>}
+   */
   async abort() {
-    if (this._state == ENDED) return;
+    if (this._state == ENDED && !this._unsent) return;
+    this._unsent = 1; // until the server has the cancel: a later abort() sends it again
     this._end(null, { reason: "cancelled" });
     const c = this._c;
     try {
       const wt = this.transport == "webtransport" && (await c._session());
-      if (wt) return (await wtRequest(wt, "cancel", { stream_id: this.id })).close();
-    } catch (e) {
-      if (final(e)) {
-        if (/** @type {TokenwireError} */ (e).status == 404) return;
-        throw e;
+      if (wt) {
+        (await wtRequest(wt, "cancel", { stream_id: this.id })).close();
+        return void (this._unsent = 0);
       }
+    } catch (e) {
+      const status = final(e) && /** @type {TokenwireError} */ (e).status; // the server's answer (no session: DELETE)
+      if (status == 404) return void (this._unsent = 0);
+      if (status) throw e;
     }
-    const res = await c._fetch("/v1/streams/" + this.id, { method: "DELETE" });
+    let res;
+    try {
+      res = await c._fetch("/v1/streams/" + this.id, { method: "DELETE" });
+    } catch (e) {
+      throw new ConnectError("the cancel did not reach the server", e);
+    }
     if (!res.ok && res.status != 404) throw await httpError(res);
+    this._unsent = 0;
+  }
+
+  /**
+   * Listens to one of the stream's events, typed as `StreamEvents` gives them (any other type as `EventTarget` does).
+   * @template {keyof StreamEvents} K
+   * @overload
+   * @param {K} type
+   * @param {(event: StreamEvents[K]) => void} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * @overload
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | AddEventListenerOptions} [options]
+   * @returns {void}
+   */
+  /** @param {string} type @param {any} listener @param {boolean | AddEventListenerOptions} [options] */
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+  }
+
+  /**
+   * @template {keyof StreamEvents} K
+   * @overload
+   * @param {K} type
+   * @param {(event: StreamEvents[K]) => void} listener
+   * @param {boolean | EventListenerOptions} [options]
+   * @returns {void}
+   */
+  /**
+   * @overload
+   * @param {string} type
+   * @param {EventListenerOrEventListenerObject | null} listener
+   * @param {boolean | EventListenerOptions} [options]
+   * @returns {void}
+   */
+  /** @param {string} type @param {any} listener @param {boolean | EventListenerOptions} [options] */
+  removeEventListener(type, listener, options) {
+    super.removeEventListener(type, listener, options);
   }
 
   /** Cuts the current connection as a network failure would; the stream recovers by itself. */
@@ -811,7 +887,8 @@ export class TokenStream extends EventTarget {
 
   /** @internal @param {string} type @param {unknown} detail */
   _emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+    // Node 18 has no global CustomEvent: an Event with `detail` there.
+    this.dispatchEvent(globalThis.CustomEvent ? new CustomEvent(type, { detail }) : Object.assign(new Event(type), { detail }));
   }
 
   /** @internal @returns {Promise<IteratorResult<string>>} */
@@ -840,6 +917,9 @@ export class TokenStream extends EventTarget {
         }
         if (final(e)) {
           this._end(e, this.final);
+          // The server refused the resume point (404, 409, 410, 400): a kept one can never resume, so forget it.
+          if (this._key && TYPED[/** @type {TokenwireError} */ (e).type])
+            storage("sessionStorage")?.removeItem(PREFIX + this._key);
           throw e;
         }
         this._lost(e);
@@ -893,7 +973,10 @@ export class TokenStream extends EventTarget {
       if (this._fails) {
         const delayMs = backoff(this._fails, this._retry);
         this._emit("reconnect", { attempt: this._fails, delayMs, error: this._error });
-        await sleep(delayMs);
+        await new Promise((r) => {
+          const timer = setTimeout(r, delayMs);
+          this._wake = () => r(clearTimeout(timer)); // an abort, a detach: no more waiting
+        });
         if (this._state != LIVE) return null;
       }
       try {
@@ -965,10 +1048,11 @@ export class TokenStream extends EventTarget {
 
   /** @internal */
   _close() {
+    this._wake();
     this._conn?.close();
     this._conn = null;
     this._q = [];
-    this._c._live.delete(this);
+    READING.delete(this);
     this._save(true);
   }
 

@@ -16,8 +16,9 @@ export function writeVarint(n: number): Uint8Array;
  * A WebTransport request message (§3.1): kind byte, varint length, JSON body.
  * @param {MessageKind} kind
  * @param {object} body
+ * @returns {Uint8Array}
  */
-export function encodeMessage(kind: MessageKind, body: object): Uint8Array<ArrayBufferLike>;
+export function encodeMessage(kind: MessageKind, body: object): Uint8Array;
 /** Base of every error this module throws. `type` is the server's error type (or the class name). */
 export class TokenwireError extends Error {
     /**
@@ -45,15 +46,15 @@ export class EpochMismatch extends TokenwireError {
 export class ResumeExpired extends TokenwireError {
     /** @param {string} m @param {number} s @param {Record<string, any>} b */
     constructor(m: string, s: number, b: Record<string, any>);
-    /** @type {number} */
-    oldestSeq: number;
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
+    oldestSeq: number | undefined;
 }
 /** 400: the resume point is past the stream's last frame (`lastSeq`). */
 export class ResumeFromFuture extends TokenwireError {
     /** @param {string} m @param {number} s @param {Record<string, any>} b */
     constructor(m: string, s: number, b: Record<string, any>);
-    /** @type {number} */
-    lastSeq: number;
+    /** @type {number | undefined} undefined where the answer had no tokenwire error body (a proxy's) */
+    lastSeq: number | undefined;
 }
 /** The generation ended with an `error` frame; `code` is its code (such as "generation_failed"). */
 export class GenerationFailed extends TokenwireError {
@@ -177,8 +178,46 @@ export class TokenStream extends EventTarget {
     kpis: Kpis;
     /** The resume point: "id:epoch:seq". */
     get lastEventId(): string;
-    /** Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends. */
+    /**
+     * Cancels the generation on the server (WebTransport cancel request, or `DELETE`); the loop ends.
+     * @returns {Promise<void>}
+     */
     abort(): Promise<void>;
+    /**
+     * Listens to one of the stream's events, typed as `StreamEvents` gives them (any other type as `EventTarget` does).
+     * @template {keyof StreamEvents} K
+     * @overload
+     * @param {K} type
+     * @param {(event: StreamEvents[K]) => void} listener
+     * @param {boolean | AddEventListenerOptions} [options]
+     * @returns {void}
+     */
+    addEventListener<K extends keyof StreamEvents>(type: K, listener: (event: StreamEvents[K]) => void, options?: boolean | AddEventListenerOptions | undefined): void;
+    /**
+     * @overload
+     * @param {string} type
+     * @param {EventListenerOrEventListenerObject | null} listener
+     * @param {boolean | AddEventListenerOptions} [options]
+     * @returns {void}
+     */
+    addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions | undefined): void;
+    /**
+     * @template {keyof StreamEvents} K
+     * @overload
+     * @param {K} type
+     * @param {(event: StreamEvents[K]) => void} listener
+     * @param {boolean | EventListenerOptions} [options]
+     * @returns {void}
+     */
+    removeEventListener<K extends keyof StreamEvents>(type: K, listener: (event: StreamEvents[K]) => void, options?: boolean | EventListenerOptions | undefined): void;
+    /**
+     * @overload
+     * @param {string} type
+     * @param {EventListenerOrEventListenerObject | null} listener
+     * @param {boolean | EventListenerOptions} [options]
+     * @returns {void}
+     */
+    removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions | undefined): void;
     /** Cuts the current connection as a network failure would; the stream recovers by itself. */
     drop(): void;
     /** @returns {AsyncIterator<string>} */
@@ -264,6 +303,41 @@ export type Final = {
      * For an error frame.
      */
     message?: string | undefined;
+};
+/**
+ * The events of a `TokenStream`, each with its `detail`.
+ */
+export type StreamEvents = {
+    /**
+     * A token handed to the loop.
+     */
+    token: CustomEvent<{
+        token: string;
+        seq: number;
+    }>;
+    /**
+     * After each token, a reconnect, and the end: a copy of `kpis`.
+     */
+    kpi: CustomEvent<Kpis>;
+    /**
+     * The stream moved to SSE.
+     */
+    transport: CustomEvent<Transport>;
+    /**
+     * Before each wait of the backoff.
+     */
+    reconnect: CustomEvent<{
+        attempt: number;
+        delayMs: number;
+        error: unknown;
+    }>;
+    /**
+     * The stream ended.
+     */
+    end: CustomEvent<Final | {
+        reason: "error";
+        error: unknown;
+    } | null>;
 };
 export type StreamOptions = {
     persist?: string;

@@ -365,3 +365,30 @@ async def test_auto_falls_back_to_sse_within_the_connect_timeout(driver: PageDri
         assert tried_again == 0
     assert second["error"] is None and second["transport"] == "sse"
     ran_once(r, prompt)
+
+
+@pytest.mark.parametrize("transport", ["auto", "sse"])
+async def test_a_kept_stream_whose_frames_expired_is_forgotten(driver: PageDriver, transport: str) -> None:
+    # A ring of 8 frames: once the answer has run on, the frames after the kept resume point are gone (410).
+    prompt, n, held = f"kept, then expired ({transport})", 40, 3
+    async with rig(storage=MemoryStorage(max_frames_per_stream=8)) as r:
+        gate, started = await start_held(r, driver, "k", prompt, n, held, {"transport": transport}, persist="answer")
+        await driver.reload()
+        await install(driver)
+        await twt(driver, "newClient", "c", {"transport": transport})
+        gate.set()
+        stream = r.hub.get(started["id"])
+        await until(lambda: not stream.is_open, "the generation to finish")
+        restored = await twt(driver, "restore", "k2", {"key": "answer"})
+        assert restored is not None
+        run = await finished(driver, "k2")
+        # The kept point can never be resumed: a later restore (another reload) finds nothing, so the page's
+        # `client.restore(key) ?? client.generate(...)` starts a new answer instead of failing again.
+        again = await twt(driver, "restore", "k3", {"key": "answer"})
+        kept = await twt(driver, "storageKeys")
+
+    assert run["error"]["classes"] == ["TokenwireError", "ResumeExpired"], run
+    assert run["tokens"] == [] and run["textAtStart"] == restored["text"]
+    assert again is None
+    assert "tokenwire:answer" not in kept["session"], kept
+    ran_once(r, prompt)
