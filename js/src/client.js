@@ -27,6 +27,8 @@
  * @property {number} [connectTimeoutMs] WebTransport connect timeout before SSE is used (3000).
  * @property {Record<string, string>} [headers] Added to every HTTP request (authorization, say).
  * @property {number} [maxRetries] Reconnect attempts per outage before `ConnectError` (10).
+ * @property {number} [idleTimeoutMs] An SSE connection on which nothing (not even a heartbeat) arrives this
+ * long while the stream waits for tokens counts as lost, and is resumed (45000; 0: never).
  */
 /**
  * @typedef {object} Kpis
@@ -515,12 +517,24 @@ async function wtRequest(wt, kind, body) {
  */
 async function sseRequest(client, method, path, headers, body) {
   const ac = new AbortController();
-  const res = await client._fetch(path, {
-    method,
-    body,
-    signal: ac.signal,
-    headers: { accept: "text/event-stream", ...headers },
-  });
+  // A connection that died without a reset (a phone that lost its network, say) delivers nothing, not even the
+  // server's heartbeats (every 15 s): while a read waits longer than idleTimeoutMs, it is cut and resumed.
+  const idle = client.options.idleTimeoutMs;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  /** @template T @param {Promise<T>} p @returns {Promise<T>} */
+  const watched = (p) => {
+    if (idle > 0) timer = setTimeout(() => ac.abort(new TypeError(`nothing arrived in ${idle} ms`)), idle);
+    return p.finally(() => clearTimeout(timer));
+  };
+  const res = await watched(
+    client._fetch(path, {
+      method,
+      body,
+      signal: ac.signal,
+      headers: { accept: "text/event-stream", ...headers },
+    }),
+  );
   if (res.status == 204) return null;
   if (!res.ok || !res.body) throw await httpError(res);
   const reader = res.body.getReader();
@@ -529,7 +543,7 @@ async function sseRequest(client, method, path, headers, body) {
   return {
     parser,
     async read() {
-      const { value, done } = await reader.read();
+      const { value, done } = await watched(reader.read());
       if (done) return null;
       return parser.feed(value).map((e) => ({ kind: e.event, seq: +e.id.split(":")[2] || 0, payload: e.data }));
     },
@@ -554,7 +568,14 @@ export class TokenwireClient {
   constructor(baseUrl, options = {}) {
     this.baseUrl = new URL(baseUrl ?? "/", globalThis.location?.href).href.replace(/\/+$/, "");
     /** @type {Required<ClientOptions>} */
-    this.options = { transport: "auto", connectTimeoutMs: 3000, headers: {}, maxRetries: 10, ...options };
+    this.options = {
+      transport: "auto",
+      connectTimeoutMs: 3000,
+      headers: {},
+      maxRetries: 10,
+      idleTimeoutMs: 45000,
+      ...options,
+    };
     /** @internal @type {Promise<WebTransport | null> | null} */
     this._wt = null;
     /** @internal */

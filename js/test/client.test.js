@@ -124,3 +124,24 @@ test("generate() with a body that is not JSON throws its TypeError at once: noth
   await assert.rejects(client.generate({ prompt: "a BigInt", max_tokens: 5, seed: 1n }), TypeError);
   assert.equal(await metric(base, "tokenwire_streams_started_total"), 0);
 });
+
+test("an SSE connection that goes silent without a reset is cut after idleTimeoutMs and resumed", async (t) => {
+  const base = await serve(t);
+  const network = await proxy(t, base);
+  const client = new TokenwireClient(network.url, { transport: "sse", idleTimeoutMs: 300 });
+  const stream = await client.generate({ prompt: "silent network", max_tokens: 40, tokens_per_s: 100 });
+  /** @type {unknown[]} */
+  const reconnects = [];
+  stream.addEventListener("reconnect", (e) => reconnects.push(e.detail));
+  const first = once(stream, "token");
+  const { run, done } = read(stream);
+  await first;
+  network.silence(); // the first connection delivers nothing more, and is never closed
+  await done;
+  assert.equal(run.error, null);
+  assert.equal(reconnects.length, 1);
+  const clean = await replay(base, stream.id);
+  assert.deepEqual(run.tokens, clean.tokens);
+  assert.equal(stream.final?.reason, "length");
+  assert.equal(await metric(base, "tokenwire_streams_started_total"), 1);
+});

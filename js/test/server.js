@@ -75,7 +75,8 @@ export async function metric(base, name) {
 
 /**
  * A TCP proxy to `base` for test `t`: a network a test can break (`down()`: every connection through it cut, new ones
- * closed at once) and mend (`up()`).
+ * closed at once), mend (`up()`), or make lose every connection open now without a reset (`silence()`: their bytes
+ * stop flowing both ways and nobody is told, as when a phone changes networks; new connections work).
  * @param {import("node:test").TestContext} t
  * @param {string} base
  */
@@ -84,6 +85,8 @@ export async function proxy(t, base) {
   let open = true;
   /** @type {Set<net.Socket>} */
   const sockets = new Set();
+  /** @type {Set<() => void>} */
+  const silencers = new Set();
   const server = net.createServer((near) => {
     if (!open) return near.destroy();
     const far = net.connect(Number(target.port), target.hostname);
@@ -97,6 +100,12 @@ export async function proxy(t, base) {
       });
     }
     near.pipe(far).pipe(near);
+    silencers.add(() => {
+      near.unpipe(far);
+      far.unpipe(near);
+      near.pause();
+      far.pause();
+    });
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(null)));
   t.after(() => {
@@ -112,6 +121,10 @@ export async function proxy(t, base) {
     },
     up() {
       open = true;
+    },
+    silence() {
+      for (const silence of silencers) silence();
+      silencers.clear();
     },
   };
 }

@@ -258,6 +258,11 @@ export type ClientOptions = {
      * Reconnect attempts per outage before `ConnectError` (10).
      */
     maxRetries?: number | undefined;
+    /**
+     * An SSE connection on which nothing (not even a heartbeat) arrives this
+     * long while the stream waits for tokens counts as lost, and is resumed (45000; 0: never).
+     */
+    idleTimeoutMs?: number | undefined;
 };
 export type Kpis = {
     /**
