@@ -669,7 +669,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             request = reader.feed(data, ended)
         except TokenwireError as exc:
             st.reader = None
-            self._reply_error(st, exc)
+            self._reply_error(st, exc, request_read=reader.whole)  # read whole, malformed: no STOP_SENDING
             return
         if request is None:
             return
