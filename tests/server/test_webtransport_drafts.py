@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
@@ -31,6 +32,7 @@ from tokenwire.protocol.webtransport import (
     SETTINGS_WT_MAX_SESSIONS,
     WT_FLOW_CONTROL_ERROR,
     StartRequested,
+    WtCode,
     connect_headers,
     encode_capsule,
     encode_request,
@@ -330,7 +332,7 @@ class _EarlyClient:
         self.h3.send_headers(self.session_id, connect_headers(f"127.0.0.1:{server.port}"))
         #: What arrived: HEADERS and DATA of the H3 layer, the bytes and end of raw streams, resets.
         self.h3_events: list[Any] = []
-        self.data: dict[int, bytes] = collections.defaultdict(bytes)
+        self.data: dict[int, bytes] = {}
         self.ended: set[int] = set()
         self.resets: dict[int, int] = {}
         self._transport: asyncio.DatagramTransport | None = None
@@ -348,6 +350,7 @@ class _EarlyClient:
         """A request stream of the session carrying ``message``; its stream id."""
         qid = self.h3.create_webtransport_stream(self.session_id)
         self.quic.send_stream_data(qid, message, end_stream=end)
+        self.data[qid] = b""
         return qid
 
     def send(self) -> None:
@@ -360,11 +363,14 @@ class _EarlyClient:
         events = []
         while (event := self.quic.next_event()) is not None:
             events.append(event)
-            if isinstance(event, StreamDataReceived) and event.stream_id != self.session_id:
+            if isinstance(event, StreamDataReceived) and event.stream_id in self.data:
+                # A request stream: its bytes are replies and frames, not HTTP/3 frames (aioquic's client H3
+                # layer does not know the bidirectional WebTransport streams it opened).
                 self.data[event.stream_id] += event.data
                 if event.end_stream:
                     self.ended.add(event.stream_id)
-            elif isinstance(event, StreamReset):
+                continue
+            if isinstance(event, StreamReset):
                 self.resets[event.stream_id] = event.error_code
             self.h3_events.extend(
                 e for e in self.h3.handle_event(event) if isinstance(e, HeadersReceived | DataReceived)
@@ -381,9 +387,12 @@ class _EarlyClient:
         return events
 
     async def run_until(self, predicate: Any) -> None:
-        """Complete the handshake and go on exchanging packets until ``predicate()``."""
+        """Complete the handshake and go on exchanging packets (and running QUIC's timers) until ``predicate()``."""
         async with asyncio.timeout(10):
             while not predicate():
+                timer = self.quic.get_timer()
+                if timer is not None and timer <= self.loop.time():
+                    self.quic.handle_timer(now=self.loop.time())
                 self.send()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):
@@ -476,3 +485,46 @@ async def test_credit_granted_before_the_connect_was_answered_counts() -> None:
             await client.run_until(lambda: qid in client.resets or qid in client.ended)
         assert qid in client.ended and qid not in client.resets
         assert client.data[qid][:1] == b"\x21" and server.metrics.credit_waits_total == 0
+
+
+async def test_early_request_streams_are_held_by_stream_not_by_packet() -> None:
+    """In 0-RTT the client opens 12 request streams (fewer than the 16 a session may have held) whose requests
+    are split across the packets of its first flight: every one is served once the session is established."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server:
+        ticket = await _ticket_for(server)
+        assert server.config.webtransport.max_early_streams == 16
+        async with _EarlyClient(server, ticket) as client:
+            prompts = [f"{i:02d}" + "p" * 600 for i in range(12)]
+            qids = [client.request(encode_request(StartRequested(p, 2, {"tokens_per_s": 0}))) for p in prompts]
+            client.send()
+            await _until(lambda: any(c.held_connects for c in server.connections))
+            await client.run_until(lambda: all(q in client.resets or q in client.ended for q in qids))
+        assert {q: client.resets[q] for q in qids if q in client.resets} == {}
+        assert all(client.data[q][:1] == b"\x21" for q in qids)
+        assert model.calls == 12 and server.metrics.deferred_starts_total == 12
+
+
+@pytest.mark.parametrize("case", ["too-large", "bytes-after"])
+async def test_an_early_stream_over_the_request_limit_is_answered_as_any_other(case: str) -> None:
+    """A held stream keeps no more than the request limit (plus a message head and a byte): what it answers is
+    unchanged, a 413 error reply for a request over the limit, a 400 one for bytes after a request."""
+    limits = WebTransportLimits(max_request_bytes=200)
+    model = FakeModel(seed=5)
+    async with wt_server(model=model, limits=limits) as server:
+        ticket = await _ticket_for(server)
+        async with _EarlyClient(server, ticket) as client:
+            start = encode_request(StartRequested("x" * (400 if case == "too-large" else 10), 2, {}))
+            qid = client.request(start if case == "too-large" else start + b"\x11" * 2000)
+            client.send()
+            await _until(lambda: any(c.held_connects for c in server.connections))
+            await client.run_until(lambda: qid in client.resets or qid in client.ended)
+        reply = client.data[qid]
+        assert qid in client.ended and reply[:1] == b"\x23"  # an error reply, then FIN
+        error = json.loads(reply[reply.index(b"{") :])
+        if case == "too-large":
+            assert (error["type"], error["status"], error["code"]) == ("RequestTooLarge", 413, WtCode.TOO_LARGE)
+        else:
+            assert (error["type"], error["status"], error["code"]) == ("FrameError", 400, WtCode.BAD_REQUEST)
+            assert "bytes followed it" in error["message"]
+        assert model.calls == 0

@@ -307,6 +307,19 @@ class _HeldConnect:
         self.ended = False
 
 
+class _HeldStream:
+    """A request stream of a session not established yet: its bytes so far (at most the request limit plus a
+    message head and one byte: whatever follows cannot change the answer, a 413 or "bytes after the request"),
+    whether it ended, and whether it came in 0-RTT early data."""
+
+    __slots__ = ("data", "early", "ended")
+
+    def __init__(self, early: bool) -> None:
+        self.data = bytearray()
+        self.ended = False
+        self.early = early
+
+
 class _WtStream:
     """One request stream: its request, then (attached) the token stream it carries."""
 
@@ -459,9 +472,9 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.sessions_opened = 0
         self.closed_sessions: set[int] = set()
         self.streams: dict[int, _WtStream] = {}
-        #: Streams of sessions not established yet (CONNECT not arrived, or held):
-        #: session id -> [(stream id, data, ended, came in early data)].
-        self.early: dict[int, list[tuple[int, bytes, bool, bool]]] = {}
+        #: Streams of sessions not established yet (CONNECT not arrived, or held): session id -> stream id -> its
+        #: bytes so far (at most ``max_early_streams`` streams a session, however many packets carry them).
+        self.early: dict[int, dict[int, _HeldStream]] = {}
         #: Requests (CONNECTs) held until the handshake has completed and the client's SETTINGS have arrived:
         #: a session is never established from 0-RTT early data (draft-ietf-webtrans-http3 §3.2, RFC 8470 §3),
         #: nor before the server knows the client's draft and flow control (draft 14 §3.1).
@@ -647,11 +660,11 @@ class WebTransportConnection(QuicConnectionProtocol):
             if held.ended and sid in self.sessions:
                 self._close_session(session, fin=True)
         if sid not in self.sessions:  # the client closed it before it was answered: nothing of it is served
-            for qid, _, _, _ in self.early.pop(sid, []):
+            for qid in self.early.pop(sid, {}):
                 self._abandon(qid, SESSION_GONE)
             return
-        for qid, data, ended, early in self.early.pop(sid, []):
-            self._stream_data(sid, qid, data, ended, early)
+        for qid, waiting in self.early.pop(sid, {}).items():
+            self._stream_data(sid, qid, bytes(waiting.data), waiting.ended, waiting.early)
 
     def _refuse(self, sid: int, status: int = 0, reset: int = 0) -> None:
         """Refuse the session of CONNECT stream ``sid``: answer an HTTP ``status``, or reset the stream with the
@@ -663,7 +676,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             self.h3.send_headers(sid, [(b":status", str(status).encode())], end_stream=True)
         if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
             self.closed_sessions.add(sid)
-        for qid, _, _, _ in self.early.pop(sid, []):
+        for qid in self.early.pop(sid, {}):
             self._abandon(qid, SESSION_GONE)
 
     def _capsules(self, session: _Session, data: bytes) -> None:
@@ -742,18 +755,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         limits = self.server.config.webtransport
         session = self.sessions.get(session_id)
         if session is None:
-            held = self.early.get(session_id)
-            entry = (qid, data, ended, not self.handshake_done)
-            if session_id in self.closed_sessions or (
-                held is None and len(self.early) >= limits.max_sessions_per_connection
-            ):
-                self._abandon(qid, SESSION_GONE)
-            elif held is None:
-                self.early[session_id] = [entry]
-            elif len(held) < limits.max_early_streams:
-                held.append(entry)
-            else:
-                self._abandon(qid, SESSION_GONE)
+            self._hold_stream(session_id, qid, data, ended)
             return None
         st = _WtStream(self, qid, session, self.server.loop.time(), early)
         self.streams[qid] = st
@@ -764,6 +766,28 @@ class WebTransportConnection(QuicConnectionProtocol):
             self._reply_error(st, HttpError(503, "too many streams on this session"))
             return None
         return st
+
+    def _hold_stream(self, session_id: int, qid: int, data: bytes, ended: bool) -> None:
+        """Bytes of a stream whose session is not established yet: kept (``max_early_streams`` streams a
+        session), or the stream is refused (too many, or its session is gone)."""
+        limits = self.server.config.webtransport
+        held = self.early.get(session_id)
+        if session_id in self.closed_sessions or (
+            held is None and len(self.early) >= limits.max_sessions_per_connection
+        ):
+            self._abandon(qid, SESSION_GONE)
+            return
+        if held is None:
+            held = self.early[session_id] = {}
+        waiting = held.get(qid)
+        if waiting is None:
+            if len(held) >= limits.max_early_streams:
+                self._abandon(qid, SESSION_GONE)
+                return
+            waiting = held[qid] = _HeldStream(not self.handshake_done)
+        room = limits.max_request_bytes + 16 - len(waiting.data)  # kind, length (8 at most), body, one more
+        waiting.data += data[: max(0, room)]
+        waiting.ended = waiting.ended or ended
 
     def _handle(self, st: _WtStream, request: Request) -> None:
         server = self.server
