@@ -17,6 +17,7 @@ from tests.support.browser import chromium, new_page, page_server
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import SpecParser
 from tokenwire import FakeModel
+from tokenwire.protocol.http1 import HttpLimits
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]), pytest.mark.timeout(60)]
 
@@ -98,3 +99,31 @@ async def test_a_page_on_another_origin_is_refused_by_the_browser(browser: Brows
     ):
         assert await page.evaluate(REFUSED_JS, f"http://127.0.0.1:{server.port}") == "TypeError"
         assert server.metrics.streams_started_total == 0  # the preflight failed: the POST was never sent
+
+
+TOO_LARGE_JS = """
+async ({base, size}) => {
+  try {
+    const r = await fetch(`${base}/v1/streams`, {method: "POST", headers: {"content-type": "application/json"},
+                                                 body: JSON.stringify({prompt: "x".repeat(size), max_tokens: 2})});
+    return [r.status, await r.json()];
+  } catch (e) {
+    return e.name;
+  }
+}
+"""
+
+
+async def test_a_page_reads_the_typed_413_of_a_prompt_over_the_body_limit(browser: Browser) -> None:
+    """The 413 that the SSE server gives before the body is read (its Content-Length is over
+    ``max_body_bytes``) carries the grant like every other answer, so the page gets the typed error, not a
+    network error that a client would retry."""
+    limit = 1 << 16
+    async with (
+        page_server() as origin,
+        sse_server(allow_origins=(origin,), http=HttpLimits(max_body_bytes=limit)) as server,
+        new_page(browser, origin) as page,
+    ):
+        got = await page.evaluate(TOO_LARGE_JS, {"base": f"http://127.0.0.1:{server.port}", "size": 4 * limit})
+        assert server.metrics.streams_started_total == 0
+    assert got[0] == 413 and got[1]["error"]["type"] == "HttpError" and got[1]["error"]["status"] == 413

@@ -252,13 +252,22 @@ async ({info, body, n}) => {
 """
 
 
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"stream_id": "nosuchstream", "after": 0}, "StreamNotFound"),  # refused by the hub
+        ({"stream_id": "nosuchstream", "after": 1, "epoch": "not an epoch"}, "RemoteProtocolError"),  # malformed
+    ],
+    ids=["not-found", "malformed"],
+)
 async def test_firefox_gets_the_error_reply_of_a_whole_request(
-    firefox: FirefoxDriver, monkeypatch: pytest.MonkeyPatch
+    firefox: FirefoxDriver, monkeypatch: pytest.MonkeyPatch, body: dict[str, Any], error: str
 ) -> None:
-    """The server answers each request StreamNotFound and ends the stream (FIN). The page keeps its side open, and
-    the request was read whole: no STOP_SENDING follows (docs/protocol.md §4.4). With one, Firefox ESR 153 errored
-    the readable ("TypeError: Error in input stream") and lost the reply, 30 times out of 30 (Chromium kept it),
-    and the client (js/src/client.js) saw a typed error as a broken stream and asked again."""
+    """The server answers each request with a typed error (the hub refused it, or the message failed its checks)
+    and ends the stream (FIN). The page keeps its side open, and the request was read whole: no STOP_SENDING
+    follows (docs/protocol.md §4.4). With one, Firefox ESR 153 errored the readable ("TypeError: Error in input
+    stream") and lost the reply, 30 times out of 30 (Chromium kept it), and the client (js/src/client.js) saw a
+    typed error as a broken stream and asked again."""
     n = 5
     stops: list[bool] = []
     reply_error = WebTransportConnection._reply_error
@@ -272,12 +281,12 @@ async def test_firefox_gets_the_error_reply_of_a_whole_request(
         await firefox.goto(f"http://127.0.0.1:{sse.port}/healthz")
         await firefox.run(PAGE_JS)
         info = await firefox.run("() => tw.certificate()")
-        body = {"stream_id": "nosuchstream", "epoch": wt.hub.epoch, "after": 0}
+        body = {"epoch": wt.hub.epoch, **body}
         outcomes = await firefox.run(OPEN_SIDE_REQUESTS_JS, {"info": info, "body": body, "n": n})
 
-    assert stops == [False] * n and wt.metrics.bad_requests_total == n
     got = [(o["end"], reply_of(bytes(o["bytes"]))) for o in outcomes]
-    assert got == [("fin", ("error", "StreamNotFound"))] * n
+    assert got == [("fin", ("error", error))] * n
+    assert stops == [False] * n and wt.metrics.bad_requests_total == n
 
 
 def reply_of(data: bytes) -> tuple[str, str] | None:

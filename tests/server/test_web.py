@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime
 import html.parser
+import json
 import re
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from tests.support.asgi_servers import SERVERS
 from tests.support.servers import sse_server, wt_server
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.cli import main
+from tokenwire.protocol.http1 import HttpLimits
 from tokenwire.server import ServerConfig
 from tokenwire.server.certs import Certificate, load_certificate, make_dev_certificate
 from tokenwire.server.config import normalize_origin
@@ -236,9 +238,46 @@ async def test_cors_any_origin(front: Front) -> None:
             "/v1/streams/abc/events", headers={"origin": "null", "access-control-request-method": "GET"}
         )
         got = await http.get("/v1/client.js", headers={"origin": "https://anyone.example"})
+        # The same page loaded without Origin (same-origin, or through a cache): the same grant, so no answer
+        # depends on Origin and none needs Vary: a cache may hand any of them to a page on any origin.
+        plain = await http.get("/v1/client.js")
+        error = await http.get("/v1/streams/nope/events")
     assert pre.headers["access-control-allow-origin"] == "*" and pre.headers["allow"] == "GET, OPTIONS"
-    assert got.headers["access-control-allow-origin"] == "*"
-    assert "vary" not in pre.headers and "vary" not in got.headers
+    for answer in (got, plain, error):
+        assert answer.headers["access-control-allow-origin"] == "*"
+        assert answer.headers["access-control-expose-headers"] == EXPOSED
+    assert not [a for a in (pre, got, plain, error) if "vary" in a.headers]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make system-deps)")
+async def test_a_request_refused_before_its_body_carries_the_grant(front: Front, tmp_path: Path) -> None:
+    """413 for a body over the limit (``tokenwire serve`` answers it from the Content-Length, before the body):
+    the page must read it as a typed error, so it carries the grant like every other answer. curl sends the
+    body only after ``100 Continue``, so it reads the answer whichever comes first."""
+    limit = 1 << 16
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"prompt": "x" * 4 * limit, "max_tokens": 2}))
+    async with front(allow_origins=(APP,), http=HttpLimits(max_body_bytes=limit)) as base:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "-s", "-D", "-", "-H", f"Origin: {APP}", "-H", "Content-Type: application/json",
+             "-H", "Expect: 100-continue", "--data-binary", f"@{body}", f"{base}/v1/streams"],
+            capture_output=True, check=True, timeout=30,
+        )  # fmt: skip
+    head, _, answer = done.stdout.decode().rpartition("\r\n\r\n")
+    status = head.rsplit("HTTP/1.1 ", 1)[-1]
+    assert status.startswith("413"), head
+    assert f"access-control-allow-origin: {APP}\r\n" in head.lower() + "\r\n"
+    assert json.loads(answer)["error"]["status"] == 413
+
+
+async def test_tokenwire_serve_grants_the_431_of_a_request_whose_origin_arrived() -> None:
+    """The headers over the limit come after ``Origin``: the 431 names that origin's grant."""
+    many = [("origin", APP)] + [(f"x-filler-{i}", "1") for i in range(80)]
+    async with sse_server(allow_origins=(APP,)) as server, httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{server.port}/healthz", headers=many)
+    assert r.status_code == 431
+    assert r.headers["access-control-allow-origin"] == APP and r.headers["vary"] == "Origin"
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make system-deps)")

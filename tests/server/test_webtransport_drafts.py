@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
@@ -31,6 +32,7 @@ from tokenwire.protocol.webtransport import (
     SETTINGS_WT_MAX_SESSIONS,
     WT_FLOW_CONTROL_ERROR,
     StartRequested,
+    WtCode,
     connect_headers,
     encode_capsule,
     encode_request,
@@ -311,6 +313,99 @@ async def _ticket_for(server: WebTransportServer) -> Any:
     return tickets.take("127.0.0.1")
 
 
+class _EarlyClient:
+    """A hand-driven aioquic client that resumes a connection with ``ticket``: what it queues before its first
+    :meth:`send` leaves in 0-RTT, and it answers the server's flight only when told (:meth:`run_until`)."""
+
+    def __init__(self, server: WebTransportServer, ticket: Any, settings: dict[int, int] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.addr = ("127.0.0.1", server.port)
+        config = QuicConfiguration(
+            is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536, server_name="127.0.0.1"
+        )
+        config.verify_mode = ssl.CERT_NONE
+        config.session_ticket = ticket
+        self.quic = QuicConnection(configuration=config)
+        self.quic.connect(self.addr, now=self.loop.time())
+        self.h3 = _declaring_h3(settings or {})(self.quic, enable_webtransport=True)
+        self.session_id = self.quic.get_next_available_stream_id()
+        self.h3.send_headers(self.session_id, connect_headers(f"127.0.0.1:{server.port}"))
+        #: What arrived: HEADERS and DATA of the H3 layer, the bytes and end of raw streams, resets.
+        self.h3_events: list[Any] = []
+        self.data: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.resets: dict[int, int] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sock = _Datagrams()
+
+    async def __aenter__(self) -> Self:
+        self._transport, _ = await self.loop.create_datagram_endpoint(lambda: self._sock, remote_addr=self.addr)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._transport is not None
+        self._transport.close()
+
+    def request(self, message: bytes, end: bool = True) -> int:
+        """A request stream of the session carrying ``message``; its stream id."""
+        qid = self.h3.create_webtransport_stream(self.session_id)
+        self.quic.send_stream_data(qid, message, end_stream=end)
+        self.data[qid] = b""
+        return qid
+
+    def send(self) -> None:
+        assert self._transport is not None
+        for data, _ in self.quic.datagrams_to_send(now=self.loop.time()):
+            self._transport.sendto(data)
+
+    def _receive(self, data: bytes) -> list[QuicEvent]:
+        self.quic.receive_datagram(data, self.addr, now=self.loop.time())
+        events = []
+        while (event := self.quic.next_event()) is not None:
+            events.append(event)
+            if isinstance(event, StreamDataReceived) and event.stream_id in self.data:
+                # A request stream: its bytes are replies and frames, not HTTP/3 frames (aioquic's client H3
+                # layer does not know the bidirectional WebTransport streams it opened).
+                self.data[event.stream_id] += event.data
+                if event.end_stream:
+                    self.ended.add(event.stream_id)
+                continue
+            if isinstance(event, StreamReset):
+                self.resets[event.stream_id] = event.error_code
+            self.h3_events.extend(
+                e for e in self.h3.handle_event(event) if isinstance(e, HeadersReceived | DataReceived)
+            )
+        return events
+
+    async def read_flight(self, seconds: float = 0.5) -> list[QuicEvent]:
+        """Everything the server sends within ``seconds``, without answering (no Finished, no ACK)."""
+        events: list[QuicEvent] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while True:
+                    events += self._receive(await self._sock.queue.get())
+        return events
+
+    async def run_until(self, predicate: Any) -> None:
+        """Complete the handshake and go on exchanging packets (and running QUIC's timers) until ``predicate()``."""
+        async with asyncio.timeout(10):
+            while not predicate():
+                timer = self.quic.get_timer()
+                if timer is not None and timer <= self.loop.time():
+                    self.quic.handle_timer(now=self.loop.time())
+                self.send()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        self._receive(await self._sock.queue.get())
+
+    def status(self) -> bytes | None:
+        """The server's answer to the CONNECT (``None``: none yet)."""
+        for e in self.h3_events:
+            if isinstance(e, HeadersReceived) and e.stream_id == self.session_id:
+                return dict(e.headers)[b":status"]
+        return None
+
+
 async def test_a_connect_in_early_data_is_answered_only_after_the_handshake() -> None:
     """A hand-driven aioquic client sends its CONNECT and a start request in 0-RTT, then reads everything the
     server sends before the client's own Finished (its handshake flight and any 0.5-RTT data): the server took
@@ -322,68 +417,114 @@ async def test_a_connect_in_early_data_is_answered_only_after_the_handshake() ->
         ticket = await _ticket_for(server)
         assert ticket is not None and ticket.max_early_data_size
         sessions_before = server.metrics.sessions_total  # the session of the client that got the ticket
-        loop = asyncio.get_running_loop()
-        addr = ("127.0.0.1", server.port)
-        config = QuicConfiguration(
-            is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536, server_name="127.0.0.1"
-        )
-        config.verify_mode = ssl.CERT_NONE
-        config.session_ticket = ticket
-        quic = QuicConnection(configuration=config)
-        quic.connect(addr, now=loop.time())
-        h3 = H3Connection(quic, enable_webtransport=True)
-        session_id = quic.get_next_available_stream_id()
-        h3.send_headers(session_id, connect_headers(f"127.0.0.1:{server.port}"))
-        qid = h3.create_webtransport_stream(session_id)
-        quic.send_stream_data(qid, encode_request(StartRequested("early", 5, {"tokens_per_s": 0})), end_stream=True)
-
-        transport, sock = await loop.create_datagram_endpoint(_Datagrams, remote_addr=addr)
-        h3_events: list[Any] = []
-        reply = b""
-        ended = False
-
-        def receive(data: bytes) -> list[QuicEvent]:
-            nonlocal reply, ended
-            quic.receive_datagram(data, addr, now=loop.time())
-            events = []
-            while (event := quic.next_event()) is not None:
-                events.append(event)
-                if isinstance(event, StreamDataReceived) and event.stream_id == qid:
-                    reply += event.data
-                    ended = event.end_stream
-                h3_events.extend(e for e in h3.handle_event(event) if isinstance(e, HeadersReceived | DataReceived))
-            return events
-
-        try:
-            for data, _ in quic.datagrams_to_send(now=loop.time()):  # Initial and 0-RTT: one flight
-                transport.sendto(data)
+        async with _EarlyClient(server, ticket) as client:
+            qid = client.request(encode_request(StartRequested("early", 5, {"tokens_per_s": 0})))
+            client.send()  # Initial and 0-RTT: one flight
             await _until(lambda: any(c.held_connects for c in server.connections))
             (conn,) = [c for c in server.connections if c.held_connects]
-            assert conn.held_connects[0][1] and not conn.handshake_done  # the CONNECT came in 0-RTT
+            assert conn.held_connects[0].early and not conn.handshake_done  # the CONNECT came in 0-RTT
 
             # Read the server's flight without answering it.
-            events: list[QuicEvent] = []
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    while True:
-                        events += receive(await sock.queue.get())
+            events = await client.read_flight()
             completed = [e for e in events if isinstance(e, HandshakeCompleted)]
             assert completed and completed[0].early_data_accepted  # the server took the 0-RTT data...
-            assert not [e for e in h3_events if isinstance(e, HeadersReceived) and e.stream_id == session_id]
-            assert reply == b""  # ... and answered neither the CONNECT nor the request
+            assert client.status() is None
+            assert client.data[qid] == b""  # ... and answered neither the CONNECT nor the request
             assert server.metrics.sessions_total == sessions_before and model.calls == 0
             assert not conn.handshake_done and conn.held_connects
 
             # The client's Finished: the handshake completes, the session is established, the model runs.
-            async with asyncio.timeout(10):
-                while not ended:
-                    for data, _ in quic.datagrams_to_send(now=loop.time()):
-                        transport.sendto(data)
-                    receive(await sock.queue.get())
-        finally:
-            transport.close()
-        status = [e for e in h3_events if isinstance(e, HeadersReceived) and e.stream_id == session_id]
-        assert dict(status[0].headers)[b":status"] == b"200"
+            await client.run_until(lambda: qid in client.ended)
+        assert client.status() == b"200"
+        reply = client.data[qid]
         assert reply[:1] == b"\x21" and model.calls == 1  # the stream reply, then the frames; one generation
         m = server.metrics
         assert (m.sessions_total - sessions_before, m.early_sessions_total, m.deferred_starts_total) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("how", ["fin", "close-capsule", "reset"])
+async def test_a_session_the_client_closed_before_its_connect_was_answered_serves_nothing(how: str) -> None:
+    """In 0-RTT the client opens a session and a start request, then closes the session again (the end of its
+    CONNECT stream, a CLOSE_WEBTRANSPORT_SESSION capsule, or a reset) before the handshake has completed, so
+    while the server still holds the CONNECT. Once the handshake completes, the server keeps no session for it
+    and serves none of its requests: the request stream is reset (WEBTRANSPORT_SESSION_GONE), no model runs."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server:
+        ticket = await _ticket_for(server)
+        await _until(lambda: server.session_count == 0)  # the ticket's own session is over
+        async with _EarlyClient(server, ticket) as client:
+            qid = client.request(encode_request(StartRequested("closed", 5, {"tokens_per_s": 0})))
+            client.send()
+            await _until(lambda: any(c.held_connects for c in server.connections))
+            if how == "reset":
+                client.quic.reset_stream(client.session_id, ErrorCode.H3_REQUEST_CANCELLED)
+            else:
+                close = encode_capsule(0x2843, b"\x00\x00\x00\x00") if how == "close-capsule" else b""
+                client.h3.send_data(client.session_id, close, end_stream=True)
+            client.send()  # still 0-RTT: the client has not read the server's flight
+            await client.run_until(lambda: qid in client.resets or qid in client.ended)
+            await _until(lambda: all(c.handshake_done and not c.held_connects for c in server.connections))
+        assert client.resets.get(qid) == SESSION_GONE and client.data[qid] == b""
+        assert not any(c.sessions for c in server.connections) and server.session_count == 0
+        assert model.calls == 0 and server.metrics.streams_started_total == 0
+
+
+async def test_credit_granted_before_the_connect_was_answered_counts() -> None:
+    """A client that turns flow control on (initial limit 1 byte) and raises its limit with WT_MAX_DATA in 0-RTT,
+    while the server still holds its CONNECT: the capsule is applied when the session is established, so the
+    whole answer comes without the server ever blocking."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model, stall_timeout=1.0) as server:
+        ticket = await _ticket_for(server)
+        async with _EarlyClient(server, ticket, {SETTINGS_WT_INITIAL_MAX_DATA: 1}) as client:
+            qid = client.request(encode_request(StartRequested("credit early", 20, {"tokens_per_s": 0})))
+            grant = encode_capsule(CAPSULE_WT_MAX_DATA, _core.encode_varint(1 << 20))
+            client.h3.send_data(client.session_id, grant, end_stream=False)
+            client.send()
+            await _until(lambda: any(c.held_connects for c in server.connections))
+            await client.run_until(lambda: qid in client.resets or qid in client.ended)
+        assert qid in client.ended and qid not in client.resets
+        assert client.data[qid][:1] == b"\x21" and server.metrics.credit_waits_total == 0
+
+
+async def test_early_request_streams_are_held_by_stream_not_by_packet() -> None:
+    """In 0-RTT the client opens 12 request streams (fewer than the 16 a session may have held) whose requests
+    are split across the packets of its first flight: every one is served once the session is established."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server:
+        ticket = await _ticket_for(server)
+        assert server.config.webtransport.max_early_streams == 16
+        async with _EarlyClient(server, ticket) as client:
+            prompts = [f"{i:02d}" + "p" * 600 for i in range(12)]
+            qids = [client.request(encode_request(StartRequested(p, 2, {"tokens_per_s": 0}))) for p in prompts]
+            client.send()
+            await _until(lambda: any(c.held_connects for c in server.connections))
+            await client.run_until(lambda: all(q in client.resets or q in client.ended for q in qids))
+        assert {q: client.resets[q] for q in qids if q in client.resets} == {}
+        assert all(client.data[q][:1] == b"\x21" for q in qids)
+        assert model.calls == 12 and server.metrics.deferred_starts_total == 12
+
+
+@pytest.mark.parametrize("case", ["too-large", "bytes-after"])
+async def test_an_early_stream_over_the_request_limit_is_answered_as_any_other(case: str) -> None:
+    """A held stream keeps no more than the request limit (plus a message head and a byte): what it answers is
+    unchanged, a 413 error reply for a request over the limit, a 400 one for bytes after a request."""
+    limits = WebTransportLimits(max_request_bytes=200)
+    model = FakeModel(seed=5)
+    async with wt_server(model=model, limits=limits) as server:
+        ticket = await _ticket_for(server)
+        async with _EarlyClient(server, ticket) as client:
+            start = encode_request(StartRequested("x" * (400 if case == "too-large" else 10), 2, {}))
+            qid = client.request(start if case == "too-large" else start + b"\x11" * 2000)
+            client.send()
+            await _until(lambda: any(c.held_connects for c in server.connections))
+            await client.run_until(lambda: qid in client.resets or qid in client.ended)
+        reply = client.data[qid]
+        assert qid in client.ended and reply[:1] == b"\x23"  # an error reply, then FIN
+        error = json.loads(reply[reply.index(b"{") :])
+        if case == "too-large":
+            assert (error["type"], error["status"], error["code"]) == ("RequestTooLarge", 413, WtCode.TOO_LARGE)
+        else:
+            assert (error["type"], error["status"], error["code"]) == ("FrameError", 400, WtCode.BAD_REQUEST)
+            assert "bytes followed it" in error["message"]
+        assert model.calls == 0

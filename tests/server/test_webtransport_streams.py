@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from aioquic.quic.events import QuicEvent, StopSendingReceived
 
+import tokenwire.client.webtransport as client_module
 from tests.support.servers import wt_client, wt_server
-from tokenwire import FakeModel, RemoteProtocolError
+from tokenwire import FakeModel, RemoteProtocolError, _core
 from tokenwire.client.webtransport import WebTransportClient, _RequestStream
-from tokenwire.protocol.webtransport import RequestFailed, WtCode
+from tokenwire.protocol.webtransport import (
+    REQUEST_ATTACH,
+    REQUEST_START,
+    RequestFailed,
+    WtCode,
+    encode_message,
+)
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
 
@@ -104,3 +113,52 @@ async def test_the_default_per_session_limit_is_reached_before_quic_stream_credi
             await client.generate("stream 257", max_tokens=5)
         assert too_many.value.status_hint == 503
         assert not any(s.reply.done() for s in pending)  # still waiting for their requests
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "stopped", "error"),
+    [
+        # Whole messages: only the client's FIN can follow, so no STOP_SENDING (Firefox loses a reply it overtakes).
+        (encode_message(REQUEST_START, {"prompt": "x", "max_tokens": "five"}), False, "InvalidBody"),
+        (encode_message(REQUEST_ATTACH, {"stream_id": "s", "after": 2, "epoch": "a b"}), False, "RemoteProtocolError"),
+        (bytes((REQUEST_START, 3)) + b"[1]", False, "FrameError"),  # a whole message, not a JSON object
+        (encode_message(REQUEST_ATTACH, {"stream_id": "nobody", "after": 0}), False, "StreamNotFound"),
+        # Not read whole: the client is told to stop sending.
+        (bytes((REQUEST_START,)) + _core.encode_varint(1 << 30), True, "RequestTooLarge"),
+        (bytes((0x7F,)), True, "FrameError"),
+        (encode_message(REQUEST_ATTACH, {"stream_id": "s", "after": 0}) + b"\x12", True, "FrameError"),
+    ],
+    ids=["invalid-field", "bad-epoch", "not-an-object", "not-found", "too-large", "unknown-kind", "bytes-after"],
+)
+async def test_the_error_reply_to_a_whole_request_comes_without_stop_sending(
+    monkeypatch: pytest.MonkeyPatch, request_bytes: bytes, stopped: bool, error: str
+) -> None:
+    """The client sends a request and keeps its side open (no FIN). A request the server read whole gets its
+    error reply and FIN alone, whether the message failed to parse or the hub refused it (docs/protocol.md §4.4);
+    one it did not read whole is also stopped (STOP_SENDING with the reply's code)."""
+    stops: list[int] = []
+    original = client_module._Connection.quic_event_received
+
+    def observe(conn: Any, event: QuicEvent) -> None:
+        if isinstance(event, StopSendingReceived):
+            stops.append(event.stream_id)
+        original(conn, event)
+
+    monkeypatch.setattr(client_module._Connection, "quic_event_received", observe)
+    async with wt_server() as server, wt_client(server) as client:
+        stream = await open_header_only(client)
+        stream.conn._quic.send_stream_data(stream.qid, request_bytes, end_stream=False)
+        stream.conn.transmit_soon()
+        async with asyncio.timeout(10):
+            reply = await stream.reply
+        assert isinstance(reply, RequestFailed) and reply.type == error
+        async with asyncio.timeout(10):
+            while not stream.ended:  # noqa: ASYNC110 - the reply's FIN, polled under a deadline
+                await asyncio.sleep(0.01)
+        # The reply, its FIN and any STOP_SENDING leave in one transmit: they have all arrived by now.
+        await client.generate("the session goes on", max_tokens=2, tokens_per_s=4000)
+        assert stops == ([stream.qid] if stopped else [])
+        if not stopped:  # the client ends its side: the server forgets the stream
+            stream.conn._quic.send_stream_data(stream.qid, b"", end_stream=True)
+            stream.conn.transmit_soon()
+            await until(lambda: all(stream.qid not in c.streams for c in server.connections))

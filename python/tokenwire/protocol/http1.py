@@ -6,6 +6,7 @@ Pipelined requests in one buffer come out in order. Anything malformed or over a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl
@@ -77,6 +78,12 @@ class RequestParser:
         self._body: list[bytes] = []
         self._body_len = 0
         self._last_name = ""
+
+    @property
+    def partial_headers(self) -> Mapping[str, str]:
+        """The headers of the request being parsed, as far as they have arrived (lower-case names): what the
+        answer to a request refused before it was complete (413, 431, 408) can go by, such as its ``Origin``."""
+        return self._headers
 
     def feed(self, data: bytes) -> list[Request]:
         """Parse ``data``; returns the requests it completed. ``HttpError`` on anything unservable."""

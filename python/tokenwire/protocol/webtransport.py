@@ -223,10 +223,11 @@ class MessageReader:
 
     Errors are detected as early as possible: an unknown kind at its byte, an oversized body right after
     its length. After the first error the reader is poisoned: every later call raises it again. Bytes that
-    arrive after the message are kept in :attr:`rest`.
+    arrive after the message are kept in :attr:`rest`; :attr:`whole` says that every byte of the message
+    arrived (a body that then failed its checks included).
     """
 
-    __slots__ = ("_buf", "_error", "_kinds", "_length", "_max", "message", "rest")
+    __slots__ = ("_buf", "_error", "_kinds", "_length", "_max", "message", "rest", "whole")
 
     def __init__(self, kinds: Iterable[int], max_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
         self._kinds = frozenset(kinds)
@@ -236,6 +237,7 @@ class MessageReader:
         self._error: FrameError | InvalidBody | None = None
         self.message: Message | None = None
         self.rest = b""
+        self.whole = False
 
     def feed(self, data: bytes) -> Message | None:
         """The message once ``data`` completes it (returned once), else ``None``."""
@@ -274,6 +276,7 @@ class MessageReader:
         if len(buf) < end:
             return None
         payload, self.rest = bytes(buf[1:end]), bytes(buf[end:])
+        self.whole = True
         buf.clear()
         try:
             body = loads_object(payload, "message body")  # the checks of an HTTP request body
@@ -411,6 +414,12 @@ class RequestReader:
     def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE) -> None:
         self._reader = MessageReader(REQUEST_KINDS, max_bytes)
         self.request: Request | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Every byte of the request message arrived and none followed (so only the stream's end may come),
+        whether or not the request then passed its checks."""
+        return self._reader.whole and not self._reader.rest
 
     def feed(self, data: bytes, end: bool = False) -> Request | None:
         """The request once ``data`` completes it (returned once). Raises ``FrameError``,

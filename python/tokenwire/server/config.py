@@ -26,7 +26,8 @@ class WebTransportLimits:
     #: Bytes a token stream may have in QUIC's send buffer (unsent or unacknowledged) before the server stops
     #: pulling frames from the ring for it (the ring is the buffer).
     stream_buffer_high: int = 256 * 1024
-    #: Streams of a not yet established session that are held until its CONNECT arrives.
+    #: Streams of a session not established yet (its CONNECT not arrived, or held: 0-RTT, SETTINGS not in) that are
+    #: held until it is, counted by stream however many packets carry them.
     max_early_streams: int = 16
     #: QUIC idle timeout: a connection that receives nothing for this long is dropped.
     idle_timeout: float = 60.0

@@ -237,14 +237,18 @@ CORS_MAX_AGE = 600
 
 def cors_headers(allow_origins: tuple[str, ...], origin: str | None) -> list[tuple[str, str]]:
     """The CORS headers of every answer to a request from ``origin`` (its ``Origin`` header): the grant for an
-    allowed origin; ``Vary: Origin`` alone for another (caches must tell them apart); none when CORS is off."""
+    allowed origin; ``Vary: Origin`` alone for another (caches must tell them apart); none when CORS is off.
+    With ``*`` every answer carries the same grant, ``Origin`` or not, so a cache may serve any of them to any
+    page (a request without ``Origin`` getting no grant would need ``Vary: Origin``)."""
     if not allow_origins:
         return []
-    vary = [] if "*" in allow_origins else [("Vary", "Origin")]
+    if "*" in allow_origins:
+        return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)]
+    vary = [("Vary", "Origin")]
     if not _origin_allowed(allow_origins, origin):
         return vary
     return [
-        ("Access-Control-Allow-Origin", "*" if "*" in allow_origins else str(origin)),
+        ("Access-Control-Allow-Origin", str(origin)),
         *vary,
         ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS),
     ]

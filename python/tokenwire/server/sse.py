@@ -126,7 +126,7 @@ class SseConnection(asyncio.Protocol):
         try:
             requests = parser.feed(data)
         except HttpError as exc:
-            self._respond_error(exc, False)
+            self._refuse_incomplete(exc)
             return
         for i, req in enumerate(requests):
             self._cancel_timer()
@@ -219,7 +219,13 @@ class SseConnection(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
-            self._respond_error(HttpError(408, "no complete request in time"), False)
+            self._refuse_incomplete(HttpError(408, "no complete request in time"))
+
+    def _refuse_incomplete(self, exc: HttpError) -> None:
+        """The error answer to a request refused before it was complete (malformed, 413, 414, 431, 408); it
+        carries the CORS headers of the Origin it named, if that header has arrived, as every answer does."""
+        self._cors = cors_headers(self.server.config.allow_origins, self.parser.partial_headers.get("origin"))
+        self._respond_error(exc, False)
 
     # -- plain responses -----------------------------------------------------------------------------
 

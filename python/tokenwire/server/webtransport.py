@@ -109,6 +109,9 @@ _HEARTBEAT = _core.encode_frame(_core.FRAME_HEARTBEAT, 0, "")
 _MAX_CLOSED_SESSIONS = 256
 #: A preview's bytes besides its frames, at most: the tag and the session's quarter stream id (varints).
 _PREVIEW_OVERHEAD = 16
+#: Bytes of capsules kept for a CONNECT that is held (0-RTT, SETTINGS not in yet), applied once it is answered;
+#: a client that sends more before its session exists has its CONNECT reset with H3_EXCESSIVE_LOAD.
+_MAX_HELD_CAPSULE_BYTES = 16 * 1024
 
 
 class WebTransportMetrics(ServerMetrics):
@@ -289,6 +292,34 @@ class _Session:
         self.blocked: dict[int, _WtStream] = {}
 
 
+class _HeldConnect:
+    """A CONNECT held until the handshake has completed and the client's SETTINGS are in, and what its stream
+    carried meanwhile: capsules (``data``) and its end, applied once it is answered (a session the client closed
+    before that serves nothing)."""
+
+    __slots__ = ("data", "early", "ended", "event")
+
+    def __init__(self, event: HeadersReceived, early: bool) -> None:
+        self.event = event
+        #: It came in 0-RTT early data.
+        self.early = early
+        self.data = bytearray()
+        self.ended = False
+
+
+class _HeldStream:
+    """A request stream of a session not established yet: its bytes so far (at most the request limit plus a
+    message head and one byte: whatever follows cannot change the answer, a 413 or "bytes after the request"),
+    whether it ended, and whether it came in 0-RTT early data."""
+
+    __slots__ = ("data", "early", "ended")
+
+    def __init__(self, early: bool) -> None:
+        self.data = bytearray()
+        self.ended = False
+        self.early = early
+
+
 class _WtStream:
     """One request stream: its request, then (attached) the token stream it carries."""
 
@@ -441,13 +472,13 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.sessions_opened = 0
         self.closed_sessions: set[int] = set()
         self.streams: dict[int, _WtStream] = {}
-        #: Streams of sessions not established yet (CONNECT not arrived, or held):
-        #: session id -> [(stream id, data, ended, came in early data)].
-        self.early: dict[int, list[tuple[int, bytes, bool, bool]]] = {}
+        #: Streams of sessions not established yet (CONNECT not arrived, or held): session id -> stream id -> its
+        #: bytes so far (at most ``max_early_streams`` streams a session, however many packets carry them).
+        self.early: dict[int, dict[int, _HeldStream]] = {}
         #: Requests (CONNECTs) held until the handshake has completed and the client's SETTINGS have arrived:
         #: a session is never established from 0-RTT early data (draft-ietf-webtrans-http3 §3.2, RFC 8470 §3),
         #: nor before the server knows the client's draft and flow control (draft 14 §3.1).
-        self.held_connects: list[tuple[HeadersReceived, bool]] = []
+        self.held_connects: list[_HeldConnect] = []
         self.handshake_done = False
         self.paused: set[_WtStream] = set()
         self._dirty: list[_WtStream] = []
@@ -522,6 +553,8 @@ class WebTransportConnection(QuicConnectionProtocol):
         session = self.sessions.get(event.stream_id)
         if session is not None:
             self._close_session(session)
+        elif (held := self._held(event.stream_id)) is not None:  # cancelled before it was answered
+            self._drop_held_connect(held, ErrorCode.H3_REQUEST_CANCELLED)
         return False
 
     def _on_terminated(self, event: ConnectionTerminated) -> bool:
@@ -536,12 +569,18 @@ class WebTransportConnection(QuicConnectionProtocol):
                 self._headers(event)
             else:
                 self._hold_connect(event)
-        elif isinstance(event, DataReceived) and event.stream_id in self.sessions:
-            session = self.sessions[event.stream_id]
-            if event.data:
-                self._capsules(session, event.data)
-            if event.stream_ended and session.id in self.sessions:  # its end closes the session
-                self._close_session(session, fin=True)
+        elif isinstance(event, DataReceived):
+            session = self.sessions.get(event.stream_id)
+            if session is not None:
+                if event.data:
+                    self._capsules(session, event.data)
+                if event.stream_ended and session.id in self.sessions:  # its end closes the session
+                    self._close_session(session, fin=True)
+            elif (held := self._held(event.stream_id)) is not None:  # kept until the CONNECT is answered
+                held.data += event.data
+                held.ended = held.ended or event.stream_ended
+                if len(held.data) > _MAX_HELD_CAPSULE_BYTES:
+                    self._drop_held_connect(held, ErrorCode.H3_EXCESSIVE_LOAD)
 
     # -- 0-RTT and the client's SETTINGS: when a CONNECT may be answered --------------------------------
 
@@ -553,21 +592,30 @@ class WebTransportConnection(QuicConnectionProtocol):
         if len(self.held_connects) >= limits.max_sessions_per_connection:
             self._refuse(event.stream_id, 429)
             return
-        self.held_connects.append((event, not self.handshake_done))
+        self.held_connects.append(_HeldConnect(event, not self.handshake_done))
+
+    def _held(self, sid: int) -> _HeldConnect | None:
+        return next((h for h in self.held_connects if h.event.stream_id == sid), None)
+
+    def _drop_held_connect(self, held: _HeldConnect, h3_code: int) -> None:
+        """Give up a held CONNECT (reset by the client, or too much sent before its answer): its stream is reset
+        with ``h3_code``, the streams held for its session with WEBTRANSPORT_SESSION_GONE."""
+        self.held_connects.remove(held)
+        self._refuse(held.event.stream_id, reset=h3_code)
 
     def _release_connects(self) -> None:
         held, self.held_connects = self.held_connects, []
-        for event, early in held:
-            if early:
+        for connect in held:
+            if connect.early:
                 self.server.metrics.early_sessions_total += 1
-            self._headers(event)
+            self._headers(connect.event, connect)
         self.transmit()
 
     # -- sessions ------------------------------------------------------------------------------------
 
-    def _headers(self, event: HeadersReceived) -> None:
+    def _headers(self, event: HeadersReceived, held: _HeldConnect | None = None) -> None:
         """A request: a WebTransport CONNECT accepted as a session, or refused (the handshake has completed and
-        the client's SETTINGS are known by now)."""
+        the client's SETTINGS are known by now). ``held``: what its stream carried while it was held."""
         h3 = self.h3
         if h3 is None:
             return
@@ -600,8 +648,23 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.sessions_opened += 1
         server.session_count += 1
         server.metrics.sessions_total += 1
-        for qid, data, ended, early in self.early.pop(sid, []):
-            self._stream_data(sid, qid, data, ended, early)
+        self._established(session, held)
+
+    def _established(self, session: _Session, held: _HeldConnect | None) -> None:
+        """A session just answered 200: what its CONNECT stream carried while held (capsules, its end), then the
+        request streams held for it, unless the client closed it meanwhile (then they are reset)."""
+        sid = session.id
+        if held is not None:
+            if held.data:
+                self._capsules(session, bytes(held.data))
+            if held.ended and sid in self.sessions:
+                self._close_session(session, fin=True)
+        if sid not in self.sessions:  # the client closed it before it was answered: nothing of it is served
+            for qid in self.early.pop(sid, {}):
+                self._abandon(qid, SESSION_GONE)
+            return
+        for qid, waiting in self.early.pop(sid, {}).items():
+            self._stream_data(sid, qid, bytes(waiting.data), waiting.ended, waiting.early)
 
     def _refuse(self, sid: int, status: int = 0, reset: int = 0) -> None:
         """Refuse the session of CONNECT stream ``sid``: answer an HTTP ``status``, or reset the stream with the
@@ -613,7 +676,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             self.h3.send_headers(sid, [(b":status", str(status).encode())], end_stream=True)
         if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
             self.closed_sessions.add(sid)
-        for qid, _, _, _ in self.early.pop(sid, []):
+        for qid in self.early.pop(sid, {}):
             self._abandon(qid, SESSION_GONE)
 
     def _capsules(self, session: _Session, data: bytes) -> None:
@@ -669,7 +732,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             request = reader.feed(data, ended)
         except TokenwireError as exc:
             st.reader = None
-            self._reply_error(st, exc)
+            self._reply_error(st, exc, request_read=reader.whole)  # read whole, malformed: no STOP_SENDING
             return
         if request is None:
             return
@@ -692,18 +755,7 @@ class WebTransportConnection(QuicConnectionProtocol):
         limits = self.server.config.webtransport
         session = self.sessions.get(session_id)
         if session is None:
-            held = self.early.get(session_id)
-            entry = (qid, data, ended, not self.handshake_done)
-            if session_id in self.closed_sessions or (
-                held is None and len(self.early) >= limits.max_sessions_per_connection
-            ):
-                self._abandon(qid, SESSION_GONE)
-            elif held is None:
-                self.early[session_id] = [entry]
-            elif len(held) < limits.max_early_streams:
-                held.append(entry)
-            else:
-                self._abandon(qid, SESSION_GONE)
+            self._hold_stream(session_id, qid, data, ended)
             return None
         st = _WtStream(self, qid, session, self.server.loop.time(), early)
         self.streams[qid] = st
@@ -714,6 +766,28 @@ class WebTransportConnection(QuicConnectionProtocol):
             self._reply_error(st, HttpError(503, "too many streams on this session"))
             return None
         return st
+
+    def _hold_stream(self, session_id: int, qid: int, data: bytes, ended: bool) -> None:
+        """Bytes of a stream whose session is not established yet: kept (``max_early_streams`` streams a
+        session), or the stream is refused (too many, or its session is gone)."""
+        limits = self.server.config.webtransport
+        held = self.early.get(session_id)
+        if session_id in self.closed_sessions or (
+            held is None and len(self.early) >= limits.max_sessions_per_connection
+        ):
+            self._abandon(qid, SESSION_GONE)
+            return
+        if held is None:
+            held = self.early[session_id] = {}
+        waiting = held.get(qid)
+        if waiting is None:
+            if len(held) >= limits.max_early_streams:
+                self._abandon(qid, SESSION_GONE)
+                return
+            waiting = held[qid] = _HeldStream(not self.handshake_done)
+        room = limits.max_request_bytes + 16 - len(waiting.data)  # kind, length (8 at most), body, one more
+        waiting.data += data[: max(0, room)]
+        waiting.ended = waiting.ended or ended
 
     def _handle(self, st: _WtStream, request: Request) -> None:
         server = self.server
