@@ -4,35 +4,29 @@ load tests, exact streams in every row, and nothing of its own left running."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.support.sessions import run_module
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (make system-deps)")
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (CPU sampling)")
 def test_every_benchmark_row_streams_exactly(tmp_path: Path) -> None:
     out = tmp_path / "redis.json"
-    proc = subprocess.Popen(  # noqa: S603 - our own bench
+    proc, stdout, stderr = run_module(
         [
-            sys.executable, "-m", "benches.redis_storage", "--repeats", "1", "--streams", "8", "--duration", "1",
+            "benches.redis_storage", "--repeats", "1", "--streams", "8", "--duration", "1",
             "--disconnect-rate", "3", "--sat-streams", "4", "--sat-tokens", "2000",
             "--server-cores", "0", "--client-cores", "0", "--redis-cores", "0", "--node-cores", "0:0",
             "--out", str(out),
         ],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        timeout=120,
     )  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 9)  # its own session: the bench and whatever it started
-            proc.wait()
     assert proc.returncode == 0, stdout + stderr
     rows = json.loads(out.read_text())
     assert [(r["bench"], r.get("storage") or r.get("workers")) for r in rows] == [
