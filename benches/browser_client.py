@@ -190,8 +190,23 @@ class Bench:
     driver: PageDriver
     servers: Servers
     args: argparse.Namespace
+    hogs: set[int] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     n: int = 0
+
+    def browser_pids(self) -> list[int]:
+        """The processes this one started, and theirs (the browser, its driver), less the competing load."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(stat.parent.name))
+        found, todo = [], [p for p in children.get(os.getpid(), []) if p not in self.hogs]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += children.get(pid, [])
+        return found
 
     def prompt(self, what: str) -> str:
         self.n += 1
@@ -218,7 +233,9 @@ class Bench:
         else:
             expected = "".join(self.servers.model.tokens(prompt, tokens))
             replayed = await self.replay(self.servers.main, run["id"])
-            if run["text"] != expected or replayed != expected:
+            if replayed.startswith("<bad replay"):
+                problems.append(replayed)
+            elif run["text"] != expected or replayed != expected:
                 problems.append("text differs from " + ("the model's" if run["text"] != expected else "the replay"))
             if run["tokens"] != tokens or (run["final"] or {}).get("reason") != "length":
                 problems.append(f"{run['tokens']} tokens, final {run['final']}")
@@ -262,15 +279,33 @@ async def sample_tput(b: Bench, transport: str) -> dict[str, float | None]:
     warmup = b.prompt(f"warm-up {transport}")
     await b.check(f"tput warm-up {transport}", warmup, 5, await b.call("run", _ask("t", warmup, 5)))
     prompt = b.prompt(f"tput {transport}")
+    before = _cpu(b.browser_pids())
     run = await b.call("run", _ask("t", prompt, b.args.tokens))
+    server_cpu, browser_cpu, wall = (a - z for a, z in zip(_cpu(b.browser_pids()), before, strict=True))
     ok = await b.check(f"tput {transport}", prompt, b.args.tokens, run, startTransport=transport, transport=transport)
     await b.call("closeClient", "t")
     if not ok:
-        return {"tokens_per_s": None, "answer_tokens_per_s": None}
+        return dict.fromkeys(("tokens_per_s", "answer_tokens_per_s", "tput_server_cpu", "tput_browser_cpu"))
     return {
         "tokens_per_s": run["kpis"]["tokensPerS"],  # the client's KPI: (tokens - 1) / time since the first token
         "answer_tokens_per_s": run["tokens"] * 1000 / run["totalMs"],  # generate() to the last token
+        # Which side was busy: CPU seconds per second of the page call, in % of one core.
+        "tput_server_cpu": 100 * server_cpu / wall,
+        "tput_browser_cpu": 100 * browser_cpu / wall,
     }
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(browser: Iterable[int]) -> tuple[float, float, float]:
+    """CPU seconds of this process (the server) and of the ``browser`` processes so far, and the clock."""
+    browser_s = 0.0
+    for pid in browser:
+        with contextlib.suppress(OSError):  # a process that has gone since it was listed
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            browser_s += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return time.process_time(), browser_s, time.monotonic()
 
 
 def _ask(client: str, prompt: str, tokens: int, rate: float = 0, cut: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -336,6 +371,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "ttft_warm_ms": ("TTFT, second generate() of the client (warm)", "ms"),
     "tokens_per_s": ("tokens/s, unthrottled (client's kpis.tokensPerS)", "tok/s"),
     "answer_tokens_per_s": ("tokens/s, unthrottled, generate() to last token", "tok/s"),
+    "tput_server_cpu": ("· server process busy meanwhile", "% of a core"),
+    "tput_browser_cpu": ("· browser processes busy meanwhile", "% of a core"),
     "drop_recovery_ms": ("recovery after stream.drop(): cut to next token", "ms"),
     "drop_wait_ms": ("· of which the client's backoff wait", "ms"),
     "drop_net_ms": ("· cut to next token less that wait", "ms"),
@@ -539,7 +576,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         hogs = hogs_on(args.hog_cores.split(",")) if args.hog else []
         try:
             async with serve(args.retry_ms) as servers:
-                b = Bench(driver, servers, args)
+                b = Bench(driver, servers, args, {h.pid for h in hogs})
                 if not (await b.page(servers.main))["hasWebTransport"]:
                     raise SystemExit(f"{args.browser} has no WebTransport in a page of the server's origin")
                 repeats: list[Samples] = []
@@ -570,7 +607,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=8, help="samples per scenario and transport in a repeat")
     p.add_argument("--blackhole-samples", type=int, default=2, help="blackhole samples per repeat (each waits "
                    "the connect timeout)")  # fmt: skip
-    p.add_argument("--tokens", type=int, default=20_000, help="tokens of the unthrottled generation (tput)")
+    p.add_argument("--tokens", type=int, default=50_000, help="tokens of the unthrottled generation (tput; at most "
+                   "the 65,536 frames a stream's ring holds, or the clean replay that checks it fails)")  # fmt: skip
     p.add_argument("--ttft-tokens", type=int, default=20, help="tokens of the ttft and blackhole generations")
     p.add_argument("--cut-tokens", type=int, default=600, help="tokens of the drop and kill generations")
     p.add_argument("--rate", type=float, default=500.0, help="tokens/s of the drop and kill generations")
