@@ -14,8 +14,9 @@ and over SSE (``transport: "sse"``), alternately:
 - ``ttft``: time to first token from the ``generate()`` call, on a freshly loaded page with a new client
   (cold: for WebTransport this includes the certificate lookup and the session's QUIC handshake), then a
   second ``generate()`` of the same client (warm: the session is up);
-- ``tput``: tokens/s delivered to the loop for an unthrottled generation of ``--tokens`` tokens (the client's
-  ``kpis.tokensPerS``, and the whole answer from ``generate()`` to the last token);
+- ``tput``: tokens/s delivered to the loop for an unthrottled generation of ``--tokens`` tokens on a warm client
+  (the client's ``kpis.tokensPerS``, and the whole answer from ``generate()`` to the last token), with the CPU
+  the server process and the browser's processes used meanwhile (which side is the limit);
 - ``drop``: ``stream.drop()`` at token ``--cut-at`` of a generation paced at ``--rate`` tokens/s; the recovery
   is the time from the drop to the first token over the new connection (WebTransport: it continues over SSE;
   SSE: it reconnects, after the backoff the server's ``retry:`` sets);
@@ -32,11 +33,13 @@ fast wrong answer fails the row (and the exit status).
 
     .venv/bin/python -m benches.browser_client --repeats 5 --out /tmp/browser_client.json
     .venv/bin/python -m benches.browser_client --repeats 5 --scenarios drop,kill --hog
-    .venv/bin/python -m benches.browser_client --browser firefox --repeats 3
+    .venv/bin/python -m benches.browser_client --browser firefox --repeats 5
 
-Prints one table a repeat (median and p95 per metric and transport, the WT/SSE ratio of medians of that
-repeat) and a summary over the repeats (median of the repeats' medians, the worst repeat's p95, the worst
-sample); ``--out`` writes every sample as JSON.
+Prints one table a repeat (median and p95 per metric and transport, and WebTransport's median over SSE's:
+the same run), then every repeat's samples together (median, p95, worst; the range of the repeats' WT/SSE
+ratios; the repeat with the worst p95) and the black-hole table. p95 is the nearest rank: with 20 samples
+or fewer it is the worst one. ``--out`` writes every sample as JSON. The transport that goes first flips
+every sample and every repeat.
 """
 
 from __future__ import annotations
@@ -192,6 +195,8 @@ class Bench:
     args: argparse.Namespace
     hogs: set[int] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
+    #: Each drop and kill sample as the page saw it (its reconnect attempts, the kill's answer): the tails' story.
+    cuts: list[dict[str, Any]] = field(default_factory=list)
     n: int = 0
 
     def browser_pids(self) -> list[int]:
@@ -328,6 +333,8 @@ async def sample_cut(b: Bench, transport: str, how: str) -> dict[str, float | No
         b.failures.append(f"kill {transport}: the server killed nothing ({run['kill']})")
         ok = False
     await b.call("closeClient", "r")
+    b.cuts.append({k: run.get(k) for k in ("startTransport", "recoveryMs", "waitMs", "reconnects", "kill", "kpis")})
+    b.cuts[-1]["how"] = how
     if not ok:
         return dict.fromkeys((f"{how}_recovery_ms", f"{how}_wait_ms", f"{how}_net_ms", f"{how}_client_recovery_ms"))
     return {
@@ -589,7 +596,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     print("\n".join(repeat_table(stats_of(repeats[-1]))), flush=True)
         finally:
             stop_hogs(hogs)
-    return {"repeats": repeats, "failures": b.failures, "seconds": time.monotonic() - started}
+    return {"repeats": repeats, "failures": b.failures, "cuts": b.cuts, "seconds": time.monotonic() - started}
 
 
 def default_cores() -> tuple[str, str]:

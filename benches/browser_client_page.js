@@ -50,10 +50,14 @@ async ({module = "/v1/client.js"} = {}) => {
       let recovered = null;
       let kill = null;
       let waitMs = 0;
+      const reconnects = [];
       let error = null;
       // The backoff the client waits before reconnecting (part of the recovery: SSE waits, a fallback not).
       stream.addEventListener("reconnect", (ev) => {
-        if (cutAt !== null && recovered === null) waitMs += ev.detail.delayMs;
+        if (cutAt === null || recovered !== null) return;
+        waitMs += ev.detail.delayMs;
+        const {attempt, delayMs, error: e} = ev.detail;
+        reconnects.push({attempt, delayMs, error: e ? errorOf(e) : null, atMs: now() - cutAt});
       });
       try {
         for await (const _token of stream) {
@@ -94,6 +98,7 @@ async ({module = "/v1/client.js"} = {}) => {
         streamMs: last === null ? null : last - first,
         recoveryMs: recovered === null ? null : recovered - cutAt,
         waitMs,
+        reconnects,
         kill: kill === null ? null : await kill,
       };
     },
