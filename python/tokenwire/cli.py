@@ -83,6 +83,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_delay_ms=args.max_delay_ms,
         flush_max_wait_ms=args.flush_max_wait_ms,
         heartbeat_interval=args.heartbeat,
+        retry_ms=args.retry_ms,
         drain_timeout=args.drain_timeout,
         max_connections=args.max_connections,
         max_tokens_limit=args.max_tokens_limit,
@@ -270,6 +271,16 @@ def _origin(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _ack_delay_ms(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1000:
@@ -313,6 +324,13 @@ def _parser() -> argparse.ArgumentParser:
         "iteration only)",
     )
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats on idle streams")
+    serve.add_argument(
+        "--retry-ms",
+        type=_non_negative_int,
+        default=1000,
+        help="the retry: an SSE answer starts with: how long a client waits before it reconnects (the browser "
+        "client waits half to all of it after a drop)",
+    )
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let streams finish on shutdown")
     serve.add_argument("--max-connections", type=int, default=20_000)
     serve.add_argument("--max-tokens-limit", type=int, default=100_000, help="largest max_tokens a request may ask")
