@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.asgi_servers import SERVERS
-from tests.support.servers import sse_server, wt_server
+from tests.support.servers import serve_process, sse_server, wt_server
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.cli import main
 from tokenwire.protocol.http1 import HttpLimits
@@ -283,17 +282,7 @@ async def test_tokenwire_serve_grants_the_431_of_a_request_whose_origin_arrived(
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make system-deps)")
 async def test_tokenwire_serve_allow_origin_with_curl() -> None:
     """``tokenwire serve --allow-origin``: curl's preflight and request, as a browser sends them."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--no-webtransport",
-        "--allow-origin", APP, "--allow-origin", "http://LOCALHOST:80/",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        port = re.search(r"http://127\.0\.0\.1:(\d+) ", line)
-        assert port, line
-        url = f"http://127.0.0.1:{port[1]}"
+    async with serve_process("--allow-origin", APP, "--allow-origin", "http://LOCALHOST:80/") as url:
 
         def curl(*args: str) -> str:
             done = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", *args], capture_output=True, check=True)  # noqa: S603, S607
@@ -313,9 +302,6 @@ async def test_tokenwire_serve_allow_origin_with_curl() -> None:
         assert post.startswith("http/1.1 200")
         assert "access-control-allow-origin: http://localhost\r\n" in post  # normalized: no default port
         assert f"access-control-expose-headers: {EXPOSED.lower()}\r\n" in post
-    finally:
-        proc.terminate()
-        assert await proc.wait() == 0
 
 
 def test_allowed_origins_are_checked_and_normalized(capsys: pytest.CaptureFixture[str]) -> None:

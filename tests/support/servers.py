@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,3 +75,23 @@ async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
         if len(got) >= n:
             break
     return got
+
+
+@contextlib.asynccontextmanager
+async def serve_process(*args: str) -> AsyncIterator[str]:
+    """``tokenwire serve --port 0 --no-webtransport ARGS`` in a subprocess, as a user runs it: its base URL
+    (``http://127.0.0.1:PORT``); it must exit cleanly on SIGTERM."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--no-webtransport", *args,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        port = re.search(r"http://127\.0\.0\.1:(\d+) ", line)
+        assert port, line
+        yield f"http://127.0.0.1:{port[1]}"
+    finally:
+        proc.terminate()
+        await proc.stdout.read()  # to its end: uvloop will not close a loop with a pipe still being read
+        assert await proc.wait() == 0
