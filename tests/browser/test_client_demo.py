@@ -33,6 +33,7 @@ READ_DOM = """
     state: $("status").dataset.state,
     status: text("status"),
     answer: text("answer"),
+    prompt: $("prompt").value,
     streamId: text("stream-id"),
     lastEventId: text("last-event-id"),
     kpis: Object.fromEntries(["ttft", "rate", "tokens", "reconnects", "recovery", "transport"].map((k) => [k, text(`kpi-${k}`)])),
@@ -184,6 +185,7 @@ async def test_demo_page_resumes_the_answer_in_flight_after_a_reload(driver: Pag
 
     assert after["state"] == "done", after
     assert after["streamId"] == before["streamId"]
+    assert after["prompt"] == prompt  # the form as it was sent, not the page's default
     assert after["answer"] == r.model.text(prompt, n) == "".join(replayed)  # the whole answer, once
     assert any("resumed after a reload" in e for e in after["events"])
     assert len(r.model.generations[prompt]) == 1
