@@ -222,11 +222,16 @@ def _stop_grace(args: argparse.Namespace) -> float:
     return float(args.drain_timeout) + 10.0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
-    return value
+def _int_from(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, ``low`` or more."""
+
+    def whole_number(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {text}")
+        return value
+
+    return whole_number
 
 
 async def _storage_note(hub: Hub) -> str:
@@ -269,16 +274,6 @@ def _origin(text: str) -> str:
         return normalize_origin(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def _ack_delay_ms(text: str) -> float:
@@ -326,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats on idle streams")
     serve.add_argument(
         "--retry-ms",
-        type=_non_negative_int,
+        type=_int_from(0),
         default=1000,
         help="the retry: an SSE answer starts with: how long a client waits before it reconnects (the browser "
         "client waits half to all of it after a drop)",
@@ -354,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_int_from(1),
         default=1,
         help="server processes sharing the port (SO_REUSEPORT), supervised by this one; above 1 needs a shared "
         "--storage",

@@ -575,11 +575,7 @@ class Endpoints:
         hub, so every server on it (``tokenwire serve``'s SSE and WebTransport, an ASGI app beside them)
         answers a key alike (docs/protocol.md §7.2). A key lives at most as long as its stream is in the hub,
         and at most ``config.max_idempotency_keys`` are kept (the oldest go)."""
-        hub = self.host.hub
-        keys = _KEYS.get(hub)
-        if keys is None:
-            keys = _KEYS[hub] = {}
-        return keys
+        return _KEYS.setdefault(self.host.hub, {})
 
     # -- generation --------------------------------------------------------------------------------
 
