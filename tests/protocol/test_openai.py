@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.sse_spec_parser import parse
+from tokenwire import _core
 from tokenwire.errors import RemoteProtocolError
 from tokenwire.protocol.openai import (
     CompletionBuilder,
@@ -17,7 +19,10 @@ from tokenwire.protocol.openai import (
     chunk_error,
     chunk_finish_reason,
     chunk_usage,
+    error_chunk,
     may_end,
+    native_render,
+    openai_chunks_render,
     parse_chunk,
 )
 
@@ -226,3 +231,69 @@ def test_any_split_assembles_back(
         (call_id, "".join(name), "".join(arguments)) for call_id, name, arguments in calls
     ]
     assert "".join(chunk_content(c) for c in chunks) == joined
+
+
+# -- renderings of raw-chunk frames ----------------------------------------------------------------------------
+
+PREFIX = "s1:ep:"
+_chunk_texts = st.one_of(
+    st.text(max_size=12).map(lambda t: text(chunk({"content": t}))),
+    st.just(text(chunk({"role": "assistant", "content": ""}))),
+    st.just(text(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))),
+    st.just(text({**HEAD, "choices": [], "usage": {"total_tokens": 1}})),
+    st.just("not json"),
+)
+_finals = st.sampled_from(
+    [(_core.FRAME_DONE, '{"reason":"stop"}'), (_core.FRAME_ERROR, '{"code":"upstream_error","message":"cut"}'), None]
+)
+
+
+def _frames(texts: list[str], final: tuple[int, str] | None) -> list[tuple[int, int, str]]:
+    frames = [(_core.FRAME_TOKEN, i + 1, t) for i, t in enumerate(texts)]
+    if final is not None:
+        frames.append((final[0], len(texts) + 1, final[1]))
+    return frames
+
+
+@given(st.lists(_chunk_texts, max_size=8), _finals, st.sampled_from([_core.WIRE_SSE, _core.WIRE_BINARY]), st.data())
+def test_native_render_equals_the_core_rendering_of_the_contents(
+    texts: list[str], final: tuple[int, str] | None, wire: int, data: st.DataObject
+) -> None:
+    """What a native reader gets of a raw-chunk stream is byte for byte what the core renders for a stream whose
+    tokens are the chunks' contents; split into reads anywhere, the reads add up to the same."""
+    expected_ring = _core.Ring(PREFIX)
+    contents = [chunk_content(t) if t != "not json" else "" for t in texts]
+    for c in contents:
+        expected_ring.append(c)
+    if final is not None:
+        expected_ring.append(final[1], final[0])
+    frames = _frames(texts, final)
+    cut = data.draw(st.integers(0, len(frames)))
+    render = native_render(PREFIX, wire)
+    assert render(frames[:cut]) + render(frames[cut:]) == expected_ring.since(0, wire)
+
+
+@given(st.lists(_chunk_texts, max_size=8), _finals)
+def test_openai_render_is_the_chunks_verbatim_then_done(texts: list[str], final: tuple[int, str] | None) -> None:
+    raw = openai_chunks_render(PREFIX)(_frames(texts, final))
+    events, _ = parse(raw)
+    n = len(texts)
+    expected = [(t, f"{PREFIX}{i + 1}") for i, t in enumerate(texts)]
+    if final is not None and final[0] == _core.FRAME_ERROR:
+        expected.append(
+            (
+                json.dumps({"error": {"message": "cut", "type": "upstream_error", "code": "upstream_error"}}),
+                f"{PREFIX}{n + 1}:error",
+            )
+        )
+    if final is not None:
+        expected.append(("[DONE]", f"{PREFIX}{n + 1}"))
+    assert [(e.data, e.last_event_id) for e in events] == expected
+    assert all(e.type == "message" for e in events)
+
+
+def test_openai_render_leaves_out_an_error_chunk_the_client_holds() -> None:
+    frames = [(_core.FRAME_ERROR, 4, '{"code":"upstream_timeout","message":"late"}')]
+    events, _ = parse(openai_chunks_render(PREFIX, skip_error_of=4)(frames))
+    assert [(e.data, e.last_event_id) for e in events] == [("[DONE]", f"{PREFIX}4")]
+    assert error_chunk("not json") == {"error": {"message": "", "type": "error", "code": "error"}}

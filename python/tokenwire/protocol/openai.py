@@ -4,7 +4,8 @@
 A proxied stream keeps every upstream chunk as the JSON text it arrived as (docs/proxy.md); these helpers read
 them where tokenwire needs a value: the text of a token for the native renderings (:func:`chunk_content`),
 the end of the stream (:func:`chunk_finish_reason`, :func:`chunk_usage`, :func:`chunk_error`), and the answer
-to a ``stream: false`` request (:class:`CompletionBuilder`, :func:`assemble_completion`).
+to a ``stream: false`` request (:class:`CompletionBuilder`, :func:`assemble_completion`), and the renderings of
+such a stream's frames (:func:`openai_chunks_render`, :func:`native_render`).
 
 Chunks are taken as text (parsed here) or as already-parsed objects. Members a chunk lacks, or holds with the
 wrong type, count as absent: an upstream's oddities never raise here, except text that is not a JSON object
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from tokenwire import _core
 from tokenwire.errors import RemoteProtocolError
 
 __all__ = [
@@ -28,7 +30,10 @@ __all__ = [
     "chunk_error",
     "chunk_finish_reason",
     "chunk_usage",
+    "error_chunk",
     "may_end",
+    "native_render",
+    "openai_chunks_render",
     "parse_chunk",
 ]
 
@@ -235,3 +240,95 @@ def assemble_completion(chunks: Iterable[Chunk]) -> dict[str, Any]:
     for chunk in chunks:
         builder.add(chunk)
     return builder.completion()
+
+
+# -- renderings of a stream whose frames are raw chunks (label format=openai-chunks) ---------------------------
+
+#: ``(kind, seq, text)`` frames of one read, in seq order, to the bytes to write (as ``tokenwire.hub.Render``).
+FrameRender = Callable[[list[tuple[int, int, str]]], bytes]
+
+_EVENT_NAMES = {_core.FRAME_TOKEN: "token", _core.FRAME_DONE: "done", _core.FRAME_ERROR: "error"}
+
+
+def _content_or_empty(text: str) -> str:
+    try:
+        return chunk_content(text)
+    except RemoteProtocolError:
+        return ""  # not a chunk: it adds no text (the frame keeps its seq)
+
+
+def _token_runs(frames: list[tuple[int, int, str]]) -> Iterable[tuple[int, int, list[str]]]:
+    """``(kind, first seq, texts)``: runs of consecutive token frames, and each other frame alone."""
+    run: list[str] = []
+    first = 0
+    for kind, seq, text in frames:
+        if kind == _core.FRAME_TOKEN:
+            if not run:
+                first = seq
+            run.append(text)
+            continue
+        if run:
+            yield _core.FRAME_TOKEN, first, run
+            run = []
+        yield kind, seq, [text]
+    if run:
+        yield _core.FRAME_TOKEN, first, run
+
+
+def native_render(id_prefix: str, wire: int) -> FrameRender:
+    """The native rendering (``wire``: ``_core.WIRE_SSE`` token/done/error events, or ``_core.WIRE_BINARY``
+    frames) of raw-chunk frames: a token frame carries its chunk's text (:func:`chunk_content`, ``""`` for a
+    chunk without any), so seqs stay consecutive; final frames as they are. Bytes identical to the core's
+    rendering of a stream whose tokens were those texts."""
+    binary = wire == _core.WIRE_BINARY
+
+    def render(frames: list[tuple[int, int, str]]) -> bytes:
+        out: list[bytes] = []
+        for kind, first, texts in _token_runs(frames):
+            if kind == _core.FRAME_TOKEN:
+                texts = [_content_or_empty(t) for t in texts]
+                if binary:
+                    out.append(_core.encode_frames(kind, first, texts))
+                else:
+                    out.append(_core.sse_batch(texts, id_prefix=id_prefix, first_seq=first))
+            elif binary:
+                out.append(_core.encode_frame(kind, first, texts[0]))
+            else:
+                out.append(_core.sse_event(texts[0], id=f"{id_prefix}{first}", event=_EVENT_NAMES.get(kind)))
+        return b"".join(out)
+
+    return render
+
+
+def error_chunk(final: str) -> dict[str, Any]:
+    """The OpenAI error object a tokenwire ``error`` frame (``{"code", "message"}``) becomes in a chunk stream."""
+    try:
+        body = json.loads(final)
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    code = str(body.get("code", "error"))
+    return {"error": {"message": str(body.get("message", "")), "type": code, "code": code}}
+
+
+def openai_chunks_render(id_prefix: str, skip_error_of: int = 0) -> FrameRender:
+    """The OpenAI rendering of raw-chunk frames: each token frame's text verbatim as ``data:`` (id
+    ``{id_prefix}{seq}``); a ``done`` frame becomes ``data: [DONE]`` (its own id); an ``error`` frame an error
+    chunk (id ``…{seq}:error``) then ``[DONE]``. Nothing else is added (no role, finish or usage chunk: the
+    upstream's own are among the frames). ``skip_error_of``: the seq of an error frame whose error chunk the
+    client holds (a resume from ``…{seq}:error``): only its ``[DONE]`` is written."""
+
+    def render(frames: list[tuple[int, int, str]]) -> bytes:
+        out: list[bytes] = []
+        for kind, first, texts in _token_runs(frames):
+            if kind == _core.FRAME_TOKEN:
+                out.append(_core.sse_batch(texts, id_prefix=id_prefix, first_seq=first, event=None))
+                continue
+            if kind == _core.FRAME_ERROR and first != skip_error_of:
+                error = json.dumps(error_chunk(texts[0]), ensure_ascii=False)
+                out.append(_core.sse_event(error, id=f"{id_prefix}{first}:error"))
+            out.append(_core.sse_event("[DONE]", id=f"{id_prefix}{first}"))
+        return b"".join(out)
+
+    return render
