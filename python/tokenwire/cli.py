@@ -93,7 +93,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     try:
         generator, mode = _generator(args)
-    except TokenwireError as exc:
+    except (TokenwireError, ValueError, ImportError) as exc:
         print(f"tokenwire serve: {exc}", file=sys.stderr, flush=True)
         return 2
     hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
@@ -118,12 +118,38 @@ async def _serve(args: argparse.Namespace) -> int:
     if wt is not None:
         await wt.shutdown(close_hub=False)
     await server.shutdown()
+    aclose = getattr(generator, "aclose", None)  # the upstream proxy's connection pool, say
+    if aclose is not None:
+        await aclose()
     return 0
+
+
+def _upstream(args: argparse.Namespace) -> tuple[Generator, str]:
+    """``--upstream URL``: the resumable proxy to an OpenAI-compatible server (docs/proxy.md)."""
+    from tokenwire.proxy import UpstreamOptions, UpstreamProxy  # aiohttp: the proxy extra
+
+    options = UpstreamOptions(
+        args.upstream,
+        api_key=args.upstream_api_key or os.environ.get(UPSTREAM_KEY_ENV) or None,
+        pass_authorization=args.upstream_pass_authorization,
+        model=args.upstream_model,
+        connect_timeout=args.upstream_timeout_connect or None,
+        first_token_timeout=args.upstream_timeout_first_token or None,
+        token_timeout=args.upstream_timeout_token or None,
+        max_connections=args.upstream_max_connections,
+    )
+    proxy = UpstreamProxy(options)
+    credentials = "own key" if options.api_key else "client's Authorization" if options.pass_authorization else "none"
+    return proxy, f"upstream {proxy.url} (credentials: {credentials})"
 
 
 def _generator(args: argparse.Namespace) -> tuple[Generator | Engine, str]:
     """What ``serve`` generates with, and how the banner names it: ``--model``'s, else the FakeModel (paced per
     request, or by a batching engine with ``--engine-steps-per-s``)."""
+    if args.upstream:
+        if args.model:
+            raise ValueError("--upstream and --model exclude each other: the proxy is the generator")
+        return _upstream(args)
     if args.model:
         if os.getcwd() not in sys.path:  # as ``python -m`` would: a module beside the caller loads
             sys.path.insert(0, os.getcwd())
@@ -303,6 +329,45 @@ def _ack_delay_ms(text: str) -> float:
     return value
 
 
+#: Where ``serve --upstream`` reads the upstream's API key from when ``--upstream-api-key`` is not given.
+UPSTREAM_KEY_ENV = "TOKENWIRE_UPSTREAM_API_KEY"
+
+
+def _upstream_arguments(serve: argparse.ArgumentParser) -> None:
+    up = serve.add_argument_group("resumable OpenAI-compatible proxy (docs/proxy.md)")
+    up.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="proxy chat completions to this OpenAI-compatible server, the base URL an OpenAI SDK takes (e.g. "
+        "http://127.0.0.1:9000/v1): each request calls it once, and clients resume from tokenwire",
+    )
+    up.add_argument(
+        "--upstream-api-key",
+        metavar="KEY",
+        help=f"send Authorization: Bearer KEY upstream (default: the environment variable {UPSTREAM_KEY_ENV}, "
+        "which keeps it out of the process list); never logged",
+    )
+    up.add_argument(
+        "--upstream-pass-authorization",
+        action="store_true",
+        help="without an upstream key: forward each client's own Authorization header upstream",
+    )
+    up.add_argument("--upstream-model", metavar="NAME", help="the model of requests that name none")
+    up.add_argument("--upstream-timeout-connect", type=float, default=10.0, help="seconds to connect (0: no limit)")
+    up.add_argument(
+        "--upstream-timeout-first-token",
+        type=float,
+        default=60.0,
+        help="seconds from the request to the upstream's first chunk (0: no limit)",
+    )
+    up.add_argument(
+        "--upstream-timeout-token", type=float, default=60.0, help="seconds between two chunks (0: no limit)"
+    )
+    up.add_argument(
+        "--upstream-max-connections", type=_int_from(1), default=1000, help="upstream connections open at once"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenwire", description="Resumable LLM token streaming.")
     p.add_argument("--version", action="version", version=f"tokenwire {__version__}")
@@ -328,6 +393,7 @@ def _parser() -> argparse.ArgumentParser:
         help="generate with a model of yours: package.module:factory names a Generator or Engine, or what makes one "
         "(tokenwire.generation; the current directory is importable). Default: the FakeModel",
     )
+    _upstream_arguments(serve)
     serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")
     serve.add_argument("--ttft", type=float, default=0.0, help="FakeModel time to first token, seconds")
     serve.add_argument(

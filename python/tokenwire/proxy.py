@@ -38,13 +38,15 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from tokenwire import _core
 from tokenwire.errors import GenerationRefused, RemoteProtocolError, UpstreamError
 from tokenwire.protocol.openai import chunk_error, chunk_finish_reason, chunk_usage, may_end, parse_chunk
+
+if TYPE_CHECKING:
+    from tokenwire.generation import GenerationRequest
 
 try:
     import aiohttp
@@ -115,21 +117,6 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
-class _Request(Protocol):
-    """What the proxy reads of a :class:`tokenwire.generation.GenerationRequest`."""
-
-    @property
-    def route(self) -> str: ...
-    @property
-    def prompt(self) -> str: ...
-    @property
-    def max_tokens(self) -> int: ...
-    @property
-    def body(self) -> Mapping[str, Any]: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-
 def _error_body(message: str, code: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": code, "param": None, "code": code}}).encode()
 
@@ -147,9 +134,14 @@ class UpstreamProxy:
         self.counters = {"requests": 0, "refused": 0, "failed": 0}
 
     def __repr__(self) -> str:
-        return f"UpstreamProxy({_safe_url(self.options.url)!r})"
+        return f"UpstreamProxy({self.url!r})"
 
-    def generate(self, request: _Request) -> UpstreamSource:
+    @property
+    def url(self) -> str:
+        """The upstream's base URL, without any credentials it holds (for logs and banners)."""
+        return _safe_url(self.options.url)
+
+    def generate(self, request: GenerationRequest) -> UpstreamSource:
         """The source of one request (nothing is sent before its ``open()`` or first read)."""
         return UpstreamSource(self, request)
 
@@ -168,7 +160,7 @@ class UpstreamProxy:
             )
         return self._session
 
-    def upstream_body(self, request: _Request) -> dict[str, Any]:
+    def upstream_body(self, request: GenerationRequest) -> dict[str, Any]:
         """The JSON sent upstream for ``request`` (see the module docstring)."""
         opts = self.options
         if request.route == "chat":
@@ -187,7 +179,7 @@ class UpstreamProxy:
             body["model"] = opts.model
         return body
 
-    def upstream_headers(self, request: _Request) -> dict[str, str]:
+    def upstream_headers(self, request: GenerationRequest) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if self.options.api_key:
             headers["Authorization"] = f"Bearer {self.options.api_key}"
@@ -215,7 +207,7 @@ class UpstreamSource:
 
     chunk_format: Literal["openai"] = "openai"
 
-    def __init__(self, proxy: UpstreamProxy, request: _Request) -> None:
+    def __init__(self, proxy: UpstreamProxy, request: GenerationRequest) -> None:
         self._proxy = proxy
         self._request = request
         self._response: aiohttp.ClientResponse | None = None

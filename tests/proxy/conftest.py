@@ -18,10 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class Serve:
     """``tokenwire serve --port 0 ARGS`` as a child process: ``base`` (``http://127.0.0.1:PORT``), and with
     WebTransport on, ``wt_url`` and ``wt_hash`` (the development certificate's SHA-256). Its stderr (logs) is
-    kept in ``log`` (read by a thread), its exit status must be 0 after SIGTERM."""
+    kept in ``log`` (read by a thread; ``verbose`` 2: debug logging), its exit status must be 0 after SIGTERM."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, webtransport: bool = True) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, webtransport: bool = True, verbose: int = 0
+    ) -> None:
         self.args = args
+        self.verbose = verbose
         self.env = env
         self.webtransport = webtransport
         self.proc: subprocess.Popen[str] | None = None
@@ -35,7 +38,14 @@ class Serve:
         return "".join(self._log)
 
     def start(self) -> None:
-        args = ["serve", "--port", "0", *self.args, *(() if self.webtransport else ("--no-webtransport",))]
+        args = [
+            *(["-" + "v" * self.verbose] if self.verbose else []),
+            "serve",
+            "--port",
+            "0",
+            *self.args,
+            *(() if self.webtransport else ("--no-webtransport",)),
+        ]
         self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
             [sys.executable, "-m", "tokenwire", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **(self.env or {})},

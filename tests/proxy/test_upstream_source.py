@@ -9,7 +9,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 from tests.support.redis_server import free_port
 from tests.support.upstream import Upstream, content_tokens
 from tokenwire.errors import GenerationRefused, UpstreamError
+from tokenwire.generation import GenerationRequest
 from tokenwire.protocol.openai import assemble_completion, chunk_content
 from tokenwire.proxy import UpstreamOptions, UpstreamProxy, UpstreamSource
 
@@ -25,20 +26,9 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 KEY = "sk-upstream-secret-0123456789"
 
 
-@dataclasses.dataclass(frozen=True)
-class Req:
-    """What the proxy reads of a GenerationRequest."""
-
-    body: Mapping[str, Any]
-    route: str = "chat"
-    prompt: str = ""
-    max_tokens: int = 16
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-def chat(content: str = "Tell me", max_tokens: int = 12, **extra: Any) -> Req:
+def chat(content: str = "Tell me", max_tokens: int = 12, **extra: Any) -> GenerationRequest:
     body = {"model": "test-model", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
-    return Req({**body, "stream": True, **extra})
+    return GenerationRequest("chat", content, max_tokens, {**body, "stream": True, **extra}, "s1")
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +92,12 @@ async def test_tool_call_deltas_pass_through(fresh: Upstream) -> None:
 async def test_a_start_and_a_non_streaming_chat_become_streamed_chats(fresh: Upstream) -> None:
     opts = UpstreamOptions(fresh.url, model="default-model")
     async with UpstreamProxy(opts) as proxy:
-        start = proxy.generate(Req({"prompt": "p", "temperature": 1, "tokens_per_s": 5}, "create", "Say it", 7))
-        whole = proxy.generate(Req({"messages": [{"role": "user", "content": "x"}], "stream": False}))
+        start = proxy.generate(
+            GenerationRequest("create", "Say it", 7, {"prompt": "p", "temperature": 1, "tokens_per_s": 5}, "s2")
+        )
+        whole = proxy.generate(
+            GenerationRequest("chat", "x", 16, {"messages": [{"role": "user", "content": "x"}], "stream": False}, "s3")
+        )
         for source in (start, whole):
             await drain(source)
             await source.aclose()

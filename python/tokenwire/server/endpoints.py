@@ -21,10 +21,11 @@ from typing import Any, Literal, NamedTuple, Protocol, cast
 from tokenwire import _core
 from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.generation import Engine, GenerationRequest, Generator, aiter_source, is_engine
-from tokenwire.hub import FrameKind, Hub, Render, StreamState, TokenStream
+from tokenwire.hub import RAW_CHUNKS, FrameKind, Hub, Render, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.json_body import bool_field, float_field, int_field, loads_object
+from tokenwire.protocol.openai import CompletionBuilder, error_chunk, openai_chunks_render
 from tokenwire.protocol.resume import (
     MAX_STREAM_ID_LEN,
     format_id_prefix,
@@ -45,16 +46,20 @@ __all__ = [
     "Plain",
     "Render",
     "StreamPlan",
+    "collect_chunks",
     "collect_completion",
     "cors_headers",
     "float_field",
     "idempotency_key_of",
     "int_field",
+    "is_raw_chunks",
     "last_event_id_of",
     "match_route",
+    "message_text",
     "parse_json_body",
     "plain_answer",
     "plan_openai",
+    "plan_openai_chunks",
     "plan_sse",
     "preflight_headers",
     "resolve_resume",
@@ -305,6 +310,23 @@ def _fingerprint(route: str, body: dict[str, Any]) -> str:
 # -- resume and stream plans ---------------------------------------------------------------------------
 
 
+def message_text(message: object, index: int) -> str:
+    """The text of ``messages[index]`` of a chat request: its ``content`` string, the ``text`` of its content
+    parts (an array, as OpenAI takes them), or ``""`` for ``null`` or none (an assistant message with tool
+    calls). ``InvalidBody`` for anything else."""
+    field = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise InvalidBody(f"{field} must be an object", field)
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type") == "text"]
+        if all(isinstance(t, str) for t in texts):
+            return "".join(t for t in texts if isinstance(t, str))
+    raise InvalidBody(f"{field}.content must be a string, null, or an array of content parts", f"{field}.content")
+
+
 def resolve_resume(hub: Hub, stream_id: str, last_event_id: str) -> tuple[TokenStream, int]:
     """The stream and the seq to replay after, for an attach to ``stream_id`` with ``last_event_id``.
 
@@ -477,16 +499,36 @@ def plan_openai(
     intro = b""
     if after == 0 and not resumed:
         intro = _core.sse_event(dumps(meta.chunk({"role": "assistant", "content": ""}, None)), id=f"{prefix}0")
-    head = [
+    return StreamPlan(stream, after, _openai_head(hub, stream, base), intro, render, retry=False)
+
+
+def _openai_head(hub: Hub, stream: TokenStream, base: str) -> list[tuple[str, str]]:
+    return [
         ("X-Tokenwire-Stream-Id", stream.id),
         ("X-Tokenwire-Epoch", hub.epoch),
         ("Location", f"{base}{STREAMS_PATH}/{stream.id}/events?format=openai"),
     ]
-    return StreamPlan(stream, after, head, intro, render, retry=False)
+
+
+def is_raw_chunks(stream: TokenStream) -> bool:
+    """Whether every frame of ``stream`` is one raw OpenAI chunk (an upstream's, through the proxy)."""
+    return stream.labels.get("format") == RAW_CHUNKS
+
+
+def plan_openai_chunks(hub: Hub, stream: TokenStream, after: int, base: str = "", *, end_part: str = "") -> StreamPlan:
+    """Plan of the OpenAI rendering of a raw-chunk stream (:func:`is_raw_chunks`): every chunk as it came from the
+    upstream (id ``…:{seq}``), then ``data: [DONE]``, or an error chunk (``…:{seq}:error``) and ``[DONE]``
+    (:func:`tokenwire.protocol.openai.openai_chunks_render`). Nothing is added: the upstream's own role, finish
+    and usage chunks are among the frames. ``end_part`` ``error``: the client holds the error chunk."""
+    prefix = format_id_prefix(stream.id, hub.epoch)
+    render = openai_chunks_render(prefix, after + 1 if end_part == "error" else 0)
+    return StreamPlan(stream, after, _openai_head(hub, stream, base), b"", render, retry=False)
 
 
 async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> tuple[int, dict[str, Any]]:
     """Non-streaming chat completion: wait for the whole answer; ``(status, JSON body)``."""
+    if is_raw_chunks(stream):
+        return await collect_chunks(hub, stream)
     text: list[str] = []
     done: dict[str, Any] = {}
     try:
@@ -515,6 +557,35 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
         ],
         "usage": done.get("usage", {}),
     }
+
+
+async def collect_chunks(hub: Hub, stream: TokenStream) -> tuple[int, dict[str, Any]]:
+    """The ``chat.completion`` a raw-chunk stream adds up to (:class:`~tokenwire.protocol.openai.CompletionBuilder`:
+    the upstream's id, model, content, tool calls merged, finish reason, usage); a failed stream is its error
+    (502 for an upstream's failure)."""
+    builder = CompletionBuilder()
+    done: dict[str, Any] = {"reason": "cancelled"}
+    try:
+        async with hub.subscribe(stream.id) as sub:
+            async for frames in sub:
+                for f in frames:
+                    if f.kind is FrameKind.TOKEN:
+                        with contextlib.suppress(RemoteProtocolError):  # not a chunk: it adds nothing
+                            builder.add(f.text)
+                    elif f.kind is FrameKind.ERROR:
+                        error = error_chunk(f.text)
+                        return (502 if error["error"]["code"].startswith("upstream_") else 500), error
+                    else:
+                        done = f.json()
+    except StreamNotFound:
+        pass
+    answer = builder.completion()
+    for choice in answer["choices"]:
+        if choice["finish_reason"] is None:  # ended by tokenwire (cancelled, abandoned, shutdown)
+            choice["finish_reason"] = openai_finish_reason(done)
+    if "usage" not in answer and isinstance(done.get("usage"), dict):
+        answer["usage"] = done["usage"]
+    return 200, answer
 
 
 @dataclass(slots=True)
@@ -607,7 +678,7 @@ class Endpoints:
                 raise
         stream = hub.start(aiter_source(source), stream_id=request.stream_id, length=length, token_bytes=token_bytes)
         if getattr(source, "chunk_format", None) == "openai":  # labelled before its first frame (its task waits)
-            stream.label("format", "openai-chunks")
+            stream.label("format", RAW_CHUNKS)
         return stream
 
     async def create(
@@ -713,6 +784,8 @@ class Endpoints:
             return None  # 204 also tells EventSource to stop reconnecting.
         if last_event_id:
             count_resume(host.hub, host.metrics, stream, after)
+        if fmt == "openai" and is_raw_chunks(stream):
+            return plan_openai_chunks(host.hub, stream, after, base, end_part=part)
         if fmt == "openai":
             meta = ChatMeta.of(stream)
             if meta is None:
@@ -733,11 +806,7 @@ class Endpoints:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidBody("'messages' must be a non-empty array", "messages")
-        parts: list[str] = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
-                raise InvalidBody(f"messages[{i}] must be an object with a string 'content'", f"messages[{i}]")
-            parts.append(m.get("content", ""))
+        parts = [message_text(m, i) for i, m in enumerate(messages)]
         model = body.get("model", "tokenwire-fake")
         if not isinstance(model, str):
             raise InvalidBody("'model' must be a string", "model")
@@ -774,6 +843,8 @@ class Endpoints:
     def chat_plan(self, chat: ChatRequest, base: str = "") -> StreamPlan | None:
         """The OpenAI chunk stream of a streaming chat request; a repeat is served as ``GET
         .../events?format=openai`` with its ``Last-Event-ID`` (``None``: 204, nothing left)."""
+        if chat.repeat is None and is_raw_chunks(chat.stream):
+            return plan_openai_chunks(self.host.hub, chat.stream, 0, base)
         if chat.repeat is None:
             return plan_openai(self.host.hub, chat.stream, 0, chat.meta, base)
         return self.attach(chat.stream.id, chat.repeat, {"format": "openai"}, base)
