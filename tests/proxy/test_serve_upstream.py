@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,12 +20,17 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.proxy.conftest import Serve
+from tests.support.asgi_servers import uvicorn_server
 from tests.support.openai_sdk import stream_chat
 from tests.support.servers import read_n
 from tests.support.sse_spec_parser import Event, SpecParser
 from tests.support.upstream import Upstream, content_tokens
+from tokenwire.asgi import TokenwireASGI
 from tokenwire.client.webtransport import WebTransportClient
+from tokenwire.errors import GenerationRefused
 from tokenwire.protocol.openai import assemble_completion, chunk_content
+from tokenwire.proxy import UpstreamProxy
+from tokenwire.server import ServerOptions
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -330,3 +337,51 @@ async def test_pass_through_of_the_clients_authorization(keyed: Upstream) -> Non
     records = [await keyed.record(n) for n in (1, 2)]
     assert [r["authorization"] for r in records] == [f"Bearer {KEY}", "Bearer sk-wrong"]
     assert KEY not in serve.log
+
+
+async def test_a_refusal_over_webtransport_is_a_typed_error_with_the_status(up: Upstream, served: Serve) -> None:
+    async with WebTransportClient(served.wt_url, server_certificate_hashes=[served.wt_hash]) as client:
+        with pytest.raises(GenerationRefused) as refused:
+            await client.generate("x", model="test-model?mode=fail-before&status=429")
+        reader = await client.generate("after", max_tokens=5)  # the session goes on
+        assert await reader.text() == "".join(content_tokens("after", 5))
+    assert refused.value.status == 429
+    assert json.loads(refused.value.body)["error"]["code"] == "rate_limit_exceeded"
+
+
+# -- the command line --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--upstream", "ftp://h/v1"], "upstream URL must be http(s)"),
+        (["--upstream", "http://127.0.0.1:9/v1", "--model", "examples.word_model:make"], "exclude each other"),
+        (["--upstream", "http://127.0.0.1:9/v1", "--upstream-timeout-token", "-1"], "token_timeout"),
+    ],
+)
+def test_bad_upstream_options_are_refused_with_a_message(args: list[str], said: str) -> None:
+    out = subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert said in out.stderr
+
+
+# -- the ASGI app ------------------------------------------------------------------------------------------
+
+
+async def test_the_asgi_app_proxies_too(up: Upstream) -> None:
+    async with UpstreamProxy(up.url) as proxy:
+        app = TokenwireASGI(None, ServerOptions(generator=proxy))
+        async with uvicorn_server(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+            body = {"model": "test-model", "messages": messages("ASGI"), "stream": True, "max_tokens": 6}
+            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                events = await read_events(response)
+            whole = await http.post("/v1/chat/completions", json={**body, "stream": False})
+            refused = await http.post("/v1/streams", json={"prompt": "x", "model": "test-model?mode=fail-before"})
+        await app.shutdown()
+    assert [e.data for e in events] == [*(await up.record(1))["chunks"], "[DONE]"]
+    assert whole.json()["choices"][0]["message"]["content"] == "".join(content_tokens(prompt("ASGI"), 6))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
