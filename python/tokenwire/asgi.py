@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, status_of
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_body, error_headers, status_of
 from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -93,7 +93,6 @@ from tokenwire.server.endpoints import (
     resolve_resume,
     stream_to_find,
 )
-from tokenwire.server.sse import error_body
 
 if TYPE_CHECKING:
     from starlette.responses import Response as _ResponseBase
@@ -152,8 +151,7 @@ class _Answer:
     def error(cls, exc: BaseException, status: int | None = None) -> _Answer:
         if status is None:
             status = status_of(exc)
-        extra = [(b"retry-after", b"1")] if status == 503 else None
-        return cls.json(status, error_body(exc, status), extra)
+        return cls.json(status, error_body(exc, status), _raw(error_headers(exc, status)))
 
     async def send_to(self, send: Send, head_only: bool = False) -> None:
         """Send the answer (``head_only``: to a HEAD request, without the body)."""

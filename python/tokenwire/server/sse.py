@@ -20,7 +20,7 @@ import socket
 from typing import Any, cast
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_body, error_headers, status_of
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
@@ -36,12 +36,6 @@ log = logging.getLogger("tokenwire.server")
 
 #: The name this module exported before ``endpoints.Render`` (see there).
 StreamRender = Render
-
-
-def error_body(exc: BaseException, status: int) -> dict[str, Any]:
-    """The JSON error body of docs/protocol.md §4.2."""
-    err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "status": status}
-    return {"error": err | error_fields(exc)}
 
 
 class SseConnection(asyncio.Protocol):
@@ -267,7 +261,7 @@ class SseConnection(asyncio.Protocol):
         if status is None:
             status = status_of(exc)
         self.server.metrics.bad_requests_total += 1
-        extra = [("Retry-After", "1")] if status == 503 else None
+        extra = error_headers(exc, status)
         if status >= 500 or status in (408, 413, 414, 431):
             keep_alive = False
         self.respond_json(status, error_body(exc, status), keep_alive, extra)
@@ -457,12 +451,13 @@ class SseServer(ServerBase):
     async def start(self) -> None:
         loop = self._start_common()
         # Our own accept path (server/accept.py): at the descriptor limit new connections get a 503.
+        out_of_fds = HttpError(503, "server is out of file descriptors")
         refusal = render_response(
             503,
-            json.dumps(error_body(HttpError(503, "server is out of file descriptors"), 503)).encode(),
+            json.dumps(error_body(out_of_fds, 503)).encode(),
             "application/json",
             keep_alive=False,
-            extra=[("Retry-After", "1")],
+            extra=error_headers(out_of_fds, 503),
         )
 
         def refused() -> None:
