@@ -24,6 +24,7 @@ from tokenwire.errors import (
     StreamFailed,
     StreamNotFound,
     TokenwireError,
+    Unauthorized,
 )
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Cursor, Frame, FrameKind, Hub, Render, StreamState, Subscription, TokenStream, Wire
@@ -61,6 +62,7 @@ __all__ = [
     "Subscription",
     "TokenStream",
     "TokenwireError",
+    "Unauthorized",
     "Wire",
     "__version__",
     "parse_resume_point",

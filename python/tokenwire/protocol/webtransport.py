@@ -617,8 +617,11 @@ def parse_preview(data: bytes) -> tuple[int, list[tuple[int, int, str]]]:
 # -- the session (extended CONNECT, RFC 9220 / draft-ietf-webtrans-http3) ---------------------------
 
 
-def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = None) -> list[tuple[bytes, bytes]]:
-    """Request headers of the extended CONNECT that opens a WebTransport session."""
+def connect_headers(
+    authority: str, path: str = WT_PATH, origin: str | None = None, extra: Iterable[tuple[str, str]] = ()
+) -> list[tuple[bytes, bytes]]:
+    """Request headers of the extended CONNECT that opens a WebTransport session (``path`` may carry a query,
+    such as ``?access_token=``); ``extra``: more headers (``authorization``), names in lower case."""
     headers = [
         (b":method", b"CONNECT"),
         (b":protocol", b"webtransport"),
@@ -628,6 +631,7 @@ def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = No
     ]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra]
     return headers
 
 
