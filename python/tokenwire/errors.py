@@ -11,6 +11,7 @@ __all__ = [
     "DuplicateStreamId",
     "EpochMismatch",
     "FrameError",
+    "GenerationRefused",
     "HubFull",
     "InvalidBody",
     "LocalProtocolError",
@@ -158,6 +159,19 @@ class Unauthorized(TokenwireError):
     def challenge(self) -> str:
         """The ``WWW-Authenticate`` value of the answer."""
         return 'Bearer realm="tokenwire", error="invalid_token"' if self.invalid else 'Bearer realm="tokenwire"'
+
+
+class GenerationRefused(TokenwireError):
+    """A generator refused a request before its first token (an upstream's non-2xx answer, say): the request is
+    answered with exactly this ``status``, ``body`` and ``content_type`` (a WebTransport error reply carries the
+    status and the body as its message), and no stream starts."""
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        text = body.decode("utf-8", "replace")
+        super().__init__(text if len(text) <= 4096 else text[:4095] + "…")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
 
 
 class BackpressureExceeded(TokenwireError):
