@@ -531,21 +531,23 @@ class TokenwireASGI(HubHost):
             return _Answer(plain.status, plain.body, plain.content_type, _raw(plain.headers))
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
+        verdict = endpoints.authorize(route, _headers(scope), _query(scope), scope["path"])  # 401 when refused
+        principal = verdict if verdict is None or isinstance(verdict, str) else await verdict
         find = stream_to_find(route, stream_id, _headers(scope), _query(scope))
         if find.stream_id and self.hub.needs_restore(find.stream_id, find.after):
             await self.hub.find(*find)  # another node's stream, maybe: copy it from the shared storage
         if route == "attach":
             query = _query(scope)
-            plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base)
+            plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base, principal)
             return _Answer(204, b"", "text/event-stream") if plan is None else plan
         if route == "cancel":
-            endpoints.cancel(stream_id)
+            endpoints.cancel(stream_id, principal)
             return _Answer(204, b"", "application/json")
         if route == "create":
-            plan = await endpoints.create(await self._json(scope, receive), base, _headers(scope))
+            plan = await endpoints.create(await self._json(scope, receive), base, _headers(scope), principal)
             return _Answer(204, b"", "text/event-stream") if plan is None else plan
         if route == "chat":
-            chat = await endpoints.chat(await self._json(scope, receive), _headers(scope))
+            chat = await endpoints.chat(await self._json(scope, receive), _headers(scope), principal)
             if chat.streaming:
                 plan = endpoints.chat_plan(chat, base)
                 return _Answer(204, b"", "text/event-stream") if plan is None else plan

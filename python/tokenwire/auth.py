@@ -51,7 +51,9 @@ __all__ = [
     "Unauthorized",
     "authenticate",
     "bearer_token",
+    "check",
     "principal_from",
+    "read_key_file",
 ]
 
 #: The query parameter that carries the token on a WebTransport CONNECT (RFC 6750 §2.3 names it so): a browser
@@ -118,12 +120,24 @@ def principal_from(result: object, request: AuthRequest) -> str:
     return result
 
 
-async def authenticate(auth: Authenticator, request: AuthRequest) -> str:
-    """Ask ``auth`` about ``request`` (awaiting it if it is async): the principal, or ``Unauthorized``."""
+def check(auth: Authenticator, request: AuthRequest) -> str | Awaitable[str]:
+    """Ask ``auth`` about ``request``: the principal at once from a sync authenticator (``Unauthorized`` when it
+    refuses), or, from an async one, an awaitable of it, for a caller that must not wait here (a protocol
+    callback) to await in a task of its own."""
     result = auth(request)
     if inspect.isawaitable(result):
-        result = await result
+        return _principal_later(result, request)
     return principal_from(result, request)
+
+
+async def _principal_later(result: Awaitable[str | None], request: AuthRequest) -> str:
+    return principal_from(await result, request)
+
+
+async def authenticate(auth: Authenticator, request: AuthRequest) -> str:
+    """Ask ``auth`` about ``request`` (awaiting it if it is async): the principal, or ``Unauthorized``."""
+    verdict = check(auth, request)
+    return verdict if isinstance(verdict, str) else await verdict
 
 
 class ApiKeys:
@@ -159,23 +173,8 @@ class ApiKeys:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ApiKeys:
-        """The keys of a text file: one a line, blank lines and lines starting with ``#`` skipped, spaces around a
-        key ignored. ``OSError`` when it cannot be read; ``ValueError`` (naming the file and line) for a line
-        that is not a key, or a file without any."""
-        keys: list[str] = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                text = line.strip()
-                if not text or text.startswith("#"):
-                    continue
-                try:
-                    _check_key(text)
-                except ValueError as exc:
-                    raise ValueError(f"{os.fspath(path)}, line {number}: {exc}") from None
-                keys.append(text)
-        if not keys:
-            raise ValueError(f"{os.fspath(path)} holds no API key")
-        return cls(keys)
+        """The keys of a text file (:func:`read_key_file`)."""
+        return cls(read_key_file(path))
 
     @staticmethod
     def principal_of(key: str) -> str:
@@ -198,6 +197,26 @@ class ApiKeys:
 
     def __repr__(self) -> str:
         return f"ApiKeys({len(self)} keys)"  # never the keys
+
+
+def read_key_file(path: str | os.PathLike[str]) -> list[str]:
+    """The API keys of a text file: one a line, blank lines and lines starting with ``#`` skipped, spaces around
+    a key ignored. ``OSError`` when it cannot be read; ``ValueError`` (naming the file and line) for a line that
+    is not a key, or a file without any."""
+    keys: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            try:
+                _check_key(text)
+            except ValueError as exc:
+                raise ValueError(f"{os.fspath(path)}, line {number}: {exc}") from None
+            keys.append(text)
+    if not keys:
+        raise ValueError(f"{os.fspath(path)} holds no API key")
+    return keys
 
 
 def _check_key(key: object) -> None:

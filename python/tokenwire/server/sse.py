@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 from tokenwire import _core
@@ -149,15 +150,19 @@ class SseConnection(asyncio.Protocol):
             self._idle = False
             self._arm_timer(self.server.config.header_timeout)
 
-    def dispatch(self, req: Request) -> None:
-        """Route ``req`` and answer it (now, or later: held), errors as their status."""
+    def dispatch(self, req: Request, go_on: Callable[[], None] | None = None) -> None:
+        """Route ``req`` and answer it (now, or later: held), errors as their status. ``go_on``: how to carry on
+        with a request that was held (after its authenticator or a storage look-up), instead of routing it anew."""
         self._held = False
         self._head_only = req.method == "HEAD"
         self._cors = cors_headers(self.server.config.allow_origins, req.headers.get("origin"))
         try:
             if self.server.draining:
                 raise HttpError(503, "server is shutting down")
-            self.server.router.handle(self, req)
+            if go_on is None:
+                self.server.router.handle(self, req)
+            else:
+                go_on()
         except TokenwireError as exc:
             self._respond_error(exc, req.keep_alive)
         except Exception as exc:
