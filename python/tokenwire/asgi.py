@@ -411,7 +411,8 @@ class TokenwireASGI(HubHost):
 
     ``options`` (:class:`~tokenwire.server.ServerOptions`, or a bare :class:`~tokenwire.server.ServerConfig`):
     its ``generator`` drives the generations that ``POST /v1/streams`` and ``POST /v1/chat/completions``
-    start, as in ``tokenwire serve``; its ``config`` supplies ``retry_ms``, ``heartbeat_interval``, ``stall_timeout``, ``max_tokens_limit`` and ``http.max_body_bytes``; the
+    start, as in ``tokenwire serve``; its ``auth`` (:mod:`tokenwire.auth`) is asked on every ``/v1`` request
+    (401 when it refuses; a stream is its starter's alone, docs/protocol.md §8); its ``config`` supplies ``retry_ms``, ``heartbeat_interval``, ``stall_timeout``, ``max_tokens_limit`` and ``http.max_body_bytes``; the
     connection limits and timeouts of :class:`~tokenwire.server.ServerConfig` are the ASGI server's.
 
     Lifespan: ``startup`` starts the hub's janitor; ``shutdown`` tells open stream responses to reconnect
