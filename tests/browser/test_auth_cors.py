@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser
 
-from tests.support.browser import chromium, new_page, page_server
+from tests.support.browser import new_page, page_server
 from tests.support.client_rig import RecordingRouter
 from tests.support.servers import sse_server, wt_server
 from tokenwire import FakeModel, Hub
@@ -63,24 +62,14 @@ async ({url, hash}) => {
 }
 """
 
+# A start with the key from the page: its status, or the error name when the browser refuses it.
 FETCH_JS = """
-async ({base, key}) => {
-  try {
-    const r = await fetch(`${base}/v1/streams`, {method: "POST",
-      headers: {"content-type": "application/json", authorization: `Bearer ${key}`},
-      body: JSON.stringify({prompt: "x", max_tokens: 2})});
-    return r.status;
-  } catch (e) {
-    return e.name;
-  }
-}
+({base, key}) => fetch(`${base}/v1/streams`, {
+  method: "POST",
+  headers: {"content-type": "application/json", authorization: `Bearer ${key}`},
+  body: JSON.stringify({prompt: "x", max_tokens: 2}),
+}).then((r) => r.status, (e) => e.name)
 """
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
 
 
 @dataclass
@@ -107,8 +96,10 @@ async def servers(origin: str) -> AsyncIterator[Servers]:
         yield Servers(sse, wt, router)
 
 
-async def test_a_page_on_an_allowed_origin_streams_with_its_key_over_sse_and_webtransport(browser: Browser) -> None:
-    async with page_server() as origin, servers(origin) as s, new_page(browser, origin) as page:
+async def test_a_page_on_an_allowed_origin_streams_with_its_key_over_sse_and_webtransport(
+    chromium_browser: Browser,
+) -> None:
+    async with page_server() as origin, servers(origin) as s, new_page(chromium_browser, origin) as page:
         got = await page.evaluate(STREAM_JS, {"base": s.base, "key": KEY})
         hub = s.sse.hub
         expected = "".join(FakeModel(seed=5).tokens("cors auth", 8))
@@ -122,15 +113,15 @@ async def test_a_page_on_an_allowed_origin_streams_with_its_key_over_sse_and_web
         assert s.wt.metrics.sessions_total == 1
 
 
-async def test_the_webtransport_connect_needs_the_token_and_an_allowed_origin(browser: Browser) -> None:
+async def test_the_webtransport_connect_needs_the_token_and_an_allowed_origin(chromium_browser: Browser) -> None:
     async with page_server() as origin, page_server() as other, servers(origin) as s:
         info = {"url": s.wt.url, "hash": list(s.wt.certificate.sha256)}
         with_key = {**info, "url": f"{s.wt.url}?access_token={KEY}"}
-        async with new_page(browser, origin) as page:
+        async with new_page(chromium_browser, origin) as page:
             assert await page.evaluate(CONNECT_JS, info) != "ready"  # no credentials: 401
             assert await page.evaluate(CONNECT_JS, {**info, "url": f"{s.wt.url}?access_token=wrong"}) != "ready"
             assert await page.evaluate(CONNECT_JS, with_key) == "ready"
-        async with new_page(browser, other) as page:
+        async with new_page(chromium_browser, other) as page:
             assert await page.evaluate(CONNECT_JS, with_key) != "ready"  # the right key, from the wrong origin: 403
             assert (
                 await page.evaluate(FETCH_JS, {"base": s.base, "key": KEY}) == "TypeError"
