@@ -73,9 +73,7 @@ async def test_smollm2_behind_tokenwire_serve_streams_is_cut_and_resumes_exactly
         assert [seq_of(e) for e in head] == list(range(1, len(head) + 1))
         cut = head[-1].last_event_id
 
-        async with http.stream(
-            "GET", f"/v1/streams/{stream_id}/events", headers={"Last-Event-ID": cut}
-        ) as resumed:
+        async with http.stream("GET", f"/v1/streams/{stream_id}/events", headers={"Last-Event-ID": cut}) as resumed:
             assert resumed.status_code == 200
             after = await read_events(resumed)
         tail = [e for e in after if e.type == "token"]
