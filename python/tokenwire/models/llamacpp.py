@@ -24,8 +24,8 @@ greedy, so the same request gives the same tokens. Each token the model samples 
 (llama.cpp holds back a piece that ends inside a UTF-8 character until the character is whole). The ``done``
 event carries llama.cpp's ``finish_reason`` (``length``, ``stop``) and ``usage``. A request llama.cpp refuses
 before its first token (a prompt longer than the context, malformed messages) is answered with llama.cpp's
-status and JSON error, and no stream starts; a failure after the first token fails the stream
-(``error`` event, code ``model_error``).
+status and JSON error, and no stream starts; a failure after the first token fails the stream (its
+``error`` event names :class:`LlamaCppError` and llama.cpp's message).
 
 Generation runs in a thread of llama.cpp's own per request; a cancelled or abandoned stream stops it at the
 next token. xllamacpp also opens llama.cpp's HTTP server on a loopback port of its own: tokenwire never uses
