@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from tokenwire import __version__
 from tokenwire._loop import loop_factory
-from tokenwire.fake_model import FakeModel
+from tokenwire.errors import TokenwireError
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.generation import Engine, Generator, load_generator
 from tokenwire.hub import FrameKind, Hub
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from tokenwire.server import ServerConfig, SseServer
+    from tokenwire.server import ServerConfig, ServerOptions, SseServer
     from tokenwire.storage import open_storage
 
     config = ServerConfig(
@@ -89,21 +91,24 @@ async def _serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         allow_origins=tuple(args.allow_origin or ()),
     )
-    model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
+    try:
+        generator, mode = _generator(args)
+    except TokenwireError as exc:
+        print(f"tokenwire serve: {exc}", file=sys.stderr, flush=True)
+        return 2
     hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
-    server = SseServer(hub, config, model=model, engine_steps_per_s=args.engine_steps_per_s or None)
+    server = SseServer(hub, ServerOptions(config, generator))
     await server.start()
     storage_note = await _storage_note(hub)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    mode = f"engine {args.engine_steps_per_s:g} steps/s" if args.engine_steps_per_s else "per-request pacing"
     worker = _WorkerFds.parse(args.worker) if args.worker else None
     prefix = f"worker {worker.index} (pid {os.getpid()}): " if worker else ""
     _say(
         f"{prefix}tokenwire {__version__} serving SSE on http://{args.host}:{server.port} "
-        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode}{storage_note})"
+        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, {mode}{storage_note})"
     )
     wt = await _start_webtransport(args, server, prefix) if args.webtransport else None
     if worker is not None:
@@ -114,6 +119,21 @@ async def _serve(args: argparse.Namespace) -> int:
         await wt.shutdown(close_hub=False)
     await server.shutdown()
     return 0
+
+
+def _generator(args: argparse.Namespace) -> tuple[Generator | Engine, str]:
+    """What ``serve`` generates with, and how the banner names it: ``--model``'s, else the FakeModel (paced per
+    request, or by a batching engine with ``--engine-steps-per-s``)."""
+    if args.model:
+        if os.getcwd() not in sys.path:  # as ``python -m`` would: a module beside the caller loads
+            sys.path.insert(0, os.getcwd())
+        return load_generator(args.model), f"model {args.model}"
+    model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
+    if args.engine_steps_per_s:
+        return FakeEngine(
+            model, steps_per_s=args.engine_steps_per_s
+        ), f"FakeModel engine {args.engine_steps_per_s:g} steps/s"
+    return model, "FakeModel per-request pacing"
 
 
 def _say(line: str) -> None:
@@ -168,8 +188,8 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: 
         port=sse.port,
         webtransport=replace(sse.config.webtransport, datagram_previews=args.datagram_previews),
     )
-    # One engine steps every stream, whichever protocol started it (the SSE server owns it).
-    wt = WebTransportServer(sse.hub, config, model=sse.model, engine=sse.engine, certificate=certificate)
+    # The same generator (one engine steps every stream, whichever protocol started it).
+    wt = WebTransportServer(sse.hub, replace(sse.options, config=config), certificate=certificate)
     try:
         await wt.start()
     except OSError as exc:
@@ -302,6 +322,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="generate with a model of yours: package.module:factory names a Generator or Engine, or what makes one "
+        "(tokenwire.generation; the current directory is importable). Default: the FakeModel",
+    )
     serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")
     serve.add_argument("--ttft", type=float, default=0.0, help="FakeModel time to first token, seconds")
     serve.add_argument(

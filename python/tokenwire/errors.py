@@ -11,6 +11,7 @@ __all__ = [
     "DuplicateStreamId",
     "EpochMismatch",
     "FrameError",
+    "GenerationRefused",
     "HubFull",
     "InvalidBody",
     "LocalProtocolError",
@@ -136,6 +137,19 @@ class StreamFailed(TokenwireError):
     def __init__(self, message: str, code: str = "generation_failed") -> None:
         super().__init__(message)
         self.code = code
+
+
+class GenerationRefused(TokenwireError):
+    """A generator refused a request before its first token (an upstream's non-2xx answer, say): the request is
+    answered with exactly this ``status``, ``body`` and ``content_type`` (a WebTransport error reply carries the
+    status and the body as its message), and no stream starts."""
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        text = body.decode("utf-8", "replace")
+        super().__init__(text if len(text) <= 4096 else text[:4095] + "…")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
 
 
 class BackpressureExceeded(TokenwireError):
