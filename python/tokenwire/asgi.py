@@ -67,7 +67,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tokenwire import _core
-from tokenwire.errors import GenerationRefused, ResumeExpired, StreamNotFound, TokenwireError, status_of
+from tokenwire.errors import (
+    GenerationRefused,
+    ResumeExpired,
+    StreamNotFound,
+    TokenwireError,
+    error_body,
+    error_headers,
+    status_of,
+)
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenwire.metrics import ServerMetrics, WriteMeter
@@ -92,7 +100,6 @@ from tokenwire.server.endpoints import (
     resolve_resume,
     stream_to_find,
 )
-from tokenwire.server.sse import error_body
 
 if TYPE_CHECKING:
     from starlette.responses import Response as _ResponseBase
@@ -153,8 +160,7 @@ class _Answer:
             return cls(exc.status, exc.body, exc.content_type)
         if status is None:
             status = status_of(exc)
-        extra = [(b"retry-after", b"1")] if status == 503 else None
-        return cls.json(status, error_body(exc, status), extra)
+        return cls.json(status, error_body(exc, status), _raw(error_headers(exc, status)))
 
     async def send_to(self, send: Send, head_only: bool = False) -> None:
         """Send the answer (``head_only``: to a HEAD request, without the body)."""
@@ -405,7 +411,8 @@ class TokenwireASGI(HubHost):
 
     ``options`` (:class:`~tokenwire.server.ServerOptions`, or a bare :class:`~tokenwire.server.ServerConfig`):
     its ``generator`` drives the generations that ``POST /v1/streams`` and ``POST /v1/chat/completions``
-    start, as in ``tokenwire serve``; its ``config`` supplies ``retry_ms``, ``heartbeat_interval``, ``stall_timeout``, ``max_tokens_limit`` and ``http.max_body_bytes``; the
+    start, as in ``tokenwire serve``; its ``auth`` (:mod:`tokenwire.auth`) is asked on every ``/v1`` request
+    (401 when it refuses; a stream is its starter's alone, docs/protocol.md §8); its ``config`` supplies ``retry_ms``, ``heartbeat_interval``, ``stall_timeout``, ``max_tokens_limit`` and ``http.max_body_bytes``; the
     connection limits and timeouts of :class:`~tokenwire.server.ServerConfig` are the ASGI server's.
 
     Lifespan: ``startup`` starts the hub's janitor; ``shutdown`` tells open stream responses to reconnect
@@ -525,21 +532,23 @@ class TokenwireASGI(HubHost):
             return _Answer(plain.status, plain.body, plain.content_type, _raw(plain.headers))
         endpoints = self.endpoints
         base = quote(scope.get("root_path", ""))
+        verdict = endpoints.authorize(route, _headers(scope), _query(scope), scope["path"])  # 401 when refused
+        principal = verdict if verdict is None or isinstance(verdict, str) else await verdict
         find = stream_to_find(route, stream_id, _headers(scope), _query(scope))
         if find.stream_id and self.hub.needs_restore(find.stream_id, find.after):
             await self.hub.find(*find)  # another node's stream, maybe: copy it from the shared storage
         if route == "attach":
             query = _query(scope)
-            plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base)
+            plan = endpoints.attach(stream_id, last_event_id_of(_headers(scope), query), query, base, principal)
             return _Answer(204, b"", "text/event-stream") if plan is None else plan
         if route == "cancel":
-            endpoints.cancel(stream_id)
+            endpoints.cancel(stream_id, principal)
             return _Answer(204, b"", "application/json")
         if route == "create":
-            plan = await endpoints.create(await self._json(scope, receive), base, _headers(scope))
+            plan = await endpoints.create(await self._json(scope, receive), base, _headers(scope), principal)
             return _Answer(204, b"", "text/event-stream") if plan is None else plan
         if route == "chat":
-            chat = await endpoints.chat(await self._json(scope, receive), _headers(scope))
+            chat = await endpoints.chat(await self._json(scope, receive), _headers(scope), principal)
             if chat.streaming:
                 plan = endpoints.chat_plan(chat, base)
                 return _Answer(204, b"", "text/event-stream") if plan is None else plan

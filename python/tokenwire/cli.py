@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tokenwire import __version__
 from tokenwire._loop import loop_factory
+from tokenwire.auth import ApiKeys, read_key_file
 from tokenwire.errors import TokenwireError
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.generation import Engine, Generator, load_generator
@@ -92,12 +93,15 @@ async def _serve(args: argparse.Namespace) -> int:
         allow_origins=tuple(args.allow_origin or ()),
     )
     try:
+        auth = _api_keys(args)
         generator, mode = _generator(args)
-    except (TokenwireError, ValueError, ImportError) as exc:
+    except (TokenwireError, ValueError, OSError, ImportError) as exc:
         print(f"tokenwire serve: {exc}", file=sys.stderr, flush=True)
         return 2
+    if auth is not None:
+        mode += f", {len(auth)} API key{'s' if len(auth) > 1 else ''}"
     hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
-    server = SseServer(hub, ServerOptions(config, generator))
+    server = SseServer(hub, ServerOptions(config, generator, auth))
     await server.start()
     storage_note = await _storage_note(hub)
     loop = asyncio.get_running_loop()
@@ -122,6 +126,15 @@ async def _serve(args: argparse.Namespace) -> int:
     if aclose is not None:
         await aclose()
     return 0
+
+
+def _api_keys(args: argparse.Namespace) -> ApiKeys | None:
+    """The keys of ``--api-key`` and ``--api-key-file`` (``None``: neither given, auth is off); ``ValueError`` for a
+    key that is not one, ``OSError`` for a file that cannot be read."""
+    keys = list(args.api_key or ())
+    if args.api_key_file:
+        keys += read_key_file(args.api_key_file)
+    return ApiKeys(keys) if keys else None
 
 
 def _upstream(args: argparse.Namespace) -> tuple[Generator, str]:
@@ -423,11 +436,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens-limit", type=int, default=100_000, help="largest max_tokens a request may ask")
     serve.add_argument(
         "--allow-origin",
+        "--cors-origin",
+        dest="allow_origin",
         action="append",
         type=_origin,
         metavar="ORIGIN",
-        help="CORS: let pages of ORIGIN (https://app.example, or * for any) call the endpoints; repeatable; "
-        "off by default",
+        help="CORS: let pages of ORIGIN (https://app.example, or * for any) call the endpoints and open WebTransport "
+        "sessions; repeatable; off by default",
+    )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="auth: accept KEY as a bearer token (Authorization: Bearer KEY; ?access_token=KEY on a WebTransport "
+        "CONNECT); repeatable. Other users of this machine can read a command line: prefer --api-key-file",
+    )
+    serve.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="auth: accept the keys of FILE (one a line; lines starting with # skipped)",
     )
     serve.add_argument(
         "--abandon-after", type=float, default=30.0, help="cancel a generation nobody watched for this long"

@@ -25,8 +25,11 @@ __all__ = [
     "StreamFailed",
     "StreamNotFound",
     "TokenwireError",
+    "Unauthorized",
     "UpstreamError",
+    "error_body",
     "error_fields",
+    "error_headers",
     "status_of",
 ]
 
@@ -140,6 +143,25 @@ class StreamFailed(TokenwireError):
         self.code = code
 
 
+class Unauthorized(TokenwireError):
+    """A request without credentials the server accepts, when auth is on (``tokenwire.auth``): 401 with
+    ``code`` ``unauthorized`` in the error body and a ``WWW-Authenticate: Bearer`` challenge. ``invalid``: a token
+    was presented and refused (the challenge then says ``error="invalid_token"``, RFC 6750 §3.1); else none was
+    sent. The message never repeats the token."""
+
+    status_hint = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of the answer."""
+        return 'Bearer realm="tokenwire", error="invalid_token"' if self.invalid else 'Bearer realm="tokenwire"'
+
+
 class GenerationRefused(TokenwireError):
     """A generator refused a request before its first token (an upstream's non-2xx answer, say): the request is
     answered with exactly this ``status``, ``body`` and ``content_type`` (a WebTransport error reply carries the
@@ -180,7 +202,7 @@ def status_of(exc: BaseException) -> int:
 
 def error_fields(exc: BaseException) -> dict[str, object]:
     """The extra fields of an error answer (docs/protocol.md §4.2): ``oldest_seq``, ``last_seq``, ``epoch``
-    (resume errors) and ``field`` (the request member an ``InvalidBody`` names)."""
+    (resume errors), ``field`` (the request member an ``InvalidBody`` names) and ``code`` (``unauthorized``)."""
     fields: dict[str, object] = {
         key: getattr(exc, attr)
         for attr, key in (("oldest_seq", "oldest_seq"), ("last_seq", "last_seq"), ("expected", "epoch"))
@@ -189,4 +211,23 @@ def error_fields(exc: BaseException) -> dict[str, object]:
     field = getattr(exc, "field", "")
     if field and isinstance(field, str):
         fields["field"] = field
+    if isinstance(exc, Unauthorized):
+        fields["code"] = exc.code
     return fields
+
+
+def error_body(exc: BaseException, status: int) -> dict[str, object]:
+    """The JSON error body of an HTTP answer (docs/protocol.md §4.2): ``{"error": {"type", "message", "status",
+    ...error_fields}}``. Both servers answer every error with it, and :func:`error_headers`."""
+    err: dict[str, object] = {"type": type(exc).__name__, "message": str(exc), "status": status}
+    return {"error": err | error_fields(exc)}
+
+
+def error_headers(exc: BaseException, status: int) -> list[tuple[str, str]]:
+    """The headers an HTTP error answer carries besides its JSON body: ``Retry-After: 1`` on a 503 (come back
+    soon), the ``WWW-Authenticate`` challenge on a 401 (``Unauthorized``)."""
+    if status == 503:
+        return [("Retry-After", "1")]
+    if isinstance(exc, Unauthorized):
+        return [("WWW-Authenticate", exc.challenge)]
+    return []

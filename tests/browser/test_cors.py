@@ -7,13 +7,11 @@ allow are refused by the browser."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from playwright.async_api import Browser
 
-from tests.support.browser import chromium, new_page, page_server
+from tests.support.browser import new_page, page_server
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import SpecParser
 from tokenwire import FakeModel
@@ -63,17 +61,11 @@ async (base) => {
 """
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
-
-
-async def test_a_page_on_an_allowed_origin_uses_the_endpoints(browser: Browser) -> None:
+async def test_a_page_on_an_allowed_origin_uses_the_endpoints(chromium_browser: Browser) -> None:
     model = FakeModel(seed=5)
     async with page_server() as origin, sse_server(model=model, allow_origins=(origin,)) as server:
         base = f"http://127.0.0.1:{server.port}"
-        async with new_page(browser, origin) as page:
+        async with new_page(chromium_browser, origin) as page:
             got = await page.evaluate(CALLS_JS, base)
     assert got["status"] == 200 and got["streamId"] and got["epoch"] == server.hub.epoch
     assert got["location"] == f"/v1/streams/{got['streamId']}/events"
@@ -90,12 +82,12 @@ async def test_a_page_on_an_allowed_origin_uses_the_endpoints(browser: Browser) 
     assert tail[-1].type == "done" and json.loads(tail[-1].data)["reason"] == "cancelled"
 
 
-async def test_a_page_on_another_origin_is_refused_by_the_browser(browser: Browser) -> None:
+async def test_a_page_on_another_origin_is_refused_by_the_browser(chromium_browser: Browser) -> None:
     async with (
         page_server() as origin,
         page_server() as other,
         sse_server(allow_origins=(other,)) as server,
-        new_page(browser, origin) as page,
+        new_page(chromium_browser, origin) as page,
     ):
         assert await page.evaluate(REFUSED_JS, f"http://127.0.0.1:{server.port}") == "TypeError"
         assert server.metrics.streams_started_total == 0  # the preflight failed: the POST was never sent
@@ -114,7 +106,7 @@ async ({base, size}) => {
 """
 
 
-async def test_a_page_reads_the_typed_413_of_a_prompt_over_the_body_limit(browser: Browser) -> None:
+async def test_a_page_reads_the_typed_413_of_a_prompt_over_the_body_limit(chromium_browser: Browser) -> None:
     """The 413 that the SSE server gives before the body is read (its Content-Length is over
     ``max_body_bytes``) carries the grant like every other answer, so the page gets the typed error, not a
     network error that a client would retry."""
@@ -122,7 +114,7 @@ async def test_a_page_reads_the_typed_413_of_a_prompt_over_the_body_limit(browse
     async with (
         page_server() as origin,
         sse_server(allow_origins=(origin,), http=HttpLimits(max_body_bytes=limit)) as server,
-        new_page(browser, origin) as page,
+        new_page(chromium_browser, origin) as page,
     ):
         got = await page.evaluate(TOO_LARGE_JS, {"base": f"http://127.0.0.1:{server.port}", "size": 4 * limit})
         assert server.metrics.streams_started_total == 0

@@ -279,6 +279,10 @@ def test_connect_headers() -> None:
     for protocol, ok in ((b"webtransport-h3", True), (b"webtransport", True), (b"websocket", False)):
         fields = [(b":method", b"CONNECT"), (b":protocol", protocol), (b":path", b"/v1/webtransport")]
         assert is_webtransport_connect(fields) == (ok, "/v1/webtransport")
+    # A query (the browser's token form) stays in :path; extra headers (the header form) follow, lower case.
+    headers = connect_headers("h:1", "/v1/webtransport?access_token=k", extra=[("Authorization", "Bearer k")])
+    assert is_webtransport_connect(headers) == (True, "/v1/webtransport?access_token=k")
+    assert headers[-1] == (b"authorization", b"Bearer k")
 
 
 def test_server_settings_name_every_draft_and_the_initial_flow_control_limits() -> None:

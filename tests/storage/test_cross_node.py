@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.support.redis_server import RedisProcess
-from tokenwire import FakeModel, _core
+from tokenwire import FakeModel, StreamNotFound, _core
 from tokenwire.client.webtransport import WebTransportClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -310,3 +310,41 @@ async def test_a_post_retried_with_last_event_id_on_another_node_resumes_the_sam
         seqs = [int(i.rsplit(":", 1)[1]) for i, kind, _ in [*got, *rest] if kind == "token"]
         assert seqs == list(range(1, 26))
         assert [await n.metric(client, "streams_started_total") for n in (a, b)] == [1, 0]
+
+
+async def test_a_stream_is_its_starters_alone_on_every_node(redis_url: str, tmp_path: Path) -> None:
+    """``--api-key``: the principal a stream is labelled with before its first frame reaches the shared storage
+    with it, so another node refuses another key's resume and cancel (404, over SSE and WebTransport) and serves
+    the starter's."""
+    alice, bob = "alice-key-0123456789", "bob-key-9876543210"
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{alice}\n{bob}\n")
+    async with (
+        nodes(redis_url, 2, "--tokens-per-s", "50", "--webtransport", "--api-key-file", str(keys)) as (a, b),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        as_alice, as_bob = {"authorization": f"Bearer {alice}"}, {"authorization": f"Bearer {bob}"}
+        body = {"prompt": "owned", "max_tokens": 5000}
+        status, got = await events(client, "POST", f"{a.base}/v1/streams", json=body, headers=as_alice, limit=4)
+        assert status == 200
+        last_id = got[-1][0]
+        stream_id = last_id.split(":")[0]
+        url = f"{b.base}/v1/streams/{stream_id}/events"
+        status, refused = await events(client, "GET", url, headers={**as_bob, "last-event-id": last_id})
+        assert status == 404 and json.loads(refused[0][2])["error"]["type"] == "StreamNotFound"
+        assert (await client.delete(f"{b.base}/v1/streams/{stream_id}", headers=as_bob)).status_code == 404
+        assert (await client.get(url)).status_code == 401
+        cert = (await client.get(f"{b.base}/v1/webtransport/certificate", headers=as_alice)).json()
+        pins = [bytes.fromhex(cert["sha256"])]
+        async with WebTransportClient(cert["url"], server_certificate_hashes=pins, access_token=bob) as wt:
+            with pytest.raises(StreamNotFound):
+                await wt.attach(stream_id, last_event_id=last_id)
+        async with WebTransportClient(cert["url"], server_certificate_hashes=pins, access_token=alice) as wt:
+            reader = await wt.attach(stream_id, last_event_id=last_id)
+            first = await reader.__anext__()
+            await reader.aclose()
+        sent = [data for _, kind, data in got if kind == "token"]
+        assert [*sent, first] == FakeModel(seed=0).tokens("owned", len(sent) + 1)
+        assert (await client.delete(f"{b.base}/v1/streams/{stream_id}", headers=as_alice)).status_code == 204
+        status, rest = await events(client, "GET", url, headers={**as_alice, "last-event-id": last_id})
+        assert rest[-1][1] == "done" and json.loads(rest[-1][2])["reason"] == "cancelled"

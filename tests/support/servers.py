@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tokenwire import Engine, FakeEngine, FakeModel, Generator, Hub
+from tokenwire.auth import Authenticator
 from tokenwire.client.webtransport import WebTransportClient, WebTransportStreamReader
 from tokenwire.protocol.webtransport import WT_PATH
 from tokenwire.server import ServerConfig, ServerOptions, SseServer
@@ -36,10 +37,11 @@ async def sse_server(
     *,
     model: Generator | Engine | None = None,
     engine_steps_per_s: float | None = None,
+    auth: Authenticator | None = None,
     **config: Any,
 ) -> AsyncIterator[SseServer]:
     cfg = ServerConfig(host="127.0.0.1", port=0, **config)
-    server = SseServer(hub, options(cfg, model, engine_steps_per_s))
+    server = SseServer(hub, options(cfg, model, engine_steps_per_s, auth=auth))
     await server.start()
     try:
         yield server
@@ -55,12 +57,13 @@ async def wt_server(
     limits: WebTransportLimits | None = None,
     engine_steps_per_s: float | None = None,
     certificate: Certificate | None = None,
+    auth: Authenticator | None = None,
     **config: Any,
 ) -> AsyncIterator[WebTransportServer]:
     """A WebTransport server on 127.0.0.1, UDP, a free port, with ``certificate`` or a development certificate
     made here (``engine_steps_per_s``: generations run in the batching FakeEngine, one token per stream a step)."""
     cfg = ServerConfig(host="127.0.0.1", port=0, webtransport=limits or WebTransportLimits(), **config)
-    server = WebTransportServer(hub, options(cfg, model, engine_steps_per_s), certificate=certificate)
+    server = WebTransportServer(hub, options(cfg, model, engine_steps_per_s, auth=auth), certificate=certificate)
     await server.start()
     try:
         yield server

@@ -32,7 +32,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tokenwire import _core
 from tokenwire.client._reader import TokenReaderBase
 from tokenwire.client.sse import ConnectionFailed, with_backoff
-from tokenwire.errors import RemoteProtocolError, TokenwireError
+from tokenwire.errors import RemoteProtocolError, TokenwireError, Unauthorized
 from tokenwire.protocol.webtransport import (
     WT_PATH,
     AttachRequested,
@@ -347,9 +347,9 @@ class _Connection(QuicConnectionProtocol):
         host, port = transport.get_extra_info("sockname")[:2]
         return (str(host), int(port))
 
-    def open_session(self, authority: str, path: str) -> None:
+    def open_session(self, authority: str, path: str, headers: Mapping[str, str]) -> None:
         self.session_id = self._quic.get_next_available_stream_id()
-        self.h3.send_headers(self.session_id, connect_headers(authority, path))
+        self.h3.send_headers(self.session_id, connect_headers(authority, path, extra=headers.items()))
         if self.keepalive:
             self._keepalive_handle = self._loop.call_later(self.keepalive, self._keepalive_tick)
 
@@ -502,6 +502,8 @@ class _Socket(asyncio.DatagramProtocol):
 
 
 def _refused(status: int) -> TokenwireError:
+    if status == 401:
+        return Unauthorized("the server refused the WebTransport session: HTTP 401 (credentials missing or refused)")
     exc = RemoteProtocolError(f"the server refused the WebTransport session: HTTP {status}")
     exc.status_hint = status or 502
     return exc
@@ -635,6 +637,12 @@ class WebTransportClient:
     ``max_ack_delay``) instead of aioquic's 1 ms: fewer ACK packets for the server to process when tokens
     arrive in many small packets, at the price of slower loss recovery and slower congestion-window growth
     (a large replay arrives more slowly). ``None`` keeps aioquic's behaviour. At most 1 s.
+
+    ``access_token``: the API key of a server with auth on, sent as ``Authorization: Bearer`` on the session's
+    CONNECT (every request of the session then runs as its principal). ``headers``: more CONNECT headers
+    (``origin``, say). A query in ``url`` (``?access_token=``, the form browsers use) is sent as is. A session
+    the server refuses raises from the request that opened it: ``Unauthorized`` for 401, a
+    ``RemoteProtocolError`` whose ``status_hint`` is the status otherwise (403: an ``Origin`` not allowed).
     """
 
     def __init__(
@@ -655,6 +663,8 @@ class WebTransportClient:
         keepalive: float | None = 1.0,
         batch_transmit: bool = True,
         ack_delay: float | None = None,
+        access_token: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if ack_delay is not None and not 0 < ack_delay <= 1.0:
@@ -663,7 +673,10 @@ class WebTransportClient:
             raise ValueError(f"url must be https://host[:port][/path], got {url!r}")
         self.host = parts.hostname
         self.port = parts.port or 443
-        self.path = parts.path or WT_PATH
+        self.path = (parts.path or WT_PATH) + (f"?{parts.query}" if parts.query else "")
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        if access_token is not None:
+            self.headers["authorization"] = f"Bearer {access_token}"
         self.authority = parts.netloc
         self.server_name = server_name or self.host
         self.pins = frozenset(server_certificate_hashes)
@@ -744,7 +757,7 @@ class WebTransportClient:
         conn.remote = (str(addr[0]), int(addr[1]))
         conn.family = family
         conn.connect(addr, transmit=False)
-        conn.open_session(self.authority, self.path)
+        conn.open_session(self.authority, self.path, self.headers)
         conn.transmit()  # Initial (+ the CONNECT in 0-RTT when a ticket allows it)
         conn.handshake.add_done_callback(self._count_handshake)
         self.connections += 1

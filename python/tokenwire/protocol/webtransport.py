@@ -27,6 +27,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 from tokenwire import _core
 from tokenwire.errors import (
@@ -90,6 +91,7 @@ __all__ = [
     "code_for_status",
     "connect_fields",
     "connect_headers",
+    "connect_query",
     "encode_capsule",
     "encode_message",
     "encode_preview",
@@ -623,8 +625,11 @@ def parse_preview(data: bytes) -> tuple[int, list[tuple[int, int, str]]]:
 # -- the session (extended CONNECT, RFC 9220 / draft-ietf-webtrans-http3) ---------------------------
 
 
-def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = None) -> list[tuple[bytes, bytes]]:
-    """Request headers of the extended CONNECT that opens a WebTransport session."""
+def connect_headers(
+    authority: str, path: str = WT_PATH, origin: str | None = None, extra: Iterable[tuple[str, str]] = ()
+) -> list[tuple[bytes, bytes]]:
+    """Request headers of the extended CONNECT that opens a WebTransport session (``path`` may carry a query,
+    such as ``?access_token=``); ``extra``: more headers (``authorization``), names in lower case."""
     headers = [
         (b":method", b"CONNECT"),
         (b":protocol", b"webtransport"),
@@ -634,6 +639,7 @@ def connect_headers(authority: str, path: str = WT_PATH, origin: str | None = No
     ]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra]
     return headers
 
 
@@ -813,6 +819,13 @@ def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[boo
     fields = dict(headers)
     ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") in WT_PROTOCOLS
     return ok, fields.get(b":path", b"").decode("latin-1")
+
+
+def connect_query(path: str) -> dict[str, str]:
+    """The query parameters of a CONNECT's ``:path`` (the last of repeated names wins), as the HTTP endpoints
+    read a request's: ``?access_token=`` is how a browser sends its credentials (docs/protocol.md §8)."""
+    _, _, query = path.partition("?")
+    return dict(parse_qsl(query, keep_blank_values=True, errors="replace"))
 
 
 def connect_fields(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tokenwire.protocol.http1 import HttpLimits
 
 if TYPE_CHECKING:
+    from tokenwire.auth import Authenticator
     from tokenwire.generation import Engine, Generator
 
 __all__ = ["ServerConfig", "ServerOptions", "WebTransportLimits", "normalize_origin"]
@@ -115,8 +116,10 @@ class ServerOptions:
     #: source per request) or an :class:`~tokenwire.generation.Engine` (many streams per step). ``None``: a
     #: :class:`~tokenwire.fake_model.FakeModel` with its defaults. The servers never close it: its owner does.
     generator: Generator | Engine | None = None
-    #: Who may call the endpoints (:mod:`tokenwire.auth`); ``None``: anyone.
-    auth: Any = None
+    #: Who may call the endpoints (:mod:`tokenwire.auth`: an :class:`~tokenwire.auth.ApiKeys`, or any callable of
+    #: an :class:`~tokenwire.auth.AuthRequest` returning the principal or ``None``, sync or async); ``None``:
+    #: anyone. Asked on every ``/v1`` request and WebTransport session (docs/protocol.md §8).
+    auth: Authenticator | None = None
 
     @classmethod
     def of(cls, options: ServerOptions | ServerConfig | None) -> ServerOptions:

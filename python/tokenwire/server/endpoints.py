@@ -14,11 +14,13 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, cast
+from urllib.parse import urlsplit
 
 from tokenwire import _core
+from tokenwire.auth import AuthRequest, check
 from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.generation import Engine, GenerationRequest, Generator, aiter_source, is_engine
 from tokenwire.hub import RAW_CHUNKS, FrameKind, Hub, Render, StreamState, TokenStream
@@ -34,7 +36,7 @@ from tokenwire.protocol.resume import (
     parse_resume_point,
 )
 from tokenwire.server.assets import ASSETS, asset, not_modified
-from tokenwire.server.config import ServerConfig
+from tokenwire.server.config import ServerConfig, ServerOptions
 
 __all__ = [
     "CLIENT_PATH",
@@ -107,6 +109,8 @@ class Host(Protocol):
     def metrics(self) -> ServerMetrics: ...
     @property
     def config(self) -> ServerConfig: ...
+    @property
+    def options(self) -> ServerOptions: ...
 
 
 class ChatMeta:
@@ -236,6 +240,17 @@ def _origin_allowed(allow_origins: tuple[str, ...], origin: str | None) -> bool:
     return origin is not None and ("*" in allow_origins or origin in allow_origins)
 
 
+def session_origin_allowed(allow_origins: tuple[str, ...], origin: str | None, authority: str) -> bool:
+    """Whether a WebTransport session may be opened from a page on ``origin`` (the CONNECT's ``Origin``), as CORS
+    would let the page call the HTTP endpoints: yes with CORS off (no allowed origins) or without ``Origin`` (not
+    a browser); else for an allowed origin, or a page of this server itself (the origin's host and port are the
+    CONNECT's ``:authority``: ``tokenwire serve`` serves its pages and WebTransport on one port number)."""
+    if not allow_origins or origin is None or _origin_allowed(allow_origins, origin):
+        return True
+    own = urlsplit(origin)
+    return bool(own.netloc) and own.netloc == authority.lower()
+
+
 def preflight_headers(route: str, allow_origins: tuple[str, ...], origin: str | None) -> list[tuple[str, str]]:
     """The headers of the 204 that answers ``OPTIONS`` on ``route``: ``Allow``, and for an allowed ``origin`` what
     it may send and how long the browser may keep this answer (:func:`cors_headers`, which every answer carries,
@@ -248,6 +263,25 @@ def preflight_headers(route: str, allow_origins: tuple[str, ...], origin: str | 
             ("Access-Control-Max-Age", str(CORS_MAX_AGE)),
         ]
     return headers
+
+
+# -- auth (opt-in: ServerOptions.auth) -----------------------------------------------------------------
+
+#: Routes anyone may call when auth is on: liveness, metrics and the browser files. Preflights (``OPTIONS``),
+#: answered before any route, never need credentials either: a browser sends none with them.
+PUBLIC_ROUTES = frozenset({"health", "metrics", "client", "demo"})
+#: The label of a stream started with auth on: the principal that started it (kept in a shared storage with
+#: the stream, so every node knows whose it is).
+PRINCIPAL_LABEL = "principal"
+
+
+def check_owner(stream: TokenStream, principal: str | None) -> TokenStream:
+    """``stream``, when ``principal`` may read or cancel it: auth is off (``None``), or it is the principal that
+    started the stream. Else ``StreamNotFound``, worded as for a stream that does not exist: with auth on a stream
+    id grants nothing, nor tells whether the stream is there (docs/protocol.md §8)."""
+    if principal is not None and stream.labels.get(PRINCIPAL_LABEL) != principal:
+        raise StreamNotFound(f"no stream {stream.id!r} (never created, or expired)")
+    return stream
 
 
 class Plain(NamedTuple):
@@ -327,11 +361,15 @@ def message_text(message: object, index: int) -> str:
     raise InvalidBody(f"{field}.content must be a string, null, or an array of content parts", f"{field}.content")
 
 
-def resolve_resume(hub: Hub, stream_id: str, last_event_id: str) -> tuple[TokenStream, int]:
-    """The stream and the seq to replay after, for an attach to ``stream_id`` with ``last_event_id``.
+def resolve_resume(
+    hub: Hub, stream_id: str, last_event_id: str, principal: str | None = None
+) -> tuple[TokenStream, int]:
+    """The stream and the seq to replay after, for an attach to ``stream_id`` with ``last_event_id`` by
+    ``principal`` (``None``: auth is off).
 
     Raises as docs/protocol.md §4.2 says: ``RemoteProtocolError`` (malformed, or another stream's id),
-    ``EpochMismatch``, ``StreamNotFound``, ``ResumeFromFuture``, ``ResumeExpired``.
+    ``EpochMismatch``, ``StreamNotFound`` (also another principal's stream: :func:`check_owner`, checked where an
+    unknown stream is), ``ResumeFromFuture``, ``ResumeExpired``.
     """
     after = 0
     if last_event_id:
@@ -341,6 +379,7 @@ def resolve_resume(hub: Hub, stream_id: str, last_event_id: str) -> tuple[TokenS
                 f"Last-Event-ID names stream {point.stream_id!r} but the path names {stream_id!r}"
             )
         after = point.seq
+    check_owner(hub.get(stream_id), principal)
     return hub.check_resume(stream_id, after), after
 
 
@@ -588,6 +627,12 @@ async def collect_chunks(hub: Hub, stream: TokenStream) -> tuple[int, dict[str, 
     return 200, answer
 
 
+def _label_principal(stream: TokenStream, principal: str | None) -> None:
+    """Remember who started ``stream`` (auth on), before its first frame: a copy on another node carries it."""
+    if principal is not None:
+        stream.label(PRINCIPAL_LABEL, principal)
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A validated ``POST /v1/chat/completions``: its stream has started (or was started by the request this
@@ -621,6 +666,24 @@ class Endpoints:
         and at most ``config.max_idempotency_keys`` are kept (the oldest go)."""
         return _KEYS.setdefault(self.host.hub, {})
 
+    # -- auth --------------------------------------------------------------------------------------
+
+    def authorize(
+        self,
+        route: str,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        path: str = "",
+        transport: Literal["http", "webtransport"] = "http",
+    ) -> str | Awaitable[str] | None:
+        """Who sends a request on ``route``: ``None`` when nobody needs to be known (auth is off, or the route is
+        public: :data:`PUBLIC_ROUTES`); else the principal (``Unauthorized`` when refused), or an awaitable of it
+        from an async authenticator (:func:`tokenwire.auth.check`)."""
+        auth = self.host.options.auth
+        if auth is None or route in PUBLIC_ROUTES:
+            return None
+        return check(auth, AuthRequest(headers, query, transport, path))
+
     # -- generation --------------------------------------------------------------------------------
 
     async def start(
@@ -630,11 +693,13 @@ class Endpoints:
         prompt: str,
         max_tokens: int,
         headers: Mapping[str, str] | None = None,
+        principal: str | None = None,
     ) -> TokenStream:
         """A generation of ``prompt`` by the host's generator: the stream it sends to.
 
         The request's ``stream_id`` (optional) is checked first; a source's ``open()`` is awaited before the
         stream exists (:class:`~tokenwire.errors.GenerationRefused` then answers the request as the source says).
+        ``principal`` (auth on): who asked; the stream is labelled with it before its first frame.
         """
         host = self.host
         hub = host.hub
@@ -644,7 +709,9 @@ class Endpoints:
                 raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
             if stream_id in hub:
                 raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id, or attach to it")
-        request = GenerationRequest(route, prompt, max_tokens, body, stream_id or new_stream_id(), headers or {})
+        request = GenerationRequest(
+            route, prompt, max_tokens, body, stream_id or new_stream_id(), headers or {}, principal
+        )
         generator = host.generator
         # The hub's cap is charged for what the stream will hold when the generator says how big an item gets:
         # HubFull (503) now, not half-way, when it does not fit.
@@ -653,6 +720,7 @@ class Endpoints:
         length = max_tokens if token_bytes else 0
         if is_engine(generator):
             stream = hub.create_stream(request.stream_id, abandonable=True, length=length, token_bytes=token_bytes)
+            _label_principal(stream, principal)
             generator.enqueue(request, stream)
         else:
             stream = await self._start_source(cast(Generator, generator), request, length, token_bytes)
@@ -677,12 +745,17 @@ class Endpoints:
                         await aclose()
                 raise
         stream = hub.start(aiter_source(source), stream_id=request.stream_id, length=length, token_bytes=token_bytes)
+        _label_principal(stream, request.principal)  # before its first frame (its task waits)
         if getattr(source, "chunk_format", None) == "openai":  # labelled before its first frame (its task waits)
             stream.label("format", RAW_CHUNKS)
         return stream
 
     async def create(
-        self, body: dict[str, Any], base: str = "", headers: Mapping[str, str] | None = None
+        self,
+        body: dict[str, Any],
+        base: str = "",
+        headers: Mapping[str, str] | None = None,
+        principal: str | None = None,
     ) -> StreamPlan | None:
         """``POST /v1/streams``: start a generation and stream it from the start.
 
@@ -692,13 +765,17 @@ class Endpoints:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidBody("'prompt' (string) is required", "prompt")
-        started = await self._start_once("create", body, prompt, headers)
+        started = await self._start_once("create", body, prompt, headers, principal)
         if isinstance(started, str):
-            return self.attach(started, last_event_id_of(headers or {}, {}), {}, base)
+            return self.attach(started, last_event_id_of(headers or {}, {}), {}, base, principal)
         return self.plan_sse(started, 0, base)
 
     async def start_keyed(
-        self, body: dict[str, Any], prompt: str, headers: Mapping[str, str] | None = None
+        self,
+        body: dict[str, Any],
+        prompt: str,
+        headers: Mapping[str, str] | None = None,
+        principal: str | None = None,
     ) -> TokenStream:
         """A WebTransport start request: its ``idempotency_key`` member (optional) works as the
         ``Idempotency-Key`` header of ``POST /v1/streams`` (same keys, same rules): a repeat gets the stream
@@ -709,7 +786,7 @@ class Endpoints:
         keyed = {k: v for k, v in (headers or {}).items() if k not in ("idempotency-key", "last-event-id")}
         if key is not None:
             keyed["idempotency-key"] = key
-        started = await self._start_once("webtransport", body, prompt, keyed)
+        started = await self._start_once("webtransport", body, prompt, keyed, principal)
         return self.host.hub.check_resume(started, 0) if isinstance(started, str) else started
 
     async def _start_once(
@@ -718,22 +795,25 @@ class Endpoints:
         body: dict[str, Any],
         prompt: str,
         headers: Mapping[str, str] | None,
+        principal: str | None,
     ) -> str | TokenStream:
         """A start of ``POST /v1/streams`` or a WebTransport start: the id of the stream it repeats
         (:meth:`previous_start`), else the stream it starts (its ``Idempotency-Key`` remembered)."""
-        repeated = self.previous_start("create", body, headers)
+        repeated = self.previous_start("create", body, headers, principal)
         if repeated is not None:
             return repeated
         max_tokens = int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
-        stream = await self.start(route, body, prompt, max_tokens, headers)
+        stream = await self.start(route, body, prompt, max_tokens, headers, principal)
         self._remember_key("create", body, headers, stream)
         return stream
 
-    def previous_start(self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None) -> str | None:
+    def previous_start(
+        self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None, principal: str | None = None
+    ) -> str | None:
         """The id of the stream a start request repeats; ``None``: start a new generation.
 
-        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream. The same key with
-          another request body is 422.
+        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream: 404 when another
+          principal started it (:func:`check_owner`). The same key with another request body is 422.
         - Else a ``Last-Event-ID`` (a client's SSE retry of the POST) names it (400 malformed, 409 another
           epoch). The caller serves it as ``GET /v1/streams/{id}/events`` with that ``Last-Event-ID`` would
           (:meth:`attach`: 400, 404, 409, 410; 204 when nothing is left).
@@ -743,9 +823,12 @@ class Endpoints:
         key = idempotency_key_of(headers)
         hub = self.host.hub
         if key is not None and (entry := self.idempotency.get(key)) is not None:
+            held = entry[0] in hub
+            if held:  # another principal's key: 404 before a 422 could tell it apart
+                check_owner(hub.get(entry[0]), principal)
             if entry[1] != _fingerprint(route, body):
                 raise HttpError(422, "Idempotency-Key was used for a different request; use a new key")
-            if entry[0] in hub:
+            if held:
                 return entry[0]
             del self.idempotency[key]  # its stream is gone: the key starts a new one
         last_event_id = last_event_id_of(headers, {})
@@ -766,18 +849,26 @@ class Endpoints:
         while len(keys) > self.host.config.max_idempotency_keys:
             del keys[next(iter(keys))]  # the oldest go (keys of swept streams are dropped when looked up)
 
-    def cancel(self, stream_id: str) -> None:
-        """``DELETE /v1/streams/{id}``: 204 after this returns; ``StreamNotFound`` is a 404."""
-        self.host.hub.cancel(stream_id)
+    def cancel(self, stream_id: str, principal: str | None = None) -> None:
+        """``DELETE /v1/streams/{id}`` (or a WebTransport cancel) by ``principal``: 204 after this returns;
+        ``StreamNotFound`` (also another principal's stream) is a 404."""
+        check_owner(self.host.hub.get(stream_id), principal).cancel()
 
-    def attach(self, stream_id: str, last_event_id: str, query: Mapping[str, str], base: str = "") -> StreamPlan | None:
-        """``GET /v1/streams/{id}/events``: the plan, or ``None`` for 204 (ended, nothing left)."""
+    def attach(
+        self,
+        stream_id: str,
+        last_event_id: str,
+        query: Mapping[str, str],
+        base: str = "",
+        principal: str | None = None,
+    ) -> StreamPlan | None:
+        """``GET /v1/streams/{id}/events`` by ``principal``: the plan, or ``None`` for 204 (ended, nothing left)."""
         host = self.host
         fmt = query.get("format", "sse")
         if fmt not in ("sse", "openai"):
             raise RemoteProtocolError(f"unknown format {fmt!r} (sse, openai)")
         point, part = split_end_part(last_event_id) if fmt == "openai" else (last_event_id, "")
-        stream, after = resolve_resume(host.hub, stream_id, point)
+        stream, after = resolve_resume(host.hub, stream_id, point, principal)
         if part:
             after = resolve_end_part(stream, after, part)
         if nothing_left(stream, after):
@@ -798,7 +889,9 @@ class Endpoints:
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
         return plan_sse(self.host.hub, stream, after, f"{base}{STREAMS_PATH}/{stream.id}/events")
 
-    async def chat(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ChatRequest:
+    async def chat(
+        self, body: dict[str, Any], headers: Mapping[str, str] | None = None, principal: str | None = None
+    ) -> ChatRequest:
         """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata.
 
         A repeat (``Idempotency-Key``) or a retry with ``Last-Event-ID`` serves the stream already there, in
@@ -823,17 +916,17 @@ class Endpoints:
             include_usage = False
         elif not isinstance(include_usage, bool):
             raise InvalidBody("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
-        repeated = self.previous_start("chat", body, headers)
+        repeated = self.previous_start("chat", body, headers, principal)
         if repeated is not None:
-            return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}))
-        stream = await self.start("chat", body, "\n".join(parts), max_tokens, headers)
+            return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}), principal)
+        stream = await self.start("chat", body, "\n".join(parts), max_tokens, headers, principal)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
         meta.remember(stream)
         self._remember_key("chat", body, headers, stream)
         return ChatRequest(stream, meta, streaming)
 
-    def _chat_repeat(self, stream_id: str, streaming: bool, last_event_id: str) -> ChatRequest:
-        known = ChatMeta.of(self.host.hub.get(stream_id))
+    def _chat_repeat(self, stream_id: str, streaming: bool, last_event_id: str, principal: str | None) -> ChatRequest:
+        known = ChatMeta.of(check_owner(self.host.hub.get(stream_id), principal))
         if known is None:
             raise RemoteProtocolError(f"stream {stream_id} is not a chat completion; it cannot resume here")
         if not streaming:

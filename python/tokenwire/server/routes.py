@@ -7,6 +7,7 @@ module feeds it parsed requests and hands its answers to the connection.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from tokenwire.errors import TokenwireError
@@ -45,21 +46,31 @@ class Router(Endpoints):
         if plain is not None:  # a preflight, or a browser file
             conn.respond(plain.status, plain.body, plain.content_type, req.keep_alive, plain.headers)
             return
+        verdict = self.authorize(route, req.headers, req.query, req.path)  # None: auth off, or a public route
+        if verdict is None or isinstance(verdict, str):
+            self._route(conn, req, route, stream_id, verdict)
+        else:  # an async authenticator: answered once it has decided
+            conn.hold()
+            self.server.spawn(self._authorized(conn, req, route, stream_id, verdict))
+
+    def _route(self, conn: SseConnection, req: Request, route: str, stream_id: str, principal: str | None) -> None:
+        """Answer ``req`` for ``principal`` (``None``: auth off, or a public route)."""
         find = stream_to_find(route, stream_id, req.headers, req.query)
         if find.stream_id and self.server.hub.needs_restore(find.stream_id, find.after):
             # Another node's stream, maybe: copy it from the shared storage, then answer as for our own.
             conn.hold()
-            self.server.spawn(self._restore_then_handle(conn, req, find))
+            self.server.spawn(self._restore_then_route(conn, req, route, stream_id, principal, find))
         elif route == "attach":
-            self._serve(conn, req, self.attach(stream_id, last_event_id_of(req.headers, req.query), req.query))
+            last_event_id = last_event_id_of(req.headers, req.query)
+            self._serve(conn, req, self.attach(stream_id, last_event_id, req.query, "", principal))
         elif route == "cancel":
-            self.cancel(stream_id)
+            self.cancel(stream_id, principal)
             conn.respond(204, b"", "application/json", req.keep_alive)
         elif route in ("create", "chat"):
             # A start may wait on its generator (a source's open(): an upstream's answer): answered later.
             body = parse_json_body(req.headers.get("content-type"), req.body)
             conn.hold()
-            self.server.spawn(self._start(conn, req, route, body))
+            self.server.spawn(self._start(conn, req, route, body, principal))
         elif route == "health":
             conn.respond_json(200, self.health(), req.keep_alive)
         elif route == "webtransport":
@@ -67,12 +78,28 @@ class Router(Endpoints):
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
 
-    async def _start(self, conn: SseConnection, req: Request, route: str, body: dict[str, Any]) -> None:
+    async def _authorized(
+        self, conn: SseConnection, req: Request, route: str, stream_id: str, verdict: Awaitable[str]
+    ) -> None:
+        try:
+            principal = await verdict
+        except TokenwireError as exc:  # 401
+            conn.answer_error(exc, req.keep_alive)
+            return
+        except Exception as exc:  # the authenticator failed: its fault, not the client's
+            log.exception("authenticator failed on %s %s", req.method, req.path)
+            conn.answer_error(exc, False)
+            return
+        conn.dispatch(req, lambda: self._route(conn, req, route, stream_id, principal))
+
+    async def _start(
+        self, conn: SseConnection, req: Request, route: str, body: dict[str, Any], principal: str | None
+    ) -> None:
         try:
             if route == "create":
-                self._serve(conn, req, await self.create(body, "", req.headers))
+                self._serve(conn, req, await self.create(body, "", req.headers, principal))
                 return
-            chat = await self.chat(body, req.headers)
+            chat = await self.chat(body, req.headers, principal)
             if chat.streaming:
                 self._serve(conn, req, self.chat_plan(chat))
             else:
@@ -83,13 +110,15 @@ class Router(Endpoints):
             log.exception("request %s %s failed", req.method, req.path)
             conn.answer_error(exc, False)
 
-    async def _restore_then_handle(self, conn: SseConnection, req: Request, find: StreamToFind) -> None:
+    async def _restore_then_route(
+        self, conn: SseConnection, req: Request, route: str, stream_id: str, principal: str | None, find: StreamToFind
+    ) -> None:
         try:
             await self.server.hub.find(*find)
         except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
             conn.answer_error(exc, req.keep_alive)
             return
-        conn.dispatch(req)
+        conn.dispatch(req, lambda: self._route(conn, req, route, stream_id, principal))
 
     def _serve(self, conn: SseConnection, req: Request, plan: StreamPlan | None) -> None:
         """Stream ``plan``; ``None``: 204, the stream has ended and the client holds its final frame."""

@@ -17,10 +17,19 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, cast
 
 from tokenwire import _core
-from tokenwire.errors import GenerationRefused, ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
+from tokenwire.errors import (
+    GenerationRefused,
+    ResumeExpired,
+    StreamNotFound,
+    TokenwireError,
+    error_body,
+    error_headers,
+    status_of,
+)
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, Request, RequestParser, chunk, render_head, render_response
@@ -35,12 +44,6 @@ log = logging.getLogger("tokenwire.server")
 
 #: The name this module exported before ``endpoints.Render`` (see there).
 StreamRender = Render
-
-
-def error_body(exc: BaseException, status: int) -> dict[str, Any]:
-    """The JSON error body of docs/protocol.md §4.2."""
-    err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc), "status": status}
-    return {"error": err | error_fields(exc)}
 
 
 class SseConnection(asyncio.Protocol):
@@ -147,15 +150,19 @@ class SseConnection(asyncio.Protocol):
             self._idle = False
             self._arm_timer(self.server.config.header_timeout)
 
-    def dispatch(self, req: Request) -> None:
-        """Route ``req`` and answer it (now, or later: held), errors as their status."""
+    def dispatch(self, req: Request, go_on: Callable[[], None] | None = None) -> None:
+        """Route ``req`` and answer it (now, or later: held), errors as their status. ``go_on``: how to carry on
+        with a request that was held (after its authenticator or a storage look-up), instead of routing it anew."""
         self._held = False
         self._head_only = req.method == "HEAD"
         self._cors = cors_headers(self.server.config.allow_origins, req.headers.get("origin"))
         try:
             if self.server.draining:
                 raise HttpError(503, "server is shutting down")
-            self.server.router.handle(self, req)
+            if go_on is None:
+                self.server.router.handle(self, req)
+            else:
+                go_on()
         except TokenwireError as exc:
             self._respond_error(exc, req.keep_alive)
         except Exception as exc:
@@ -269,7 +276,7 @@ class SseConnection(asyncio.Protocol):
         if status is None:
             status = status_of(exc)
         self.server.metrics.bad_requests_total += 1
-        extra = [("Retry-After", "1")] if status == 503 else None
+        extra = error_headers(exc, status)
         if status >= 500 or status in (408, 413, 414, 431):
             keep_alive = False
         self.respond_json(status, error_body(exc, status), keep_alive, extra)
@@ -450,12 +457,13 @@ class SseServer(ServerBase):
     async def start(self) -> None:
         loop = self._start_common()
         # Our own accept path (server/accept.py): at the descriptor limit new connections get a 503.
+        out_of_fds = HttpError(503, "server is out of file descriptors")
         refusal = render_response(
             503,
-            json.dumps(error_body(HttpError(503, "server is out of file descriptors"), 503)).encode(),
+            json.dumps(error_body(out_of_fds, 503)).encode(),
             "application/json",
             keep_alive=False,
-            extra=[("Retry-After", "1")],
+            extra=error_headers(out_of_fds, 503),
         )
 
         def refused() -> None:

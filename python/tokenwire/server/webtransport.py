@@ -38,7 +38,7 @@ import collections
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -62,7 +62,7 @@ from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
+from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, Unauthorized
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError
@@ -85,6 +85,7 @@ from tokenwire.protocol.webtransport import (
     StreamAttached,
     WtCode,
     connect_fields,
+    connect_query,
     encode_preview,
     encode_reply,
     error_reply,
@@ -98,7 +99,7 @@ from tokenwire.protocol.webtransport import (
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
 from tokenwire.server.config import ServerConfig, ServerOptions
-from tokenwire.server.endpoints import Endpoints, count_resume, left_early
+from tokenwire.server.endpoints import Endpoints, check_owner, count_resume, left_early, session_origin_allowed
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
 
@@ -280,12 +281,20 @@ class _Session:
     """One WebTransport session: its CONNECT stream id, its active request streams, and, when the client turned
     WebTransport flow control on, the credit it gives the server (docs/protocol.md §3.1)."""
 
-    __slots__ = ("blocked", "capsules", "credit", "headers", "id", "streams")
+    __slots__ = ("blocked", "capsules", "credit", "headers", "id", "principal", "streams")
 
-    def __init__(self, session_id: int, credit: SendCredit | None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        session_id: int,
+        credit: SendCredit | None,
+        headers: dict[str, str] | None = None,
+        principal: str | None = None,
+    ) -> None:
         self.id = session_id
         #: The CONNECT's regular headers (lower-case names): what a generator sees of the session's requests.
         self.headers = headers or {}
+        #: Who opened it, when auth is on (its CONNECT's credentials): every request of the session runs as them.
+        self.principal = principal
         self.streams: set[int] = set()
         #: ``None``: flow control is off (QUIC's alone applies).
         self.credit = credit
@@ -481,6 +490,9 @@ class WebTransportConnection(QuicConnectionProtocol):
         #: a session is never established from 0-RTT early data (draft-ietf-webtrans-http3 §3.2, RFC 8470 §3),
         #: nor before the server knows the client's draft and flow control (draft 14 §3.1).
         self.held_connects: list[_HeldConnect] = []
+        #: CONNECTs whose async authenticator has not decided yet, by stream id (what their stream carries
+        #: meanwhile is kept as for a held one; their request streams wait in ``early``).
+        self.authorizing: dict[int, _HeldConnect] = {}
         self.handshake_done = False
         self.paused: set[_WtStream] = set()
         self._dirty: list[_WtStream] = []
@@ -597,12 +609,14 @@ class WebTransportConnection(QuicConnectionProtocol):
         self.held_connects.append(_HeldConnect(event, not self.handshake_done))
 
     def _held(self, sid: int) -> _HeldConnect | None:
-        return next((h for h in self.held_connects if h.event.stream_id == sid), None)
+        held = next((h for h in self.held_connects if h.event.stream_id == sid), None)
+        return held if held is not None else self.authorizing.get(sid)
 
     def _drop_held_connect(self, held: _HeldConnect, h3_code: int) -> None:
         """Give up a held CONNECT (reset by the client, or too much sent before its answer): its stream is reset
         with ``h3_code``, the streams held for its session with WEBTRANSPORT_SESSION_GONE."""
-        self.held_connects.remove(held)
+        if self.authorizing.pop(held.event.stream_id, None) is None:
+            self.held_connects.remove(held)
         self._refuse(held.event.stream_id, reset=h3_code)
 
     def _release_connects(self) -> None:
@@ -615,42 +629,118 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     # -- sessions ------------------------------------------------------------------------------------
 
-    def _headers(self, event: HeadersReceived, held: _HeldConnect | None = None) -> None:
+    def _headers(
+        self, event: HeadersReceived, held: _HeldConnect | None = None, authorized: tuple[str | None] | None = None
+    ) -> None:
         """A request: a WebTransport CONNECT accepted as a session, or refused (the handshake has completed and
-        the client's SETTINGS are known by now). ``held``: what its stream carried while it was held."""
+        the client's SETTINGS are known by now). ``held``: what its stream carried while it was held.
+        ``authorized``: the principal an async authenticator found for it (it was held meanwhile)."""
         h3 = self.h3
         if h3 is None:
             return
         server = self.server
-        limits = server.config.webtransport
         sid = event.stream_id
         settings = h3.received_settings or {}
         flow_control = flow_control_enabled(settings)
-        ok, path = is_webtransport_connect(event.headers)
-        status = 200
-        if not ok:
-            status = 400 if dict(event.headers).get(b":method") == b"CONNECT" else 404
-        elif path.partition("?")[0] != WT_PATH:
-            status = 404
-        elif server.draining:
-            status = 503
-        elif server.session_count >= limits.max_sessions or self.sessions_opened >= limits.max_sessions_per_connection:
-            status = 429
-        elif self.sessions and speaks_draft13_on(settings) and not flow_control:
-            # A client of draft 13 on without flow control may hold one session at a time (draft 14 §5.1).
+        fields = connect_fields(event.headers)
+        status = self._connect_status(event, fields, settings, flow_control)
+        if status < 0:
             self._refuse(sid, reset=ErrorCode.H3_REQUEST_REJECTED)
             return
-        if status != 200:
+        if status:
             self._refuse(sid, status)
             return
+        if authorized is None:
+            authorized = self._credentials(event, held, fields)
+            if authorized is None:  # refused, or held until its authenticator decides
+                return
         h3.send_headers(sid, [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")])
         credit = SendCredit(settings.get(SETTINGS_WT_INITIAL_MAX_DATA, 0)) if flow_control else None
-        session = _Session(sid, credit, connect_fields(event.headers))
+        session = _Session(sid, credit, fields, authorized[0])
         self.sessions[sid] = session
         self.sessions_opened += 1
         server.session_count += 1
         server.metrics.sessions_total += 1
         self._established(session, held)
+
+    def _connect_status(
+        self, event: HeadersReceived, fields: dict[str, str], settings: dict[int, int], flow_control: bool
+    ) -> int:
+        """The status that refuses a CONNECT (0: none; -1: reset its stream with H3_REQUEST_REJECTED instead). A
+        page's ``Origin`` is checked as CORS would let it call the HTTP endpoints (403)."""
+        server = self.server
+        limits = server.config.webtransport
+        ok, path = is_webtransport_connect(event.headers)
+        authority = dict(event.headers).get(b":authority", b"").decode("latin-1")
+        if not ok:
+            return 400 if dict(event.headers).get(b":method") == b"CONNECT" else 404
+        if path.partition("?")[0] != WT_PATH:
+            return 404
+        if not session_origin_allowed(server.config.allow_origins, fields.get("origin"), authority):
+            return 403
+        if server.draining:
+            return 503
+        if server.session_count >= limits.max_sessions or (
+            self.sessions_opened + len(self.authorizing) >= limits.max_sessions_per_connection
+        ):
+            return 429
+        if self.sessions and speaks_draft13_on(settings) and not flow_control:
+            # A client of draft 13 on without flow control may hold one session at a time (draft 14 §5.1).
+            return -1
+        return 0
+
+    def _credentials(
+        self, event: HeadersReceived, held: _HeldConnect | None, fields: dict[str, str]
+    ) -> tuple[str | None] | None:
+        """With auth on, who opens the session: ``(principal,)`` (``(None,)``: auth is off), or ``None`` when the
+        CONNECT is refused (401: no credentials, or refused ones; an ``Authorization`` header or, from a browser,
+        ``?access_token=``, docs/protocol.md §8) or held until an async authenticator decides."""
+        sid = event.stream_id
+        path = dict(event.headers).get(b":path", b"").decode("latin-1")
+        try:
+            verdict = self.server.endpoints.authorize("webtransport", fields, connect_query(path), path, "webtransport")
+        except Unauthorized as exc:
+            self._refuse_credentials(sid, exc)
+            return None
+        except Exception:
+            log.exception("authenticator failed on a WebTransport CONNECT")
+            self._refuse_credentials(sid, None)
+            return None
+        if verdict is None or isinstance(verdict, str):
+            return (verdict,)
+        self.authorizing[sid] = held if held is not None else _HeldConnect(event, early=False)
+        self.server.spawn(self._authorize(sid, verdict))
+        return None
+
+    async def _authorize(self, sid: int, verdict: Awaitable[str]) -> None:
+        """Await an async authenticator's verdict on CONNECT ``sid``, then answer it (unless the client reset it
+        or the connection went meanwhile)."""
+        principal: str | None = None
+        refused: Unauthorized | None = None
+        failed = False
+        try:
+            principal = await verdict
+        except Unauthorized as exc:
+            refused = exc
+        except Exception:
+            log.exception("authenticator failed on a WebTransport CONNECT")
+            failed = True
+        held = self.authorizing.pop(sid, None)
+        if held is None or self.closed:
+            return
+        if refused is None and not failed:
+            self._headers(held.event, held, (principal,))
+        else:
+            self._refuse_credentials(sid, refused)
+        self.transmit()
+
+    def _refuse_credentials(self, sid: int, exc: Unauthorized | None) -> None:
+        """Refuse CONNECT ``sid`` as its authenticator decided: 401 with the challenge; 500 (``None``) when the
+        authenticator itself failed (the server's fault, not the client's)."""
+        if exc is None:
+            self._refuse(sid, 500)
+        else:
+            self._refuse(sid, 401, headers=[(b"www-authenticate", exc.challenge.encode("latin-1"))])
 
     def _established(self, session: _Session, held: _HeldConnect | None) -> None:
         """A session just answered 200: what its CONNECT stream carried while held (capsules, its end), then the
@@ -668,14 +758,16 @@ class WebTransportConnection(QuicConnectionProtocol):
         for qid, waiting in self.early.pop(sid, {}).items():
             self._stream_data(sid, qid, bytes(waiting.data), waiting.ended, waiting.early)
 
-    def _refuse(self, sid: int, status: int = 0, reset: int = 0) -> None:
-        """Refuse the session of CONNECT stream ``sid``: answer an HTTP ``status``, or reset the stream with the
-        HTTP/3 error code ``reset``; streams held for it are abandoned."""
+    def _refuse(
+        self, sid: int, status: int = 0, reset: int = 0, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Refuse the session of CONNECT stream ``sid``: answer an HTTP ``status`` (with ``headers``), or reset the
+        stream with the HTTP/3 error code ``reset``; streams held for it are abandoned."""
         self.server.metrics.sessions_refused_total += 1
         if reset:
             self._abandon(sid, reset)
         elif self.h3 is not None:
-            self.h3.send_headers(sid, [(b":status", str(status).encode())], end_stream=True)
+            self.h3.send_headers(sid, [(b":status", str(status).encode()), *(headers or ())], end_stream=True)
         if len(self.closed_sessions) < _MAX_CLOSED_SESSIONS:
             self.closed_sessions.add(sid)
         for qid in self.early.pop(sid, {}):
@@ -802,6 +894,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             if isinstance(request, AttachRequested):
                 if request.epoch:
                     hub.check_epoch(request.epoch)
+                check_owner(hub.get(request.stream_id), st.session.principal)  # another's: 404, as unknown
                 stream = hub.check_resume(request.stream_id, request.after)
                 if request.after:
                     count_resume(hub, server.metrics, stream, request.after)
@@ -819,7 +912,8 @@ class WebTransportConnection(QuicConnectionProtocol):
     async def _start(self, st: _WtStream, request: StartRequested) -> None:
         try:
             body = request.body()
-            stream = await self.server.endpoints.start_keyed(body, request.prompt, st.session.headers)
+            session = st.session
+            stream = await self.server.endpoints.start_keyed(body, request.prompt, session.headers, session.principal)
         except Exception as exc:
             if not isinstance(exc, TokenwireError):
                 log.exception("WebTransport request %r failed", request)
@@ -846,7 +940,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             self.transmit()
 
     def _cancel(self, st: _WtStream, request: CancelRequested) -> None:
-        self.server.hub.cancel(request.stream_id)
+        self.server.endpoints.cancel(request.stream_id, st.session.principal)
         self.send(st, encode_reply(CancelConfirmed(request.stream_id)), True)
         self.finished_sending(st)
 
