@@ -17,7 +17,9 @@ Optional members, read when present:
 
 - on a generator or engine, ``token_bytes(request) -> int``: the most UTF-8 bytes one item may hold; with
   ``request.max_tokens`` the hub charges its memory cap up front, so a start that cannot fit is refused at once
-  (``HubFull``, 503) instead of failing half-way;
+  (``HubFull``, 503) instead of failing half-way; ``metrics``, an object with ``collect()`` that yields
+  prometheus_client metric families (:class:`tokenwire.metrics.MetricsSource`): rendered on the ``/metrics`` of
+  every server it drives, once per scrape (the proxy's ``tokenwire_upstream_*``);
 - on a source, ``usage`` and ``finish_reason`` once exhausted (they go into the ``done`` frame);
   ``async open()``, awaited before the answer starts (an upstream's response headers, say): raising
   :class:`~tokenwire.errors.GenerationRefused` answers the request with that status and body and starts

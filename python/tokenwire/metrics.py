@@ -7,13 +7,25 @@ read (a custom collector), so no lock or label lookup is paid per token.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from http import HTTPStatus
+from typing import Literal, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "HUB_GAUGES", "Histogram", "ServerMetrics", "WriteMeter"]
+__all__ = [
+    "CONTENT_TYPE",
+    "HUB_GAUGES",
+    "Histogram",
+    "MetricsSource",
+    "ServerMetrics",
+    "UpstreamMetrics",
+    "WriteMeter",
+    "status_label",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,6 +41,20 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 FLUSH_WAIT_BUCKETS: tuple[float, ...] = (
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
+
+
+#: An upstream's latencies: a model server's queue and prefill can take seconds (the first-token timeout is 60 s).
+UPSTREAM_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """Metrics a server's generator keeps of its own (its ``metrics`` attribute): rendered on the server's
+    ``/metrics`` after the server's, once per scrape however many servers of the process share the generator."""
+
+    def collect(self) -> Iterable[Metric]: ...
 
 
 class Histogram:
@@ -105,6 +131,8 @@ class ServerMetrics:
         self.gauges: dict[str, Callable[[], float]] = {}
         #: Metrics of other servers in this process on the same hub, rendered with these (:meth:`include`).
         self.included: list[ServerMetrics] = []
+        #: The generator's own metrics (an upstream proxy's), when it keeps any.
+        self.sources: list[MetricsSource] = []
 
     def include(self, other: ServerMetrics) -> None:
         """Render ``other`` (another protocol's server on the same hub, in this process: ``tokenwire serve``'s
@@ -113,6 +141,16 @@ class ServerMetrics:
         are the same numbers for both, so they are rendered once, from this one."""
         if other is not self and other not in self.included:
             self.included.append(other)
+
+    def all_sources(self) -> list[MetricsSource]:
+        """The generators' own metrics of this server and of those included, each once (the servers of one
+        process share their generator)."""
+        out: list[MetricsSource] = []
+        for m in (self, *self.included):
+            for source in m.sources:
+                if not any(source is seen for seen in out):
+                    out.append(source)
+        return out
 
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=False)
@@ -160,7 +198,7 @@ class _Collector(Collector):
     def __init__(self, metrics: ServerMetrics) -> None:
         self.m = metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         labels = ["protocol"]
         counters: dict[str, CounterMetricFamily] = {}
         gauges: dict[str, GaugeMetricFamily] = {}
@@ -193,3 +231,90 @@ class _Collector(Collector):
         yield from counters.values()
         yield from gauges.values()
         yield from histograms.values()
+        for source in self.m.all_sources():
+            yield from source.collect()
+
+
+#: How an upstream request went (``tokenwire_upstream_requests_total{outcome}``): ``streamed`` is a stage (the
+#: upstream answered 2xx with an event stream), the others are endings, one per request.
+Outcome = Literal["streamed", "refused", "failed", "timeout", "cancelled", "completed"]
+#: What a request that failed or timed out was waiting for (its ``phase`` label).
+Phase = Literal["connect", "first_chunk", "between_chunks"]
+_PHASES: tuple[Phase, ...] = ("connect", "first_chunk", "between_chunks")
+
+
+def status_label(status: int) -> str:
+    """The ``status`` label of a refusal: the code itself when it is a registered HTTP status (429 and 401 call
+    for different actions, a class would merge them), else its class (``"5xx"``): at most the ~60 registered
+    codes and 9 classes, whatever an upstream sends."""
+    try:
+        return str(HTTPStatus(status).value)
+    except ValueError:
+        return f"{status // 100}xx"
+
+
+class UpstreamMetrics:
+    """The requests of one upstream proxy (:class:`tokenwire.proxy.UpstreamProxy` owns one, as its ``metrics``):
+    plain integers and fixed-bucket histograms, rendered on scrape (docs/proxy.md, "Metrics and logs"). No label
+    carries anything of a request (model, prompt, key) or the upstream's URL."""
+
+    __slots__ = (
+        "chunks_received_total",
+        "first_chunk_time",
+        "max_connections",
+        "open_requests",
+        "requests",
+        "response_time",
+    )
+
+    def __init__(self, max_connections: int = 0) -> None:
+        #: The connection pool's bound (a gauge, beside ``open_requests``: how close to waiting for a connection).
+        self.max_connections = max_connections
+        #: Requests sent and not ended yet (no outcome but ``streamed``).
+        self.open_requests = 0
+        self.chunks_received_total = 0
+        #: Request sent -> response headers (every response, refusals included).
+        self.response_time = Histogram(UPSTREAM_BUCKETS)
+        #: Request sent -> first chunk (the requests that got one).
+        self.first_chunk_time = Histogram(UPSTREAM_BUCKETS)
+        #: Per label set (``(("outcome", ...), ...)``): requests. The label sets known in advance start at 0, so a
+        #: rate over them works from the first scrape; refusals get a series per status as they come.
+        self.requests: dict[tuple[tuple[str, str], ...], int] = {}
+        for outcome in ("streamed", "completed", "cancelled"):
+            self.requests[(("outcome", outcome),)] = 0
+        for outcome in ("failed", "timeout"):
+            for phase in _PHASES:
+                self.requests[(("outcome", outcome), ("phase", phase))] = 0
+
+    def count(self, outcome: Outcome, *, status: int | None = None, phase: Phase | None = None) -> None:
+        """One request more with ``outcome`` (a refusal's ``status``; a failure's or timeout's ``phase``)."""
+        labels: tuple[tuple[str, str], ...] = (("outcome", outcome),)
+        if status is not None:
+            labels += (("status", status_label(status)),)
+        if phase is not None:
+            labels += (("phase", phase),)
+        self.requests[labels] = self.requests.get(labels, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "tokenwire_upstream_requests",
+            "Upstream requests by outcome: streamed (answered 2xx, stream started), and how each ended: completed "
+            "([DONE]), refused (non-2xx, label status), failed or timeout (label phase), cancelled (by tokenwire)",
+        )
+        for labels, value in self.requests.items():
+            requests.add_sample("tokenwire_upstream_requests_total", dict(labels), value)
+        yield requests
+        yield CounterMetricFamily(
+            "tokenwire_upstream_chunks_received", "Chunks received from the upstream", value=self.chunks_received_total
+        )
+        yield GaugeMetricFamily(
+            "tokenwire_upstream_open_requests", "Upstream requests sent and not ended yet", value=self.open_requests
+        )
+        yield GaugeMetricFamily(
+            "tokenwire_upstream_max_connections", "The upstream connection pool's bound", value=self.max_connections
+        )
+        for name, hist, doc in (
+            ("tokenwire_upstream_response_seconds", self.response_time, "Upstream request sent to response headers"),
+            ("tokenwire_upstream_first_chunk_seconds", self.first_chunk_time, "Upstream request sent to first chunk"),
+        ):
+            yield HistogramMetricFamily(name, doc, buckets=hist.buckets(), sum_value=hist.sum)

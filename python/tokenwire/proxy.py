@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tokenwire import _core
 from tokenwire.errors import GenerationRefused, RemoteProtocolError, UpstreamError
+from tokenwire.metrics import Outcome, Phase, UpstreamMetrics
 from tokenwire.protocol.openai import chunk_error, chunk_finish_reason, chunk_usage, may_end, parse_chunk
 
 if TYPE_CHECKING:
@@ -130,8 +131,9 @@ class UpstreamProxy:
         self.options = UpstreamOptions(options) if isinstance(options, str) else options
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        #: Upstream requests made, and refused (non-2xx, unreachable).
-        self.counters = {"requests": 0, "refused": 0, "failed": 0}
+        #: Upstream requests by outcome, chunks, latencies (``tokenwire_upstream_*`` on the ``/metrics`` of every
+        #: server this proxy is the generator of; docs/proxy.md, "Metrics and logs").
+        self.metrics = UpstreamMetrics(self.options.max_connections)
 
     def __repr__(self) -> str:
         return f"UpstreamProxy({self.url!r})"
@@ -212,7 +214,10 @@ class UpstreamSource:
         self._request = request
         self._response: aiohttp.ClientResponse | None = None
         self._decoder = _core.SseDecoder(proxy.options.max_event_bytes)
+        self._metrics = proxy.metrics
+        self._sent_at = 0.0
         self._first_deadline = 0.0
+        self._pending = False  # sent, and no outcome but streamed yet (counted in open_requests)
         self._started = False  # a chunk has been returned
         self._done = False  # [DONE] seen
         self._closed = False
@@ -232,21 +237,32 @@ class UpstreamSource:
         url = opts.completions_url
         loop = asyncio.get_running_loop()
         first = opts.first_token_timeout
-        self._first_deadline = loop.time() + first if first is not None else float("inf")
         data = json.dumps(proxy.upstream_body(self._request), ensure_ascii=False).encode("utf-8", "surrogatepass")
-        proxy.counters["requests"] += 1
         where = f"the upstream at {_safe_url(url)}"
         try:
+            session = proxy.session()
+        except RuntimeError as exc:  # the proxy was closed: nothing is sent
+            raise self._refuse(503, str(exc), "upstream_error") from None
+        self._sent_at = loop.time()
+        self._first_deadline = self._sent_at + first if first is not None else float("inf")
+        self._pending = True
+        self._metrics.open_requests += 1
+        try:
             async with asyncio.timeout(first):
-                response = await proxy.session().post(url, data=data, headers=proxy.upstream_headers(self._request))
+                response = await session.post(url, data=data, headers=proxy.upstream_headers(self._request))
         except aiohttp.ConnectionTimeoutError:
+            self._end("timeout", phase="connect")
             raise self._refuse(504, f"connecting to {where} timed out", "upstream_timeout") from None
         except TimeoutError:
+            self._end("timeout", phase="first_chunk")
             raise self._refuse(504, f"{where} sent no answer in {first} s", "upstream_timeout") from None
         except (aiohttp.ClientError, OSError) as exc:
+            self._end("failed", phase="connect" if isinstance(exc, aiohttp.ClientConnectorError) else "first_chunk")
             raise self._refuse(502, f"{where} cannot be reached: {exc}", "upstream_error") from None
-        except RuntimeError as exc:  # the proxy was closed
+        except RuntimeError as exc:  # the proxy was closed meanwhile
+            self._end("cancelled")
             raise self._refuse(503, str(exc), "upstream_error") from None
+        self._metrics.response_time.observe(loop.time() - self._sent_at)
         if not 200 <= response.status < 300:
             try:
                 async with asyncio.timeout(first):
@@ -255,22 +271,41 @@ class UpstreamSource:
                 body = b""
             finally:
                 response.close()
-            proxy.counters["refused"] += 1
+            self._end("refused", status=response.status)
             content_type = response.headers.get("Content-Type", "application/json")
-            log.info("upstream %s refused a request: %d", _safe_url(url), response.status)
+            log.info("upstream refused the request of stream %s: %d", self._request.stream_id, response.status)
             raise GenerationRefused(response.status, body, content_type)
         media = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         if media != "text/event-stream":
             response.close()
+            self._end("failed", phase="first_chunk")
             what = media or "no content type"
             raise self._refuse(502, f"{where} answered {what}, not an event stream", "upstream_error")
         self._response = response
-        log.debug("upstream %s answered %d, streaming", _safe_url(url), response.status)
+        self._metrics.count("streamed")
+        log.debug("upstream answered %d for stream %s, streaming", response.status, self._request.stream_id)
 
     def _refuse(self, status: int, message: str, code: str) -> GenerationRefused:
-        self._proxy.counters["refused"] += 1
-        log.warning("%s", message)
+        log.warning("stream %s not started: %s", self._request.stream_id, message)
         return GenerationRefused(status, _error_body(message, code))
+
+    def _end(self, outcome: Outcome, *, status: int | None = None, phase: Phase | None = None) -> None:
+        """Count the request's ending (once; nothing when it was never sent)."""
+        if not self._pending:
+            return
+        self._pending = False
+        metrics = self._metrics
+        metrics.open_requests -= 1
+        metrics.count(outcome, status=status, phase=phase)
+        if outcome in ("completed", "cancelled"):  # the others say more, at info or warning level
+            elapsed = asyncio.get_running_loop().time() - self._sent_at
+            log.debug(
+                "upstream request of stream %s %s: %d chunks in %.3f s",
+                self._request.stream_id,
+                outcome,
+                self.chunks,
+                elapsed,
+            )
 
     # -- the chunks ----------------------------------------------------------------------------------------
 
@@ -295,9 +330,15 @@ class UpstreamSource:
                 raise self._failed("upstream_error", f"the upstream's event stream is malformed: {exc}") from None
             items = self._take(events) if events else None
             if items:
-                self._started = True
-                self.chunks += len(items)
-                return items[0] if len(items) == 1 else items
+                if not self._started:
+                    self._started = True
+                    self._metrics.first_chunk_time.observe(asyncio.get_running_loop().time() - self._sent_at)
+                n = len(items)
+                self.chunks += n
+                self._metrics.chunks_received_total += n
+                return items[0] if n == 1 else items
+        if self._done:
+            self._end("completed")
         raise StopAsyncIteration
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
@@ -309,7 +350,7 @@ class UpstreamSource:
             async with asyncio.timeout(within):
                 return await response.content.readany()
         except TimeoutError:
-            what = "a chunk" if self._started else "the first chunk"
+            what = "chunk" if self._started else "first chunk"
             limit = self._proxy.options.token_timeout if self._started else self._proxy.options.first_token_timeout
             raise self._failed("upstream_timeout", f"the upstream sent no {what} within {limit} s") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -320,6 +361,7 @@ class UpstreamSource:
         a cut otherwise."""
         if self.finish_reason is not None:
             self._done = True
+            self._end("completed")
             raise StopAsyncIteration
         raise self._failed("upstream_error", "the upstream closed the stream before it finished (no [DONE])")
 
@@ -328,7 +370,7 @@ class UpstreamSource:
         items: list[str] = []
         for _, kind, data in events:
             if data == "[DONE]":
-                self._done = True
+                self._done = True  # counted as completed on the next read, once this batch's chunks are
                 break
             if kind == "error":
                 raise self._failed("upstream_error", f"the upstream sent an error event: {data[:500]}")
@@ -353,8 +395,9 @@ class UpstreamSource:
             self.usage = usage
 
     def _failed(self, code: str, message: str) -> UpstreamError:
-        self._proxy.counters["failed"] += 1
-        log.warning("upstream stream failed after %d chunks: %s", self.chunks, message)
+        phase: Phase = "between_chunks" if self._started else "first_chunk"
+        self._end("timeout" if code == "upstream_timeout" else "failed", phase=phase)
+        log.warning("upstream stream %s failed after %d chunks: %s", self._request.stream_id, self.chunks, message)
         return UpstreamError(code, message)
 
     # -- the end -------------------------------------------------------------------------------------------
@@ -363,6 +406,8 @@ class UpstreamSource:
         """Close the upstream response: after ``[DONE]`` its connection goes back to the pool; before (a
         cancel, an abandonment, a failure) the connection is closed, so the upstream sees the disconnect."""
         self._closed = True
+        # Not ended yet: closed by tokenwire (a cancel, an abandonment, a shutdown); a no-op once it has an outcome.
+        self._end("completed" if self._done else "cancelled")
         response, self._response = self._response, None
         if response is None:
             return

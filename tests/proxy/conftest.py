@@ -9,8 +9,13 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
+
+import pytest
+
+from tests.support.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +97,10 @@ class Serve:
 
     def __exit__(self, *exc: object) -> None:
         assert self.close() == 0, self.log
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    """The upstream with its defaults, for a module's tests (each may ``reset()`` its counters)."""
+    with Upstream() as up:
+        yield up

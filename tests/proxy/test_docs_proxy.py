@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.proxy.conftest import ROOT, Serve
@@ -62,3 +63,24 @@ def test_the_python_blocks_run(servers: tuple[Upstream, Serve], tmp_path: Path) 
     )
     assert "usage: " in out.stdout and out.stdout.strip().endswith(("length", "stop"))
     subprocess.run([sys.executable, "-c", api], capture_output=True, text=True, timeout=30, check=True)  # noqa: S603
+
+
+@pytest.mark.timeout(60)
+def test_the_metrics_block_shows_the_upstream_requests(servers: tuple[Upstream, Serve], tmp_path: Path) -> None:
+    upstream, serve = servers
+    script = as_run(blocks("bash")[2], upstream, serve, tmp_path)
+    assert "/metrics" in script
+    out = subprocess.run(  # noqa: S603
+        ["bash", "-e", "-o", "pipefail", "-c", script],  # noqa: S607
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    shown = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines())
+    assert set(shown) == {
+        'tokenwire_upstream_requests_total{outcome="streamed"}',
+        'tokenwire_upstream_requests_total{outcome="completed"}',
+        "tokenwire_upstream_open_requests",
+    }
+    # The upstream's own count: every stream the proxy started ran to its end (the tests before ran some).
+    calls = httpx.get(upstream.origin + "/calls", timeout=10).json()
+    assert float(shown['tokenwire_upstream_requests_total{outcome="completed"}']) == calls["completed"]
+    assert float(shown['tokenwire_upstream_requests_total{outcome="streamed"}']) == calls["calls"]

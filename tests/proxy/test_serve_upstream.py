@@ -42,12 +42,6 @@ TOOLS: Any = [
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with Upstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def served(upstream: Upstream) -> Iterator[Serve]:
     with Serve("--upstream", upstream.url, "--upstream-timeout-token", "1") as serve:
         yield serve

@@ -179,8 +179,12 @@ def parse_query(raw: bytes) -> dict[str, str]:
 
 
 def render_head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and headers, ending with the blank line."""
-    reason = HTTPStatus(status).phrase
+    """Status line and headers, ending with the blank line. A status without a registered reason phrase (an
+    upstream's 520, passed on) gets an empty one, as RFC 9112 allows."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
     lines = [f"HTTP/1.1 {status} {reason}"]
     lines.extend(f"{k}: {v}" for k, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

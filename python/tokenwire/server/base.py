@@ -11,7 +11,7 @@ from typing import Any
 from tokenwire.fake_model import FakeModel
 from tokenwire.generation import Engine, Generator
 from tokenwire.hub import Hub
-from tokenwire.metrics import ServerMetrics
+from tokenwire.metrics import MetricsSource, ServerMetrics
 from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.flusher import Flusher
 
@@ -29,6 +29,8 @@ class HubHost:
         self.generator: Generator | Engine = self.options.generator or FakeModel()
         self.metrics = metrics
         self.draining = False
+        if isinstance(own := getattr(self.generator, "metrics", None), MetricsSource):  # an upstream proxy's
+            metrics.sources.append(own)
         metrics.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
         metrics.gauges["hub_memory_bytes"] = lambda: self.hub.storage.memory_bytes
         for name in self.hub.storage.stats():  # a shared storage's own (tokenwire_storage_redis_*)
