@@ -100,6 +100,11 @@ class UpstreamOptions:
             raise ValueError(f"upstream URL must be http(s)://host[:port]/base, got {_safe_url(self.url)!r}")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if (parts.username or parts.password) and (self.api_key or self.pass_authorization):
+            raise ValueError(
+                "the upstream URL carries credentials (user:password@): they cannot be combined with an upstream "
+                "API key or with passing the client's Authorization on; use one"
+            )
         for name in ("connect_timeout", "first_token_timeout", "token_timeout"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -220,6 +225,8 @@ class UpstreamSource:
         self._pending = False  # sent, and no outcome but streamed yet (counted in open_requests)
         self._started = False  # a chunk has been returned
         self._done = False  # [DONE] seen
+        #: A failure that came in the same read as chunks before it: raised once they are in the stream.
+        self._failure: UpstreamError | None = None
         self._closed = False
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -321,6 +328,8 @@ class UpstreamSource:
                 raise UpstreamError("upstream_error", f"the upstream answered {exc.status}: {exc}") from None
             response = self._response
         while response is not None and not self._done:
+            if self._failure is not None:
+                raise self._failure
             data = await self._read(response)
             if not data:
                 return self._at_eof()
@@ -366,8 +375,18 @@ class UpstreamSource:
         raise self._failed("upstream_error", "the upstream closed the stream before it finished (no [DONE])")
 
     def _take(self, events: list[tuple[str, str, str]]) -> list[str]:
-        """The chunks among ``events``; ``[DONE]`` ends the stream (what follows it is not read)."""
+        """The chunks among ``events``; ``[DONE]`` ends the stream (what follows it is not read). A failure after
+        some of them waits until they are in the stream (:attr:`_failure`): none is lost."""
         items: list[str] = []
+        try:
+            self._take_into(items, events)
+        except UpstreamError as exc:
+            if not items:
+                raise
+            self._failure = exc
+        return items
+
+    def _take_into(self, items: list[str], events: list[tuple[str, str, str]]) -> None:
         for _, kind, data in events:
             if data == "[DONE]":
                 self._done = True  # counted as completed on the next read, once this batch's chunks are
@@ -379,7 +398,6 @@ class UpstreamSource:
             if may_end(data):
                 self._end_fields(data)
             items.append(data)
-        return items
 
     def _end_fields(self, data: str) -> None:
         try:

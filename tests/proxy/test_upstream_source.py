@@ -255,3 +255,46 @@ def test_without_aiohttp_the_import_says_what_to_install() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)  # noqa: S603
     assert "pip install 'tokenwire[proxy]'" in out.stdout
+
+
+async def test_chunks_read_together_with_a_failure_are_all_yielded_first() -> None:
+    """An upstream whose last write holds chunks and then its error chunk: the chunks reach the stream, then the
+    failure (none is dropped with the read that carried the error)."""
+    from aiohttp import web
+
+    chunks = [json.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": t}}]}) for t in ("a", "b", "c")]
+    error = json.dumps({"error": {"message": "the model crashed", "type": "server_error"}})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write("".join(f"data: {c}\n\n" for c in [*chunks, error]).encode())
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with UpstreamProxy(f"http://127.0.0.1:{port}/v1") as proxy:
+            source = proxy.generate(chat())
+            await source.open()
+            got: list[str] = []
+            with pytest.raises(UpstreamError, match="the model crashed") as failed:
+                async for item in source:
+                    got.extend([item] if isinstance(item, str) else item)
+            await source.aclose()
+    finally:
+        await runner.cleanup()
+    assert got == chunks
+    assert failed.value.code == "upstream_error"
+
+
+def test_credentials_in_the_url_and_an_upstream_key_are_refused_together() -> None:
+    with pytest.raises(ValueError, match="cannot be combined"):
+        UpstreamOptions("http://user:pw@127.0.0.1:9/v1", api_key=KEY)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        UpstreamOptions("http://user:pw@127.0.0.1:9/v1", pass_authorization=True)
+    assert UpstreamOptions("http://user:pw@127.0.0.1:9/v1").api_key is None
