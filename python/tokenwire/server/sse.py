@@ -517,6 +517,7 @@ class SseServer(ServerBase):
             conn.close_for_shutdown()
         if self._tick is not None:
             self._tick.cancel()
+        await self._stop_background()
         await self.hub.aclose()
         for listener in self._listeners:
             await listener.wait_closed()

@@ -1374,6 +1374,7 @@ class WebTransportServer(ServerBase):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        await self._stop_background()
         if close_hub:
             await self.hub.aclose()
         if self._transport is not None:
