@@ -248,17 +248,22 @@ class UpstreamSource:
         except RuntimeError as exc:  # the proxy was closed
             raise self._refuse(503, str(exc), "upstream_error") from None
         if not 200 <= response.status < 300:
+            body = bytearray()
             try:
                 async with asyncio.timeout(first):
-                    body = await response.content.read(MAX_ERROR_BODY)
+                    # read() gives what has arrived (one piece of a body sent in several): read to its end
+                    while len(body) < MAX_ERROR_BODY and (
+                        piece := await response.content.read(MAX_ERROR_BODY - len(body))
+                    ):
+                        body += piece
             except (TimeoutError, aiohttp.ClientError, OSError):
-                body = b""
+                pass  # what arrived is passed on
             finally:
                 response.close()
             proxy.counters["refused"] += 1
             content_type = response.headers.get("Content-Type", "application/json")
             log.info("upstream %s refused a request: %d", _safe_url(url), response.status)
-            raise GenerationRefused(response.status, body, content_type)
+            raise GenerationRefused(response.status, bytes(body), content_type)
         media = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         if media != "text/event-stream":
             response.close()
