@@ -398,6 +398,15 @@ SSE_HEADERS: tuple[tuple[str, str], ...] = (
 )
 #: Written to every open stream at shutdown: clients come back soon and resume.
 SHUTDOWN_HINT = b": server shutting down, reconnect to resume\nretry: 250\n\n"
+#: The same to a stream without ``retry:`` blocks (``StreamPlan.retry`` false: the OpenAI formats): the comment
+#: line alone, no blank line (as a heartbeat): the openai SDK's reader takes any blank line after an event with an
+#: id, or a field, for an event with empty data, which it fails to parse as JSON.
+SHUTDOWN_NOTE = b": server shutting down, reconnect to resume\n"
+
+
+def shutdown_hint(plan: StreamPlan) -> bytes:
+    """What a stream response of ``plan`` gets at shutdown, before its connection closes."""
+    return SHUTDOWN_HINT if plan.retry else SHUTDOWN_NOTE
 
 
 def left_early(stream: TokenStream, position: int) -> bool:
