@@ -83,7 +83,6 @@ from tokenwire.protocol.http1 import HttpError, check_body_size, parse_query
 from tokenwire.server.base import HubHost
 from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.endpoints import (
-    SHUTDOWN_HINT,
     SSE_HEADERS,
     Endpoints,
     StreamPlan,
@@ -98,6 +97,7 @@ from tokenwire.server.endpoints import (
     plain_answer,
     plan_sse,
     resolve_resume,
+    shutdown_hint,
     stream_to_find,
 )
 
@@ -311,7 +311,7 @@ class _Streamer:
                 if ended:
                     pending += plan.trailer
                 elif self._shutdown:
-                    pending += SHUTDOWN_HINT
+                    pending += shutdown_hint(plan)
                     ended = cut = True
                 elif not pending and self._heartbeat_due:
                     pending = b":\n"

@@ -69,11 +69,12 @@ class AuthRequest:
 
     ``headers``: the request's headers, lower-case names (on WebTransport: the CONNECT's). ``query``: its query
     parameters. ``transport``: ``"http"`` (SSE, ASGI) or ``"webtransport"`` (the session's CONNECT). ``path``:
-    the request path, for checks that depend on the route.
+    the request path without its query, for checks that depend on the route. Its ``repr`` leaves out headers and
+    query (they hold the credentials), so an authenticator may log it.
     """
 
-    headers: Mapping[str, str]
-    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(repr=False)
+    query: Mapping[str, str] = field(default_factory=dict, repr=False)
     transport: Literal["http", "webtransport"] = "http"
     path: str = ""
 

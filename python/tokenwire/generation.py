@@ -72,8 +72,9 @@ class GenerationRequest:
     body: Mapping[str, Any]
     #: The id the stream gets (chosen before :meth:`Generator.generate` is called).
     stream_id: str
-    #: Request headers with lower-case names (WebTransport: the session's CONNECT).
-    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Request headers with lower-case names (WebTransport: the session's CONNECT). Left out of the ``repr``: they
+    #: may hold the client's ``Authorization``.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Who asked, when the server checks credentials (``ServerOptions.auth``); ``None`` otherwise.
     principal: str | None = None
 

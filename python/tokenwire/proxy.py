@@ -271,17 +271,7 @@ class UpstreamSource:
             raise self._refuse(503, str(exc), "upstream_error") from None
         self._metrics.response_time.observe(loop.time() - self._sent_at)
         if not 200 <= response.status < 300:
-            try:
-                async with asyncio.timeout(first):
-                    body = await response.content.read(MAX_ERROR_BODY)
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                body = b""
-            finally:
-                response.close()
-            self._end("refused", status=response.status)
-            content_type = response.headers.get("Content-Type", "application/json")
-            log.info("upstream refused the request of stream %s: %d", self._request.stream_id, response.status)
-            raise GenerationRefused(response.status, body, content_type)
+            raise await self._refused(response)
         media = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         if media != "text/event-stream":
             response.close()
@@ -291,6 +281,23 @@ class UpstreamSource:
         self._response = response
         self._metrics.count("streamed")
         log.debug("upstream answered %d for stream %s, streaming", response.status, self._request.stream_id)
+
+    async def _refused(self, response: aiohttp.ClientResponse) -> GenerationRefused:
+        """The refusal of a non-2xx answer: its status, content type and body (read to its end, up to
+        :data:`MAX_ERROR_BODY`: ``read()`` gives one piece of a body sent in several)."""
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self._proxy.options.first_token_timeout):
+                while len(body) < MAX_ERROR_BODY and (piece := await response.content.read(MAX_ERROR_BODY - len(body))):
+                    body += piece
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass  # what arrived is passed on
+        finally:
+            response.close()
+        self._end("refused", status=response.status)
+        content_type = response.headers.get("Content-Type", "application/json")
+        log.info("upstream refused the request of stream %s: %d", self._request.stream_id, response.status)
+        return GenerationRefused(response.status, bytes(body), content_type)
 
     def _refuse(self, status: int, message: str, code: str) -> GenerationRefused:
         log.warning("stream %s not started: %s", self._request.stream_id, message)

@@ -298,3 +298,27 @@ def test_credentials_in_the_url_and_an_upstream_key_are_refused_together() -> No
     with pytest.raises(ValueError, match="cannot be combined"):
         UpstreamOptions("http://user:pw@127.0.0.1:9/v1", pass_authorization=True)
     assert UpstreamOptions("http://user:pw@127.0.0.1:9/v1").api_key is None
+
+
+async def test_a_refusal_body_sent_in_pieces_is_passed_on_whole() -> None:
+    """An upstream (or a gateway before it) that writes its error answer in several writes: the refusal carries
+    the whole body, not the first piece read."""
+    pieces = [b'{"error": {"message": "Rate limit reached, ', b'try again in 20s", "code": "rate_limit"}}']
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {len(b''.join(pieces))}"
+        writer.write(head.encode() + b"\r\nConnection: close\r\n\r\n" + pieces[0])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(pieces[1])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, UpstreamProxy(f"http://127.0.0.1:{port}/v1") as proxy:
+        source = proxy.generate(chat())
+        with pytest.raises(GenerationRefused) as refused:
+            await source.open()
+    assert (refused.value.status, refused.value.body) == (429, b"".join(pieces))

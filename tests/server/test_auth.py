@@ -176,9 +176,11 @@ class Recording:
     def __init__(self) -> None:
         self.model = FakeModel(seed=5)
         self.principals: list[str | None] = []
+        self.requests: list[GenerationRequest] = []
 
     def generate(self, request: GenerationRequest) -> Any:
         self.principals.append(request.principal)
+        self.requests.append(request)
         return self.model.generate(request)
 
 
@@ -264,6 +266,31 @@ async def test_a_webtransport_session_needs_the_credentials_on_its_connect() -> 
                 assert await reader.text() == "".join(model.tokens("wt", 5))
                 principals.append(server.hub.get(reader.stream_id).labels[PRINCIPAL_LABEL])
         assert principals == [ApiKeys.principal_of(ALICE), ApiKeys.principal_of(BOB)]
+
+
+async def test_what_an_authenticator_and_a_generator_are_given_prints_no_token() -> None:
+    """An authenticator or a generator that logs what it is given (its repr, the path) logs no credentials: the
+    path of a WebTransport CONNECT comes without its query (``?access_token=`` is in ``query``), as an HTTP
+    request's does, and the reprs leave headers and query out."""
+    seen: list[AuthRequest] = []
+
+    def keys(request: AuthRequest) -> str | None:
+        seen.append(request)
+        return KEYS(request)
+
+    model = Recording()
+    async with wt_server(model=model, auth=keys) as server:
+        in_url = WebTransportClient(
+            f"{server.url}?access_token={BOB}", server_certificate_hashes=[server.certificate.sha256]
+        )
+        async with in_url, wt_client(server, access_token=ALICE) as with_header:
+            for client in (in_url, with_header):
+                await (await client.generate("wt", max_tokens=2, tokens_per_s=0)).text()
+    assert [r.path for r in seen] == [WT_PATH, WT_PATH] and seen[0].query["access_token"] == BOB
+    assert [r.token for r in seen] == [BOB, ALICE]
+    assert model.requests[1].headers["authorization"] == f"Bearer {ALICE}"  # a generator may pass it on
+    for request in (*seen, *model.requests):
+        assert BOB not in repr(request) and ALICE not in repr(request)
 
 
 async def test_another_principal_cannot_attach_to_or_cancel_a_stream_over_webtransport() -> None:

@@ -7,6 +7,7 @@ A chat completion with 5 tokens and usage ends: finish chunk ``S:E:6:finish``, u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -154,3 +155,25 @@ async def test_a_cancelled_chat_stream_says_cancelled_and_reports_usage(serve: S
         assert json.loads(end[1].data)["usage"] == {"completion_tokens": len(pieces)}
         after_finish = await _resume(client, base, stream_id, end[0].last_event_id)
         assert [e.data for e in events(after_finish.content)] == [end[1].data, "[DONE]"]
+
+
+async def test_a_shutdown_cuts_an_openai_stream_without_an_event_the_sdk_cannot_parse() -> None:
+    """At shutdown the socket server writes an open stream response a hint to reconnect, then closes it. In the
+    OpenAI format the hint is a comment alone: the openai SDK reads a block with a ``retry:`` field and no data
+    as an event with empty data and fails on it as JSON (``JSONDecodeError``), where it must see the cut
+    (``APIConnectionError``, which a client retries)."""
+    async with sse_server(model=FakeModel(seed=5)) as server:
+        sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused", max_retries=0)
+        messages: Any = CHAT["messages"]
+        stream = await sdk.chat.completions.create(
+            model="m", messages=messages, stream=True, max_tokens=10_000, extra_body={"tokens_per_s": 50}
+        )
+        closing: asyncio.Task[None] | None = None
+        with pytest.raises(Exception) as cut:  # which one is the point of the test
+            async for _ in stream:
+                if closing is None:
+                    closing = asyncio.create_task(server.shutdown(drain_timeout=0))
+        assert closing is not None
+        await closing
+        await sdk.close()
+    assert isinstance(cut.value, openai.APIConnectionError), repr(cut.value)

@@ -79,6 +79,14 @@ class ServerBase(HubHost):
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
+    async def _stop_background(self) -> None:
+        """At shutdown, once the connections are closed: stop the requests still being answered (a start whose
+        generator is opening closes its source; no stream starts in a hub that is closing)."""
+        tasks = [t for t in self.background if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _start_common(self) -> asyncio.AbstractEventLoop:
         """Bind to the running loop: the flusher, the hub's janitor."""
         loop = asyncio.get_running_loop()

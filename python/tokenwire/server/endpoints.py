@@ -8,13 +8,14 @@ bytes; everything a client can observe besides timing is decided here, so the tw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, cast
 from urllib.parse import urlsplit
@@ -397,6 +398,15 @@ SSE_HEADERS: tuple[tuple[str, str], ...] = (
 )
 #: Written to every open stream at shutdown: clients come back soon and resume.
 SHUTDOWN_HINT = b": server shutting down, reconnect to resume\nretry: 250\n\n"
+#: The same to a stream without ``retry:`` blocks (``StreamPlan.retry`` false: the OpenAI formats): the comment
+#: line alone, no blank line (as a heartbeat): the openai SDK's reader takes any blank line after an event with an
+#: id, or a field, for an event with empty data, which it fails to parse as JSON.
+SHUTDOWN_NOTE = b": server shutting down, reconnect to resume\n"
+
+
+def shutdown_hint(plan: StreamPlan) -> bytes:
+    """What a stream response of ``plan`` gets at shutdown, before its connection closes."""
+    return SHUTDOWN_HINT if plan.retry else SHUTDOWN_NOTE
 
 
 def left_early(stream: TokenStream, position: int) -> bool:
@@ -648,6 +658,22 @@ class ChatRequest:
 _KEYS: weakref.WeakKeyDictionary[Hub, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
+class _Opening:
+    """The starts of one hub whose source is still opening (``open()``: an upstream's answer), shared by every
+    server on the hub as its idempotency keys are: their ``Idempotency-Key`` (set when the start has ended, well
+    or not) and their stream ids. A repeat of such a start waits for it instead of starting a second generation;
+    another start with its stream id is refused at once."""
+
+    __slots__ = ("ids", "keys")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, asyncio.Event] = {}
+        self.ids: set[str] = set()
+
+
+_OPENING: weakref.WeakKeyDictionary[Hub, _Opening] = weakref.WeakKeyDictionary()
+
+
 @dataclass(eq=False)
 class Endpoints:
     """The endpoints of docs/protocol.md §7 over a :class:`Host`; callers move the bytes.
@@ -665,6 +691,37 @@ class Endpoints:
         answers a key alike (docs/protocol.md §7.2). A key lives at most as long as its stream is in the hub,
         and at most ``config.max_idempotency_keys`` are kept (the oldest go)."""
         return _KEYS.setdefault(self.host.hub, {})
+
+    @property
+    def _opening(self) -> _Opening:
+        opening = _OPENING.get(self.host.hub)
+        if opening is None:
+            opening = _OPENING[self.host.hub] = _Opening()
+        return opening
+
+    async def _after_opening(self, headers: Mapping[str, str] | None) -> str | None:
+        """The ``Idempotency-Key`` of a start request (``None``: none), once no start with that key is opening
+        (returns at once, without yielding, when none is): a repeat then finds the stream that start made."""
+        key = None if headers is None else idempotency_key_of(headers)
+        keys = self._opening.keys
+        while key is not None and (opening := keys.get(key)) is not None:
+            await opening.wait()
+        return key
+
+    @contextlib.contextmanager
+    def _keyed_start(self, key: str | None) -> Iterator[None]:
+        """While a start with ``key`` runs (it may wait on its source's ``open()``): repeats wait for it."""
+        if key is None:
+            yield
+            return
+        keys = self._opening.keys
+        done = keys[key] = asyncio.Event()
+        try:
+            yield
+        finally:
+            if keys.get(key) is done:
+                del keys[key]
+            done.set()
 
     # -- auth --------------------------------------------------------------------------------------
 
@@ -707,7 +764,7 @@ class Endpoints:
         if stream_id is not None:
             if not (isinstance(stream_id, str) and is_stream_id(stream_id)):  # the client's fault: 400
                 raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
-            if stream_id in hub:
+            if stream_id in hub or stream_id in self._opening.ids:
                 raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id, or attach to it")
         request = GenerationRequest(
             route, prompt, max_tokens, body, stream_id or new_stream_id(), headers or {}, principal
@@ -733,18 +790,24 @@ class Endpoints:
         source = generator.generate(request)
         hub = self.host.hub
         opened = getattr(source, "open", None)
-        if opened is not None:
-            try:
-                await opened()
-                if request.stream_id in hub:  # taken while the source opened
-                    raise DuplicateStreamId(f"stream {request.stream_id!r} exists already; choose another id")
-            except BaseException:
-                aclose = getattr(source, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(Exception):
-                        await aclose()
-                raise
-        stream = hub.start(aiter_source(source), stream_id=request.stream_id, length=length, token_bytes=token_bytes)
+        stream_id = request.stream_id
+        try:
+            if opened is not None:
+                ids = self._opening.ids
+                ids.add(stream_id)  # no other start takes this id meanwhile
+                try:
+                    await opened()
+                finally:
+                    ids.discard(stream_id)
+                if stream_id in hub:  # taken while the source opened (by a producer outside the endpoints)
+                    raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id")
+            stream = hub.start(aiter_source(source), stream_id=stream_id, length=length, token_bytes=token_bytes)
+        except BaseException:  # refused, cancelled, or the hub cannot take it (HubFull): no stream, source closed
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            raise
         _label_principal(stream, request.principal)  # before its first frame (its task waits)
         if getattr(source, "chunk_format", None) == "openai":  # labelled before its first frame (its task waits)
             stream.label("format", RAW_CHUNKS)
@@ -799,12 +862,14 @@ class Endpoints:
     ) -> str | TokenStream:
         """A start of ``POST /v1/streams`` or a WebTransport start: the id of the stream it repeats
         (:meth:`previous_start`), else the stream it starts (its ``Idempotency-Key`` remembered)."""
+        key = await self._after_opening(headers)
         repeated = self.previous_start("create", body, headers, principal)
         if repeated is not None:
             return repeated
         max_tokens = int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
-        stream = await self.start(route, body, prompt, max_tokens, headers, principal)
-        self._remember_key("create", body, headers, stream)
+        with self._keyed_start(key):
+            stream = await self.start(route, body, prompt, max_tokens, headers, principal)
+            self._remember_key("create", body, headers, stream)
         return stream
 
     def previous_start(
@@ -916,13 +981,15 @@ class Endpoints:
             include_usage = False
         elif not isinstance(include_usage, bool):
             raise InvalidBody("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
+        key = await self._after_opening(headers)
         repeated = self.previous_start("chat", body, headers, principal)
         if repeated is not None:
             return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}), principal)
-        stream = await self.start("chat", body, "\n".join(parts), max_tokens, headers, principal)
-        meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
-        meta.remember(stream)
-        self._remember_key("chat", body, headers, stream)
+        with self._keyed_start(key):
+            stream = await self.start("chat", body, "\n".join(parts), max_tokens, headers, principal)
+            meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
+            meta.remember(stream)
+            self._remember_key("chat", body, headers, stream)
         return ChatRequest(stream, meta, streaming)
 
     def _chat_repeat(self, stream_id: str, streaming: bool, last_event_id: str, principal: str | None) -> ChatRequest:

@@ -36,7 +36,15 @@ from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, Request, RequestPars
 from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
 from tokenwire.server.config import ServerConfig, ServerOptions
-from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, cors_headers, left_early
+from tokenwire.server.endpoints import (
+    SHUTDOWN_HINT,
+    SSE_HEADERS,
+    Render,
+    StreamPlan,
+    cors_headers,
+    left_early,
+    shutdown_hint,
+)
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
 
@@ -63,6 +71,7 @@ class SseConnection(asyncio.Protocol):
         "_paused",
         "_paused_at",
         "_read",
+        "_shutdown_hint",
         "_timer",
         "_trailer",
         "_unparsed",
@@ -81,6 +90,8 @@ class SseConnection(asyncio.Protocol):
         self._cursor: Cursor | None = None
         self._read = _nothing_to_read
         self._trailer = b""
+        #: What its stream response gets at shutdown (no ``retry:`` field in an OpenAI-format one).
+        self._shutdown_hint = SHUTDOWN_HINT
         self._chunked = False
         self._keep_alive = False
         self._unparsed = False
@@ -306,6 +317,7 @@ class SseConnection(asyncio.Protocol):
         cursor.on_read = self._meter.observe
         self._read = cursor.poll
         self._trailer = plan.trailer
+        self._shutdown_hint = shutdown_hint(plan)
         self._chunked = chunked
         self._keep_alive = chunked and keep_alive and not self.server.draining
         headers = [
@@ -422,7 +434,7 @@ class SseConnection(asyncio.Protocol):
                 return
             self._closing = True
             if self.stream is not None:  # an idle kept-alive connection gets no bytes outside a response
-                self.transport.write(self._body(SHUTDOWN_HINT))  # a chunk, not the end: the body stays incomplete
+                self.transport.write(self._body(self._shutdown_hint))  # a chunk, not the end: the body stays incomplete
             self.transport.close()
 
 
@@ -517,6 +529,7 @@ class SseServer(ServerBase):
             conn.close_for_shutdown()
         if self._tick is not None:
             self._tick.cancel()
+        await self._stop_background()
         await self.hub.aclose()
         for listener in self._listeners:
             await listener.wait_closed()

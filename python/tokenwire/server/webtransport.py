@@ -696,9 +696,12 @@ class WebTransportConnection(QuicConnectionProtocol):
         CONNECT is refused (401: no credentials, or refused ones; an ``Authorization`` header or, from a browser,
         ``?access_token=``, docs/protocol.md §8) or held until an async authenticator decides."""
         sid = event.stream_id
-        path = dict(event.headers).get(b":path", b"").decode("latin-1")
+        target = dict(event.headers).get(b":path", b"").decode("latin-1")
+        path = target.partition("?")[0]  # as an HTTP request's path: the query (?access_token=) apart
         try:
-            verdict = self.server.endpoints.authorize("webtransport", fields, connect_query(path), path, "webtransport")
+            verdict = self.server.endpoints.authorize(
+                "webtransport", fields, connect_query(target), path, "webtransport"
+            )
         except Unauthorized as exc:
             self._refuse_credentials(sid, exc)
             return None
@@ -1374,6 +1377,7 @@ class WebTransportServer(ServerBase):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        await self._stop_background()
         if close_hub:
             await self.hub.aclose()
         if self._transport is not None:
