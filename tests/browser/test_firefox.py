@@ -25,7 +25,7 @@ import pytest_asyncio
 from aioquic.h3.connection import Setting
 
 from tests.support.firefox import FirefoxDriver, PageScriptError, open_firefox
-from tests.support.servers import sse_server, wt_server
+from tests.support.servers import serve_pair
 from tokenwire import FakeModel, Hub
 from tokenwire.protocol.webtransport import (
     SETTINGS_ENABLE_WEBTRANSPORT,
@@ -89,10 +89,8 @@ async def firefox() -> AsyncIterator[FirefoxDriver]:
 @contextlib.asynccontextmanager
 async def servers(model: FakeModel) -> AsyncIterator[tuple[SseServer, WebTransportServer]]:
     """``tokenwire serve --webtransport`` in miniature: one hub, SSE (TCP) and WebTransport (UDP)."""
-    hub = Hub()
-    async with sse_server(hub, model=model) as sse, wt_server(hub, model=model) as wt:
-        sse.webtransport = wt  # serves the certificate hash at /v1/webtransport/certificate
-        yield sse, wt
+    async with serve_pair(Hub(), model) as pair:
+        yield pair
 
 
 def record_connects(monkeypatch: pytest.MonkeyPatch) -> list[dict[bytes, bytes]]:

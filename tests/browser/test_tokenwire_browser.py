@@ -21,7 +21,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page
 
 from tests.support.browser import chromium, new_page
-from tests.support.servers import sse_server, wt_server
+from tests.support.servers import serve_pair
 from tokenwire import FakeModel, GenerationRequest, Hub
 from tokenwire.server import SseServer
 from tokenwire.server.config import WebTransportLimits
@@ -84,11 +84,9 @@ async def servers(
     model: FakeModel, limits: WebTransportLimits | None = None
 ) -> AsyncIterator[tuple[SseServer, WebTransportServer]]:
     """``tokenwire serve --webtransport`` in miniature: one hub, SSE (TCP) and WebTransport (UDP)."""
-    hub = Hub()
     # retry 200 ms: EventSource comes back quickly after the forced disconnect.
-    async with sse_server(hub, model=model, retry_ms=200) as sse, wt_server(hub, model=model, limits=limits) as wt:
-        sse.webtransport = wt  # serves the certificate hash at /v1/webtransport/certificate
-        yield sse, wt
+    async with serve_pair(Hub(), model, limits=limits, retry_ms=200) as pair:
+        yield pair
 
 
 @contextlib.asynccontextmanager

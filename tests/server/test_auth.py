@@ -409,5 +409,9 @@ async def test_the_connect_origin_and_credentials_with_a_hand_driven_client() ->
             if status == b"401":
                 assert answer[b"www-authenticate"].startswith(b'Bearer realm="tokenwire"')
         assert server.metrics.sessions_refused_total == 5 and server.metrics.sessions_total == 3
-    async with wt_server() as server, connects(server.port) as h3:  # CORS off: any page, as before
-        assert (await h3.open(WT_PATH, "https://evil.example"))[b":status"] == b"200"
+    async with wt_server() as server, connects(server.port) as h3:
+        # CORS off: a page of another origin can read no HTTP answer, and opens no WebTransport session either;
+        # a page of the server itself, and a client that is no browser, can.
+        assert (await h3.open(WT_PATH, "https://evil.example"))[b":status"] == b"403"
+        assert (await h3.open(WT_PATH, f"http://127.0.0.1:{server.port}"))[b":status"] == b"200"
+        assert (await h3.open(WT_PATH, None))[b":status"] == b"200"

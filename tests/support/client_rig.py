@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from tests.support.drivers import PageDriver
-from tests.support.servers import sse_server, wt_server
+from tests.support.servers import serve_pair, sse_server
 from tests.support.sse_spec_parser import parse
 from tokenwire import FakeModel, GenerationRequest, Hub
 from tokenwire.protocol.http1 import Request
@@ -212,13 +212,13 @@ async def rig(
     hub = Hub(storage)
     model = ScriptedModel()
     async with contextlib.AsyncExitStack() as stack:
-        sse = await stack.enter_async_context(sse_server(hub, model=model, retry_ms=200))
-        router = RecordingRouter(sse)
-        sse.router = router
         wt = None
         if webtransport:
-            wt = await stack.enter_async_context(wt_server(hub, model=model))
-            sse.webtransport = wt
+            sse, wt = await stack.enter_async_context(serve_pair(hub, model, retry_ms=200))
+        else:
+            sse = await stack.enter_async_context(sse_server(hub, model=model, retry_ms=200))
+        router = RecordingRouter(sse)
+        sse.router = router
         if certificate_info is not None:
             sse.webtransport = _Elsewhere(certificate_info)
         yield Rig(hub, sse, wt, model, router)

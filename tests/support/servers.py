@@ -71,6 +71,21 @@ async def wt_server(
         await server.shutdown(drain_timeout=0)
 
 
+@contextlib.asynccontextmanager
+async def serve_pair(
+    hub: Hub, model: Generator | Engine, *, limits: WebTransportLimits | None = None, **config: Any
+) -> AsyncIterator[tuple[SseServer, WebTransportServer]]:
+    """``tokenwire serve --webtransport`` in miniature: one hub, SSE (TCP) and WebTransport (UDP) on ports of their
+    own. The pages a test opens come from the SSE server's origin, another origin than the WebTransport server's
+    (``tokenwire serve`` uses one port number for both), so the WebTransport server allows that origin as
+    ``--cors-origin`` would."""
+    async with sse_server(hub, model=model, **config) as sse:
+        origin = f"http://127.0.0.1:{sse.port}"
+        async with wt_server(hub, model=model, limits=limits, allow_origins=(origin,)) as wt:
+            sse.webtransport = wt  # serves the certificate hash at /v1/webtransport/certificate
+            yield sse, wt
+
+
 def wt_client(server: WebTransportServer, *, via: tuple[str, int] | None = None, **options: Any) -> WebTransportClient:
     """A client that trusts ``server``'s certificate by its SHA-256, as a browser page would; ``via``: send to
     this address instead (a :class:`~tests.support.udp_relay.UdpRelay` in front of the server)."""

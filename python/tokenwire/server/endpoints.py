@@ -243,10 +243,11 @@ def _origin_allowed(allow_origins: tuple[str, ...], origin: str | None) -> bool:
 
 def session_origin_allowed(allow_origins: tuple[str, ...], origin: str | None, authority: str) -> bool:
     """Whether a WebTransport session may be opened from a page on ``origin`` (the CONNECT's ``Origin``), as CORS
-    would let the page call the HTTP endpoints: yes with CORS off (no allowed origins) or without ``Origin`` (not
-    a browser); else for an allowed origin, or a page of this server itself (the origin's host and port are the
-    CONNECT's ``:authority``: ``tokenwire serve`` serves its pages and WebTransport on one port number)."""
-    if not allow_origins or origin is None or _origin_allowed(allow_origins, origin):
+    would let the page read the HTTP endpoints' answers: yes without ``Origin`` (not a browser), for an allowed
+    origin, and for a page of this server itself (the origin's host and port are the CONNECT's ``:authority``:
+    ``tokenwire serve`` serves its pages and WebTransport on one port number); with CORS off (no allowed origins)
+    no other page, as no other page can read an HTTP answer then."""
+    if origin is None or _origin_allowed(allow_origins, origin):
         return True
     own = urlsplit(origin)
     return bool(own.netloc) and own.netloc == authority.lower()
