@@ -131,18 +131,22 @@ async def test_another_principal_cannot_resume_cancel_or_repeat_a_stream(kind: s
         unknown = await http.get("/v1/streams/nosuchstream/events", headers=bearer(BOB))
         assert_not_found(unknown)
         as_bob = bearer(BOB)
-        # Resume, with and without a resume point; cancel; the same Idempotency-Key (same body, or another
-        # body: 404, not the 422 that would tell the key exists); a POST retried with Alice's Last-Event-ID.
+        # Resume, with and without a resume point; cancel; a POST retried with Alice's Last-Event-ID.
         assert_not_found(await http.get(f"/v1/streams/{stream_id}/events", headers=as_bob))
         assert_not_found(await http.get(f"/v1/streams/{stream_id}/events", headers={**as_bob, "last-event-id": last}))
         assert_not_found(await http.get(f"/v1/streams/{stream_id}/events?last_event_id={last}", headers=as_bob))
         assert_not_found(await http.delete(f"/v1/streams/{stream_id}", headers=as_bob))
-        for repeat in (body, {**body, "prompt": "other"}):
-            assert_not_found(
-                await http.post("/v1/streams", json=repeat, headers={**as_bob, "idempotency-key": "alice-1"})
-            )
         assert_not_found(await http.post("/v1/streams", json=body, headers={**as_bob, "last-event-id": last}))
-        assert stream.is_open and host.metrics.streams_started_total == 1
+        # Alice's Idempotency-Key means nothing to Bob: his keys are his own (a start of his, and his own 422).
+        as_bob_keyed = {**as_bob, "idempotency-key": "alice-1"}
+        bobs = await first_events(http, "POST", "/v1/streams", 1, json=body, headers=as_bob_keyed)
+        bob_stream = json.loads(bobs[0].data)["stream_id"]
+        assert bob_stream != stream_id
+        assert host.hub.get(bob_stream).labels[PRINCIPAL_LABEL] == ApiKeys.principal_of(BOB)
+        other = await http.post("/v1/streams", json={**body, "prompt": "other"}, headers=as_bob_keyed)
+        assert other.status_code == 422
+        assert (await http.delete(f"/v1/streams/{bob_stream}", headers=as_bob)).status_code == 204
+        assert stream.is_open and host.metrics.streams_started_total == 2
         # Alice's own resume picks up exactly after her last event, and her cancel ends it.
         rest = await first_events(
             http, "GET", f"/v1/streams/{stream_id}/events", 2, headers={**bearer(ALICE), "last-event-id": last}
@@ -294,8 +298,8 @@ async def test_what_an_authenticator_and_a_generator_are_given_prints_no_token()
 
 
 async def test_another_principal_cannot_attach_to_or_cancel_a_stream_over_webtransport() -> None:
-    """A stream started over SSE by Alice: over WebTransport Bob's session finds nothing (attach, cancel, her
-    idempotency key) while Alice's resumes it exactly after her position and cancels it."""
+    """A stream started over SSE by Alice: over WebTransport Bob's session finds nothing (attach, cancel; her
+    idempotency key starts a stream of his own) while Alice's resumes it exactly after her position and cancels it."""
     model, hub = FakeModel(seed=5), Hub()
     async with (
         sse_server(hub, model=model, auth=KEYS) as sse,
@@ -314,8 +318,10 @@ async def test_another_principal_cannot_attach_to_or_cancel_a_stream_over_webtra
         with pytest.raises(StreamNotFound):
             await bob.cancel(stream_id)
         keyed = await alice.generate("keyed", max_tokens=400, tokens_per_s=100, idempotency_key="alice-wt")
-        with pytest.raises(StreamNotFound):
-            await bob.generate("keyed", max_tokens=400, tokens_per_s=100, idempotency_key="alice-wt")
+        bobs = await bob.generate("keyed", max_tokens=400, tokens_per_s=100, idempotency_key="alice-wt")
+        assert bobs.stream_id != keyed.stream_id  # his keys are his own
+        await bob.cancel(bobs.stream_id)
+        await bobs.aclose()
         assert hub.get(stream_id).is_open and hub.get(keyed.stream_id).is_open
         reader = await alice.attach(stream_id, last_event_id=last)
         tokens = [token async for token, _ in _first(reader, 3)]

@@ -337,6 +337,15 @@ def idempotency_key_of(headers: Mapping[str, str]) -> str | None:
     return key
 
 
+def scoped_key(headers: Mapping[str, str] | None, principal: str | None) -> str | None:
+    """The ``Idempotency-Key`` of a start request as the hub's table holds it: with auth on, each principal's keys
+    are its own (another's same key neither repeats its start nor blocks this one)."""
+    key = None if headers is None else idempotency_key_of(headers)
+    if key is None or principal is None:
+        return key
+    return f"{principal}\n{key}"  # a key has no newline (visible ASCII): the last one separates the two
+
+
 def _fingerprint(route: str, body: dict[str, Any]) -> str:
     """What a repeated start must match: the route and the request's JSON (key order and spacing aside)."""
     canonical = json.dumps([route, body], sort_keys=True, separators=(",", ":"))
@@ -700,10 +709,11 @@ class Endpoints:
             opening = _OPENING[self.host.hub] = _Opening()
         return opening
 
-    async def _after_opening(self, headers: Mapping[str, str] | None) -> str | None:
-        """The ``Idempotency-Key`` of a start request (``None``: none), once no start with that key is opening
-        (returns at once, without yielding, when none is): a repeat then finds the stream that start made."""
-        key = None if headers is None else idempotency_key_of(headers)
+    async def _after_opening(self, headers: Mapping[str, str] | None, principal: str | None) -> str | None:
+        """The ``Idempotency-Key`` of a start request (``None``: none; :func:`scoped_key`), once no start with that
+        key is opening (returns at once, without yielding, when none is): a repeat then finds the stream that start
+        made."""
+        key = scoped_key(headers, principal)
         keys = self._opening.keys
         while key is not None and (opening := keys.get(key)) is not None:
             await opening.wait()
@@ -863,7 +873,7 @@ class Endpoints:
     ) -> str | TokenStream:
         """A start of ``POST /v1/streams`` or a WebTransport start: the id of the stream it repeats
         (:meth:`previous_start`), else the stream it starts (its ``Idempotency-Key`` remembered)."""
-        key = await self._after_opening(headers)
+        key = await self._after_opening(headers, principal)
         repeated = self.previous_start("create", body, headers, principal)
         if repeated is not None:
             return repeated
@@ -878,20 +888,18 @@ class Endpoints:
     ) -> str | None:
         """The id of the stream a start request repeats; ``None``: start a new generation.
 
-        - An ``Idempotency-Key`` seen before (its stream still in the hub) names that stream: 404 when another
-          principal started it (:func:`check_owner`). The same key with another request body is 422.
+        - An ``Idempotency-Key`` this principal sent before (its stream still in the hub) names that stream (each
+          principal has keys of its own: :func:`scoped_key`). The same key with another request body is 422.
         - Else a ``Last-Event-ID`` (a client's SSE retry of the POST) names it (400 malformed, 409 another
           epoch). The caller serves it as ``GET /v1/streams/{id}/events`` with that ``Last-Event-ID`` would
           (:meth:`attach`: 400, 404, 409, 410; 204 when nothing is left).
         """
         if headers is None:
             return None
-        key = idempotency_key_of(headers)
+        key = scoped_key(headers, principal)
         hub = self.host.hub
         if key is not None and (entry := self.idempotency.get(key)) is not None:
             held = entry[0] in hub
-            if held:  # another principal's key: 404 before a 422 could tell it apart
-                check_owner(hub.get(entry[0]), principal)
             if entry[1] != _fingerprint(route, body):
                 raise HttpError(422, "Idempotency-Key was used for a different request; use a new key")
             if held:
@@ -906,7 +914,7 @@ class Endpoints:
     def _remember_key(
         self, route: str, body: dict[str, Any], headers: Mapping[str, str] | None, stream: TokenStream
     ) -> None:
-        key = None if headers is None else idempotency_key_of(headers)
+        key = scoped_key(headers, stream.labels.get(PRINCIPAL_LABEL))
         if key is None:
             return
         keys = self.idempotency
@@ -982,7 +990,7 @@ class Endpoints:
             include_usage = False
         elif not isinstance(include_usage, bool):
             raise InvalidBody("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
-        key = await self._after_opening(headers)
+        key = await self._after_opening(headers, principal)
         repeated = self.previous_start("chat", body, headers, principal)
         if repeated is not None:
             return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}), principal)
