@@ -10,8 +10,12 @@ compare with what the upstream sent. A stream passes when its answer is 200 ``te
 ``data:`` is a ``chat.completion.chunk`` of one completion id (no ``error``), exactly one finish reason and
 exactly one usage chunk arrive, ``[DONE]`` comes once and last, and the connection ends after it.
 
-CPU of the processes named by ``--pid NAME=PID`` is read from /proc over the measured window (the first
-request sent -> the last stream ended), and the generator's own (``client``).
+``--streams`` slots each run ``--rounds`` streams back to back (stream ``round * streams + slot``), the slots
+started at ``--ramp`` per second (default: over one stream's time, the steady arrival rate). The measured window
+runs from the moment every slot has started to the moment the first slot is done; TTFT of the requests sent in
+it, lateness and counts of the chunks that arrive in it, and the CPU of the processes named by ``--pid NAME=PID``
+and of the generator itself (``client``) from /proc over it. When the first slot is done before the last has
+started, the window is the whole run.
 
     python -m benches.openai_load --url http://127.0.0.1:9000/v1 --streams 100 --tokens 100 --json out.json
 """

@@ -3,19 +3,24 @@
 uvloop + httptools, ``benches/peers/fastapi_proxy.py``).
 
 Each arm gets a fresh upstream (``tests/support/upstream.py`` on uvloop, every answer ``--tokens`` content
-chunks paced at ``--tokens-per-s``) and, for the proxied arms, a fresh proxy; then ``benches/openai_load.py``
-runs ``--streams`` concurrent ``stream: true`` requests through it (ramped at ``--ramp`` per second, after
-``--warmup`` short requests outside the measured window). Processes are pinned with taskset: the proxy on
-``--proxy-cores`` (0), the upstream on ``--upstream-cores`` (1) and the load generator on ``--client-cores`` (1).
-``--hog``: a competing load, one busy-looping process on each of those cores.
+chunks paced at ``--tokens-per-s`` on a fixed schedule) and, for the proxied arms, a fresh proxy (both proxies'
+upstream pools bounded at ``--pool``, default ``--streams``); then ``benches/openai_load.py`` keeps ``--streams``
+``stream: true`` requests running: that many slots, each running ``--rounds`` streams back to back, the slots
+started over one stream's time (so new requests arrive at the steady rate ``streams / stream time``). The
+measured window is the steady state: from the moment every slot has started to the moment the first slot is done
+(``--rounds 3``, 10 s streams: 20 s with ``--streams`` running throughout). ``--warmup`` short requests go through
+each arm first, outside the window. Processes are pinned with taskset: the proxy on ``--proxy-cores`` (0), the
+upstream on ``--upstream-cores`` (1) and the load generator on ``--client-cores`` (1). ``--hog``: a competing
+load, one busy-looping process on each of those cores.
 
-Per arm: TTFT (request sent, i.e. the connect started -> first content chunk) p50/p99 measured by the client;
-added TTFT = the arm's percentile minus the upstream-alone arm's in the same repeat; lateness of every content
-chunk against its stream's schedule; CPU-s per 100k content chunks of the proxy, the upstream and the load
-generator (/proc utime + stime over the measured window). A row counts only if every stream is exact: 200,
-``[DONE]`` once and last, one finish reason and usage, and content equal to what the upstream computes for its
-prompt (``content_tokens``); and the upstream was called exactly once per request. Arms run in a rotated order
-each repeat; the summary gives the worst of the repeats.
+Per arm: TTFT (request sent, i.e. its connect started -> first content chunk) p50/p99 of the requests sent in the
+window, measured by the client; added TTFT = the arm's percentile minus the upstream-alone arm's in the same
+repeat; lateness of every content chunk in the window against its stream's schedule (a chunk every
+``1/--tokens-per-s`` from its first); CPU-s per 100k content chunks delivered in the window, of the proxy, the
+upstream and the load generator (/proc utime + stime over the window). A row counts only if every stream is
+exact (200, ``[DONE]`` once and last, one finish reason and one usage chunk, the content equal to what the
+upstream computes for its prompt: ``content_tokens``) and the upstream was called exactly once per request. The
+arms run in a rotated order each repeat; the summary gives the worst of the repeats.
 
     python -m benches.proxy_overhead --streams 1000 --tokens-per-s 20 --duration 10 --repeats 5 [--hog]
 """
