@@ -46,12 +46,12 @@ build-profiling: $(PY) ## release build with debug symbols, for perf/callgrind
 
 format: ## format Rust and Python
 	cargo fmt
-	$(VENV)/bin/ruff format python tests benches
-	$(VENV)/bin/ruff check --fix python tests benches
+	$(VENV)/bin/ruff format python tests benches examples
+	$(VENV)/bin/ruff check --fix python tests benches examples
 
 lint-python: ## ruff, mypy --strict, stubtest of the extension's .pyi
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest tokenwire._core --allowlist .mypy-stubtest-allowlist
 

@@ -38,6 +38,7 @@ import uvloop
 from starlette.responses import StreamingResponse
 
 from benches.peers.starlette_streaming_app import encoded_events
+from tokenwire import ServerOptions
 from tokenwire.asgi import TokenwireASGI, _sse_headers, _Streamer
 from tokenwire.fake_model import FakeModel, stamp
 from tokenwire.hub import Hub
@@ -111,7 +112,7 @@ async def run_shape(shape: str, streams: int, steps: int) -> float:  # noqa: C90
     hub_streams: list[tuple[Any, list[str]]] = []
     queues: list[tuple[asyncio.Queue[str | None], list[str]]] = []
     tasks: list[asyncio.Task[Any]] = []
-    app = TokenwireASGI(Hub(), model=model)
+    app = TokenwireASGI(Hub(), ServerOptions(generator=model))
     hub = app.hub
     for i in range(streams):
         tokens = model.tokens(f"prompt {i}", steps)

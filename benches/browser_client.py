@@ -65,7 +65,7 @@ from benches.sse_compare import hogs_on, stop_hogs
 from tests.support.client_rig import silent_udp_port
 from tests.support.drivers import BROWSERS, PageDriver, open_driver
 from tests.support.sse_spec_parser import parse
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, Hub, ServerOptions
 from tokenwire.protocol.http1 import Request
 from tokenwire.server import ServerConfig, SseServer
 from tokenwire.server.certs import make_dev_certificate
@@ -161,15 +161,15 @@ async def serve(retry_ms: int) -> AsyncIterator[Servers]:
     hub = Hub()
     model = CountingModel()
     config = ServerConfig(host="127.0.0.1", port=0, retry_ms=retry_ms)
-    main = SseServer(hub, config, model=model)
-    holed = SseServer(hub, config, model=model)
+    main = SseServer(hub, ServerOptions(config, model))
+    holed = SseServer(hub, ServerOptions(config, model))
     wt: WebTransportServer | None = None
     with silent_udp_port() as (port, datagrams):
         try:
             await main.start()
             await holed.start()
             # As `tokenwire serve` does: the same port number over UDP, the same hub, model and engine.
-            wt = WebTransportServer(hub, replace(config, port=main.port), model=model, engine=main.engine)
+            wt = WebTransportServer(hub, ServerOptions(replace(config, port=main.port), model))
             await wt.start()
             main.webtransport = wt
             main.metrics.include(wt.metrics)

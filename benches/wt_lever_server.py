@@ -29,7 +29,7 @@ from typing import Any
 
 import uvloop
 
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeEngine, FakeModel, Hub, ServerOptions
 from tokenwire.server import ServerConfig
 from tokenwire.server import webtransport as wt
 from tokenwire.server.webtransport import WebTransportConnection, WebTransportServer
@@ -107,7 +107,9 @@ def main() -> int:
 
     async def run() -> None:
         config = ServerConfig(host=args.host, port=args.port, max_delay_ms=args.max_delay_ms)
-        server = WebTransportServer(Hub(), config, model=FakeModel(seed=0), engine_steps_per_s=args.steps_per_s)
+        server = WebTransportServer(
+            Hub(), ServerOptions(config, FakeEngine(FakeModel(seed=0), steps_per_s=args.steps_per_s))
+        )
         await server.start()
         print(f"serving WebTransport on {server.url} (UDP); sha-256 {server.certificate.sha256_hex}", flush=True)
         stop = asyncio.Event()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from benches.peers.common import parse_args
 from benches.peers.uvicorn_serve import serve
+from tokenwire import FakeEngine, ServerOptions
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.fake_model import FakeModel
 from tokenwire.hub import Hub
@@ -21,8 +22,11 @@ __all__ = ["create_app", "main"]
 
 
 def create_app(steps_per_s: float = 20.0, producer: str = "engine") -> TokenwireASGI:
-    steps = steps_per_s if producer == "engine" and steps_per_s else None
-    return TokenwireASGI(Hub(), model=FakeModel(seed=0), engine_steps_per_s=steps)
+    model = FakeModel(seed=0)
+    engine = producer == "engine" and steps_per_s
+    return TokenwireASGI(
+        Hub(), ServerOptions(generator=FakeEngine(model, steps_per_s=steps_per_s) if engine else model)
+    )
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ from tokenwire.errors import (
     DuplicateStreamId,
     EpochMismatch,
     FrameError,
+    GenerationRefused,
     HubFull,
     InvalidBody,
     LocalProtocolError,
@@ -26,20 +27,26 @@ from tokenwire.errors import (
     TokenwireError,
 )
 from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.generation import Engine, GenerationRequest, Generator
 from tokenwire.hub import Cursor, Frame, FrameKind, Hub, Render, StreamState, Subscription, TokenStream, Wire
 from tokenwire.protocol.resume import ResumePoint, parse_resume_point
+from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.storage import MemoryStorage, Storage
 
 __all__ = [
     "BackpressureExceeded",
     "Cursor",
     "DuplicateStreamId",
+    "Engine",
     "EpochMismatch",
     "FakeEngine",
     "FakeModel",
     "Frame",
     "FrameError",
     "FrameKind",
+    "GenerationRefused",
+    "GenerationRequest",
+    "Generator",
     "Hub",
     "HubFull",
     "InvalidBody",
@@ -52,6 +59,8 @@ __all__ = [
     "ResumeExpired",
     "ResumeFromFuture",
     "ResumePoint",
+    "ServerConfig",
+    "ServerOptions",
     "Storage",
     "StorageUnavailable",
     "StreamClosed",

@@ -18,12 +18,12 @@ Example (``uvicorn example:app``)::
     from starlette.requests import Request
     from starlette.routing import Mount, Route
 
-    from tokenwire import FakeModel, Hub
+    from tokenwire import FakeModel, Hub, ServerOptions
     from tokenwire.asgi import TokenwireASGI, stream_response
 
     hub = Hub()
     model = FakeModel(seed=1, tokens_per_s=200)
-    tw = TokenwireASGI(hub, model=model)  # the /v1/... endpoints, sharing the hub
+    tw = TokenwireASGI(hub, ServerOptions(generator=model))  # the /v1/... endpoints, sharing the hub
 
 
     async def ask(request: Request) -> object:
@@ -67,14 +67,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, status_of
-from tokenwire.fake_model import FakeModel
+from tokenwire.errors import GenerationRefused, ResumeExpired, StreamNotFound, TokenwireError, status_of
 from tokenwire.hub import Hub
 from tokenwire.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError, check_body_size, parse_query
 from tokenwire.server.base import HubHost
-from tokenwire.server.config import ServerConfig
+from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.endpoints import (
     SHUTDOWN_HINT,
     SSE_HEADERS,
@@ -150,6 +149,8 @@ class _Answer:
 
     @classmethod
     def error(cls, exc: BaseException, status: int | None = None) -> _Answer:
+        if isinstance(exc, GenerationRefused):  # the generator's own answer (an upstream's), as it is
+            return cls(exc.status, exc.body, exc.content_type)
         if status is None:
             status = status_of(exc)
         extra = [(b"retry-after", b"1")] if status == 503 else None
@@ -402,13 +403,13 @@ async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -
 class TokenwireASGI(HubHost):
     """The tokenwire endpoints as an ASGI 3 app over one :class:`~tokenwire.hub.Hub`.
 
-    ``model``/``engine_steps_per_s`` drive the generations that ``POST /v1/streams`` and ``POST
-    /v1/chat/completions`` start, as in ``tokenwire serve``. ``config`` supplies ``retry_ms``,
-    ``heartbeat_interval``, ``stall_timeout``, ``max_tokens_limit`` and ``http.max_body_bytes``; the
+    ``options`` (:class:`~tokenwire.server.ServerOptions`, or a bare :class:`~tokenwire.server.ServerConfig`):
+    its ``generator`` drives the generations that ``POST /v1/streams`` and ``POST /v1/chat/completions``
+    start, as in ``tokenwire serve``; its ``config`` supplies ``retry_ms``, ``heartbeat_interval``, ``stall_timeout``, ``max_tokens_limit`` and ``http.max_body_bytes``; the
     connection limits and timeouts of :class:`~tokenwire.server.ServerConfig` are the ASGI server's.
 
-    Lifespan: ``startup`` starts the hub's janitor; ``shutdown`` tells open stream responses to reconnect,
-    stops the engine and closes the hub (``Hub.aclose``), then answers 503. Mounted apps get no lifespan
+    Lifespan: ``startup`` starts the hub's janitor; ``shutdown`` tells open stream responses to reconnect
+    and closes the hub (``Hub.aclose``), then answers 503. Mounted apps get no lifespan
     events in Starlette or FastAPI: pass ``lifespan=tw.lifespan`` to the outer app (or call
     :meth:`startup` / :meth:`shutdown` yourself); without it the janitor starts with the first request.
     ASGI servers run the lifespan shutdown only once open responses have ended, and a stream response
@@ -417,15 +418,8 @@ class TokenwireASGI(HubHost):
     ``Last-Event-ID``.
     """
 
-    def __init__(
-        self,
-        hub: Hub | None = None,
-        *,
-        model: FakeModel | None = None,
-        engine_steps_per_s: float | None = None,
-        config: ServerConfig | None = None,
-    ) -> None:
-        super().__init__(hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=ServerMetrics("sse"))
+    def __init__(self, hub: Hub | None = None, options: ServerOptions | ServerConfig | None = None) -> None:
+        super().__init__(hub, options, ServerMetrics("sse"))
         self.endpoints = Endpoints(self)
         self.streaming: set[_Streamer] = set()
         self._started = False
@@ -438,16 +432,15 @@ class TokenwireASGI(HubHost):
         self._started = True
 
     async def startup(self) -> None:
-        """Start the hub's janitor (and the fake engine, if configured). Needs the running loop."""
+        """Start the hub's janitor. Needs the running loop."""
         self.draining = False
         self._ensure_started()
 
     async def shutdown(self) -> None:
-        """Tell open stream responses to reconnect, stop the engine, close the hub."""
+        """Tell open stream responses to reconnect, close the hub (its streams end: an engine stops sending)."""
         self.draining = True
         for streamer in list(self.streaming):
             streamer.close_for_shutdown()
-        await self._close_engine()
         await self.hub.aclose()
         self._started = False
 
@@ -543,10 +536,10 @@ class TokenwireASGI(HubHost):
             endpoints.cancel(stream_id)
             return _Answer(204, b"", "application/json")
         if route == "create":
-            plan = endpoints.create(await self._json(scope, receive), base, _headers(scope))
+            plan = await endpoints.create(await self._json(scope, receive), base, _headers(scope))
             return _Answer(204, b"", "text/event-stream") if plan is None else plan
         if route == "chat":
-            chat = endpoints.chat(await self._json(scope, receive), _headers(scope))
+            chat = await endpoints.chat(await self._json(scope, receive), _headers(scope))
             if chat.streaming:
                 plan = endpoints.chat_plan(chat, base)
                 return _Answer(204, b"", "text/event-stream") if plan is None else plan

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from tokenwire import __version__
 from tokenwire._loop import loop_factory
-from tokenwire.fake_model import FakeModel
+from tokenwire.errors import TokenwireError
+from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.generation import Engine, Generator, load_generator
 from tokenwire.hub import FrameKind, Hub
 
 if TYPE_CHECKING:
@@ -73,7 +75,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from tokenwire.server import ServerConfig, SseServer
+    from tokenwire.server import ServerConfig, ServerOptions, SseServer
     from tokenwire.storage import open_storage
 
     config = ServerConfig(
@@ -89,21 +91,24 @@ async def _serve(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         allow_origins=tuple(args.allow_origin or ()),
     )
-    model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
+    try:
+        generator, mode = _generator(args)
+    except (TokenwireError, ValueError, ImportError) as exc:
+        print(f"tokenwire serve: {exc}", file=sys.stderr, flush=True)
+        return 2
     hub = Hub(open_storage(args.storage), abandon_after=args.abandon_after)
-    server = SseServer(hub, config, model=model, engine_steps_per_s=args.engine_steps_per_s or None)
+    server = SseServer(hub, ServerOptions(config, generator))
     await server.start()
     storage_note = await _storage_note(hub)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    mode = f"engine {args.engine_steps_per_s:g} steps/s" if args.engine_steps_per_s else "per-request pacing"
     worker = _WorkerFds.parse(args.worker) if args.worker else None
     prefix = f"worker {worker.index} (pid {os.getpid()}): " if worker else ""
     _say(
         f"{prefix}tokenwire {__version__} serving SSE on http://{args.host}:{server.port} "
-        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, FakeModel {mode}{storage_note})"
+        f"(epoch {server.hub.epoch}, {type(loop).__module__.split('.')[0]} loop, {mode}{storage_note})"
     )
     wt = await _start_webtransport(args, server, prefix) if args.webtransport else None
     if worker is not None:
@@ -113,7 +118,48 @@ async def _serve(args: argparse.Namespace) -> int:
     if wt is not None:
         await wt.shutdown(close_hub=False)
     await server.shutdown()
+    aclose = getattr(generator, "aclose", None)  # the upstream proxy's connection pool, say
+    if aclose is not None:
+        await aclose()
     return 0
+
+
+def _upstream(args: argparse.Namespace) -> tuple[Generator, str]:
+    """``--upstream URL``: the resumable proxy to an OpenAI-compatible server (docs/proxy.md)."""
+    from tokenwire.proxy import UpstreamOptions, UpstreamProxy  # aiohttp: the proxy extra
+
+    options = UpstreamOptions(
+        args.upstream,
+        api_key=args.upstream_api_key or os.environ.get(UPSTREAM_KEY_ENV) or None,
+        pass_authorization=args.upstream_pass_authorization,
+        model=args.upstream_model,
+        connect_timeout=args.upstream_timeout_connect or None,
+        first_token_timeout=args.upstream_timeout_first_token or None,
+        token_timeout=args.upstream_timeout_token or None,
+        max_connections=args.upstream_max_connections,
+    )
+    proxy = UpstreamProxy(options)
+    credentials = "own key" if options.api_key else "client's Authorization" if options.pass_authorization else "none"
+    return proxy, f"upstream {proxy.url} (credentials: {credentials})"
+
+
+def _generator(args: argparse.Namespace) -> tuple[Generator | Engine, str]:
+    """What ``serve`` generates with, and how the banner names it: ``--model``'s, else the FakeModel (paced per
+    request, or by a batching engine with ``--engine-steps-per-s``)."""
+    if args.upstream:
+        if args.model:
+            raise ValueError("--upstream and --model exclude each other: the proxy is the generator")
+        return _upstream(args)
+    if args.model:
+        if os.getcwd() not in sys.path:  # as ``python -m`` would: a module beside the caller loads
+            sys.path.insert(0, os.getcwd())
+        return load_generator(args.model), f"model {args.model}"
+    model = FakeModel(seed=args.seed, ttft=args.ttft, tokens_per_s=args.tokens_per_s or None)
+    if args.engine_steps_per_s:
+        return FakeEngine(
+            model, steps_per_s=args.engine_steps_per_s
+        ), f"FakeModel engine {args.engine_steps_per_s:g} steps/s"
+    return model, "FakeModel per-request pacing"
 
 
 def _say(line: str) -> None:
@@ -168,8 +214,8 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: 
         port=sse.port,
         webtransport=replace(sse.config.webtransport, datagram_previews=args.datagram_previews),
     )
-    # One engine steps every stream, whichever protocol started it (the SSE server owns it).
-    wt = WebTransportServer(sse.hub, config, model=sse.model, engine=sse.engine, certificate=certificate)
+    # The same generator (one engine steps every stream, whichever protocol started it).
+    wt = WebTransportServer(sse.hub, replace(sse.options, config=config), certificate=certificate)
     try:
         await wt.start()
     except OSError as exc:
@@ -283,6 +329,45 @@ def _ack_delay_ms(text: str) -> float:
     return value
 
 
+#: Where ``serve --upstream`` reads the upstream's API key from when ``--upstream-api-key`` is not given.
+UPSTREAM_KEY_ENV = "TOKENWIRE_UPSTREAM_API_KEY"
+
+
+def _upstream_arguments(serve: argparse.ArgumentParser) -> None:
+    up = serve.add_argument_group("resumable OpenAI-compatible proxy (docs/proxy.md)")
+    up.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="proxy chat completions to this OpenAI-compatible server, the base URL an OpenAI SDK takes (e.g. "
+        "http://127.0.0.1:9000/v1): each request calls it once, and clients resume from tokenwire",
+    )
+    up.add_argument(
+        "--upstream-api-key",
+        metavar="KEY",
+        help=f"send Authorization: Bearer KEY upstream (default: the environment variable {UPSTREAM_KEY_ENV}, "
+        "which keeps it out of the process list); never logged",
+    )
+    up.add_argument(
+        "--upstream-pass-authorization",
+        action="store_true",
+        help="without an upstream key: forward each client's own Authorization header upstream",
+    )
+    up.add_argument("--upstream-model", metavar="NAME", help="the model of requests that name none")
+    up.add_argument("--upstream-timeout-connect", type=float, default=10.0, help="seconds to connect (0: no limit)")
+    up.add_argument(
+        "--upstream-timeout-first-token",
+        type=float,
+        default=60.0,
+        help="seconds from the request to the upstream's first chunk (0: no limit)",
+    )
+    up.add_argument(
+        "--upstream-timeout-token", type=float, default=60.0, help="seconds between two chunks (0: no limit)"
+    )
+    up.add_argument(
+        "--upstream-max-connections", type=_int_from(1), default=1000, help="upstream connections open at once"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenwire", description="Resumable LLM token streaming.")
     p.add_argument("--version", action="version", version=f"tokenwire {__version__}")
@@ -302,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="generate with a model of yours: package.module:factory names a Generator or Engine, or what makes one "
+        "(tokenwire.generation; the current directory is importable). Default: the FakeModel",
+    )
+    _upstream_arguments(serve)
     serve.add_argument("--tokens-per-s", type=float, default=50.0, help="FakeModel pace per request (0: unthrottled)")
     serve.add_argument("--ttft", type=float, default=0.0, help="FakeModel time to first token, seconds")
     serve.add_argument(

@@ -11,6 +11,7 @@ __all__ = [
     "DuplicateStreamId",
     "EpochMismatch",
     "FrameError",
+    "GenerationRefused",
     "HubFull",
     "InvalidBody",
     "LocalProtocolError",
@@ -24,6 +25,7 @@ __all__ = [
     "StreamFailed",
     "StreamNotFound",
     "TokenwireError",
+    "UpstreamError",
     "error_fields",
     "status_of",
 ]
@@ -134,6 +136,32 @@ class StreamFailed(TokenwireError):
     status_hint = 502
 
     def __init__(self, message: str, code: str = "generation_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GenerationRefused(TokenwireError):
+    """A generator refused a request before its first token (an upstream's non-2xx answer, say): the request is
+    answered with exactly this ``status``, ``body`` and ``content_type`` (a WebTransport error reply carries the
+    status and the body as its message), and no stream starts."""
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        text = body.decode("utf-8", "replace")
+        super().__init__(text if len(text) <= 4096 else text[:4095] + "…")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class UpstreamError(TokenwireError):
+    """The OpenAI-compatible upstream behind :class:`tokenwire.proxy.UpstreamProxy` failed after its answer
+    started: ``code`` ``upstream_timeout`` (no chunk within a timeout) or ``upstream_error`` (the connection cut,
+    a malformed stream, an error the upstream sent mid-stream). The stream ends with an ``error`` event with that
+    code and this message."""
+
+    status_hint = 502
+
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 

@@ -1,10 +1,14 @@
 """A seeded fake LLM for demos, tests and load tests: realistic word-piece tokens at a set pace.
 
-Two ways to drive it, as real model servers are written:
-- :meth:`FakeModel.generate` returns an async iterator of text (one request, its own pace) for
-  :meth:`Hub.start <tokenwire.hub.Hub.start>`.
-- :class:`FakeEngine` steps every active stream together, one token each per step, as batching
-  inference engines (vLLM, TGI) do, and sends straight to the hub's streams.
+Two ways to drive it, as real model servers are written (the two shapes of :mod:`tokenwire.generation`):
+- :class:`FakeModel` is a :class:`~tokenwire.generation.Generator`: :meth:`FakeModel.generate` returns an async
+  iterator of text (one request, its own pace) for :meth:`Hub.start <tokenwire.hub.Hub.start>`.
+- :class:`FakeEngine` is an :class:`~tokenwire.generation.Engine`: it steps every active stream together, one
+  token each per step, as batching inference engines (vLLM, TGI) do, and sends straight to the streams.
+
+Served (``tokenwire serve``, :class:`~tokenwire.server.ServerOptions`), a request's body may set the pace of its
+own generation: ``ttft`` and ``tokens_per_s`` (the FakeModel only: an engine keeps its step rate), and ``stamp``
+(append each token's production time, for load tests).
 
 The same ``(seed, prompt, max_tokens)`` always gives the same tokens, so tests can check every byte.
 Tokens are drawn as they are sent (:class:`TokenDraw`), never built up front: a ``max_tokens`` of
@@ -21,7 +25,9 @@ import time
 import zlib
 from collections.abc import Sequence
 
+from tokenwire.generation import GenerationRequest
 from tokenwire.hub import Hub, TokenStream
+from tokenwire.protocol.json_body import bool_field, float_field
 
 __all__ = [
     "STAMP_SEPARATOR",
@@ -260,8 +266,10 @@ class FakeModel:
         #: How many generations were started: a resumed stream must not start another.
         self.calls = 0
 
-    def token_bytes(self, stamp: bool = False) -> int:
-        """The most UTF-8 bytes one sent token has (with its stamp if ``stamp``)."""
+    def token_bytes(self, stamp: bool | GenerationRequest = False) -> int:
+        """The most UTF-8 bytes one sent token has (with its stamp if ``stamp``, or if the request asks for it)."""
+        if isinstance(stamp, GenerationRequest):
+            stamp = bool_field(stamp.body, "stamp")
         return self.max_token_bytes + (STAMP_BYTES if stamp else 0)
 
     def begin(self, prompt: str, max_tokens: int) -> tuple[TokenDraw, int]:
@@ -288,7 +296,7 @@ class FakeModel:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | GenerationRequest,
         max_tokens: int = 64,
         *,
         ttft: float | None = None,
@@ -297,8 +305,18 @@ class FakeModel:
     ) -> FakeCompletion:
         """One generation as an async iterator of text, paced by ``ttft`` and ``tokens_per_s``.
 
-        ``stamp``: append to each token its production time (see :func:`stamp`), for load tests.
+        ``stamp``: append to each token its production time (see :func:`stamp`), for load tests. Given a
+        :class:`~tokenwire.generation.GenerationRequest` (as a server calls it), the prompt and ``max_tokens``
+        are the request's, and so are ``ttft``, ``tokens_per_s`` and ``stamp`` when its body sets them
+        (``InvalidBody`` when one is out of range).
         """
+        if isinstance(prompt, GenerationRequest):
+            body = prompt.body
+            max_tokens = prompt.max_tokens
+            ttft = float_field(body, "ttft", 0.0, 600.0)
+            tokens_per_s = float_field(body, "tokens_per_s", 0.0, 1e9)
+            stamp = bool_field(body, "stamp")
+            prompt = prompt.prompt
         tokens, prompt_tokens = self.begin(prompt, max_tokens)
         return FakeCompletion(
             tokens,
@@ -321,9 +339,11 @@ class _Job:
 
 
 class FakeEngine:
-    """Batching-engine mode: one loop, ``steps_per_s`` steps a second, one token per active stream a step."""
+    """Batching-engine mode: one loop, ``steps_per_s`` steps a second, one token per active stream a step.
 
-    def __init__(self, model: FakeModel, hub: Hub, *, steps_per_s: float = 20.0) -> None:
+    ``hub``: where :meth:`submit` makes its streams (a server hands its own to :meth:`enqueue`)."""
+
+    def __init__(self, model: FakeModel, hub: Hub | None = None, *, steps_per_s: float = 20.0) -> None:
         if steps_per_s <= 0:
             raise ValueError("steps_per_s must be > 0")
         self.model = model
@@ -344,14 +364,27 @@ class FakeEngine:
 
         The hub's memory cap is charged for what the stream will hold by its end (``HubFull`` if it does not
         fit)."""
-        model = self.model
+        if self.hub is None:
+            raise RuntimeError("FakeEngine.submit needs the engine made with a hub")
         stream = self.hub.create_stream(
-            stream_id, abandonable=True, length=max_tokens, token_bytes=model.token_bytes(stamp)
+            stream_id, abandonable=True, length=max_tokens, token_bytes=self.model.token_bytes(stamp)
         )
-        self._jobs.append(_Job(stream, *model.begin(prompt, max_tokens), stamp))
+        self._add(stream, prompt, max_tokens, stamp)
+        return stream
+
+    def enqueue(self, request: GenerationRequest, stream: TokenStream) -> None:
+        """The :class:`~tokenwire.generation.Engine` seam: generate ``request`` into ``stream`` (a server made it)
+        from the next step on. Its body's ``stamp`` is honoured; the pace is the engine's."""
+        self._add(stream, request.prompt, request.max_tokens, bool_field(request.body, "stamp"))
+
+    def token_bytes(self, request: GenerationRequest) -> int:
+        """The most UTF-8 bytes one token of ``request`` has (the server charges the hub's cap up front)."""
+        return self.model.token_bytes(request)
+
+    def _add(self, stream: TokenStream, prompt: str, max_tokens: int, stamp: bool) -> None:
+        self._jobs.append(_Job(stream, *self.model.begin(prompt, max_tokens), stamp))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tokenwire:fake-engine")
-        return stream
 
     def step(self) -> int:
         """One decode step; returns how many tokens it sent."""

@@ -35,7 +35,9 @@ from tokenwire.errors import (
     ResumeFromFuture,
     StreamClosed,
     StreamNotFound,
+    TokenwireError,
 )
+from tokenwire.protocol.openai import native_render
 from tokenwire.protocol.resume import (
     ResumePoint,
     format_id_prefix,
@@ -46,6 +48,7 @@ from tokenwire.protocol.resume import (
 from tokenwire.storage import MemoryStorage, Storage
 
 __all__ = [
+    "RAW_CHUNKS",
     "Cursor",
     "Frame",
     "FrameKind",
@@ -64,6 +67,11 @@ Wire = Literal["sse", "binary"]
 _WIRES: dict[str, int] = {"sse": _core.WIRE_SSE, "binary": _core.WIRE_BINARY}
 
 Listener = Callable[[], None]
+
+#: The ``format`` label of a stream whose every frame is one raw OpenAI ``chat.completion.chunk`` (a source with
+#: ``chunk_format = "openai"``, such as :class:`tokenwire.proxy.UpstreamProxy`'s): its native renderings carry
+#: each chunk's content as the frame's token (:func:`tokenwire.protocol.openai.native_render`).
+RAW_CHUNKS = "openai-chunks"
 
 #: A custom rendering, for formats the core does not render (the OpenAI chunks): the frames one read of a
 #: :class:`Cursor` took, as ``(kind, seq, text)`` in seq order (the last may be the final ``done`` or ``error``
@@ -383,6 +391,8 @@ class Cursor:
         self.on_read: OnRead | None = None
         self._handle = stream._handle
         self._wire = _core.WIRE_SSE if wire is None else wire
+        if render is None and wire is not None and stream.labels.get("format") == RAW_CHUNKS:
+            render = native_render(stream.id_prefix, wire)  # each frame a raw OpenAI chunk: its content is the token
         self._render = render
         storage = stream._hub.storage
         self._frames_since = storage.frames_since
@@ -666,7 +676,11 @@ class Hub:
         except Exception as exc:  # noqa: BLE001 - any source error fails just this stream
             log.warning("generation of stream %s failed: %r", stream.id, exc)
             if stream.is_open:
-                stream.fail(exc)
+                code = getattr(exc, "code", None)
+                if isinstance(exc, TokenwireError) and isinstance(code, str) and code:
+                    stream.fail(str(exc), code=code)  # a typed failure names itself (UpstreamError: upstream_*)
+                else:
+                    stream.fail(exc)
         finally:
             aclose = getattr(source, "aclose", None)
             if aclose is not None:

@@ -151,7 +151,7 @@ async def test_chromium_eventsource_resumes_after_forced_disconnect(browser: Bro
     max_tokens, held = 60, 20
     release = asyncio.Event()
     async with sse_server(retry_ms=200) as server:
-        expected = server.model.tokens("Tell the browser about resumable streams", max_tokens)
+        expected = server.generator.tokens("Tell the browser about resumable streams", max_tokens)
         stream = server.hub.start(paced(expected, 100, held, release))
         origin = f"http://127.0.0.1:{server.port}"
         # A page of the server's own origin, so EventSource is same-origin (the server sends no CORS headers).

@@ -22,7 +22,7 @@ from playwright.async_api import Browser, Page
 
 from tests.support.browser import chromium, new_page
 from tests.support.servers import sse_server, wt_server
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, GenerationRequest, Hub
 from tokenwire.server import SseServer
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
@@ -43,11 +43,10 @@ class GatedModel(FakeModel):
         self.hold_after = hold_after
         self.gate = asyncio.Event()
 
-    def generate(  # type: ignore[override]
-        self, prompt: str, max_tokens: int = 64, *, tokens_per_s: float | None = None, **_: Any
-    ) -> _GatedCompletion:
+    def generate(self, request: GenerationRequest) -> _GatedCompletion:  # type: ignore[override]
         self.calls += 1
-        return _GatedCompletion(self, self.tokens(prompt, max_tokens), tokens_per_s or 100.0)
+        rate = request.body.get("tokens_per_s") or 100.0
+        return _GatedCompletion(self, self.tokens(request.prompt, request.max_tokens), rate)
 
 
 class _GatedCompletion:

@@ -15,7 +15,7 @@ from tests.support.asgi_servers import uvicorn_server
 from tests.support.cut_proxy import cut_proxy
 from tests.support.fetch_event_source import install, run_client
 from tests.support.servers import sse_server
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, Hub, ServerOptions
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.server.base import HubHost
 
@@ -37,7 +37,7 @@ async def front(kind: str, model: FakeModel) -> AsyncIterator[tuple[int, HubHost
         async with sse_server(model=model) as server:
             yield server.port, server
         return
-    app = TokenwireASGI(Hub(), model=model)
+    app = TokenwireASGI(Hub(), ServerOptions(generator=model))
     async with uvicorn_server(app) as base:
         yield int(base.rsplit(":", 1)[1]), app
 

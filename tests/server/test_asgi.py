@@ -25,7 +25,7 @@ from tests.support.chunked import dechunk, split_response
 from tests.support.openai_sdk import check_chat_completions
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event, SpecParser
-from tokenwire import FakeModel, Hub, MemoryStorage, StreamState
+from tokenwire import FakeModel, Hub, MemoryStorage, ServerOptions, StreamState
 from tokenwire.asgi import EventStreamResponse, TokenwireASGI, stream_response
 from tokenwire.server import ServerConfig
 
@@ -70,7 +70,7 @@ async def wait_for(predicate: Any, seconds: float = 5.0) -> None:
 
 async def test_stream_drop_resume_exactly_once_and_204(serve: ServerFactory) -> None:
     model = FakeModel(seed=5)
-    app = TokenwireASGI(model=model)
+    app = TokenwireASGI(None, ServerOptions(generator=model))
     expected = model.tokens("resume me", 60)
     async with serve(app) as base, httpx.AsyncClient(base_url=base) as client:
         body = {"prompt": "resume me", "max_tokens": 60, "tokens_per_s": 400}
@@ -133,7 +133,7 @@ async def test_status_codes_and_error_bodies_match_the_sse_server(serve: ServerF
         return h
 
     asgi_hub, sse_hub = hub(), hub()
-    app = TokenwireASGI(asgi_hub, config=ServerConfig(max_tokens_limit=1000))
+    app = TokenwireASGI(asgi_hub, ServerConfig(max_tokens_limit=1000))
     resume = [
         ("GET", "/v1/streams/t2/events", {"last-event-id": f"t2:{{epoch}}:{seq}"}, b"", status)
         for seq, status in ((2, 410), (99, 400), (9, 200))
@@ -178,7 +178,7 @@ async def test_status_codes_and_error_bodies_match_the_sse_server(serve: ServerF
 
 async def test_openai_sdk_streams_completes_and_resumes(serve: ServerFactory) -> None:
     model = FakeModel(seed=5, tokens_per_s=1000)
-    app = TokenwireASGI(model=model)
+    app = TokenwireASGI(None, ServerOptions(generator=model))
     async with serve(app) as base:
         await check_chat_completions(f"{base}/v1", model)
 
@@ -210,7 +210,7 @@ async def test_openai_chunks_are_the_sse_servers_bytes(serve: ServerFactory) -> 
         "stream_id": "chat1",
         "stream_options": {"include_usage": True},
     }
-    app = TokenwireASGI(model=FakeModel(seed=5))
+    app = TokenwireASGI(None, ServerOptions(generator=FakeModel(seed=5)))
     async with serve(app) as base, sse_server(model=FakeModel(seed=5)) as server, httpx.AsyncClient() as client:
         ours = await client.post(f"{base}/v1/chat/completions", json=body)
         theirs = await client.post(f"http://127.0.0.1:{server.port}/v1/chat/completions", json=body)
@@ -223,7 +223,7 @@ async def test_openai_chunks_are_the_sse_servers_bytes(serve: ServerFactory) -> 
 
 
 async def test_heartbeats_cancel_metrics_and_lifespan(serve: ServerFactory) -> None:
-    app = TokenwireASGI(model=FakeModel(seed=5), config=ServerConfig(heartbeat_interval=0.05))
+    app = TokenwireASGI(None, ServerOptions(ServerConfig(heartbeat_interval=0.05), FakeModel(seed=5)))
     hub = app.hub
     async with serve(app) as base:
         assert hub._janitor is not None and not hub._janitor.done()  # lifespan startup ran
@@ -258,14 +258,14 @@ async def test_heartbeats_cancel_metrics_and_lifespan(serve: ServerFactory) -> N
             assert samples[("tokenwire_time_to_first_token_seconds_count", None)] == 2
             assert ("tokenwire_stream_connections", None) in samples
             # A generation nobody watches is still running when the server stops.
-            running = app.endpoints.create({"prompt": "later", "max_tokens": 10_000, "tokens_per_s": 10}).stream
+            running = (await app.endpoints.create({"prompt": "later", "max_tokens": 10_000, "tokens_per_s": 10})).stream
     assert running.state is StreamState.CANCELLED and running.end_reason == "shutdown"  # lifespan shutdown
     assert hub._janitor is None
 
 
 async def test_slow_reader_is_closed_and_resumes_losslessly(serve: ServerFactory) -> None:
     model = FakeModel(seed=5)
-    app = TokenwireASGI(model=model, config=ServerConfig(stall_timeout=0.3))
+    app = TokenwireASGI(None, ServerOptions(ServerConfig(stall_timeout=0.3), model))
     async with serve(app, sndbuf=16 * 1024) as base:
         port = int(base.rsplit(":", 1)[1])
         n = 10_000  # ~600 kB of events: more than the server's buffers and the kernel's between us hold
@@ -326,7 +326,7 @@ async def test_fastapi_app_mounts_tokenwire_under_a_prefix_and_streams_from_its_
 ) -> None:
     hub = Hub()
     model = FakeModel(seed=5)
-    tw = TokenwireASGI(hub, model=model)
+    tw = TokenwireASGI(hub, ServerOptions(generator=model))
     async with serve(_fastapi_app(hub, model, tw)) as base, httpx.AsyncClient(base_url=base) as client:
         assert hub._janitor is not None  # the outer app's lifespan ran tw's startup
         assert (await client.get("/tw/healthz")).json()["epoch"] == hub.epoch

@@ -13,7 +13,7 @@ from tests.support.asgi_servers import uvicorn_server
 from tests.support.chunked import dechunk, split_response
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import SpecParser
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, Hub, ServerOptions
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.storage import MemoryStorage
 
@@ -212,7 +212,7 @@ async def test_an_asgi_response_whose_send_waits_holds_the_producer_back_too() -
     model = FakeModel(seed=5)
     hub = Hub(MemoryStorage(max_frames_per_stream=RING))
     n = 100_000
-    app = TokenwireASGI(hub, model=model)
+    app = TokenwireASGI(hub, ServerOptions(generator=model))
     async with uvicorn_server(app, sndbuf=4096) as base:
         received = await _stream_with_a_stall(int(base.rsplit(":", 1)[1]), "asgi unthrottled", n)
         status, _headers, chunked = split_response(received)

@@ -20,7 +20,7 @@ from tests.server.test_sse_server import events
 from tests.support.asgi_servers import uvicorn_server
 from tests.support.servers import sse_server
 from tests.support.sse_spec_parser import Event
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, Hub, ServerOptions
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.server.endpoints import ChatMeta, Endpoints
 
@@ -44,7 +44,7 @@ async def _sse(hub: Hub, model: FakeModel) -> AsyncIterator[tuple[str, Endpoints
 
 @contextlib.asynccontextmanager
 async def _uvicorn(hub: Hub, model: FakeModel) -> AsyncIterator[tuple[str, Endpoints]]:
-    app = TokenwireASGI(hub, model=model)
+    app = TokenwireASGI(hub, ServerOptions(generator=model))
     async with uvicorn_server(app) as base:
         yield base, app.endpoints
 

@@ -17,7 +17,7 @@ import pytest
 from tests.support.asgi_servers import SERVERS
 from tests.support.servers import sse_server, wt_client, wt_server
 from tests.support.sse_spec_parser import Event, SpecParser
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, Hub, ServerOptions
 from tokenwire.asgi import TokenwireASGI
 from tokenwire.errors import RemoteProtocolError
 from tokenwire.server import ServerConfig
@@ -36,7 +36,7 @@ async def front(kind: str, model: FakeModel, **config: Any) -> AsyncIterator[tup
         async with sse_server(model=model, **config) as server:
             yield f"http://127.0.0.1:{server.port}", server
         return
-    app = TokenwireASGI(Hub(), model=model, config=ServerConfig(**config))
+    app = TokenwireASGI(Hub(), ServerOptions(ServerConfig(**config), model))
     async with SERVERS[kind](app) as base:
         yield base, app
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.support.servers import sse_server
-from tokenwire import FakeModel
+from tokenwire import FakeModel, ServerOptions
 from tokenwire.server import ServerConfig, SseServer
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -42,7 +42,7 @@ async def close(writer: asyncio.StreamWriter) -> None:
 async def test_draining_answers_503_to_new_connections_and_requests_then_stops_listening() -> None:
     model = FakeModel(seed=5, tokens_per_s=5)
     cfg = ServerConfig(host="127.0.0.1", port=0, drain_timeout=30.0)
-    server = SseServer(None, cfg, model=model)
+    server = SseServer(None, ServerOptions(cfg, model))
     await server.start()
     port = server.port
     # A stream that is still running keeps the server draining; a kept-alive idle connection beside it.
@@ -153,7 +153,7 @@ async def test_an_idle_kept_alive_connection_is_closed_without_a_byte_also_after
 
 
 async def test_a_non_streaming_chat_completion_in_progress_gets_503_when_the_drain_ends() -> None:
-    server = SseServer(None, ServerConfig(host="127.0.0.1", port=0), model=FakeModel(seed=5))
+    server = SseServer(None, ServerOptions(ServerConfig(host="127.0.0.1", port=0), FakeModel(seed=5)))
     await server.start()
     reader, writer = await connect(server)
     try:

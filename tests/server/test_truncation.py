@@ -27,7 +27,7 @@ from tests.support.chunked import dechunk, split_response
 from tests.support.cut_proxy import cut_proxy
 from tests.support.openai_sdk import stream_chat
 from tests.support.servers import sse_server
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, Hub, ServerOptions
 from tokenwire.asgi import TokenwireASGI
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -177,7 +177,7 @@ async def test_shutdown_closes_an_idle_kept_alive_connection_without_a_byte() ->
 @pytest.mark.parametrize("server_name", sorted(SERVERS))
 async def test_asgi_servers_chunk_the_app_stream_so_a_cut_is_an_error(server_name: str) -> None:
     model = FakeModel(seed=5)
-    app = TokenwireASGI(model=model)
+    app = TokenwireASGI(None, ServerOptions(generator=model))
     async with SERVERS[server_name](app) as base:
         port = int(base.rsplit(":", 1)[1])
         async with cut_proxy(port, CUT_AT) as proxy:
@@ -257,7 +257,7 @@ async def test_asgi_shutdown_hint_leaves_the_body_incomplete(server_name: str) -
     client that ignores the hint sees a cut and resumes. (A stream the hub's close ends gets its ``done``
     frame instead: its producer stopped; this one's producer is the test.)"""
     hub = Hub()
-    app = TokenwireASGI(hub, model=FakeModel(seed=5))
+    app = TokenwireASGI(hub, ServerOptions(generator=FakeModel(seed=5)))
     async with SERVERS[server_name](app) as base, httpx.AsyncClient() as client:
         stream = hub.create_stream()
         stream.send("first")

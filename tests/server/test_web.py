@@ -52,7 +52,7 @@ async def _tokenwire_serve(**config: Any) -> AsyncIterator[str]:
 def _asgi(name: str) -> Front:
     @contextlib.asynccontextmanager
     async def front(**config: Any) -> AsyncIterator[str]:
-        async with SERVERS[name](TokenwireASGI(config=ServerConfig(**config))) as base:
+        async with SERVERS[name](TokenwireASGI(None, ServerConfig(**config))) as base:
             yield base
 
     return front

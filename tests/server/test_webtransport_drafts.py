@@ -71,7 +71,7 @@ def _varints(data: bytes) -> Iterator[int]:
 
 
 def test_the_settings_frame_the_server_writes_byte_for_byte() -> None:
-    server = WebTransportServer(config=ServerConfig(webtransport=WebTransportLimits(max_sessions_per_connection=16)))
+    server = WebTransportServer(None, ServerConfig(webtransport=WebTransportLimits(max_sessions_per_connection=16)))
     quic = _Recording(configuration=server.quic_configuration(), original_destination_connection_id=bytes(8))
     _ServerH3(quic, 16)
     (control,) = [data for data in quic.written.values() if data[:1] == b"\x00"]  # the control stream's type

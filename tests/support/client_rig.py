@@ -23,7 +23,7 @@ import httpx
 from tests.support.drivers import PageDriver
 from tests.support.servers import sse_server, wt_server
 from tests.support.sse_spec_parser import parse
-from tokenwire import FakeModel, Hub
+from tokenwire import FakeModel, GenerationRequest, Hub
 from tokenwire.protocol.http1 import Request
 from tokenwire.server import SseServer
 from tokenwire.server.routes import Router
@@ -92,8 +92,11 @@ class ScriptedModel(FakeModel):
         return gate
 
     def generate(  # type: ignore[override]
-        self, prompt: str, max_tokens: int = 64, *, tokens_per_s: float | None = None, **_: Any
+        self, prompt: str | GenerationRequest, max_tokens: int = 64, *, tokens_per_s: float | None = None, **_: Any
     ) -> Generation:
+        if isinstance(prompt, GenerationRequest):  # as the servers call it
+            tokens_per_s = prompt.body.get("tokens_per_s")
+            prompt, max_tokens = prompt.prompt, prompt.max_tokens
         self.calls += 1
         run = Generation(self, prompt, self.tokens(prompt, max_tokens), tokens_per_s or 500.0)
         self.generations[prompt].append(run)

@@ -9,25 +9,37 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tokenwire import FakeModel, Hub
+from tokenwire import Engine, FakeEngine, FakeModel, Generator, Hub
 from tokenwire.client.webtransport import WebTransportClient, WebTransportStreamReader
 from tokenwire.protocol.webtransport import WT_PATH
-from tokenwire.server import ServerConfig, SseServer
+from tokenwire.server import ServerConfig, ServerOptions, SseServer
 from tokenwire.server.certs import Certificate
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
+
+
+def options(
+    config: ServerConfig, model: Generator | Engine | None, engine_steps_per_s: float | None, **more: Any
+) -> ServerOptions:
+    """The servers' options for a test: ``model`` (a FakeModel with seed 5 by default), stepped by a FakeEngine of
+    its own when ``engine_steps_per_s`` is set (one token per stream a step)."""
+    generator = model or FakeModel(seed=5)
+    if engine_steps_per_s:
+        assert isinstance(generator, FakeModel)
+        generator = FakeEngine(generator, steps_per_s=engine_steps_per_s)
+    return ServerOptions(config, generator, **more)
 
 
 @contextlib.asynccontextmanager
 async def sse_server(
     hub: Hub | None = None,
     *,
-    model: FakeModel | None = None,
+    model: Generator | Engine | None = None,
     engine_steps_per_s: float | None = None,
     **config: Any,
 ) -> AsyncIterator[SseServer]:
     cfg = ServerConfig(host="127.0.0.1", port=0, **config)
-    server = SseServer(hub, cfg, model=model or FakeModel(seed=5), engine_steps_per_s=engine_steps_per_s)
+    server = SseServer(hub, options(cfg, model, engine_steps_per_s))
     await server.start()
     try:
         yield server
@@ -39,7 +51,7 @@ async def sse_server(
 async def wt_server(
     hub: Hub | None = None,
     *,
-    model: FakeModel | None = None,
+    model: Generator | Engine | None = None,
     limits: WebTransportLimits | None = None,
     engine_steps_per_s: float | None = None,
     certificate: Certificate | None = None,
@@ -48,9 +60,7 @@ async def wt_server(
     """A WebTransport server on 127.0.0.1, UDP, a free port, with ``certificate`` or a development certificate
     made here (``engine_steps_per_s``: generations run in the batching FakeEngine, one token per stream a step)."""
     cfg = ServerConfig(host="127.0.0.1", port=0, webtransport=limits or WebTransportLimits(), **config)
-    server = WebTransportServer(
-        hub, cfg, model=model or FakeModel(seed=5), engine_steps_per_s=engine_steps_per_s, certificate=certificate
-    )
+    server = WebTransportServer(hub, options(cfg, model, engine_steps_per_s), certificate=certificate)
     await server.start()
     try:
         yield server
@@ -78,12 +88,12 @@ async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve_process(*args: str) -> AsyncIterator[str]:
-    """``tokenwire serve --port 0 --no-webtransport ARGS`` in a subprocess, as a user runs it: its base URL
-    (``http://127.0.0.1:PORT``); it must exit cleanly on SIGTERM."""
+async def serve_process(*args: str, cwd: str | None = None) -> AsyncIterator[str]:
+    """``tokenwire serve --port 0 --no-webtransport ARGS`` in a subprocess (in ``cwd``), as a user runs it: its base
+    URL (``http://127.0.0.1:PORT``); it must exit cleanly on SIGTERM."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--no-webtransport", *args,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, cwd=cwd,
     )  # fmt: skip
     assert proc.stdout is not None
     try:

@@ -10,12 +10,14 @@ in the model). Nothing past this check needs to care.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from tokenwire.errors import InvalidBody
 
-__all__ = ["MAX_JSON_DEPTH", "loads_object"]
+__all__ = ["MAX_JSON_DEPTH", "bool_field", "float_field", "int_field", "loads_object"]
 
 #: Containers nested deeper than this are refused (the request bodies tokenwire reads nest 3 deep).
 MAX_JSON_DEPTH = 64
@@ -73,3 +75,36 @@ def _walk(root: dict[str, Any], strings: bool, what: str) -> None:
 def _escape(key: str, path: str) -> str:
     text = key.encode("utf-8", "backslashreplace").decode()
     return f"{path}.{text}" if path else text
+
+
+# -- members of a request body (InvalidBody names the one at fault) -------------------------------------
+
+
+def int_field(body: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidBody(f"{name!r} must be an integer from {lo} to {hi}", name)
+    return value
+
+
+def float_field(body: Mapping[str, Any], name: str, lo: float, hi: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidBody(f"{name!r} must be a number", name)
+    if not lo <= value <= hi:
+        raise InvalidBody(f"{name!r} must be from {lo} to {hi}", name)
+    return float(value)
+
+
+def bool_field(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """``body[name]``, which must be a JSON boolean (or null / absent: ``default``)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidBody(f"{name!r} must be a boolean (true or false)", name)
+    return value

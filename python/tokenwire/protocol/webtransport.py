@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,6 +33,7 @@ from tokenwire.errors import (
     DuplicateStreamId,
     EpochMismatch,
     FrameError,
+    GenerationRefused,
     HubFull,
     InvalidBody,
     LocalProtocolError,
@@ -87,6 +88,7 @@ __all__ = [
     "StreamAttached",
     "WtCode",
     "code_for_status",
+    "connect_fields",
     "connect_headers",
     "encode_capsule",
     "encode_message",
@@ -519,21 +521,25 @@ def error_reply(exc: BaseException) -> RequestFailed:
     return RequestFailed(type(exc).__name__, message, status, int(code), error_fields(exc))
 
 
+#: The typed errors a reply names that keep their own status (the others take the reply's).
+_TYPED: dict[str, Callable[[RequestFailed], TokenwireError]] = {
+    "StreamNotFound": lambda r: StreamNotFound(r.message),
+    "EpochMismatch": lambda r: EpochMismatch(r.message, expected=str(r.extra.get("epoch", ""))),
+    "ResumeExpired": lambda r: ResumeExpired(r.message, _int(r.extra.get("oldest_seq"))),
+    "ResumeFromFuture": lambda r: ResumeFromFuture(r.message, _int(r.extra.get("last_seq"))),
+    "HubFull": lambda r: HubFull(r.message),
+    "DuplicateStreamId": lambda r: DuplicateStreamId(r.message),
+    # The body the generator (an upstream) refused with is the message.
+    "GenerationRefused": lambda r: GenerationRefused(r.status, r.message.encode()),
+}
+
+
 def error_from_reply(reply: RequestFailed) -> TokenwireError:
     """The typed exception a client raises for an error answer (the inverse of :func:`error_reply`)."""
+    typed = _TYPED.get(reply.type)
+    if typed is not None:
+        return typed(reply)
     extra, message = reply.extra, reply.message
-    if reply.type == "StreamNotFound":
-        return StreamNotFound(message)
-    if reply.type == "EpochMismatch":
-        return EpochMismatch(message, expected=str(extra.get("epoch", "")))
-    if reply.type == "ResumeExpired":
-        return ResumeExpired(message, _int(extra.get("oldest_seq")))
-    if reply.type == "ResumeFromFuture":
-        return ResumeFromFuture(message, _int(extra.get("last_seq")))
-    if reply.type == "HubFull":
-        return HubFull(message)
-    if reply.type == "DuplicateStreamId":
-        return DuplicateStreamId(message)
     exc: TokenwireError
     if reply.type == "RequestTooLarge":
         exc = RequestTooLarge(message)
@@ -807,3 +813,16 @@ def is_webtransport_connect(headers: Iterable[tuple[bytes, bytes]]) -> tuple[boo
     fields = dict(headers)
     ok = fields.get(b":method") == b"CONNECT" and fields.get(b":protocol") in WT_PROTOCOLS
     return ok, fields.get(b":path", b"").decode("latin-1")
+
+
+def connect_fields(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The regular (not pseudo-) headers of a CONNECT, lower-case names, as the HTTP endpoints see a request's
+    (several fields of one name joined by ``, ``)."""
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        if name.startswith(b":"):
+            continue
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+    return fields

@@ -2,13 +2,13 @@
 
 from typing import TYPE_CHECKING, Any
 
-from tokenwire.server.config import ServerConfig, WebTransportLimits
+from tokenwire.server.config import ServerConfig, ServerOptions, WebTransportLimits
 from tokenwire.server.sse import SseServer
 
 if TYPE_CHECKING:
     from tokenwire.server.webtransport import WebTransportServer
 
-__all__ = ["ServerConfig", "SseServer", "WebTransportLimits", "WebTransportServer"]
+__all__ = ["ServerConfig", "ServerOptions", "SseServer", "WebTransportLimits", "WebTransportServer"]
 
 
 def __getattr__(name: str) -> Any:

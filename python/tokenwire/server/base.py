@@ -1,5 +1,5 @@
-"""What every front end of a hub shares (the SSE and WebTransport servers and the ASGI app): config, hub,
-model/engine, metrics; and what the socket servers add: the loop and the flusher."""
+"""What every front end of a hub shares (the SSE and WebTransport servers and the ASGI app): options, hub,
+generator, metrics; and what the socket servers add: the loop and the flusher."""
 
 from __future__ import annotations
 
@@ -8,36 +8,25 @@ import functools
 from collections.abc import Coroutine
 from typing import Any
 
-from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.fake_model import FakeModel
+from tokenwire.generation import Engine, Generator
 from tokenwire.hub import Hub
 from tokenwire.metrics import ServerMetrics
-from tokenwire.server.config import ServerConfig
+from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.flusher import Flusher
 
 __all__ = ["HubHost", "ServerBase"]
 
 
 class HubHost:
-    """A front end of one :class:`~tokenwire.hub.Hub`: its generation source and its metrics."""
+    """A front end of one :class:`~tokenwire.hub.Hub`: its options (generator, limits, auth) and its metrics."""
 
-    def __init__(
-        self,
-        hub: Hub | None,
-        config: ServerConfig | None,
-        *,
-        model: FakeModel | None,
-        engine_steps_per_s: float | None,
-        metrics: ServerMetrics,
-        engine: FakeEngine | None = None,
-    ) -> None:
-        self.config = config or ServerConfig()
+    def __init__(self, hub: Hub | None, options: ServerOptions | ServerConfig | None, metrics: ServerMetrics) -> None:
+        self.options = ServerOptions.of(options)
+        self.config = self.options.config
         self.hub = hub if hub is not None else Hub()
-        self.model = model or FakeModel()
-        self.engine_steps_per_s = engine_steps_per_s
-        #: The batching engine: one shared with another server (``engine``; its owner closes it), or one
-        #: this host makes at start (``engine_steps_per_s``) and closes at shutdown.
-        self.engine: FakeEngine | None = engine
-        self._owns_engine = False
+        #: What generates the streams' tokens (``options.generator``, else a FakeModel with its defaults).
+        self.generator: Generator | Engine = self.options.generator or FakeModel()
         self.metrics = metrics
         self.draining = False
         metrics.gauges["open_streams"] = lambda: self.hub.stats()["open_streams"]
@@ -53,36 +42,16 @@ class HubHost:
         return self.metrics.render(self._registry)
 
     def _start_generation(self) -> None:
-        """On the running loop: the engine (if this host runs one) and the hub's janitor."""
-        if self.engine is None and self.engine_steps_per_s:
-            self.engine = FakeEngine(self.model, self.hub, steps_per_s=self.engine_steps_per_s)
-            self._owns_engine = True
+        """On the running loop: the hub's janitor."""
         self.hub._ensure_janitor()
-
-    async def _close_engine(self) -> None:
-        """Stop the engine this host made (a shared one is its owner's to stop); a restart makes a new one."""
-        if self.engine is not None and self._owns_engine:
-            engine, self.engine, self._owns_engine = self.engine, None, False
-            await engine.aclose()
 
 
 class ServerBase(HubHost):
     """A socket server of a hub: adds the running loop and the flusher (one write per connection per loop
     iteration)."""
 
-    def __init__(
-        self,
-        hub: Hub | None,
-        config: ServerConfig | None,
-        *,
-        model: FakeModel | None,
-        engine_steps_per_s: float | None,
-        metrics: ServerMetrics,
-        engine: FakeEngine | None = None,
-    ) -> None:
-        super().__init__(
-            hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=metrics, engine=engine
-        )
+    def __init__(self, hub: Hub | None, options: ServerOptions | ServerConfig | None, metrics: ServerMetrics) -> None:
+        super().__init__(hub, options, metrics)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._tick: asyncio.TimerHandle | None = None
@@ -109,7 +78,7 @@ class ServerBase(HubHost):
         task.add_done_callback(self.background.discard)
 
     def _start_common(self) -> asyncio.AbstractEventLoop:
-        """Bind to the running loop: the flusher, the engine (if this server runs one), the hub's janitor."""
+        """Bind to the running loop: the flusher, the hub's janitor."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._flusher = Flusher(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tokenwire.protocol.http1 import HttpLimits
 
-__all__ = ["ServerConfig", "WebTransportLimits", "normalize_origin"]
+if TYPE_CHECKING:
+    from tokenwire.generation import Engine, Generator
+
+__all__ = ["ServerConfig", "ServerOptions", "WebTransportLimits", "normalize_origin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,30 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    """Everything a server of a hub is given besides the hub: the one argument of :class:`~tokenwire.server.SseServer`,
+    :class:`~tokenwire.server.WebTransportServer` and :class:`~tokenwire.asgi.TokenwireASGI` (each also takes a
+    bare :class:`ServerConfig` as shorthand for ``ServerOptions(config)``). Several servers of one process share
+    one (``tokenwire serve``: the SSE and the WebTransport server)."""
+
+    #: Limits and timings.
+    config: ServerConfig = field(default_factory=lambda: ServerConfig())
+    #: What generates the tokens of the streams requests start: a :class:`~tokenwire.generation.Generator` (one
+    #: source per request) or an :class:`~tokenwire.generation.Engine` (many streams per step). ``None``: a
+    #: :class:`~tokenwire.fake_model.FakeModel` with its defaults. The servers never close it: its owner does.
+    generator: Generator | Engine | None = None
+    #: Who may call the endpoints (:mod:`tokenwire.auth`); ``None``: anyone.
+    auth: Any = None
+
+    @classmethod
+    def of(cls, options: ServerOptions | ServerConfig | None) -> ServerOptions:
+        """``options`` as a :class:`ServerOptions` (a bare config: with the other fields at their defaults)."""
+        if isinstance(options, ServerOptions):
+            return options
+        return cls(config=options or ServerConfig())
 
 
 def normalize_origin(origin: str) -> str:

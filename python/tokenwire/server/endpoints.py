@@ -11,22 +11,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from tokenwire import _core
 from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
-from tokenwire.fake_model import FakeEngine, FakeModel
-from tokenwire.hub import FrameKind, Hub, Render, StreamState, TokenStream
+from tokenwire.generation import Engine, GenerationRequest, Generator, aiter_source, is_engine
+from tokenwire.hub import RAW_CHUNKS, FrameKind, Hub, Render, StreamState, TokenStream
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
-from tokenwire.protocol.json_body import loads_object
-from tokenwire.protocol.resume import MAX_STREAM_ID_LEN, format_id_prefix, is_stream_id, parse_resume_point
+from tokenwire.protocol.json_body import bool_field, float_field, int_field, loads_object
+from tokenwire.protocol.openai import CompletionBuilder, error_chunk, openai_chunks_render
+from tokenwire.protocol.resume import (
+    MAX_STREAM_ID_LEN,
+    format_id_prefix,
+    is_stream_id,
+    new_stream_id,
+    parse_resume_point,
+)
 from tokenwire.server.assets import ASSETS, asset, not_modified
 from tokenwire.server.config import ServerConfig
 
@@ -40,16 +46,20 @@ __all__ = [
     "Plain",
     "Render",
     "StreamPlan",
+    "collect_chunks",
     "collect_completion",
     "cors_headers",
     "float_field",
     "idempotency_key_of",
     "int_field",
+    "is_raw_chunks",
     "last_event_id_of",
     "match_route",
+    "message_text",
     "parse_json_body",
     "plain_answer",
     "plan_openai",
+    "plan_openai_chunks",
     "plan_sse",
     "preflight_headers",
     "resolve_resume",
@@ -87,14 +97,12 @@ class StreamPlan:
 
 
 class Host(Protocol):
-    """What the endpoints need from a server: the hub, the model, limits, and counters."""
+    """What the endpoints need from a server: the hub, the generator, limits, and counters."""
 
     @property
     def hub(self) -> Hub: ...
     @property
-    def model(self) -> FakeModel: ...
-    @property
-    def engine(self) -> FakeEngine | None: ...
+    def generator(self) -> Generator | Engine: ...
     @property
     def metrics(self) -> ServerMetrics: ...
     @property
@@ -148,36 +156,6 @@ def parse_json_body(content_type: str | None, body: bytes) -> dict[str, Any]:
     if ctype != "application/json":
         raise HttpError(415, f"expected Content-Type application/json, got {ctype!r}")
     return loads_object(body)
-
-
-def int_field(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidBody(f"{name!r} must be an integer from {lo} to {hi}", name)
-    return value
-
-
-def float_field(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidBody(f"{name!r} must be a number", name)
-    if not lo <= value <= hi:
-        raise InvalidBody(f"{name!r} must be from {lo} to {hi}", name)
-    return float(value)
-
-
-def bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
-    """``body[name]``, which must be a JSON boolean (or null / absent: ``default``)."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidBody(f"{name!r} must be a boolean (true or false)", name)
-    return value
 
 
 #: The methods each route takes (``OPTIONS`` besides, on every route: :func:`preflight_headers`).
@@ -330,6 +308,23 @@ def _fingerprint(route: str, body: dict[str, Any]) -> str:
 
 
 # -- resume and stream plans ---------------------------------------------------------------------------
+
+
+def message_text(message: object, index: int) -> str:
+    """The text of ``messages[index]`` of a chat request: its ``content`` string, the ``text`` of its content
+    parts (an array, as OpenAI takes them), or ``""`` for ``null`` or none (an assistant message with tool
+    calls). ``InvalidBody`` for anything else."""
+    field = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise InvalidBody(f"{field} must be an object", field)
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type") == "text"]
+        if all(isinstance(t, str) for t in texts):
+            return "".join(t for t in texts if isinstance(t, str))
+    raise InvalidBody(f"{field}.content must be a string, null, or an array of content parts", f"{field}.content")
 
 
 def resolve_resume(hub: Hub, stream_id: str, last_event_id: str) -> tuple[TokenStream, int]:
@@ -504,16 +499,36 @@ def plan_openai(
     intro = b""
     if after == 0 and not resumed:
         intro = _core.sse_event(dumps(meta.chunk({"role": "assistant", "content": ""}, None)), id=f"{prefix}0")
-    head = [
+    return StreamPlan(stream, after, _openai_head(hub, stream, base), intro, render, retry=False)
+
+
+def _openai_head(hub: Hub, stream: TokenStream, base: str) -> list[tuple[str, str]]:
+    return [
         ("X-Tokenwire-Stream-Id", stream.id),
         ("X-Tokenwire-Epoch", hub.epoch),
         ("Location", f"{base}{STREAMS_PATH}/{stream.id}/events?format=openai"),
     ]
-    return StreamPlan(stream, after, head, intro, render, retry=False)
+
+
+def is_raw_chunks(stream: TokenStream) -> bool:
+    """Whether every frame of ``stream`` is one raw OpenAI chunk (an upstream's, through the proxy)."""
+    return stream.labels.get("format") == RAW_CHUNKS
+
+
+def plan_openai_chunks(hub: Hub, stream: TokenStream, after: int, base: str = "", *, end_part: str = "") -> StreamPlan:
+    """Plan of the OpenAI rendering of a raw-chunk stream (:func:`is_raw_chunks`): every chunk as it came from the
+    upstream (id ``…:{seq}``), then ``data: [DONE]``, or an error chunk (``…:{seq}:error``) and ``[DONE]``
+    (:func:`tokenwire.protocol.openai.openai_chunks_render`). Nothing is added: the upstream's own role, finish
+    and usage chunks are among the frames. ``end_part`` ``error``: the client holds the error chunk."""
+    prefix = format_id_prefix(stream.id, hub.epoch)
+    render = openai_chunks_render(prefix, after + 1 if end_part == "error" else 0)
+    return StreamPlan(stream, after, _openai_head(hub, stream, base), b"", render, retry=False)
 
 
 async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> tuple[int, dict[str, Any]]:
     """Non-streaming chat completion: wait for the whole answer; ``(status, JSON body)``."""
+    if is_raw_chunks(stream):
+        return await collect_chunks(hub, stream)
     text: list[str] = []
     done: dict[str, Any] = {}
     try:
@@ -542,6 +557,35 @@ async def collect_completion(hub: Hub, stream: TokenStream, meta: ChatMeta) -> t
         ],
         "usage": done.get("usage", {}),
     }
+
+
+async def collect_chunks(hub: Hub, stream: TokenStream) -> tuple[int, dict[str, Any]]:
+    """The ``chat.completion`` a raw-chunk stream adds up to (:class:`~tokenwire.protocol.openai.CompletionBuilder`:
+    the upstream's id, model, content, tool calls merged, finish reason, usage); a failed stream is its error
+    (502 for an upstream's failure)."""
+    builder = CompletionBuilder()
+    done: dict[str, Any] = {"reason": "cancelled"}
+    try:
+        async with hub.subscribe(stream.id) as sub:
+            async for frames in sub:
+                for f in frames:
+                    if f.kind is FrameKind.TOKEN:
+                        with contextlib.suppress(RemoteProtocolError):  # not a chunk: it adds nothing
+                            builder.add(f.text)
+                    elif f.kind is FrameKind.ERROR:
+                        error = error_chunk(f.text)
+                        return (502 if error["error"]["code"].startswith("upstream_") else 500), error
+                    else:
+                        done = f.json()
+    except StreamNotFound:
+        pass
+    answer = builder.completion()
+    for choice in answer["choices"]:
+        if choice["finish_reason"] is None:  # ended by tokenwire (cancelled, abandoned, shutdown)
+            choice["finish_reason"] = openai_finish_reason(done)
+    if "usage" not in answer and isinstance(done.get("usage"), dict):
+        answer["usage"] = done["usage"]
+    return 200, answer
 
 
 @dataclass(slots=True)
@@ -579,37 +623,65 @@ class Endpoints:
 
     # -- generation --------------------------------------------------------------------------------
 
-    def start(self, body: dict[str, Any], prompt: str) -> TokenStream:
-        """A generation of ``prompt`` with the ``max_tokens`` of ``body`` (64 by default, checked)."""
-        return self.start_generation(
-            body, prompt, int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
-        )
+    async def start(
+        self,
+        route: Literal["create", "chat", "webtransport"],
+        body: dict[str, Any],
+        prompt: str,
+        max_tokens: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> TokenStream:
+        """A generation of ``prompt`` by the host's generator: the stream it sends to.
 
-    def start_generation(self, body: dict[str, Any], prompt: str, max_tokens: int) -> TokenStream:
+        The request's ``stream_id`` (optional) is checked first; a source's ``open()`` is awaited before the
+        stream exists (:class:`~tokenwire.errors.GenerationRefused` then answers the request as the source says).
+        """
         host = self.host
+        hub = host.hub
         stream_id = body.get("stream_id")
         if stream_id is not None:
             if not (isinstance(stream_id, str) and is_stream_id(stream_id)):  # the client's fault: 400
                 raise InvalidBody(f"'stream_id' must be 1-{MAX_STREAM_ID_LEN} characters of [A-Za-z0-9_-]", "stream_id")
-            if stream_id in host.hub:
+            if stream_id in hub:
                 raise DuplicateStreamId(f"stream {stream_id!r} exists already; choose another id, or attach to it")
-        ttft = float_field(body, "ttft", 0.0, 600.0)
-        rate = float_field(body, "tokens_per_s", 0.0, 1e9)
-        stamp = bool_field(body, "stamp")
-        engine = host.engine
-        if engine is not None:
-            stream = engine.submit(prompt, max_tokens, stream_id=stream_id, stamp=stamp)
+        request = GenerationRequest(route, prompt, max_tokens, body, stream_id or new_stream_id(), headers or {})
+        generator = host.generator
+        # The hub's cap is charged for what the stream will hold when the generator says how big an item gets:
+        # HubFull (503) now, not half-way, when it does not fit.
+        token_bytes_of = getattr(generator, "token_bytes", None)
+        token_bytes = token_bytes_of(request) if token_bytes_of is not None else 0
+        length = max_tokens if token_bytes else 0
+        if is_engine(generator):
+            stream = hub.create_stream(request.stream_id, abandonable=True, length=length, token_bytes=token_bytes)
+            generator.enqueue(request, stream)
         else:
-            model = host.model
-            source = model.generate(prompt, max_tokens, ttft=ttft, tokens_per_s=rate, stamp=stamp)
-            # The hub's cap is charged for what the stream will hold: HubFull (503) now when it does not fit.
-            stream = host.hub.start(
-                source, stream_id=stream_id, length=max_tokens, token_bytes=model.token_bytes(stamp)
-            )
+            stream = await self._start_source(cast(Generator, generator), request, length, token_bytes)
         host.metrics.streams_started_total += 1  # counted once it has started (HubFull and the like did not)
         return stream
 
-    def create(
+    async def _start_source(
+        self, generator: Generator, request: GenerationRequest, length: int, token_bytes: int
+    ) -> TokenStream:
+        source = generator.generate(request)
+        hub = self.host.hub
+        opened = getattr(source, "open", None)
+        if opened is not None:
+            try:
+                await opened()
+                if request.stream_id in hub:  # taken while the source opened
+                    raise DuplicateStreamId(f"stream {request.stream_id!r} exists already; choose another id")
+            except BaseException:
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+                raise
+        stream = hub.start(aiter_source(source), stream_id=request.stream_id, length=length, token_bytes=token_bytes)
+        if getattr(source, "chunk_format", None) == "openai":  # labelled before its first frame (its task waits)
+            stream.label("format", RAW_CHUNKS)
+        return stream
+
+    async def create(
         self, body: dict[str, Any], base: str = "", headers: Mapping[str, str] | None = None
     ) -> StreamPlan | None:
         """``POST /v1/streams``: start a generation and stream it from the start.
@@ -620,28 +692,40 @@ class Endpoints:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise InvalidBody("'prompt' (string) is required", "prompt")
-        started = self._start_once(body, prompt, headers)
+        started = await self._start_once("create", body, prompt, headers)
         if isinstance(started, str):
             return self.attach(started, last_event_id_of(headers or {}, {}), {}, base)
         return self.plan_sse(started, 0, base)
 
-    def start_keyed(self, body: dict[str, Any], prompt: str) -> TokenStream:
+    async def start_keyed(
+        self, body: dict[str, Any], prompt: str, headers: Mapping[str, str] | None = None
+    ) -> TokenStream:
         """A WebTransport start request: its ``idempotency_key`` member (optional) works as the
         ``Idempotency-Key`` header of ``POST /v1/streams`` (same keys, same rules): a repeat gets the stream
         already started, from seq 0, and starts no generation."""
         key = body.pop("idempotency_key", None)
         if key is not None and not isinstance(key, str):
             raise InvalidBody("'idempotency_key' must be a string", "idempotency_key")
-        started = self._start_once(body, prompt, {} if key is None else {"idempotency-key": key})
+        keyed = {k: v for k, v in (headers or {}).items() if k not in ("idempotency-key", "last-event-id")}
+        if key is not None:
+            keyed["idempotency-key"] = key
+        started = await self._start_once("webtransport", body, prompt, keyed)
         return self.host.hub.check_resume(started, 0) if isinstance(started, str) else started
 
-    def _start_once(self, body: dict[str, Any], prompt: str, headers: Mapping[str, str] | None) -> str | TokenStream:
+    async def _start_once(
+        self,
+        route: Literal["create", "webtransport"],
+        body: dict[str, Any],
+        prompt: str,
+        headers: Mapping[str, str] | None,
+    ) -> str | TokenStream:
         """A start of ``POST /v1/streams`` or a WebTransport start: the id of the stream it repeats
         (:meth:`previous_start`), else the stream it starts (its ``Idempotency-Key`` remembered)."""
         repeated = self.previous_start("create", body, headers)
         if repeated is not None:
             return repeated
-        stream = self.start(body, prompt)
+        max_tokens = int_field(body, "max_tokens", 64, 1, self.host.config.max_tokens_limit)
+        stream = await self.start(route, body, prompt, max_tokens, headers)
         self._remember_key("create", body, headers, stream)
         return stream
 
@@ -700,6 +784,8 @@ class Endpoints:
             return None  # 204 also tells EventSource to stop reconnecting.
         if last_event_id:
             count_resume(host.hub, host.metrics, stream, after)
+        if fmt == "openai" and is_raw_chunks(stream):
+            return plan_openai_chunks(host.hub, stream, after, base, end_part=part)
         if fmt == "openai":
             meta = ChatMeta.of(stream)
             if meta is None:
@@ -712,7 +798,7 @@ class Endpoints:
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
         return plan_sse(self.host.hub, stream, after, f"{base}{STREAMS_PATH}/{stream.id}/events")
 
-    def chat(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ChatRequest:
+    async def chat(self, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> ChatRequest:
         """``POST /v1/chat/completions``: validate, start the generation, remember its chunk metadata.
 
         A repeat (``Idempotency-Key``) or a retry with ``Last-Event-ID`` serves the stream already there, in
@@ -720,11 +806,7 @@ class Endpoints:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidBody("'messages' must be a non-empty array", "messages")
-        parts: list[str] = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
-                raise InvalidBody(f"messages[{i}] must be an object with a string 'content'", f"messages[{i}]")
-            parts.append(m.get("content", ""))
+        parts = [message_text(m, i) for i, m in enumerate(messages)]
         model = body.get("model", "tokenwire-fake")
         if not isinstance(model, str):
             raise InvalidBody("'model' must be a string", "model")
@@ -744,7 +826,7 @@ class Endpoints:
         repeated = self.previous_start("chat", body, headers)
         if repeated is not None:
             return self._chat_repeat(repeated, streaming, last_event_id_of(headers or {}, {}))
-        stream = self.start_generation(body, "\n".join(parts), max_tokens)
+        stream = await self.start("chat", body, "\n".join(parts), max_tokens, headers)
         meta = ChatMeta(f"chatcmpl-{stream.id}", model, int(time.time()), include_usage)
         meta.remember(stream)
         self._remember_key("chat", body, headers, stream)
@@ -761,6 +843,8 @@ class Endpoints:
     def chat_plan(self, chat: ChatRequest, base: str = "") -> StreamPlan | None:
         """The OpenAI chunk stream of a streaming chat request; a repeat is served as ``GET
         .../events?format=openai`` with its ``Last-Event-ID`` (``None``: 204, nothing left)."""
+        if chat.repeat is None and is_raw_chunks(chat.stream):
+            return plan_openai_chunks(self.host.hub, chat.stream, 0, base)
         if chat.repeat is None:
             return plan_openai(self.host.hub, chat.stream, 0, chat.meta, base)
         return self.attach(chat.stream.id, chat.repeat, {"format": "openai"}, base)

@@ -6,7 +6,8 @@ module feeds it parsed requests and hands its answers to the connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 from tokenwire.errors import TokenwireError
 from tokenwire.hub import TokenStream
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatMeta", "Router"]
 
+log = logging.getLogger("tokenwire.server")
+
 
 class Router(Endpoints):
     def __init__(self, server: SseServer) -> None:
@@ -52,22 +55,33 @@ class Router(Endpoints):
         elif route == "cancel":
             self.cancel(stream_id)
             conn.respond(204, b"", "application/json", req.keep_alive)
-        elif route == "create":
-            self._serve(
-                conn, req, self.create(parse_json_body(req.headers.get("content-type"), req.body), "", req.headers)
-            )
-        elif route == "chat":
-            chat = self.chat(parse_json_body(req.headers.get("content-type"), req.body), req.headers)
-            if chat.streaming:
-                self._serve(conn, req, self.chat_plan(chat))
-            else:
-                self._complete_openai(conn, req, chat.stream, chat.meta)
+        elif route in ("create", "chat"):
+            # A start may wait on its generator (a source's open(): an upstream's answer): answered later.
+            body = parse_json_body(req.headers.get("content-type"), req.body)
+            conn.hold()
+            self.server.spawn(self._start(conn, req, route, body))
         elif route == "health":
             conn.respond_json(200, self.health(), req.keep_alive)
         elif route == "webtransport":
             conn.respond_json(200, self.webtransport(), req.keep_alive)
         else:  # metrics
             conn.respond(200, self.server.render_metrics(), METRICS_CONTENT_TYPE, req.keep_alive)
+
+    async def _start(self, conn: SseConnection, req: Request, route: str, body: dict[str, Any]) -> None:
+        try:
+            if route == "create":
+                self._serve(conn, req, await self.create(body, "", req.headers))
+                return
+            chat = await self.chat(body, req.headers)
+            if chat.streaming:
+                self._serve(conn, req, self.chat_plan(chat))
+            else:
+                await self._complete_openai(conn, req, chat.stream, chat.meta)
+        except TokenwireError as exc:
+            conn.answer_error(exc, req.keep_alive)
+        except Exception as exc:
+            log.exception("request %s %s failed", req.method, req.path)
+            conn.answer_error(exc, False)
 
     async def _restore_then_handle(self, conn: SseConnection, req: Request, find: StreamToFind) -> None:
         try:
@@ -84,14 +98,7 @@ class Router(Endpoints):
         else:
             conn.start_stream(plan, req.http_version != "1.0", req.keep_alive)  # chunked bodies are HTTP/1.1
 
-    def _complete_openai(self, conn: SseConnection, req: Request, stream: TokenStream, meta: ChatMeta) -> None:
+    async def _complete_openai(self, conn: SseConnection, req: Request, stream: TokenStream, meta: ChatMeta) -> None:
         """Non-streaming chat completion: collect the whole answer, then one JSON response."""
-        hub = self.server.hub
-        keep_alive = req.keep_alive
-
-        async def collect() -> None:
-            status, body = await collect_completion(hub, stream, meta)
-            conn.respond_json(status, body, keep_alive and status < 500)
-
-        conn.hold()
-        self.server.spawn(collect())
+        status, body = await collect_completion(self.server.hub, stream, meta)
+        conn.respond_json(status, body, req.keep_alive and status < 500)

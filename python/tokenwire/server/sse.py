@@ -20,14 +20,13 @@ import socket
 from typing import Any, cast
 
 from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
-from tokenwire.fake_model import FakeEngine, FakeModel
+from tokenwire.errors import GenerationRefused, ResumeExpired, StreamNotFound, TokenwireError, error_fields, status_of
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import LAST_CHUNK, HttpError, Request, RequestParser, chunk, render_head, render_response
 from tokenwire.server.accept import Listener, listening_sockets
 from tokenwire.server.base import ServerBase
-from tokenwire.server.config import ServerConfig
+from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.endpoints import SHUTDOWN_HINT, SSE_HEADERS, Render, StreamPlan, cors_headers, left_early
 
 __all__ = ["SseConnection", "SseServer", "StreamRender"]
@@ -264,6 +263,9 @@ class SseConnection(asyncio.Protocol):
         self.respond(status, json.dumps(obj).encode(), "application/json", keep_alive, extra)
 
     def _respond_error(self, exc: BaseException, keep_alive: bool, status: int | None = None) -> None:
+        if isinstance(exc, GenerationRefused):  # the generator's own answer (an upstream's), as it is
+            self.respond(exc.status, exc.body, exc.content_type, keep_alive and exc.status < 500)
+            return
         if status is None:
             status = status_of(exc)
         self.server.metrics.bad_requests_total += 1
@@ -288,6 +290,7 @@ class SseConnection(asyncio.Protocol):
         response, cut or not): with ``keep_alive`` the connection takes the next request after the stream's end.
         """
         transport = self.transport
+        self._held = False
         if transport is None or self._closing:
             return
         stream = plan.stream
@@ -423,20 +426,10 @@ def _nothing_to_read() -> tuple[bytes, int, bool]:
 class SseServer(ServerBase):
     """``tokenwire serve``'s SSE side: one listening socket, one Hub, one flusher."""
 
-    def __init__(
-        self,
-        hub: Hub | None = None,
-        config: ServerConfig | None = None,
-        *,
-        model: FakeModel | None = None,
-        engine_steps_per_s: float | None = None,
-        engine: FakeEngine | None = None,
-    ) -> None:
+    def __init__(self, hub: Hub | None = None, options: ServerOptions | ServerConfig | None = None) -> None:
         from tokenwire.server.routes import Router
 
-        super().__init__(
-            hub, config, model=model, engine_steps_per_s=engine_steps_per_s, metrics=ServerMetrics("sse"), engine=engine
-        )
+        super().__init__(hub, options, ServerMetrics("sse"))
         self.connections: set[SseConnection] = set()
         self.streaming: set[SseConnection] = set()
         #: The WebTransport server beside this one (``tokenwire serve`` sets it): its URL and certificate hash are
@@ -516,7 +509,6 @@ class SseServer(ServerBase):
             conn.close_for_shutdown()
         if self._tick is not None:
             self._tick.cancel()
-        await self._close_engine()
         await self.hub.aclose()
         for listener in self._listeners:
             await listener.wait_closed()

@@ -63,7 +63,6 @@ from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certi
 
 from tokenwire import _core
 from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError
-from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.http1 import HttpError
@@ -85,6 +84,7 @@ from tokenwire.protocol.webtransport import (
     StartRequested,
     StreamAttached,
     WtCode,
+    connect_fields,
     encode_preview,
     encode_reply,
     error_reply,
@@ -97,7 +97,7 @@ from tokenwire.protocol.webtransport import (
 )
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
-from tokenwire.server.config import ServerConfig
+from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.endpoints import Endpoints, count_resume, left_early
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
@@ -280,10 +280,12 @@ class _Session:
     """One WebTransport session: its CONNECT stream id, its active request streams, and, when the client turned
     WebTransport flow control on, the credit it gives the server (docs/protocol.md §3.1)."""
 
-    __slots__ = ("blocked", "capsules", "credit", "id", "streams")
+    __slots__ = ("blocked", "capsules", "credit", "headers", "id", "streams")
 
-    def __init__(self, session_id: int, credit: SendCredit | None) -> None:
+    def __init__(self, session_id: int, credit: SendCredit | None, headers: dict[str, str] | None = None) -> None:
         self.id = session_id
+        #: The CONNECT's regular headers (lower-case names): what a generator sees of the session's requests.
+        self.headers = headers or {}
         self.streams: set[int] = set()
         #: ``None``: flow control is off (QUIC's alone applies).
         self.credit = credit
@@ -643,7 +645,7 @@ class WebTransportConnection(QuicConnectionProtocol):
             return
         h3.send_headers(sid, [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")])
         credit = SendCredit(settings.get(SETTINGS_WT_INITIAL_MAX_DATA, 0)) if flow_control else None
-        session = _Session(sid, credit)
+        session = _Session(sid, credit, connect_fields(event.headers))
         self.sessions[sid] = session
         self.sessions_opened += 1
         server.session_count += 1
@@ -805,8 +807,7 @@ class WebTransportConnection(QuicConnectionProtocol):
                     count_resume(hub, server.metrics, stream, request.after)
                 self._serve(st, stream, request.after, request.previews)
             elif isinstance(request, StartRequested):
-                body = request.body()
-                self._serve(st, server.endpoints.start_keyed(body, request.prompt), 0, body.get("previews") is True)
+                server.spawn(self._start(st, request))  # its generator may wait on an upstream first
             else:
                 self._cancel(st, request)
         except TokenwireError as exc:
@@ -814,6 +815,21 @@ class WebTransportConnection(QuicConnectionProtocol):
         except Exception as exc:
             log.exception("WebTransport request %r failed", request)
             self._reply_error(st, exc, request_read=True)
+
+    async def _start(self, st: _WtStream, request: StartRequested) -> None:
+        try:
+            body = request.body()
+            stream = await self.server.endpoints.start_keyed(body, request.prompt, st.session.headers)
+        except Exception as exc:
+            if not isinstance(exc, TokenwireError):
+                log.exception("WebTransport request %r failed", request)
+            if self.streams.get(st.qid) is st:
+                self._reply_error(st, exc, request_read=True)
+                self.transmit()
+            return
+        if self.streams.get(st.qid) is st:  # still open (a stream reset meanwhile leaves its generation to resume)
+            self._serve(st, stream, 0, body.get("previews") is True)
+            self.transmit()
 
     async def _restore_then_handle(self, st: _WtStream, request: AttachRequested | CancelRequested) -> None:
         try:
@@ -1149,21 +1165,11 @@ class WebTransportServer(ServerBase):
     def __init__(
         self,
         hub: Hub | None = None,
-        config: ServerConfig | None = None,
+        options: ServerOptions | ServerConfig | None = None,
         *,
-        model: FakeModel | None = None,
-        engine_steps_per_s: float | None = None,
-        engine: FakeEngine | None = None,
         certificate: Certificate | None = None,
     ) -> None:
-        super().__init__(
-            hub,
-            config,
-            model=model,
-            engine_steps_per_s=engine_steps_per_s,
-            metrics=WebTransportMetrics(),
-            engine=engine,
-        )
+        super().__init__(hub, options, WebTransportMetrics())
         self.certificate = certificate if certificate is not None else make_dev_certificate()
         #: Whether clients must pin the certificate by its hash (the development certificate; any self-signed one).
         self.self_signed = self.certificate.self_signed
@@ -1274,7 +1280,6 @@ class WebTransportServer(ServerBase):
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
-        await self._close_engine()
         if close_hub:
             await self.hub.aclose()
         if self._transport is not None:
