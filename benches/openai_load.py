@@ -81,6 +81,8 @@ class StreamResult:
     status: int = 0
     error: str = ""
     ttft: float | None = None
+    ttfb: float | None = None  # request sent -> response headers received (diagnostics)
+    sent_s: float = 0.0  # when the request was sent, seconds after the run started (diagnostics)
     content_chunks: int = 0
     content_hash: int = 0
     content_chars: int = 0
@@ -101,6 +103,11 @@ class _Conn(_LoadtestConn):
     def on_header(self, name: bytes, value: bytes) -> None:
         if name.lower() == b"content-type":
             self.content_type = value
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        s = self.s
+        s.result.ttfb = (_now_us() - s.sent_us) / 1e6
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -183,6 +190,7 @@ class _Stream:
         )
         loop = asyncio.get_running_loop()
         self.sent_us = _now_us()
+        r.sent_s = time.monotonic() - g.started
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 transport, conn = await loop.create_connection(lambda: _Conn(self), g.host, g.port)
@@ -237,11 +245,12 @@ class _Generator:
         self.samplers = {name: ProcSampler(pid) for name, pid in cfg.pids.items()}
         self.samplers["client"] = ProcSampler(os.getpid())
         self.marks: dict[str, tuple[float, dict[str, float]]] = {}
+        self.started = 0.0
 
     def mark(self, name: str) -> None:
         """Remember the time and every measured process's CPU seconds now (once per name)."""
         if name not in self.marks:
-            self.marks[name] = (time.monotonic(), {k: s.cpu() for k, s in self.samplers.items()})
+            self.marks[name] = (time.monotonic(), {**{k: s.cpu() for k, s in self.samplers.items()}, **_cores_busy()})
 
     def record_lateness(self, now_us: int, first_us: int, k: int) -> None:
         """How late content chunk ``k`` (0-based) is against its stream's schedule."""
@@ -282,7 +291,8 @@ class _Generator:
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        start_at = time.monotonic() + 0.05
+        self.started = time.monotonic()
+        start_at = self.started + 0.05
         self.mark("start")
         # Every slot has started (the ramp is over): the window opens, unless a slot has finished already.
         opener = loop.call_later(start_at + (cfg.streams - 1) / cfg.ramp - time.monotonic(), self._open_window)
@@ -294,7 +304,8 @@ class _Generator:
         t0, cpu0 = self.marks["window_start" if steady else "start"]
         t1, cpu1 = self.marks["window_end" if steady else "end"]
         elapsed = t1 - t0
-        cpu = {name: cpu1[name] - cpu0[name] for name in cpu0}
+        cpu = {name: cpu1[name] - cpu0[name] for name in cpu0 if not name.startswith("core ")}
+        cores = {name: (cpu1[name] - cpu0[name]) / elapsed for name in cpu0 if name.startswith("core ") and elapsed}
         tokens = self.window_chunks if steady else self.content_chunks
         lateness = _hist(self.window_lateness if steady else self.lateness)
         ttfts = [r.ttft for r, sent in runs if r.ttft is not None and (not steady or t0 <= sent < t1)]
@@ -316,8 +327,23 @@ class _Generator:
             "cpu_s": cpu,
             "cpu_s_per_100k_tokens": {name: c / tokens * 1e5 if tokens else None for name, c in cpu.items()},
             "cpu_utilisation": {name: c / elapsed if elapsed else 0.0 for name, c in cpu.items()},
+            #: How busy each core was in the window, whoever used it (this run's processes and any other).
+            "core_utilisation": cores,
             "streams": [asdict(r) for r, _ in runs],
         }
+
+
+def _cores_busy() -> dict[str, float]:
+    """Busy seconds of every core since boot (/proc/stat: all but idle and iowait), as ``{"core N": s}``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                ticks = [int(x) for x in fields]
+                out[f"core {name[3:]}"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / tick
+    return out
 
 
 def _hist(h: Any) -> dict[str, float]:

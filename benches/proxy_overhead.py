@@ -171,12 +171,27 @@ def added(row: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
 
 HEADER = (
     "| repeat | arm | streams ok, exact | tokens/s | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms | added TTFT p99 ms "
-    "| lateness p50 / p99 ms | proxy CPU-s / 100k tok | proxy CPU | upstream CPU-s / 100k tok | client CPU |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| lateness p50 / p99 ms | proxy CPU-s / 100k tok | proxy CPU | upstream CPU-s / 100k tok | upstream CPU "
+    "| client CPU | cores busy (this run's share) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def row_line(repeat: int, row: dict[str, Any]) -> str:
+def cores_cell(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    """Each core's busy share in the window, and (in brackets) the part this run's processes pinned to it used:
+    the difference is other load on the machine."""
+    ours: dict[str, float] = {}
+    for name, cores in (("proxy", args.proxy_cores), ("upstream", args.upstream_cores), ("client", args.client_cores)):
+        if cores.isdigit() and name in r["cpu_utilisation"]:
+            ours[cores] = ours.get(cores, 0.0) + r["cpu_utilisation"][name]
+    cells = []
+    for name, busy in sorted(r.get("core_utilisation", {}).items()):
+        core = name.split()[1]
+        cells.append(f"{core}: {busy * 100:.0f}%" + (f" ({ours[core] * 100:.0f}%)" if core in ours else ""))
+    return ", ".join(cells)
+
+
+def row_line(args: argparse.Namespace, repeat: int, row: dict[str, Any]) -> str:
     r = row["report"]
     late, util, proxy = r["lateness_s"], r["cpu_utilisation"], _per100k(r, "proxy")
     cells = [
@@ -184,7 +199,8 @@ def row_line(repeat: int, row: dict[str, Any]) -> str:
         f"{r['tokens_per_s']:,.0f}", _ms(r["ttft_s"].get("p50")), _ms(r["ttft_s"].get("p99")),
         _ms(row.get("added_p50")), _ms(row.get("added_p99")), f"{_ms(late.get('p50'))} / {_ms(late.get('p99'))}",
         "—" if proxy is None else f"{proxy:.2f}", f"{util['proxy'] * 100:.0f}%" if "proxy" in util else "—",
-        f"{_per100k(r, 'upstream') or 0:.2f}", f"{util['client'] * 100:.0f}%",
+        f"{_per100k(r, 'upstream') or 0:.2f}", f"{util['upstream'] * 100:.0f}%", f"{util['client'] * 100:.0f}%",
+        cores_cell(args, r),
     ]  # fmt: skip
     return f"| {' | '.join(cells)} |"
 
@@ -290,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             if arm != "upstream":
                 row["added_p50"], row["added_p99"] = added(row, base, "p50"), added(row, base, "p99")
             rows.append(row)
-            print(row_line(k, row), flush=True)
+            print(row_line(args, k, row), flush=True)
             for problem in row["problems"][:5]:
                 print(f"  {arm}: {problem}", flush=True)
     lines = summary(rows, arms)
