@@ -14,7 +14,7 @@ from benches import openai_load, proxy_overhead
 from tests.support.sessions import run_module
 from tests.support.upstream import Upstream
 
-ARMS = ("upstream", "fastapi")
+ARMS = ("upstream", "fastapi", "tokenwire")
 
 
 def _core() -> str:
