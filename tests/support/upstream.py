@@ -3,7 +3,7 @@
 Run it as a process, as a real upstream runs::
 
     python -m tests.support.upstream --port 0 [--tokens-per-s R] [--ttft S] [--mode ok|fail-before|fail-mid|stall]
-        [--after N] [--fail-status 429] [--api-key KEY]
+        [--after N] [--fail-status 429] [--api-key KEY] [--length N] [--uvloop]
 
 It prints one line ``upstream listening on http://127.0.0.1:PORT/v1`` when it accepts connections (port 0 picks a
 free one), and serves:
@@ -24,7 +24,7 @@ free one), and serves:
 
 The mode of a request comes from the process (``--mode``, ``--after``...), overridden per request by the header
 ``X-Upstream-Mode`` or by a query in the model name (the proxy forwards the body, not the headers):
-``"test-model?mode=fail-mid&after=3&tokens_per_s=50&ttft=0.1&status=503"``.
+``"test-model?mode=fail-mid&after=3&tokens_per_s=50&ttft=0.1&status=503&length=200"``.
 
 - ``fail-before``: answers ``status`` (429) with an OpenAI-style error JSON body, before any chunk.
 - ``fail-mid``: sends ``after`` chunks (the role chunk counts), then cuts the connection (no ``[DONE]``).
@@ -93,10 +93,10 @@ def natural_length(prompt: str) -> int:
     return 8 + _digest("length", prompt)[0] % 32
 
 
-def content_tokens(prompt: str, max_tokens: int) -> list[str]:
-    """The content tokens answered to ``prompt``: ``min(natural_length(prompt), max_tokens)`` of them
+def content_tokens(prompt: str, max_tokens: int, length: int = 0) -> list[str]:
+    """The content tokens answered to ``prompt``: ``min(length or natural_length(prompt), max_tokens)`` of them
     (``finish_reason`` is ``"length"`` when ``max_tokens`` cut it short, ``"stop"`` otherwise)."""
-    n = min(natural_length(prompt), max_tokens)
+    n = min(length or natural_length(prompt), max_tokens)
     return [_VOCABULARY[_digest(prompt, i)[0] % len(_VOCABULARY)] for i in range(n)]
 
 
@@ -132,13 +132,14 @@ class Behaviour:
     status: int = 429
     tokens_per_s: float = 0.0
     ttft: float = 0.0
+    length: int = 0  # content tokens of an answer (still capped by max_tokens); 0: natural_length(prompt)
 
     def override(self, query: str) -> Behaviour:
         out = dataclasses.replace(self)
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key == "mode" and value in MODES:
                 out.mode = value
-            elif key in ("after", "status"):
+            elif key in ("after", "status", "length"):
                 setattr(out, key, int(value))
             elif key in ("tokens_per_s", "ttft"):
                 setattr(out, key, float(value))
@@ -235,12 +236,12 @@ class UpstreamApp:
                 behaviour.status, "Rate limit reached for test-model (test upstream).", "rate_limit_error",
                 "rate_limit_exceeded",
             )  # fmt: skip
-        chunks = list(self._chunks(body, model, record.number))
+        chunks = list(self._chunks(body, model, record.number, behaviour.length))
         if not body.get("stream"):
             return self._whole(record, chunks)
         return await self._stream(request, record, chunks, behaviour)
 
-    def _chunks(self, body: dict[str, Any], model: str, number: int) -> Iterator[dict[str, Any]]:
+    def _chunks(self, body: dict[str, Any], model: str, number: int, length: int) -> Iterator[dict[str, Any]]:
         """The chunks of one streamed answer (without ``[DONE]``)."""
         prompt = _prompt_of(body)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 16
@@ -275,7 +276,7 @@ class UpstreamApp:
             finish = "tool_calls"
         else:
             yield chunk({"role": "assistant", "content": "", "refusal": None})
-            tokens = content_tokens(prompt, int(max_tokens))
+            tokens = content_tokens(prompt, int(max_tokens), length)
             for token in tokens:
                 yield chunk({"content": token})
             completion = len(tokens)
@@ -330,6 +331,8 @@ class UpstreamApp:
             if behaviour.ttft > 0:
                 await asyncio.sleep(behaviour.ttft)
             gap = 1.0 / behaviour.tokens_per_s if behaviour.tokens_per_s > 0 else 0.0
+            loop = asyncio.get_running_loop()
+            due = loop.time()
             for i, chunk in enumerate(chunks):
                 if behaviour.mode in ("fail-mid", "stall") and i >= behaviour.after:
                     if behaviour.mode == "stall":
@@ -340,8 +343,9 @@ class UpstreamApp:
                     assert request.transport is not None
                     request.transport.close()  # what was written goes out, then FIN: no [DONE], no last chunk
                     return response
-                if i > 1 and gap:  # the role chunk and the first token go out together, at the TTFT
-                    await asyncio.sleep(gap)
+                if i > 1 and gap:  # the role chunk and the first token go out together, at the TTFT; then a
+                    due += gap  # chunk every gap after it, on a fixed schedule (a late wake-up does not push the rest)
+                    await asyncio.sleep(max(0.0, due - loop.time()))
                 payload = _dumps(chunk)
                 await response.write(f"data: {payload}\n\n".encode())
                 record.chunks.append(payload)
@@ -360,7 +364,7 @@ class UpstreamApp:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    defaults = Behaviour(args.mode, args.after, args.fail_status, args.tokens_per_s, args.ttft)
+    defaults = Behaviour(args.mode, args.after, args.fail_status, args.tokens_per_s, args.ttft, args.length)
     api_key = args.api_key or os.environ.get("UPSTREAM_API_KEY") or None
     app = UpstreamApp(defaults, api_key, args.model).build()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -383,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
     parser.add_argument("--tokens-per-s", type=float, default=0.0, help="pace of content chunks (0: unpaced)")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first chunk")
+    parser.add_argument(
+        "--length", type=int, default=0, help="content tokens of every answer, up to max_tokens (0: 8 to 39 by prompt)"
+    )
     parser.add_argument("--mode", choices=MODES, default="ok")
     parser.add_argument("--after", type=int, default=3, help="chunks sent before fail-mid cuts or stall stalls")
     parser.add_argument("--fail-status", type=int, default=429, help="the status fail-before answers")
