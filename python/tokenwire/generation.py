@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard, runtime_checkable
 
@@ -141,7 +141,7 @@ _END = object()
 
 def aiter_source(source: TokenSource) -> AsyncIterable[Item]:
     """``source`` as an async iterable: as it is when it is one, else its items taken in a worker thread."""
-    if isinstance(source, AsyncIterable | AsyncIterator):
+    if isinstance(source, AsyncIterable):
         return source
     if isinstance(source, str | bytes) or not isinstance(source, Iterable):
         raise TypeError(f"a generator must return an iterator of text, got {type(source).__name__}")

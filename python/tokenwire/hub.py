@@ -59,6 +59,7 @@ __all__ = [
     "Subscription",
     "TokenStream",
     "Wire",
+    "is_raw_chunks",
 ]
 
 log = logging.getLogger("tokenwire.hub")
@@ -72,6 +73,12 @@ Listener = Callable[[], None]
 #: ``chunk_format = "openai"``, such as :class:`tokenwire.proxy.UpstreamProxy`'s): its native renderings carry
 #: each chunk's content as the frame's token (:func:`tokenwire.protocol.openai.native_render`).
 RAW_CHUNKS = "openai-chunks"
+
+
+def is_raw_chunks(stream: TokenStream) -> bool:
+    """Whether every frame of ``stream`` is one raw OpenAI chunk (an upstream's, through the proxy)."""
+    return stream.labels.get("format") == RAW_CHUNKS
+
 
 #: A custom rendering, for formats the core does not render (the OpenAI chunks): the frames one read of a
 #: :class:`Cursor` took, as ``(kind, seq, text)`` in seq order (the last may be the final ``done`` or ``error``
@@ -391,7 +398,7 @@ class Cursor:
         self.on_read: OnRead | None = None
         self._handle = stream._handle
         self._wire = _core.WIRE_SSE if wire is None else wire
-        if render is None and wire is not None and stream.labels.get("format") == RAW_CHUNKS:
+        if render is None and wire is not None and is_raw_chunks(stream):
             render = native_render(stream.id_prefix, wire)  # each frame a raw OpenAI chunk: its content is the token
         self._render = render
         storage = stream._hub.storage

@@ -24,7 +24,7 @@ from tokenwire import _core
 from tokenwire.auth import AuthRequest, check
 from tokenwire.errors import DuplicateStreamId, InvalidBody, RemoteProtocolError, StreamNotFound
 from tokenwire.generation import Engine, GenerationRequest, Generator, aiter_source, is_engine
-from tokenwire.hub import RAW_CHUNKS, FrameKind, Hub, Render, StreamState, TokenStream
+from tokenwire.hub import RAW_CHUNKS, FrameKind, Hub, Render, StreamState, TokenStream, is_raw_chunks
 from tokenwire.metrics import ServerMetrics
 from tokenwire.protocol.http1 import HttpError
 from tokenwire.protocol.json_body import bool_field, float_field, int_field, loads_object
@@ -567,11 +567,6 @@ def _openai_head(hub: Hub, stream: TokenStream, base: str) -> list[tuple[str, st
         ("X-Tokenwire-Epoch", hub.epoch),
         ("Location", f"{base}{STREAMS_PATH}/{stream.id}/events?format=openai"),
     ]
-
-
-def is_raw_chunks(stream: TokenStream) -> bool:
-    """Whether every frame of ``stream`` is one raw OpenAI chunk (an upstream's, through the proxy)."""
-    return stream.labels.get("format") == RAW_CHUNKS
 
 
 def plan_openai_chunks(hub: Hub, stream: TokenStream, after: int, base: str = "", *, end_part: str = "") -> StreamPlan:
