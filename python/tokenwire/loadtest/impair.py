@@ -145,25 +145,18 @@ class Impairment:
 
     def describe(self) -> str:
         """For people: ``"loss 5%, delay 50 ms, jitter 10 ms, rate 10 Mbit/s, rebind every 30 s"``, or ``"none"``."""
-        parts = []
-        if self.loss:
-            parts.append(f"loss {_percent(self.loss)}")
-        if self.delay:
-            parts.append(f"delay {_duration(self.delay)}")
-        if self.jitter:
-            parts.append(f"jitter {_duration(self.jitter)}")
-        if self.reorder:
-            parts.append(f"reorder {_percent(self.reorder)}")
-        if self.duplicate:
-            parts.append(f"duplicate {_percent(self.duplicate)}")
-        if self.rate:
-            parts.append(f"rate {_bitrate(self.rate)}")
-        if self.rebind:
-            parts.append(f"rebind every {_duration(self.rebind)}")
-        if self.link != "connection":
-            parts.append(f"link {self.link}")
-        if self.rto is not None:
-            parts.append(f"rto {_duration(self.rto)}")
+        shown: tuple[tuple[object, str], ...] = (
+            (self.loss, f"loss {_percent(self.loss)}"),
+            (self.delay, f"delay {_duration(self.delay)}"),
+            (self.jitter, f"jitter {_duration(self.jitter)}"),
+            (self.reorder, f"reorder {_percent(self.reorder)}"),
+            (self.duplicate, f"duplicate {_percent(self.duplicate)}"),
+            (self.rate, f"rate {_bitrate(self.rate)}"),
+            (self.rebind, f"rebind every {_duration(self.rebind)}"),
+            (self.link != "connection", f"link {self.link}"),
+            (self.rto is not None, f"rto {_duration(self.rto or 0.0)}"),
+        )
+        parts = [text for value, text in shown if value]
         return ", ".join(parts) or "none"
 
     def __str__(self) -> str:
