@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -227,3 +231,21 @@ def test_written_values_parse_to_their_meaning(
     assert imp.delay == pytest.approx(min(amount, 600) * d_scale)
     assert imp.rate == pytest.approx(amount * r_scale)
     assert Impairment.parse(imp.to_spec()) == imp
+
+
+def test_the_docs_examples_run() -> None:
+    """Every ``python`` block of docs/impairment.md runs as written, and prints what it says it prints."""
+    doc = Path(__file__).parents[2] / "docs" / "impairment.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 2
+    outputs = []
+    for block in blocks:
+        proc = subprocess.run(  # noqa: S603 - runs our own docs
+            [sys.executable, "-c", block], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0 and not proc.stderr, proc.stderr
+        outputs.append(proc.stdout)
+    comments = re.findall(r"print\(.*?\)  # (.*)", blocks[0])
+    assert outputs[0].splitlines()[0] == comments[0]
+    assert outputs[0].splitlines()[1].startswith(comments[1].split(":")[0])
+    assert re.fullmatch(r"\d+ stalls of 0.05 s\n", outputs[1])
