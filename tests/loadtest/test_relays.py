@@ -182,12 +182,15 @@ async def test_udp_periodic_rebind_gives_the_server_new_addresses() -> None:
         for m in msgs(40):
             client.send(m)
             await asyncio.sleep(0.015)
-        await until(lambda: len(client.received) == 40)  # the client never notices
+        await until(lambda: len(echo.sources) == 40)  # every datagram up reached the server
+        await asyncio.sleep(0.05)
         seen = list(dict.fromkeys(echo.sources))
-        assert 3 <= len(seen) <= 6, seen  # about 0.6 s / 0.15 s address changes
-        assert all(host == "127.0.0.1" for host, _ in seen)
         times = relay.stats.rebinds
-        assert len(times) >= len(seen) - 1
+        # an echo on its way to the old address when it changes is lost, as behind a real NAT; the rest come back
+        assert len(client.received) >= 40 - len(times)
+        assert len(seen) >= 3, seen  # 0.6 s or more of sending, a change every 0.15 s
+        assert len(seen) <= len(times) + 1, (seen, times)  # a new address only at a change
+        assert all(host == "127.0.0.1" for host, _ in seen)
         assert started < times[0] and all(b - a >= 0.15 - SLACK for a, b in itertools.pairwise(times))
         assert relay.snapshot()["rebinds"] == times
 
