@@ -1,0 +1,162 @@
+"""``tokenwire loadtest --compare`` against a real ``tokenwire serve`` process (SSE and WebTransport), as a user
+runs it: exactly-once on every run, and the comparison report's figures checked against each other."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.loadtest.test_loadtest_wt import serve
+
+STREAMS, TOKENS = 20, 100
+
+
+def compare(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "tokenwire", "loadtest", *args], capture_output=True, text=True, timeout=90, check=False
+    )
+
+
+def check_run(run: dict[str, Any], *, streams: int, tokens: int) -> None:
+    """One protocol's run: exactly once, and every figure of the comparison consistent with the others."""
+    assert run["streams"] == {"total": streams, "ok": streams, "failed": 0, "errors": {}}
+    assert run["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
+    assert run["tokens"]["total"] == streams * tokens
+    assert run["passed"]
+    total = run["tokens"]["total"]
+
+    series = run["series"]
+    n = len(series["t"])
+    assert n >= 2
+    assert all(len(series[k]) == n for k in ("tokens", "tokens_per_s", "lag_p50_s", "lag_p99_s", "lag_max_s", "active"))
+    assert series["t"] == [pytest.approx(k * series["interval_s"]) for k in range(n)]
+    assert sum(series["tokens"]) == total
+    assert sum(x * series["interval_s"] for x in series["tokens_per_s"]) == pytest.approx(total)
+    assert max(series["active"]) <= streams and max(series["active"]) > 0
+    lag_max = [x for x in series["lag_max_s"] if x is not None]
+    assert max(lag_max) == pytest.approx(run["delivery_lag_s"]["max"])
+    for p50, p99, top in zip(series["lag_p50_s"], series["lag_p99_s"], series["lag_max_s"], strict=True):
+        assert (p50 is None) == (top is None)
+        assert p50 is None or p50 <= p99 <= top
+
+    timeline = run["timeline"]
+    assert [t["stream"] for t in timeline] == list(range(streams))
+    for t in timeline:
+        assert t["ok"]
+        assert 0 <= t["start_s"] <= t["first_token_s"] <= t["end_s"] <= run["elapsed_s"]
+    d = run["disconnects"]
+    cuts = d["forced"] + d["unexpected"]
+    assert sum(t["cuts"] for t in timeline) == cuts > 0
+
+    kinds = [e["kind"] for e in run["events"]]
+    assert run["events_dropped"] == 0
+    assert kinds.count("forced_cut") == d["forced"]
+    assert kinds.count("cut") == d["unexpected"]
+    assert kinds.count("reconnect") == d["resumes"] > 0
+    # A recovery per cut that a resumed token followed (a cut right before the final frame has none).
+    assert kinds.count("resumed") == len(run["recovery_samples"]) > 0
+    assert [e["t"] for e in run["events"]] == sorted(e["t"] for e in run["events"])
+    assert all(0 < x < 5 for x in run["recovery_samples"])
+    assert run["recovery_s"]["max"] == max(run["recovery_samples"])
+
+    wire = run["wire"]
+    assert wire["measured_at"] == "client"
+    assert wire["bytes_down"] > total * 10  # a token event carries its text, id and stamp
+    assert wire["bytes_up"] > 0
+    assert wire["bytes_per_token"] == pytest.approx(wire["bytes_down"] / total)
+    assert run["client"]["cpu_seconds"] > 0
+    assert run["client"]["cpu_seconds_per_100k_tokens"] == pytest.approx(run["client"]["cpu_seconds"] / total * 1e5)
+    assert run["server"]["cpu_seconds"] > 0
+
+    assert len(run["quantiles"]) == len(run["lag_cdf"]["lag_s"]) == len(run["lag_cdf"]["lateness_s"]) == 200
+    assert run["quantiles"][-1] == 1.0
+    for curve in run["lag_cdf"].values():
+        assert curve == sorted(curve)
+    assert run["lag_cdf"]["lag_s"][-1] == run["delivery_lag_s"]["max"]
+    assert run["relay"] is None
+
+
+def test_compare_sse_and_webtransport_exactly_once(tmp_path: Path) -> None:
+    path = tmp_path / "compare.json"
+    with serve("--tokens-per-s", "50") as (url, pid):
+        proc = compare(
+            "--url", url, "--compare", "sse,webtransport", "--streams", str(STREAMS), "--max-tokens", str(TOKENS),
+            "--tokens-per-s", "50", "--disconnect-rate", "1", "--seed", "2", "--server-pid", str(pid),
+            "--json", str(path),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert err.index("== sse:") < err.index("sse          [") < err.index("== webtransport:")  # live status
+    assert "webtransport [" in err
+    assert "exactly-once: sse PASS, webtransport PASS -> PASS" in err
+    table = err[err.index("comparison; network impairment: none") :].splitlines()
+    assert table[1].split() == ["metric", "unit", "sse", "webtransport"]
+    assert table[-2].split() == ["duplicated", "tokens", "0", "0"]
+
+    report = json.loads(path.read_text())
+    assert report["kind"] == "tokenwire-loadtest-compare" and report["version"] == 1
+    assert report["protocols"] == ["sse", "webtransport"] == list(report["runs"])
+    assert report["impairment"] is None and report["impairment_text"] == "none"
+    assert report["scenario"] == {
+        "streams": STREAMS, "sessions": 0, "tokens_per_s": 50.0, "max_tokens": TOKENS, "disconnect_rate": 1.0,
+        "ramp": 1000.0, "procs": 1, "seed": 2, "url": url, "preset": None,
+    }  # fmt: skip
+    assert set(report["machine"]) == {
+        "hostname", "platform", "python", "cpu_model", "cpus", "tokenwire_version", "started_at",
+    }  # fmt: skip
+    assert report["passed"]
+    for protocol, run in report["runs"].items():
+        assert run["config"]["protocol"] == protocol
+        check_run(run, streams=STREAMS, tokens=TOKENS)
+    sse, wt = report["runs"]["sse"], report["runs"]["webtransport"]
+    assert sse["started_at"] + sse["elapsed_s"] <= wt["started_at"]  # one after the other
+
+    rows = {row["metric"]: row for row in report["summary"]}
+    for metric in ("lost", "duplicated"):
+        assert rows[metric] == {"metric": metric, "unit": "tokens", "sse": 0, "webtransport": 0}
+    for protocol, run in report["runs"].items():
+        assert rows["streams completed"][protocol] == STREAMS
+        assert rows["TTFT p99"][protocol] == run["ttft_s"]["p99"]
+        assert rows["recovery p50"][protocol] == run["recovery_s"]["p50"]
+        assert rows["bytes per token"][protocol] == run["wire"]["bytes_per_token"]
+        assert rows["reconnects"][protocol] == run["disconnects"]["resumes"]
+        assert rows["server CPU-s per 100k tokens"][protocol] == run["server"]["cpu_seconds_per_100k_tokens"]
+
+
+def test_several_client_processes_merge_into_one_run(tmp_path: Path) -> None:
+    """Two worker processes: sums add up, the timeline holds every stream, the percentiles say they are upper
+    bounds."""
+    path = tmp_path / "compare.json"
+    with serve("--tokens-per-s", "50") as (url, _):
+        proc = compare(
+            "--url", url, "--compare", "sse", "--streams", "12", "--max-tokens", "60", "--tokens-per-s", "50",
+            "--disconnect-rate", "2", "--procs", "2", "--json", str(path),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(path.read_text())
+    run = report["runs"]["sse"]
+    assert report["protocols"] == ["sse"]
+    assert run["client"]["processes"] == 2
+    assert sum(run["series"]["tokens"]) == run["tokens"]["total"] == 12 * 60
+    assert [t["stream"] for t in run["timeline"]] == list(range(12))
+    assert "upper bound" in run["series"]["note"] and "upper bound" in run["lag_cdf"]["note"]
+    assert "lag percentiles are the maximum over processes" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--compare", "sse,quic"], "--compare takes a comma-separated list of sse, webtransport"),
+        (["--compare", "sse,sse"], "--compare names a protocol twice"),
+    ],
+)
+def test_bad_protocol_lists_are_refused(args: list[str], message: str) -> None:
+    proc = compare("--url", "http://127.0.0.1:9", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
