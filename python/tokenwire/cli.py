@@ -284,6 +284,9 @@ def _loadtest(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"tokenwire loadtest: {exc}", file=sys.stderr, flush=True)
             return 2
+        except (OSError, RuntimeError) as exc:  # the server unreachable, a relay or worker process failed
+            print(f"tokenwire loadtest: {exc!r}", file=sys.stderr, flush=True)
+            return 1
     else:
         report = run_loadtest(cfg)
     if args.json:

@@ -22,7 +22,7 @@ def compare(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def check_run(run: dict[str, Any], *, streams: int, tokens: int) -> None:
+def check_run(run: dict[str, Any], *, streams: int, tokens: int, relay: bool = False) -> None:
     """One protocol's run: exactly once, and every figure of the comparison consistent with the others."""
     assert run["streams"] == {"total": streams, "ok": streams, "failed": 0, "errors": {}}
     assert run["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
@@ -78,7 +78,7 @@ def check_run(run: dict[str, Any], *, streams: int, tokens: int) -> None:
     for curve in run["lag_cdf"].values():
         assert curve == sorted(curve)
     assert run["lag_cdf"]["lag_s"][-1] == run["delivery_lag_s"]["max"]
-    assert run["relay"] is None
+    assert (run["relay"] is not None) == relay
 
 
 def test_compare_sse_and_webtransport_exactly_once(tmp_path: Path) -> None:
@@ -159,4 +159,70 @@ def test_bad_protocol_lists_are_refused(args: list[str], message: str) -> None:
     proc = compare("--url", "http://127.0.0.1:9", *args)
     assert proc.returncode == 2
     assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compare_through_impairing_relays(tmp_path: Path) -> None:
+    """``--impair``: each run goes through a fresh relay process (SSE its TCP relay, WebTransport its UDP one)
+    with 2 % loss and 10 ms delay each way; both stay exactly-once and both show the delay."""
+    path = tmp_path / "compare.json"
+    with serve("--tokens-per-s", "20") as (url, pid):
+        proc = compare(
+            "--url", url, "--compare", "sse,webtransport", "--impair", "loss=2%,delay=10ms", "--streams", "10",
+            "--max-tokens", "40", "--tokens-per-s", "20", "--disconnect-rate", "0.5", "--seed", "1",
+            "--server-pid", str(pid), "--json", str(path),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "network: loss 2%, delay 10 ms" in proc.stderr
+    report = json.loads(path.read_text())
+    assert report["impairment"]["loss"] == 0.02 and report["impairment"]["delay"] == 0.01
+    assert report["impairment_text"].startswith("loss 2%, delay 10 ms")
+    assert report["passed"]
+    for protocol, run in report["runs"].items():
+        check_run(run, streams=10, tokens=40, relay=True)
+        assert run["delivery_lag_s"]["p50"] >= 0.009, protocol  # the relay's one-way delay is on the path
+    sse, wt = (report["runs"][p] for p in ("sse", "webtransport"))
+    tcp, udp = sse["relay"]["tcp"], wt["relay"]["udp"]
+    assert sse["config"]["url"] != url and sse["relay"]["udp"]["datagrams_up"] == 0  # SSE went through TCP only
+    assert tcp["connections"] >= 10 + sse["disconnects"]["resumes"]
+    assert tcp["stalls"] > 0  # TCP "loss": stalls
+    assert 0 < sse["wire"]["bytes_down"] <= tcp["bytes_down"]
+    assert wt["relay"]["tcp"]["connections"] == 0 and udp["datagrams_down"] > 0  # WebTransport through UDP only
+    assert udp["dropped_up"] + udp["dropped_down"] > 0
+    assert 0 < wt["wire"]["bytes_down"] <= udp["bytes_down"]
+
+
+def test_rebinding_relay_events_in_both_runs(tmp_path: Path) -> None:
+    """``rebind``: the UDP relay changes the client's address (QUIC migrates), the TCP relay resets every
+    connection (SSE resumes); each address change is an event of the run, and nothing is lost."""
+    path = tmp_path / "compare.json"
+    with serve("--tokens-per-s", "20") as (url, _):
+        proc = compare(
+            "--url", url, "--compare", "webtransport,sse", "--impair", "rebind=1s", "--streams", "6",
+            "--max-tokens", "50", "--tokens-per-s", "20", "--json", str(path),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(path.read_text())
+    assert report["protocols"] == ["webtransport", "sse"]
+    for protocol, run in report["runs"].items():
+        assert run["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
+        side = run["relay"]["udp" if protocol == "webtransport" else "tcp"]
+        rebinds = [e for e in run["events"] if e["kind"] == "rebind"]
+        assert len(rebinds) == len(side["rebinds"]) >= 1, protocol
+        assert all(e["stream"] is None and 0 < e["t"] < run["elapsed_s"] for e in rebinds)
+    # A reset connection is an unexpected cut for SSE, which resumes it.
+    assert report["runs"]["sse"]["disconnects"]["unexpected"] > 0
+
+
+def test_bad_impairment_is_refused_before_anything_runs() -> None:
+    proc = compare("--url", "http://127.0.0.1:9", "--compare", "sse", "--impair", "loss=5%,wobble=3")
+    assert proc.returncode == 2
+    assert "wobble" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_server_is_said_plainly() -> None:
+    proc = compare("--url", "http://127.0.0.1:9", "--compare", "sse,webtransport", "--streams", "2")
+    assert proc.returncode == 1
+    assert "tokenwire loadtest: URLError" in proc.stderr and "Connection refused" in proc.stderr
     assert "Traceback" not in proc.stderr

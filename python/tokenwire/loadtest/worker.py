@@ -226,9 +226,10 @@ class _Stream:
                 if first:
                     self.result.status = conn.status
                     first = False
-                if conn.status != 200:
+                if conn.status not in (0, 200):
                     self.fail(f"HTTP {conn.status}: {conn.error_body[:200].decode('utf-8', 'replace')}")
                     break
+                # Status 0: the connection ended before a response (reset by the network): a cut like another.
                 if t.done or t.error is not None or self.result.error:
                     break
                 if not cfg.resumable:
