@@ -594,7 +594,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
     )
-    cmp = lt.add_argument_group("comparison, impairment and report (see README: Load testing)")
+    cmp = lt.add_argument_group("comparison, impairment and report (README: Compare the transports)")
     cmp.add_argument(
         "--compare",
         type=_protocol_list,

@@ -226,3 +226,21 @@ def test_unreachable_server_is_said_plainly() -> None:
     assert proc.returncode == 1
     assert "tokenwire loadtest: URLError" in proc.stderr and "Connection refused" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_impair_on_a_single_protocol_run_writes_the_comparison_shape(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    with serve("--tokens-per-s", "20") as (url, _):
+        proc = compare(
+            "--url", url, "--protocol", "webtransport", "--impair", "delay=5ms", "--streams", "4",
+            "--max-tokens", "20", "--tokens-per-s", "20", "--json", str(path),
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(path.read_text())
+    assert report["kind"] == "tokenwire-loadtest-compare"
+    assert report["protocols"] == ["webtransport"] == list(report["runs"])
+    run = report["runs"]["webtransport"]
+    assert run["correctness"]["lost"] == run["correctness"]["duplicated"] == 0
+    assert run["relay"]["udp"]["datagrams_down"] > 0
+    assert [row["metric"] for row in report["summary"]][:2] == ["TTFT p50", "TTFT p99"]
+    assert all(set(row) == {"metric", "unit", "webtransport"} for row in report["summary"])
