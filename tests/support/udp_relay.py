@@ -1,409 +1,133 @@
-"""User-space network impairment for tests: an asyncio UDP relay on loopback.
-
-This kernel has no ``netem`` qdisc, so tests that need a bad network put this relay between a UDP
-client and a UDP server (a QUIC / WebTransport server, say) and point the client at ``relay.address``::
-
-    async with UdpRelay(server_addr, loss=0.1, delay=0.01, jitter=0.005, seed=7) as relay:
-        client.connect(relay.address)
-        ...
-        relay.loss = 0.3            # knobs are plain attributes, changed at any time
-        relay.blackhole(True)       # the link dies: everything is dropped, in flight included
-        relay.blackhole(False)
-        relay.change_address()      # NAT rebinding: the server now sees the client on a new port
-
-Like a NAT, every client source address gets its own upstream socket, so the server sees that socket's
-address (``127.0.0.1:<port>``) as the client's. ``change_address`` / ``rebind`` replace those sockets
-with new ones on new ports mid-connection (connection migration as the server sees it); a client that
-rebinds its own socket simply shows up as a new client and gets a new upstream socket too.
-
-Every datagram, in each direction, is (in this order) dropped with probability ``loss``; duplicated with
-probability ``duplicate``; held for ``delay`` plus a uniform ``[-jitter, +jitter]`` (so jitter reorders by
-itself); and with probability ``reorder`` held ``reorder_delay`` longer still (overtaken by the ones after
-it). Each direction has its own random generator seeded from ``seed`` and draws the same number of values
-per datagram whatever the knobs, so a run is reproducible given the same datagrams in the same order.
-
-No tasks: sockets are non-blocking and read with ``loop.add_reader``, delayed datagrams wait in one heap
-behind one timer handle, so it works the same on asyncio and uvloop and leaves nothing behind on exit.
-The heap is bounded (``max_queue``); a datagram that finds it full, or a kernel buffer that is full, is
-dropped and counted, as a router would.
-"""
+"""The UDP relay the WebTransport tests put between client and server (the library's, re-exported so the tests
+that import it from here keep working), and the UDP echo server and client its own tests use."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-import random
+import contextlib
 import socket
 import time
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Literal, Self
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
-Address = tuple[str, int]
-Direction = Literal["up", "down"]
+from tokenwire.loadtest.relays import Address, DirectionStats, RelayStats, UdpRelay
 
-_READ_BATCH = 64  # datagrams read per readable callback, so a flood cannot starve the loop
-_MAX_DATAGRAM = 65535
-_TIMER_SLACK = 0.0005  # uvloop's timers have millisecond resolution; send what is due within this
-
-
-@dataclass
-class DirectionStats:
-    """Counters of one direction (``up``: client → server, ``down``: server → client)."""
-
-    received: int = 0  # datagrams that reached the relay
-    forwarded: int = 0  # datagrams sent on (duplicates included)
-    dropped: int = 0  # lost: random loss, blackhole, full queue, send errors
-    duplicated: int = 0  # extra copies made
-    reordered: int = 0  # datagrams held back by the ``reorder`` knob
-    overflow: int = 0  # the part of ``dropped`` due to a full queue or kernel buffer
-    errors: int = 0  # the part of ``dropped`` due to other socket errors
-    bytes_forwarded: int = 0
+__all__ = [
+    "Address",
+    "DirectionStats",
+    "RelayStats",
+    "UdpClient",
+    "UdpEcho",
+    "UdpRelay",
+    "echo_behind_relay",
+    "echo_server",
+    "msgs",
+    "settle",
+    "udp_client",
+    "until",
+]
 
 
-@dataclass
-class RelayStats:
-    up: DirectionStats = field(default_factory=DirectionStats)
-    down: DirectionStats = field(default_factory=DirectionStats)
-    foreign: int = 0  # datagrams that reached an upstream socket from another address than the target
-    refused_flows: int = 0  # datagrams of new clients beyond ``max_flows``
+class UdpEcho(asyncio.DatagramProtocol):
+    """Sends every datagram back where it came from and remembers who sent what."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.sources: list[Address] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        src = (str(addr[0]), int(addr[1]))
+        self.sources.append(src)
+        assert self.transport is not None
+        self.transport.sendto(data, src)
 
 
-class _Flow:
-    """One client's mapping: its address on the client side, its upstream socket on the server side."""
+class UdpClient(asyncio.DatagramProtocol):
+    """Records what comes back, with the arrival time."""
 
-    __slots__ = ("client", "closed", "local", "sock")
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: list[tuple[float, bytes]] = []
 
-    def __init__(self, client: Address, sock: socket.socket) -> None:
-        self.client = client
-        self.sock = sock
-        self.local: Address = sock.getsockname()[:2]
-        self.closed = False
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.received.append((time.monotonic(), data))
 
-_Entry = tuple[float, int, Direction, _Flow, bytes]
-
-
-class UdpRelay:
-    """A lossy, slow, reordering, duplicating UDP relay in front of ``target``; an async context manager."""
-
-    def __init__(
-        self,
-        target: Address,
-        *,
-        loss: float = 0.0,
-        delay: float = 0.0,
-        jitter: float = 0.0,
-        reorder: float = 0.0,
-        reorder_delay: float = 0.01,
-        duplicate: float = 0.0,
-        seed: int = 0,
-        bind: Address = ("127.0.0.1", 0),
-        upstream_host: str | None = None,
-        max_queue: int = 10_000,
-        max_flows: int = 1024,
-    ) -> None:
-        for name, p in (("loss", loss), ("reorder", reorder), ("duplicate", duplicate)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be a probability, got {p}")
-        if delay < 0 or jitter < 0 or reorder_delay < 0:
-            raise ValueError("delay, jitter and reorder_delay must not be negative")
-        self.target = target
-        self.loss = loss
-        self.delay = delay
-        self.jitter = jitter
-        self.reorder = reorder
-        self.reorder_delay = reorder_delay
-        self.duplicate = duplicate
-        self.max_queue = max_queue
-        self.max_flows = max_flows
-        self.stats = RelayStats()
-        self._bind = bind
-        self._upstream_host = upstream_host
-        self._rng: dict[Direction, random.Random] = {d: random.Random(f"{seed}:{d}") for d in ("up", "down")}
-        self._blackholed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._listen: socket.socket | None = None
-        self._address: Address | None = None
-        self._target_addr: Address = target
-        self._target_family = socket.AF_INET
-        self._flows: dict[Address, _Flow] = {}
-        self._heap: list[_Entry] = []
-        self._seq = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
-        self._closed = False
-
-    # ----------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def start(self) -> None:
-        if self._loop is not None:
-            raise RuntimeError("relay already started")
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.target[0], self.target[1], type=socket.SOCK_DGRAM)
-        family, _, _, _, sockaddr = infos[0]
-        self._target_family = family
-        self._target_addr = (str(sockaddr[0]), int(sockaddr[1]))
-        bind_family = socket.AF_INET6 if ":" in self._bind[0] else socket.AF_INET
-        sock = _udp_socket(bind_family, self._bind)
-        self._loop = loop
-        self._listen = sock
-        self._address = sock.getsockname()[:2]
-        loop.add_reader(sock.fileno(), self._on_listen_readable)
-
-    def close(self) -> None:
-        """Stops at once: closes every socket, forgets every datagram in flight. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._heap.clear()
-        for flow in self._flows.values():
-            self._close_socket(flow.sock)
-            flow.closed = True
-        self._flows.clear()
-        if self._listen is not None:
-            self._close_socket(self._listen)
-            self._listen = None
-
-    async def aclose(self) -> None:
-        self.close()
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data)
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    # ----------------------------------------------------------------- public knobs and views
+    def payloads(self) -> list[bytes]:
+        return [d for _, d in self.received]
 
     @property
-    def address(self) -> Address:
-        """Where clients send: the relay's listening address."""
-        if self._address is None:
-            raise RuntimeError("relay not started")
-        return self._address
-
-    @property
-    def port(self) -> int:
-        return self.address[1]
-
-    @property
-    def up(self) -> DirectionStats:
-        return self.stats.up
-
-    @property
-    def down(self) -> DirectionStats:
-        return self.stats.down
-
-    @property
-    def flows(self) -> dict[Address, Address]:
-        """Client address → the address the server sees for it (its upstream socket)."""
-        return {client: flow.local for client, flow in self._flows.items()}
-
-    @property
-    def in_flight(self) -> int:
-        """Datagrams waiting in the delay queue."""
-        return len(self._heap)
-
-    @property
-    def blackholed(self) -> bool:
-        return self._blackholed
-
-    def blackhole(self, on: bool = True) -> None:
-        """A dead link while on: every datagram is dropped, those already delayed in flight at once."""
-        self._blackholed = on
-        if on:
-            for _, _, direction, _, _ in self._heap:
-                (self.stats.up if direction == "up" else self.stats.down).dropped += 1
-            self._heap.clear()
-            self._arm()
-
-    def change_address(self, client: Address | None = None) -> dict[Address, Address]:
-        """NAT rebinding: new upstream sockets on new ports for ``client`` (or every client).
-
-        The old sockets are closed, so what the server still sends to the old addresses is lost, as
-        behind a real NAT whose mapping changed. Datagrams already delayed go out from the new socket.
-        Returns client address → new address the server sees.
-        """
-        loop = self._running_loop()
-        if client is not None and client not in self._flows:
-            raise LookupError(f"no flow for client {client}")
-        chosen = [self._flows[client]] if client is not None else list(self._flows.values())
-        changed: dict[Address, Address] = {}
-        for flow in chosen:
-            new = self._upstream_socket()  # bound while the old one still is: a different port
-            loop.add_reader(new.fileno(), self._on_upstream_readable, flow, new)
-            self._close_socket(flow.sock)
-            flow.sock = new
-            flow.local = new.getsockname()[:2]
-            changed[flow.client] = flow.local
-        return changed
-
-    async def rebind(self, client: Address | None = None) -> dict[Address, Address]:
-        """``change_address``, awaitable."""
-        changed = self.change_address(client)
-        await asyncio.sleep(0)
-        return changed
-
-    # ----------------------------------------------------------------- sockets
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None or self._closed:
-            raise RuntimeError("relay not running")
-        return self._loop
-
-    def _upstream_socket(self) -> socket.socket:
-        host = self._upstream_host or ("::1" if self._target_family == socket.AF_INET6 else "127.0.0.1")
-        return _udp_socket(self._target_family, (host, 0))
-
-    def _close_socket(self, sock: socket.socket) -> None:
-        if self._loop is not None and sock.fileno() != -1:
-            self._loop.remove_reader(sock.fileno())
-        sock.close()
-
-    def _on_listen_readable(self) -> None:
-        sock = self._listen
-        if sock is None:
-            return
-        for _ in range(_READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.stats.up.errors += 1
-                return
-            client: Address = addr[:2]
-            flow = self._flows.get(client)
-            if flow is None:
-                if len(self._flows) >= self.max_flows:
-                    self.stats.refused_flows += 1
-                    continue
-                flow = _Flow(client, self._upstream_socket())
-                self._flows[client] = flow
-                self._running_loop().add_reader(flow.sock.fileno(), self._on_upstream_readable, flow, flow.sock)
-            self._impair("up", flow, data)
-
-    def _on_upstream_readable(self, flow: _Flow, sock: socket.socket) -> None:
-        for _ in range(_READ_BATCH):
-            if flow.closed or sock is not flow.sock:
-                return
-            try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.stats.down.errors += 1
-                return
-            if addr[:2] != self._target_addr:
-                self.stats.foreign += 1
-                continue
-            self._impair("down", flow, data)
-
-    # ----------------------------------------------------------------- impairment
-
-    def _impair(self, direction: Direction, flow: _Flow, data: bytes) -> None:
-        st = self.stats.up if direction == "up" else self.stats.down
-        st.received += 1
-        rng = self._rng[direction]
-        # always the same draws per datagram, so changing one knob does not shift the others' sequence
-        u_loss, u_dup, u_jitter, u_jitter2, u_reorder = (rng.random() for _ in range(5))
-        if self._blackholed or u_loss < self.loss:
-            st.dropped += 1
-            return
-        copies = [u_jitter]
-        if u_dup < self.duplicate:
-            st.duplicated += 1
-            copies.append(u_jitter2)
-        for i, u in enumerate(copies):
-            hold = max(0.0, self.delay + (2.0 * u - 1.0) * self.jitter)
-            if i == 0 and u_reorder < self.reorder:
-                st.reordered += 1
-                hold += self.reorder_delay
-            if hold <= 0.0:
-                self._send(direction, flow, data)
-            else:
-                self._schedule(time.monotonic() + hold, direction, flow, data)
-
-    def _schedule(self, when: float, direction: Direction, flow: _Flow, data: bytes) -> None:
-        if len(self._heap) >= self.max_queue:
-            st = self.stats.up if direction == "up" else self.stats.down
-            st.dropped += 1
-            st.overflow += 1
-            return
-        heapq.heappush(self._heap, (when, next(self._seq), direction, flow, data))
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._closed:
-            return
-        if not self._heap:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            return
-        when = self._heap[0][0]
-        if self._timer is not None:
-            if self._timer_when <= when:
-                return
-            self._timer.cancel()
-        self._timer_when = when
-        self._timer = self._running_loop().call_later(max(0.0, when - time.monotonic()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = time.monotonic() + _TIMER_SLACK
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, direction, flow, data = heapq.heappop(heap)
-            self._send(direction, flow, data)
-        self._arm()
-
-    def _send(self, direction: Direction, flow: _Flow, data: bytes) -> None:
-        st = self.stats.up if direction == "up" else self.stats.down
-        if self._blackholed or flow.closed or self._closed:
-            st.dropped += 1
-            return
-        try:
-            if direction == "up":
-                flow.sock.sendto(data, self._target_addr)
-            else:
-                assert self._listen is not None
-                self._listen.sendto(data, flow.client)
-        except (BlockingIOError, InterruptedError):
-            st.dropped += 1
-            st.overflow += 1
-            return
-        except OSError:
-            st.dropped += 1
-            st.errors += 1
-            return
-        st.forwarded += 1
-        st.bytes_forwarded += len(data)
+    def local(self) -> Address:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return (str(host), int(port))
 
 
-def _udp_socket(family: socket.AddressFamily, addr: Address) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
-            except OSError:  # pragma: no cover - capped by the kernel, best effort
-                pass
-        sock.bind(addr)
-    except BaseException:
-        sock.close()
-        raise
+def _roomy_socket() -> socket.socket:
+    """A UDP socket on 127.0.0.1 whose receive buffer holds the tests' bursts (asyncio reads one datagram
+    per loop iteration, so a default 208 KiB buffer overflows at about 256 small datagrams)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(("127.0.0.1", 0))
     return sock
+
+
+@contextlib.asynccontextmanager
+async def echo_server() -> AsyncIterator[tuple[Address, UdpEcho]]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(UdpEcho, sock=_roomy_socket())
+    try:
+        host, port = transport.get_extra_info("sockname")[:2]
+        yield (str(host), int(port)), proto
+    finally:
+        transport.close()
+
+
+@contextlib.asynccontextmanager
+async def udp_client(remote: Address) -> AsyncIterator[UdpClient]:
+    loop = asyncio.get_running_loop()
+    sock = _roomy_socket()
+    sock.connect(remote)
+    transport, proto = await loop.create_datagram_endpoint(UdpClient, sock=sock)
+    try:
+        yield proto
+    finally:
+        transport.close()
+
+
+@contextlib.asynccontextmanager
+async def echo_behind_relay(**knobs: Any) -> AsyncIterator[tuple[UdpRelay, UdpEcho, UdpClient]]:
+    async with echo_server() as (addr, echo), UdpRelay(addr, **knobs) as relay, udp_client(relay.address) as client:
+        yield relay, echo, client
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(2):
+        while not cond():  # noqa: ASYNC110 - counters of several objects, polled
+            await asyncio.sleep(0.002)
+
+
+async def settle(relay: UdpRelay, client: UdpClient, sent: int) -> None:
+    """Waits until every datagram sent has been either dropped or echoed back all the way."""
+    await until(
+        lambda: (
+            relay.up.received == sent
+            and relay.in_flight == 0
+            and relay.down.received == relay.up.forwarded
+            and len(client.received) == relay.down.forwarded
+        )
+    )
+
+
+def msgs(n: int, start: int = 0) -> list[bytes]:
+    return [f"{i:05d}".encode() for i in range(start, start + n)]
