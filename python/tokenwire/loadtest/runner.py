@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -45,7 +46,8 @@ class LoadTestConfig:
     #: webtransport: connect here (``https://host:port/path``, a relay in front of the server, say) instead of
     #: the URL the server names; the certificate hash still comes from ``url`` (or ``wt_cert_hash``).
     wt_url: str = ""
-    #: Seconds per bucket of the report's time series; 0: from the expected duration (0.25 s up to 10 s...).
+    #: Seconds per bucket of the report's time series; 0: from the expected duration (0.25 s for runs up to 15 s,
+    #: 0.5 s up to 30 s, then 1 s; coarser past 20 minutes, to stay within 1,200 buckets).
     series_interval: float = 0.0
     #: The report of a comparison (``tokenwire.loadtest.compare``): time series, events, per-stream timeline,
     #: recovery, bytes on the wire, client CPU and the lag curves, besides the summary.
@@ -59,14 +61,15 @@ class LoadTestConfig:
         return ramp + (self.max_tokens / self.tokens_per_s if self.tokens_per_s > 0 else 0.0)
 
     def bucket_seconds(self) -> float:
-        """``series_interval``, or one chosen from the expected duration: a few hundred buckets at most."""
+        """``series_interval``, or one chosen from the expected duration (see ``series_interval``)."""
         if self.series_interval > 0:
             return self.series_interval
         expected = self.expected_duration()
-        for interval in (0.25, 0.5, 1.0, 2.0, 5.0):
-            if expected <= 60 * interval:
-                return interval
-        return 10.0
+        if expected <= 15:
+            return 0.25
+        if expected <= 30:
+            return 0.5
+        return float(max(1, math.ceil(expected / 1200)))
 
 
 class ProcSampler:
