@@ -639,6 +639,13 @@ impl PyStreamTracker {
         self.lag.clone_ref(py)
     }
 
+    /// Record the lags of later feeds in another histogram (a load tester's per-interval one); the lags
+    /// already recorded stay where they are.
+    #[setter(lag)]
+    fn py_set_lag(&mut self, lag: Py<PyLagHistogram>) {
+        self.lag = lag;
+    }
+
     #[getter]
     fn tokens(&self) -> u64 {
         self.inner.progress().tokens

@@ -279,8 +279,12 @@ class StreamTracker:
 
     @property
     def lag(self) -> LagHistogram:
-        """The histogram lags are recorded in (shared if one was passed to the constructor)."""
+        """The histogram lags are recorded in (shared if one was passed to the constructor). Assigning another
+        one sends the lags of later feeds there (the load tester's per-interval histograms); the lags already
+        recorded stay in the old one."""
 
+    @lag.setter
+    def lag(self, value: LagHistogram) -> None: ...
     @property
     def tokens(self) -> int:
         """Tokens accepted, each once, in order."""

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenwire import __version__
 from tokenwire._loop import loop_factory
@@ -23,6 +23,7 @@ from tokenwire.generation import Engine, Generator, load_generator
 from tokenwire.hub import FrameKind, Hub
 
 if TYPE_CHECKING:
+    from tokenwire.loadtest.impair import Impairment
     from tokenwire.server import SseServer
     from tokenwire.server.webtransport import WebTransportServer
 
@@ -245,6 +246,10 @@ def _loadtest(args: argparse.Namespace) -> int:
     from tokenwire.loadtest import LoadTestConfig, run_loadtest
     from tokenwire.loadtest.runner import write_json
 
+    write_html = _report_writer() if args.report else None
+    if write_html is None and args.report:
+        return 2
+
     max_tokens = args.max_tokens
     if args.duration is not None:
         max_tokens = max(1, round(args.duration * args.tokens_per_s)) if args.tokens_per_s > 0 else max_tokens
@@ -270,10 +275,63 @@ def _loadtest(args: argparse.Namespace) -> int:
         wt_batch_transmit=args.wt_batch_transmit,
         wt_ack_delay_ms=args.wt_ack_delay_ms,
     )
-    report = run_loadtest(cfg)
+    if args.compare or args.impair is not None or args.report:
+        # The comparison's report (one run per protocol; one run of --protocol without --compare).
+        from tokenwire.loadtest.compare import run_compare
+
+        try:
+            report = run_compare(cfg, args.compare or [args.protocol], impairment=args.impair)
+        except ValueError as exc:
+            print(f"tokenwire loadtest: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except (OSError, RuntimeError) as exc:  # the server unreachable, a relay or worker process failed
+            print(f"tokenwire loadtest: {exc!r}", file=sys.stderr, flush=True)
+            return 1
+    else:
+        report = run_loadtest(cfg)
     if args.json:
         write_json(report, args.json)
+    if write_html is not None:
+        write_html(report, args.report)
+        if not args.quiet:
+            print(f"report written to {args.report}", file=sys.stderr, flush=True)
     return 0 if report["passed"] else 1
+
+
+def _report_writer() -> Callable[[dict[str, Any], str], None] | None:
+    """``tokenwire.loadtest.html.write_html``, or ``None`` (said on stderr) when it cannot be imported: checked
+    before the load test runs, not after."""
+    import importlib
+
+    try:
+        html = importlib.import_module("tokenwire.loadtest.html")  # the report's own dependencies load with it
+    except ModuleNotFoundError as exc:
+        if exc.name == "tokenwire.loadtest.html":
+            why = "this tokenwire has no HTML report (tokenwire.loadtest.html is missing)"
+        else:
+            why = f"the HTML report needs {exc.name}: pip install 'tokenwire[report]'"
+        print(f"tokenwire loadtest: --report: {why}", file=sys.stderr, flush=True)
+        return None
+    write_html: Callable[[dict[str, Any], str], None] = html.write_html
+    return write_html
+
+
+def _protocol_list(text: str) -> list[str]:
+    from tokenwire.loadtest.compare import parse_protocols
+
+    try:
+        return parse_protocols(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _impairment(text: str) -> Impairment:
+    from tokenwire.loadtest.impair import Impairment, ImpairmentError
+
+    try:
+        return Impairment.parse(text)
+    except ImpairmentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _stop_grace(args: argparse.Namespace) -> float:
@@ -536,6 +594,21 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
     )
+    cmp = lt.add_argument_group("comparison, impairment and report (README: Compare the transports)")
+    cmp.add_argument(
+        "--compare",
+        type=_protocol_list,
+        metavar="LIST",
+        help="run the scenario over each protocol in turn (sse,webtransport) and print them side by side",
+    )
+    cmp.add_argument(
+        "--impair",
+        type=_impairment,
+        metavar="SPEC",
+        help="put a relay with this network in front of the server, e.g. loss=5%%,delay=50ms,jitter=10ms,rebind=30s "
+        "(docs/impairment.md)",
+    )
+    cmp.add_argument("--report", metavar="PATH", help="write a self-contained HTML report (tables and plots) here")
     return p
 
 

@@ -310,3 +310,17 @@ def test_shared_histogram_and_merge() -> None:
     h.record(2 * 3600 * 10**6)  # beyond the bucketed range: max stays exact
     assert h.max == 7200.0
     assert h.percentiles([100]) == [7200.0]
+
+
+def test_lag_histogram_can_be_swapped_between_feeds() -> None:
+    """The load tester buckets lag over time: later feeds record into the histogram assigned last."""
+    first, second = _core.LagHistogram(), _core.LagHistogram()
+    t = _core.StreamTracker(lag=first)
+    t.feed(tokens([stamped("a", T0)], 1), now_us=T0 + 1_000)
+    t.lag = second
+    assert t.lag is second
+    t.feed(tokens([stamped("b", T0), stamped("c", T0)], 2), now_us=T0 + 4_000)
+    assert (first.count, second.count, t.lag_count) == (1, 2, 3)
+    assert first.max == 0.001 and second.max == 0.004
+    with pytest.raises(TypeError):
+        t.lag = None  # type: ignore[assignment]

@@ -289,9 +289,19 @@ class _Connection(QuicConnectionProtocol):
         self.batch_transmit = batch_transmit
         self._heard = True  # a datagram arrived since the last keepalive tick
         self._keepalive_handle: asyncio.TimerHandle | None = None
+        #: UDP datagrams (and their payload bytes) received and sent on this connection's sockets.
+        self.datagrams_received = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.bytes_sent = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_CountingTransport(transport, self))  # type: ignore[arg-type]
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self._heard = True
+        self.datagrams_received += 1
+        self.bytes_received += len(data)
         if not self.batch_transmit:
             super().datagram_received(data, addr)  # aioquic: a transmit after every datagram
             return
@@ -336,7 +346,7 @@ class _Connection(QuicConnectionProtocol):
         if self.lost is not None:  # lost while the socket was being made
             transport.close()
             raise StreamInterrupted(f"the connection is gone: {self.lost}")
-        old, self._transport = self._transport, transport
+        old, self._transport = self._transport, _CountingTransport(transport, self)
         if old is not None:
             old.close()  # what the server still sends to the old port is lost, and recovered by QUIC
         # RFC 9000 §9.5: a new local address uses a new connection ID (when the server has issued a spare one).
@@ -486,6 +496,32 @@ class _Connection(QuicConnectionProtocol):
                 self._quic.send_stream_data(self.session_id, b"", end_stream=True)
         self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
         self._lose(StreamInterrupted(f"connection closed by the client: {reason}"))
+
+
+class _CountingTransport(asyncio.DatagramTransport):
+    """A connection's UDP transport, counting what it sends (``_Connection.datagrams_sent``/``bytes_sent``)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, conn: _Connection) -> None:
+        super().__init__()
+        self._inner = transport
+        self._conn = conn
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        self._conn.datagrams_sent += 1
+        self._conn.bytes_sent += len(data)
+        self._inner.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
 
 
 class _Socket(asyncio.DatagramProtocol):

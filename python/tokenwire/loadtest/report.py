@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from typing import Any
 
-__all__ = ["build_report", "format_report", "percentiles"]
+from tokenwire.loadtest.worker import QUANTILES
+
+__all__ = ["build_report", "build_run_detail", "format_report", "percentiles"]
+
+#: Recovery samples kept in a report (evenly spaced over the sorted samples when there are more).
+MAX_RECOVERY_SAMPLES = 2000
+#: Set on a figure merged over several worker processes, as the summary's histograms are.
+UPPER_BOUND_NOTE = "percentiles are the maximum over worker processes (upper bound)"
 
 
 def percentiles(values: list[float], ps: tuple[float, ...] = (50, 90, 99, 100)) -> dict[str, float]:
@@ -31,7 +39,7 @@ def _merge_hist(summaries: list[dict[str, float]]) -> dict[str, Any]:
     merged: dict[str, Any] = {"count": count, "mean": sum(s["mean"] * s["count"] for s in live) / count}
     for key in ("p50", "p90", "p99", "p99_9", "max"):
         merged[key] = max(s[key] for s in live)
-    merged["note"] = "percentiles are the maximum over worker processes (upper bound)"
+    merged["note"] = UPPER_BOUND_NOTE
     return merged
 
 
@@ -79,6 +87,99 @@ def build_report(
     c = report["correctness"]
     report["passed"] = c["lost"] == 0 and c["duplicated"] == 0 and c["incomplete"] == 0
     return report
+
+
+def _spread(values: list[float], cap: int) -> list[float]:
+    """``values`` sorted, or ``cap`` of them evenly spaced over the sorted list (first and last kept)."""
+    s = sorted(values)
+    if len(s) <= cap:
+        return s
+    return [s[round(i * (len(s) - 1) / (cap - 1))] for i in range(cap)]
+
+
+def _merge_series(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' time series as one: tokens and active streams summed per bucket; lag percentiles per bucket
+    the largest any process saw (an upper bound with several processes)."""
+    interval = parts[0]["interval_s"]
+    n = max(len(p["tokens"]) for p in parts)
+
+    def column(key: str) -> list[list[Any]]:
+        return [[p[key][k] for p in parts if k < len(p[key])] for k in range(n)]
+
+    tokens = [sum(c) for c in column("tokens")]
+    # A process whose series ends early had no stream active after its last bucket.
+    active = [sum(c) for c in column("active")]
+    lags = [[h for h in c if h.get("count")] for c in column("lag")]
+
+    def lag(key: str) -> list[float | None]:
+        return [max(h[key] for h in c) if c else None for c in lags]
+
+    return {
+        "interval_s": interval,
+        "t": [k * interval for k in range(n)],
+        "tokens": tokens,
+        "tokens_per_s": [x / interval for x in tokens],
+        "lag_p50_s": lag("p50"),
+        "lag_p99_s": lag("p99"),
+        "lag_max_s": lag("max"),
+        "active": active,
+    }
+
+
+def _curve(curves: list[list[float]]) -> list[float]:
+    """Quantile curves of several processes as one: the largest value at each quantile (an upper bound)."""
+    live = [c for c in curves if c]
+    return [max(vs) for vs in zip(*live, strict=True)] if live else []
+
+
+def build_run_detail(raw: list[dict[str, Any]], *, started_at: float, tokens: int, procs: int) -> dict[str, Any]:
+    """What a comparison adds to a run's report (the contract of ``tokenwire loadtest --compare``): recovery,
+    bytes on the wire, client CPU, the lag and lateness curves, the time series, events and per-stream timeline.
+    Times are seconds since ``started_at`` (the common start, ``time.time()``)."""
+    results = sorted((r for part in raw for r in part["results"]), key=lambda r: r["index"])
+    recoveries = [x for r in results for x in r["recoveries"]]
+    down, up = sum(p["bytes_down"] for p in raw), sum(p["bytes_up"] for p in raw)
+    cpu = sum(p["cpu_seconds"] for p in raw)
+    events = sorted(itertools.chain.from_iterable(p["events"] for p in raw), key=lambda e: e[0])
+    detail: dict[str, Any] = {
+        "started_at": started_at,
+        "recovery_s": percentiles(recoveries),
+        "recovery_samples": _spread(recoveries, MAX_RECOVERY_SAMPLES),
+        "wire": {
+            "bytes_down": down,
+            "bytes_up": up,
+            "bytes_per_token": down / tokens if tokens else None,
+            "measured_at": "client",
+        },
+        "client": {
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_100k_tokens": cpu / tokens * 1e5 if tokens else None,
+            "processes": procs,
+        },
+        "relay": None,
+        "quantiles": QUANTILES,
+        "lag_cdf": {
+            "lag_s": _curve([p["lag_quantiles"] for p in raw]),
+            "lateness_s": _curve([p["lateness_quantiles"] for p in raw]),
+        },
+        "series": _merge_series([p["series"] for p in raw]),
+        "events": [{"t": t, "kind": kind, "stream": stream} for t, kind, stream in events],
+        "events_dropped": sum(p["events_dropped"] for p in raw),
+        "timeline": [
+            {
+                "stream": r["index"],
+                "start_s": r["start_s"],
+                "first_token_s": r["first_token_s"],
+                "end_s": r["end_s"],
+                "ok": r["ok"],
+                "cuts": r["forced_drops"] + r["unexpected_drops"],
+            }
+            for r in results
+        ],
+    }
+    if len(raw) > 1:
+        detail["lag_cdf"]["note"] = detail["series"]["note"] = UPPER_BOUND_NOTE
+    return detail
 
 
 def _ms(d: dict[str, Any], *keys: str) -> str:

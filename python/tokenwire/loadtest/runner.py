@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from tokenwire.loadtest.report import build_report, format_report
+from tokenwire.loadtest.report import build_report, build_run_detail, format_report
 from tokenwire.loadtest.worker import WorkerConfig, run_worker
 from tokenwire.loadtest.wt_worker import WtWorkerConfig, run_wt_worker
 
@@ -42,6 +43,33 @@ class LoadTestConfig:
     wt_cert_hash: str = ""  # webtransport: hex sha-256 to pin; "" = GET {url}/v1/webtransport/certificate
     wt_batch_transmit: bool = True  # webtransport: the client's one transmit per loop iteration
     wt_ack_delay_ms: float = 0.0  # webtransport: the client's ACK delay (0: aioquic's 1 ms)
+    #: webtransport: connect here (``https://host:port/path``, a relay in front of the server, say) instead of
+    #: the URL the server names; the certificate hash still comes from ``url`` (or ``wt_cert_hash``).
+    wt_url: str = ""
+    #: Seconds per bucket of the report's time series; 0: from the expected duration (0.25 s for runs up to 15 s,
+    #: 0.5 s up to 30 s, then 1 s; coarser past 20 minutes, to stay within 1,200 buckets).
+    series_interval: float = 0.0
+    #: The report of a comparison (``tokenwire.loadtest.compare``): time series, events, per-stream timeline,
+    #: recovery, bytes on the wire, client CPU and the lag curves, besides the summary.
+    detail: bool = False
+    #: Names the run in the live status line (the protocol, in a comparison).
+    label: str = ""
+
+    def expected_duration(self) -> float:
+        """Seconds the scenario should take: the ramp, then one stream's tokens at its pace."""
+        ramp = self.streams / self.ramp if self.ramp > 0 else 0.0
+        return ramp + (self.max_tokens / self.tokens_per_s if self.tokens_per_s > 0 else 0.0)
+
+    def bucket_seconds(self) -> float:
+        """``series_interval``, or one chosen from the expected duration (see ``series_interval``)."""
+        if self.series_interval > 0:
+            return self.series_interval
+        expected = self.expected_duration()
+        if expected <= 15:
+            return 0.25
+        if expected <= 30:
+            return 0.5
+        return float(max(1, math.ceil(expected / 1200)))
 
 
 class ProcSampler:
@@ -119,12 +147,17 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
                 resumable=cfg.resumable,
                 start_at=start_at,
                 stream_timeout=cfg.stream_timeout,
+                series_interval=cfg.bucket_seconds(),
+                max_events=_MAX_EVENTS // procs,
             )
         )
     sampler = ProcSampler(cfg.server_pid) if cfg.server_pid else None
     progress: dict[int, dict[str, int]] = {}
     t0 = time.monotonic()
     last_print = [t0]
+    # On a terminal the status is one line rewritten in place; elsewhere (a log, a pipe) a line a second.
+    live = not cfg.quiet and out.isatty()
+    label = f"{cfg.label:<12} " if cfg.label else ""
 
     def show(pid: int, p: dict[str, int]) -> None:
         progress[pid] = p
@@ -134,12 +167,11 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
         last_print[0] = now
         tot = {k: sum(v[k] for v in progress.values()) for k in ("tokens", "active", "finished", "failed")}
         elapsed = now - t0
-        print(
-            f"[{elapsed:6.1f}s] streams active {tot['active']:>6}  finished {tot['finished']:>6}/{cfg.streams}"
-            f"  failed {tot['failed']:>4}  tokens {tot['tokens']:>10,}  ({tot['tokens'] / max(elapsed, 1e-9):,.0f}/s)",
-            file=out,
-            flush=True,
+        line = (
+            f"{label}[{elapsed:6.1f}s] streams active {tot['active']:>6}  finished {tot['finished']:>6}/{cfg.streams}"
+            f"  failed {tot['failed']:>4}  tokens {tot['tokens']:>10,}  ({tot['tokens'] / max(elapsed, 1e-9):,.0f}/s)"
         )
+        print(f"\r{line}\x1b[K" if live else line, end="" if live else "\n", file=out, flush=True)
 
     raw: list[dict[str, Any]] = []
     if procs == 1:
@@ -163,10 +195,14 @@ def run_loadtest(cfg: LoadTestConfig, out: TextIO = sys.stderr) -> dict[str, Any
                 raw.append(payload)
         for w in workers:
             w.join(timeout=10)
+    if live:
+        print(file=out, flush=True)  # end the live line
     server = None
     if sampler is not None:
         server = {"cpu_seconds": sampler.cpu() - sampler.cpu0, **sampler.memory(), "rss_before_bytes": sampler.rss0}
     report = build_report(asdict(cfg), raw, elapsed=time.monotonic() - t0, server=server)
+    if cfg.detail:
+        report.update(build_run_detail(raw, started_at=start_at, tokens=report["tokens"]["total"], procs=procs))
     if not cfg.quiet:
         print(format_report(report), file=out, flush=True)
     return report
@@ -181,6 +217,10 @@ def fetch_wt_certificate(url: str, timeout: float = 10.0) -> tuple[str, str]:
     return str(body["url"]), str(body["sha256"])
 
 
+#: Events a run keeps in all (shared out among its worker processes); the rest are counted as dropped.
+_MAX_EVENTS = 20_000
+
+
 def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[WorkerConfig | WtWorkerConfig]:
     """WebTransport workers: stream i rides session ``i % sessions``; a session's streams stay in one process."""
     parts = urlsplit(cfg.url)
@@ -192,6 +232,8 @@ def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[Worker
         wt_url, cert_hex = f"https://{parts.hostname}:{parts.port or 443}{path}", cfg.wt_cert_hash
     else:
         wt_url, cert_hex = fetch_wt_certificate(cfg.url)
+    if cfg.wt_url:
+        wt_url = cfg.wt_url
     cert_hash = bytes.fromhex(cert_hex.replace(":", ""))
     sessions = cfg.sessions if cfg.sessions > 0 else cfg.streams
     sessions = min(sessions, cfg.streams)
@@ -215,6 +257,8 @@ def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[Worker
                 disconnect_rate=cfg.disconnect_rate,
                 batch_transmit=cfg.wt_batch_transmit,
                 ack_delay=cfg.wt_ack_delay_ms / 1000 if cfg.wt_ack_delay_ms > 0 else None,
+                series_interval=cfg.bucket_seconds(),
+                max_events=_MAX_EVENTS // procs,
             )
         )
     return out

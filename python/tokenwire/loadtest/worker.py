@@ -4,6 +4,12 @@ Per stream: POST /v1/streams (stamped tokens), feed every body chunk to a ``Stre
 seq continuity, content hash, delivery lag from the production stamp, all in Rust), optionally cut the
 connection at random times and resume with ``Last-Event-ID``. Python runs once per network read, not per
 token.
+
+Besides each stream's verdict, every worker keeps what a comparison of transports needs (``WorkerBase``):
+bytes on the wire as the client reads and writes them, its own CPU time, a time series in buckets of
+``series_interval`` seconds from the common start (tokens, delivery lag histogram, active streams), events
+with their times (cuts, reconnects, resumptions; capped), and per stream its start, first token, end and
+recovery times (cut -> first resumed token).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +28,10 @@ from tokenwire import _core
 from tokenwire._loop import loop_factory
 from tokenwire.fake_model import FakeModel
 
-__all__ = ["StreamResult", "WorkerBase", "WorkerConfig", "run_worker"]
+__all__ = ["QUANTILES", "StreamResult", "WorkerBase", "WorkerConfig", "run_worker"]
+
+#: The quantiles (fractions) of the lag and lateness curves in a report: 0.005, 0.01, ... 1.0 (200 points).
+QUANTILES = [k / 200 for k in range(1, 201)]
 
 
 def _now_us() -> int:
@@ -47,6 +57,8 @@ class WorkerConfig:
     #: ``(host, port, path_prefix)`` of every server: stream i starts on ``targets[i % len]``; a cut stream
     #: resumes on another one, at random. Empty: only ``host``/``port``/``path_prefix``.
     targets: list[tuple[str, int, str]] = field(default_factory=list)
+    series_interval: float = 1.0  # seconds per time-series bucket
+    max_events: int = 20_000  # events kept (the rest are counted as dropped)
 
 
 @dataclass
@@ -68,6 +80,13 @@ class StreamResult:
     #: Of those, the ones sent to another server than the stream started on, and their latencies.
     cross_node_attempts: int = 0
     cross_node_resumes: list[float] = field(default_factory=list)
+    #: Cut (forced or noticed) -> first token of the resumed stream, per cut that was recovered (a cut again
+    #: before a token arrived counts from the first cut).
+    recoveries: list[float] = field(default_factory=list)
+    #: Seconds since the common start: the stream began, its first token, its end (``None``: never).
+    start_s: float | None = None
+    first_token_s: float | None = None
+    end_s: float | None = None
 
 
 class _Conn(asyncio.Protocol):
@@ -86,6 +105,7 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.s.w.bytes_down += len(data)
         try:
             self.parser.feed_data(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure ends this response only
@@ -116,10 +136,12 @@ class _Stream:
         self.w = w
         self.index = index
         self.prompt = f"loadtest {index}"
-        self.tracker = _core.StreamTracker(lag=w.lag)
+        self.tracker = _core.StreamTracker()  # its lag histogram: the worker's bucket of the moment (on_body)
+        self.lag_bucket = -1
         self.result = StreamResult(index, ok=False)
         self.started_us = 0
         self.resume_started_us = 0
+        self.cut_us = 0  # when the connection was cut (forced or noticed), until a resumed token arrives
         self.conn: _Conn | None = None
         self._sched_start_us = 0
         targets = w.cfg.targets or [(w.cfg.host, w.cfg.port, w.cfg.path_prefix)]
@@ -135,6 +157,11 @@ class _Stream:
     def on_body(self, body: bytes) -> None:
         now = _now_us()
         t = self.tracker
+        w = self.w
+        bucket = w.bucket(now)
+        if bucket != self.lag_bucket:
+            t.lag = w.series_lag[bucket]
+            self.lag_bucket = bucket
         try:
             new = t.feed(body, now)
         except Exception as exc:  # noqa: BLE001
@@ -150,8 +177,11 @@ class _Stream:
                 self.result.cross_node_resumes.append(took)
             self.resume_started_us = 0
         if new:
-            w = self.w
             w.tokens += new
+            w.series_tokens[bucket] += new
+            if self.cut_us:
+                w.recovered(self.result, now, self.cut_us)
+                self.cut_us = 0
             if not self._sched_start_us:
                 self._sched_start_us = t.first_token_at_us or now
             w.record_lateness(now, self._sched_start_us, t.last_seq - new + 1)
@@ -169,6 +199,7 @@ class _Stream:
             transport, conn = await loop.create_connection(lambda: _Conn(self), host, port)
         self.conn = conn
         transport.write(raw)
+        self.w.bytes_up += len(raw)
         return conn
 
     async def run(self) -> StreamResult:  # noqa: C901 - the whole life of one stream, read top to bottom
@@ -195,9 +226,10 @@ class _Stream:
                 if first:
                     self.result.status = conn.status
                     first = False
-                if conn.status != 200:
+                if conn.status not in (0, 200):
                     self.fail(f"HTTP {conn.status}: {conn.error_body[:200].decode('utf-8', 'replace')}")
                     break
+                # Status 0: the connection ended before a response (reset by the network): a cut like another.
                 if t.done or t.error is not None or self.result.error:
                     break
                 if not cfg.resumable:
@@ -205,6 +237,8 @@ class _Stream:
                     break
                 if not conn.forced:
                     self.result.unexpected_drops += 1
+                    self.cut_us = self.cut_us or _now_us()
+                    self.w.event("cut", self.index)
                 # Resume: the stream id is the first part of the last event id.
                 last = t.last_event_id
                 stream_id = last.split(":", 1)[0]
@@ -213,6 +247,7 @@ class _Stream:
                     break
                 self._resume_target()
                 self.resume_started_us = _now_us()
+                self.w.event("reconnect", self.index)
                 t.new_response()
                 conn = await self._open("GET", f"/v1/streams/{stream_id}/events", b"", {"Last-Event-ID": last})
         except TimeoutError:
@@ -245,6 +280,8 @@ class _Stream:
         if conn.transport is not None and not conn.closed.done():
             conn.forced = True
             self.result.forced_drops += 1
+            self.cut_us = self.cut_us or _now_us()
+            self.w.event("forced_cut", self.index)
             conn.transport.abort()
 
 
@@ -256,15 +293,56 @@ class WorkerBase:
         self.cfg = cfg
         self.progress = progress
         self.rng = random.Random(cfg.seed)  # noqa: S311 - not crypto
-        self.lag = _core.LagHistogram()
+        self.lag = _core.LagHistogram()  # the whole run's: the buckets' merged at the end
         self.lateness = _core.LagHistogram()
         self.tokens = 0
+        #: Bytes read and written by the client (SSE: on its TCP sockets; WebTransport: UDP datagrams).
+        self.bytes_down = 0
+        self.bytes_up = 0
+        # The time series: bucket k covers [k, k+1) * series_interval seconds after the common start.
+        self.start_us = int(cfg.start_at * 1e6)
+        self.bucket_us = max(1, int(cfg.series_interval * 1e6))
+        self.series_tokens: list[int] = []
+        self.series_lag: list[Any] = []  # a LagHistogram per bucket
+        self.series_active: list[int] = []  # the most streams active at once in each bucket
+        self.events: list[tuple[float, str, int | None]] = []
+        self.events_dropped = 0
         self.active = 0
         self.finished = 0
         self.failed = 0
         self._model = FakeModel(seed=cfg.model_seed)
         #: The pace asked of the server: a token every this many µs (0: unthrottled, no lateness).
         self.interval_us = int(1e6 / cfg.tokens_per_s) if cfg.tokens_per_s > 0 else 0
+
+    def bucket(self, now_us: int) -> int:
+        """The time-series bucket of ``now_us`` (created, with every bucket before it, when first seen)."""
+        k = max(0, (now_us - self.start_us) // self.bucket_us)
+        if k >= len(self.series_tokens):
+            grow = k + 1 - len(self.series_tokens)
+            self.series_tokens += [0] * grow
+            self.series_lag += [_core.LagHistogram() for _ in range(grow)]
+            self.series_active += [self.active] * grow
+        return k
+
+    def since_start(self, now_us: int) -> float:
+        return (now_us - self.start_us) / 1e6
+
+    def event(self, kind: str, stream: int | None) -> None:
+        """An event of the run (``cut``, ``forced_cut``, ``reconnect``, ``resumed``) at this moment."""
+        if len(self.events) < self.cfg.max_events:
+            self.events.append((self.since_start(_now_us()), kind, stream))
+        else:
+            self.events_dropped += 1
+
+    def recovered(self, r: StreamResult, now_us: int, cut_us: int) -> None:
+        """The first token after a cut has arrived: a recovery sample and a ``resumed`` event."""
+        r.recoveries.append((now_us - cut_us) / 1e6)
+        self.event("resumed", r.index)
+
+    def _set_active(self, delta: int) -> None:
+        k = self.bucket(_now_us())  # new buckets start from the count before the change
+        self.active += delta
+        self.series_active[k] = max(self.series_active[k], self.active)
 
     def expected_hash(self, prompt: str) -> int:
         return _core.fnv1a64("".join(self._model.tokens(prompt, self.cfg.max_tokens)))
@@ -281,6 +359,7 @@ class WorkerBase:
         """A stream's verdict: TTFT, the content check, and ``ok`` (complete, exact, nothing lost or twice)."""
         if first_us:
             r.ttft = (first_us - started_us) / 1e6
+            r.first_token_s = self.since_start(first_us)
         r.hash_ok = content_hash == self.expected_hash(prompt)
         if done and not r.hash_ok and not r.error:
             r.error = "content differs from the model's tokens"
@@ -300,11 +379,14 @@ class WorkerBase:
         delay = self.cfg.start_at + offset - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        self.active += 1
+        start_s = max(0.0, self.since_start(_now_us()))  # the loop's timer may wake a hair before the wall clock
+        self._set_active(1)
         try:
             result = await self._run_stream(index, slot)
         finally:
-            self.active -= 1
+            self._set_active(-1)
+        result.start_s = start_s
+        result.end_s = self.since_start(_now_us())
         self.finished += 1
         self.failed += not result.ok
         return result
@@ -319,6 +401,7 @@ class WorkerBase:
 
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        cpu0 = time.process_time()
         ticker = asyncio.get_running_loop().create_task(self._report_progress())
         try:
             results = await asyncio.gather(
@@ -330,11 +413,27 @@ class WorkerBase:
         finally:
             ticker.cancel()
             await self._close()
+        cpu = time.process_time() - cpu0
         self.progress(self._counts())
+        for h in self.series_lag:
+            self.lag.merge(h)
         return {
             "results": [asdict(r) for r in results],
             "lag": _hist_summary(self.lag),
             "lateness": _hist_summary(self.lateness),
+            "lag_quantiles": _quantiles(self.lag, QUANTILES),
+            "lateness_quantiles": _quantiles(self.lateness, QUANTILES),
+            "cpu_seconds": cpu,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "series": {
+                "interval_s": cfg.series_interval,
+                "tokens": self.series_tokens,
+                "lag": [_hist_summary(h) for h in self.series_lag],
+                "active": self.series_active,
+            },
+            "events": self.events,
+            "events_dropped": self.events_dropped,
         }
 
 
@@ -350,6 +449,11 @@ def _hist_summary(h: Any) -> dict[str, float]:
         return {"count": 0}
     p50, p90, p99, p999 = h.percentiles([50.0, 90.0, 99.0, 99.9])
     return {"count": h.count, "p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": h.max, "mean": h.mean}
+
+
+def _quantiles(h: Any, qs: Sequence[float]) -> list[float]:
+    """The value (s) at each quantile ``q`` (0-1) of ``h``; ``[]`` if nothing was recorded."""
+    return h.percentiles([q * 100 for q in qs]) if h.count else []
 
 
 def run_on_fresh_loop(worker: WorkerBase) -> dict[str, Any]:

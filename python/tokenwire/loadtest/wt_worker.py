@@ -15,18 +15,23 @@ Forced disconnects (``disconnect_rate``, Poisson per stream): a stream alone on 
 dropping the QUIC connection (the resume reconnects, with 0-RTT when the client holds a ticket); a stream
 sharing its session by closing its request stream (the session stays). Any cut stream, forced or not, is
 resumed with an attach after the last seq received, and the time from the cut to the first resumed frame is
-a resume sample; unexpected cuts are counted apart, as in the SSE worker.
+a resume sample; unexpected cuts are counted apart, as in the SSE worker. The time from the cut to the first
+resumed token is a recovery sample.
+
+Bytes on the wire are the UDP datagrams the clients' connections received and sent (every connection a client
+made, reconnects included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tokenwire import _core
-from tokenwire.client.webtransport import WebTransportClient, _RequestStream
+from tokenwire.client.webtransport import WebTransportClient, _Connection, _RequestStream
 from tokenwire.fake_model import STAMP_SEPARATOR
 from tokenwire.loadtest.worker import StreamResult, WorkerBase, _now_us, run_on_fresh_loop
 from tokenwire.protocol.webtransport import StartRequested, StreamAttached
@@ -56,28 +61,67 @@ class WtWorkerConfig:
     ack_delay: float | None = None  # the client's ACK delay (WebTransportClient); None: aioquic's
     connect_timeout: float = 10.0
     stream_timeout: float = 600.0
+    series_interval: float = 1.0  # seconds per time-series bucket
+    max_events: int = 20_000  # events kept (the rest are counted as dropped)
 
 
 class _Cut:
     """A forced disconnect of one stream, fired by a timer (Poisson times, as the SSE worker's)."""
 
-    __slots__ = ("client", "fired", "stream", "whole_connection")
+    __slots__ = ("client", "fired", "fired_us", "on_fire", "stream", "whole_connection")
 
-    def __init__(self, client: WebTransportClient, stream: _RequestStream, *, whole_connection: bool) -> None:
+    def __init__(
+        self,
+        client: WebTransportClient,
+        stream: _RequestStream,
+        *,
+        whole_connection: bool,
+        on_fire: Callable[[], None],
+    ) -> None:
         self.client = client
         self.stream: _RequestStream | None = stream
         self.whole_connection = whole_connection
+        self.on_fire = on_fire
         self.fired = False
+        self.fired_us = 0
 
     def fire(self) -> None:
         stream = self.stream
         if stream is None or stream.over:
             return
         self.fired = True
+        self.fired_us = _now_us()
+        self.on_fire()
         if self.whole_connection:
             self.client.drop()
         else:
             stream.abort()
+
+
+class _CountedClient(WebTransportClient):
+    """A client whose connections' datagram counters add up in its worker's ``bytes_down``/``bytes_up``."""
+
+    def __init__(self, worker: _WtWorker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker = worker
+        self.made: list[_Connection] = []  # connections whose counts are not yet in the worker's
+
+    async def _connect(self) -> _Connection:
+        conn = await super()._connect()
+        self.fold(lost_only=True)
+        self.made.append(conn)
+        return conn
+
+    def fold(self, *, lost_only: bool) -> None:
+        """Add the counts of lost connections (they send and receive no more), or of all, to the worker's."""
+        keep = []
+        for conn in self.made:
+            if lost_only and conn.lost is None:
+                keep.append(conn)
+            else:
+                self.worker.bytes_down += conn.bytes_received
+                self.worker.bytes_up += conn.bytes_sent
+        self.made = keep
 
 
 class _WtWorker(WorkerBase):
@@ -87,13 +131,14 @@ class _WtWorker(WorkerBase):
 
     def __init__(self, cfg: WtWorkerConfig, progress: Any) -> None:
         super().__init__(cfg, progress)
-        self.clients: dict[int, WebTransportClient] = {}
+        self.clients: dict[int, _CountedClient] = {}
         self.session_streams: collections.Counter[int] = collections.Counter(cfg.session_of)
 
     def client(self, session: int) -> WebTransportClient:
         client = self.clients.get(session)
         if client is None:
-            client = self.clients[session] = WebTransportClient(
+            client = self.clients[session] = _CountedClient(
+                self,
                 self.cfg.url,
                 server_certificate_hashes=[self.cfg.cert_hash],
                 connect_timeout=self.cfg.connect_timeout,
@@ -119,7 +164,7 @@ class _WtWorker(WorkerBase):
         first_us = 0
         last = 0
         done = False
-        lag = self.lag
+        cut_us = 0  # when the stream was cut, until a resumed token arrives
         cut: _Cut | None = None
         timer: asyncio.TimerHandle | None = None
         try:
@@ -131,13 +176,20 @@ class _WtWorker(WorkerBase):
                 raise TypeError(f"unexpected reply {reply!r}")
             # A stream alone on its session is cut by dropping the connection (a reconnect, 0-RTT when it
             # can); one of many by closing just its request stream (the session stays).
-            cut = _Cut(client, stream, whole_connection=self.session_streams[session] == 1)
+            cut = _Cut(
+                client,
+                stream,
+                whole_connection=self.session_streams[session] == 1,
+                on_fire=lambda: self.event("forced_cut", index),
+            )
             timer = self._schedule_cut(cut)
             resume_started_us = 0
             async with asyncio.timeout(cfg.stream_timeout):
                 while not done:
                     await stream.wait()
                     now = _now_us()
+                    bucket = self.bucket(now)
+                    lag = self.series_lag[bucket]
                     frames = stream.frames
                     if frames and resume_started_us:
                         result.resumes.append((now - resume_started_us) / 1e6)
@@ -169,7 +221,11 @@ class _WtWorker(WorkerBase):
                             done = True
                     if new:
                         self.tokens += new
+                        self.series_tokens[bucket] += new
                         result.tokens += new
+                        if cut_us:
+                            self.recovered(result, now, cut_us)
+                            cut_us = 0
                         if not first_us:
                             first_us = now
                         self.record_lateness(now, first_us, first_new)
@@ -181,12 +237,17 @@ class _WtWorker(WorkerBase):
                     # Cut: by us (a forced disconnect) or by the network or server. Resume after ``last``.
                     if cut.fired:
                         result.forced_drops += 1
+                        cut_us = cut_us or cut.fired_us
                     else:
                         result.unexpected_drops += 1
+                        cut_us = cut_us or _now_us()
+                        self.event("cut", index)
                     if timer is not None:
                         timer.cancel()  # an unexpected cut: the pending forced one is void
                     # Cut again before a frame arrived: the resume sample runs from the first cut.
                     resume_started_us = resume_started_us or _now_us()
+                    self.event("reconnect", index)
+                    result.resume_attempts += 1
                     stream, _ = await client._attach_after(reply.stream_id, reply.epoch, last, uniform=self.rng.uniform)
                     cut.stream = stream
                     cut.fired = False
@@ -213,6 +274,7 @@ class _WtWorker(WorkerBase):
     async def _close(self) -> None:
         for client in self.clients.values():
             await client.aclose()
+            client.fold(lost_only=False)
 
 
 def run_wt_worker(cfg: WtWorkerConfig, progress: Any) -> dict[str, Any]:
