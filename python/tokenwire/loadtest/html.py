@@ -312,20 +312,28 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _svg(fig: Figure, name: str, title: str) -> str:
-    """The figure as an inline ``<svg>``: no XML prolog, DOCTYPE or metadata; scales to its container; ids
-    salted by ``name`` so two plots on one page never share one."""
+    """The figure as an inline ``<svg>``: no XML prolog, DOCTYPE or metadata; scales to its container; every id
+    (and each reference to one) prefixed with ``name``, so the plots of one page never share an id."""
     import matplotlib
+    from markupsafe import escape
 
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": f"tokenwire-{name}"}):
+    with matplotlib.rc_context({"svg.hashsalt": "tokenwire"}):  # the same page for the same report
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
     text = text[text.index("<svg") :]
     text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.DOTALL)
+    text = re.sub(r"<[^>]+>", lambda tag: _prefix_ids(tag[0], name), text)
     head_end = text.index(">")
     head = re.sub(r'\s(width|height)="[^"]*"', "", text[:head_end])
-    escaped = title.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
-    return f'{head} role="img" aria-label="{escaped}" preserveAspectRatio="xMidYMid meet"{text[head_end:]}'
+    return f'{head} role="img" aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet"{text[head_end:]}'
+
+
+def _prefix_ids(tag: str, name: str) -> str:
+    """``id="x"``, ``href="#x"`` and ``url(#x)`` in one SVG tag, with ``x`` prefixed by ``name``."""
+    tag = re.sub(r'(\sid=")', rf"\1{name}-", tag)
+    tag = re.sub(r'(href="#)', rf"\1{name}-", tag)
+    return re.sub(r"(url\(#)", rf"\1{name}-", tag)
 
 
 def _empty(ax: Axes, text: str = "no data") -> None:
