@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.compare_report import sample_report
+from tests.support.compare_report import PAGE_IDS as IDS
+from tests.support.compare_report import PLOT_IDS as PLOTS
+from tests.support.compare_report import compare_report
 from tokenwire.loadtest.html import (
     INSTALL_HINT,
     TIMELINE_MAX_STREAMS,
@@ -31,8 +33,6 @@ from tokenwire.loadtest.html import (
 )
 
 ROOT = Path(__file__).parent.parent.parent
-PLOTS = ("plot-lag-cdf", "plot-lag-time", "plot-tokens", "plot-timeline")
-IDS = ("summary", *PLOTS, "config", "machine")
 #: Attributes that make a browser fetch something (or navigate); only in-document and data: targets are allowed.
 FETCHING = ("src", "href", "xlink:href", "srcset", "poster", "data", "action", "formaction")
 VOID = {"meta", "link", "br", "img", "input", "hr", "col", "area", "base", "wbr", "source", "track", "embed"}
@@ -93,12 +93,6 @@ class Page(HTMLParser):
     def row(self, metric: str) -> list[str]:
         (found,) = [r for r in self.rows if r and r[0] == metric]
         return found
-
-
-def compare_report(**kw: Any) -> dict[str, Any]:
-    """The report a test renders. Until ``tokenwire loadtest --compare`` is on this branch, a contract-shaped
-    sample (tests/support/compare_report.py); the browser test renders the same."""
-    return sample_report(**kw)
 
 
 def render(report: dict[str, Any]) -> Page:
@@ -275,9 +269,7 @@ def test_what_is_not_a_compare_report_is_refused(bad: Any, words: str) -> None:
 
 
 @pytest.mark.parametrize("module", ["matplotlib", "jinja2"])
-def test_without_the_report_extra_the_error_says_what_to_install(
-    module: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_without_the_report_extra_the_error_says_what_to_install(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     require_report_deps()
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     with pytest.raises(ReportDependencyError, match=f"needs {module}: pip install 'tokenwire\\[report\\]'") as e:

@@ -2,8 +2,8 @@
 writes them (``kind: tokenwire-loadtest-compare``, version 1).
 
 :func:`sample_report` synthesises one from a small simulated run (seeded, so a test can vary one thing at a time:
-one protocol, no cuts, no impairment, empty series, a failed run). Tests that can afford a real run use
-:func:`real_report` instead, which runs the CLI against a real server.
+one protocol, no cuts, no impairment, empty series, a failed run). The tests take theirs from
+:func:`compare_report`, the one place to switch to a real ``tokenwire loadtest --compare`` run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SUMMARY_ROWS", "sample_report"]
+__all__ = ["PAGE_IDS", "PLOT_IDS", "SUMMARY_ROWS", "compare_report", "sample_report"]
+
+#: The ids the HTML report's page gives its plots, and all the ids the tests look for (the contract's list).
+PLOT_IDS = ("plot-lag-cdf", "plot-lag-time", "plot-tokens", "plot-timeline")
+PAGE_IDS = ("summary", *PLOT_IDS, "config", "machine")
 
 #: (metric, unit) of the summary rows, in the order of the contract's list.
 SUMMARY_ROWS = (
@@ -287,3 +291,8 @@ def sample_report(
         "summary": summary,
         "passed": all(r["passed"] for r in runs.values()),
     }
+
+
+def compare_report(**kw: Any) -> dict[str, Any]:
+    """The compare report the HTML report's tests render (keywords: :func:`sample_report`'s)."""
+    return sample_report(**kw)

@@ -57,7 +57,7 @@ TIMELINE_MAX_STREAMS = 60
 EVENT_STYLES: dict[str, tuple[str, str]] = {
     "forced_cut": ("v", "#7b3294"),
     "cut": ("x", "#c0392b"),
-    "reconnect": ("|", "#2166ac"),
+    "reconnect": ("|", "#555555"),
     "resumed": (".", "#1a9850"),
     "rebind": ("D", "#e08214"),
 }
