@@ -8,6 +8,8 @@ is an inline ``<svg>``, nothing is loaded from anywhere, strings from the run ar
 from __future__ import annotations
 
 import importlib.resources
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -301,3 +303,15 @@ def test_the_sdist_carries_the_template(tmp_path: Path) -> None:
         extracted = tar.extractfile(member)
         assert extracted is not None
         assert extracted.read() == (ROOT / "python/tokenwire/loadtest/templates/report.html.j2").read_bytes()
+
+
+def test_the_docs_python_example_renders_a_saved_report(tmp_path: Path) -> None:
+    """docs/loadtest-report.md's Python block, run as written next to a saved compare.json."""
+    (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "loadtest-report.md").read_text(), flags=re.DOTALL)
+    report = compare_report(streams=5)
+    (tmp_path / "compare.json").write_text(json.dumps(report), encoding="utf-8")
+    proc = subprocess.run(  # noqa: S603 - runs our own docs
+        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "compare.html").read_text(encoding="utf-8") == render_html(report)
