@@ -7,6 +7,7 @@ is an inline ``<svg>``, nothing is loaded from anywhere, strings from the run ar
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import json
 import re
@@ -27,10 +28,8 @@ from tests.support.compare_report import compare_report
 from tokenwire.loadtest.html import (
     INSTALL_HINT,
     TIMELINE_MAX_STREAMS,
-    ReportDependencyError,
     ReportFormatError,
     render_html,
-    require_report_deps,
     write_html,
 )
 
@@ -248,6 +247,16 @@ def test_the_timeline_is_sampled_above_its_cap_with_a_note() -> None:
         assert f"{p}: {TIMELINE_MAX_STREAMS} of {total} streams drawn (every failed stream" in text
 
 
+def test_the_runs_notes_on_their_figures_are_shown_under_the_plots() -> None:
+    report = compare_report()
+    report["runs"]["sse"]["lag_cdf"]["note"] = "percentiles are the maximum over worker processes (upper bound)"
+    report["runs"]["webtransport"]["series"]["note"] = "per-bucket lag <b>upper bound</b>"
+    page = render(report)
+    captions = [t for t in page.text if "upper bound" in t]
+    assert "sse: percentiles are the maximum over worker processes (upper bound)" in "".join(captions)
+    assert "".join(page.text).count("webtransport: per-bucket lag <b>upper bound</b>") == 2  # lag/time, tokens
+
+
 def test_write_html_writes_the_page(tmp_path: Path) -> None:
     report = compare_report(streams=5)
     out = tmp_path / "report.html"
@@ -271,13 +280,15 @@ def test_what_is_not_a_compare_report_is_refused(bad: Any, words: str) -> None:
 
 
 @pytest.mark.parametrize("module", ["matplotlib", "jinja2"])
-def test_without_the_report_extra_the_error_says_what_to_install(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    require_report_deps()
+def test_without_the_report_extra_the_import_says_what_to_install(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tokenwire loadtest --report` imports the module before its run: a ModuleNotFoundError naming the missing
+    module and the extra to install."""
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
-    with pytest.raises(ReportDependencyError, match=f"needs {module}: pip install 'tokenwire\\[report\\]'") as e:
-        render_html(compare_report(streams=2))
-    assert INSTALL_HINT in str(e.value)
-    assert isinstance(e.value, ImportError)
+    monkeypatch.delitem(sys.modules, "tokenwire.loadtest.html")  # restored after the test
+    with pytest.raises(ModuleNotFoundError) as e:
+        importlib.import_module("tokenwire.loadtest.html")
+    assert e.value.name == module
+    assert str(e.value) == f"the HTML report needs {module}: {INSTALL_HINT}"
 
 
 def test_the_template_is_package_data() -> None:

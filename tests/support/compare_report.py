@@ -31,9 +31,10 @@ SUMMARY_ROWS = (
     ("recovery p50", "s"),
     ("recovery p99", "s"),
     ("bytes per token", "B"),
-    ("server CPU-s per 100k tokens", "s"),
-    ("client CPU-s per 100k tokens", "s"),
+    ("server CPU-s per 100k tokens", "cpu-s"),
+    ("client CPU-s per 100k tokens", "cpu-s"),
     ("streams completed", "streams"),
+    ("streams total", "streams"),
     ("lost", "tokens"),
     ("duplicated", "tokens"),
 )
@@ -193,6 +194,7 @@ def _summary_value(metric: str, run: dict[str, Any]) -> float | None:
         "server CPU-s per 100k tokens": get(run.get("server"), "cpu_seconds_per_100k_tokens"),
         "client CPU-s per 100k tokens": run["client"]["cpu_seconds_per_100k_tokens"],
         "streams completed": run["streams"]["ok"],
+        "streams total": run["streams"]["total"],
         "lost": run["correctness"]["lost"],
         "duplicated": run["correctness"]["duplicated"],
     }

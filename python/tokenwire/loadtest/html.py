@@ -18,8 +18,9 @@ Why these libraries (the ``report`` extra: ``pip install 'tokenwire[report]'``):
   from the run (a URL, a host name, an error message) is inserted as text and can never become markup. The
   inlined SVG is the only thing marked safe, and matplotlib escapes the text it writes into it.
 
-Both are imported when a page is rendered, not when ``tokenwire.loadtest`` is; :func:`require_report_deps` says
-clearly what to install when they are missing, and the CLI calls it before a run starts.
+Both are imported with this module (not with ``tokenwire.loadtest``): without them the import fails with a
+``ModuleNotFoundError`` that says ``pip install 'tokenwire[report]'``, and ``tokenwire loadtest --report`` imports
+this module before the run starts, so it stops at once with that message.
 """
 
 from __future__ import annotations
@@ -33,16 +34,28 @@ from typing import TYPE_CHECKING, Any
 
 from tokenwire.errors import TokenwireError
 
+try:
+    import jinja2
+    import matplotlib
+    from markupsafe import Markup, escape
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+except ImportError as exc:
+    # A ModuleNotFoundError naming the missing module: `tokenwire loadtest --report` imports this module before the
+    # run starts and says what to install.
+    raise ModuleNotFoundError(
+        f"the HTML report needs {exc.name or 'matplotlib and Jinja2'}: pip install 'tokenwire[report]'", name=exc.name
+    ) from exc
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 __all__ = [
     "INSTALL_HINT",
-    "ReportDependencyError",
     "ReportFormatError",
     "render_html",
-    "require_report_deps",
     "write_html",
 ]
 
@@ -77,25 +90,8 @@ _RC: dict[Any, Any] = {
 }
 
 
-class ReportDependencyError(TokenwireError, ImportError):
-    """matplotlib or Jinja2 (the ``report`` extra) is not installed."""
-
-
 class ReportFormatError(TokenwireError, ValueError):
     """The dict given is not a compare report this module can render."""
-
-
-def require_report_deps() -> None:
-    """Imports the report's libraries; raises :class:`ReportDependencyError` naming the extra when one is missing
-    (call it before a long run whose end writes a report)."""
-    missing = []
-    for module in ("matplotlib", "jinja2"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise ReportDependencyError(f"the HTML report needs {' and '.join(missing)}: {INSTALL_HINT}", name=missing[0])
 
 
 def write_html(report: dict[str, Any], path: str | Path) -> None:
@@ -105,12 +101,7 @@ def write_html(report: dict[str, Any], path: str | Path) -> None:
 
 def render_html(report: dict[str, Any]) -> str:
     """One self-contained HTML page for a compare report (see the module docstring)."""
-    require_report_deps()
     _check(report)
-    import jinja2
-    import matplotlib
-    from markupsafe import Markup
-
     protocols = [str(p) for p in report.get("protocols") or report["runs"]]
     runs: dict[str, dict[str, Any]] = {p: report["runs"].get(p) or {} for p in protocols}
     colours = _colours(protocols)
@@ -141,6 +132,8 @@ def render_html(report: dict[str, Any]) -> str:
         passed=report.get("passed"),
         plots={k: Markup(v) for k, v in plots.items()},  # noqa: S704 - matplotlib SVG, its text escaped
         timeline_notes=timeline_notes,
+        lag_notes=_notes(protocols, runs, "lag_cdf"),
+        series_notes=_notes(protocols, runs, "series"),
         run_facts=_run_facts(protocols, runs),
         impairment_rows=_impairment_rows(report.get("impairment")),
     )
@@ -160,6 +153,17 @@ def _check(report: Any) -> None:
         )
     if not isinstance(report.get("runs"), Mapping):
         raise ReportFormatError("a compare report needs 'runs': a dict of protocol -> run report")
+
+
+def _notes(protocols: Sequence[str], runs: Mapping[str, Mapping[str, Any]], part: str) -> list[str]:
+    """The runs' ``note`` on one part of their report (e.g. percentiles that are an upper bound), as
+    "protocol: note"."""
+    notes = []
+    for p in protocols:
+        d = runs[p].get(part)
+        if isinstance(d, Mapping) and d.get("note"):
+            notes.append(f"{p}: {d['note']}")
+    return notes
 
 
 def _num(value: Any) -> float:
@@ -306,17 +310,12 @@ def _impairment_rows(impairment: Any) -> list[tuple[str, Any, str]]:
 
 
 def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), layout="constrained")
 
 
 def _svg(fig: Figure, name: str, title: str) -> str:
     """The figure as an inline ``<svg>``: no XML prolog, DOCTYPE or metadata; scales to its container; every id
     (and each reference to one) prefixed with ``name``, so the plots of one page never share an id."""
-    import matplotlib
-    from markupsafe import escape
-
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "tokenwire"}):  # the same page for the same report
         fig.savefig(buf, format="svg", metadata={"Date": None})
@@ -345,8 +344,6 @@ def _empty(ax: Axes, text: str = "no data") -> None:
 def _plot_lag_cdf(protocols: Sequence[str], runs: Mapping[str, Mapping[str, Any]], colours: Mapping[str, str]) -> str:
     """Delivery lag and schedule lateness, one CDF line per protocol. y on a logit axis, so the tail (p90, p99,
     max) gets as much room as the middle; x in ms on a symlog axis (linear below 1 ms, so zeros show)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     fig = _figure(10, 3.8)
     axes = fig.subplots(1, 2, sharey=True)
     top = _CDF_TICKS[-1]
@@ -403,8 +400,6 @@ def _events_by_kind(run: Mapping[str, Any]) -> dict[str, list[float]]:
 def _plot_lag_time(protocols: Sequence[str], runs: Mapping[str, Mapping[str, Any]], colours: Mapping[str, str]) -> str:
     """Per protocol: lag p50/p99 (and max, faint) per time bucket on a log axis, above a strip with one row per
     event kind; rebinds are also drawn across the lag panel."""
-    from matplotlib.ticker import FuncFormatter
-
     fig = _figure(10, 1.0 + 2.6 * len(protocols))
     grid = fig.add_gridspec(2 * len(protocols), 1, height_ratios=[3, 1.3] * len(protocols))
     first: Axes | None = None
@@ -515,9 +510,6 @@ def _plot_timeline(
 ) -> str:
     """Per protocol (side by side): a bar per stream from start to end, failed streams red, a tick at the first
     token, an x at each cut; sampled down to :data:`TIMELINE_MAX_STREAMS` with a note."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     rows = {p: list(_timeline_rows(runs[p])) for p in protocols}
     shown_max = max((min(len(r), TIMELINE_MAX_STREAMS) for r in rows.values()), default=0)
     fig = _figure(10 if len(protocols) > 1 else 8, 1.5 + 0.09 * max(shown_max, 10))
