@@ -429,7 +429,7 @@ def _plot_lag_time(protocols: Sequence[str], runs: Mapping[str, Mapping[str, Any
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(_plain))
             ax.set_ylabel("lag, ms (log)")
-            ax.legend(loc="upper right", ncols=3)
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3, borderaxespad=0.2)
         else:
             _empty(ax, "no lag series")
         ax.tick_params(labelbottom=False)
@@ -551,9 +551,14 @@ def _plot_timeline(
         if marks:
             ax.scatter(*zip(*marks, strict=True), marker="x", color="black", s=16, linewidths=0.9, zorder=4)
         ax.set_ylim(len(shown) - 0.5, -0.5)
-        ax.set_xlim(left=0)
         ax.set_yticks([])
         ax.set_xlabel("s since this protocol's run started")
+    ends = [b for r in rows.values() for _, _, b in r] + [
+        x for p in protocols for e in runs[p].get("events") or () if isinstance(e, Mapping) for x in [_num(e.get("t"))]
+    ]
+    right = max((x for x in ends if math.isfinite(x)), default=0.0)
+    if right > 0:
+        axes[0].set_xlim(0, right * 1.02)  # shared: every panel on one time scale, from each run's start
     axes[0].set_ylabel("streams, by start time")
     handles: list[Any] = [Patch(color=colours[p], label=f"{_label(p)} stream (completed)") for p in protocols]
     handles += [
