@@ -21,6 +21,7 @@ from tokenwire.errors import TokenwireError
 from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.generation import Engine, Generator, load_generator
 from tokenwire.hub import FrameKind, Hub
+from tokenwire.loadtest.presets import PRESETS, preset_defaults
 
 if TYPE_CHECKING:
     from tokenwire.loadtest.impair import Impairment
@@ -280,7 +281,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         from tokenwire.loadtest.compare import run_compare
 
         try:
-            report = run_compare(cfg, args.compare or [args.protocol], impairment=args.impair)
+            report = run_compare(cfg, args.compare or [args.protocol], impairment=args.impair, preset=args.preset)
         except ValueError as exc:
             print(f"tokenwire loadtest: {exc}", file=sys.stderr, flush=True)
             return 2
@@ -439,7 +440,7 @@ def _upstream_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenwire", description="Resumable LLM token streaming.")
     p.add_argument("--version", action="version", version=f"tokenwire {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -609,12 +610,23 @@ def _parser() -> argparse.ArgumentParser:
         "(docs/impairment.md)",
     )
     cmp.add_argument("--report", metavar="PATH", help="write a self-contained HTML report (tables and plots) here")
+    cmp.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named comparison (latency, recovery, hol, hol-h1, lossy, migration): sets --compare, --impair and the "
+        "scenario; options given explicitly win (BENCHMARKS.md: SSE vs WebTransport)",
+    )
+    if loadtest_defaults:
+        lt.set_defaults(**loadtest_defaults)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "loadtest" and args.preset:
+        # The preset's values become the defaults; what the command line gives still wins.
+        args = _parser(preset_defaults(args.preset)).parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "loadtest":
