@@ -11,6 +11,7 @@ import uvloop
 from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
+    from tests.support.compare_report import RealRun
     from tests.support.redis_server import RedisProcess
 
 settings.register_profile("fast", max_examples=100, deadline=None)
@@ -66,3 +67,12 @@ def redis_url(_redis_session: RedisProcess) -> str:
     with _redis_session.client() as client:
         client.flushall()
     return _redis_session.url
+
+
+@pytest.fixture(scope="session")
+def real_compare(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
+    """One real ``tokenwire loadtest --compare sse,webtransport --impair ... --json --report`` run against a
+    ``tokenwire serve`` process, shared by the session's HTML report tests (a few seconds)."""
+    from tests.support.compare_report import real_run
+
+    return real_run(tmp_path_factory.mktemp("real-compare"))

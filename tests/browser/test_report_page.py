@@ -1,6 +1,8 @@
 """The load test's HTML report opened in headless Chromium, offline: the file alone draws the table and every plot.
 
-The page is opened from a ``file://`` URL with every other request aborted (and recorded: there must be none).
+The page is the one a real ``tokenwire loadtest --compare sse,webtransport --impair ... --report`` run wrote (the
+session's ``real_compare`` fixture: ``tokenwire serve`` in a subprocess, 12 streams over each protocol through the
+impairing relays). It is opened from a ``file://`` URL with every other request aborted (and recorded: there must be none).
 The test checks the table and each plot's ``<svg>`` are visible with a real size, the console stays clean, and the
 screenshot is not blank; each plot's own screenshot must show its protocols' colours, so a plot that renders as
 an empty frame fails. The full-page screenshot is kept at ``/tmp/tokenwire-report-page.png`` to look at.
@@ -17,10 +19,9 @@ import pytest
 from PIL import Image, ImageStat
 from playwright.async_api import Browser, ConsoleMessage, Request, Route
 
-from tests.support.compare_report import PAGE_IDS, PLOT_IDS, compare_report
-from tokenwire.loadtest.html import write_html
+from tests.support.compare_report import PAGE_IDS, PLOT_IDS, RealRun
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]), pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]), pytest.mark.timeout(120)]
 
 SCREENSHOT = Path(tempfile.gettempdir()) / "tokenwire-report-page.png"
 #: The protocols' line and bar colours in the plots (tokenwire.loadtest.html._PROTOCOL_COLOURS).
@@ -40,11 +41,10 @@ def _variance(png: bytes) -> float:
 
 
 async def test_the_report_opens_offline_with_the_table_and_every_plot(
-    chromium_browser: Browser, tmp_path: Path
+    chromium_browser: Browser, real_compare: RealRun
 ) -> None:
-    report = compare_report(streams=120)
-    path = tmp_path / "report.html"
-    write_html(report, path)
+    report = real_compare.report()
+    path = real_compare.html_path
 
     context = await chromium_browser.new_context(viewport={"width": 1280, "height": 900}, offline=True)
     outside: list[str] = []
@@ -91,6 +91,12 @@ async def test_the_report_opens_offline_with_the_table_and_every_plot(
         # The event strip's labels and the timeline's legend are drawn as text the browser lays out.
         assert await page.locator("#plot-lag-time svg text", has_text="forced_cut").count() >= 2
         assert await page.locator("#plot-timeline svg text", has_text="failed stream").count() == 1
+
+        # The Runs table: each protocol's column shows the relay it went through (SSE: TCP, WebTransport: UDP).
+        for counter in ("handshakes", "stalls", "datagrams_up", "dropped_down"):
+            assert await page.locator("#config table.nested th", has_text=counter).count() == 1, counter
+        for via in ("TCP relay", "UDP relay"):
+            assert await page.locator("#config table.nested td", has_text=via).count() == 1, via
 
         full = await page.screenshot(full_page=True, path=SCREENSHOT)
         width, height = Image.open(io.BytesIO(full)).size

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.loadtest.test_loadtest_wt import serve
+from tests.support.servers import serve_cli as serve
 
 STREAMS, TOKENS = 20, 100
 

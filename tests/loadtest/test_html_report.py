@@ -1,15 +1,16 @@
 """The load test's HTML report (``tokenwire.loadtest.html``): one self-contained page per compare report.
 
-The pages are rendered from compare reports shaped as issue 12's contract says (``tests/support/compare_report.py``),
-and parsed back with the standard library's HTML parser: the summary table holds the report's numbers, every plot
-is an inline ``<svg>``, nothing is loaded from anywhere, strings from the run are escaped.
+The pages come from a real ``tokenwire loadtest --compare sse,webtransport --impair ... --json --report`` run (the
+session's ``real_compare`` fixture), and from synthetic reports (``tests/support/compare_report.py``) for the shapes
+a real run cannot give cheaply: one protocol, a failed run with nulls, many streams, hostile strings. They are
+parsed back with the standard library's HTML parser: the summary table holds the report's numbers, every plot is
+an inline ``<svg>``, nothing is loaded from anywhere, strings from the run are escaped.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.resources
-import json
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 
 from tests.support.compare_report import PAGE_IDS as IDS
 from tests.support.compare_report import PLOT_IDS as PLOTS
-from tests.support.compare_report import compare_report
+from tests.support.compare_report import RealRun, compare_report
 from tokenwire.loadtest.html import (
     INSTALL_HINT,
     TIMELINE_MAX_STREAMS,
@@ -51,7 +52,11 @@ class Page(HTMLParser):
         self.row_classes: list[str] = []
         self.cell_classes: list[list[str]] = []
         self.text: list[str] = []
+        self.facts: list[list[str]] = []  # the rows of the facts tables (not their nested tables): cell texts
         self._cell: list[str] | None = None
+        self._fact: list[str] | None = None
+        self._tables = 0  # how deep in tables
+        self._outer = ""  # the class of the outermost table open
         self.feed(html)
         self.close()
 
@@ -69,6 +74,14 @@ class Page(HTMLParser):
         if in_summary and tag in ("td", "th"):
             self._cell = []
             self.cell_classes[-1].append(a.get("class") or "")
+        if tag == "table":
+            self._tables += 1
+            self._outer = self._outer if self._tables > 1 else a.get("class") or ""
+        if self._tables == 1 and "facts" in self._outer:
+            if tag == "tr":
+                self.facts.append([])
+            elif tag in ("td", "th"):
+                self._fact = []
         if tag not in VOID:
             self.stack.append((tag, a.get("id")))
 
@@ -79,6 +92,10 @@ class Page(HTMLParser):
         if tag in ("td", "th") and self._cell is not None:
             self.rows[-1].append(" ".join("".join(self._cell).split()))
             self._cell = None
+        if tag in ("td", "th") and self._tables == 1 and self._fact is not None:
+            self.facts[-1].append(" ".join(" ".join(self._fact).split()))
+            self._fact = None
+        self._tables -= tag == "table"
         while self.stack:
             if self.stack.pop()[0] == tag:
                 break
@@ -87,6 +104,8 @@ class Page(HTMLParser):
         self.text.append(data)
         if self._cell is not None:
             self._cell.append(data)
+        if self._fact is not None:
+            self._fact.append(data)
 
     def ids(self) -> list[str]:
         return [str(a["id"]) for _, a, _ in self.elements if a.get("id")]
@@ -95,14 +114,19 @@ class Page(HTMLParser):
         (found,) = [r for r in self.rows if r and r[0] == metric]
         return found
 
+    def fact(self, name: str) -> list[str]:
+        """The facts row (Scenario, Impairment, Runs, Machine) named ``name``: its cells' texts."""
+        (found,) = [r for r in self.facts if r and r[0] == name]
+        return found
+
 
 def render(report: dict[str, Any]) -> Page:
     return Page(render_html(report))
 
 
-def test_a_compare_report_renders_every_section_with_inline_svg_plots() -> None:
-    report = compare_report()
-    page = render(report)
+def test_a_compare_report_renders_every_section_with_inline_svg_plots(real_compare: RealRun) -> None:
+    report = real_compare.report()
+    page = Page(real_compare.html)
     ids = page.ids()
     assert set(IDS) <= set(ids)
     assert [i for i, n in Counter(ids).items() if n > 1] == [], "ids repeat (the SVGs' clip paths must be salted)"
@@ -118,9 +142,9 @@ def test_a_compare_report_renders_every_section_with_inline_svg_plots() -> None:
         assert text.count(p) >= 4
 
 
-def test_the_summary_table_holds_the_reports_rows_side_by_side() -> None:
-    report = compare_report(streams=30)
-    page = render(report)
+def test_the_summary_table_holds_the_reports_rows_side_by_side(real_compare: RealRun) -> None:
+    report = real_compare.report()
+    page = Page(real_compare.html)
     assert page.rows[0] == ["metric", "unit", *report["protocols"]]
     assert page.rows[1] == ["result", "", "PASS", "PASS"]
     metrics = [r[0] for r in page.rows[2:]]
@@ -128,7 +152,9 @@ def test_the_summary_table_holds_the_reports_rows_side_by_side() -> None:
     by_metric = {row["metric"]: row for row in report["summary"]}
     reconnects = by_metric["reconnects"]
     assert page.row("reconnects")[2:] == [f"{reconnects['sse']:,}", f"{reconnects['webtransport']:,}"]
-    assert reconnects["sse"] > 0
+    assert reconnects["sse"] > 0 and reconnects["webtransport"] > 0  # forced cuts; SSE's relay resets too
+    streams = by_metric["streams completed"]
+    assert page.row("streams completed")[2:] == ["12", "12"] == [f"{streams[p]}" for p in report["protocols"]]
     lag = by_metric["delivery lag p50"]
     assert page.row("delivery lag p50")[2:] == [f"{lag[p] * 1e3:.3g} ms" for p in report["protocols"]]
     # No server process was measured: its row shows n/a, not 0 or "None".
@@ -136,13 +162,14 @@ def test_the_summary_table_holds_the_reports_rows_side_by_side() -> None:
     assert "None" not in "".join(page.text)
 
 
-def test_lost_or_duplicated_tokens_are_highlighted_and_the_run_fails() -> None:
-    clean = render(compare_report())
+def test_lost_or_duplicated_tokens_are_highlighted_and_the_run_fails(real_compare: RealRun) -> None:
+    clean = Page(real_compare.html)
     assert [c for c in clean.row_classes if "bad" in c] == []
-    report = compare_report(lost=3)
-    report["summary"] = [
-        {**row, "webtransport": 0} if row["metric"] == "lost" else row for row in report["summary"]
-    ]  # only SSE lost tokens
+    assert "FAIL" not in "".join(clean.text)
+    report = real_compare.report()  # as if SSE had lost 3 tokens
+    report["summary"] = [{**row, "sse": 3} if row["metric"] == "lost" else row for row in report["summary"]]
+    report["runs"]["sse"]["correctness"]["lost"] = 3
+    report["runs"]["sse"]["passed"] = report["passed"] = False
     page = render(report)
     i = next(k for k, r in enumerate(page.rows) if r[0] == "lost")
     assert page.rows[i][2:] == ["3", "0"]
@@ -172,15 +199,15 @@ def test_strings_from_the_run_are_escaped_everywhere() -> None:
     assert not [a for _, a, _ in page.elements if any(k.startswith("on") for k in a)]
 
 
-def test_the_page_loads_nothing() -> None:
-    page = render(compare_report())
+def test_the_page_loads_nothing(real_compare: RealRun) -> None:
+    page = Page(real_compare.html)
     for tag, attrs, _ in page.elements:
         for key in FETCHING:
             value = attrs.get(key)
             if value is not None:
                 assert value.startswith(("#", "data:")), f"<{tag} {key}={value!r}> would load something"
         assert tag not in ("script", "iframe", "object", "embed", "img"), tag
-    html = render_html(compare_report())
+    html = real_compare.html
     assert "@import" not in html
     assert "url(http" not in html.replace(" ", "")
 
@@ -247,8 +274,8 @@ def test_the_timeline_is_sampled_above_its_cap_with_a_note() -> None:
         assert f"{p}: {TIMELINE_MAX_STREAMS} of {total} streams drawn (every failed stream" in text
 
 
-def test_the_runs_notes_on_their_figures_are_shown_under_the_plots() -> None:
-    report = compare_report()
+def test_the_runs_notes_on_their_figures_are_shown_under_the_plots(real_compare: RealRun) -> None:
+    report = real_compare.report()
     report["runs"]["sse"]["lag_cdf"]["note"] = "percentiles are the maximum over worker processes (upper bound)"
     report["runs"]["webtransport"]["series"]["note"] = "per-bucket lag <b>upper bound</b>"
     page = render(report)
@@ -257,11 +284,33 @@ def test_the_runs_notes_on_their_figures_are_shown_under_the_plots() -> None:
     assert "".join(page.text).count("webtransport: per-bucket lag <b>upper bound</b>") == 2  # lag/time, tokens
 
 
-def test_write_html_writes_the_page(tmp_path: Path) -> None:
-    report = compare_report(streams=5)
+def test_write_html_writes_the_page_the_cli_wrote(real_compare: RealRun, tmp_path: Path) -> None:
+    """``--report`` renders exactly the report ``--json`` holds: the JSON keeps every figure the page shows."""
+    report = real_compare.report()
     out = tmp_path / "report.html"
     write_html(report, out)
-    assert out.read_text(encoding="utf-8") == render_html(report)
+    assert out.read_text(encoding="utf-8") == render_html(report) == real_compare.html
+
+
+def test_each_run_shows_the_relay_its_protocol_went_through(real_compare: RealRun) -> None:
+    """SSE went through the TCP relay, WebTransport through the UDP one: each column shows its own relay's
+    counters, not the other relay's zeros."""
+    report = real_compare.report()
+    page = Page(real_compare.html)
+    assert page.fact("")[1:] == report["protocols"] == ["sse", "webtransport"]
+    _, sse, wt = page.fact("relay")
+    tcp, udp = report["runs"]["sse"]["relay"]["tcp"], report["runs"]["webtransport"]["relay"]["udp"]
+    assert sse.startswith("via TCP relay") and wt.startswith("via UDP relay")
+    assert f"connections {tcp['connections']:,}" in sse and f"handshakes {tcp['handshakes']:,}" in sse
+    assert tcp["handshakes"] == tcp["connections"] > 12  # every connection paid its handshake; cuts reconnect
+    assert f"datagrams_down {udp['datagrams_down']:,}" in wt and udp["datagrams_down"] > 0
+    assert "datagrams" not in sse and "stalls" not in wt and "handshakes" not in wt
+    assert re.search(r"handshake_seconds [\d.,]+ (µs|ms|s) ", sse), sse  # a duration, in its unit
+    assert not [r for r in page.facts if r[0].startswith("relay ")]
+    # A protocol the page does not know: every relay, by name.
+    other = render(compare_report(protocols=("sse", "quic")))
+    assert other.fact("relay")[1].startswith("via TCP relay") and other.fact("relay")[2] == "n/a"
+    assert other.fact("relay tcp")[2].startswith("connections") and other.fact("relay udp")[2]
 
 
 @pytest.mark.parametrize(
@@ -316,11 +365,11 @@ def test_the_sdist_carries_the_template(tmp_path: Path) -> None:
         assert extracted.read() == (ROOT / "python/tokenwire/loadtest/templates/report.html.j2").read_bytes()
 
 
-def test_the_docs_python_example_renders_a_saved_report(tmp_path: Path) -> None:
+def test_the_docs_python_example_renders_a_saved_report(real_compare: RealRun, tmp_path: Path) -> None:
     """docs/loadtest-report.md's Python block, run as written next to a saved compare.json."""
     (block,) = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "loadtest-report.md").read_text(), flags=re.DOTALL)
-    report = compare_report(streams=5)
-    (tmp_path / "compare.json").write_text(json.dumps(report), encoding="utf-8")
+    report = real_compare.report()
+    shutil.copy(real_compare.json_path, tmp_path / "compare.json")
     proc = subprocess.run(  # noqa: S603 - runs our own docs
         [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )

@@ -18,7 +18,7 @@ from tokenwire.loadtest.impair import Impairment, ImpairmentError, effective_rto
 
 def test_the_full_spec() -> None:
     imp = Impairment.parse(
-        "loss=5%,delay=50ms,jitter=10ms,reorder=1%,dup=1%,rate=10mbit,rebind=30s,link=shared,rto=200ms"
+        "loss=5%,delay=50ms,jitter=10ms,reorder=1%,dup=1%,rate=10mbit,rebind=30s,link=shared,rto=200ms,tls=on"
     )
     assert imp == Impairment(
         loss=0.05,
@@ -30,11 +30,12 @@ def test_the_full_spec() -> None:
         rebind=30.0,
         link="shared",
         rto=0.2,
+        tls=True,
     )
     assert not imp.is_null()
     assert imp.describe() == (
         "loss 5%, delay 50 ms, jitter 10 ms, reorder 1%, duplicate 1%, rate 10 Mbit/s, rebind every 30 s, "
-        "link shared, rto 200 ms"
+        "link shared, rto 200 ms, tls"
     )
     assert str(imp) == imp.describe()
 
@@ -79,6 +80,15 @@ def test_empty_and_none_are_no_impairment(spec: str) -> None:
         ("link=Shared", "link", "shared"),
         ("link=connection", "link", "connection"),
         (" LOSS = 1% ", "loss", 0.01),
+        ("tls=on", "tls", True),
+        ("tls=ON", "tls", True),
+        ("tls=1", "tls", True),
+        ("tls=true", "tls", True),
+        ("tls=yes", "tls", True),
+        ("tls=off", "tls", False),
+        ("tls=0", "tls", False),
+        ("tls=False", "tls", False),
+        ("tls=no", "tls", False),
     ],
 )
 def test_units(spec: str, field: str, expected: object) -> None:
@@ -109,6 +119,9 @@ def test_units(spec: str, field: str, expected: object) -> None:
         ("rebind=10ms", ["too often", "0.1 s"]),
         ("rto=0", ["rto", "more than 0"]),
         ("link=bus", ["unknown value 'bus'", "connection, shared"]),
+        ("tls=maybe", ["tls", "unknown value 'maybe'", "on, off"]),
+        ("tls=2", ["tls", "unknown value '2'"]),
+        ("tls=on,tls=off", ["'tls' given twice"]),
         ("loss", ["not key=value"]),
         ("loss=", ["not key=value"]),
         ("=5%", ["not key=value"]),
@@ -138,6 +151,8 @@ def test_bad_specs_say_what_is_wrong(spec: str, words: list[str]) -> None:
         {"link": "bus"},
         {"loss": "5%"},
         {"delay": True},
+        {"tls": "on"},
+        {"tls": 1},
     ],
 )
 def test_the_constructor_checks_too(kwargs: dict[str, object]) -> None:
@@ -158,14 +173,14 @@ def test_effective_rto() -> None:
     assert Impairment(delay=0.5).effective_rto == 2.0
 
 
-def test_is_null_ignores_link_and_rto() -> None:
-    assert Impairment(link="shared", rto=1.0).is_null()
+def test_is_null_ignores_link_rto_and_tls() -> None:
+    assert Impairment(link="shared", rto=1.0, tls=True).is_null()
     for field in ("loss", "delay", "jitter", "reorder", "duplicate", "rate", "rebind"):
         assert not Impairment(**{field: 0.5}).is_null(), field  # type: ignore[arg-type]
 
 
 def test_as_dict_is_json_ready() -> None:
-    imp = Impairment.parse("loss=1%,rate=1mbit,link=shared")
+    imp = Impairment.parse("loss=1%,rate=1mbit,link=shared,tls=yes")
     d = json.loads(json.dumps(imp.as_dict()))
     assert d == {
         "loss": 0.01,
@@ -178,6 +193,7 @@ def test_as_dict_is_json_ready() -> None:
         "link": "shared",
         "rto": 0.2,
         "rto_given": False,
+        "tls": True,
     }
 
 
@@ -203,13 +219,15 @@ def impairments(draw: st.DrawFn) -> Impairment:
         rebind=draw(st.just(0.0) | st.floats(0.1, 1e6)),
         link=draw(st.sampled_from(["connection", "shared"])),
         rto=draw(st.none() | st.floats(1e-6, 600.0)),
+        tls=draw(st.booleans()),
     )
 
 
 @given(impairments())
 def test_to_spec_round_trips_exactly(imp: Impairment) -> None:
     assert Impairment.parse(imp.to_spec()) == imp
-    assert Impairment.parse(imp.to_spec().replace("loss=", "LOSS=").replace("link=", "Link=")) == imp
+    shouted = imp.to_spec().replace("loss=", "LOSS=").replace("link=", "Link=").replace("=on", "=ON")
+    assert Impairment.parse(shouted) == imp
 
 
 @given(

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.servers import serve_cli as serve
+
 _LOADTEST = [sys.executable, "-m", "tokenwire", "loadtest", "--protocol", "webtransport"]
-
-
-@contextlib.contextmanager
-def serve(*args: str) -> Iterator[tuple[str, int]]:
-    """``tokenwire serve`` on a free port: ``(its SSE base URL, its pid)``."""
-    server = subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert server.stdout is not None
-    try:
-        line = server.stdout.readline()
-        assert "serving SSE on http://127.0.0.1:" in line, line
-        yield line.split(" on ")[1].split(" ")[0], server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        server.stdout.close()
 
 
 def loadtest(report_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

@@ -212,6 +212,57 @@ async def test_tcp_delay_and_jitter_stay_in_their_window() -> None:
         assert await echo_rtt(reader, writer, b"fast") < delay
 
 
+@pytest.mark.parametrize(("tls", "handshake_rtts"), [(False, 1), (True, 2)])
+async def test_tcp_new_connection_pays_its_handshake_round_trips(tls: bool, handshake_rtts: int) -> None:
+    delay = 0.05
+    rtt = 2 * delay
+    async with (
+        asyncio.timeout(10),
+        tcp_echo_behind_relay(delay=delay, tls=tls) as (relay, _),
+    ):
+        started = time.monotonic()
+        async with tcp_client(relay.address) as (reader, writer):
+            writer.write(b"request")  # at once, as an HTTP client does after connect()
+            assert await reader.readexactly(7) == b"request"
+            first = time.monotonic() - started
+            again = await echo_rtt(reader, writer, b"next")  # the same connection: no handshake
+        st = relay.stats
+    assert first >= (handshake_rtts + 1) * rtt - SLACK, first  # handshake(s), then the request's round trip
+    assert rtt - SLACK <= again < 2 * rtt - SLACK, again
+    assert st.handshakes == 1
+    assert st.handshake_seconds == pytest.approx(handshake_rtts * rtt)
+    assert relay.snapshot()["handshakes"] == 1
+
+
+async def test_tcp_handshake_runs_from_connect_and_takes_its_jitter() -> None:
+    delay, jitter = 0.05, 0.01
+    rtt = 2 * delay
+    async with (
+        asyncio.timeout(10),
+        tcp_echo_behind_relay(delay=delay, jitter=jitter, seed=4) as (relay, _),
+        tcp_client(relay.address) as (reader, writer),
+    ):
+        await asyncio.sleep(2 * (rtt + 2 * jitter))  # a client that writes late finds the handshake done
+        late = await echo_rtt(reader, writer, b"late")
+        st = relay.stats
+    assert 2 * (delay - jitter) - SLACK <= late < 2 * rtt - SLACK, late
+    assert st.handshakes == 1
+    assert 2 * (delay - jitter) <= st.handshake_seconds <= 2 * (delay + jitter)
+    assert st.handshake_seconds != pytest.approx(rtt)  # jittered as the other packets are
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_tcp_no_handshake_hold_on_a_link_without_delay(tls: bool) -> None:
+    async with (
+        asyncio.timeout(10),
+        tcp_echo_behind_relay(loss=0.0, tls=tls) as (relay, _),
+        tcp_client(relay.address) as (reader, writer),
+    ):
+        await echo_rtt(reader, writer, b"x")
+        st = relay.stats
+    assert st.connections == 1 and st.handshakes == 0 and st.handshake_seconds == 0.0
+
+
 async def test_tcp_keeps_every_byte_in_order_through_jitter_and_stalls() -> None:
     loss, payload = 0.02, random.Random(3).randbytes(400_000)
     async with (
@@ -401,7 +452,7 @@ def test_tcp_knobs_are_checked() -> None:
 
 
 async def test_relay_process_end_to_end() -> None:
-    imp = Impairment(delay=0.01, rebind=1.0)
+    imp = Impairment(delay=0.01, rebind=1.0, tls=True)
     async with asyncio.timeout(30), TcpEcho().serving() as tcp_echo, echo_server() as (udp_addr, udp_echo):
         relays = RelayProcess("127.0.0.1", tcp_echo.address[1], udp_addr[1], imp, seed=3, cpus={0})
         await asyncio.to_thread(relays.start)
@@ -413,7 +464,7 @@ async def test_relay_process_end_to_end() -> None:
                 await until(lambda: len(client.received) == 1)
                 assert client.received[0][1] == b"datagram"
                 async with tcp_client((relays.host, relays.tcp_port)) as (reader, writer):
-                    assert await echo_rtt(reader, writer, b"bytes") >= 2 * imp.delay - SLACK
+                    assert await echo_rtt(reader, writer, b"bytes") >= 2 * imp.delay - SLACK  # + the handshakes
                     with pytest.raises(ConnectionResetError):  # the periodic rebind resets TCP ...
                         await reader.read(100)
                 client.send(b"after")  # ... and moves the UDP flow
@@ -422,6 +473,8 @@ async def test_relay_process_end_to_end() -> None:
             stats = await asyncio.to_thread(relays.stats)
             assert stats["tcp"]["connections"] == 1 and stats["tcp"]["bytes_up"] == 5
             assert stats["tcp"]["resets"] == 1 and stats["tcp"]["rebinds"]
+            assert stats["tcp"]["handshakes"] == 1  # TCP + TLS (the impairment's tls=True): 2 round trips
+            assert stats["tcp"]["handshake_seconds"] == pytest.approx(2 * 2 * imp.delay)
             assert stats["udp"]["datagrams_up"] == 2 and stats["udp"]["bytes_down"] == 13
             assert stats["udp"]["rebinds"]
             assert abs(stats["tcp"]["rebinds"][0] - stats["udp"]["rebinds"][0]) < 0.1  # the same period

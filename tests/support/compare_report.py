@@ -1,18 +1,35 @@
-"""Compare reports for the HTML report's tests, shaped as issue 12's contract says ``tokenwire loadtest --compare``
-writes them (``kind: tokenwire-loadtest-compare``, version 1).
+"""Compare reports for the HTML report's tests (``kind: tokenwire-loadtest-compare``, version 1).
 
-:func:`sample_report` synthesises one from a small simulated run (seeded, so a test can vary one thing at a time:
-one protocol, no cuts, no impairment, empty series, a failed run). The tests take theirs from
-:func:`compare_report`, the one place to switch to a real ``tokenwire loadtest --compare`` run.
+:func:`real_run` makes one as a user does: ``tokenwire serve`` in a subprocess, then ``tokenwire loadtest --compare
+sse,webtransport`` through impairing relays with ``--json`` and ``--report`` (a few seconds; the tests share one
+run per session, the ``real_compare`` fixture). :func:`sample_report` synthesises one from a small simulated run
+(seeded), for the shapes a real run cannot give cheaply: one protocol, no cuts, no impairment, empty series, a
+failed run with nulls, more streams than the timeline draws, hostile strings.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PAGE_IDS", "PLOT_IDS", "SUMMARY_ROWS", "compare_report", "sample_report"]
+from tests.support.servers import serve_cli
+
+__all__ = [
+    "PAGE_IDS",
+    "PLOT_IDS",
+    "REAL_RUN_ARGS",
+    "SUMMARY_ROWS",
+    "RealRun",
+    "compare_report",
+    "real_run",
+    "sample_report",
+]
 
 #: The ids the HTML report's page gives its plots, and all the ids the tests look for (the contract's list).
 PLOT_IDS = ("plot-lag-cdf", "plot-lag-time", "plot-tokens", "plot-timeline")
@@ -296,5 +313,45 @@ def sample_report(
 
 
 def compare_report(**kw: Any) -> dict[str, Any]:
-    """The compare report the HTML report's tests render (keywords: :func:`sample_report`'s)."""
+    """A synthetic compare report (keywords: :func:`sample_report`'s)."""
     return sample_report(**kw)
+
+
+#: The real run's scenario: both protocols, forced cuts, and a network with loss, delay and address changes, so
+#: each plot has lines, markers and cuts to draw (12 streams x 2 s each, one protocol after the other).
+REAL_RUN_ARGS = (
+    "--compare", "sse,webtransport", "--streams", "12", "--duration", "2", "--disconnect-rate", "0.3",
+    "--impair", "loss=1%,delay=5ms,rebind=1s", "--seed", "1",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RealRun:
+    """What one ``tokenwire loadtest --compare ... --json J --report H`` run wrote, and what it printed."""
+
+    json_path: Path
+    html_path: Path
+    stderr: str
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report, read afresh each call (a test may change its copy)."""
+        report: dict[str, Any] = json.loads(self.json_path.read_text(encoding="utf-8"))
+        return report
+
+    @property
+    def html(self) -> str:
+        return self.html_path.read_text(encoding="utf-8")
+
+
+def real_run(directory: Path) -> RealRun:
+    """Runs ``tokenwire serve`` and, against it, ``tokenwire loadtest`` with :data:`REAL_RUN_ARGS`; the run must
+    pass (exit 0: every stream complete, nothing lost or duplicated)."""
+    json_path, html_path = directory / "compare.json", directory / "compare.html"
+    with serve_cli() as (url, _):
+        proc = subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "tokenwire", "loadtest", "--url", url, *REAL_RUN_ARGS,
+             "--json", str(json_path), "--report", str(html_path)],
+            capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return RealRun(json_path, html_path, proc.stderr)

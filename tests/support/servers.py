@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from tokenwire import Engine, FakeEngine, FakeModel, Generator, Hub
@@ -103,6 +104,27 @@ async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
         if len(got) >= n:
             break
     return got
+
+
+@contextlib.contextmanager
+def serve_cli(*args: str) -> Iterator[tuple[str, int]]:
+    """``tokenwire serve --port 0 ARGS`` in a subprocess, SSE and WebTransport on one port number:
+    ``(its SSE base URL, its pid)``; blocking, for tests that run the CLI's other commands against it."""
+    server = subprocess.Popen(  # noqa: S603 - our own CLI
+        [sys.executable, "-m", "tokenwire", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert server.stdout is not None
+    try:
+        line = server.stdout.readline()
+        assert "serving SSE on http://127.0.0.1:" in line, line
+        yield line.split(" on ")[1].split(" ")[0], server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stdout.close()
 
 
 @contextlib.asynccontextmanager

@@ -265,17 +265,29 @@ def _run_facts(
         relay = run.get("relay")
         if isinstance(relay, Mapping):
             started = _num(run.get("started_at"))
-            facts.extend((f"relay {side}", "", _relay_stats(stats, started)) for side, stats in relay.items())
+            side = _RELAY_SIDES.get(p)
+            if (
+                side is not None and side in relay
+            ):  # only the relay this protocol went through: the other one's counters are zeros
+                facts.append(("relay", "", _relay_stats(relay[side], started, via=f"{side.upper()} relay")))
+            else:  # a protocol this page does not know: every relay
+                facts.extend((f"relay {k}", "", _relay_stats(v, started)) for k, v in relay.items())
         for name, unit, v in facts:
             rows.setdefault((name, unit), {})[p] = v
     return [(name, unit, cells) for (name, unit), cells in rows.items()]
 
 
-def _relay_stats(stats: Any, started: float) -> Any:
-    """A relay's stats for the page: its rebind times (epoch seconds) as seconds since the run started."""
+#: The relay each protocol goes through (its key in RelayProcess stats).
+_RELAY_SIDES = {"sse": "tcp", "webtransport": "udp"}
+
+
+def _relay_stats(stats: Any, started: float, via: str | None = None) -> Any:
+    """A relay's stats for the page (headed by ``via``, which relay they are): durations (``*_seconds``) in their
+    unit, its rebind times (epoch seconds) as seconds since the run started."""
     if not isinstance(stats, Mapping):
         return stats
-    out = dict(stats)
+    out: dict[str, Any] = {"via": via} if via else {}
+    out.update((str(k), _fmt(v, "s") if str(k).endswith("_seconds") else v) for k, v in stats.items())
     rebinds = out.get("rebinds")
     if isinstance(rebinds, list) and math.isfinite(started):
         out["rebinds"] = f"{len(rebinds)}" + (

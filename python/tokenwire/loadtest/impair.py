@@ -37,11 +37,16 @@ _KEYS: Final = {  # spec key -> field
     "rebind": "rebind",
     "link": "link",
     "rto": "rto",
+    "tls": "tls",
 }
 _DURATION_UNITS: Final = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 _BIT_UNITS: Final = {"bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
 _BYTE_UNITS: Final = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024.0, "MiB": 1024.0**2, "GiB": 1024.0**3}
 _NUMBER: Final = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z%]*)\s*")
+_SWITCH: Final = {
+    **dict.fromkeys(("on", "1", "true", "yes"), True),
+    **dict.fromkeys(("off", "0", "false", "no"), False),
+}
 _KINDS: Final = {"loss": "probability", "reorder": "probability", "duplicate": "probability", "rate": "rate"}
 _AMBIGUOUS: Final = ("b", "kb", "mb", "gb")
 _ACCEPTED_UNITS: Final = {
@@ -75,6 +80,7 @@ class Impairment:
     rebind: float = 0.0  # seconds between address changes; 0: never. UDP: NAT rebinding; TCP: connections reset
     link: Link = "connection"  # TCP only: a stall holds its own connection, or ("shared") every connection
     rto: float | None = None  # TCP stall per lost segment; None: max(0.2, 2 * (2*delay + jitter))
+    tls: bool = False  # TCP only: a TLS 1.3 handshake (one more round trip) before a new connection's request
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,7 +90,7 @@ class Impairment:
 
     @classmethod
     def parse(cls, spec: str) -> Impairment:
-        """``"loss=5%,delay=50ms,jitter=10ms,reorder=1%,dup=1%,rate=10mbit,rebind=30s,link=shared,rto=200ms"``."""
+        """``"loss=5%,delay=50ms,jitter=10ms,reorder=1%,dup=1%,rate=10mbit,rebind=30s,link=shared,rto=200ms,tls=on"``."""
         if not isinstance(spec, str):
             raise ImpairmentError(f"an impairment spec is a string, got {type(spec).__name__}")
         text = spec.strip()
@@ -116,7 +122,7 @@ class Impairment:
     # ---------------------------------------------------------------- views
 
     def is_null(self) -> bool:
-        """True when nothing is impaired (``link`` and ``rto`` alone change nothing)."""
+        """True when nothing is impaired (``link``, ``rto`` and ``tls`` alone change nothing)."""
         return not any((self.loss, self.delay, self.jitter, self.reorder, self.duplicate, self.rate, self.rebind))
 
     @property
@@ -139,6 +145,8 @@ class Impairment:
                 continue
             if f.name == "rate":
                 parts.append(f"rate={value!r}B")
+            elif f.name == "tls":
+                parts.append("tls=on")
             else:
                 parts.append(f"{f.name}={value if f.name == 'link' else repr(value)}")
         return ",".join(parts) or "none"
@@ -155,6 +163,7 @@ class Impairment:
             (self.rebind, f"rebind every {_duration(self.rebind)}"),
             (self.link != "connection", f"link {self.link}"),
             (self.rto is not None, f"rto {_duration(self.rto or 0.0)}"),
+            (self.tls, "tls"),
         )
         parts = [text for value, text in shown if value]
         return ", ".join(parts) or "none"
@@ -177,11 +186,12 @@ def _check_field(name: str, value: object) -> None:
         _check_range(name, value, 0.0, math.inf, f"0 (never) or at least {MIN_REBIND:g} s")
         if 0.0 < cast(float, value) < MIN_REBIND:
             raise ImpairmentError(f"rebind: {value!r} s is too often; accepted: 0 (never) or at least {MIN_REBIND:g} s")
-    elif name == "rto":
-        if value is not None:
-            _check_range(name, value, 0.0, MAX_SECONDS, f"more than 0 and at most {MAX_SECONDS:g} s")
-            if value == 0.0:
-                raise ImpairmentError("rto: 0 s would make a loss free; accepted: more than 0 s, or leave it out")
+    elif name == "rto" and value is not None:
+        _check_range(name, value, 0.0, MAX_SECONDS, f"more than 0 and at most {MAX_SECONDS:g} s")
+        if value == 0.0:
+            raise ImpairmentError("rto: 0 s would make a loss free; accepted: more than 0 s, or leave it out")
+    elif name == "tls" and not isinstance(value, bool):
+        raise ImpairmentError(f"tls: {value!r} is not a bool; accepted: on or off")
     elif name == "link" and value not in LINKS:
         raise ImpairmentError(f"link: unknown value {value!r}; accepted: {', '.join(LINKS)}")
 
@@ -198,6 +208,11 @@ def _parse_value(name: str, key: str, value: str) -> Any:
         if value.lower() not in LINKS:
             raise ImpairmentError(f"{key}: unknown value {value!r}; accepted: {', '.join(LINKS)}")
         return value.lower()
+    if name == "tls":
+        switch = _SWITCH.get(value.lower())
+        if switch is None:
+            raise ImpairmentError(f"{key}: unknown value {value!r}; accepted: on, off (or 1/0, true/false, yes/no)")
+        return switch
     kind = _KINDS.get(name, "duration")
     match = _NUMBER.fullmatch(value)
     if match is None:

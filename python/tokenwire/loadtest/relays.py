@@ -584,6 +584,8 @@ class TcpRelayStats:
     segments: int = 0  # MSS-sized segments the bytes make, chunk by chunk (what ``loss`` draws on)
     stalls: int = 0  # segments "lost": each held its connection (or, link="shared", the link) for ``rto``
     stall_seconds: float = 0.0  # stalls x rto
+    handshakes: int = 0  # connections whose first bytes waited for the handshake round trips (TCP, then TLS)
+    handshake_seconds: float = 0.0  # the sum of those waits
     resets: int = 0  # connections reset by ``reset_connections`` / ``rebind``
     rebinds: list[float] = field(default_factory=list)  # time.time() of each rebind
     pauses: int = 0  # times a sender was paused because too much waited for it (backpressure)
@@ -635,9 +637,9 @@ class _TcpSide(asyncio.Protocol):
 class _TcpConn:
     """One relayed connection: the client's socket, the one to the target, what waits for each direction."""
 
-    __slots__ = ("client", "closed", "connecting", "departs", "early", "ended", "id", "queued", "upstream")
+    __slots__ = ("client", "closed", "connecting", "departs", "early", "ended", "id", "queued", "ready", "upstream")
 
-    def __init__(self, cid: int, client: _TcpSide) -> None:
+    def __init__(self, cid: int, client: _TcpSide, ready: float) -> None:
         self.id = cid
         self.client = client
         self.upstream: _TcpSide | None = None
@@ -647,6 +649,7 @@ class _TcpConn:
         self.ended: dict[Direction, bool] = {"up": False, "down": False}  # close delivered that way
         self.closed = False  # reset, or both ways closed: forgotten
         self.early: list[bytes | None] = []  # read from the client before the target answered (None: EOF)
+        self.ready = ready  # monotonic time its handshakes end: no client byte leaves before it
 
     def source(self, direction: Direction) -> _TcpSide | None:
         return self.client if direction == "up" else self.upstream
@@ -667,7 +670,10 @@ class TcpRelay(_Relay[_TcpEntry]):
     serializes every connection's chunks one after another. ``loss`` is the probability that each MSS-sized
     segment of a chunk is lost; TCP would retransmit it after a timeout, so a loss holds that direction of that
     connection for ``rto`` (``link="shared"``: every connection's, as many streams multiplexed on one TCP
-    connection would wait). Bytes are never dropped, duplicated or reordered. ``reset_connections()`` /
+    connection would wait). Bytes are never dropped, duplicated or reordered. A connection's ``connect()`` ends
+    at the relay's own socket, so the handshake the client would pay on a real path is charged here instead: no
+    client byte leaves before one round trip (SYN, SYN-ACK; each way ``delay`` with its jitter) after the accept,
+    two with ``tls=True`` (a TLS 1.3 handshake on top, as an HTTPS endpoint costs). ``reset_connections()`` /
     ``rebind()`` (every ``rebind_every`` seconds when set) resets every open connection, both sides, as an
     address change does to TCP. A direction with more than ``max_buffer`` bytes waiting pauses its sender until
     half of that has gone (so a slow link pushes back on the sender as TCP's window would).
@@ -686,6 +692,7 @@ class TcpRelay(_Relay[_TcpEntry]):
         loss: float = 0.0,
         rto: float | None = None,
         link: str = "connection",
+        tls: bool = False,
         rebind_every: float = 0.0,
         seed: int = 0,
         bind: Address = ("127.0.0.1", 0),
@@ -708,6 +715,7 @@ class TcpRelay(_Relay[_TcpEntry]):
         self.loss = loss
         self.rto = rto  # None: max(0.2, 2 * (2*delay + jitter)), as Impairment.effective_rto
         self.link = link
+        self.tls = tls  # a TLS 1.3 handshake after TCP's: one more round trip before the first request byte
         self.max_buffer = max_buffer
         self.stats = TcpRelayStats()
         self._bind = bind
@@ -775,6 +783,8 @@ class TcpRelay(_Relay[_TcpEntry]):
             "bytes_down": st.bytes_down,
             "stalls": st.stalls,
             "stall_seconds": st.stall_seconds,
+            "handshakes": st.handshakes,
+            "handshake_seconds": st.handshake_seconds,
             "resets": st.resets,
             "rebinds": list(st.rebinds),
             "delivered_up": st.delivered_up,
@@ -821,11 +831,24 @@ class TcpRelay(_Relay[_TcpEntry]):
         transport.pause_reading()  # until the target answers
         client.paused = True
         self._loop.call_soon(self._repause, client)  # uvloop starts reading after connection_made
-        conn = _TcpConn(next(self._ids), client)
+        conn = _TcpConn(next(self._ids), client, time.monotonic() + self._handshake())
         client.conn = conn
         self._conns[conn.id] = conn
         self.stats.connections += 1
         conn.connecting = self._loop.create_task(self._connect(conn))
+
+    def _handshake(self) -> float:
+        """The round trips a new connection pays before its first request byte (TCP's, then TLS 1.3's with
+        ``tls``), each leg ``delay`` with its jitter; 0 on a link with neither. Counted in ``stats``."""
+        if not (self.delay or self.jitter):
+            return 0.0
+        hold = 0.0
+        for _ in range(2 if self.tls else 1):
+            for direction in ("up", "down"):  # the client's SYN / ClientHello, the server's reply
+                hold += max(0.0, self.delay + (2.0 * self._rng[direction].random() - 1.0) * self.jitter)
+        self.stats.handshakes += 1
+        self.stats.handshake_seconds += hold
+        return hold
 
     def _repause(self, side: _TcpSide) -> None:
         if side.paused and side.transport is not None and not side.transport.is_closing():
@@ -894,7 +917,8 @@ class TcpRelay(_Relay[_TcpEntry]):
         else:
             st.bytes_down += size
         rng = self._rng[direction]
-        hold = max(0.0, self.delay + (2.0 * rng.random() - 1.0) * self.jitter)
+        hold = max(0.0, conn.ready - now) if direction == "up" else 0.0  # sent during the handshake: waits for it
+        hold += max(0.0, self.delay + (2.0 * rng.random() - 1.0) * self.jitter)
         if self.rate > 0.0:
             sent = self._link.serialize(direction, size, now, self.rate, math.inf)  # no drops: backpressure
             hold += (sent or now) - now
@@ -922,7 +946,9 @@ class TcpRelay(_Relay[_TcpEntry]):
             else:
                 conn.early.append(None)
             return
-        when = self._order(conn, direction, time.monotonic() + self.delay)
+        now = time.monotonic()
+        start = max(now, conn.ready) if direction == "up" else now
+        when = self._order(conn, direction, start + self.delay)
         self._push((when, next(self._seq), conn, direction, kind, b"", exc is not None))
 
     def _flow_control(self, conn: _TcpConn, direction: Direction) -> None:
@@ -1190,7 +1216,7 @@ async def _serve_relays(
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     shared = _Knobs(loss=imp.loss, delay=imp.delay, jitter=imp.jitter, rate=imp.rate, rebind_every=imp.rebind)
-    tcp = TcpRelay((target_host, tcp_port), rto=imp.rto, link=imp.link, seed=seed, **shared)
+    tcp = TcpRelay((target_host, tcp_port), rto=imp.rto, link=imp.link, tls=imp.tls, seed=seed, **shared)
     udp = UdpRelay((target_host, udp_port), reorder=imp.reorder, duplicate=imp.duplicate, seed=seed, **shared)
     stopping = loop.create_future()
 
