@@ -606,7 +606,7 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
         "--impair",
         type=_impairment,
         metavar="SPEC",
-        help="put a relay with this network in front of the server, e.g. loss=5%%,delay=50ms,jitter=10ms,rebind=30s "
+        help="put a relay with this network in front of the server, e.g. loss=5%%,delay=50ms,jitter=10ms,rebind=30s,tls=on "
         "(docs/impairment.md)",
     )
     cmp.add_argument("--report", metavar="PATH", help="write a self-contained HTML report (tables and plots) here")
