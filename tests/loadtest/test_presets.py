@@ -30,7 +30,12 @@ def test_every_preset_is_a_valid_comparison(name: str) -> None:
     args = _args("--preset", name)
     assert args.compare == ["sse", "webtransport"]
     assert args.impair == impairment
-    assert (args.streams, args.duration, args.sessions) == (preset.streams, preset.duration, preset.sessions)
+    assert (args.streams, args.duration, args.sessions, args.ramp) == (
+        preset.streams,
+        preset.duration,
+        preset.sessions,
+        preset.ramp,
+    )
 
 
 def test_options_given_win_over_the_preset() -> None:
