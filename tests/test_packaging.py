@@ -38,4 +38,9 @@ def test_an_sdist_carries_the_files_not_the_links(tmp_path: Path) -> None:
             assert member.isfile()
             extracted = tar.extractfile(member)
             assert extracted is not None and extracted.read() == source.read_bytes()
+        # every module of the package travels too (subpackages such as ``loadtest/relays/`` included)
+        top = archive.name.removesuffix(".tar.gz")
+        modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "python" / "tokenwire").rglob("*.py")}
+        assert "python/tokenwire/loadtest/relays/__init__.py" in modules
+        assert modules <= {name.removeprefix(f"{top}/") for name in tar.getnames()}
     assert tokenwire.__version__ in archive.name
