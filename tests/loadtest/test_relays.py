@@ -300,12 +300,12 @@ async def test_tcp_stall_holds_the_other_connection_only_when_the_link_is_shared
         await echo_rtt(ra, wa, b"warm")  # both connected all the way
         await echo_rtt(rb, wb, b"warm")
         relay.loss = 1.0
-        wa.write(b"A")  # one segment, lost: a stall of rto
+        wa.write(b"A" * MSS)  # one segment, lost: a stall of rto
         await until(lambda: relay.stats.stalls == 1)
         relay.loss = 0.0
         rtt_b = await echo_rtt(rb, wb, b"B")
         rtt_a_started = time.monotonic()
-        assert await ra.readexactly(1) == b"A"
+        assert await ra.readexactly(MSS) == b"A" * MSS
         rtt_a_rest = time.monotonic() - rtt_a_started
     assert relay.stats.stalls == 1 and relay.stats.stall_seconds == pytest.approx(rto)
     if link == "shared":
@@ -314,6 +314,28 @@ async def test_tcp_stall_holds_the_other_connection_only_when_the_link_is_shared
     else:
         assert rtt_b < rto / 2, rtt_b  # B goes on while A waits
         assert rtt_b + rtt_a_rest >= rto - 0.05  # A still waited its rto
+
+
+@pytest.mark.parametrize("link", ["connection", "shared"])
+async def test_tcp_segments_are_per_chunk_or_packed_over_the_shared_link(link: str) -> None:
+    """Small writes: each its own segment on its own connection; one connection carrying every stream packs
+    them, a segment per MSS of the link's bytes (what the loss draws are made on)."""
+    writes, size = 60, 100
+    async with (
+        asyncio.timeout(10),
+        tcp_echo_behind_relay(link=link) as (relay, _),
+        tcp_client(relay.address) as (ra, wa),
+        tcp_client(relay.address) as (rb, wb),
+    ):
+        for _ in range(writes):
+            for reader, writer in ((ra, wa), (rb, wb)):
+                await echo_rtt(reader, writer, bytes(size))  # one chunk each way, read before the next write
+        st = relay.stats
+    total = 2 * writes * size  # each way
+    if link == "shared":
+        assert st.segments == 2 * (total // MSS)
+    else:
+        assert st.segments == 2 * 2 * writes
 
 
 async def test_tcp_rate_caps_the_whole_link() -> None:

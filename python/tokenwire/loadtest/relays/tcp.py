@@ -122,7 +122,8 @@ class TcpRelay(RelayBase[_TcpEntry]):
     serializes every connection's chunks one after another. ``loss`` is the probability that each MSS-sized
     segment of a chunk is lost; TCP would retransmit it after a timeout, so a loss holds that direction of that
     connection for ``rto`` (``link="shared"``: every connection's, as many streams multiplexed on one TCP
-    connection would wait). Bytes are never dropped, duplicated or reordered. A connection's ``connect()`` ends
+    connection would wait; and, as that one connection would pack their writes, the segments are counted over
+    the link's bytes, a full segment every ``MSS``, rather than at least one per chunk). Bytes are never dropped, duplicated or reordered. A connection's ``connect()`` ends
     at the relay's own socket, so the handshake the client would pay on a real path is charged here instead: no
     client byte leaves before one round trip (SYN, SYN-ACK; each way ``delay`` with its jitter) after the accept,
     two with ``tls=True`` (a TLS 1.3 handshake on top, as an HTTPS endpoint costs). ``reset_connections()`` /
@@ -173,6 +174,7 @@ class TcpRelay(RelayBase[_TcpEntry]):
         self._conns: dict[int, _TcpConn] = {}
         self._ids = itertools.count()
         self._link_departs: dict[Direction, float] = {"up": 0.0, "down": 0.0}  # link="shared": one order
+        self._link_bytes: dict[Direction, int] = {"up": 0, "down": 0}  # link="shared": bytes of a partial segment
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -344,6 +346,17 @@ class TcpRelay(RelayBase[_TcpEntry]):
 
     # ----------------------------------------------------------------- impairment
 
+    def _segments(self, direction: Direction, size: int) -> int:
+        """The segments a chunk of ``size`` bytes completes, each a draw of ``loss``. Own connections: the chunk
+        makes its own (``ceil(size / MSS)``, at least one: a write of a few bytes is a packet of its own). One shared
+        connection packs what every stream writes into full segments, so the link's bytes are counted
+        together and a segment is complete every ``MSS`` of them, whichever connection's chunk completes it."""
+        if self.link != "shared":
+            return -(-size // MSS)
+        packed = self._link_bytes[direction] + size
+        self._link_bytes[direction] = packed % MSS
+        return packed // MSS
+
     def _order(self, conn: _TcpConn, direction: Direction, when: float) -> float:
         """``when``, or later: never before what went into the same order (the connection's, or the link's)."""
         departs = self._link_departs if self.link == "shared" else conn.departs
@@ -370,7 +383,7 @@ class TcpRelay(RelayBase[_TcpEntry]):
         if self.rate > 0.0:
             sent = self._link.serialize(direction, size, now, self.rate, math.inf)  # no drops: backpressure
             hold += (sent or now) - now
-        segments = -(-size // MSS)
+        segments = self._segments(direction, size)
         st.segments += segments
         if self.loss > 0.0:
             lost = sum(1 for _ in range(segments) if rng.random() < self.loss)
