@@ -275,6 +275,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         wt_cert_hash=args.wt_cert_hash or "",
         wt_batch_transmit=args.wt_batch_transmit,
         wt_ack_delay_ms=args.wt_ack_delay_ms,
+        wt_keepalive=args.wt_keepalive,
     )
     if args.compare or args.impair is not None or args.report:
         # The comparison's report (one run per protocol; one run of --protocol without --compare).
@@ -594,6 +595,14 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
         type=_ack_delay_ms,
         default=0.0,
         help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
+    )
+    lt.add_argument(
+        "--wt-keepalive",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="webtransport: a client that heard nothing for this long sends a PING (0: never); after a NAT "
+        "rebinding the server reaches the client only once it sends (the migration preset's recovery)",
     )
     cmp = lt.add_argument_group("comparison, impairment and report (README: Compare the transports)")
     cmp.add_argument(

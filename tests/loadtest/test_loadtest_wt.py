@@ -52,3 +52,15 @@ def test_webtransport_forced_disconnects_resume_exactly_once(tmp_path: Path) -> 
             assert report["tokens"]["total"] == 12 * 150
             assert report["disconnects"]["forced"] >= 12  # ~1.5 s per stream at 2 cuts/s
             assert report["resume_s"]["max"] < 5.0  # every cut resumed (a sample per resume)
+
+
+def test_wt_keepalive_reaches_the_clients() -> None:
+    """``--wt-keepalive``: each worker's clients PING after that much silence (what lets the server find a client
+    after a NAT rebinding); 0 turns it off."""
+    from tokenwire.cli import _parser
+    from tokenwire.loadtest.runner import LoadTestConfig, _wt_configs
+
+    assert _parser().parse_args(["loadtest", "--wt-keepalive", "0.25"]).wt_keepalive == 0.25
+    for given, expected in ((0.25, 0.25), (0.0, None)):
+        cfg = LoadTestConfig(protocol="webtransport", streams=2, wt_cert_hash="00" * 32, wt_keepalive=given)
+        assert [getattr(c, "keepalive", "?") for c in _wt_configs(cfg, 1, 0.0)] == [expected]

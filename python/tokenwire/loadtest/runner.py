@@ -43,6 +43,7 @@ class LoadTestConfig:
     wt_cert_hash: str = ""  # webtransport: hex sha-256 to pin; "" = GET {url}/v1/webtransport/certificate
     wt_batch_transmit: bool = True  # webtransport: the client's one transmit per loop iteration
     wt_ack_delay_ms: float = 0.0  # webtransport: the client's ACK delay (0: aioquic's 1 ms)
+    wt_keepalive: float = 1.0  # webtransport: PING after this long without a datagram from the server (0: never)
     #: webtransport: connect here (``https://host:port/path``, a relay in front of the server, say) instead of
     #: the URL the server names; the certificate hash still comes from ``url`` (or ``wt_cert_hash``).
     wt_url: str = ""
@@ -257,6 +258,7 @@ def _wt_configs(cfg: LoadTestConfig, procs: int, start_at: float) -> list[Worker
                 disconnect_rate=cfg.disconnect_rate,
                 batch_transmit=cfg.wt_batch_transmit,
                 ack_delay=cfg.wt_ack_delay_ms / 1000 if cfg.wt_ack_delay_ms > 0 else None,
+                keepalive=cfg.wt_keepalive if cfg.wt_keepalive > 0 else None,
                 series_interval=cfg.bucket_seconds(),
                 max_events=_MAX_EVENTS // procs,
             )

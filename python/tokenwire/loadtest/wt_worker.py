@@ -59,6 +59,7 @@ class WtWorkerConfig:
     disconnect_rate: float = 0.0  # forced disconnects per stream per second (Poisson)
     batch_transmit: bool = True  # the client's one transmit per loop iteration (WebTransportClient)
     ack_delay: float | None = None  # the client's ACK delay (WebTransportClient); None: aioquic's
+    keepalive: float | None = 1.0  # the client's PING after this much silence (WebTransportClient); None: never
     connect_timeout: float = 10.0
     stream_timeout: float = 600.0
     series_interval: float = 1.0  # seconds per time-series bucket
@@ -146,6 +147,7 @@ class _WtWorker(WorkerBase):
                 backoff_max=2.0,
                 batch_transmit=self.cfg.batch_transmit,
                 ack_delay=self.cfg.ack_delay,
+                keepalive=self.cfg.keepalive,
             )
         return client
 
