@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.udp_relay import Address, echo_behind_relay, echo_server, msgs, udp_client, until
 from tokenwire.loadtest.impair import Impairment
-from tokenwire.loadtest.relays import MSS, RelayProcess, RelayProcessError, TcpRelay, UdpRelay
+from tokenwire.loadtest.relays import MSS, SYN_RTO, RelayProcess, RelayProcessError, TcpRelay, UdpRelay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -249,6 +249,20 @@ async def test_tcp_handshake_runs_from_connect_and_takes_its_jitter() -> None:
     assert st.handshakes == 1
     assert 2 * (delay - jitter) <= st.handshake_seconds <= 2 * (delay + jitter)
     assert st.handshake_seconds != pytest.approx(rtt)  # jittered as the other packets are
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_tcp_handshake_packets_are_lost_too(tls: bool) -> None:
+    """loss=100%: every handshake leg is lost once; a SYN / SYN-ACK waits SYN_RTO, a TLS flight rto."""
+    async with (
+        asyncio.timeout(10),
+        tcp_echo_behind_relay(loss=1.0, rto=0.3, tls=tls) as (relay, _),
+        tcp_client(relay.address),
+    ):
+        await until(lambda: relay.stats.handshakes == 1)
+        st = relay.stats
+    assert st.handshake_losses == (4 if tls else 2)
+    assert st.handshake_seconds == pytest.approx(2 * SYN_RTO + (2 * 0.3 if tls else 0.0))
 
 
 @pytest.mark.parametrize("tls", [False, True])

@@ -14,11 +14,12 @@ Import the names from here: ``from tokenwire.loadtest.relays import TcpRelay``.
 
 from tokenwire.loadtest.relays._base import Address, Direction
 from tokenwire.loadtest.relays.process import RelayProcess, RelayProcessError
-from tokenwire.loadtest.relays.tcp import MSS, TcpRelay, TcpRelayStats
+from tokenwire.loadtest.relays.tcp import MSS, SYN_RTO, TcpRelay, TcpRelayStats
 from tokenwire.loadtest.relays.udp import DirectionStats, RelayStats, UdpRelay
 
 __all__ = [
     "MSS",
+    "SYN_RTO",
     "Address",
     "Direction",
     "DirectionStats",

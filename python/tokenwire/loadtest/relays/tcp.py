@@ -16,9 +16,10 @@ from typing import Any, cast
 from tokenwire.loadtest.impair import effective_rto
 from tokenwire.loadtest.relays._base import Address, Direction, RelayBase, check_knobs, jittered
 
-__all__ = ["MSS", "TcpRelay", "TcpRelayStats"]
+__all__ = ["MSS", "SYN_RTO", "TcpRelay", "TcpRelayStats"]
 
 MSS = 1448  # bytes: a TCP segment's payload on a 1500-byte Ethernet path with timestamps
+SYN_RTO = 1.0  # seconds: the retransmission timeout of a lost SYN or SYN-ACK (RFC 6298's initial RTO, Linux's)
 _HIGH_WATER = 1 << 20  # bytes queued in the relay for one direction of one connection before its sender pauses
 _DATA, _EOF, _CLOSE = 0, 1, 2  # what an entry of the TCP relay's heap carries
 
@@ -38,6 +39,7 @@ class TcpRelayStats:
     stall_seconds: float = 0.0  # stalls x rto
     handshakes: int = 0  # connections whose first bytes waited for the handshake round trips (TCP, then TLS)
     handshake_seconds: float = 0.0  # the sum of those waits
+    handshake_losses: int = 0  # handshake packets lost (each waited SYN_RTO, or rto for TLS's)
     resets: int = 0  # connections reset by ``reset_connections`` / ``rebind``
     rebinds: list[float] = field(default_factory=list)  # time.time() of each rebind
     pauses: int = 0  # times a sender was paused because too much waited for it (backpressure)
@@ -235,6 +237,7 @@ class TcpRelay(RelayBase[_TcpEntry]):
             "stall_seconds": st.stall_seconds,
             "handshakes": st.handshakes,
             "handshake_seconds": st.handshake_seconds,
+            "handshake_losses": st.handshake_losses,
             "resets": st.resets,
             "rebinds": list(st.rebinds),
             "delivered_up": st.delivered_up,
@@ -289,13 +292,19 @@ class TcpRelay(RelayBase[_TcpEntry]):
 
     def _handshake(self) -> float:
         """The round trips a new connection pays before its first request byte (TCP's, then TLS 1.3's with
-        ``tls``), each leg ``delay`` with its jitter; 0 on a link with neither. Counted in ``stats``."""
-        if not (self.delay or self.jitter):
+        ``tls``), each leg ``delay`` with its jitter; 0 on a link with none of delay, jitter and loss. Each leg is
+        lost with probability ``loss`` and sent again after a timeout: ``SYN_RTO`` for TCP's (a SYN or SYN-ACK
+        has no RTT sample yet), ``rto`` for TLS's. Counted in ``stats``."""
+        if not (self.delay or self.jitter or self.loss):
             return 0.0
         hold = 0.0
-        for _ in range(2 if self.tls else 1):
+        for trip in range(2 if self.tls else 1):
             for direction in ("up", "down"):  # the client's SYN / ClientHello, the server's reply
-                hold += jittered(self.delay, self.jitter, self._rng[direction].random())
+                rng = self._rng[direction]
+                hold += jittered(self.delay, self.jitter, rng.random())
+                if self.loss and rng.random() < self.loss:
+                    hold += SYN_RTO if trip == 0 else self.effective_rto
+                    self.stats.handshake_losses += 1
         self.stats.handshakes += 1
         self.stats.handshake_seconds += hold
         return hold
