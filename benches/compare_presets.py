@@ -10,6 +10,7 @@ A preset whose runs lost, duplicated or left a stream incomplete is marked FAIL.
 
     python -m benches.compare_presets --repeats 3
     python -m benches.compare_presets --presets latency,hol --scale 0.3   # a quick look
+    python -m benches.compare_presets --presets migration --loadtest-args "--wt-keepalive 0.25"
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -47,9 +49,11 @@ def run_preset(preset: Preset, repeat: int, args: argparse.Namespace) -> dict[st
     cmd = [TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest", "--preset", preset.name]
     cmd += ["--url", f"http://127.0.0.1:{port}", "--server-pid", str(server.pid), "--quiet"]
     cmd += ["--json", f"{stem}.json", "--report", f"{stem}.html", "--seed", str(repeat)]
+    cmd += shlex.split(args.loadtest_args)
     if args.scale != 1.0:
         cmd += ["--streams", str(max(2, round(preset.streams * args.scale)))]
         cmd += ["--duration", f"{max(1.0, preset.duration * args.scale):g}"]
+    Path(f"{stem}.json").unlink(missing_ok=True)  # an earlier run's must not stand in for this one's
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)  # noqa: S603
     finally:
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cores", default="1" if (os.cpu_count() or 1) > 1 else "0")
     p.add_argument("--out", default="bench-out/presets", help="JSON and HTML reports, and the table (presets.md)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per load test")
+    p.add_argument("--loadtest-args", default="", help="more tokenwire loadtest options, e.g. '--wt-keepalive 0.25'")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.presets.split(",") if n.strip()]
     unknown = [n for n in names if n not in PRESETS]
