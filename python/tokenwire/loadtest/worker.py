@@ -99,13 +99,14 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.error_body = b""
         self.forced = False  # closed by a forced disconnect (not by the server or the network)
+        self.bytes_in = 0  # bytes read on this connection, response head included
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.s.w.bytes_down += len(data)
+        self.bytes_in += len(data)
         try:
             self.parser.feed_data(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure ends this response only
@@ -143,6 +144,7 @@ class _Stream:
         self.resume_started_us = 0
         self.cut_us = 0  # when the connection was cut (forced or noticed), until a resumed token arrives
         self.conn: _Conn | None = None
+        self.conns: list[_Conn] = []  # every connection of the stream (their bytes read, counted at its end)
         self._sched_start_us = 0
         targets = w.cfg.targets or [(w.cfg.host, w.cfg.port, w.cfg.path_prefix)]
         self.targets = targets
@@ -198,6 +200,7 @@ class _Stream:
         async with asyncio.timeout(cfg.connect_timeout):
             transport, conn = await loop.create_connection(lambda: _Conn(self), host, port)
         self.conn = conn
+        self.conns.append(conn)
         transport.write(raw)
         self.w.bytes_up += len(raw)
         return conn
@@ -256,6 +259,7 @@ class _Stream:
             self.fail(f"connection error: {exc!r}")
         r = self.result
         r.tokens, r.duplicates, r.lost = t.tokens, t.duplicates, t.lost
+        self.w.bytes_down += sum(c.bytes_in for c in self.conns)
         if t.error is not None:
             self.fail(f"stream error event: {t.error}")
         self.w.settle(r, self.prompt, t.content_hash, bool(t.done), t.first_token_at_us or 0, self.started_us)
