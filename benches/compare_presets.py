@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ from benches.sse_compare import TASKSET, TOKENWIRE, spawn_server, stop_server
 from tokenwire.loadtest.presets import PRESETS, Preset
 
 _ALWAYS = ("server CPU-s per 100k tokens",)
-_PORT = 8731
+_URL = re.compile(r"serving SSE on (http://[0-9.]+:[0-9]+)")
 
 
 def _value(report: dict[str, Any], metric: str, protocol: str) -> float | None:
@@ -42,12 +43,11 @@ def _value(report: dict[str, Any], metric: str, protocol: str) -> float | None:
 
 def run_preset(preset: Preset, repeat: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run of ``preset``: a fresh server, the load test's comparison report."""
-    port = _PORT + repeat
-    ready = lambda line: "" if "serving SSE on" in line else None
-    server, _ = spawn_server("tokenwire serve", [*TOKENWIRE, "serve", "--port", str(port)], args.server_cores, ready)
+    ready = lambda line: found[1] if (found := _URL.search(line)) else None
+    server, url = spawn_server("tokenwire serve", [*TOKENWIRE, "serve", "--port", "0"], args.server_cores, ready)
     stem = Path(args.out) / f"{preset.name}-{repeat}"
     cmd = [TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest", "--preset", preset.name]
-    cmd += ["--url", f"http://127.0.0.1:{port}", "--server-pid", str(server.pid), "--quiet"]
+    cmd += ["--url", url, "--server-pid", str(server.pid), "--quiet"]
     cmd += ["--json", f"{stem}.json", "--report", f"{stem}.html", "--seed", str(repeat)]
     cmd += shlex.split(args.loadtest_args)
     if args.scale != 1.0:

@@ -232,8 +232,12 @@ class _Stream:
                 if conn.status not in (0, 200):
                     self.fail(f"HTTP {conn.status}: {conn.error_body[:200].decode('utf-8', 'replace')}")
                     break
-                # Status 0: the connection ended before a response (reset by the network): a cut like another.
+                # Status 0: the connection ended before a response (reset by the network): a cut like another,
+                # until no response has come for connect_timeout since the cut (the server is gone).
                 if t.done or t.error is not None or self.result.error:
+                    break
+                if conn.status == 0 and self.cut_us and _now_us() - self.cut_us > cfg.connect_timeout * 1e6:
+                    self.fail(f"no response for {cfg.connect_timeout:g} s after the connection was cut")
                     break
                 if not cfg.resumable:
                     self.fail("connection ended before the stream did (target does not resume)")
