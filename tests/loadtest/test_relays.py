@@ -122,10 +122,12 @@ async def test_udp_loss_rate_is_the_knob_both_ways() -> None:
         await until(lambda: relay.up.received == n and relay.in_flight == 0)
         await until(lambda: relay.down.received == len(echo.sources) and len(client.received) == relay.down.forwarded)
         reached_server = len(echo.sources)
-        assert within_binomial(n - reached_server, n, p), reached_server
         assert relay.up.dropped == n - reached_server  # the relay's count is what the server missed
         came_back = len(client.received)
-        assert within_binomial(reached_server - came_back, reached_server, p), came_back
+        # The knob's drops: a busy machine may add a few more (a full kernel buffer, counted as overflow).
+        for way, received in ((relay.up, n), (relay.down, reached_server)):
+            assert within_binomial(way.dropped - way.overflow - way.errors, received, p), (way, received)
+            assert way.overflow + way.errors <= way.dropped
         snap = relay.snapshot()
         assert snap["datagrams_up"] == n and snap["bytes_up"] == 5 * n
         assert snap["dropped_up"] + snap["dropped_down"] == n - came_back
