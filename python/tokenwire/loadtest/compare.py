@@ -128,8 +128,10 @@ def run_compare(
     machine = machine_facts()
     wt_url = ""
     if "webtransport" in protocols and not base.wt_cert_hash:
-        # Before any run: the server must serve WebTransport, and the UDP relay needs its port.
-        wt_url = fetch_wt_certificate(base.url)[0]
+        # Once, before any run: the server must serve WebTransport, the UDP relay needs its port, and every run
+        # pins this hash (no fetch of its own).
+        wt_url, cert_hex = fetch_wt_certificate(base.url)
+        base = replace(base, wt_cert_hash=cert_hex, wt_url=base.wt_url or wt_url)
     runs: dict[str, dict[str, Any]] = {}
     for protocol in protocols:
         cfg = replace(base, protocol=protocol, detail=True, label=protocol, urls=[base.url])
