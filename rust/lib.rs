@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod h3;
 pub mod registry;
 pub mod ring;
 pub mod sse;
