@@ -6,6 +6,7 @@
 pub mod error;
 pub mod frame;
 pub mod h3;
+pub mod quic;
 pub mod registry;
 pub mod ring;
 pub mod sse;

@@ -1,0 +1,992 @@
+//! The QUIC engine, sans-I/O: a quinn-proto endpoint and its connections, one [`H3Conn`] per connection.
+//!
+//! Datagrams and the time go in ([`Engine::handle_datagram`], [`Engine::handle_timeouts`]); events come out
+//! ([`Engine::process`] fills [`Engine::take_events`]) and so do packets ([`Engine::transmit`] hands each
+//! to a sender). Connections are named by ids this engine gives (never reused); streams by their QUIC ids.
+//!
+//! Sending: a request stream (a CONNECT and its response) carries HTTP/3 frames (HEADERS, DATA); a
+//! WebTransport stream carries raw bytes after its 0x41 header. What QUIC flow control does not take at
+//! once waits in the stream's pending buffer (bounded by one call's bytes) and goes out as credit comes;
+//! the writer hears `Writable` then.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig,
+    Event as QuicEvent, IdleTimeout, ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
+    WriteError,
+};
+
+use crate::h3::{self, H3Conn, H3Error, H3Event, Role};
+
+/// Every error of a call on the engine: the caller's (unknown connection, closed stream, bad argument).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// No such connection (never was, or it is gone).
+    NoConnection(u64),
+    /// The stream cannot take this (never opened, finished, reset or stopped).
+    StreamClosed(u64),
+    /// The peer's stream limit is reached: no new stream now.
+    StreamsExhausted,
+    /// A value out of range (a code or id above 2^62, a bad address).
+    Invalid(String),
+    /// A client call on a server engine or the other way round.
+    WrongSide(&'static str),
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoConnection(c) => write!(f, "no connection {c}"),
+            Self::StreamClosed(s) => write!(f, "stream {s} is closed for sending"),
+            Self::StreamsExhausted => f.write_str("the peer's stream limit is reached"),
+            Self::Invalid(m) => f.write_str(m),
+            Self::WrongSide(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// What the engine reports, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Server: a new connection (handshake under way). Client: the handshake completed.
+    Connected {
+        conn: u64,
+        peer: SocketAddr,
+    },
+    /// Server: the handshake completed.
+    Handshake {
+        conn: u64,
+    },
+    Settings {
+        conn: u64,
+        settings: Vec<(u64, u64)>,
+    },
+    Headers {
+        conn: u64,
+        stream_id: u64,
+        headers: h3::HeaderList,
+        fin: bool,
+    },
+    Data {
+        conn: u64,
+        stream_id: u64,
+        data: Vec<u8>,
+        fin: bool,
+    },
+    WtStream {
+        conn: u64,
+        stream_id: u64,
+        session_id: u64,
+        data: Vec<u8>,
+        fin: bool,
+    },
+    Datagram {
+        conn: u64,
+        session_id: u64,
+        payload: Vec<u8>,
+    },
+    GoAway {
+        conn: u64,
+        id: u64,
+    },
+    /// The peer reset a stream it was sending on (`RESET_STREAM`).
+    Reset {
+        conn: u64,
+        stream_id: u64,
+        code: u64,
+    },
+    /// The peer asked this end to stop sending on a stream (`STOP_SENDING`).
+    StopSending {
+        conn: u64,
+        stream_id: u64,
+        code: u64,
+    },
+    /// A stream that was blocked (a short write or a PAUSED flush) can take more.
+    Writable {
+        conn: u64,
+        stream_id: u64,
+    },
+    /// The connection is gone: the last event of it.
+    Closed {
+        conn: u64,
+        code: u64,
+        reason: String,
+    },
+}
+
+/// How the engine's connections are set up.
+#[derive(Clone)]
+pub struct Config {
+    /// Server mode (accepts connections) with this TLS; `None`: client mode.
+    pub server: Option<Arc<quinn_proto::crypto::rustls::QuicServerConfig>>,
+    /// Client mode's TLS.
+    pub client: Option<Arc<quinn_proto::crypto::rustls::QuicClientConfig>>,
+    /// Every HTTP/3 setting this end announces.
+    pub h3_settings: Vec<(u64, u64)>,
+    pub idle_timeout: Duration,
+    pub keepalive: Option<Duration>,
+    pub max_bidi_streams: u64,
+    pub stream_window: u64,
+    pub conn_window: u64,
+}
+
+/// Unidirectional streams a peer may open (control, QPACK encoder and decoder, a few WebTransport ones).
+const MAX_UNI_STREAMS: u32 = 100;
+/// Bytes of received datagrams buffered before quinn drops the oldest.
+const DATAGRAM_BUFFER: usize = 1 << 20;
+
+fn varint(v: u64) -> Result<VarInt, EngineError> {
+    VarInt::from_u64(v).map_err(|_| EngineError::Invalid(format!("{v} is above 2^62-1")))
+}
+
+fn transport(config: &Config) -> Result<Arc<TransportConfig>, EngineError> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(varint(config.max_bidi_streams)?)
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .stream_receive_window(varint(config.stream_window)?)
+        .receive_window(varint(config.conn_window)?)
+        .send_window(config.conn_window)
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(config.idle_timeout)
+                .map_err(|_| EngineError::Invalid("idle_timeout is out of range".into()))?,
+        ))
+        .keep_alive_interval(config.keepalive)
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER);
+    Ok(Arc::new(t))
+}
+
+/// A stream's send side as this engine sees it.
+// Four independent facts of one stream's send side.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Default)]
+struct SendState {
+    /// Raw bytes (a WebTransport stream) rather than HTTP/3 frames (a request stream).
+    wt: bool,
+    /// Bytes accepted from the caller that QUIC has not taken yet.
+    pending: Vec<u8>,
+    pending_off: usize,
+    /// FIN once `pending` is out.
+    fin: bool,
+    /// A caller was told to wait: report `Writable` once `pending` is out.
+    blocked: bool,
+    /// Finished, reset or stopped: nothing more goes out.
+    closed: bool,
+}
+
+impl SendState {
+    fn has_pending(&self) -> bool {
+        self.pending_off < self.pending.len()
+    }
+}
+
+struct Conn {
+    handle: ConnectionHandle,
+    quic: quinn_proto::Connection,
+    h3: H3Conn,
+    /// The control stream (and the QPACK streams) are open and written.
+    uni_opened: bool,
+    sends: HashMap<u64, SendState>,
+    /// WebTransport streams this end opened (stream -> session): the peer's bytes on them are raw and
+    /// reported here, not parsed by HTTP/3.
+    local_wt: HashMap<u64, u64>,
+    /// The `Closed` event went out.
+    closed_reported: bool,
+    /// On the engine's dirty list.
+    dirty: bool,
+    /// The deadline last put on the timer heap.
+    timer: Option<Instant>,
+}
+
+/// Counters over the engine's life.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub lost_packets_closed: u64,
+}
+
+pub struct Engine {
+    endpoint: Endpoint,
+    config: Config,
+    client_config: Option<ClientConfig>,
+    conns: HashMap<u64, Conn>,
+    by_handle: HashMap<ConnectionHandle, u64>,
+    next_id: u64,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    dirty: Vec<u64>,
+    events: Vec<Event>,
+    /// Packets of the endpoint itself (version negotiation, stateless resets, refusals), with their bytes.
+    responses: Vec<(quinn_proto::Transmit, Vec<u8>)>,
+    h3_events: Vec<H3Event>,
+    buf: Vec<u8>,
+    pub stats: Stats,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Result<Self, EngineError> {
+        let transport = transport(&config)?;
+        let server = match &config.server {
+            Some(tls) => {
+                let mut server = ServerConfig::with_crypto(tls.clone());
+                server.transport_config(transport.clone());
+                Some(Arc::new(server))
+            }
+            None => None,
+        };
+        let client_config = match &config.client {
+            Some(tls) if server.is_none() => {
+                let mut client = ClientConfig::new(tls.clone());
+                client.transport_config(transport);
+                Some(client)
+            }
+            Some(_) => {
+                return Err(EngineError::Invalid(
+                    "an engine is a server or a client, not both".into(),
+                ))
+            }
+            None if server.is_none() => {
+                return Err(EngineError::Invalid("a client engine needs a client TLS config".into()))
+            }
+            None => None,
+        };
+        Ok(Self {
+            endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), server, true, None),
+            config,
+            client_config,
+            conns: HashMap::new(),
+            by_handle: HashMap::new(),
+            next_id: 1,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            events: Vec::new(),
+            responses: Vec::new(),
+            h3_events: Vec::new(),
+            buf: Vec::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn is_server(&self) -> bool {
+        self.config.server.is_some()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Packets lost on the live connections plus those of the closed ones.
+    pub fn lost_packets(&self) -> u64 {
+        self.stats.lost_packets_closed
+            + self
+                .conns
+                .values()
+                .map(|c| c.quic.stats().path.lost_packets)
+                .sum::<u64>()
+    }
+
+    /// The events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Appends the events since the last call to `out`.
+    pub fn drain_events_into(&mut self, out: &mut Vec<Event>) {
+        out.append(&mut self.events);
+    }
+
+    fn mark_dirty(dirty: &mut Vec<u64>, conn: &mut Conn, id: u64) {
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(id);
+        }
+    }
+
+    fn new_conn(&mut self, handle: ConnectionHandle, quic: quinn_proto::Connection, role: Role) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut conn = Conn {
+            handle,
+            quic,
+            h3: H3Conn::new(role, &self.config.h3_settings),
+            uni_opened: false,
+            sends: HashMap::new(),
+            local_wt: HashMap::new(),
+            closed_reported: false,
+            dirty: false,
+            timer: None,
+        };
+        Self::mark_dirty(&mut self.dirty, &mut conn, id);
+        self.conns.insert(id, conn);
+        self.by_handle.insert(handle, id);
+        id
+    }
+
+    /// One received UDP datagram.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        data: &[u8],
+    ) {
+        self.buf.clear();
+        let event = self
+            .endpoint
+            .handle(now, from, local_ip, ecn, BytesMut::from(data), &mut self.buf);
+        match event {
+            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                if let Some(&id) = self.by_handle.get(&handle) {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.quic.handle_event(event);
+                        Self::mark_dirty(&mut self.dirty, conn, id);
+                    }
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.config.server.is_none() {
+                    self.endpoint.ignore(incoming);
+                    return;
+                }
+                let peer = incoming.remote_address();
+                self.buf.clear();
+                match self.endpoint.accept(incoming, now, &mut self.buf, None) {
+                    Ok((handle, quic)) => {
+                        self.stats.connections_accepted += 1;
+                        let id = self.new_conn(handle, quic, Role::Server);
+                        self.events.push(Event::Connected { conn: id, peer });
+                    }
+                    Err(e) => {
+                        self.stats.connections_refused += 1;
+                        if let Some(transmit) = e.response {
+                            let bytes = self.buf[..transmit.size].to_vec();
+                            self.responses.push((transmit, bytes));
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(transmit)) => {
+                let bytes = self.buf[..transmit.size].to_vec();
+                self.responses.push((transmit, bytes));
+            }
+            None => {}
+        }
+    }
+
+    /// Runs every connection timer due at `now`.
+    pub fn handle_timeouts(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            if conn.timer != Some(at) {
+                continue; // superseded
+            }
+            conn.timer = None;
+            conn.quic.handle_timeout(now);
+            Self::mark_dirty(&mut self.dirty, conn, id);
+        }
+    }
+
+    /// The earliest deadline of any connection (`None`: nothing pending).
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            match self.conns.get(&id) {
+                Some(conn) if conn.timer == Some(at) => return Some(at),
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Advances every connection that had input: QUIC events become engine events (through HTTP/3).
+    pub fn process(&mut self, now: Instant) {
+        for &id in &self.dirty {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            Self::process_conn(
+                &mut self.endpoint,
+                &mut self.events,
+                &mut self.h3_events,
+                self.config.server.is_some(),
+                id,
+                conn,
+                now,
+            );
+        }
+    }
+
+    fn route_endpoint_events(endpoint: &mut Endpoint, conn: &mut Conn) {
+        while let Some(event) = conn.quic.poll_endpoint_events() {
+            if let Some(reply) = endpoint.handle_event(conn.handle, event) {
+                conn.quic.handle_event(reply);
+            }
+        }
+    }
+
+    fn process_conn(
+        endpoint: &mut Endpoint,
+        events: &mut Vec<Event>,
+        h3_events: &mut Vec<H3Event>,
+        server: bool,
+        id: u64,
+        conn: &mut Conn,
+        now: Instant,
+    ) {
+        Self::route_endpoint_events(endpoint, conn);
+        while let Some(event) = conn.quic.poll() {
+            match event {
+                QuicEvent::Connected => {
+                    if server {
+                        events.push(Event::Handshake { conn: id });
+                    } else {
+                        events.push(Event::Connected {
+                            conn: id,
+                            peer: conn.quic.remote_address(),
+                        });
+                    }
+                }
+                QuicEvent::ConnectionLost { reason } => {
+                    if !conn.closed_reported {
+                        conn.closed_reported = true;
+                        let (code, reason) = describe_close(&reason);
+                        events.push(Event::Closed { conn: id, code, reason });
+                    }
+                }
+                QuicEvent::Stream(StreamEvent::Opened { dir }) => {
+                    while let Some(stream) = conn.quic.streams().accept(dir) {
+                        Self::read_stream(events, h3_events, id, conn, stream, now);
+                    }
+                }
+                QuicEvent::Stream(StreamEvent::Readable { id: stream }) => {
+                    Self::read_stream(events, h3_events, id, conn, stream, now);
+                }
+                QuicEvent::Stream(StreamEvent::Writable { id: stream }) => {
+                    let sid = u64::from(stream);
+                    Self::drain_pending(conn, sid);
+                    if let Some(send) = conn.sends.get_mut(&sid) {
+                        if send.blocked && !send.has_pending() {
+                            send.blocked = false;
+                            events.push(Event::Writable {
+                                conn: id,
+                                stream_id: sid,
+                            });
+                        }
+                    }
+                }
+                QuicEvent::Stream(StreamEvent::Finished { id: stream }) => {
+                    conn.sends.remove(&u64::from(stream));
+                }
+                QuicEvent::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
+                    let sid = u64::from(stream);
+                    if let Some(send) = conn.sends.get_mut(&sid) {
+                        send.closed = true;
+                        send.pending = Vec::new();
+                        send.pending_off = 0;
+                    }
+                    events.push(Event::StopSending {
+                        conn: id,
+                        stream_id: sid,
+                        code: error_code.into_inner(),
+                    });
+                }
+                QuicEvent::HandshakeDataReady
+                | QuicEvent::Stream(StreamEvent::Available { .. })
+                | QuicEvent::DatagramsUnblocked => {}
+                QuicEvent::DatagramReceived => {
+                    while let Some(datagram) = conn.quic.datagrams().recv() {
+                        let result = conn.h3.on_datagram(&datagram, h3_events);
+                        Self::h3_outcome(events, h3_events, id, conn, result, now);
+                    }
+                }
+            }
+        }
+        if !conn.uni_opened && !conn.closed_reported && !conn.quic.is_handshaking() {
+            Self::open_uni_streams(conn);
+        }
+    }
+
+    /// Opens the control stream (SETTINGS) and the QPACK encoder and decoder streams (empty: no dynamic
+    /// table), as aioquic and browsers do.
+    fn open_uni_streams(conn: &mut Conn) {
+        let control = conn.h3.control_stream_bytes();
+        for bytes in [control.as_slice(), &[0x02], &[0x03]] {
+            let Some(stream) = conn.quic.streams().open(Dir::Uni) else {
+                return; // retried when the peer's limit allows (it must allow 3: RFC 9114 §6.2)
+            };
+            let sid = u64::from(stream);
+            let send = conn.sends.entry(sid).or_default();
+            send.wt = true;
+            send.pending.extend_from_slice(bytes);
+            Self::drain_pending(conn, sid);
+        }
+        conn.uni_opened = true;
+    }
+
+    fn read_stream(
+        events: &mut Vec<Event>,
+        h3_events: &mut Vec<H3Event>,
+        id: u64,
+        conn: &mut Conn,
+        stream: StreamId,
+        now: Instant,
+    ) {
+        let sid = u64::from(stream);
+        let mut data = Vec::new();
+        let mut fin = false;
+        let mut reset = None;
+        {
+            let mut recv = conn.quic.recv_stream(stream);
+            let Ok(mut chunks) = recv.read(true) else { return };
+            loop {
+                match chunks.next(usize::MAX) {
+                    Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+                    Ok(None) => {
+                        fin = true;
+                        break;
+                    }
+                    Err(ReadError::Blocked) => break,
+                    Err(ReadError::Reset(code)) => {
+                        reset = Some(code.into_inner());
+                        break;
+                    }
+                }
+            }
+            let _ = chunks.finalize();
+        }
+        if let Some(&session_id) = conn.local_wt.get(&sid) {
+            if !data.is_empty() || fin {
+                events.push(Event::WtStream {
+                    conn: id,
+                    stream_id: sid,
+                    session_id,
+                    data,
+                    fin,
+                });
+            }
+            if fin || reset.is_some() {
+                conn.local_wt.remove(&sid);
+            }
+        } else if !data.is_empty() || fin {
+            let result = conn.h3.on_stream_data(sid, &data, fin, h3_events);
+            Self::h3_outcome(events, h3_events, id, conn, result, now);
+        }
+        if let Some(code) = reset {
+            conn.h3.on_stream_reset(sid);
+            events.push(Event::Reset {
+                conn: id,
+                stream_id: sid,
+                code,
+            });
+        }
+    }
+
+    /// Turns HTTP/3 events into engine events, or closes the connection on an HTTP/3 error.
+    fn h3_outcome(
+        events: &mut Vec<Event>,
+        h3_events: &mut Vec<H3Event>,
+        id: u64,
+        conn: &mut Conn,
+        result: Result<(), H3Error>,
+        now: Instant,
+    ) {
+        for event in h3_events.drain(..) {
+            events.push(match event {
+                H3Event::Settings(settings) => Event::Settings { conn: id, settings },
+                H3Event::Headers {
+                    stream_id,
+                    headers,
+                    fin,
+                } => Event::Headers {
+                    conn: id,
+                    stream_id,
+                    headers,
+                    fin,
+                },
+                H3Event::Data { stream_id, data, fin } => Event::Data {
+                    conn: id,
+                    stream_id,
+                    data,
+                    fin,
+                },
+                H3Event::WtStream {
+                    stream_id,
+                    session_id,
+                    data,
+                    fin,
+                } => {
+                    // A bidirectional WebTransport stream: this end's replies are raw bytes.
+                    if stream_id & 0b10 == 0 {
+                        conn.sends.entry(stream_id).or_default().wt = true;
+                    }
+                    Event::WtStream {
+                        conn: id,
+                        stream_id,
+                        session_id,
+                        data,
+                        fin,
+                    }
+                }
+                H3Event::Datagram { session_id, payload } => Event::Datagram {
+                    conn: id,
+                    session_id,
+                    payload,
+                },
+                H3Event::GoAway(goaway) => Event::GoAway { conn: id, id: goaway },
+            });
+        }
+        if let Err(e) = result {
+            Self::close_conn(events, id, conn, now, e.code, e.reason.as_bytes());
+        }
+    }
+
+    fn close_conn(events: &mut Vec<Event>, id: u64, conn: &mut Conn, now: Instant, code: u64, reason: &[u8]) {
+        let code_varint = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0x102));
+        conn.quic.close(now, code_varint, Bytes::copy_from_slice(reason));
+        if !conn.closed_reported {
+            conn.closed_reported = true;
+            events.push(Event::Closed {
+                conn: id,
+                code,
+                reason: String::from_utf8_lossy(reason).into_owned(),
+            });
+        }
+    }
+
+    /// Writes what QUIC takes of a stream's pending bytes; FIN once they are all out.
+    fn drain_pending(conn: &mut Conn, sid: u64) {
+        let Some(send) = conn.sends.get_mut(&sid) else { return };
+        if send.closed {
+            return;
+        }
+        let Ok(var) = VarInt::from_u64(sid) else { return };
+        let mut stream = conn.quic.send_stream(StreamId::from(var));
+        while send.has_pending() {
+            match stream.write(&send.pending[send.pending_off..]) {
+                Ok(n) => send.pending_off += n,
+                Err(WriteError::Blocked) => break,
+                Err(WriteError::Stopped(_) | WriteError::ClosedStream) => {
+                    send.closed = true;
+                    break;
+                }
+            }
+        }
+        if !send.has_pending() {
+            send.pending.clear();
+            send.pending_off = 0;
+            if send.fin && !send.closed {
+                send.closed = true;
+                let _ = stream.finish();
+            }
+        }
+    }
+
+    /// Sends every packet the connections (and the endpoint) have, GSO batches of up to `max_segments`.
+    /// Also retires drained connections.
+    pub fn transmit(
+        &mut self,
+        now: Instant,
+        max_segments: usize,
+        send: &mut impl FnMut(&quinn_proto::Transmit, &[u8]),
+    ) {
+        for (transmit, bytes) in self.responses.drain(..) {
+            send(&transmit, &bytes);
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            conn.dirty = false;
+            loop {
+                self.buf.clear();
+                let Some(transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
+                    break;
+                };
+                send(&transmit, &self.buf[..transmit.size]);
+            }
+            Self::route_endpoint_events(&mut self.endpoint, conn);
+            if conn.quic.is_drained() {
+                self.retire(id);
+                continue;
+            }
+            let timer = conn.quic.poll_timeout();
+            if timer != conn.timer {
+                conn.timer = timer;
+                if let Some(at) = timer {
+                    self.timers.push(Reverse((at, id)));
+                }
+            }
+        }
+    }
+
+    fn retire(&mut self, id: u64) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        self.by_handle.remove(&conn.handle);
+        self.stats.lost_packets_closed += conn.quic.stats().path.lost_packets;
+        if !conn.closed_reported {
+            conn.closed_reported = true;
+            self.events.push(Event::Closed {
+                conn: id,
+                code: 0,
+                reason: "drained".into(),
+            });
+        }
+    }
+
+    fn conn_mut(&mut self, id: u64) -> Result<&mut Conn, EngineError> {
+        let conn = self.conns.get_mut(&id).ok_or(EngineError::NoConnection(id))?;
+        Self::mark_dirty(&mut self.dirty, conn, id);
+        Ok(conn)
+    }
+
+    /// Client: starts a connection; its `Connected` event comes when the handshake completes.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr, server_name: &str) -> Result<u64, EngineError> {
+        let config = self
+            .client_config
+            .clone()
+            .ok_or(EngineError::WrongSide("connect() is for a client engine"))?;
+        let (handle, quic) = self
+            .endpoint
+            .connect(now, config, remote, server_name)
+            .map_err(|e| EngineError::Invalid(format!("cannot connect to {remote}: {e}")))?;
+        Ok(self.new_conn(handle, quic, Role::Client))
+    }
+
+    /// Writes `bytes` to a stream: what QUIC takes now goes, the rest waits in the stream's pending
+    /// buffer. Returns whether all of it went into QUIC (false: the caller hears `Writable` later).
+    fn write_queued(conn: &mut Conn, sid: u64, parts: &[&[u8]], fin: bool) -> Result<bool, EngineError> {
+        let send = conn.sends.entry(sid).or_default();
+        if send.closed || send.fin {
+            return Err(EngineError::StreamClosed(sid));
+        }
+        for part in parts {
+            send.pending.extend_from_slice(part);
+        }
+        send.fin = fin;
+        Self::drain_pending(conn, sid);
+        let send = conn.sends.get_mut(&sid).ok_or(EngineError::StreamClosed(sid))?;
+        if send.has_pending() {
+            send.blocked = true;
+            Ok(false)
+        } else {
+            Ok(true)
+        }
+    }
+
+    fn check_send_stream(conn: &Conn, sid: u64, server: bool) -> Result<(), EngineError> {
+        // A unidirectional stream the peer opened has no send side here.
+        let peer_uni = sid & 0b10 != 0 && ((sid & 1 == 1) != server);
+        if peer_uni || VarInt::from_u64(sid).is_err() {
+            return Err(EngineError::StreamClosed(sid));
+        }
+        let _ = conn;
+        Ok(())
+    }
+
+    /// HEADERS on a request stream.
+    pub fn send_headers(
+        &mut self,
+        conn: u64,
+        sid: u64,
+        headers: &[(&[u8], &[u8])],
+        fin: bool,
+    ) -> Result<(), EngineError> {
+        let server = self.is_server();
+        let conn = self.conn_mut(conn)?;
+        Self::check_send_stream(conn, sid, server)?;
+        let mut frame = Vec::new();
+        h3::encode_headers_frame(headers, &mut frame);
+        Self::write_queued(conn, sid, &[&frame], fin)?;
+        Ok(())
+    }
+
+    /// Data on a stream: a DATA frame on a request stream, raw bytes on a WebTransport stream. Returns the
+    /// bytes taken: all of them on a request stream (queued if need be), what QUIC took on a WebTransport
+    /// stream (less than all: wait for `Writable`).
+    pub fn send_data(&mut self, conn: u64, sid: u64, data: &[u8], fin: bool) -> Result<usize, EngineError> {
+        let server = self.is_server();
+        let conn = self.conn_mut(conn)?;
+        Self::check_send_stream(conn, sid, server)?;
+        let send = conn.sends.entry(sid).or_default();
+        if send.closed || send.fin {
+            return Err(EngineError::StreamClosed(sid));
+        }
+        if send.wt {
+            if send.has_pending() {
+                Self::drain_pending(conn, sid);
+            }
+            let send = conn.sends.get_mut(&sid).ok_or(EngineError::StreamClosed(sid))?;
+            if send.has_pending() {
+                send.blocked = true;
+                return Ok(0);
+            }
+            let stream = conn.quic.send_stream(StreamId::from(varint(sid)?));
+            let mut stream = stream;
+            let n = if data.is_empty() {
+                0
+            } else {
+                match stream.write(data) {
+                    Ok(n) => n,
+                    Err(WriteError::Blocked) => 0,
+                    Err(WriteError::Stopped(_) | WriteError::ClosedStream) => {
+                        send.closed = true;
+                        return Err(EngineError::StreamClosed(sid));
+                    }
+                }
+            };
+            if n == data.len() && fin {
+                send.closed = true;
+                let _ = stream.finish();
+            } else if n < data.len() {
+                send.blocked = true;
+            }
+            Ok(n)
+        } else {
+            let mut frame = Vec::with_capacity(data.len() + 9);
+            if !data.is_empty() {
+                h3::encode_data_frame_header(data.len() as u64, &mut frame);
+                frame.extend_from_slice(data);
+            }
+            Self::write_queued(conn, sid, &[&frame], fin)?;
+            Ok(data.len())
+        }
+    }
+
+    /// Writes `prefix` and `body` to a WebTransport stream for a flush: everything is accepted (what QUIC
+    /// does not take waits in the stream's buffer). Returns `Ok(true)` if all went into QUIC.
+    pub fn write_flush(
+        &mut self,
+        conn: u64,
+        sid: u64,
+        prefix: &[u8],
+        body: &[u8],
+        fin: bool,
+    ) -> Result<bool, EngineError> {
+        let conn = self.conn_mut(conn)?;
+        conn.sends.entry(sid).or_default().wt = true;
+        Self::write_queued(conn, sid, &[prefix, body], fin)
+    }
+
+    /// Whether a stream can take a flush now: `Ok(false)` while earlier bytes still wait for credit.
+    pub fn flush_ready(&mut self, conn: u64, sid: u64) -> Result<bool, EngineError> {
+        let server = self.is_server();
+        let conn = self.conn_mut(conn)?;
+        Self::check_send_stream(conn, sid, server)?;
+        if let Some(send) = conn.sends.get(&sid) {
+            if send.closed || send.fin {
+                return Err(EngineError::StreamClosed(sid));
+            }
+            if send.has_pending() {
+                Self::drain_pending(conn, sid);
+                let send = conn.sends.get_mut(&sid).ok_or(EngineError::StreamClosed(sid))?;
+                if send.has_pending() {
+                    send.blocked = true;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn reset_stream(&mut self, conn: u64, sid: u64, code: u64) -> Result<(), EngineError> {
+        let server = self.is_server();
+        let code = varint(code)?;
+        let conn = self.conn_mut(conn)?;
+        Self::check_send_stream(conn, sid, server)?;
+        let send = conn.sends.entry(sid).or_default();
+        send.closed = true;
+        send.pending = Vec::new();
+        send.pending_off = 0;
+        let _ = conn.quic.send_stream(StreamId::from(varint(sid)?)).reset(code);
+        Ok(())
+    }
+
+    pub fn stop_sending(&mut self, conn: u64, sid: u64, code: u64) -> Result<(), EngineError> {
+        let server = self.is_server();
+        let code = varint(code)?;
+        let conn = self.conn_mut(conn)?;
+        // A stream this end opened one way has no receive side.
+        let own_uni = sid & 0b10 != 0 && ((sid & 1 == 1) == server);
+        if own_uni {
+            return Err(EngineError::StreamClosed(sid));
+        }
+        let _ = conn.quic.recv_stream(StreamId::from(varint(sid)?)).stop(code);
+        conn.h3.on_stream_reset(sid);
+        Ok(())
+    }
+
+    /// An HTTP/3 datagram for session `session_id`; false if QUIC refused it (too large, datagrams off).
+    pub fn send_datagram(&mut self, conn: u64, session_id: u64, payload: &[u8]) -> Result<bool, EngineError> {
+        let conn = self.conn_mut(conn)?;
+        let mut out = Vec::with_capacity(payload.len() + 8);
+        h3::encode_datagram(session_id, payload, &mut out);
+        Ok(conn.quic.datagrams().send(Bytes::from(out), true).is_ok())
+    }
+
+    /// Closes a connection; its `Closed` event comes with the next events.
+    pub fn close(&mut self, now: Instant, conn: u64, code: u64, reason: &[u8]) -> Result<(), EngineError> {
+        let id = conn;
+        let conn = self.conns.get_mut(&id).ok_or(EngineError::NoConnection(id))?;
+        Self::mark_dirty(&mut self.dirty, conn, id);
+        Self::close_conn(&mut self.events, id, conn, now, code, reason);
+        Ok(())
+    }
+
+    pub fn close_all(&mut self, now: Instant, code: u64, reason: &[u8]) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let _ = self.close(now, id, code, reason);
+        }
+    }
+
+    /// Opens a bidirectional stream (a request).
+    pub fn open_bidi(&mut self, conn: u64) -> Result<u64, EngineError> {
+        let conn = self.conn_mut(conn)?;
+        let stream = conn.quic.streams().open(Dir::Bi).ok_or(EngineError::StreamsExhausted)?;
+        let sid = u64::from(stream);
+        conn.sends.insert(sid, SendState::default());
+        Ok(sid)
+    }
+
+    /// Opens a bidirectional WebTransport stream of `session_id` and writes its header (0x41 + session).
+    pub fn open_wt_stream(&mut self, conn: u64, session_id: u64) -> Result<u64, EngineError> {
+        let sid = self.open_bidi(conn)?;
+        let conn = self.conn_mut(conn)?;
+        let mut header = Vec::with_capacity(9);
+        h3::encode_wt_stream_header(session_id, &mut header);
+        conn.sends.entry(sid).or_default().wt = true;
+        conn.local_wt.insert(sid, session_id);
+        Self::write_queued(conn, sid, &[&header], false)?;
+        Ok(sid)
+    }
+}
+
+fn describe_close(reason: &ConnectionError) -> (u64, String) {
+    match reason {
+        ConnectionError::ApplicationClosed(c) => (
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        ConnectionError::ConnectionClosed(c) => (
+            u64::from(c.error_code),
+            format!("transport: {}", String::from_utf8_lossy(&c.reason)),
+        ),
+        ConnectionError::TransportError(e) => (u64::from(e.code), format!("transport: {}", e.reason)),
+        ConnectionError::TimedOut => (0, "idle timeout".into()),
+        ConnectionError::Reset => (0, "stateless reset".into()),
+        ConnectionError::VersionMismatch => (0, "version mismatch".into()),
+        ConnectionError::LocallyClosed => (0, "closed".into()),
+        ConnectionError::CidsExhausted => (0, "connection ids exhausted".into()),
+    }
+}

@@ -1,0 +1,467 @@
+//! The native QUIC engine, client against server over 127.0.0.1: the handshake (the server's self-signed
+//! certificate trusted by its SHA-256, as `serverCertificateHashes` does), an extended CONNECT and its
+//! response, a WebTransport stream echoed, an HTTP/3 datagram each way, a flush from a registry, and the
+//! refusals (a wrong hash, an unknown connection).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use _core::frame::FrameKind;
+use _core::quic::tls::{self, Trust};
+use _core::quic::{Config, Driver, Event, FlushItem, FlushStatus};
+use _core::registry::{Limits, Registry, StreamState};
+use _core::ring::Wire;
+
+const SETTINGS: [(u64, u64); 4] = [(0x01, 0), (0x08, 1), (0x33, 1), (0x2b60_3742, 1)];
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+struct Cert {
+    chain_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+fn cert() -> Cert {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    Cert {
+        chain_pem: ck.cert.pem().into_bytes(),
+        key_pem: ck.key_pair.serialize_pem().into_bytes(),
+        sha256: tls::cert_sha256(ck.cert.der()),
+    }
+}
+
+fn config() -> Config {
+    Config {
+        server: None,
+        client: None,
+        h3_settings: SETTINGS.to_vec(),
+        idle_timeout: Duration::from_secs(10),
+        keepalive: None,
+        max_bidi_streams: 100,
+        stream_window: 1 << 20,
+        conn_window: 16 << 20,
+    }
+}
+
+fn server(cert: &Cert) -> Driver {
+    let alpn = vec![b"h3".to_vec()];
+    let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &alpn).unwrap();
+    Driver::new(
+        Config {
+            server: Some(Arc::new(tls)),
+            ..config()
+        },
+        localhost(),
+    )
+    .unwrap()
+}
+
+fn client(trust: &Trust) -> Driver {
+    let tls = tls::client_config(trust, &[b"h3".to_vec()]).unwrap();
+    Driver::new(
+        Config {
+            client: Some(Arc::new(tls)),
+            ..config()
+        },
+        localhost(),
+    )
+    .unwrap()
+}
+
+/// Both drivers and everything they reported.
+struct Pair {
+    server: Driver,
+    client: Driver,
+    server_events: Vec<Event>,
+    client_events: Vec<Event>,
+}
+
+impl Pair {
+    fn new(server: Driver, client: Driver) -> Self {
+        Self {
+            server,
+            client,
+            server_events: Vec::new(),
+            client_events: Vec::new(),
+        }
+    }
+
+    /// Drives both ends until `done` holds (panics after 5 s).
+    fn pump(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.server.poll_io();
+            self.server_events.extend(s);
+            let c = self.client.poll_io();
+            self.client_events.extend(c);
+            if done(self) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: server {:?} client {:?}",
+                self.server_events,
+                self.client_events
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn connect(&mut self) -> (u64, u64) {
+        let addr = self.server.local_addr().unwrap();
+        let c = self.client.engine().connect(Instant::now(), addr, "localhost").unwrap();
+        self.client.transmit();
+        self.pump("the handshake and both SETTINGS", |p| {
+            p.client_events.iter().any(|e| matches!(e, Event::Settings { .. }))
+                && p.server_events.iter().any(|e| matches!(e, Event::Settings { .. }))
+        });
+        let s = self
+            .server_events
+            .iter()
+            .find_map(|e| match e {
+                Event::Connected { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .unwrap();
+        (c, s)
+    }
+
+    /// An extended CONNECT from the client answered 200 by the server; the session (CONNECT stream) id.
+    fn session(&mut self, c: u64, s: u64) -> u64 {
+        let sid = self.client.engine().open_bidi(c).unwrap();
+        let request: [(&[u8], &[u8]); 5] = [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"webtransport"),
+            (b":scheme", b"https"),
+            (b":authority", b"localhost"),
+            (b":path", b"/wt"),
+        ];
+        self.client.engine().send_headers(c, sid, &request, false).unwrap();
+        self.client.transmit();
+        self.pump("the CONNECT", |p| {
+            p.server_events
+                .iter()
+                .any(|e| matches!(e, Event::Headers { stream_id, .. } if *stream_id == sid))
+        });
+        let headers = self
+            .server_events
+            .iter()
+            .find_map(|e| match e {
+                Event::Headers {
+                    conn,
+                    stream_id,
+                    headers,
+                    fin,
+                } if *stream_id == sid => {
+                    assert_eq!(*conn, s);
+                    assert!(!fin);
+                    Some(headers.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert!(headers.contains(&(b":protocol".to_vec(), b"webtransport".to_vec())));
+        assert!(headers.contains(&(b":path".to_vec(), b"/wt".to_vec())));
+        self.server
+            .engine()
+            .send_headers(s, sid, &[(b":status", b"200")], false)
+            .unwrap();
+        self.server.transmit();
+        self.pump("the response", |p| {
+            p.client_events
+                .iter()
+                .any(|e| matches!(e, Event::Headers { stream_id, .. } if *stream_id == sid))
+        });
+        let status = self.client_events.iter().find_map(|e| match e {
+            Event::Headers { stream_id, headers, .. } if *stream_id == sid => Some(headers.clone()),
+            _ => None,
+        });
+        assert_eq!(status.unwrap(), vec![(b":status".to_vec(), b"200".to_vec())]);
+        sid
+    }
+
+    /// A session and a WT stream of it that the client opened and wrote "start" on, seen by the server:
+    /// (client conn, server conn, session, stream).
+    fn wt_request(&mut self) -> (u64, u64, u64, u64) {
+        let (c, s) = self.connect();
+        let session = self.session(c, s);
+        let ws = self.client.engine().open_wt_stream(c, session).unwrap();
+        self.client.engine().send_data(c, ws, b"start", false).unwrap();
+        self.client.transmit();
+        self.pump("the request", |p| !wt_bytes(&p.server_events, ws).0.is_empty());
+        (c, s, session, ws)
+    }
+}
+
+/// The bytes of every `WtStream` event of `stream`, and whether one had FIN.
+fn wt_bytes(events: &[Event], stream: u64) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut fin = false;
+    for e in events {
+        if let Event::WtStream {
+            stream_id,
+            data,
+            fin: f,
+            ..
+        } = e
+        {
+            if *stream_id == stream {
+                out.extend_from_slice(data);
+                fin |= *f;
+            }
+        }
+    }
+    (out, fin)
+}
+
+#[test]
+fn handshake_by_certificate_hash() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s) = pair.connect();
+    let client_addr = pair.client.local_addr().unwrap();
+    assert!(pair
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, peer } if *conn == s && *peer == client_addr)));
+    assert!(pair
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::Handshake { conn } if *conn == s)));
+    assert!(pair
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c)));
+    // Each side got the other's SETTINGS as announced.
+    for events in [&pair.server_events, &pair.client_events] {
+        let settings = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Settings { settings, .. } => Some(settings.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(settings, SETTINGS.to_vec());
+    }
+    let stats = pair.server.stats();
+    assert!(stats.io.packets_in > 0 && stats.io.packets_out > 0);
+    assert_eq!(stats.connections, 1);
+}
+
+#[test]
+fn wrong_hash_is_refused() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![[7; 32]])));
+    let addr = pair.server.local_addr().unwrap();
+    let c = pair.client.engine().connect(Instant::now(), addr, "localhost").unwrap();
+    pair.client.transmit();
+    pair.pump("the refusal", |p| {
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, Event::Closed { conn, .. } if *conn == c))
+    });
+    assert!(!pair.client_events.iter().any(|e| matches!(e, Event::Connected { .. })));
+}
+
+#[test]
+fn ca_trust_checks_the_name() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Ca(cert.chain_pem.clone())));
+    let addr = pair.server.local_addr().unwrap();
+    // The certificate names "localhost": that name passes, another one does not.
+    let bad = pair
+        .client
+        .engine()
+        .connect(Instant::now(), addr, "example.com")
+        .unwrap();
+    pair.client.transmit();
+    pair.pump("the refusal of a wrong name", |p| {
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, Event::Closed { conn, .. } if *conn == bad))
+    });
+    let (c, _) = pair.connect();
+    assert!(pair
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c)));
+}
+
+#[test]
+fn connect_stream_echo_and_datagrams() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s) = pair.connect();
+    let session = pair.session(c, s);
+
+    // A WebTransport stream: the client's bytes reach the server as WtStream events of the session...
+    let ws = pair.client.engine().open_wt_stream(c, session).unwrap();
+    assert_eq!(pair.client.engine().send_data(c, ws, b"hello ", false).unwrap(), 6);
+    assert_eq!(pair.client.engine().send_data(c, ws, b"world", true).unwrap(), 5);
+    pair.client.transmit();
+    pair.pump("the WT stream", |p| wt_bytes(&p.server_events, ws).1);
+    assert_eq!(wt_bytes(&pair.server_events, ws), (b"hello world".to_vec(), true));
+    assert!(pair.server_events.iter().any(
+        |e| matches!(e, Event::WtStream { stream_id, session_id, .. } if *stream_id == ws && *session_id == session)
+    ));
+    // ...and the server's reply comes back raw on the same stream.
+    assert_eq!(pair.server.engine().send_data(s, ws, b"dlrow olleh", true).unwrap(), 11);
+    pair.server.transmit();
+    pair.pump("the echo", |p| wt_bytes(&p.client_events, ws).1);
+    assert_eq!(wt_bytes(&pair.client_events, ws), (b"dlrow olleh".to_vec(), true));
+
+    // HTTP/3 datagrams both ways, tagged with the session.
+    assert!(pair.client.engine().send_datagram(c, session, b"ping").unwrap());
+    pair.client.transmit();
+    pair.pump("the datagram", |p| {
+        p.server_events.iter().any(|e| matches!(e, Event::Datagram { .. }))
+    });
+    assert!(pair.server_events.iter().any(|e| matches!(
+        e, Event::Datagram { conn, session_id, payload } if *conn == s && *session_id == session && payload == b"ping"
+    )));
+    assert!(pair.server.engine().send_datagram(s, session, b"pong").unwrap());
+    pair.server.transmit();
+    pair.pump("the datagram back", |p| {
+        p.client_events.iter().any(|e| matches!(e, Event::Datagram { .. }))
+    });
+    assert!(pair.client_events.iter().any(|e| matches!(
+        e, Event::Datagram { session_id, payload, .. } if *session_id == session && payload == b"pong"
+    )));
+
+    // A reset from the client reaches the server as Reset; closing reports Closed on both sides.
+    let ws2 = pair.client.engine().open_wt_stream(c, session).unwrap();
+    pair.client.engine().send_data(c, ws2, b"x", false).unwrap();
+    pair.client.transmit();
+    pair.pump("the second stream", |p| !wt_bytes(&p.server_events, ws2).0.is_empty());
+    pair.client.engine().reset_stream(c, ws2, 7).unwrap();
+    pair.client.transmit();
+    pair.pump("the reset", |p| {
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::Reset { stream_id, code: 7, .. } if *stream_id == ws2))
+    });
+    pair.server.engine().close(Instant::now(), s, 0x100, b"bye").unwrap();
+    pair.server.transmit();
+    pair.pump("the close", |p| {
+        p.client_events.iter().any(|e| matches!(e, Event::Closed { .. }))
+            && p.server_events.iter().any(|e| matches!(e, Event::Closed { .. }))
+    });
+    assert!(pair
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Closed { conn, code: 0x100, reason } if *conn == c && reason == "bye")));
+}
+
+#[test]
+fn flush_from_registry() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    // The client asks on a WT stream; the server answers it from the registry.
+    let (_, s, session, ws) = pair.wt_request();
+
+    let mut registry = Registry::new(Limits::default());
+    let h = registry.create("k", "s1".into()).unwrap();
+    registry
+        .append(h, FrameKind::Token, [&b"Hello"[..], b", ", b"world"])
+        .unwrap();
+    let mut out = Vec::new();
+    let items = [FlushItem {
+        conn: s,
+        stream_id: ws,
+        handle: h,
+        after: 0,
+        prefix: b"PRE",
+    }];
+    pair.server.flush(&registry, &items, &mut out);
+    assert_eq!(out, vec![(3, FlushStatus::Ok)]);
+    registry
+        .end(h, FrameKind::Done, b"{}", StreamState::Finished, 0.0)
+        .unwrap();
+    out.clear();
+    let items = [FlushItem {
+        after: 3,
+        prefix: b"",
+        ..items[0]
+    }];
+    pair.server.flush(&registry, &items, &mut out);
+    assert_eq!(out, vec![(4, FlushStatus::Ended)]);
+    pair.pump("the frames", |p| wt_bytes(&p.client_events, ws).1);
+    let mut expected = b"PRE".to_vec();
+    registry.since(h, 0, Wire::Binary, &mut expected).unwrap();
+    assert_eq!(wt_bytes(&pair.client_events, ws), (expected, true));
+
+    // Statuses: an unknown handle, a closed stream, an unknown connection.
+    out.clear();
+    let gone = FlushItem {
+        handle: h + 1,
+        stream_id: session,
+        ..items[0]
+    };
+    let closed = items[0];
+    let no_conn = FlushItem { conn: 999, ..items[0] };
+    pair.server.flush(&registry, &[gone, closed, no_conn], &mut out);
+    assert_eq!(
+        out,
+        vec![
+            (3, FlushStatus::Gone),
+            (3, FlushStatus::StreamClosed),
+            (3, FlushStatus::StreamClosed)
+        ]
+    );
+}
+
+#[test]
+fn flush_expired() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (_, s, _, ws) = pair.wt_request();
+    let mut registry = Registry::new(Limits {
+        max_frames_per_stream: 2,
+        ..Limits::default()
+    });
+    let h = registry.create("k", "s1".into()).unwrap();
+    registry
+        .append(h, FrameKind::Token, [&b"a"[..], b"b", b"c", b"d"])
+        .unwrap();
+    let mut out = Vec::new();
+    let item = FlushItem {
+        conn: s,
+        stream_id: ws,
+        handle: h,
+        after: 0,
+        prefix: b"",
+    };
+    pair.server.flush(&registry, &[item], &mut out);
+    assert_eq!(out, vec![(0, FlushStatus::Expired)]);
+}
+
+#[test]
+fn flow_control_pauses_then_writable() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (_, s, _, ws) = pair.wt_request();
+    // More than the client's stream window (1 MiB) at once: QUIC takes the window's worth, the rest waits.
+    let big = vec![b'x'; 3 << 20];
+    let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    assert!(n < big.len(), "took {n}");
+    pair.server.transmit();
+    pair.pump("writable", |p| {
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::Writable { stream_id, .. } if *stream_id == ws))
+    });
+    let mut sent = n;
+    while sent < big.len() {
+        let k = pair.server.engine().send_data(s, ws, &big[sent..], false).unwrap();
+        sent += k;
+        pair.server.transmit();
+        pair.pump("progress", |p| wt_bytes(&p.client_events, ws).0.len() >= sent);
+    }
+    assert_eq!(wt_bytes(&pair.client_events, ws).0, big);
+}
