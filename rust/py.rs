@@ -712,6 +712,348 @@ fn fnv1a64(text: &str) -> u64 {
     crate::tracker::fnv1a64(text.as_bytes())
 }
 
+// -- The native QUIC engine (rust/quic) ------------------------------------------------------------------
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyBlockingIOError;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::quic::tls::{self, Trust};
+use crate::quic::{Config as QuicConfig, Driver, DriverError, EngineError, Event as QuicEvent, FlushItem};
+
+fn engine_err(e: EngineError) -> PyErr {
+    match e {
+        EngineError::NoConnection(_) | EngineError::StreamClosed(_) => StreamClosed::new_err(e.to_string()),
+        EngineError::StreamsExhausted => PyBlockingIOError::new_err(e.to_string()),
+        EngineError::Invalid(_) | EngineError::WrongSide(_) => local(e),
+    }
+}
+
+/// The first address of `host:port` (an IP literal, or a name resolved now: this may block on DNS), of the
+/// family of `like` when given.
+fn resolve(host: &str, port: u16, like: Option<SocketAddr>) -> PyResult<SocketAddr> {
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| PyValueError::new_err(format!("cannot resolve {host}:{port}: {e}")))?;
+    let mut first = None;
+    for addr in addrs {
+        if like.is_none_or(|l| l.is_ipv4() == addr.is_ipv4()) {
+            return Ok(addr);
+        }
+        first.get_or_insert(addr);
+    }
+    first.ok_or_else(|| PyValueError::new_err(format!("{host}:{port} has no address")))
+}
+
+fn seconds_arg(name: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| PyValueError::new_err(format!("{name} must be seconds >= 0")))
+}
+
+/// One engine event as the tuple the contract names (`("data", conn, stream_id, bytes, fin)`, ...).
+fn event_tuple(py: Python<'_>, event: QuicEvent) -> PyResult<Bound<'_, PyTuple>> {
+    let tag = |name: &'static str| pyo3::types::PyString::intern(py, name);
+    Ok(match event {
+        QuicEvent::Connected { conn, peer } => {
+            (tag("connected"), conn, peer.ip().to_string(), peer.port()).into_pyobject(py)?
+        }
+        QuicEvent::Handshake { conn } => (tag("handshake"), conn).into_pyobject(py)?,
+        QuicEvent::Settings { conn, settings } => {
+            let dict = PyDict::new(py);
+            for (k, v) in settings {
+                dict.set_item(k, v)?;
+            }
+            (tag("settings"), conn, dict).into_pyobject(py)?
+        }
+        QuicEvent::Headers {
+            conn,
+            stream_id,
+            headers,
+            fin,
+        } => {
+            let list = PyList::new(
+                py,
+                headers.iter().map(|(n, v)| (PyBytes::new(py, n), PyBytes::new(py, v))),
+            )?;
+            (tag("headers"), conn, stream_id, list, fin).into_pyobject(py)?
+        }
+        QuicEvent::Data {
+            conn,
+            stream_id,
+            data,
+            fin,
+        } => (tag("data"), conn, stream_id, PyBytes::new(py, &data), fin).into_pyobject(py)?,
+        QuicEvent::WtStream {
+            conn,
+            stream_id,
+            session_id,
+            data,
+            fin,
+        } => (
+            tag("wt_stream"),
+            conn,
+            stream_id,
+            session_id,
+            PyBytes::new(py, &data),
+            fin,
+        )
+            .into_pyobject(py)?,
+        QuicEvent::Datagram {
+            conn,
+            session_id,
+            payload,
+        } => (tag("datagram"), conn, session_id, PyBytes::new(py, &payload)).into_pyobject(py)?,
+        QuicEvent::GoAway { conn, id } => (tag("goaway"), conn, id).into_pyobject(py)?,
+        QuicEvent::Reset { conn, stream_id, code } => (tag("reset"), conn, stream_id, code).into_pyobject(py)?,
+        QuicEvent::StopSending { conn, stream_id, code } => {
+            (tag("stop_sending"), conn, stream_id, code).into_pyobject(py)?
+        }
+        QuicEvent::Writable { conn, stream_id } => (tag("writable"), conn, stream_id).into_pyobject(py)?,
+        QuicEvent::Closed { conn, code, reason } => (tag("closed"), conn, code, reason).into_pyobject(py)?,
+    })
+}
+
+#[pyclass(name = "QuicEngine", module = "tokenwire._core")]
+struct PyQuicEngine {
+    inner: Driver,
+}
+
+#[pymethods]
+impl PyQuicEngine {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        server,
+        host,
+        port,
+        h3_settings,
+        cert_chain_pem=None,
+        key_pem=None,
+        server_cert_hashes=None,
+        ca_pem=None,
+        alpn=None,
+        idle_timeout=30.0,
+        keepalive=None,
+        max_bidi_streams=1024,
+        stream_window=1_048_576,
+        conn_window=16_777_216,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        server: bool,
+        host: &str,
+        port: u16,
+        h3_settings: &Bound<'_, PyDict>,
+        cert_chain_pem: Option<&[u8]>,
+        key_pem: Option<&[u8]>,
+        server_cert_hashes: Option<Vec<Vec<u8>>>,
+        ca_pem: Option<&[u8]>,
+        alpn: Option<Vec<Vec<u8>>>,
+        idle_timeout: f64,
+        keepalive: Option<f64>,
+        max_bidi_streams: u64,
+        stream_window: u64,
+        conn_window: u64,
+    ) -> PyResult<Self> {
+        let alpn = alpn.unwrap_or_else(|| vec![b"h3".to_vec()]);
+        let mut settings = Vec::with_capacity(h3_settings.len());
+        for (k, v) in h3_settings.iter() {
+            settings.push((k.extract::<u64>()?, v.extract::<u64>()?));
+        }
+        let mut config = QuicConfig {
+            server: None,
+            client: None,
+            h3_settings: settings,
+            idle_timeout: seconds_arg("idle_timeout", idle_timeout)?,
+            keepalive: keepalive.map(|k| seconds_arg("keepalive", k)).transpose()?,
+            max_bidi_streams,
+            stream_window,
+            conn_window,
+        };
+        if server {
+            let (Some(chain), Some(key)) = (cert_chain_pem, key_pem) else {
+                return Err(local("a server engine needs cert_chain_pem and key_pem"));
+            };
+            config.server = Some(Arc::new(tls::server_config(chain, key, &alpn).map_err(local)?));
+        } else {
+            let trust = match (server_cert_hashes, ca_pem) {
+                (Some(hashes), None) => {
+                    let hashes = hashes
+                        .into_iter()
+                        .map(|h| <[u8; 32]>::try_from(h.as_slice()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| local("a server certificate hash is 32 bytes (SHA-256)"))?;
+                    Trust::Hashes(hashes)
+                }
+                (None, Some(pem)) => Trust::Ca(pem.to_vec()),
+                _ => {
+                    return Err(local(
+                        "a client engine needs server_cert_hashes or ca_pem (one of them)",
+                    ))
+                }
+            };
+            config.client = Some(Arc::new(tls::client_config(&trust, &alpn).map_err(local)?));
+        }
+        let bind = resolve(host, port, None)?;
+        let inner = Driver::new(config, bind).map_err(|e| match e {
+            DriverError::Io(io) => PyErr::from(io),
+            DriverError::Engine(e) => engine_err(e),
+        })?;
+        Ok(Self { inner })
+    }
+
+    fn fileno(&self) -> i32 {
+        self.inner.fd()
+    }
+
+    #[getter]
+    fn local_address(&self) -> PyResult<(String, u16)> {
+        let addr = self.inner.local_addr()?;
+        Ok((addr.ip().to_string(), addr.port()))
+    }
+
+    /// One wake-up: drain the socket, run due timers, advance HTTP/3, send; every event of the batch.
+    fn poll_io<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let events = self.inner.poll_io();
+        let list = PyList::empty(py);
+        for event in events {
+            list.append(event_tuple(py, event)?)?;
+        }
+        Ok(list)
+    }
+
+    fn next_timeout(&mut self) -> Option<f64> {
+        self.inner.next_timeout().map(|d| d.as_secs_f64())
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // PyO3 hands extracted arguments over by value
+    fn send_headers(&mut self, conn: u64, stream_id: u64, headers: Vec<(Vec<u8>, Vec<u8>)>, fin: bool) -> PyResult<()> {
+        let fields: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
+        self.inner
+            .engine()
+            .send_headers(conn, stream_id, &fields, fin)
+            .map_err(engine_err)
+    }
+
+    fn send_data(&mut self, conn: u64, stream_id: u64, data: &[u8], fin: bool) -> PyResult<usize> {
+        self.inner
+            .engine()
+            .send_data(conn, stream_id, data, fin)
+            .map_err(engine_err)
+    }
+
+    fn reset_stream(&mut self, conn: u64, stream_id: u64, code: u64) -> PyResult<()> {
+        self.inner
+            .engine()
+            .reset_stream(conn, stream_id, code)
+            .map_err(engine_err)
+    }
+
+    fn stop_sending(&mut self, conn: u64, stream_id: u64, code: u64) -> PyResult<()> {
+        self.inner
+            .engine()
+            .stop_sending(conn, stream_id, code)
+            .map_err(engine_err)
+    }
+
+    fn send_datagram(&mut self, conn: u64, session_id: u64, payload: &[u8]) -> PyResult<bool> {
+        self.inner
+            .engine()
+            .send_datagram(conn, session_id, payload)
+            .map_err(engine_err)
+    }
+
+    fn close(&mut self, conn: u64, code: u64, reason: &[u8]) -> PyResult<()> {
+        self.inner
+            .engine()
+            .close(Instant::now(), conn, code, reason)
+            .map_err(engine_err)
+    }
+
+    fn close_all(&mut self, code: u64, reason: &[u8]) {
+        self.inner.engine().close_all(Instant::now(), code, reason);
+    }
+
+    /// Per item `(conn, stream_id, handle, after, prefix)`: the registry's binary frames after `after`,
+    /// behind `prefix`, into the stream (FIN after the final frame); then one transmit. Returns per item
+    /// `(conn, stream_id, new_after, status)`.
+    #[allow(clippy::needless_pass_by_value)] // PyO3 hands extracted arguments over by value
+    fn flush(
+        &mut self,
+        registry: &Bound<'_, PyRegistry>,
+        batch: Vec<(u64, u64, u64, u64, Bound<'_, PyBytes>)>,
+    ) -> PyResult<Vec<(u64, u64, u64, u8)>> {
+        let registry = registry.try_borrow()?;
+        let items: Vec<FlushItem<'_>> = batch
+            .iter()
+            .map(|(conn, stream_id, handle, after, prefix)| FlushItem {
+                conn: *conn,
+                stream_id: *stream_id,
+                handle: *handle,
+                after: *after,
+                prefix: prefix.as_bytes(),
+            })
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        self.inner.flush(&registry.inner, &items, &mut out);
+        Ok(items
+            .iter()
+            .zip(out)
+            .map(|(item, (after, status))| (item.conn, item.stream_id, after, status as u8))
+            .collect())
+    }
+
+    fn transmit(&mut self) {
+        self.inner.transmit();
+    }
+
+    /// Client: a new connection to `host:port` (an IP, or a name resolved now), TLS server name
+    /// `server_name`; `("connected", ...)` comes when its handshake completes.
+    fn connect(&mut self, host: &str, port: u16, server_name: &str) -> PyResult<u64> {
+        let remote = resolve(host, port, self.inner.local_addr().ok())?;
+        let conn = self
+            .inner
+            .engine()
+            .connect(Instant::now(), remote, server_name)
+            .map_err(engine_err)?;
+        self.inner.transmit();
+        Ok(conn)
+    }
+
+    fn open_bidi(&mut self, conn: u64) -> PyResult<u64> {
+        self.inner.engine().open_bidi(conn).map_err(engine_err)
+    }
+
+    fn open_wt_stream(&mut self, conn: u64, session_id: u64) -> PyResult<u64> {
+        self.inner.engine().open_wt_stream(conn, session_id).map_err(engine_err)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        for (name, value) in [
+            ("packets_in", s.io.packets_in),
+            ("bytes_in", s.io.bytes_in),
+            ("packets_out", s.io.packets_out),
+            ("bytes_out", s.io.bytes_out),
+            ("recv_calls", s.io.recv_calls),
+            ("send_calls", s.io.send_calls),
+            ("send_dropped", s.io.send_dropped),
+            ("lost_packets", s.lost_packets),
+            ("connections", s.connections),
+            ("connections_accepted", s.engine.connections_accepted),
+            ("connections_refused", s.engine.connections_refused),
+            ("wakeups", s.wakeups),
+            ("gso_segments", s.gso_segments),
+        ] {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+}
+
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -743,5 +1085,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySseDecoder>()?;
     m.add_class::<PyLagHistogram>()?;
     m.add_class::<PyStreamTracker>()?;
+    m.add_class::<PyQuicEngine>()?;
+    m.add("FLUSH_OK", crate::quic::FlushStatus::Ok as u8)?;
+    m.add("FLUSH_ENDED", crate::quic::FlushStatus::Ended as u8)?;
+    m.add("FLUSH_PAUSED", crate::quic::FlushStatus::Paused as u8)?;
+    m.add("FLUSH_EXPIRED", crate::quic::FlushStatus::Expired as u8)?;
+    m.add("FLUSH_GONE", crate::quic::FlushStatus::Gone as u8)?;
+    m.add("FLUSH_STREAM_CLOSED", crate::quic::FlushStatus::StreamClosed as u8)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 """Typed surface of the Rust extension ``tokenwire._core``. Users import from ``tokenwire``, not here."""
 
 from collections.abc import Sequence
-from typing import Final, Self, final
+from typing import Final, Literal, Self, TypeAlias, final
 
 __version__: Final[str]
 
@@ -329,3 +329,115 @@ class StreamTracker:
     @property
     def retry(self) -> int | None:
         """Reconnection time (ms) from the response's ``retry`` field, ``None`` if none."""
+
+FLUSH_OK: Final[int]
+"""``QuicEngine.flush`` status 0: every frame after ``after`` went out (or nothing was new)."""
+FLUSH_ENDED: Final[int]
+"""Status 1: the final frame went out and the stream got its FIN (the engine sends whatever QUIC flow control
+still holds back, then the FIN)."""
+FLUSH_PAUSED: Final[int]
+"""Status 2: the stream could not take it all; the rest waits in the engine, ``("writable", ...)`` comes."""
+FLUSH_EXPIRED: Final[int]
+"""Status 3: ``after`` is older than the oldest frame the ring holds."""
+FLUSH_GONE: Final[int]
+"""Status 4: no such registry handle, or ``after`` is beyond its last frame."""
+FLUSH_STREAM_CLOSED: Final[int]
+"""Status 5: the connection or the stream is closed."""
+
+QuicHeaders: TypeAlias = list[tuple[bytes, bytes]]
+QuicEvent: TypeAlias = (
+    tuple[Literal["connected"], int, str, int]
+    | tuple[Literal["handshake"], int]
+    | tuple[Literal["settings"], int, dict[int, int]]
+    | tuple[Literal["headers"], int, int, QuicHeaders, bool]
+    | tuple[Literal["data"], int, int, bytes, bool]
+    | tuple[Literal["wt_stream"], int, int, int, bytes, bool]
+    | tuple[Literal["datagram"], int, int, bytes]
+    | tuple[Literal["goaway"], int, int]
+    | tuple[Literal["reset"], int, int, int]
+    | tuple[Literal["stop_sending"], int, int, int]
+    | tuple[Literal["writable"], int, int]
+    | tuple[Literal["closed"], int, int, str]
+)
+"""An event of ``QuicEngine.poll_io``; the first item names it, the second is the connection id."""
+
+@final
+class QuicEngine:
+    """The native QUIC + HTTP/3 engine: one UDP socket (bound and owned here), a quinn-proto endpoint and its
+    connections. Nothing blocks and no thread runs: an event loop watches ``fileno()`` for readability and one
+    timer at ``next_timeout()``, and calls ``poll_io()`` on either. Connection ids are ints this engine gives
+    (never reused); stream ids are QUIC's.
+
+    Events (``poll_io``): ``("connected", conn, peer_host, peer_port)`` (server: a new connection; client: its
+    handshake completed), ``("handshake", conn)`` (server: handshake completed), ``("settings", conn, dict)``
+    (the peer's HTTP/3 SETTINGS), ``("headers", conn, stream_id, headers, fin)``, ``("data", conn, stream_id,
+    bytes, fin)`` (DATA payload of a request stream; capsules on a CONNECT), ``("wt_stream", conn, stream_id,
+    session_id, bytes, fin)`` (the first one of a stream opens it), ``("datagram", conn, session_id, bytes)``,
+    ``("goaway", conn, id)``, ``("reset", conn, stream_id, code)``, ``("stop_sending", conn, stream_id, code)``,
+    ``("writable", conn, stream_id)`` (a blocked stream can take more) and ``("closed", conn, code, reason)``
+    (the last event of a connection; an HTTP/3 error of the peer closes it with that code).
+
+    Errors: a bad setup raises ``LocalProtocolError`` (or ``OSError`` for the socket); a call on a gone
+    connection or closed stream raises ``StreamClosed``; ``open_bidi`` past the peer's stream limit raises
+    ``BlockingIOError``.
+    """
+
+    def __new__(
+        cls,
+        *,
+        server: bool,
+        host: str,
+        port: int,
+        h3_settings: dict[int, int],
+        cert_chain_pem: bytes | None = None,
+        key_pem: bytes | None = None,
+        server_cert_hashes: Sequence[bytes] | None = None,
+        ca_pem: bytes | None = None,
+        alpn: Sequence[bytes] | None = None,
+        idle_timeout: float = 30.0,
+        keepalive: float | None = None,
+        max_bidi_streams: int = 1024,
+        stream_window: int = 1048576,
+        conn_window: int = 16777216,
+    ) -> Self:
+        """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
+        trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
+        ``serverCertificateHashes``) or by a CA bundle (``ca_pem``, with the server name checked).
+        ``h3_settings``: every HTTP/3 setting announced, in order. ``alpn`` defaults to ``[b"h3"]``."""
+    def fileno(self) -> int:
+        """The UDP socket's descriptor, for the event loop's reader."""
+    @property
+    def local_address(self) -> tuple[str, int]: ...
+    def poll_io(self) -> list[QuicEvent]:
+        """One wake-up: drain the socket (recvmmsg batches), run due timers, advance HTTP/3, send every
+        packet; all events of the batch, in order."""
+    def next_timeout(self) -> float | None:
+        """Seconds until the engine's next deadline (0 if past; ``None``: nothing pending)."""
+    def send_headers(self, conn: int, stream_id: int, headers: Sequence[tuple[bytes, bytes]], fin: bool) -> None:
+        """A HEADERS frame (QPACK, static table) on a request stream."""
+    def send_data(self, conn: int, stream_id: int, data: bytes, fin: bool) -> int:
+        """Bytes accepted: a request stream takes them all as a DATA frame (queued if need be); a WebTransport
+        stream takes what QUIC flow control allows, raw; fewer than ``len(data)``: wait for ``writable``."""
+    def reset_stream(self, conn: int, stream_id: int, code: int) -> None: ...
+    def stop_sending(self, conn: int, stream_id: int, code: int) -> None: ...
+    def send_datagram(self, conn: int, session_id: int, payload: bytes) -> bool:
+        """An HTTP/3 datagram of the session; ``False`` if QUIC refused it (too large, datagrams off)."""
+    def close(self, conn: int, code: int, reason: bytes) -> None:
+        """Close a connection; its ``closed`` event comes with the next ``poll_io``."""
+    def close_all(self, code: int, reason: bytes) -> None: ...
+    def flush(
+        self, registry: Registry, batch: Sequence[tuple[int, int, int, int, bytes]]
+    ) -> list[tuple[int, int, int, int]]:
+        """Per item ``(conn, stream_id, handle, after, prefix)``: ``prefix`` and the registry's binary frames
+        after ``after`` into the WebTransport stream, straight from Rust memory, FIN after the final frame;
+        then one transmit. Returns per item ``(conn, stream_id, new_after, status)`` (``FLUSH_*``)."""
+    def transmit(self) -> None:
+        """Send every pending packet (after a group of ``send_*`` calls)."""
+    def connect(self, host: str, port: int, server_name: str) -> int:
+        """Client: a new connection (``host``: an IP, or a name resolved now, which may block)."""
+    def open_bidi(self, conn: int) -> int: ...
+    def open_wt_stream(self, conn: int, session_id: int) -> int:
+        """A bidirectional WebTransport stream of the session, its header (0x41 + session id) written."""
+    def stats(self) -> dict[str, int]:
+        """Counters: packets/bytes in and out, recv/send syscalls, send_dropped, lost_packets, connections,
+        connections_accepted/refused, wakeups, gso_segments."""

@@ -60,6 +60,8 @@ pub struct DriverStats {
     pub lost_packets: u64,
     pub connections: u64,
     pub wakeups: u64,
+    /// Datagrams one GSO send carries at most (1: no GSO).
+    pub gso_segments: u64,
 }
 
 pub struct Driver {
@@ -179,6 +181,7 @@ impl Driver {
             lost_packets: self.engine.lost_packets(),
             connections: self.engine.connection_count() as u64,
             wakeups: self.wakeups,
+            gso_segments: self.io.max_gso_segments() as u64,
         }
     }
 }
