@@ -1,0 +1,199 @@
+"""The native QUIC engine's own CPU, in one process: a native client engine and a native server engine on
+127.0.0.1, pumped by hand (``select`` on both sockets, ``poll_io`` on the ready one), no event loop.
+
+- ``tokens``: ``--sessions`` connections, one WebTransport session and one stream each. A tick appends one
+  token to every stream's registry ring and flushes them all in ONE ``flush`` call (one transmit); the client
+  reads; the server reads the acks. Printed: server CPU per token (flush + its ``poll_io``), ``poll_io`` per
+  packet on each side, packets per token.
+- ``wakeup``: a client datagram in, the server's ``poll_io`` that reads it, a reply ``send_datagram`` and
+  ``transmit``: the server's wake-up path (datagram in -> reply bytes out), p50 / p99 over ``--rounds``.
+
+Numbers are wall time around the calls (``perf_counter``) on a machine others share: a first look, not a
+benchmark of record (BENCHMARKS.md's runs use ``tokenwire loadtest`` against a real server)::
+
+    .venv/bin/python -m benches.quic_engine --sessions 100 --ticks 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import select
+import statistics
+import time
+from collections.abc import Callable
+
+from tokenwire import _core
+from tokenwire._core import QuicEngine
+from tokenwire.protocol.webtransport import WT_PATH, connect_headers, server_settings
+from tokenwire.server.certs import make_dev_certificate
+
+H3_BASE = {0x01: 0, 0x07: 0, 0x08: 1, 0x33: 1}
+
+
+class Side:
+    """One engine, its events, and the time spent in its calls."""
+
+    def __init__(self, engine: QuicEngine) -> None:
+        self.engine = engine
+        self.events: list[_core.QuicEvent] = []
+        self.poll_s = 0.0
+        self.polls = 0
+
+    def poll(self) -> None:
+        t0 = time.perf_counter()
+        batch = self.engine.poll_io()
+        self.poll_s += time.perf_counter() - t0
+        self.polls += 1
+        self.events += batch
+
+    def packets_in(self) -> int:
+        return self.engine.stats()["packets_in"]
+
+
+def pump(sides: list[Side], done: Callable[[], bool], timeout: float = 10.0) -> None:
+    """``poll_io`` each side whose socket is readable or whose deadline passed, until ``done()``."""
+    deadline = time.monotonic() + timeout
+    fds = {s.engine.fileno(): s for s in sides}
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the engines did not get there")
+        waits = [t for s in sides if (t := s.engine.next_timeout()) is not None]
+        ready, _, _ = select.select(list(fds), [], [], min([0.05, *waits]))
+        for fd in ready:
+            fds[fd].poll()
+        for s in sides:
+            t = s.engine.next_timeout()
+            if t is not None and t <= 0:
+                s.poll()
+
+
+def setup(sessions: int) -> tuple[Side, Side, list[tuple[int, int, int, int]]]:
+    """A server, a client with ``sessions`` connections, each with a session and one WebTransport stream the
+    client opened and wrote on: ``(server, client, [(server conn, client conn, session, stream)])`` (a client
+    connection and a server connection are paired by the order of the handshakes; only the client's stream
+    ids matter to it, and they are the same on every connection)."""
+    cert = make_dev_certificate()
+    server = Side(
+        QuicEngine(
+            server=True,
+            host="127.0.0.1",
+            port=0,
+            h3_settings={**H3_BASE, **server_settings(16)},
+            cert_chain_pem=cert.cert_pem,
+            key_pem=cert.key_pem,
+        )
+    )
+    client = Side(
+        QuicEngine(
+            server=False,
+            host="127.0.0.1",
+            port=0,
+            h3_settings={0x01: 0, 0x07: 0, 0x33: 1, 0x2B603742: 1},
+            server_cert_hashes=[cert.sha256],
+        )
+    )
+    port = server.engine.local_address[1]
+    conns = [client.engine.connect("127.0.0.1", port, "localhost") for _ in range(sessions)]
+    pump([server, client], lambda: sum(e[0] == "connected" for e in client.events) == sessions)
+    sessions_of = {}
+    for c in conns:
+        session = client.engine.open_bidi(c)
+        client.engine.send_headers(c, session, connect_headers("localhost", WT_PATH), False)
+        sessions_of[c] = session
+    client.engine.transmit()
+    pump([server, client], lambda: sum(e[0] == "headers" for e in server.events) == sessions)
+    for e in server.events:
+        if e[0] == "headers":
+            server.engine.send_headers(e[1], e[2], [(b":status", b"200")], False)
+    server.engine.transmit()
+    pump([server, client], lambda: sum(e[0] == "headers" for e in client.events) == sessions)
+    client_streams = []
+    for c in conns:
+        ws = client.engine.open_wt_stream(c, sessions_of[c])
+        client.engine.send_data(c, ws, b"start", False)
+        client_streams.append((c, sessions_of[c], ws))
+    client.engine.transmit()
+    pump([server, client], lambda: len({e[1] for e in server.events if e[0] == "wt_stream"}) == sessions)
+    server_conns = list(dict.fromkeys(e[1] for e in server.events if e[0] == "wt_stream"))
+    return server, client, [(s, *cs) for s, cs in zip(server_conns, client_streams, strict=True)]
+
+
+def tokens(sessions: int, ticks: int) -> None:
+    server, client, streams = setup(sessions)
+    registry = _core.Registry()
+    handles = [registry.create(f"s{i}", f"s{i}") for i in range(sessions)]
+    after = dict.fromkeys(handles, 0)
+    s_poll0, s_polls0, c_poll0 = server.poll_s, server.polls, client.poll_s
+    s_in0, c_in0 = server.packets_in(), client.packets_in()
+    s_out0 = server.engine.stats()["packets_out"]
+    c_events0 = len(client.events)
+    flush_s = 0.0
+    for tick in range(ticks):
+        for h in handles:
+            registry.append(h, f"token {tick} ")
+        batch = [(s, ws, h, after[h], b"") for (s, _, _, ws), h in zip(streams, handles, strict=True)]
+        t0 = time.perf_counter()
+        results = server.engine.flush(registry, batch)
+        flush_s += time.perf_counter() - t0
+        for (_, _, new_after, status), h in zip(results, handles, strict=True):
+            assert status == _core.FLUSH_OK, status
+            after[h] = new_after
+        pump([server, client], lambda: True)
+        select.select([], [], [], 0.002)  # the loop's next turn: acks come back meanwhile
+        pump([server, client], lambda: True)
+    want = ticks * sessions
+    expected = sum(len(registry.since(h, 0, _core.WIRE_BINARY)) for h in handles)
+
+    def received() -> int:
+        return sum(len(e[4]) for e in client.events[c_events0:] if e[0] == "wt_stream")
+
+    pump([server, client], lambda: received() >= expected)
+    s_in, c_in = server.packets_in() - s_in0, client.packets_in() - c_in0
+    s_out = server.engine.stats()["packets_out"] - s_out0
+    server_s = flush_s + server.poll_s - s_poll0
+    print(f"tokens: {sessions} sessions x {ticks} ticks = {want} tokens, {expected} bytes delivered")
+    print(f"  server: flush {flush_s / want * 1e6:.2f} us/token; flush + poll_io {server_s / want * 1e6:.2f} us/token")
+    print(f"  server: {s_out} packets out ({s_out / want:.2f}/token), {s_in} in, {server.polls - s_polls0} poll_io")
+    if s_in:
+        print(f"  server poll_io: {(server.poll_s - s_poll0) / s_in * 1e6:.2f} us/packet in")
+    if c_in:
+        print(f"  client poll_io: {(client.poll_s - c_poll0) / c_in * 1e6:.2f} us/packet in ({c_in} packets)")
+    print(f"  server stats: {server.engine.stats()}")
+
+
+def wakeup(rounds: int) -> None:
+    server, client, streams = setup(1)
+    s, c, session, _ = streams[0]
+    times = []
+    for i in range(rounds):
+        client.engine.send_datagram(c, session, b"ping %d" % i)
+        client.engine.transmit()
+        select.select([server.engine.fileno()], [], [], 1.0)
+        t0 = time.perf_counter()
+        batch = server.engine.poll_io()
+        for e in batch:
+            if e[0] == "datagram":
+                server.engine.send_datagram(s, session, e[3])
+        server.engine.transmit()
+        times.append(time.perf_counter() - t0)
+        pump([server, client], lambda: True)
+        select.select([client.engine.fileno()], [], [], 1.0)
+        client.poll()
+    times.sort()
+    p50 = statistics.median(times)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    print(f"wakeup: datagram in -> reply out, {rounds} rounds: p50 {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--ticks", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=500)
+    args = parser.parse_args()
+    tokens(args.sessions, args.ticks)
+    wakeup(args.rounds)
+
+
+if __name__ == "__main__":
+    main()
