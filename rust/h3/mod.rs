@@ -13,7 +13,7 @@ pub mod qpack;
 
 use std::fmt;
 
-pub use conn::H3Conn;
+pub use conn::{H3Conn, MAX_FRAME_BUFFER, UNKNOWN_SESSION};
 pub use frame::{encode_data_frame_header, encode_datagram, encode_headers_frame, encode_wt_stream_header};
 
 /// HTTP/3 error codes (RFC 9114 §8.1, RFC 9204 §6).
@@ -35,6 +35,7 @@ pub mod code {
     pub const H3_MESSAGE_ERROR: u64 = 0x10e;
     pub const H3_CONNECT_ERROR: u64 = 0x10f;
     pub const H3_VERSION_FALLBACK: u64 = 0x110;
+    pub const H3_DATAGRAM_ERROR: u64 = 0x33;
     pub const QPACK_DECOMPRESSION_FAILED: u64 = 0x200;
     pub const QPACK_ENCODER_STREAM_ERROR: u64 = 0x201;
     pub const QPACK_DECODER_STREAM_ERROR: u64 = 0x202;
