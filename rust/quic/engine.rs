@@ -195,9 +195,6 @@ struct Conn {
     /// The control stream (and the QPACK streams) are open and written.
     uni_opened: bool,
     sends: HashMap<u64, SendState>,
-    /// WebTransport streams this end opened (stream -> session): the peer's bytes on them are raw and
-    /// reported here, not parsed by HTTP/3.
-    local_wt: HashMap<u64, u64>,
     /// The `Closed` event went out.
     closed_reported: bool,
     /// On the engine's dirty list.
@@ -319,7 +316,6 @@ impl Engine {
             h3: H3Conn::new(role, &self.config.h3_settings),
             uni_opened: false,
             sends: HashMap::new(),
-            local_wt: HashMap::new(),
             closed_reported: false,
             dirty: false,
             timer: None,
@@ -566,25 +562,17 @@ impl Engine {
             }
             let _ = chunks.finalize();
         }
-        if let Some(&session_id) = conn.local_wt.get(&sid) {
-            if !data.is_empty() || fin {
-                events.push(Event::WtStream {
-                    conn: id,
-                    stream_id: sid,
-                    session_id,
-                    data,
-                    fin,
-                });
-            }
-            if fin || reset.is_some() {
-                conn.local_wt.remove(&sid);
-            }
-        } else if !data.is_empty() || fin {
+        if !data.is_empty() || fin {
             let result = conn.h3.on_stream_data(sid, &data, fin, h3_events);
             Self::h3_outcome(events, h3_events, id, conn, result, now);
         }
         if let Some(code) = reset {
             conn.h3.on_stream_reset(sid);
+            if let Some(e) = conn.h3.error().cloned() {
+                // The peer reset its control or a QPACK stream.
+                Self::close_conn(events, id, conn, now, e.code, e.reason.as_bytes());
+                return;
+            }
             events.push(Event::Reset {
                 conn: id,
                 stream_id: sid,
@@ -966,7 +954,8 @@ impl Engine {
         let mut header = Vec::with_capacity(9);
         h3::encode_wt_stream_header(session_id, &mut header);
         conn.sends.entry(sid).or_default().wt = true;
-        conn.local_wt.insert(sid, session_id);
+        // The peer's bytes on it are raw WebTransport data, not a response.
+        conn.h3.register_wt_stream(sid, session_id);
         Self::write_queued(conn, sid, &[&header], false)?;
         Ok(sid)
     }

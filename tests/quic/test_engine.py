@@ -19,7 +19,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DatagramReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
 from tests.support.servers import wt_server
 from tokenwire import _core
@@ -119,7 +119,9 @@ class Driven:
 
 
 class H3Client(QuicConnectionProtocol):
-    """aioquic's HTTP/3 client with WebTransport on; every HTTP/3 event kept."""
+    """aioquic's HTTP/3 client with WebTransport on; every HTTP/3 event kept. The server's bytes on a WebTransport
+    stream this client opened are kept as ``WebTransportStreamDataReceived`` events made here: aioquic's H3
+    layer would parse them as HTTP/3 frames (tokenwire's aioquic client bypasses it the same way)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -127,11 +129,29 @@ class H3Client(QuicConnectionProtocol):
         self.events: list[H3Event] = []
         self.terminated: ConnectionTerminated | None = None
         self.changed = asyncio.Event()
+        self.own_wt: dict[int, int] = {}  # stream -> session
+
+    def open_wt(self, session: int, data: bytes, end: bool) -> int:
+        stream = self.h3.create_webtransport_stream(session)
+        self.own_wt[stream] = session
+        self._quic.send_stream_data(stream, data, end_stream=end)
+        self.transmit()
+        return stream
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
             self.terminated = event
-        self.events += self.h3.handle_event(event)
+        if isinstance(event, StreamDataReceived) and event.stream_id in self.own_wt:
+            self.events.append(
+                WebTransportStreamDataReceived(
+                    data=event.data,
+                    stream_id=event.stream_id,
+                    stream_ended=event.end_stream,
+                    session_id=self.own_wt[event.stream_id],
+                )
+            )
+        else:
+            self.events += self.h3.handle_event(event)
         self.changed.set()
 
     async def wait_for(self, what: str, found: Callable[[H3Event], bool]) -> H3Event:
@@ -210,9 +230,7 @@ async def test_native_server_with_aioquic_client(certificate: Certificate) -> No
         assert client.h3.received_settings.get(0x2B603742) == 1  # the server's SETTINGS reached aioquic
 
         # A WebTransport stream from the client: its bytes arrive as wt_stream events of the session...
-        ws = client.h3.create_webtransport_stream(session)
-        client._quic.send_stream_data(ws, b"ping " * 1000, end_stream=True)
-        client.transmit()
+        ws = client.open_wt(session, b"ping " * 1000, end=True)
         assert await server.wt_until_fin(ws) == b"ping " * 1000
         assert all(e[3] == session for e in server.events if e[0] == "wt_stream")
         # ...and the server's reply reaches the client raw, with FIN.
@@ -251,9 +269,7 @@ async def test_native_server_with_aioquic_client(certificate: Certificate) -> No
 async def test_flush_from_registry_to_aioquic(certificate: Certificate) -> None:
     async with native_server(certificate) as server, aioquic_client(server.engine.local_address[1]) as client:
         conn, session = await open_session(server, client)
-        ws = client.h3.create_webtransport_stream(session)
-        client._quic.send_stream_data(ws, b"start", end_stream=False)
-        client.transmit()
+        ws = client.open_wt(session, b"start", end=False)
         await server.wait_for("the request", lambda e: e[0] == "wt_stream" and e[2] == ws)
 
         registry = _core.Registry()
@@ -276,9 +292,7 @@ async def test_flush_from_registry_to_aioquic(certificate: Certificate) -> None:
         small = _core.Registry(max_frames_per_stream=2)
         short = small.create("short", "s2")
         small.append_many(short, ["a", "b", "c", "d"])
-        ws2 = client.h3.create_webtransport_stream(session)
-        client._quic.send_stream_data(ws2, b"start", end_stream=False)
-        client.transmit()
+        ws2 = client.open_wt(session, b"start", end=False)
         await server.wait_for("the second request", lambda e: e[0] == "wt_stream" and e[2] == ws2)
         assert server.engine.flush(small, [(conn, ws, short, 0, b""), (conn, ws2, short + 99, 0, b"")]) == [
             (conn, ws, 0, _core.FLUSH_STREAM_CLOSED),
