@@ -2,8 +2,8 @@
 127.0.0.1, pumped by hand (``select`` on both sockets, ``poll_io`` on the ready one), no event loop.
 
 - ``tokens``: ``--sessions`` connections, one WebTransport session and one stream each. A tick appends one
-  token to every stream's registry ring and flushes them all in ONE ``flush`` call (one transmit); the client
-  reads; the server reads the acks. Printed: server CPU per token (flush + its ``poll_io``), ``poll_io`` per
+  token to every stream's registry ring and flushes them all in ONE ``flush`` call (one transmit); until the
+  next tick (``--interval``) the client reads and the server reads the acks. Printed: server CPU per token (flush + its ``poll_io``), ``poll_io`` per
   packet on each side, packets per token.
 - ``wakeup``: a client datagram in, the server's ``poll_io`` that reads it, a reply ``send_datagram`` and
   ``transmit``: the server's wake-up path (datagram in -> reply bytes out), p50 / p99 over ``--rounds``.
@@ -11,7 +11,7 @@
 Numbers are wall time around the calls (``perf_counter``) on a machine others share: a first look, not a
 benchmark of record (BENCHMARKS.md's runs use ``tokenwire loadtest`` against a real server)::
 
-    .venv/bin/python -m benches.quic_engine --sessions 100 --ticks 200
+    .venv/bin/python -m benches.quic_engine --sessions 100 --ticks 100
 """
 
 from __future__ import annotations
@@ -50,15 +50,19 @@ class Side:
         return self.engine.stats()["packets_in"]
 
 
-def pump(sides: list[Side], done: Callable[[], bool], timeout: float = 10.0) -> None:
-    """``poll_io`` each side whose socket is readable or whose deadline passed, until ``done()``."""
-    deadline = time.monotonic() + timeout
+def pump(sides: list[Side], done: Callable[[], bool], timeout: float = 10.0, *, until: float | None = None) -> None:
+    """``poll_io`` each side whose socket is readable or whose deadline passed, until ``done()`` (or, with
+    ``until``, until that ``time.monotonic()``)."""
+    deadline = time.monotonic() + timeout if until is None else until
     fds = {s.engine.fileno(): s for s in sides}
-    while not done():
-        if time.monotonic() > deadline:
+    while until is not None or not done():
+        now = time.monotonic()
+        if now > deadline:
+            if until is not None:
+                return
             raise TimeoutError("the engines did not get there")
         waits = [t for s in sides if (t := s.engine.next_timeout()) is not None]
-        ready, _, _ = select.select(list(fds), [], [], min([0.05, *waits]))
+        ready, _, _ = select.select(list(fds), [], [], max(0.0, min([deadline - now, *waits])))
         for fd in ready:
             fds[fd].poll()
         for s in sides:
@@ -118,7 +122,7 @@ def setup(sessions: int) -> tuple[Side, Side, list[tuple[int, int, int, int]]]:
     return server, client, [(s, *cs) for s, cs in zip(server_conns, client_streams, strict=True)]
 
 
-def tokens(sessions: int, ticks: int) -> None:
+def tokens(sessions: int, ticks: int, interval: float) -> None:
     server, client, streams = setup(sessions)
     registry = _core.Registry()
     handles = [registry.create(f"s{i}", f"s{i}") for i in range(sessions)]
@@ -138,9 +142,7 @@ def tokens(sessions: int, ticks: int) -> None:
         for (_, _, new_after, status), h in zip(results, handles, strict=True):
             assert status == _core.FLUSH_OK, status
             after[h] = new_after
-        pump([server, client], lambda: True)
-        select.select([], [], [], 0.002)  # the loop's next turn: acks come back meanwhile
-        pump([server, client], lambda: True)
+        pump([server, client], lambda: True, until=time.monotonic() + interval)  # tokens out, acks back
     want = ticks * sessions
     expected = sum(len(registry.since(h, 0, _core.WIRE_BINARY)) for h in handles)
 
@@ -188,10 +190,11 @@ def wakeup(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--ticks", type=int, default=200)
+    parser.add_argument("--ticks", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between ticks (0.05: 20 tokens/s)")
     parser.add_argument("--rounds", type=int, default=500)
     args = parser.parse_args()
-    tokens(args.sessions, args.ticks)
+    tokens(args.sessions, args.ticks, args.interval)
     wakeup(args.rounds)
 
 

@@ -924,7 +924,7 @@ impl PyQuicEngine {
         Ok(list)
     }
 
-    fn next_timeout(&mut self) -> Option<f64> {
+    fn next_timeout(&self) -> Option<f64> {
         self.inner.next_timeout().map(|d| d.as_secs_f64())
     }
 

@@ -9,8 +9,7 @@
 //! once waits in the stream's pending buffer (bounded by one call's bytes) and goes out as credit comes;
 //! the writer hears `Writable` then.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,7 +217,8 @@ pub struct Engine {
     conns: HashMap<u64, Conn>,
     by_handle: HashMap<ConnectionHandle, u64>,
     next_id: u64,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Every connection's deadline, earliest first (one entry per connection: `Conn::timer`).
+    timers: BTreeSet<(Instant, u64)>,
     dirty: Vec<u64>,
     events: Vec<Event>,
     /// Packets of the endpoint itself (version negotiation, stateless resets, refusals), with their bytes.
@@ -262,7 +262,7 @@ impl Engine {
             conns: HashMap::new(),
             by_handle: HashMap::new(),
             next_id: 1,
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             dirty: Vec::new(),
             events: Vec::new(),
             responses: Vec::new(),
@@ -380,15 +380,12 @@ impl Engine {
 
     /// Runs every connection timer due at `now`.
     pub fn handle_timeouts(&mut self, now: Instant) {
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
+        while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             let Some(conn) = self.conns.get_mut(&id) else { continue };
-            if conn.timer != Some(at) {
-                continue; // superseded
-            }
             conn.timer = None;
             conn.quic.handle_timeout(now);
             Self::mark_dirty(&mut self.dirty, conn, id);
@@ -396,16 +393,8 @@ impl Engine {
     }
 
     /// The earliest deadline of any connection (`None`: nothing pending).
-    pub fn next_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            match self.conns.get(&id) {
-                Some(conn) if conn.timer == Some(at) => return Some(at),
-                _ => {
-                    self.timers.pop();
-                }
-            }
-        }
-        None
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
     }
 
     /// Advances every connection that had input: QUIC events become engine events (through HTTP/3).
@@ -487,11 +476,7 @@ impl Engine {
                 }
                 QuicEvent::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
                     let sid = u64::from(stream);
-                    if let Some(send) = conn.sends.get_mut(&sid) {
-                        send.closed = true;
-                        send.pending = Vec::new();
-                        send.pending_off = 0;
-                    }
+                    conn.sends.remove(&sid);
                     events.push(Event::StopSending {
                         conn: id,
                         stream_id: sid,
@@ -710,9 +695,12 @@ impl Engine {
             }
             let timer = conn.quic.poll_timeout();
             if timer != conn.timer {
+                if let Some(old) = conn.timer {
+                    self.timers.remove(&(old, id));
+                }
                 conn.timer = timer;
                 if let Some(at) = timer {
-                    self.timers.push(Reverse((at, id)));
+                    self.timers.insert((at, id));
                 }
             }
         }
@@ -721,6 +709,9 @@ impl Engine {
     fn retire(&mut self, id: u64) {
         let Some(mut conn) = self.conns.remove(&id) else { return };
         self.by_handle.remove(&conn.handle);
+        if let Some(at) = conn.timer {
+            self.timers.remove(&(at, id));
+        }
         self.stats.lost_packets_closed += conn.quic.stats().path.lost_packets;
         if !conn.closed_reported {
             conn.closed_reported = true;
@@ -764,6 +755,9 @@ impl Engine {
         send.fin = fin;
         Self::drain_pending(conn, sid);
         let send = conn.sends.get_mut(&sid).ok_or(EngineError::StreamClosed(sid))?;
+        if send.closed && !send.fin {
+            return Err(EngineError::StreamClosed(sid)); // stopped or reset meanwhile
+        }
         if send.has_pending() {
             send.blocked = true;
             Ok(false)
@@ -772,13 +766,19 @@ impl Engine {
         }
     }
 
-    fn check_send_stream(conn: &Conn, sid: u64, server: bool) -> Result<(), EngineError> {
-        // A unidirectional stream the peer opened has no send side here.
+    /// A stream this end may send on: not the peer's unidirectional one, open in QUIC (not finished, reset or
+    /// never opened) and not ended here.
+    fn check_send_stream(conn: &mut Conn, sid: u64, server: bool) -> Result<(), EngineError> {
         let peer_uni = sid & 0b10 != 0 && ((sid & 1 == 1) != server);
-        if peer_uni || VarInt::from_u64(sid).is_err() {
+        let Ok(var) = VarInt::from_u64(sid) else {
+            return Err(EngineError::StreamClosed(sid));
+        };
+        if peer_uni
+            || conn.sends.get(&sid).is_some_and(|s| s.closed || s.fin)
+            || conn.quic.send_stream(StreamId::from(var)).priority().is_err()
+        {
             return Err(EngineError::StreamClosed(sid));
         }
-        let _ = conn;
         Ok(())
     }
 
@@ -871,17 +871,15 @@ impl Engine {
         let server = self.is_server();
         let conn = self.conn_mut(conn)?;
         Self::check_send_stream(conn, sid, server)?;
-        if let Some(send) = conn.sends.get(&sid) {
-            if send.closed || send.fin {
+        if conn.sends.get(&sid).is_some_and(SendState::has_pending) {
+            Self::drain_pending(conn, sid);
+            let send = conn.sends.get_mut(&sid).ok_or(EngineError::StreamClosed(sid))?;
+            if send.closed {
                 return Err(EngineError::StreamClosed(sid));
             }
             if send.has_pending() {
-                Self::drain_pending(conn, sid);
-                let send = conn.sends.get_mut(&sid).ok_or(EngineError::StreamClosed(sid))?;
-                if send.has_pending() {
-                    send.blocked = true;
-                    return Ok(false);
-                }
+                send.blocked = true;
+                return Ok(false);
             }
         }
         Ok(true)
@@ -892,10 +890,7 @@ impl Engine {
         let code = varint(code)?;
         let conn = self.conn_mut(conn)?;
         Self::check_send_stream(conn, sid, server)?;
-        let send = conn.sends.entry(sid).or_default();
-        send.closed = true;
-        send.pending = Vec::new();
-        send.pending_off = 0;
+        conn.sends.remove(&sid);
         let _ = conn.quic.send_stream(StreamId::from(varint(sid)?)).reset(code);
         Ok(())
     }

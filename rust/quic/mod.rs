@@ -130,7 +130,7 @@ impl Driver {
     }
 
     /// Time until the engine's next deadline (zero if it is past); `None`: nothing pending.
-    pub fn next_timeout(&mut self) -> Option<Duration> {
+    pub fn next_timeout(&self) -> Option<Duration> {
         self.engine
             .next_timeout()
             .map(|at| at.saturating_duration_since(Instant::now()))

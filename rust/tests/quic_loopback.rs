@@ -396,7 +396,9 @@ fn flush_from_registry() {
     registry.since(h, 0, Wire::Binary, &mut expected).unwrap();
     assert_eq!(wt_bytes(&pair.client_events, ws), (expected, true));
 
-    // Statuses: an unknown handle, a closed stream, an unknown connection.
+    // Statuses: an unknown handle, a closed stream (its FIN acknowledged by now), an unknown connection.
+    let acked = Instant::now() + Duration::from_millis(100);
+    pair.pump("the acknowledgements", |_| Instant::now() > acked);
     out.clear();
     let gone = FlushItem {
         handle: h + 1,
@@ -414,6 +416,13 @@ fn flush_from_registry() {
             (3, FlushStatus::StreamClosed)
         ]
     );
+    // Nor do sends reach a finished stream, a stream never opened, or the peer's unidirectional stream.
+    for stream in [ws, 400, 2] {
+        assert!(
+            pair.server.engine().send_data(s, stream, b"x", false).is_err(),
+            "{stream}"
+        );
+    }
 }
 
 #[test]
