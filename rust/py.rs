@@ -1041,6 +1041,7 @@ impl PyQuicEngine {
             ("recv_calls", s.io.recv_calls),
             ("send_calls", s.io.send_calls),
             ("send_dropped", s.io.send_dropped),
+            ("send_errors", s.io.send_errors),
             ("lost_packets", s.lost_packets),
             ("connections", s.connections),
             ("connections_accepted", s.engine.connections_accepted),

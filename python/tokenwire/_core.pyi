@@ -439,5 +439,6 @@ class QuicEngine:
     def open_wt_stream(self, conn: int, session_id: int) -> int:
         """A bidirectional WebTransport stream of the session, its header (0x41 + session id) written."""
     def stats(self) -> dict[str, int]:
-        """Counters: packets/bytes in and out, recv/send syscalls, send_dropped, lost_packets, connections,
-        connections_accepted/refused, wakeups, gso_segments."""
+        """Counters: packets/bytes in and out, recv/send syscalls, send_dropped (send buffer full), send_errors
+        (other refusals), lost_packets, connections, connections_accepted/refused, wakeups, gso_segments (most
+        datagrams one send carries)."""

@@ -646,6 +646,7 @@ impl Engine {
         }
         let Ok(var) = VarInt::from_u64(sid) else { return };
         let mut stream = conn.quic.send_stream(StreamId::from(var));
+        // Until all is taken or Blocked: only a Blocked write registers the stream for quinn's Writable.
         while send.has_pending() {
             match stream.write(&send.pending[send.pending_off..]) {
                 Ok(n) => send.pending_off += n,
@@ -819,20 +820,20 @@ impl Engine {
                 send.blocked = true;
                 return Ok(0);
             }
-            let stream = conn.quic.send_stream(StreamId::from(varint(sid)?));
-            let mut stream = stream;
-            let n = if data.is_empty() {
-                0
-            } else {
-                match stream.write(data) {
-                    Ok(n) => n,
-                    Err(WriteError::Blocked) => 0,
+            let mut stream = conn.quic.send_stream(StreamId::from(varint(sid)?));
+            // Write until all is taken or QUIC says Blocked: only a Blocked write registers the stream for
+            // quinn's Writable event (a short Ok write does not).
+            let mut n = 0;
+            while n < data.len() {
+                match stream.write(&data[n..]) {
+                    Ok(k) => n += k,
+                    Err(WriteError::Blocked) => break,
                     Err(WriteError::Stopped(_) | WriteError::ClosedStream) => {
                         send.closed = true;
                         return Err(EngineError::StreamClosed(sid));
                     }
                 }
-            };
+            }
             if n == data.len() && fin {
                 send.closed = true;
                 let _ = stream.finish();

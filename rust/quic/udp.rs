@@ -10,6 +10,11 @@ use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 /// Bytes of one received datagram at most (a QUIC datagram is at most 65 527 bytes).
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Bytes of one GSO send at most (the UDP length field), and the largest segment (quinn's MTU discovery
+/// stops at 1452 by default; 1500 leaves room).
+const MAX_GSO_BYTES: usize = 65_000;
+const MAX_SEGMENT: usize = 1500;
+
 /// Socket buffers asked for; the kernel may grant less (`net.core.rmem_max` / `wmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -24,6 +29,8 @@ pub struct IoStats {
     pub send_calls: u64,
     /// Packets not sent because the socket's send buffer was full (QUIC recovers them as losses).
     pub send_dropped: u64,
+    /// Packets the kernel refused otherwise (an unreachable peer, a size it does not take).
+    pub send_errors: u64,
 }
 
 /// One received datagram: where from, the local address it was sent to, its ECN bits.
@@ -73,9 +80,10 @@ impl UdpIo {
         self.socket.as_raw_fd()
     }
 
-    /// Datagrams one GSO send may carry (1 where the kernel has no GSO).
+    /// Datagrams one GSO send may carry (1 where the kernel has no GSO): the kernel's 64, but no more than
+    /// fit in one UDP datagram's 64 KiB at the largest segment quinn uses (a longer train fails `EMSGSIZE`).
     pub fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments().max(1)
+        self.state.max_gso_segments().clamp(1, MAX_GSO_BYTES / MAX_SEGMENT)
     }
 
     /// Receives one batch (one `recvmmsg`) and calls `f` for every datagram in it (GRO buffers are split at
@@ -107,8 +115,8 @@ impl UdpIo {
     }
 
     /// Sends one transmit (one datagram, or several of `segment_size` bytes each through GSO). A full send
-    /// buffer drops it (counted); other errors are the kernel's (an unreachable peer) and are dropped too:
-    /// QUIC retransmits, and a dead path ends in an idle timeout.
+    /// buffer drops it, and so does any other error (an unreachable peer): counted apart; QUIC retransmits,
+    /// and a dead path ends in an idle timeout.
     pub fn send(&mut self, transmit: &quinn_proto::Transmit, contents: &[u8]) {
         let segments = transmit.segment_size.map_or(1, |s| contents.len().div_ceil(s.max(1))) as u64;
         let udp = quinn_udp::Transmit {
@@ -119,12 +127,13 @@ impl UdpIo {
             src_ip: transmit.src_ip,
         };
         self.stats.send_calls += 1;
-        match self.state.send((&self.socket).into(), &udp) {
+        match self.state.try_send((&self.socket).into(), &udp) {
             Ok(()) => {
                 self.stats.packets_out += segments;
                 self.stats.bytes_out += contents.len() as u64;
             }
-            Err(_) => self.stats.send_dropped += segments,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.send_dropped += segments,
+            Err(_) => self.stats.send_errors += segments,
         }
     }
 }

@@ -50,12 +50,16 @@ fn config() -> Config {
 }
 
 fn server(cert: &Cert) -> Driver {
+    server_with(cert, config())
+}
+
+fn server_with(cert: &Cert, config: Config) -> Driver {
     let alpn = vec![b"h3".to_vec()];
     let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &alpn).unwrap();
     Driver::new(
         Config {
             server: Some(Arc::new(tls)),
-            ..config()
+            ..config
         },
         localhost(),
     )
@@ -450,27 +454,48 @@ fn flush_expired() {
     assert_eq!(out, vec![(0, FlushStatus::Expired)]);
 }
 
-#[test]
-fn flow_control_pauses_then_writable() {
-    let cert = cert();
-    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+/// More than the peer's stream window (1 MiB), or than the server's own send window (its unacknowledged bytes,
+/// `conn_window`), at once: QUIC takes what fits, `Writable` comes when more does, and every byte arrives.
+fn big_write_pauses_then_writable(server: Driver) {
+    let cert_pair = Pair::new(server, client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)])));
+    let mut pair = cert_pair;
     let (_, s, _, ws) = pair.wt_request();
-    // More than the client's stream window (1 MiB) at once: QUIC takes the window's worth, the rest waits.
     let big = vec![b'x'; 3 << 20];
     let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
     assert!(n < big.len(), "took {n}");
     pair.server.transmit();
-    pair.pump("writable", |p| {
-        p.server_events
-            .iter()
-            .any(|e| matches!(e, Event::Writable { stream_id, .. } if *stream_id == ws))
-    });
     let mut sent = n;
+    let mut writables = 0;
     while sent < big.len() {
-        let k = pair.server.engine().send_data(s, ws, &big[sent..], false).unwrap();
-        sent += k;
+        pair.pump("writable", |p| {
+            p.server_events
+                .iter()
+                .filter(|e| matches!(e, Event::Writable { stream_id, .. } if *stream_id == ws))
+                .count()
+                > writables
+        });
+        writables += 1;
+        sent += pair.server.engine().send_data(s, ws, &big[sent..], false).unwrap();
         pair.server.transmit();
-        pair.pump("progress", |p| wt_bytes(&p.client_events, ws).0.len() >= sent);
     }
+    pair.pump("everything", |p| wt_bytes(&p.client_events, ws).0.len() >= big.len());
     assert_eq!(wt_bytes(&pair.client_events, ws).0, big);
+}
+
+thread_local! {
+    static CERT: Cert = cert();
+}
+
+#[test]
+fn stream_window_pauses_then_writable() {
+    big_write_pauses_then_writable(CERT.with(server));
+}
+
+#[test]
+fn send_window_pauses_then_writable() {
+    let config = Config {
+        conn_window: 256 << 10,
+        ..config()
+    };
+    big_write_pauses_then_writable(CERT.with(|c| server_with(c, config)));
 }
