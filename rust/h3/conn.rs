@@ -665,3 +665,592 @@ fn is_interim(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
         .iter()
         .any(|(n, v)| n == b":status" && v.len() == 3 && v[0] == b'1')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h3::{encode_data_frame_header, encode_datagram, encode_headers_frame, encode_wt_stream_header};
+
+    const SETTINGS_WT: [(u64, u64); 4] = [(0x1, 0), (0x33, 1), (0x8, 1), (0x2b60_3742, 1)];
+
+    fn ev(conn: &mut H3Conn, stream_id: u64, data: &[u8], fin: bool) -> Result<Vec<H3Event>, H3Error> {
+        let mut out = Vec::new();
+        conn.on_stream_data(stream_id, data, fin, &mut out).map(|()| out)
+    }
+
+    fn fails(conn: &mut H3Conn, stream_id: u64, data: &[u8], fin: bool) -> u64 {
+        ev(conn, stream_id, data, fin).unwrap_err().code
+    }
+
+    /// Joins what a split may cut differently: consecutive DATA (or WebTransport bytes) of one stream,
+    /// and a bare FIN after HEADERS.
+    fn normalize(events: Vec<H3Event>) -> Vec<H3Event> {
+        let mut out: Vec<H3Event> = Vec::new();
+        for e in events {
+            match (out.last_mut(), e) {
+                (
+                    Some(H3Event::Data {
+                        stream_id: a,
+                        data,
+                        fin,
+                    }),
+                    H3Event::Data {
+                        stream_id: b,
+                        data: more,
+                        fin: f,
+                    },
+                ) if *a == b => {
+                    data.extend_from_slice(&more);
+                    *fin |= f;
+                }
+                (
+                    Some(H3Event::WtStream {
+                        stream_id: a,
+                        data,
+                        fin,
+                        ..
+                    }),
+                    H3Event::WtStream {
+                        stream_id: b,
+                        data: more,
+                        fin: f,
+                        ..
+                    },
+                ) if *a == b => {
+                    data.extend_from_slice(&more);
+                    *fin |= f;
+                }
+                (
+                    Some(H3Event::Headers { stream_id: a, fin, .. }),
+                    H3Event::Data {
+                        stream_id: b,
+                        data,
+                        fin: true,
+                    },
+                ) if *a == b && data.is_empty() => {
+                    *fin = true;
+                }
+                (_, e) => out.push(e),
+            }
+        }
+        out
+    }
+
+    /// Feeds `chunks` of each (stream, bytes) in order, FIN with the last chunk of each.
+    fn feed_split(role: Role, script: &[(u64, Vec<u8>)], cut: &dyn Fn(&[u8]) -> Vec<Vec<u8>>) -> Vec<H3Event> {
+        let mut conn = H3Conn::new(role, &SETTINGS_WT);
+        let mut out = Vec::new();
+        for (stream_id, bytes) in script {
+            let pieces = cut(bytes);
+            let n = pieces.len();
+            for (i, piece) in pieces.iter().enumerate() {
+                let fin = i + 1 == n && *stream_id & 3 != 2 && *stream_id & 3 != 3;
+                conn.on_stream_data(*stream_id, piece, fin, &mut out).unwrap();
+            }
+        }
+        normalize(out)
+    }
+
+    fn headers_frame(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_headers_frame(headers, &mut out);
+        out
+    }
+
+    fn data_frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_data_frame_header(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn owned(headers: &[(&[u8], &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        headers.iter().map(|&(n, v)| (n.to_vec(), v.to_vec())).collect()
+    }
+
+    fn frame(ty: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(ty, &mut out);
+        put_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// A browser's side of a WebTransport session as a server sees it: control stream (with a grease
+    /// frame), QPACK streams, a grease uni stream, the CONNECT request with a capsule, a WebTransport
+    /// bidi stream and uni stream.
+    fn browser_script() -> Vec<(u64, Vec<u8>)> {
+        let client = H3Conn::new(Role::Client, &SETTINGS_WT);
+        let connect = super::super::qpack::tests_support::CHROMIUM_CONNECT;
+        let mut wt = Vec::new();
+        encode_wt_stream_header(0, &mut wt);
+        wt.extend_from_slice(b"request bytes");
+        vec![
+            (
+                2,
+                cat(&[
+                    &client.control_stream_bytes(),
+                    &frame(0x21, b"grease"),
+                    &frame(GOAWAY, &[8]),
+                ]),
+            ),
+            (6, vec![0x02, 0x20]),
+            (10, vec![0x03]),
+            (14, cat(&[&[0x40, 0x21], b"ignored bytes"])),
+            (
+                0,
+                cat(&[
+                    &frame(0x21, b""),
+                    &headers_frame(&connect),
+                    &data_frame(b"\x00\x05capsule"),
+                ]),
+            ),
+            (4, wt),
+            (18, cat(&[&[0x40, 0x54, 0x00], b"uni bytes"])),
+        ]
+    }
+
+    #[test]
+    fn server_sees_a_browser_session() {
+        let connect = super::super::qpack::tests_support::CHROMIUM_CONNECT;
+        let events = feed_split(Role::Server, &browser_script(), &|b| vec![b.to_vec()]);
+        assert_eq!(
+            events,
+            vec![
+                H3Event::Settings(SETTINGS_WT.to_vec()),
+                H3Event::GoAway(8),
+                H3Event::Headers {
+                    stream_id: 0,
+                    headers: owned(&connect),
+                    fin: false
+                },
+                H3Event::Data {
+                    stream_id: 0,
+                    data: b"\x00\x05capsule".to_vec(),
+                    fin: true
+                },
+                H3Event::WtStream {
+                    stream_id: 4,
+                    session_id: 0,
+                    data: b"request bytes".to_vec(),
+                    fin: true
+                },
+                H3Event::WtStream {
+                    stream_id: 18,
+                    session_id: 0,
+                    data: b"uni bytes".to_vec(),
+                    fin: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn any_split_gives_the_same_events() {
+        let script = browser_script();
+        let whole = feed_split(Role::Server, &script, &|b| vec![b.to_vec()]);
+        let bytewise = feed_split(Role::Server, &script, &|b| b.iter().map(|&x| vec![x]).collect());
+        assert_eq!(bytewise, whole);
+        let longest = script.iter().map(|(_, b)| b.len()).max().unwrap();
+        for at in 0..=longest {
+            let split = feed_split(Role::Server, &script, &|b| {
+                let at = at.min(b.len());
+                vec![b[..at].to_vec(), b[at..].to_vec()]
+            });
+            assert_eq!(split, whole, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn control_stream_bytes_carry_the_settings() {
+        let server = H3Conn::new(Role::Server, &SETTINGS_WT);
+        let bytes = server.control_stream_bytes();
+        assert_eq!(&bytes[..3], &[0x00, 0x04, 11]);
+        let mut client = H3Conn::new(Role::Client, &[]);
+        assert!(client.peer_settings().is_none());
+        assert_eq!(
+            ev(&mut client, 3, &bytes, false).unwrap(),
+            vec![H3Event::Settings(SETTINGS_WT.to_vec())]
+        );
+        assert_eq!(client.peer_settings(), Some(&SETTINGS_WT[..]));
+        assert_eq!(
+            H3Conn::new(Role::Client, &[]).control_stream_bytes(),
+            [0x00, 0x04, 0x00]
+        );
+    }
+
+    #[test]
+    fn client_reads_responses_and_server_streams() {
+        let mut client = H3Conn::new(Role::Client, &SETTINGS_WT);
+        let server = H3Conn::new(Role::Server, &SETTINGS_WT);
+        let mut response = headers_frame(&[(b":status", b"100")]);
+        response.extend(headers_frame(&[
+            (b":status", b"200"),
+            (b"sec-webtransport-http3-draft", b"draft02"),
+        ]));
+        response.extend(data_frame(b"capsule"));
+        response.extend(headers_frame(&[(b"x-trailer", b"t")]));
+        let mut events = ev(&mut client, 3, &server.control_stream_bytes(), false).unwrap();
+        for &b in &response {
+            events.extend(ev(&mut client, 0, &[b], false).unwrap());
+        }
+        events.extend(ev(&mut client, 0, b"", true).unwrap());
+        // A WebTransport stream the client opened: the server's bytes come raw.
+        client.register_wt_stream(4, 0);
+        events.extend(ev(&mut client, 4, b"\x00\x01raw", false).unwrap());
+        // A WebTransport stream the server opened.
+        let mut wt = Vec::new();
+        encode_wt_stream_header(0, &mut wt);
+        wt.extend_from_slice(b"pushed");
+        events.extend(ev(&mut client, 1, &wt, true).unwrap());
+        assert_eq!(
+            normalize(events),
+            vec![
+                H3Event::Settings(SETTINGS_WT.to_vec()),
+                H3Event::Headers {
+                    stream_id: 0,
+                    headers: owned(&[(b":status", b"100")]),
+                    fin: false
+                },
+                H3Event::Headers {
+                    stream_id: 0,
+                    headers: owned(&[(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")]),
+                    fin: false
+                },
+                H3Event::Data {
+                    stream_id: 0,
+                    data: b"capsule".to_vec(),
+                    fin: false
+                },
+                H3Event::Headers {
+                    stream_id: 0,
+                    headers: owned(&[(b"x-trailer", b"t")]),
+                    fin: true
+                },
+                H3Event::WtStream {
+                    stream_id: 4,
+                    session_id: 0,
+                    data: b"\x00\x01raw".to_vec(),
+                    fin: false
+                },
+                H3Event::WtStream {
+                    stream_id: 1,
+                    session_id: 0,
+                    data: b"pushed".to_vec(),
+                    fin: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn server_opened_streams_carry_raw_bytes() {
+        let mut server = H3Conn::new(Role::Server, &SETTINGS_WT);
+        server.register_wt_stream(1, 8);
+        assert_eq!(
+            ev(&mut server, 1, b"answer", false).unwrap(),
+            vec![H3Event::WtStream {
+                stream_id: 1,
+                session_id: 8,
+                data: b"answer".to_vec(),
+                fin: false
+            }]
+        );
+        // Registered after its first bytes: later bytes carry the session.
+        assert_eq!(
+            ev(&mut server, 5, b"a", false).unwrap(),
+            vec![H3Event::WtStream {
+                stream_id: 5,
+                session_id: UNKNOWN_SESSION,
+                data: b"a".to_vec(),
+                fin: false
+            }]
+        );
+        server.register_wt_stream(5, 0);
+        assert_eq!(
+            ev(&mut server, 5, b"", true).unwrap(),
+            vec![H3Event::WtStream {
+                stream_id: 5,
+                session_id: 0,
+                data: Vec::new(),
+                fin: true
+            }]
+        );
+    }
+
+    #[test]
+    fn datagrams_carry_the_quarter_stream_id() {
+        let mut conn = H3Conn::new(Role::Server, &SETTINGS_WT);
+        let mut bytes = Vec::new();
+        encode_datagram(400, b"preview", &mut bytes);
+        assert_eq!(&bytes[..2], &[0x40, 100]);
+        let mut out = Vec::new();
+        conn.on_datagram(&bytes, &mut out).unwrap();
+        conn.on_datagram(&[0x00], &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                H3Event::Datagram {
+                    session_id: 400,
+                    payload: b"preview".to_vec()
+                },
+                H3Event::Datagram {
+                    session_id: 0,
+                    payload: Vec::new()
+                },
+            ]
+        );
+        assert_eq!(
+            conn.on_datagram(&[], &mut out).unwrap_err().code,
+            code::H3_DATAGRAM_ERROR
+        );
+        assert_eq!(
+            H3Conn::new(Role::Server, &[])
+                .on_datagram(&[0x40], &mut out)
+                .unwrap_err()
+                .code,
+            code::H3_DATAGRAM_ERROR
+        );
+    }
+
+    fn with_settings(role: Role) -> H3Conn {
+        let mut conn = H3Conn::new(role, &SETTINGS_WT);
+        let peer = H3Conn::new(
+            if role == Role::Server {
+                Role::Client
+            } else {
+                Role::Server
+            },
+            &[],
+        );
+        let control = if role == Role::Server { 2 } else { 3 };
+        ev(&mut conn, control, &peer.control_stream_bytes(), false).unwrap();
+        conn
+    }
+
+    #[test]
+    fn control_stream_errors() {
+        // First frame not SETTINGS (even an unknown one).
+        assert_eq!(
+            fails(
+                &mut H3Conn::new(Role::Server, &[]),
+                2,
+                &cat(&[&[0], &frame(GOAWAY, &[0])]),
+                false
+            ),
+            0x10a
+        );
+        assert_eq!(
+            fails(
+                &mut H3Conn::new(Role::Server, &[]),
+                2,
+                &cat(&[&[0], &frame(0x21, b"")]),
+                false
+            ),
+            0x10a
+        );
+        // A second SETTINGS, DATA, HEADERS, an HTTP/2 type; MAX_PUSH_ID from a server.
+        for bad in [
+            frame(SETTINGS, &[]),
+            frame(DATA, b"x"),
+            frame(HEADERS, &[0, 0]),
+            frame(0x6, &[0; 8]),
+        ] {
+            assert_eq!(fails(&mut with_settings(Role::Server), 2, &bad, false), 0x105);
+        }
+        assert_eq!(
+            fails(&mut with_settings(Role::Client), 3, &frame(MAX_PUSH_ID, &[4]), false),
+            0x105
+        );
+        assert!(
+            ev(&mut with_settings(Role::Server), 2, &frame(MAX_PUSH_ID, &[4]), false)
+                .unwrap()
+                .is_empty()
+        );
+        // Malformed SETTINGS.
+        for (payload, code) in [
+            (&[0x21][..], 0x106),
+            (&[0x02, 0x00], 0x109),
+            (&[0x21, 1, 0x21, 2], 0x109),
+        ] {
+            let mut conn = H3Conn::new(Role::Server, &[]);
+            assert_eq!(
+                fails(&mut conn, 2, &cat(&[&[0], &frame(SETTINGS, payload)]), false),
+                code
+            );
+        }
+        // GOAWAY: one varint; a client checks it names a client request stream and never grows.
+        assert_eq!(
+            fails(&mut with_settings(Role::Server), 2, &frame(GOAWAY, &[0, 0]), false),
+            0x106
+        );
+        assert_eq!(
+            fails(&mut with_settings(Role::Client), 3, &frame(GOAWAY, &[2]), false),
+            0x108
+        );
+        let mut client = with_settings(Role::Client);
+        assert_eq!(
+            ev(&mut client, 3, &frame(GOAWAY, &[8]), false).unwrap(),
+            vec![H3Event::GoAway(8)]
+        );
+        assert_eq!(fails(&mut client, 3, &frame(GOAWAY, &[12]), false), 0x108);
+        // A second control stream; the control stream closing or reset.
+        assert_eq!(fails(&mut with_settings(Role::Server), 6, &[0], false), 0x103);
+        assert_eq!(fails(&mut with_settings(Role::Server), 2, b"", true), 0x104);
+        assert_eq!(fails(&mut H3Conn::new(Role::Server, &[]), 2, &[0], true), 0x104);
+        let mut conn = with_settings(Role::Server);
+        conn.on_stream_reset(2);
+        assert_eq!(conn.error().map(|e| e.code), Some(0x104));
+        assert_eq!(fails(&mut conn, 0, &headers_frame(&[]), false), 0x104);
+        // Oversized control frames.
+        let mut big = vec![0x00];
+        put_varint(SETTINGS, &mut big);
+        put_varint(MAX_FRAME_BUFFER + 1, &mut big);
+        assert_eq!(fails(&mut H3Conn::new(Role::Server, &[]), 2, &big, false), 0x107);
+    }
+
+    #[test]
+    fn uni_stream_errors() {
+        // Push streams: from a client, and to a client that never sent MAX_PUSH_ID.
+        assert_eq!(
+            fails(&mut H3Conn::new(Role::Server, &[]), 2, &[0x01, 0x00], false),
+            0x103
+        );
+        assert_eq!(
+            fails(&mut H3Conn::new(Role::Client, &[]), 3, &[0x01, 0x00], false),
+            0x108
+        );
+        // QPACK streams: once each, never closed, and the encoder may insert nothing.
+        for ty in [0x02, 0x03] {
+            let mut conn = H3Conn::new(Role::Server, &[]);
+            assert!(ev(&mut conn, 6, &[ty], false).unwrap().is_empty());
+            assert_eq!(fails(&mut conn, 10, &[ty], false), 0x103);
+            assert_eq!(fails(&mut H3Conn::new(Role::Server, &[]), 6, &[ty], true), 0x104);
+            let mut conn = H3Conn::new(Role::Server, &[]);
+            ev(&mut conn, 6, &[ty], false).unwrap();
+            conn.on_stream_reset(6);
+            assert_eq!(conn.error().map(|e| e.code), Some(0x104));
+        }
+        for insert in [&[0x21][..], &[0x3f, 0x01], &[0xc0, 0x00], &[0x41, b'a', 0x00], &[0x00]] {
+            let mut conn = H3Conn::new(Role::Server, &[]);
+            assert_eq!(fails(&mut conn, 6, &cat(&[&[0x02], insert]), false), 0x201);
+        }
+        // Decoder-stream instructions are drained.
+        assert!(
+            ev(&mut H3Conn::new(Role::Server, &[]), 6, &[0x03, 0x81, 0x41, 0x01], false)
+                .unwrap()
+                .is_empty()
+        );
+        // An unknown stream ends quietly, half-read or not; a WebTransport uni stream cut in its id too.
+        assert!(ev(&mut H3Conn::new(Role::Server, &[]), 6, &[0x40], true)
+            .unwrap()
+            .is_empty());
+        assert!(ev(&mut H3Conn::new(Role::Server, &[]), 6, &[0x40, 0x54, 0x40], true)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn request_stream_errors() {
+        let get = headers_frame(&[(b":method", b"GET")]);
+        // DATA first; an HTTP/2-only frame; control frames on a request stream.
+        assert_eq!(
+            fails(&mut with_settings(Role::Server), 0, &data_frame(b"x"), false),
+            0x105
+        );
+        for ty in [
+            0x2,
+            0x6,
+            0x8,
+            0x9,
+            SETTINGS,
+            GOAWAY,
+            MAX_PUSH_ID,
+            CANCEL_PUSH,
+            PUSH_PROMISE,
+        ] {
+            assert_eq!(
+                fails(&mut with_settings(Role::Server), 0, &frame(ty, &[0]), false),
+                0x105,
+                "{ty}"
+            );
+            let after_headers = cat(&[&get, &frame(ty, &[0])]);
+            assert_eq!(
+                fails(&mut with_settings(Role::Server), 0, &after_headers, false),
+                0x105,
+                "{ty}"
+            );
+        }
+        // HEADERS or DATA after trailers.
+        let trailers = cat(&[&get, &data_frame(b"body"), &get]);
+        for late in [get.clone(), data_frame(b"x")] {
+            assert_eq!(
+                fails(&mut with_settings(Role::Server), 0, &cat(&[&trailers, &late]), false),
+                0x105
+            );
+        }
+        // A HEADERS frame over the bound is refused from its header alone.
+        let mut big = Vec::new();
+        put_varint(HEADERS, &mut big);
+        put_varint(MAX_FRAME_BUFFER + 1, &mut big);
+        assert_eq!(fails(&mut with_settings(Role::Server), 0, &big, false), 0x107);
+        // The bound itself is accepted (a field section of 64 KiB).
+        let value = vec![b'v'; MAX_FRAME_BUFFER as usize - 10];
+        let at_bound = headers_frame(&[(b"x-a", &value)]);
+        assert_eq!(at_bound.len() as u64, MAX_FRAME_BUFFER + 5);
+        assert_eq!(
+            ev(&mut with_settings(Role::Server), 0, &at_bound, false).unwrap().len(),
+            1
+        );
+        // Truncated frames at FIN: in a DATA payload, a HEADERS payload, a frame header, the WT signal.
+        for cut in [
+            cat(&[&get, &data_frame(b"body")[..3]]),
+            get[..get.len() - 1].to_vec(),
+            vec![0x01],
+            vec![0x41],
+        ] {
+            assert_eq!(fails(&mut with_settings(Role::Server), 0, &cut, true), 0x106);
+        }
+        // A broken field section; a server opening a request stream to a client.
+        assert_eq!(
+            fails(
+                &mut with_settings(Role::Server),
+                0,
+                &frame(HEADERS, &[0, 0, 0x80]),
+                false
+            ),
+            0x200
+        );
+        assert_eq!(fails(&mut with_settings(Role::Client), 1, &get, false), 0x103);
+        assert_eq!(
+            fails(&mut with_settings(Role::Client), 0, &frame(PUSH_PROMISE, &[0]), false),
+            0x108
+        );
+        // An empty request stream or one of unknown frames ends quietly.
+        assert!(ev(&mut with_settings(Role::Server), 0, &frame(0x21, b"x"), true)
+            .unwrap()
+            .is_empty());
+        // Errors stick.
+        let mut conn = with_settings(Role::Server);
+        assert_eq!(fails(&mut conn, 0, &data_frame(b"x"), false), 0x105);
+        assert_eq!(fails(&mut conn, 4, &get, false), 0x105);
+        assert_eq!(conn.on_datagram(&[0], &mut Vec::new()).unwrap_err().code, 0x105);
+    }
+
+    #[test]
+    fn reset_forgets_a_stream() {
+        let mut conn = with_settings(Role::Server);
+        let get = headers_frame(&[(b":method", b"GET")]);
+        ev(&mut conn, 0, &get[..2], false).unwrap();
+        conn.on_stream_reset(0);
+        assert!(conn.error().is_none());
+        assert!(!conn.streams.contains_key(&0));
+        // A stream's state is dropped when it ends, too.
+        ev(&mut conn, 4, &get, true).unwrap();
+        assert_eq!(conn.streams.keys().collect::<Vec<_>>(), [&2]);
+    }
+}

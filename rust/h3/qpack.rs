@@ -435,7 +435,27 @@ pub(crate) fn huffman_encode(src: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    /// A Chromium extended CONNECT for a WebTransport session, as the browser sends it.
+    pub const CHROMIUM_CONNECT: [(&[u8], &[u8]); 9] = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"webtransport"),
+        (b":scheme", b"https"),
+        (b":authority", b"127.0.0.1:4433"),
+        (b":path", b"/v1/webtransport"),
+        (b"origin", b"https://127.0.0.1:8000"),
+        (
+            b"user-agent",
+            b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+        ),
+        (b"sec-webtransport-http3-draft02", b"1"),
+        (b"sec-webtransport-http3-draft", b"draft02"),
+    ];
+}
+
+#[cfg(test)]
 mod tests {
+    use super::tests_support::CHROMIUM_CONNECT;
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
@@ -459,22 +479,6 @@ mod tests {
     fn decode_code(block: &[u8]) -> u64 {
         decode_field_section(block).unwrap_err().code
     }
-
-    /// A Chromium extended CONNECT for a WebTransport session, as the browser sends it.
-    pub(crate) const CHROMIUM_CONNECT: [(&[u8], &[u8]); 9] = [
-        (b":method", b"CONNECT"),
-        (b":protocol", b"webtransport"),
-        (b":scheme", b"https"),
-        (b":authority", b"127.0.0.1:4433"),
-        (b":path", b"/v1/webtransport"),
-        (b"origin", b"https://127.0.0.1:8000"),
-        (
-            b"user-agent",
-            b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-        ),
-        (b"sec-webtransport-http3-draft02", b"1"),
-        (b"sec-webtransport-http3-draft", b"draft02"),
-    ];
 
     #[test]
     fn rfc9204_b1_literal_with_static_name_reference() {
