@@ -142,40 +142,48 @@ fn parse_settings(mut payload: &[u8]) -> Result<Vec<(u64, u64)>, H3Error> {
     Ok(settings)
 }
 
-/// Appends DATA payload bytes as an event, joining the previous event of this call if it is DATA of the
-/// same stream.
-fn push_data(out: &mut Vec<H3Event>, start: usize, stream_id: u64, bytes: &[u8]) {
-    if out.len() > start {
-        if let Some(H3Event::Data { stream_id: s, data, .. }) = out.last_mut() {
-            if *s == stream_id {
-                data.extend_from_slice(bytes);
-                return;
-            }
-        }
-    }
-    out.push(H3Event::Data {
-        stream_id,
-        data: bytes.to_vec(),
-        fin: false,
-    });
+/// Where the events of one `on_stream_data` call go: all of them concern `stream_id`.
+struct Emit<'a> {
+    stream_id: u64,
+    out: &'a mut Vec<H3Event>,
+    /// Where this call's events begin in `out`.
+    start: usize,
 }
 
-/// Appends WebTransport bytes, joining the previous event of this call if it is of the same stream.
-fn push_wt(out: &mut Vec<H3Event>, start: usize, stream_id: u64, session_id: u64, bytes: &[u8]) {
-    if out.len() > start {
-        if let Some(H3Event::WtStream { stream_id: s, data, .. }) = out.last_mut() {
-            if *s == stream_id {
-                data.extend_from_slice(bytes);
-                return;
-            }
+impl Emit<'_> {
+    /// This call's last event.
+    fn last(&mut self) -> Option<&mut H3Event> {
+        self.out[self.start..].last_mut()
+    }
+
+    /// Appends DATA payload bytes, joining them to this call's DATA event if it is the last one.
+    fn data(&mut self, bytes: &[u8]) {
+        if let Some(H3Event::Data { data, .. }) = self.last() {
+            data.extend_from_slice(bytes);
+        } else {
+            let stream_id = self.stream_id;
+            self.out.push(H3Event::Data {
+                stream_id,
+                data: bytes.to_vec(),
+                fin: false,
+            });
         }
     }
-    out.push(H3Event::WtStream {
-        stream_id,
-        session_id,
-        data: bytes.to_vec(),
-        fin: false,
-    });
+
+    /// Appends WebTransport bytes, joining them to this call's WebTransport event if it is the last one.
+    fn wt(&mut self, session_id: u64, bytes: &[u8]) {
+        if let Some(H3Event::WtStream { data, .. }) = self.last() {
+            data.extend_from_slice(bytes);
+        } else {
+            let stream_id = self.stream_id;
+            self.out.push(H3Event::WtStream {
+                stream_id,
+                session_id,
+                data: bytes.to_vec(),
+                fin: false,
+            });
+        }
+    }
 }
 
 /// One HTTP/3 connection's parse state: the peer's control stream, its QPACK streams, and every open
@@ -337,11 +345,15 @@ impl H3Conn {
             Some(st) => st,
             None => self.new_stream(stream_id),
         };
-        let start = out.len();
+        let mut em = Emit {
+            stream_id,
+            start: out.len(),
+            out,
+        };
         let mut input = data;
-        while self.step(stream_id, &mut st, &mut input, start, out)? {}
+        while self.step(&mut st, &mut input, &mut em)? {}
         if fin {
-            Self::finish(stream_id, &st, start, out)
+            Self::finish(&st, &mut em)
         } else {
             self.streams.insert(stream_id, st);
             Ok(())
@@ -349,20 +361,13 @@ impl H3Conn {
     }
 
     /// One parsing step; `false` when the stream needs more input.
-    fn step(
-        &mut self,
-        stream_id: u64,
-        st: &mut Stream,
-        input: &mut &[u8],
-        start: usize,
-        out: &mut Vec<H3Event>,
-    ) -> Result<bool, H3Error> {
+    fn step(&mut self, st: &mut Stream, input: &mut &[u8], em: &mut Emit) -> Result<bool, H3Error> {
         match st.kind {
             Kind::UniType => {
                 let Some(ty) = take_varint(&mut st.buf, input) else {
                     return Ok(false);
                 };
-                st.kind = self.open_uni(stream_id, ty)?;
+                st.kind = self.open_uni(em.stream_id, ty)?;
                 Ok(true)
             }
             Kind::Drain | Kind::QpackDecoder => {
@@ -388,23 +393,18 @@ impl H3Conn {
                     return Ok(false);
                 };
                 st.kind = Kind::Wt { session_id };
-                out.push(H3Event::WtStream {
-                    stream_id,
-                    session_id,
-                    data: Vec::new(),
-                    fin: false,
-                });
+                em.wt(session_id, &[]);
                 Ok(true)
             }
             Kind::Wt { session_id } => {
                 if input.is_empty() {
                     return Ok(false);
                 }
-                push_wt(out, start, stream_id, session_id, input);
+                em.wt(session_id, input);
                 *input = &[];
                 Ok(false)
             }
-            Kind::Control | Kind::BidiFirst | Kind::Request(_) => self.frame_step(stream_id, st, input, start, out),
+            Kind::Control | Kind::BidiFirst | Kind::Request(_) => self.frame_step(st, input, em),
         }
     }
 
@@ -440,14 +440,7 @@ impl H3Conn {
         })
     }
 
-    fn frame_step(
-        &mut self,
-        stream_id: u64,
-        st: &mut Stream,
-        input: &mut &[u8],
-        start: usize,
-        out: &mut Vec<H3Event>,
-    ) -> Result<bool, H3Error> {
+    fn frame_step(&mut self, st: &mut Stream, input: &mut &[u8], em: &mut Emit) -> Result<bool, H3Error> {
         match st.phase {
             Phase::Type => {
                 let Some(ty) = take_varint(&mut st.buf, input) else {
@@ -471,7 +464,7 @@ impl H3Conn {
                 }
                 let n = remaining.min(input.len() as u64) as usize;
                 if ty == DATA {
-                    push_data(out, start, stream_id, &input[..n]);
+                    em.data(&input[..n]);
                 }
                 *input = &input[n..];
                 st.phase = if n as u64 == remaining {
@@ -492,7 +485,7 @@ impl H3Conn {
                 }
                 let payload = std::mem::take(&mut st.buf);
                 st.phase = Phase::Type;
-                self.frame_end(stream_id, st, ty, &payload, out)?;
+                self.frame_end(st, ty, &payload, em)?;
             }
         }
         Ok(true)
@@ -564,19 +557,12 @@ impl H3Conn {
         }
     }
 
-    fn frame_end(
-        &mut self,
-        stream_id: u64,
-        st: &mut Stream,
-        ty: u64,
-        payload: &[u8],
-        out: &mut Vec<H3Event>,
-    ) -> Result<(), H3Error> {
+    fn frame_end(&mut self, st: &mut Stream, ty: u64, payload: &[u8], em: &mut Emit) -> Result<(), H3Error> {
         match (st.kind, ty) {
             (Kind::Control, SETTINGS) => {
                 let settings = parse_settings(payload)?;
                 self.peer_settings = Some(settings.clone());
-                out.push(H3Event::Settings(settings));
+                em.out.push(H3Event::Settings(settings));
             }
             (Kind::Control, GOAWAY) => {
                 let id = single_varint(payload, "GOAWAY")?;
@@ -590,7 +576,7 @@ impl H3Conn {
                     return Err(err(code::H3_ID_ERROR, "GOAWAY id grew"));
                 }
                 self.last_goaway = Some(id);
-                out.push(H3Event::GoAway(id));
+                em.out.push(H3Event::GoAway(id));
             }
             (Kind::Control, _) => {
                 // MAX_PUSH_ID (this end never pushes) or CANCEL_PUSH (nothing was promised).
@@ -603,7 +589,8 @@ impl H3Conn {
                     Msg::Initial => Msg::Body,
                     Msg::Body | Msg::Trailers => Msg::Trailers,
                 });
-                out.push(H3Event::Headers {
+                let stream_id = em.stream_id;
+                em.out.push(H3Event::Headers {
                     stream_id,
                     headers,
                     fin: false,
@@ -615,7 +602,8 @@ impl H3Conn {
     }
 
     /// The stream ended (FIN) after its last bytes were parsed.
-    fn finish(stream_id: u64, st: &Stream, start: usize, out: &mut Vec<H3Event>) -> Result<(), H3Error> {
+    fn finish(st: &Stream, em: &mut Emit) -> Result<(), H3Error> {
+        let stream_id = em.stream_id;
         let mid_frame = st.phase != Phase::Type || !st.buf.is_empty();
         match st.kind {
             Kind::Control | Kind::QpackEncoder | Kind::QpackDecoder => Err(err(
@@ -633,25 +621,21 @@ impl H3Conn {
             )),
             Kind::BidiFirst => Ok(()),
             Kind::Wt { session_id } => {
-                match out[start..].last_mut() {
-                    Some(H3Event::WtStream { fin, .. }) => *fin = true,
-                    _ => out.push(H3Event::WtStream {
-                        stream_id,
-                        session_id,
-                        data: Vec::new(),
-                        fin: true,
-                    }),
+                em.wt(session_id, &[]);
+                if let Some(H3Event::WtStream { fin, .. }) = em.last() {
+                    *fin = true;
                 }
                 Ok(())
             }
             Kind::Request(_) => {
-                match out[start..].last_mut() {
-                    Some(H3Event::Headers { fin, .. } | H3Event::Data { fin, .. }) => *fin = true,
-                    _ => out.push(H3Event::Data {
+                if let Some(H3Event::Headers { fin, .. } | H3Event::Data { fin, .. }) = em.last() {
+                    *fin = true;
+                } else {
+                    em.out.push(H3Event::Data {
                         stream_id,
                         data: Vec::new(),
                         fin: true,
-                    }),
+                    });
                 }
                 Ok(())
             }
