@@ -658,4 +658,20 @@ mod tests {
         assert_eq!(decode_code(&huge), dfail); // prefix integer overflow
         assert!(decode_field_section(&[0x00, 0x00]).unwrap().is_empty());
     }
+
+    #[test]
+    fn encoder_output_decodes_in_lsqpack() {
+        // These bytes are this encoder's CONNECT; pylsqpack 1.0.0's decoder (capacity 0) read them back
+        // as CHROMIUM_CONNECT. Literal names and static name references, no Huffman.
+        let block = unhex(
+            "0000cf27023a70726f746f636f6c0c7765627472616e73706f7274d7500e3132372e302e302e313a3434333351102f76312f\
+             7765627472616e73706f72745f4b1668747470733a2f2f3132372e302e302e313a383030305f50654d6f7a696c6c612f352e\
+             3020285831313b204c696e7578207838365f363429204170706c655765624b69742f3533372e333620284b48544d4c2c206c\
+             696b65204765636b6f29204368726f6d652f3133312e302e302e30205361666172692f3533372e333627177365632d776562\
+             7472616e73706f72742d68747470332d64726166743032013127157365632d7765627472616e73706f72742d68747470332d\
+             64726166740764726166743032",
+        );
+        assert_eq!(encode(&CHROMIUM_CONNECT), block);
+        assert_eq!(decode_field_section(&block).unwrap(), owned(&CHROMIUM_CONNECT));
+    }
 }
