@@ -1237,4 +1237,113 @@ mod tests {
         ev(&mut conn, 4, &get, true).unwrap();
         assert_eq!(conn.streams.keys().collect::<Vec<_>>(), [&2]);
     }
+
+    /// Chromium's own bytes, one QUIC read each: (stream id, bytes, fin).
+    fn chromium_reads() -> Vec<(u64, Vec<u8>, bool)> {
+        include_str!("testdata/chromium_session.txt")
+            .lines()
+            .filter(|l| l.starts_with("s "))
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let hex = f.get(3).copied().unwrap_or("");
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+                (f[1].parse().unwrap(), bytes, f[2] == "1")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chromium_session_as_captured() {
+        let reads = chromium_reads();
+        let mut conn = H3Conn::new(Role::Server, &SETTINGS_WT);
+        let mut events = Vec::new();
+        for (stream_id, bytes, fin) in &reads {
+            conn.on_stream_data(*stream_id, bytes, *fin, &mut events).unwrap();
+        }
+        let events = normalize(events);
+        // SETTINGS (QPACK, both datagram drafts, WebTransport draft 02, a grease setting), then the CONNECT, a grease capsule, two streams, and the
+        // session's close capsule (CLOSE_WEBTRANSPORT_SESSION 0x2843, code 0) with FIN.
+        let H3Event::Settings(settings) = &events[0] else {
+            panic!("{events:?}")
+        };
+        for needed in [
+            (0x1, 65_536),
+            (0x6, 16_384),
+            (0x7, 100),
+            (0x33, 1),
+            (0xff_d277, 1),
+            (0x2b60_3742, 1),
+        ] {
+            assert!(settings.contains(&needed), "{needed:?} in {settings:?}");
+        }
+        assert_eq!(
+            events[1..],
+            [
+                H3Event::Headers {
+                    stream_id: 0,
+                    headers: owned(&[
+                        (b":scheme", b"https"),
+                        (b":method", b"CONNECT"),
+                        (b":authority", b"127.0.0.1:60999"),
+                        (b":path", b"/wt"),
+                        (b":protocol", b"webtransport"),
+                        (b"sec-webtransport-http3-draft02", b"1"),
+                        (b"origin", b"http://127.0.0.1:37199"),
+                    ]),
+                    fin: false,
+                },
+                H3Event::Data {
+                    stream_id: 0,
+                    data: vec![0xc0, 0x84, 0x9d, 0xed, 0x38, 0x08, 0x63, 0xd3, 0x03, 0xb1, 0x8b, 0x0b],
+                    fin: false,
+                },
+                // Both streams open (their first read is the signal alone), then carry their requests.
+                H3Event::WtStream {
+                    stream_id: 4,
+                    session_id: 0,
+                    data: Vec::new(),
+                    fin: false
+                },
+                H3Event::WtStream {
+                    stream_id: 8,
+                    session_id: 0,
+                    data: Vec::new(),
+                    fin: false
+                },
+                H3Event::WtStream {
+                    stream_id: 4,
+                    session_id: 0,
+                    data: b"alpha:10".to_vec(),
+                    fin: true
+                },
+                H3Event::WtStream {
+                    stream_id: 8,
+                    session_id: 0,
+                    data: b"beta:3".to_vec(),
+                    fin: true
+                },
+                H3Event::Data {
+                    stream_id: 0,
+                    data: vec![0x68, 0x43, 0x04, 0, 0, 0, 0],
+                    fin: true
+                },
+            ]
+        );
+        // The same bytes a byte at a time.
+        let mut bytewise = Vec::new();
+        let mut conn = H3Conn::new(Role::Server, &SETTINGS_WT);
+        for (stream_id, bytes, fin) in &reads {
+            for (i, b) in bytes.iter().enumerate() {
+                conn.on_stream_data(*stream_id, &[*b], *fin && i + 1 == bytes.len(), &mut bytewise)
+                    .unwrap();
+            }
+            if bytes.is_empty() {
+                conn.on_stream_data(*stream_id, &[], *fin, &mut bytewise).unwrap();
+            }
+        }
+        assert_eq!(normalize(bytewise), events);
+    }
 }
