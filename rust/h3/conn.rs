@@ -653,6 +653,7 @@ fn is_interim(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h3::qpack::tests_support::{unhex, CHROMIUM_CONNECT};
     use crate::h3::{encode_data_frame_header, encode_datagram, encode_headers_frame, encode_wt_stream_header};
 
     const SETTINGS_WT: [(u64, u64); 4] = [(0x1, 0), (0x33, 1), (0x8, 1), (0x2b60_3742, 1)];
@@ -769,7 +770,7 @@ mod tests {
     /// bidi stream and uni stream.
     fn browser_script() -> Vec<(u64, Vec<u8>)> {
         let client = H3Conn::new(Role::Client, &SETTINGS_WT);
-        let connect = super::super::qpack::tests_support::CHROMIUM_CONNECT;
+        let connect = CHROMIUM_CONNECT;
         let mut wt = Vec::new();
         encode_wt_stream_header(0, &mut wt);
         wt.extend_from_slice(b"request bytes");
@@ -800,7 +801,7 @@ mod tests {
 
     #[test]
     fn server_sees_a_browser_session() {
-        let connect = super::super::qpack::tests_support::CHROMIUM_CONNECT;
+        let connect = CHROMIUM_CONNECT;
         let events = feed_split(Role::Server, &browser_script(), &|b| vec![b.to_vec()]);
         assert_eq!(
             events,
@@ -1245,11 +1246,7 @@ mod tests {
             .filter(|l| l.starts_with("s "))
             .map(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
-                let hex = f.get(3).copied().unwrap_or("");
-                let bytes = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                    .collect();
+                let bytes = unhex(f.get(3).copied().unwrap_or(""));
                 (f[1].parse().unwrap(), bytes, f[2] == "1")
             })
             .collect()

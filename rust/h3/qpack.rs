@@ -436,6 +436,15 @@ pub(crate) fn huffman_encode(src: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 pub(crate) mod tests_support {
+    /// Bytes from hex digits; anything else (spaces, newlines) is passed over.
+    pub fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
     /// A Chromium extended CONNECT for a WebTransport session, as the browser sends it.
     pub const CHROMIUM_CONNECT: [(&[u8], &[u8]); 9] = [
         (b":method", b"CONNECT"),
@@ -455,16 +464,8 @@ pub(crate) mod tests_support {
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::CHROMIUM_CONNECT;
+    use super::tests_support::{unhex, CHROMIUM_CONNECT};
     use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     fn owned(headers: &[(&[u8], &[u8])]) -> HeaderList {
         headers.iter().map(|&(n, v)| (n.to_vec(), v.to_vec())).collect()
