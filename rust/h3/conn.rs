@@ -13,7 +13,7 @@ use super::frame::{
     STREAM_QPACK_DECODER, STREAM_QPACK_ENCODER, STREAM_WT_UNI, WT_BIDI_SIGNAL,
 };
 use super::qpack;
-use super::{H3Error, H3Event, Role};
+use super::{setting, H3Error, H3Event, Role};
 use crate::varint;
 
 /// The largest HEADERS or control frame payload buffered; a larger one is `H3_EXCESSIVE_LOAD`.
@@ -205,11 +205,18 @@ pub struct H3Conn {
 }
 
 impl H3Conn {
-    /// `local_settings`: every setting this end announces, in order.
+    /// `local_settings`: every setting this end announces, in order. A QPACK dynamic table capacity or
+    /// blocked-streams count above 0 is announced as 0: this decoder has no dynamic table, and a peer
+    /// told otherwise would refer to one.
     pub fn new(role: Role, local_settings: &[(u64, u64)]) -> Self {
+        let no_dynamic_table = [setting::QPACK_MAX_TABLE_CAPACITY, setting::QPACK_BLOCKED_STREAMS];
+        let local_settings = local_settings
+            .iter()
+            .map(|&(id, value)| (id, if no_dynamic_table.contains(&id) { 0 } else { value }))
+            .collect();
         Self {
             role,
-            local_settings: local_settings.to_vec(),
+            local_settings,
             peer_settings: None,
             streams: HashMap::new(),
             local_wt: HashMap::new(),
@@ -656,7 +663,12 @@ mod tests {
     use crate::h3::qpack::tests_support::{unhex, CHROMIUM_CONNECT};
     use crate::h3::{encode_data_frame_header, encode_datagram, encode_headers_frame, encode_wt_stream_header};
 
-    const SETTINGS_WT: [(u64, u64); 4] = [(0x1, 0), (0x33, 1), (0x8, 1), (0x2b60_3742, 1)];
+    const SETTINGS_WT: [(u64, u64); 4] = [
+        (setting::QPACK_MAX_TABLE_CAPACITY, 0),
+        (setting::H3_DATAGRAM, 1),
+        (setting::ENABLE_CONNECT_PROTOCOL, 1),
+        (setting::ENABLE_WEBTRANSPORT, 1),
+    ];
 
     fn ev(conn: &mut H3Conn, stream_id: u64, data: &[u8], fin: bool) -> Result<Vec<H3Event>, H3Error> {
         let mut out = Vec::new();

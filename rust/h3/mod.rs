@@ -16,6 +16,23 @@ use std::fmt;
 pub use conn::{H3Conn, MAX_FRAME_BUFFER, UNKNOWN_SESSION};
 pub use frame::{encode_data_frame_header, encode_datagram, encode_headers_frame, encode_wt_stream_header};
 
+/// HTTP/3 setting identifiers this module's users announce or read.
+pub mod setting {
+    /// RFC 9204: the decoder's dynamic table capacity. Always announced as 0 here (see [`super::H3Conn::new`]).
+    pub const QPACK_MAX_TABLE_CAPACITY: u64 = 0x1;
+    pub const MAX_FIELD_SECTION_SIZE: u64 = 0x6;
+    /// RFC 9204: streams that may block on the dynamic table. Always announced as 0 here.
+    pub const QPACK_BLOCKED_STREAMS: u64 = 0x7;
+    /// RFC 8441 / RFC 9220: extended CONNECT (`:protocol`).
+    pub const ENABLE_CONNECT_PROTOCOL: u64 = 0x8;
+    /// RFC 9297: HTTP/3 datagrams.
+    pub const H3_DATAGRAM: u64 = 0x33;
+    /// HTTP/3 datagrams as draft-ietf-masque-h3-datagram-04 numbered them (Chromium still sends it).
+    pub const H3_DATAGRAM_DRAFT04: u64 = 0xff_d277;
+    /// WebTransport draft 02's `SETTINGS_ENABLE_WEBTRANSPORT`.
+    pub const ENABLE_WEBTRANSPORT: u64 = 0x2b60_3742;
+}
+
 /// HTTP/3 error codes (RFC 9114 §8.1, RFC 9204 §6).
 pub mod code {
     pub const H3_NO_ERROR: u64 = 0x100;
