@@ -1355,4 +1355,45 @@ mod tests {
         }
         assert_eq!(normalize(bytewise), events);
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A fixed xorshift stream of inputs: random bytes, and mutations of real streams, on every kind of
+        // stream of both roles. Any outcome but a panic is fine.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: Vec<Vec<u8>> = browser_script().into_iter().map(|(_, b)| b).collect();
+        for round in 0..3000 {
+            let role = if round % 2 == 0 { Role::Server } else { Role::Client };
+            let mut conn = H3Conn::new(role, &SETTINGS_WT);
+            let mut out = Vec::new();
+            for _ in 0..4 {
+                let stream_id = next() % 16;
+                let mut bytes = if next() % 2 == 0 {
+                    seeds[(next() % seeds.len() as u64) as usize].clone()
+                } else {
+                    (0..next() % 64).map(|_| next() as u8).collect()
+                };
+                for _ in 0..next() % 4 {
+                    if !bytes.is_empty() {
+                        let i = (next() % bytes.len() as u64) as usize;
+                        bytes[i] = next() as u8;
+                    }
+                }
+                let cut = if bytes.is_empty() {
+                    0
+                } else {
+                    (next() % bytes.len() as u64) as usize
+                };
+                let _ = conn.on_stream_data(stream_id, &bytes[..cut], false, &mut out);
+                let _ = conn.on_stream_data(stream_id, &bytes[cut..], next() % 3 == 0, &mut out);
+                let _ = conn.on_datagram(&bytes, &mut out);
+            }
+        }
+    }
 }

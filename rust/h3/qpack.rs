@@ -675,4 +675,29 @@ mod tests {
         assert_eq!(encode(&CHROMIUM_CONNECT), block);
         assert_eq!(decode_field_section(&block).unwrap(), owned(&CHROMIUM_CONNECT));
     }
+
+    #[test]
+    fn mutated_blocks_never_panic() {
+        // Every single-byte change of a Huffman-heavy real block, at a few values: an error or fields.
+        let block = encode(&CHROMIUM_CONNECT);
+        let mut huffman = vec![0, 0];
+        for &(name, value) in &CHROMIUM_CONNECT {
+            let (n, v) = (huffman_encode(name), huffman_encode(value));
+            put_int(0x28, 3, n.len() as u64, &mut huffman);
+            huffman.extend_from_slice(&n);
+            put_int(0x80, 7, v.len() as u64, &mut huffman);
+            huffman.extend_from_slice(&v);
+        }
+        assert_eq!(decode_field_section(&huffman).unwrap(), owned(&CHROMIUM_CONNECT));
+        for original in [block, huffman] {
+            for i in 0..original.len() {
+                for b in [0x00, 0x1f, 0x3f, 0x7f, 0x80, 0xbf, 0xff, original[i] ^ 1] {
+                    let mut m = original.clone();
+                    m[i] = b;
+                    let _ = decode_field_section(&m);
+                    let _ = decode_field_section(&m[..i]);
+                }
+            }
+        }
+    }
 }
