@@ -1251,109 +1251,135 @@ mod tests {
         assert_eq!(conn.streams.keys().collect::<Vec<_>>(), [&2]);
     }
 
-    /// Chromium's own bytes, one QUIC read each: (stream id, bytes, fin).
-    fn chromium_reads() -> Vec<(u64, Vec<u8>, bool)> {
-        include_str!("testdata/chromium_session.txt")
-            .lines()
-            .filter(|l| l.starts_with("s "))
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                let bytes = unhex(f.get(3).copied().unwrap_or(""));
-                (f[1].parse().unwrap(), bytes, f[2] == "1")
-            })
-            .collect()
+    /// A browser's own bytes, one QUIC read each, replayed into a server (whole reads, or a byte at a time):
+    /// the normalized events.
+    fn replay(capture: &str, bytewise: bool) -> Vec<H3Event> {
+        let mut conn = H3Conn::new(Role::Server, &SETTINGS_WT);
+        let mut events = Vec::new();
+        for line in capture.lines().filter(|l| l.starts_with("s ")) {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (stream_id, fin, bytes) = (f[1].parse().unwrap(), f[2] == "1", unhex(f[3]));
+            if bytewise && !bytes.is_empty() {
+                for (i, b) in bytes.iter().enumerate() {
+                    conn.on_stream_data(stream_id, &[*b], fin && i + 1 == bytes.len(), &mut events)
+                        .unwrap();
+                }
+            } else {
+                conn.on_stream_data(stream_id, &bytes, fin, &mut events).unwrap();
+            }
+        }
+        normalize(events)
+    }
+
+    /// Checks a captured session: SETTINGS holding `settings`, the CONNECT's `headers`, then `capsules` (DATA
+    /// on the CONNECT stream, if any), the two WebTransport streams (each opened by a read of the signal
+    /// alone, then its request with FIN), and the session's close capsule (`CLOSE_WEBTRANSPORT_SESSION` 0x2843,
+    /// code 0) with FIN. The same events a byte at a time.
+    fn check_capture(capture: &str, settings: &[(u64, u64)], headers: &[(&[u8], &[u8])], capsules: &[u8]) {
+        let events = replay(capture, false);
+        let H3Event::Settings(sent) = &events[0] else {
+            panic!("{events:?}")
+        };
+        for needed in settings {
+            assert!(sent.contains(needed), "{needed:?} in {sent:?}");
+        }
+        let mut expected = vec![H3Event::Headers {
+            stream_id: 0,
+            headers: owned(headers),
+            fin: false,
+        }];
+        if !capsules.is_empty() {
+            expected.push(H3Event::Data {
+                stream_id: 0,
+                data: capsules.to_vec(),
+                fin: false,
+            });
+        }
+        let wt = |stream_id, data: &[u8], fin| H3Event::WtStream {
+            stream_id,
+            session_id: 0,
+            data: data.to_vec(),
+            fin,
+        };
+        expected.extend([
+            wt(4, b"", false),
+            wt(8, b"", false),
+            wt(4, b"alpha:10", true),
+            wt(8, b"beta:3", true),
+        ]);
+        expected.push(H3Event::Data {
+            stream_id: 0,
+            data: vec![0x68, 0x43, 0x04, 0, 0, 0, 0],
+            fin: true,
+        });
+        assert_eq!(events[1..], expected);
+        assert_eq!(replay(capture, true), events);
     }
 
     #[test]
     fn chromium_session_as_captured() {
-        let reads = chromium_reads();
-        let mut conn = H3Conn::new(Role::Server, &SETTINGS_WT);
-        let mut events = Vec::new();
-        for (stream_id, bytes, fin) in &reads {
-            conn.on_stream_data(*stream_id, bytes, *fin, &mut events).unwrap();
-        }
-        let events = normalize(events);
-        // SETTINGS (QPACK, both datagram drafts, WebTransport draft 02, a grease setting), then the CONNECT, a grease capsule, two streams, and the
-        // session's close capsule (CLOSE_WEBTRANSPORT_SESSION 0x2843, code 0) with FIN.
-        let H3Event::Settings(settings) = &events[0] else {
-            panic!("{events:?}")
-        };
-        for needed in [
-            (0x1, 65_536),
-            (0x6, 16_384),
-            (0x7, 100),
-            (0x33, 1),
-            (0xff_d277, 1),
-            (0x2b60_3742, 1),
-        ] {
-            assert!(settings.contains(&needed), "{needed:?} in {settings:?}");
-        }
-        assert_eq!(
-            events[1..],
-            [
-                H3Event::Headers {
-                    stream_id: 0,
-                    headers: owned(&[
-                        (b":scheme", b"https"),
-                        (b":method", b"CONNECT"),
-                        (b":authority", b"127.0.0.1:60999"),
-                        (b":path", b"/wt"),
-                        (b":protocol", b"webtransport"),
-                        (b"sec-webtransport-http3-draft02", b"1"),
-                        (b"origin", b"http://127.0.0.1:37199"),
-                    ]),
-                    fin: false,
-                },
-                H3Event::Data {
-                    stream_id: 0,
-                    data: vec![0xc0, 0x84, 0x9d, 0xed, 0x38, 0x08, 0x63, 0xd3, 0x03, 0xb1, 0x8b, 0x0b],
-                    fin: false,
-                },
-                // Both streams open (their first read is the signal alone), then carry their requests.
-                H3Event::WtStream {
-                    stream_id: 4,
-                    session_id: 0,
-                    data: Vec::new(),
-                    fin: false
-                },
-                H3Event::WtStream {
-                    stream_id: 8,
-                    session_id: 0,
-                    data: Vec::new(),
-                    fin: false
-                },
-                H3Event::WtStream {
-                    stream_id: 4,
-                    session_id: 0,
-                    data: b"alpha:10".to_vec(),
-                    fin: true
-                },
-                H3Event::WtStream {
-                    stream_id: 8,
-                    session_id: 0,
-                    data: b"beta:3".to_vec(),
-                    fin: true
-                },
-                H3Event::Data {
-                    stream_id: 0,
-                    data: vec![0x68, 0x43, 0x04, 0, 0, 0, 0],
-                    fin: true
-                },
-            ]
+        // QPACK settings, both datagram drafts, WebTransport draft 02 (and a grease setting); Huffman strings;
+        // a grease capsule in a DATA frame right after the CONNECT.
+        check_capture(
+            include_str!("testdata/chromium_session.txt"),
+            &[
+                (0x1, 65_536),
+                (0x6, 16_384),
+                (0x7, 100),
+                (0x33, 1),
+                (0xff_d277, 1),
+                (0x2b60_3742, 1),
+            ],
+            &[
+                (b":scheme", b"https"),
+                (b":method", b"CONNECT"),
+                (b":authority", b"127.0.0.1:60999"),
+                (b":path", b"/wt"),
+                (b":protocol", b"webtransport"),
+                (b"sec-webtransport-http3-draft02", b"1"),
+                (b"origin", b"http://127.0.0.1:37199"),
+            ],
+            &[0xc0, 0x84, 0x9d, 0xed, 0x38, 0x08, 0x63, 0xd3, 0x03, 0xb1, 0x8b, 0x0b],
         );
-        // The same bytes a byte at a time.
-        let mut bytewise = Vec::new();
-        let mut conn = H3Conn::new(Role::Server, &SETTINGS_WT);
-        for (stream_id, bytes, fin) in &reads {
-            for (i, b) in bytes.iter().enumerate() {
-                conn.on_stream_data(*stream_id, &[*b], *fin && i + 1 == bytes.len(), &mut bytewise)
-                    .unwrap();
-            }
-            if bytes.is_empty() {
-                conn.on_stream_data(*stream_id, &[], *fin, &mut bytewise).unwrap();
-            }
-        }
-        assert_eq!(normalize(bytewise), events);
+    }
+
+    #[test]
+    fn firefox_session_as_captured() {
+        // Firefox also opens both QPACK streams and sends a longer CONNECT (fetch metadata, priority).
+        check_capture(
+            include_str!("testdata/firefox_session.txt"),
+            &[
+                (0x1, 65_536),
+                (0x7, 20),
+                (0x8, 1),
+                (0x33, 1),
+                (0xff_d277, 1),
+                (0x2b60_3742, 1),
+            ],
+            &[
+                (b":method", b"CONNECT"),
+                (b":scheme", b"https"),
+                (b":authority", b"127.0.0.1:37946"),
+                (b":path", b"/wt"),
+                (b":protocol", b"webtransport"),
+                (
+                    b"user-agent",
+                    b"Mozilla/5.0 (X11; Linux x86_64; rv:153.0) Gecko/20100101 Firefox/153.0",
+                ),
+                (b"accept", b"*/*"),
+                (b"accept-language", b"en-US,en;q=0.9"),
+                (b"accept-encoding", b"gzip, deflate, br, zstd"),
+                (b"sec-webtransport-http3-draft02", b"1"),
+                (b"origin", b"http://127.0.0.1:46341"),
+                (b"sec-fetch-dest", b"webtransport"),
+                (b"sec-fetch-mode", b"no-cors"),
+                (b"sec-fetch-site", b"same-site"),
+                (b"priority", b"u=4"),
+                (b"pragma", b"no-cache"),
+                (b"cache-control", b"no-cache"),
+            ],
+            &[],
+        );
     }
 
     #[test]
