@@ -6,6 +6,33 @@
 //! Huffman strings) and refuses any reference into a dynamic table.
 //!
 //! The QUIC engine (`crate::quic`) owns one [`H3Conn`] per connection and feeds it stream data.
+//!
+//! A client's extended CONNECT and a WebTransport stream, as the server's [`H3Conn`] sees them:
+//!
+//! ```
+//! use _core::h3::{encode_headers_frame, encode_wt_stream_header, setting, H3Conn, H3Event, Role};
+//!
+//! let settings = [(setting::ENABLE_CONNECT_PROTOCOL, 1), (setting::H3_DATAGRAM, 1)];
+//! let client = H3Conn::new(Role::Client, &settings);
+//! let mut server = H3Conn::new(Role::Server, &settings);
+//! let mut events = Vec::new();
+//!
+//! // The client's control stream (client uni stream 2), its CONNECT (bidi stream 0), a WebTransport stream.
+//! server.on_stream_data(2, &client.control_stream_bytes(), false, &mut events)?;
+//! let mut connect = Vec::new();
+//! encode_headers_frame(&[(b":method", b"CONNECT"), (b":protocol", b"webtransport")], &mut connect);
+//! server.on_stream_data(0, &connect, false, &mut events)?;
+//! let mut wt = Vec::new();
+//! encode_wt_stream_header(0, &mut wt);
+//! wt.extend_from_slice(b"hello");
+//! server.on_stream_data(4, &wt, true, &mut events)?;
+//!
+//! assert_eq!(events[0], H3Event::Settings(settings.to_vec()));
+//! let H3Event::Headers { stream_id: 0, headers, fin: false } = &events[1] else { panic!() };
+//! assert_eq!(headers[1], (b":protocol".to_vec(), b"webtransport".to_vec()));
+//! assert_eq!(events[2], H3Event::WtStream { stream_id: 4, session_id: 0, data: b"hello".to_vec(), fin: true });
+//! # Ok::<(), _core::h3::H3Error>(())
+//! ```
 
 mod conn;
 pub mod frame;
@@ -15,6 +42,23 @@ use std::fmt;
 
 pub use conn::{H3Conn, MAX_FRAME_BUFFER, UNKNOWN_SESSION};
 pub use frame::{encode_data_frame_header, encode_datagram, encode_headers_frame, encode_wt_stream_header};
+
+/// HTTP/3 setting identifiers this module's users announce or read.
+pub mod setting {
+    /// RFC 9204: the decoder's dynamic table capacity. Always announced as 0 here (see [`super::H3Conn::new`]).
+    pub const QPACK_MAX_TABLE_CAPACITY: u64 = 0x1;
+    pub const MAX_FIELD_SECTION_SIZE: u64 = 0x6;
+    /// RFC 9204: streams that may block on the dynamic table. Always announced as 0 here.
+    pub const QPACK_BLOCKED_STREAMS: u64 = 0x7;
+    /// RFC 8441 / RFC 9220: extended CONNECT (`:protocol`).
+    pub const ENABLE_CONNECT_PROTOCOL: u64 = 0x8;
+    /// RFC 9297: HTTP/3 datagrams.
+    pub const H3_DATAGRAM: u64 = 0x33;
+    /// HTTP/3 datagrams as draft-ietf-masque-h3-datagram-04 numbered them (Chromium still sends it).
+    pub const H3_DATAGRAM_DRAFT04: u64 = 0xff_d277;
+    /// WebTransport draft 02's `SETTINGS_ENABLE_WEBTRANSPORT`.
+    pub const ENABLE_WEBTRANSPORT: u64 = 0x2b60_3742;
+}
 
 /// HTTP/3 error codes (RFC 9114 §8.1, RFC 9204 §6).
 pub mod code {

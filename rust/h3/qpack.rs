@@ -435,16 +435,37 @@ pub(crate) fn huffman_encode(src: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
+pub(crate) mod tests_support {
+    /// Bytes from hex digits; anything else (spaces, newlines) is passed over.
+    pub fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(char::is_ascii_hexdigit).collect();
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
     }
+
+    /// A Chromium extended CONNECT for a WebTransport session, as the browser sends it.
+    pub const CHROMIUM_CONNECT: [(&[u8], &[u8]); 9] = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"webtransport"),
+        (b":scheme", b"https"),
+        (b":authority", b"127.0.0.1:4433"),
+        (b":path", b"/v1/webtransport"),
+        (b"origin", b"https://127.0.0.1:8000"),
+        (
+            b"user-agent",
+            b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+        ),
+        (b"sec-webtransport-http3-draft02", b"1"),
+        (b"sec-webtransport-http3-draft", b"draft02"),
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::{unhex, CHROMIUM_CONNECT};
+    use super::*;
 
     fn owned(headers: &[(&[u8], &[u8])]) -> HeaderList {
         headers.iter().map(|&(n, v)| (n.to_vec(), v.to_vec())).collect()
@@ -459,22 +480,6 @@ mod tests {
     fn decode_code(block: &[u8]) -> u64 {
         decode_field_section(block).unwrap_err().code
     }
-
-    /// A Chromium extended CONNECT for a WebTransport session, as the browser sends it.
-    pub(crate) const CHROMIUM_CONNECT: [(&[u8], &[u8]); 9] = [
-        (b":method", b"CONNECT"),
-        (b":protocol", b"webtransport"),
-        (b":scheme", b"https"),
-        (b":authority", b"127.0.0.1:4433"),
-        (b":path", b"/v1/webtransport"),
-        (b"origin", b"https://127.0.0.1:8000"),
-        (
-            b"user-agent",
-            b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
-        ),
-        (b"sec-webtransport-http3-draft02", b"1"),
-        (b"sec-webtransport-http3-draft", b"draft02"),
-    ];
 
     #[test]
     fn rfc9204_b1_literal_with_static_name_reference() {
@@ -653,5 +658,46 @@ mod tests {
         huge.extend_from_slice(&[0xff; 10]);
         assert_eq!(decode_code(&huge), dfail); // prefix integer overflow
         assert!(decode_field_section(&[0x00, 0x00]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn encoder_output_decodes_in_lsqpack() {
+        // These bytes are this encoder's CONNECT; pylsqpack 1.0.0's decoder (capacity 0) read them back
+        // as CHROMIUM_CONNECT. Literal names and static name references, no Huffman.
+        let block = unhex(
+            "0000cf27023a70726f746f636f6c0c7765627472616e73706f7274d7500e3132372e302e302e313a3434333351102f76312f\
+             7765627472616e73706f72745f4b1668747470733a2f2f3132372e302e302e313a383030305f50654d6f7a696c6c612f352e\
+             3020285831313b204c696e7578207838365f363429204170706c655765624b69742f3533372e333620284b48544d4c2c206c\
+             696b65204765636b6f29204368726f6d652f3133312e302e302e30205361666172692f3533372e333627177365632d776562\
+             7472616e73706f72742d68747470332d64726166743032013127157365632d7765627472616e73706f72742d68747470332d\
+             64726166740764726166743032",
+        );
+        assert_eq!(encode(&CHROMIUM_CONNECT), block);
+        assert_eq!(decode_field_section(&block).unwrap(), owned(&CHROMIUM_CONNECT));
+    }
+
+    #[test]
+    fn mutated_blocks_never_panic() {
+        // Every single-byte change of a Huffman-heavy real block, at a few values: an error or fields.
+        let block = encode(&CHROMIUM_CONNECT);
+        let mut huffman = vec![0, 0];
+        for &(name, value) in &CHROMIUM_CONNECT {
+            let (n, v) = (huffman_encode(name), huffman_encode(value));
+            put_int(0x28, 3, n.len() as u64, &mut huffman);
+            huffman.extend_from_slice(&n);
+            put_int(0x80, 7, v.len() as u64, &mut huffman);
+            huffman.extend_from_slice(&v);
+        }
+        assert_eq!(decode_field_section(&huffman).unwrap(), owned(&CHROMIUM_CONNECT));
+        for original in [block, huffman] {
+            for i in 0..original.len() {
+                for b in [0x00, 0x1f, 0x3f, 0x7f, 0x80, 0xbf, 0xff, original[i] ^ 1] {
+                    let mut m = original.clone();
+                    m[i] = b;
+                    let _ = decode_field_section(&m);
+                    let _ = decode_field_section(&m[..i]);
+                }
+            }
+        }
     }
 }
