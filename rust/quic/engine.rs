@@ -41,7 +41,7 @@ pub enum EngineError {
 impl std::fmt::Display for EngineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NoConnection(c) => write!(f, "no connection {c}"),
+            Self::NoConnection(c) => write!(f, "no connection {c} (never opened, or closed)"),
             Self::StreamClosed(s) => write!(f, "stream {s} is closed for sending"),
             Self::StreamsExhausted => f.write_str("the peer's stream limit is reached"),
             Self::Invalid(m) => f.write_str(m),
@@ -724,8 +724,13 @@ impl Engine {
         }
     }
 
+    /// A live connection for a call (one that is closing, its `Closed` reported, takes nothing more).
     fn conn_mut(&mut self, id: u64) -> Result<&mut Conn, EngineError> {
-        let conn = self.conns.get_mut(&id).ok_or(EngineError::NoConnection(id))?;
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .filter(|c| !c.closed_reported)
+            .ok_or(EngineError::NoConnection(id))?;
         Self::mark_dirty(&mut self.dirty, conn, id);
         Ok(conn)
     }

@@ -499,3 +499,37 @@ fn send_window_pauses_then_writable() {
     };
     big_write_pauses_then_writable(CERT.with(|c| server_with(c, config)));
 }
+
+#[test]
+fn http3_error_closes_the_connection() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s) = pair.connect();
+    // DATA before HEADERS on a request stream: H3_FRAME_UNEXPECTED (0x105), the connection closes with it.
+    let sid = pair.client.engine().open_bidi(c).unwrap();
+    pair.client.engine().send_data(c, sid, b"no headers", false).unwrap();
+    pair.client.transmit();
+    pair.pump("the close", |p| {
+        p.client_events.iter().any(|e| matches!(e, Event::Closed { .. }))
+    });
+    assert!(pair
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::Closed { conn, code: 0x105, .. } if *conn == s)));
+    assert!(pair
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Closed { conn, code: 0x105, .. } if *conn == c)));
+    // Nothing more goes to a closed connection.
+    assert!(pair.client.engine().send_data(c, sid, b"x", false).is_err());
+}
+
+#[test]
+fn oversized_datagram_is_refused() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s) = pair.connect();
+    let session = pair.session(c, s);
+    assert!(!pair.client.engine().send_datagram(c, session, &[0; 1500]).unwrap());
+    assert!(pair.client.engine().send_datagram(c, session, &[0; 1000]).unwrap());
+}
