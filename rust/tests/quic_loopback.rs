@@ -533,3 +533,42 @@ fn oversized_datagram_is_refused() {
     assert!(!pair.client.engine().send_datagram(c, session, &[0; 1500]).unwrap());
     assert!(pair.client.engine().send_datagram(c, session, &[0; 1000]).unwrap());
 }
+
+#[test]
+fn junk_datagrams_do_not_disturb_the_server() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let addr = pair.server.local_addr().unwrap();
+    let junk = std::net::UdpSocket::bind(localhost()).unwrap();
+    // Short headers for no connection, long headers of an unknown version, truncated Initials, 1-byte and
+    // 1500-byte noise: dropped or answered statelessly, never a connection, never a panic.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..300_usize {
+        let len = [1, 20, 1200, 1500][i % 4];
+        let mut datagram: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        match i % 3 {
+            0 => datagram[0] = 0x40 | (datagram[0] & 0x3f), // short header
+            1 if len > 5 => datagram[..5].copy_from_slice(&[0xc0, 0xba, 0xad, 0xf0, 0x0d]), // unknown version
+            _ if len > 5 => datagram[..5].copy_from_slice(&[0xc0, 0, 0, 0, 1]), // v1 Initial, garbage inside
+            _ => {}
+        }
+        junk.send_to(&datagram, addr).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_millis(200);
+    pair.pump("the junk", |_| Instant::now() > deadline);
+    assert_eq!(pair.server.stats().connections, 0);
+    assert!(pair.server_events.is_empty(), "{:?}", pair.server_events);
+    // And a real client still gets through.
+    let (c, _) = pair.connect();
+    assert!(pair
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c)));
+}
