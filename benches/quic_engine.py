@@ -1,7 +1,7 @@
 """The native QUIC engine's own CPU, in one process: a native client engine and a native server engine on
 127.0.0.1, pumped by hand (``select`` on both sockets, ``poll_io`` on the ready one), no event loop.
 
-- ``tokens``: ``--sessions`` connections, one WebTransport session and one stream each. A tick appends one
+- ``tokens``: ``--sessions`` connections, one WebTransport session and ``--streams-per-session`` streams each. A tick appends one
   token to every stream's registry ring and flushes them all in ONE ``flush`` call (one transmit); until the
   next tick (``--interval``) the client reads and the server reads the acks. Printed: server CPU per token (flush + its ``poll_io``), ``poll_io`` per
   packet on each side, packets per token.
@@ -71,11 +71,10 @@ def pump(sides: list[Side], done: Callable[[], bool], timeout: float = 10.0, *, 
                 s.poll()
 
 
-def setup(sessions: int) -> tuple[Side, Side, list[tuple[int, int, int, int]]]:
-    """A server, a client with ``sessions`` connections, each with a session and one WebTransport stream the
-    client opened and wrote on: ``(server, client, [(server conn, client conn, session, stream)])`` (a client
-    connection and a server connection are paired by the order of the handshakes; only the client's stream
-    ids matter to it, and they are the same on every connection)."""
+def setup(sessions: int, per_session: int = 1) -> tuple[Side, Side, list[tuple[int, int]]]:
+    """A server, a client with ``sessions`` connections, each with a session and ``per_session`` WebTransport
+    streams the client opened and wrote on: ``(server, client, [(server conn, stream)])``, as the server sees
+    them."""
     cert = make_dev_certificate()
     server = Side(
         QuicEngine(
@@ -111,21 +110,23 @@ def setup(sessions: int) -> tuple[Side, Side, list[tuple[int, int, int, int]]]:
             server.engine.send_headers(e[1], e[2], [(b":status", b"200")], False)
     server.engine.transmit()
     pump([server, client], lambda: sum(e[0] == "headers" for e in client.events) == sessions)
-    client_streams = []
     for c in conns:
-        ws = client.engine.open_wt_stream(c, sessions_of[c])
-        client.engine.send_data(c, ws, b"start", False)
-        client_streams.append((c, sessions_of[c], ws))
+        for _ in range(per_session):
+            ws = client.engine.open_wt_stream(c, sessions_of[c])
+            client.engine.send_data(c, ws, b"start", False)
     client.engine.transmit()
-    pump([server, client], lambda: len({e[1] for e in server.events if e[0] == "wt_stream"}) == sessions)
-    server_conns = list(dict.fromkeys(e[1] for e in server.events if e[0] == "wt_stream"))
-    return server, client, [(s, *cs) for s, cs in zip(server_conns, client_streams, strict=True)]
+
+    def seen() -> list[tuple[int, int]]:
+        return list(dict.fromkeys((e[1], e[2]) for e in server.events if e[0] == "wt_stream"))
+
+    pump([server, client], lambda: len(seen()) == sessions * per_session)
+    return server, client, seen()
 
 
-def tokens(sessions: int, ticks: int, interval: float) -> None:
-    server, client, streams = setup(sessions)
+def tokens(sessions: int, per_session: int, ticks: int, interval: float) -> None:
+    server, client, streams = setup(sessions, per_session)
     registry = _core.Registry()
-    handles = [registry.create(f"s{i}", f"s{i}") for i in range(sessions)]
+    handles = [registry.create(f"s{i}", f"s{i}") for i in range(len(streams))]
     after = dict.fromkeys(handles, 0)
     s_poll0, s_polls0, c_poll0 = server.poll_s, server.polls, client.poll_s
     s_in0, c_in0 = server.packets_in(), client.packets_in()
@@ -135,7 +136,7 @@ def tokens(sessions: int, ticks: int, interval: float) -> None:
     for tick in range(ticks):
         for h in handles:
             registry.append(h, f"token {tick} ")
-        batch = [(s, ws, h, after[h], b"") for (s, _, _, ws), h in zip(streams, handles, strict=True)]
+        batch = [(s, ws, h, after[h], b"") for (s, ws), h in zip(streams, handles, strict=True)]
         t0 = time.perf_counter()
         results = server.engine.flush(registry, batch)
         flush_s += time.perf_counter() - t0
@@ -143,7 +144,7 @@ def tokens(sessions: int, ticks: int, interval: float) -> None:
             assert status == _core.FLUSH_OK, status
             after[h] = new_after
         pump([server, client], lambda: True, until=time.monotonic() + interval)  # tokens out, acks back
-    want = ticks * sessions
+    want = ticks * len(streams)
     expected = sum(len(registry.since(h, 0, _core.WIRE_BINARY)) for h in handles)
 
     def received() -> int:
@@ -153,7 +154,7 @@ def tokens(sessions: int, ticks: int, interval: float) -> None:
     s_in, c_in = server.packets_in() - s_in0, client.packets_in() - c_in0
     s_out = server.engine.stats()["packets_out"] - s_out0
     server_s = flush_s + server.poll_s - s_poll0
-    print(f"tokens: {sessions} sessions x {ticks} ticks = {want} tokens, {expected} bytes delivered")
+    print(f"tokens: {sessions} sessions x {per_session} streams x {ticks} ticks = {want} tokens, {expected} bytes")
     print(f"  server: flush {flush_s / want * 1e6:.2f} us/token; flush + poll_io {server_s / want * 1e6:.2f} us/token")
     print(f"  server: {s_out} packets out ({s_out / want:.2f}/token), {s_in} in, {server.polls - s_polls0} poll_io")
     if s_in:
@@ -164,8 +165,10 @@ def tokens(sessions: int, ticks: int, interval: float) -> None:
 
 
 def wakeup(rounds: int) -> None:
-    server, client, streams = setup(1)
-    s, c, session, _ = streams[0]
+    server, client, _ = setup(1)
+    s = next(e[1] for e in server.events if e[0] == "connected")
+    c = next(e[1] for e in client.events if e[0] == "connected")
+    session = next(e[2] for e in server.events if e[0] == "headers")
     times = []
     for i in range(rounds):
         client.engine.send_datagram(c, session, b"ping %d" % i)
@@ -190,11 +193,12 @@ def wakeup(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--streams-per-session", type=int, default=1)
     parser.add_argument("--ticks", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between ticks (0.05: 20 tokens/s)")
     parser.add_argument("--rounds", type=int, default=500)
     args = parser.parse_args()
-    tokens(args.sessions, args.ticks, args.interval)
+    tokens(args.sessions, args.streams_per_session, args.ticks, args.interval)
     wakeup(args.rounds)
 
 
