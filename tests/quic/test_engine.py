@@ -23,6 +23,7 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 
 from tests.support.native_engine import CLIENT_SETTINGS, Driven, native_server, wait_in
 from tests.support.servers import wt_server
+from tests.support.udp_relay import UdpRelay
 from tokenwire import _core
 from tokenwire._core import QuicEngine
 from tokenwire.errors import LocalProtocolError, StreamClosed
@@ -203,6 +204,45 @@ async def test_flush_from_registry_to_aioquic(certificate: Certificate) -> None:
         assert server.engine.flush(small, [(conn, ws2, short, 0, b"")]) == [(conn, ws2, 0, _core.FLUSH_EXPIRED)]
         assert server.engine.flush(small, [(conn, ws2, short, 2, b"")]) == [(conn, ws2, 4, _core.FLUSH_OK)]
         assert server.engine.flush(small, [(999, ws2, short, 4, b"")]) == [(999, ws2, 4, _core.FLUSH_STREAM_CLOSED)]
+
+
+async def test_native_server_through_a_lossy_relay_and_an_address_change(certificate: Certificate) -> None:
+    """Loss, delay, reordering and duplicates between aioquic's client and the native server, and a NAT rebinding
+    halfway: the server follows the client to its new address, and every frame flushed from the registry arrives
+    once, in order, byte-exact."""
+    async with native_server(certificate) as server:
+        knobs: dict[str, Any] = {"loss": 0.03, "delay": 0.003, "jitter": 0.002, "reorder": 0.05, "duplicate": 0.02}
+        async with (
+            UdpRelay(("127.0.0.1", server.engine.local_address[1]), seed=11, **knobs) as relay,
+            aioquic_client(relay.port) as client,
+        ):
+            conn, session = await open_session(server, client)
+            ws = client.open_wt(session, b"start", end=False)
+            await server.wait_for("the request", lambda e: e[0] == "wt_stream" and e[2] == ws)
+            registry = _core.Registry()
+            handle = registry.create("k", "s1")
+            after, rounds = 0, 40
+            for i in range(rounds):
+                registry.append_many(handle, [f"token {i}.{j} " * 8 for j in range(20)])
+                if i == rounds - 1:
+                    registry.end(handle, _core.FRAME_DONE, '{"reason":"stop"}', _core.STATE_FINISHED, 0.0)
+                ((_, _, after, status),) = server.engine.flush(registry, [(conn, ws, handle, after, b"")])
+                assert status in (_core.FLUSH_OK, _core.FLUSH_ENDED)
+                server.arm()
+                if i == rounds // 2:
+                    relay.change_address()  # the client's address, as the server sees it, changes
+                    # What the server sends now goes to the old mapping: only a packet from the client tells it
+                    # the new one (a client's keepalive does; tokenwire's client sends one).
+                    client._quic.send_ping(1)
+                    client.transmit()
+                await asyncio.sleep(0.01)
+            assert status == _core.FLUSH_ENDED
+            await client.wait_for("the FIN", lambda e: isinstance(e, WebTransportStreamDataReceived) and e.stream_ended)
+            assert client.wt_bytes(ws) == (registry.since(handle, 0, _core.WIRE_BINARY), True)
+            # Half the frames went out after the old mapping's socket was closed: the server followed the client.
+            assert not any(e[0] == "closed" for e in server.events)
+            assert relay.stats.rebinds and relay.up.dropped > 0 and relay.down.dropped > 0
+            assert server.engine.stats()["lost_packets"] > 0
 
 
 async def test_native_client_with_aioquic_server() -> None:
