@@ -1022,6 +1022,13 @@ impl PyQuicEngine {
         Ok(conn)
     }
 
+    /// Moves to a new UDP socket on `host:port` (0: a free port): every connection follows (migration). The
+    /// file descriptor changes: take the old one off the event loop first, watch `fileno()` after.
+    fn rebind(&mut self, host: &str, port: u16) -> PyResult<()> {
+        let bind = resolve(host, port, self.inner.local_addr().ok())?;
+        Ok(self.inner.rebind(bind)?)
+    }
+
     fn open_bidi(&mut self, conn: u64) -> PyResult<u64> {
         self.inner.engine().open_bidi(conn).map_err(engine_err)
     }

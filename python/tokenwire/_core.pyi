@@ -435,6 +435,10 @@ class QuicEngine:
         """Send every pending packet (after a group of ``send_*`` calls)."""
     def connect(self, host: str, port: int, server_name: str) -> int:
         """Client: a new connection (``host``: an IP, or a name resolved now, which may block)."""
+    def rebind(self, host: str, port: int) -> None:
+        """Move to a new UDP socket on ``host:port`` (0: a free port): every connection follows (migration; a
+        PING goes out at once so the peer sees the new address). ``fileno()`` changes: take the old descriptor
+        off the event loop first, watch the new one after."""
     def open_bidi(self, conn: int) -> int: ...
     def open_wt_stream(self, conn: int, session_id: int) -> int:
         """A bidirectional WebTransport stream of the session, its header (0x41 + session id) written."""

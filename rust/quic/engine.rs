@@ -735,6 +735,17 @@ impl Engine {
         Ok(conn)
     }
 
+    /// The local address changed (the driver moved to a new socket): every connection moves with it (a new
+    /// connection id where the peer gave a spare one, and a PING at once so the peer sees the new address).
+    pub fn local_address_changed(&mut self) {
+        for (&id, conn) in &mut self.conns {
+            if !conn.closed_reported {
+                conn.quic.local_address_changed();
+                Self::mark_dirty(&mut self.dirty, conn, id);
+            }
+        }
+    }
+
     /// Client: starts a connection; its `Connected` event comes when the handshake completes.
     pub fn connect(&mut self, now: Instant, remote: SocketAddr, server_name: &str) -> Result<u64, EngineError> {
         let config = self

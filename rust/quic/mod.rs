@@ -118,6 +118,18 @@ impl Driver {
         self.engine.take_events()
     }
 
+    /// Moves to a new UDP socket bound to `bind` (a client's migration: a new local port); every connection
+    /// follows, and its PING goes out at once. The old socket is closed: its file descriptor is no longer
+    /// [`Self::fd`].
+    pub fn rebind(&mut self, bind: SocketAddr) -> io::Result<()> {
+        let mut io = UdpIo::bind(bind)?;
+        io.stats = self.io.stats;
+        self.io = io;
+        self.engine.local_address_changed();
+        self.transmit();
+        Ok(())
+    }
+
     /// Sends every pending packet (after a group of `send_*` calls).
     pub fn transmit(&mut self) {
         self.transmit_at(Instant::now());

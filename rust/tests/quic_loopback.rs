@@ -572,3 +572,26 @@ fn junk_datagrams_do_not_disturb_the_server() {
         .iter()
         .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c)));
 }
+
+#[test]
+fn client_rebind_moves_every_connection() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s, _, ws) = pair.wt_request();
+    let old = pair.client.local_addr().unwrap();
+    pair.client.rebind(localhost()).unwrap();
+    let new = pair.client.local_addr().unwrap();
+    assert_ne!(old.port(), new.port());
+    // The server's answer reaches the client at its new address, and the client's bytes still reach the
+    // server: the connection moved, nothing was reopened.
+    pair.server.engine().send_data(s, ws, b"after the move", true).unwrap();
+    pair.server.transmit();
+    pair.pump("the answer", |p| wt_bytes(&p.client_events, ws).1);
+    assert_eq!(wt_bytes(&pair.client_events, ws).0, b"after the move");
+    pair.client.engine().send_data(c, ws, b" and back", true).unwrap();
+    pair.client.transmit();
+    pair.pump("the bytes", |p| wt_bytes(&p.server_events, ws).1);
+    assert_eq!(wt_bytes(&pair.server_events, ws).0, b"start and back");
+    assert_eq!(pair.server.stats().connections, 1);
+    assert!(!pair.server_events.iter().any(|e| matches!(e, Event::Closed { .. })));
+}

@@ -265,17 +265,27 @@ async def test_native_client_with_aioquic_server() -> None:
             response = await client.wait_for("the response", lambda e: e[0] == "headers" and e[2] == session)
             assert response[0] == "headers" and (b":status", b"200") in response[3]
 
-            ws = engine.open_wt_stream(conn, session)
-            request = encode_request(StartRequested("hello", max_tokens=5))
-            assert engine.send_data(conn, ws, request, True) == len(request)
-            client.sent()
-            reply = await client.wt_until_fin(ws)
-            reader = MessageReader(REPLY_KINDS)
-            message = reader.feed(reply)
-            assert message is not None and message.kind == REPLY_STREAM
-            frames = _core.FrameDecoder().feed(reader.rest)
+            async def generate(prompt: str) -> list[tuple[int, int, str]]:
+                ws = engine.open_wt_stream(conn, session)
+                request = encode_request(StartRequested(prompt, max_tokens=5))
+                assert engine.send_data(conn, ws, request, True) == len(request)
+                client.sent()
+                reply = await client.wt_until_fin(ws)
+                reader = MessageReader(REPLY_KINDS)
+                message = reader.feed(reply)
+                assert message is not None and message.kind == REPLY_STREAM
+                return _core.FrameDecoder().feed(reader.rest)
+
+            frames = await generate("hello")
             assert [kind for kind, _, _ in frames] == [1] * 5 + [2]
             assert [seq for _, seq, _ in frames] == list(range(1, 7))
+            # The client moves to a new socket (migration): the same connection goes on from the new port.
+            old_port = engine.local_address[1]
+            client.rebind()
+            assert engine.local_address[1] != old_port
+            frames = await generate("after the move")
+            assert [kind for kind, _, _ in frames] == [1] * 5 + [2]
+            assert server.metrics.connections_total == 1
             engine.close(conn, 0x100, b"done")
             client.sent()
             await client.wait_for("closed", lambda e: e[0] == "closed")

@@ -76,6 +76,14 @@ class Driven:
         self.engine.transmit()
         self.arm()
 
+    def rebind(self) -> None:
+        """The engine moves to a new socket (a new local port; its connections follow): watch that one."""
+        self.loop.remove_reader(self.engine.fileno())
+        host = self.engine.local_address[0]
+        self.engine.rebind(host, 0)
+        self.loop.add_reader(self.engine.fileno(), self.wake)
+        self.arm()
+
     def close(self) -> None:
         self.loop.remove_reader(self.engine.fileno())
         if self.timer is not None:
