@@ -595,3 +595,22 @@ fn client_rebind_moves_every_connection() {
     assert_eq!(pair.server.stats().connections, 1);
     assert!(!pair.server_events.iter().any(|e| matches!(e, Event::Closed { .. })));
 }
+
+#[test]
+fn stop_sending_reaches_the_writer() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s, _, ws) = pair.wt_request();
+    pair.server.engine().send_data(s, ws, b"partial answer", false).unwrap();
+    pair.server.transmit();
+    pair.pump("the first bytes", |p| !wt_bytes(&p.client_events, ws).0.is_empty());
+    pair.client.engine().stop_sending(c, ws, 9).unwrap();
+    pair.client.transmit();
+    pair.pump("STOP_SENDING", |p| {
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::StopSending { stream_id, code: 9, .. } if *stream_id == ws))
+    });
+    // The server's side of the stream is over: sends and flushes are refused.
+    assert!(pair.server.engine().send_data(s, ws, b"more", false).is_err());
+}
