@@ -71,7 +71,9 @@ def pump(sides: list[Side], done: Callable[[], bool], timeout: float = 10.0, *, 
                 s.poll()
 
 
-def setup(sessions: int, per_session: int = 1) -> tuple[Side, Side, list[tuple[int, int]]]:
+def setup(
+    sessions: int, per_session: int = 1, ack_frequency: tuple[int, float] | None = None
+) -> tuple[Side, Side, list[tuple[int, int]]]:
     """A server, a client with ``sessions`` connections, each with a session and ``per_session`` WebTransport
     streams the client opened and wrote on: ``(server, client, [(server conn, stream)])``, as the server sees
     them."""
@@ -84,6 +86,7 @@ def setup(sessions: int, per_session: int = 1) -> tuple[Side, Side, list[tuple[i
             h3_settings={**H3_BASE, **server_settings(16)},
             cert_chain_pem=cert.cert_pem,
             key_pem=cert.key_pem,
+            ack_frequency=ack_frequency,
         )
     )
     client = Side(
@@ -123,8 +126,10 @@ def setup(sessions: int, per_session: int = 1) -> tuple[Side, Side, list[tuple[i
     return server, client, seen()
 
 
-def tokens(sessions: int, per_session: int, ticks: int, interval: float) -> None:
-    server, client, streams = setup(sessions, per_session)
+def tokens(
+    sessions: int, per_session: int, ticks: int, interval: float, ack_frequency: tuple[int, float] | None
+) -> None:
+    server, client, streams = setup(sessions, per_session, ack_frequency)
     registry = _core.Registry()
     handles = [registry.create(f"s{i}", f"s{i}") for i in range(len(streams))]
     after = dict.fromkeys(handles, 0)
@@ -155,6 +160,7 @@ def tokens(sessions: int, per_session: int, ticks: int, interval: float) -> None
     s_out = server.engine.stats()["packets_out"] - s_out0
     server_s = flush_s + server.poll_s - s_poll0
     print(f"tokens: {sessions} sessions x {per_session} streams x {ticks} ticks = {want} tokens, {expected} bytes")
+    print(f"  ack frequency asked of the client: {ack_frequency or 'none (its defaults)'}")
     print(f"  server: flush {flush_s / want * 1e6:.2f} us/token; flush + poll_io {server_s / want * 1e6:.2f} us/token")
     print(f"  server: {s_out} packets out ({s_out / want:.2f}/token), {s_in} in, {server.polls - s_polls0} poll_io")
     if s_in:
@@ -197,8 +203,17 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between ticks (0.05: 20 tokens/s)")
     parser.add_argument("--rounds", type=int, default=500)
+    parser.add_argument(
+        "--ack-frequency",
+        metavar="THRESHOLD,DELAY",
+        help="the server asks the client to ACK after more than THRESHOLD packets or DELAY seconds",
+    )
     args = parser.parse_args()
-    tokens(args.sessions, args.streams_per_session, args.ticks, args.interval)
+    ack = None
+    if args.ack_frequency:
+        threshold, delay = args.ack_frequency.split(",")
+        ack = (int(threshold), float(delay))
+    tokens(args.sessions, args.streams_per_session, args.ticks, args.interval, ack)
     wakeup(args.rounds)
 
 

@@ -836,6 +836,7 @@ impl PyQuicEngine {
         alpn=None,
         idle_timeout=30.0,
         keepalive=None,
+        ack_frequency=None,
         max_bidi_streams=1024,
         stream_window=1_048_576,
         conn_window=16_777_216,
@@ -853,6 +854,7 @@ impl PyQuicEngine {
         alpn: Option<Vec<Vec<u8>>>,
         idle_timeout: f64,
         keepalive: Option<f64>,
+        ack_frequency: Option<(u32, f64)>,
         max_bidi_streams: u64,
         stream_window: u64,
         conn_window: u64,
@@ -868,6 +870,9 @@ impl PyQuicEngine {
             h3_settings: settings,
             idle_timeout: seconds_arg("idle_timeout", idle_timeout)?,
             keepalive: keepalive.map(|k| seconds_arg("keepalive", k)).transpose()?,
+            ack_frequency: ack_frequency
+                .map(|(threshold, delay)| Ok::<_, PyErr>((threshold, seconds_arg("ack_frequency delay", delay)?)))
+                .transpose()?,
             max_bidi_streams,
             stream_window,
             conn_window,

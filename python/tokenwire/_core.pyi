@@ -396,6 +396,7 @@ class QuicEngine:
         alpn: Sequence[bytes] | None = None,
         idle_timeout: float = 30.0,
         keepalive: float | None = None,
+        ack_frequency: tuple[int, float] | None = None,
         max_bidi_streams: int = 1024,
         stream_window: int = 1048576,
         conn_window: int = 16777216,
@@ -403,7 +404,11 @@ class QuicEngine:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
         ``serverCertificateHashes``) or by a CA bundle (``ca_pem``, with the server name checked).
-        ``h3_settings``: every HTTP/3 setting announced, in order. ``alpn`` defaults to ``[b"h3"]``."""
+        ``h3_settings``: every HTTP/3 setting announced, in order. ``alpn`` defaults to ``[b"h3"]``.
+        ``keepalive``: seconds between PINGs when idle. ``ack_frequency``: ``(threshold, max_delay)`` asked of a
+        peer that supports the ACK frequency extension (quinn, so the native client): an ACK after more than
+        ``threshold`` ack-eliciting packets or ``max_delay`` seconds; fewer ACKs to read, slower loss detection.
+        quinn caps the delay at the path's round trip (at least 25 ms), so on loopback it changes little."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property

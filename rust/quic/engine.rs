@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig,
-    Event as QuicEvent, IdleTimeout, ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt,
-    WriteError,
+    AckFrequencyConfig, ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint,
+    EndpointConfig, Event as QuicEvent, IdleTimeout, ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig,
+    VarInt, WriteError,
 };
 
 use crate::h3::{self, H3Conn, H3Error, H3Event, Role};
@@ -132,6 +132,11 @@ pub struct Config {
     pub h3_settings: Vec<(u64, u64)>,
     pub idle_timeout: Duration,
     pub keepalive: Option<Duration>,
+    /// Ask a peer that supports the ACK frequency extension (quinn does; aioquic and browsers do not say so)
+    /// to acknowledge only every `threshold + 1` ack-eliciting packets or after `max_delay`: fewer ACK
+    /// packets to read, slower loss detection. quinn caps the delay at the round trip (at least 25 ms).
+    /// `None`: the peer's own defaults.
+    pub ack_frequency: Option<(u32, Duration)>,
     pub max_bidi_streams: u64,
     pub stream_window: u64,
     pub conn_window: u64,
@@ -158,6 +163,12 @@ fn transport(config: &Config) -> Result<Arc<TransportConfig>, EngineError> {
                 .map_err(|_| EngineError::Invalid("idle_timeout is out of range".into()))?,
         ))
         .keep_alive_interval(config.keepalive)
+        .ack_frequency_config(config.ack_frequency.map(|(threshold, max_delay)| {
+            let mut ack = AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(VarInt::from_u32(threshold))
+                .max_ack_delay(Some(max_delay));
+            ack
+        }))
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_BUFFER);
     Ok(Arc::new(t))

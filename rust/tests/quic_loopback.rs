@@ -43,6 +43,7 @@ fn config() -> Config {
         h3_settings: SETTINGS.to_vec(),
         idle_timeout: Duration::from_secs(10),
         keepalive: None,
+        ack_frequency: None,
         max_bidi_streams: 100,
         stream_window: 1 << 20,
         conn_window: 16 << 20,

@@ -302,6 +302,19 @@ def test_bad_setups_are_refused() -> None:
         QuicEngine(server=False, host="127.0.0.1", port=0, h3_settings={}, server_cert_hashes=[b"short"])
     with pytest.raises(LocalProtocolError, match="certificate"):
         QuicEngine(server=True, host="127.0.0.1", port=0, h3_settings={}, cert_chain_pem=b"junk", key_pem=b"junk")
+    with pytest.raises(ValueError, match="idle_timeout must be seconds"):
+        QuicEngine(
+            server=False, host="127.0.0.1", port=0, h3_settings={}, server_cert_hashes=[b"\0" * 32], idle_timeout=-1
+        )
+    with pytest.raises(ValueError, match="ack_frequency delay must be seconds"):
+        QuicEngine(
+            server=False,
+            host="127.0.0.1",
+            port=0,
+            h3_settings={},
+            server_cert_hashes=[b"\0" * 32],
+            ack_frequency=(4, -0.1),
+        )
     engine = QuicEngine(server=False, host="127.0.0.1", port=0, h3_settings={}, server_cert_hashes=[b"\0" * 32])
     with pytest.raises(StreamClosed, match="no connection 7"):
         engine.send_data(7, 0, b"x", False)
