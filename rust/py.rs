@@ -1060,6 +1060,8 @@ impl PyQuicEngine {
             ("connections_refused", s.engine.connections_refused),
             ("wakeups", s.wakeups),
             ("gso_segments", s.gso_segments),
+            ("recv_buffer", s.recv_buffer),
+            ("send_buffer", s.send_buffer),
         ] {
             dict.set_item(name, value)?;
         }

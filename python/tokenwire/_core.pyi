@@ -428,7 +428,8 @@ class QuicEngine:
     def send_datagram(self, conn: int, session_id: int, payload: bytes) -> bool:
         """An HTTP/3 datagram of the session; ``False`` if QUIC refused it (too large, datagrams off)."""
     def close(self, conn: int, code: int, reason: bytes) -> None:
-        """Close a connection; its ``closed`` event comes with the next ``poll_io``."""
+        """Close a connection; its ``closed`` event comes with the next ``poll_io``. A closing connection sends
+        nothing but its CONNECTION_CLOSE: ``transmit()`` first what must go out before (stream resets)."""
     def close_all(self, code: int, reason: bytes) -> None: ...
     def flush(
         self, registry: Registry, batch: Sequence[tuple[int, int, int, int, bytes]]
@@ -450,4 +451,5 @@ class QuicEngine:
     def stats(self) -> dict[str, int]:
         """Counters: packets/bytes in and out, recv/send syscalls, send_dropped (send buffer full), send_errors
         (other refusals), lost_packets, connections, connections_accepted/refused, wakeups, gso_segments (most
-        datagrams one send carries)."""
+        datagrams one send carries), recv_buffer and send_buffer (the socket's buffers as the kernel granted
+        them: it caps the 4 MiB asked for at ``net.core.rmem_max`` / ``wmem_max``)."""

@@ -62,6 +62,10 @@ pub struct DriverStats {
     pub wakeups: u64,
     /// Datagrams one GSO send carries at most (1: no GSO).
     pub gso_segments: u64,
+    /// The socket's buffers as the kernel granted them (it caps a request at `net.core.rmem_max` /
+    /// `wmem_max`).
+    pub recv_buffer: u64,
+    pub send_buffer: u64,
 }
 
 pub struct Driver {
@@ -187,6 +191,7 @@ impl Driver {
     }
 
     pub fn stats(&self) -> DriverStats {
+        let (recv_buffer, send_buffer) = self.io.buffer_sizes();
         DriverStats {
             io: self.io.stats,
             engine: self.engine.stats,
@@ -194,6 +199,8 @@ impl Driver {
             connections: self.engine.connection_count() as u64,
             wakeups: self.wakeups,
             gso_segments: self.io.max_gso_segments() as u64,
+            recv_buffer: recv_buffer as u64,
+            send_buffer: send_buffer as u64,
         }
     }
 }

@@ -80,6 +80,13 @@ impl UdpIo {
         self.socket.as_raw_fd()
     }
 
+    /// The socket's receive and send buffer sizes as the kernel granted them (0 if it does not say).
+    pub fn buffer_sizes(&self) -> (usize, usize) {
+        let recv = self.state.recv_buffer_size((&self.socket).into()).unwrap_or(0);
+        let send = self.state.send_buffer_size((&self.socket).into()).unwrap_or(0);
+        (recv, send)
+    }
+
     /// Datagrams one GSO send may carry (1 where the kernel has no GSO): the kernel's 64, but no more than
     /// fit in one UDP datagram's 64 KiB at the largest segment quinn uses (a longer train fails `EMSGSIZE`).
     pub fn max_gso_segments(&self) -> usize {

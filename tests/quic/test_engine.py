@@ -158,6 +158,7 @@ async def test_native_server_with_aioquic_client(certificate: Certificate) -> No
 
         stats = server.engine.stats()
         assert stats["connections"] == 1 and stats["packets_in"] > 0 and stats["packets_out"] > 0
+        assert stats["recv_buffer"] > 0 and stats["send_buffer"] > 0 and stats["gso_segments"] >= 1
         assert server.wakeups > 0
 
         # The server closes: aioquic hears the code and reason; the engine reports the connection closed.
