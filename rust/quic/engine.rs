@@ -202,8 +202,8 @@ struct Conn {
     handle: ConnectionHandle,
     quic: quinn_proto::Connection,
     h3: H3Conn,
-    /// The control stream (and the QPACK streams) are open and written.
-    uni_opened: bool,
+    /// How many of this end's three unidirectional streams (control, QPACK encoder, QPACK decoder) are open.
+    uni_opened: u8,
     sends: HashMap<u64, SendState>,
     /// The `Closed` event went out.
     closed_reported: bool,
@@ -325,7 +325,7 @@ impl Engine {
             handle,
             quic,
             h3: H3Conn::new(role, &self.config.h3_settings),
-            uni_opened: false,
+            uni_opened: 0,
             sends: HashMap::new(),
             closed_reported: false,
             dirty: false,
@@ -505,7 +505,7 @@ impl Engine {
                 }
             }
         }
-        if !conn.uni_opened && !conn.closed_reported && !conn.quic.is_handshaking() {
+        if conn.uni_opened < 3 && !conn.closed_reported && !conn.quic.is_handshaking() {
             Self::open_uni_streams(conn);
         }
     }
@@ -514,17 +514,18 @@ impl Engine {
     /// table), as aioquic and browsers do.
     fn open_uni_streams(conn: &mut Conn) {
         let control = conn.h3.control_stream_bytes();
-        for bytes in [control.as_slice(), &[0x02], &[0x03]] {
+        let streams: [&[u8]; 3] = [&control, &[0x02], &[0x03]];
+        for bytes in &streams[usize::from(conn.uni_opened)..] {
             let Some(stream) = conn.quic.streams().open(Dir::Uni) else {
-                return; // retried when the peer's limit allows (it must allow 3: RFC 9114 §6.2)
+                return; // the rest when the peer's limit allows (it must allow 3: RFC 9114 §6.2)
             };
+            conn.uni_opened += 1;
             let sid = u64::from(stream);
             let send = conn.sends.entry(sid).or_default();
             send.wt = true;
             send.pending.extend_from_slice(bytes);
             Self::drain_pending(conn, sid);
         }
-        conn.uni_opened = true;
     }
 
     fn read_stream(
