@@ -144,6 +144,8 @@ pub struct Config {
 
 /// Unidirectional streams a peer may open (control, QPACK encoder and decoder, a few WebTransport ones).
 const MAX_UNI_STREAMS: u32 = 100;
+/// A stream's pending buffer keeps its allocation up to this size once drained.
+const PENDING_KEEP: usize = 16 * 1024;
 /// Bytes of received datagrams buffered before quinn drops the oldest.
 const DATAGRAM_BUFFER: usize = 1 << 20;
 
@@ -612,9 +614,14 @@ impl Engine {
                     data,
                     fin,
                 } => {
-                    // A bidirectional WebTransport stream: this end's replies are raw bytes.
-                    if stream_id & 0b10 == 0 {
-                        conn.sends.entry(stream_id).or_default().wt = true;
+                    // A bidirectional WebTransport stream: this end's replies are raw bytes (while its send side
+                    // lives: a finished one is not brought back).
+                    if stream_id & 0b10 == 0 && !conn.sends.get(&stream_id).is_some_and(|s| s.wt) {
+                        let live = VarInt::from_u64(stream_id)
+                            .is_ok_and(|v| conn.quic.send_stream(StreamId::from(v)).priority().is_ok());
+                        if live {
+                            conn.sends.entry(stream_id).or_default().wt = true;
+                        }
                     }
                     Event::WtStream {
                         conn: id,
@@ -670,7 +677,11 @@ impl Engine {
             }
         }
         if !send.has_pending() {
-            send.pending.clear();
+            if send.pending.capacity() > PENDING_KEEP {
+                send.pending = Vec::new(); // a large burst's buffer is not held for the stream's life
+            } else {
+                send.pending.clear();
+            }
             send.pending_off = 0;
             if send.fin && !send.closed {
                 send.closed = true;
