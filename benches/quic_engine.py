@@ -6,7 +6,9 @@
   next tick (``--interval``) the client reads and the server reads the acks. Printed: server CPU per token (flush + its ``poll_io``), ``poll_io`` per
   packet on each side, packets per token.
 - ``wakeup``: a client datagram in, the server's ``poll_io`` that reads it, a reply ``send_datagram`` and
-  ``transmit``: the server's wake-up path (datagram in -> reply bytes out), p50 / p99 over ``--rounds``.
+  ``transmit``: the server's wake-up path (datagram in -> reply bytes out), p50 / p99 over ``--rounds``; then
+  the same on uvloop (``add_reader`` on both engines) across ``--sessions`` sessions, also measured from the
+  client's send.
 
 Numbers are wall time around the calls (``perf_counter``) on a machine others share: a first look, not a
 benchmark of record (BENCHMARKS.md's runs use ``tokenwire loadtest`` against a real server)::
@@ -17,10 +19,13 @@ benchmark of record (BENCHMARKS.md's runs use ``tokenwire loadtest`` against a r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import select
 import statistics
 import time
 from collections.abc import Callable
+
+import uvloop
 
 from tokenwire import _core
 from tokenwire._core import QuicEngine
@@ -190,10 +195,68 @@ def wakeup(rounds: int) -> None:
         pump([server, client], lambda: True)
         select.select([client.engine.fileno()], [], [], 1.0)
         client.poll()
-    times.sort()
+    print(f"wakeup (select, poll_io + echo + transmit), {rounds} rounds: {percentiles(times)}")
+
+
+def percentiles(times: list[float]) -> str:
+    times = sorted(times)
     p50 = statistics.median(times)
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-    print(f"wakeup: datagram in -> reply out, {rounds} rounds: p50 {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us")
+    return f"p50 {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us"
+
+
+def wakeup_uvloop(sessions: int, rounds: int) -> None:
+    """The wake-up path as the server will run it: both engines on uvloop, each watched by ``add_reader``. A
+    client datagram on one of ``sessions`` sessions; the server's reader callback runs ``poll_io``, echoes the
+    datagram, ``transmit``s. Measured: the callback's start -> the reply on the wire, and the client's
+    ``transmit`` -> the reply on the wire (the kernel's loopback and the loop's dispatch included)."""
+    server, client, _ = setup(sessions)
+    # Each client connection's session: the stream its 200 came back on.
+    session_of = {e[1]: e[2] for e in client.events if e[0] == "headers"}
+    wake_to_out: list[float] = []
+    send_to_out: list[float] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        sent_at = 0.0
+        echoed: asyncio.Future[None] | None = None
+
+        def server_wake() -> None:
+            t0 = time.perf_counter()
+            replied = False
+            for e in server.engine.poll_io():
+                if e[0] == "datagram":
+                    server.engine.send_datagram(e[1], e[2], e[3])
+                    replied = True
+            server.engine.transmit()
+            if replied:
+                t1 = time.perf_counter()
+                wake_to_out.append(t1 - t0)
+                send_to_out.append(t1 - sent_at)
+
+        def client_wake() -> None:
+            if any(e[0] == "datagram" for e in client.engine.poll_io()) and echoed is not None and not echoed.done():
+                echoed.set_result(None)
+
+        loop.add_reader(server.engine.fileno(), server_wake)
+        loop.add_reader(client.engine.fileno(), client_wake)
+        try:
+            conns = list(session_of)
+            for i in range(rounds):
+                c = conns[i % len(conns)]
+                echoed = loop.create_future()
+                client.engine.send_datagram(c, session_of[c], b"ping %d" % i)
+                sent_at = time.perf_counter()
+                client.engine.transmit()
+                await asyncio.wait_for(echoed, 1.0)
+        finally:
+            loop.remove_reader(server.engine.fileno())
+            loop.remove_reader(client.engine.fileno())
+
+    uvloop.run(run())
+    print(f"wakeup on uvloop, {sessions} sessions, {rounds} rounds:")
+    print(f"  reader callback -> reply on the wire: {percentiles(wake_to_out)}")
+    print(f"  client transmit -> reply on the wire: {percentiles(send_to_out)}")
 
 
 def main() -> None:
@@ -215,6 +278,7 @@ def main() -> None:
         ack = (int(threshold), float(delay))
     tokens(args.sessions, args.streams_per_session, args.ticks, args.interval, ack)
     wakeup(args.rounds)
+    wakeup_uvloop(args.sessions, args.rounds)
 
 
 if __name__ == "__main__":
