@@ -52,6 +52,7 @@ from tokenwire.protocol.wt_session import (
     StreamState,
     WtConnection,
     WtRules,
+    feed,
 )
 
 AUTHORITY = "example.test:4433"
@@ -614,3 +615,27 @@ def test_a_preview_payload_parses_back() -> None:
     assert isinstance(datagram, SendDatagram)
     got_tag, decoded = parse_preview(datagram.payload)
     assert got_tag == tag and [text for _, _, text in decoded] == ["hi"]
+
+
+# -- a native engine's events ------------------------------------------------------------------------------------
+
+
+def test_a_native_engines_event_tuples_drive_the_layer() -> None:
+    conn = layer()
+    c = 7  # the engine's connection id
+    assert feed(conn, ("connected", c, "127.0.0.1", 5000), 0.0) is False
+    assert feed(conn, ("headers", c, SID, CONNECT, False), 0.0)
+    assert feed(conn, ("wt_stream", c, bidi(1), SID, b"", False), 0.0)  # opened: its header only
+    assert conn.take_actions() == []
+    assert feed(conn, ("settings", c, {SETTINGS_WT_INITIAL_MAX_DATA: 1 << 20}), 0.5)
+    assert feed(conn, ("handshake", c), 1.0)
+    assert status_of(conn.take_actions())[0] == 200 and conn.sessions[SID].credit is not None
+    assert conn.streams[bidi(1)].opened_at == 1.0
+    assert feed(conn, ("wt_stream", c, bidi(1), SID, START, True), 1.5)
+    assert [type(a) for a in conn.take_actions()] == [RequestReceived]
+    assert feed(conn, ("reset", c, bidi(1), 0), 2.0) is True
+    assert feed(conn, ("stop_sending", c, bidi(9), 0), 2.0) is False  # not a request stream
+    assert feed(conn, ("writable", c, bidi(1)), 2.0) is False
+    assert feed(conn, ("data", c, SID, encode_capsule(CAPSULE_CLOSE_SESSION, b"\0\0\0\0"), False), 2.0)
+    assert FinishSession(SID) in conn.take_actions() and conn.sessions == {}
+    assert feed(conn, ("closed", c, 0, ""), 3.0) and conn.closed

@@ -53,7 +53,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from tokenwire.errors import TokenwireError
 from tokenwire.protocol.http1 import HttpError
@@ -115,6 +115,7 @@ __all__ = [
     "WtRequestStream",
     "WtRules",
     "WtSession",
+    "feed",
     "is_unidirectional",
 ]
 
@@ -993,3 +994,30 @@ class WtConnection:
         st.held.clear()
         st.held_end = False
         st.session.blocked.pop(st.id, None)
+
+
+def feed(conn: WtConnection, event: tuple[Any, ...], now: float) -> bool:
+    """Feed one event of a QUIC engine that reports them as tuples (``tokenwire._core.QuicEngine``: a str tag,
+    the connection id, then the event's fields) to ``conn``; False for an event that is not the session layer's
+    (``connected``, ``datagram``, ``writable``: the adapter's own) or one it did not take (a reset or
+    STOP_SENDING of a stream that is not a request stream)."""
+    tag = event[0]
+    if tag == "headers":
+        conn.headers_received(event[2], event[3], event[4], now)
+    elif tag == "data":
+        conn.data_received(event[2], event[3], event[4])
+    elif tag == "wt_stream":
+        conn.wt_stream_data(event[2], event[3], event[4], event[5], now)
+    elif tag == "reset":
+        return conn.stream_reset(event[2], event[3])
+    elif tag == "stop_sending":
+        return conn.stop_sending(event[2], event[3])
+    elif tag == "settings":
+        conn.settings_received(event[2], now)
+    elif tag == "handshake":
+        conn.handshake_completed(now)
+    elif tag == "closed":
+        conn.connection_terminated()
+    else:
+        return False
+    return True

@@ -217,7 +217,7 @@ class _WtStream:
             self.hold_reader()
             return
         server = conn.server
-        if send_buffered(conn.quic, self.qid) > server.config.webtransport.stream_buffer_high:
+        if conn.send_blocked(self.qid):
             self._pause(prefix)
             return
         try:
@@ -645,6 +645,11 @@ class WebTransportConnection(QuicConnectionProtocol):
                 self.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
                 self.transmit()
             self._terminated()
+
+    def send_blocked(self, qid: int) -> bool:
+        """QUIC holds more than ``stream_buffer_high`` bytes of stream ``qid`` (unsent or unacknowledged): a slow
+        reader, or a congested path."""
+        return send_buffered(self.quic, qid) > self.server.config.webtransport.stream_buffer_high
 
     def _wake_paused(self) -> None:
         low = self.server.config.webtransport.stream_buffer_high // 2
