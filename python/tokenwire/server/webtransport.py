@@ -4,6 +4,12 @@ A client opens a WebTransport session (extended CONNECT to ``/v1/webtransport``)
 stream per request: start, attach (resume) or cancel (docs/protocol.md §4.4). Many token streams share one
 session and one QUIC connection.
 
+Three layers: the session and request-stream rules are sans-I/O (:mod:`tokenwire.protocol.wt_session`); what
+the server does with what they hand over (auth verdicts, requests served from the hub, token streams flushed,
+heartbeats, slow readers) is engine-neutral (:mod:`tokenwire.server.wt_host`); this module only moves aioquic's
+events into the session layer and performs its actions on aioquic, reading aioquic's private attributes through
+:mod:`tokenwire.server.aioquic_adapter` alone.
+
 Data path of a token stream: ``TokenStream.send`` -> ring append (Rust) -> the stream's listener marks it
 dirty in its connection -> the connection queues itself once in the :class:`~tokenwire.server.flusher.Flusher`
 -> next loop iteration: one cursor poll (one ``Storage.poll``) per dirty stream renders its new binary frames
@@ -38,13 +44,13 @@ import collections
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
 from aioquic.asyncio.server import QuicServer
-from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
+from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -59,39 +65,16 @@ from aioquic.quic.events import (
 )
 from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
 
-from tokenwire import _core
-from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, Unauthorized
-from tokenwire.hub import Cursor, Hub, TokenStream
-from tokenwire.metrics import ServerMetrics, WriteMeter
-from tokenwire.protocol.webtransport import (
-    WT_PATH,
-    AttachRequested,
-    CancelConfirmed,
-    CancelRequested,
-    Request,
-    StartRequested,
-    StreamAttached,
-    WtCode,
-    encode_reply,
-)
+from tokenwire.hub import Hub
+from tokenwire.protocol.webtransport import WT_PATH
 from tokenwire.protocol.wt_session import (
-    Action,
-    Authorize,
-    CreditAvailable,
-    CreditBlocked,
     FinishSession,
-    ForgetStream,
-    RequestReceived,
     ResetStream,
     SendCapsules,
     SendData,
     SendDatagram,
     SendHeaders,
     StopSending,
-    StreamDetached,
-    WtConnection,
-    WtCounters,
-    WtRules,
 )
 from tokenwire.server.aioquic_adapter import (
     ServerH3,
@@ -107,207 +90,29 @@ from tokenwire.server.aioquic_adapter import (
 from tokenwire.server.base import ServerBase
 from tokenwire.server.certs import Certificate, make_dev_certificate
 from tokenwire.server.config import ServerConfig, ServerOptions
-from tokenwire.server.endpoints import Endpoints, left_early
+from tokenwire.server.endpoints import Endpoints
+from tokenwire.server.wt_host import SessionGate, SessionHost, WebTransportMetrics, wt_rules
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
 
 log = logging.getLogger("tokenwire.server.webtransport")
 
-_HEARTBEAT = _core.encode_frame(_core.FRAME_HEARTBEAT, 0, "")
 
-
-class WebTransportMetrics(ServerMetrics, WtCounters):
-    """The server metrics (label ``protocol="webtransport"``) plus WebTransport's own counters."""
-
-    COUNTERS = (
-        *ServerMetrics.COUNTERS,
-        ("sessions_total", "WebTransport sessions accepted"),
-        ("sessions_refused_total", "WebTransport sessions refused (limits, bad CONNECT, shutting down)"),
-        ("early_sessions_total", "Session CONNECTs that came in 0-RTT early data, answered after the handshake"),
-        (
-            "early_requests_total",
-            "Attach and cancel requests that came in 0-RTT early data, served after the handshake",
-        ),
-        ("deferred_starts_total", "Start requests that came in 0-RTT early data, started after the handshake"),
-        ("credit_waits_total", "Times a session used up the client's flow control credit (sent WT_DATA_BLOCKED)"),
-        ("streams_reset_total", "Token streams reset by the server (slow reader, session gone, shutdown)"),
-        ("previews_sent_total", "Datagram previews queued for sending"),
-        ("previews_dropped_total", "Datagram previews dropped (too large for a packet or the peer, or stale)"),
-    )
-
-    def __init__(self) -> None:
-        super().__init__("webtransport")
-
-
-class _WtStream:
-    """A request stream the server serves: the token stream it carries, where it reads it, and its write
-    accounting. The stream's protocol state (request, halves, flow control credit) is the session layer's."""
-
-    __slots__ = ("conn", "cursor", "dirty", "meter", "paused_at", "qid", "stream")
-
-    def __init__(self, conn: WebTransportConnection, qid: int, opened_at: float) -> None:
-        self.conn = conn
-        self.qid = qid
-        self.stream: TokenStream | None = None
-        #: Where this stream reads its token stream (set with ``stream``): the reader backpressure sees.
-        self.cursor: Cursor | None = None
-        self.dirty = False
-        self.paused_at = 0.0
-        #: Write accounting (its ``observe`` is the cursor's hook) and the heartbeat clock (``last_write``).
-        self.meter = WriteMeter(conn.server.metrics, conn.server.loop.time, opened_at)
-
-    def on_frames(self) -> None:
-        """The token stream's listener: new frames or its end. Queue this stream for the next flush."""
-        if not self.dirty:
-            self.dirty = True
-            self.conn.mark_dirty(self)
-
-    @property
-    def position(self) -> int:
-        """Seq of the last frame taken from the token stream (0 before one is attached)."""
-        return 0 if self.cursor is None else self.cursor.position
-
-    def detach(self) -> None:
-        stream = self.stream
-        if stream is not None:
-            stream.detach(self.on_frames)
-            if self.cursor is not None:
-                stream.reader_resumed(self.cursor)
-            self.stream = None
-            self.conn.paused.discard(self)
-
-    def hold_reader(self) -> None:
-        """Stop taking frames (a full QUIC send buffer, or no flow control credit): the ring holds them, a
-        producer the hub drives waits if this reader falls far behind, and the tick cuts it after
-        ``stall_timeout``."""
-        if not self.paused_at:
-            self.paused_at = self.conn.server.loop.time()
-            if self.stream is not None and self.cursor is not None:
-                self.stream.reader_paused(self.cursor)
-
-    def release_reader(self) -> None:
-        """Take frames again (see :meth:`hold_reader`): the next flush writes what the ring has."""
-        if self.paused_at:
-            self.paused_at = 0.0
-            if self.stream is not None and self.cursor is not None:
-                self.stream.reader_resumed(self.cursor)
-        self.on_frames()
-
-    def _pause(self, prefix: bytes) -> None:
-        """A slow reader: the ring holds its frames. ACKs (``datagram_received``) wake it; the tick cuts it."""
-        conn = self.conn
-        if not self.paused_at:
-            conn.paused.add(self)
-            self.hold_reader()
-        if prefix:
-            conn.send(self, prefix, False)
-
-    def write(self, prefix: bytes = b"") -> None:
-        """Send everything new since ``position`` (after ``prefix``) in one ``send_stream_data``; FIN at the end.
-
-        No transmit: the caller transmits once for every stream of the connection.
-        """
-        self.dirty = False
-        cursor = self.cursor
-        conn = self.conn
-        state = conn.session.stream(self.qid)
-        if state is None or state.send_ended or self.stream is None or cursor is None:
-            return
-        if state.held:  # waiting for flow control credit: the ring holds the rest
-            self.hold_reader()
-            return
-        server = conn.server
-        if conn.send_blocked(self.qid):
-            self._pause(prefix)
-            return
-        try:
-            data, _, ended = cursor.poll()  # its hook (the meter) accounts the frames it took
-        except ResumeExpired:
-            # The reader fell behind what the ring holds: cut; its attach gets the 410 error reply.
-            server.metrics.backpressure_closes_total += 1
-            conn.reset(self, WtCode.RESUME)
-            return
-        except StreamNotFound:
-            conn.reset(self, WtCode.RESUME)
-            return
-        if data and state.preview_tag:
-            conn.session.preview(self.qid, data, remote_max_datagram_frame_size(conn.quic))
-        if prefix:
-            data = prefix + data
-        if data or ended:  # ended: every frame up to the final one is in data now
-            conn.send(self, data, ended)
-        if ended:
-            self.detach()
-
-
-class _Gate:
-    """The process-wide admission of sessions (the session layer's :class:`~tokenwire.protocol.wt_session.Gate`):
-    draining refuses with 503, ``max_sessions`` over every connection with 429."""
-
-    __slots__ = ("server",)
-
-    def __init__(self, server: WebTransportServer) -> None:
-        self.server = server
-
-    def refusal(self) -> int:
-        server = self.server
-        if server.draining:
-            return 503
-        return 429 if server.session_count >= server.config.webtransport.max_sessions else 0
-
-    def opened(self) -> None:
-        self.server.session_count += 1
-
-    def closed(self) -> None:
-        self.server.session_count -= 1
-
-
-class WebTransportConnection(QuicConnectionProtocol):
-    """One QUIC connection: moves aioquic's events into its session layer (:class:`WtConnection`), performs the
-    layer's actions on aioquic, and serves the requests the layer hands over (hub, generations, auth verdicts)."""
+class WebTransportConnection(QuicConnectionProtocol, SessionHost):
+    """One QUIC connection on aioquic: moves aioquic's events into its session layer (``session``) and performs the
+    layer's actions on aioquic; :class:`~tokenwire.server.wt_host.SessionHost` serves what the layer hands over."""
 
     def __init__(
         self, quic: QuicConnection, stream_handler: QuicStreamHandler | None = None, *, server: WebTransportServer
     ) -> None:
         super().__init__(quic, stream_handler)
-        self.server = server
+        self._init_host(server)
+        self.server: WebTransportServer = server
         self.quic = quic
         grant_bidi_streams(quic, server.config.webtransport.quic_bidi_streams)
         install_reset_stream_at(quic)
         self.h3: H3Connection | None = None
-        self.session = WtConnection(server.wt_rules, server.gate, server.metrics)
-        #: The request streams the server serves (what the session layer handed over), by stream id.
-        self.streams: dict[int, _WtStream] = {}
-        self.paused: set[_WtStream] = set()
         self._settings_seen = False
-        self._dirty: list[_WtStream] = []
-        self._queued = False
-
-    # The session layer's state, as the server's tests read it.
-
-    @property
-    def sessions(self) -> dict[int, Any]:
-        return self.session.sessions
-
-    @property
-    def sessions_opened(self) -> int:
-        return self.session.sessions_opened
-
-    @property
-    def held_connects(self) -> list[Any]:
-        return self.session.held_connects
-
-    @property
-    def authorizing(self) -> dict[int, Any]:
-        return self.session.authorizing
-
-    @property
-    def handshake_done(self) -> bool:
-        return self.session.handshake_done
-
-    @property
-    def closed(self) -> bool:
-        return self.session.closed
 
     # -- asyncio / aioquic ---------------------------------------------------------------------------
 
@@ -389,16 +194,6 @@ class WebTransportConnection(QuicConnectionProtocol):
 
     # -- the session layer's actions -----------------------------------------------------------------
 
-    def _pump(self) -> bool:
-        """Perform what the session layer asked for, in order (handling one may ask for more); whether any."""
-        session = self.session
-        did = False
-        while actions := session.take_actions():
-            did = True
-            for action in actions:
-                _ACTIONS[type(action)](self, action)
-        return did
-
     def _send_headers(self, action: SendHeaders) -> None:
         if self.h3 is not None:
             self.h3.send_headers(action.stream_id, action.headers, end_stream=action.end)
@@ -432,219 +227,25 @@ class WebTransportConnection(QuicConnectionProtocol):
         if self.h3 is not None:
             self.h3.send_datagram(action.session_id, action.payload)
 
-    def _forget_stream(self, action: ForgetStream) -> None:
-        self.streams.pop(action.stream_id, None)
+    def _forget_engine_stream(self, qid: int) -> None:
         if self.h3 is not None:
-            forget_h3_stream(self.h3, action.stream_id)
+            forget_h3_stream(self.h3, qid)
 
-    def _stream_detached(self, action: StreamDetached) -> None:
-        st = self.streams.get(action.stream_id)
-        if st is not None:
-            self._lost(st)
+    # -- hooks of the session host -------------------------------------------------------------------
 
-    def _credit_blocked(self, action: CreditBlocked) -> None:
-        self._served(action.stream_id).hold_reader()
+    def datagram_limit(self) -> int:
+        return remote_max_datagram_frame_size(self.quic)
 
-    def _credit_available(self, action: CreditAvailable) -> None:
-        self._served(action.stream_id).release_reader()
-
-    def _served(self, qid: int) -> _WtStream:
-        """The server's side of request stream ``qid`` (made when first needed)."""
-        st = self.streams.get(qid)
-        if st is None:
-            state = self.session.stream(qid)
-            st = self.streams[qid] = _WtStream(self, qid, state.opened_at if state else self.server.loop.time())
-        return st
-
-    # -- auth ----------------------------------------------------------------------------------------
-
-    def _authorize_session(self, action: Authorize) -> None:
-        """Who opens session ``action.session_id`` (auth is on): a verdict at once, or later from an async
-        authenticator (the CONNECT waits meanwhile)."""
-        sid = action.session_id
-        try:
-            verdict = self.server.endpoints.authorize(
-                "webtransport", action.fields, action.query, action.path, "webtransport"
-            )
-        except Unauthorized as exc:
-            self.session.session_refused(sid, exc.challenge)
-            return
-        except Exception:
-            log.exception("authenticator failed on a WebTransport CONNECT")
-            self.session.session_refused(sid, None)
-            return
-        if verdict is None or isinstance(verdict, str):
-            self.session.session_authorized(sid, verdict, self.server.loop.time())
-        else:
-            self.server.spawn(self._authorize(sid, verdict))
-
-    async def _authorize(self, sid: int, verdict: Awaitable[str]) -> None:
-        """Await an async authenticator's verdict on CONNECT ``sid``, then answer it (unless the client reset it
-        or the connection went meanwhile)."""
-        principal: str | None = None
-        refused: Unauthorized | None = None
-        failed = False
-        try:
-            principal = await verdict
-        except Unauthorized as exc:
-            refused = exc
-        except Exception:
-            log.exception("authenticator failed on a WebTransport CONNECT")
-            failed = True
-        if self.closed:
-            return
-        if refused is None and not failed:
-            self.session.session_authorized(sid, principal, self.server.loop.time())
-        else:
-            self.session.session_refused(sid, None if refused is None else refused.challenge)
-        self._pump()
-        self.transmit()
-
-    # -- requests ------------------------------------------------------------------------------------
-
-    def _request_received(self, action: RequestReceived) -> None:
-        state = self.session.stream(action.stream_id)
-        if state is None or state.send_ended:  # reset or answered meanwhile
-            return
-        st = self._served(action.stream_id)
-        st.meter.requested_at = self.server.loop.time()
-        self._handle(st, action.request)
-
-    def _open(self, st: _WtStream) -> bool:
-        """``st`` is still a stream the server may answer (not reset, not closed meanwhile)."""
-        state = self.session.stream(st.qid)
-        return self.streams.get(st.qid) is st and state is not None and not state.send_ended
-
-    def _handle(self, st: _WtStream, request: Request) -> None:
-        server = self.server
-        hub = server.hub
-        state = self.session.stream(st.qid)
-        if state is None:
-            return
-        principal = state.session.principal
-        after = request.after if isinstance(request, AttachRequested) else 0
-        if isinstance(request, AttachRequested | CancelRequested) and hub.needs_restore(request.stream_id, after):
-            server.spawn(self._restore_then_handle(st, request))  # another node's stream, maybe: copy it first
-            return
-        try:
-            if isinstance(request, AttachRequested):
-                stream = server.endpoints.attach_stream(request.stream_id, request.after, request.epoch, principal)
-                self._serve(st, stream, request.after, request.previews)
-            elif isinstance(request, StartRequested):
-                server.spawn(self._start(st, request))  # its generator may wait on an upstream first
-            else:
-                server.endpoints.cancel(request.stream_id, principal)
-                self.send(st, encode_reply(CancelConfirmed(request.stream_id)), True)
-        except TokenwireError as exc:
-            self._reply_error(st, exc)
-        except Exception as exc:
-            log.exception("WebTransport request %r failed", request)
-            self._reply_error(st, exc)
-
-    async def _start(self, st: _WtStream, request: StartRequested) -> None:
-        state = self.session.stream(st.qid)
-        if state is None:
-            return
-        session = state.session
-        try:
-            body = request.body()
-            stream = await self.server.endpoints.start_keyed(body, request.prompt, session.headers, session.principal)
-        except Exception as exc:
-            if not isinstance(exc, TokenwireError):
-                log.exception("WebTransport request %r failed", request)
-            if self._open(st):
-                self._reply_error(st, exc)
-                self.transmit()
-            return
-        if self._open(st):  # still open (a stream reset meanwhile leaves its generation to resume)
-            self._serve(st, stream, 0, body.get("previews") is True)
-            self.transmit()
-
-    async def _restore_then_handle(self, st: _WtStream, request: AttachRequested | CancelRequested) -> None:
-        try:
-            if isinstance(request, AttachRequested):
-                await self.server.hub.find(request.stream_id, request.after, request.epoch)
-            else:
-                await self.server.hub.find(request.stream_id)
-        except TokenwireError as exc:  # 404 on no node, 503 storage unreachable
-            if self._open(st):
-                self._reply_error(st, exc)
-                self.transmit()
-            return
-        if self._open(st):  # still open
-            self._handle(st, request)
-            self.transmit()
-
-    def _serve(self, st: _WtStream, stream: TokenStream, after: int, previews: bool) -> None:
-        """Attach ``st`` to ``stream`` after seq ``after``: the reply, the replay and live frames.
-
-        ``previews`` (asked for): granted when the server enables them and the peer takes QUIC datagrams."""
-        st.stream = stream
-        st.cursor = stream.cursor(after, "binary")
-        st.cursor.on_read = st.meter.observe
-        tag = self.session.grant_previews(st.qid, remote_max_datagram_frame_size(self.quic)) if previews else 0
-        stream.attach(st.on_frames)
-        st.write(encode_reply(StreamAttached(stream.id, self.server.hub.epoch, after, tag)))
-
-    def _reply_error(self, st: _WtStream, exc: BaseException) -> None:
-        """A typed error reply to the request ``st`` read whole, then FIN."""
-        self.session.reply_error(st.qid, exc, request_read=True)
-        self._pump()
-
-    # -- sending -------------------------------------------------------------------------------------
-
-    def send(self, st: _WtStream, data: bytes, end: bool) -> None:
-        """Write ``data`` (then FIN if ``end``) on ``st``, within the session's flow control credit."""
-        self.session.send(st.qid, data, end)
-        self._pump()
-
-    def reset(self, st: _WtStream, code: int) -> None:
-        """Reset a request stream with a WebTransport error code (its token stream is detached)."""
-        self.session.reset_stream(st.qid, code)
-        self._pump()
+    def _close_connection(self, h3_code: int, reason: str) -> None:
+        self.close(error_code=h3_code, reason_phrase=reason)
 
     def _trim_previews(self) -> None:
         """Previews a congested connection could not send wait in QUIC's queue, ahead of stream data in every
         packet: keep the newest ``max_pending_previews`` and drop the older ones (they are stale)."""
+        if not has_pending_datagrams(self.quic):
+            return
         dropped = trim_datagrams(self.quic, self.server.config.webtransport.max_pending_previews)
         self.server.metrics.previews_dropped_total += dropped
-
-    def _lost(self, st: _WtStream) -> None:
-        if st.stream is not None and left_early(st.stream, st.position):
-            self.server.metrics.disconnects_total += 1
-        st.detach()
-
-    # -- flushing ------------------------------------------------------------------------------------
-
-    def mark_dirty(self, st: _WtStream) -> None:
-        self._dirty.append(st)
-        if not self._queued:
-            self._queued = True
-            self.server.flusher.add(self)
-
-    def flush(self) -> None:
-        """Every dirty stream's new frames into its QUIC stream, then one transmit for the connection."""
-        self._queued = False
-        dirty, self._dirty = self._dirty, []
-        if has_pending_datagrams(self.quic):
-            self._trim_previews()
-        for st in dirty:
-            try:
-                st.write()
-            except Exception:  # one stream's failure is its own: the others of this connection go on
-                log.exception("write of WebTransport stream %d failed; resetting that stream only", st.qid)
-                with contextlib.suppress(Exception):
-                    self.reset(st, WtCode.INTERNAL_ERROR)
-        if not self.closed:
-            self.transmit()
-
-    def flush_failed(self, exc: Exception) -> None:
-        """``flush`` itself raised (not one stream's write): close this connection; its streams resume."""
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                self.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
-                self.transmit()
-            self._terminated()
 
     def send_blocked(self, qid: int) -> bool:
         """QUIC holds more than ``stream_buffer_high`` bytes of stream ``qid`` (unsent or unacknowledged): a slow
@@ -659,73 +260,12 @@ class WebTransportConnection(QuicConnectionProtocol):
                 self.paused.discard(st)
                 st.release_reader()
 
-    def tick(self, now: float) -> None:
-        """Once a second: time out incomplete requests (the session layer), heartbeats on quiet streams, cut
-        stalled readers."""
-        cfg = self.server.config
-        session = self.session
-        session.tick(now)
-        wrote = self._pump()
-        for st in list(self.streams.values()):
-            if not session.active(st.qid):
-                continue
-            if st.paused_at:
-                if now - st.paused_at >= cfg.stall_timeout:
-                    self.server.metrics.backpressure_closes_total += 1
-                    self.reset(st, WtCode.RESUME)
-                    wrote = True
-            elif st.stream is not None and now - st.meter.last_write >= cfg.heartbeat_interval:
-                self.send(st, _HEARTBEAT, False)
-                st.meter.last_write = now
-                self.server.metrics.heartbeats_total += 1
-                wrote = True
-        if wrote and not self.closed:
-            self.transmit()
-
-    # -- the end -------------------------------------------------------------------------------------
-
-    def _terminated(self) -> None:
-        """The QUIC connection is gone: detach every stream (generations go on)."""
-        if self.closed:
-            return
-        self.session.connection_terminated()
-        self._pump()
-        for st in self.streams.values():
-            self._lost(st)
-        self.streams.clear()
-        self.paused.clear()
-        self.server.connections.discard(self)
-
     def shutdown(self) -> None:
-        """Tell every stream to resume elsewhere or later, and close the connection."""
-        if self.closed:
-            return
-        for qid in list(self.session.streams):
-            self.session.reset_stream(qid, WtCode.SHUTDOWN)
-        self._pump()
-        self.transmit()  # the resets first: once closing, a connection sends nothing but its close frame
-        self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="server shutting down")
-        self._terminated()
+        super().shutdown()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-
-_ACTIONS: dict[type[Action], Callable[[WebTransportConnection, Any], None]] = {
-    SendHeaders: WebTransportConnection._send_headers,
-    SendCapsules: WebTransportConnection._send_capsules,
-    FinishSession: WebTransportConnection._finish_session,
-    SendData: WebTransportConnection._send_data,
-    ResetStream: WebTransportConnection._reset_stream,
-    StopSending: WebTransportConnection._stop_sending,
-    SendDatagram: WebTransportConnection._send_datagram,
-    ForgetStream: WebTransportConnection._forget_stream,
-    Authorize: WebTransportConnection._authorize_session,
-    RequestReceived: WebTransportConnection._request_received,
-    StreamDetached: WebTransportConnection._stream_detached,
-    CreditBlocked: WebTransportConnection._credit_blocked,
-    CreditAvailable: WebTransportConnection._credit_available,
-}
 
 _QUIC_HANDLERS: dict[type[QuicEvent], Callable[[WebTransportConnection, Any], bool]] = {
     ProtocolNegotiated: WebTransportConnection._on_protocol_negotiated,
@@ -777,19 +317,9 @@ class WebTransportServer(ServerBase):
         self.endpoints = Endpoints(self)
         self.connections: set[WebTransportConnection] = set()
         self.session_count = 0
-        self.gate = _Gate(self)
-        limits = self.config.webtransport
+        self.gate = SessionGate(self)
         #: What every connection's session layer applies.
-        self.wt_rules = WtRules(
-            max_sessions_per_connection=limits.max_sessions_per_connection,
-            max_streams_per_session=limits.max_streams_per_session,
-            max_early_streams=limits.max_early_streams,
-            max_request_bytes=limits.max_request_bytes,
-            header_timeout=self.config.header_timeout,
-            allow_origins=self.config.allow_origins,
-            datagram_previews=limits.datagram_previews,
-            auth=self.options.auth is not None,
-        )
+        self.wt_rules = wt_rules(self.config, self.options.auth is not None)
         self._tickets: collections.OrderedDict[bytes, SessionTicket] = collections.OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
         self._quic_server: QuicServer | None = None
