@@ -205,7 +205,7 @@ class SendHeaders:
     """HTTP/3 HEADERS on ``stream_id`` (a CONNECT's answer); ``end``: FIN after them."""
 
     stream_id: int
-    headers: list[tuple[bytes, bytes]]
+    headers: tuple[tuple[bytes, bytes], ...]
     end: bool = False
 
 
@@ -764,7 +764,7 @@ class WtConnection:
                 self._actions.append(Authorize(sid, fields, connect_query(target), path))
                 return
             authorized = (None,)
-        self._actions.append(SendHeaders(sid, [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")]))
+        self._actions.append(SendHeaders(sid, ((b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02"))))
         credit = SendCredit(settings.get(SETTINGS_WT_INITIAL_MAX_DATA, 0)) if flow_control else None
         session = WtSession(sid, credit, fields, authorized[0])
         self.sessions[sid] = session
@@ -823,7 +823,7 @@ class WtConnection:
         if reset:
             self._abandon(stream_id, reset)
         else:
-            self._actions.append(SendHeaders(stream_id, [(b":status", str(status).encode()), *(headers or ())], True))
+            self._actions.append(SendHeaders(stream_id, ((b":status", str(status).encode()), *(headers or ())), True))
         self._remember_closed(stream_id)
         for qid in self.early.pop(stream_id, {}):
             self._abandon(qid, SESSION_GONE)

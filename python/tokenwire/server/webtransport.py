@@ -196,7 +196,7 @@ class WebTransportConnection(QuicConnectionProtocol, SessionHost):
 
     def _send_headers(self, action: SendHeaders) -> None:
         if self.h3 is not None:
-            self.h3.send_headers(action.stream_id, action.headers, end_stream=action.end)
+            self.h3.send_headers(action.stream_id, list(action.headers), end_stream=action.end)
 
     def _send_capsules(self, action: SendCapsules) -> None:
         if self.h3 is not None:
