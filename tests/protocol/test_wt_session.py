@@ -3,10 +3,13 @@ events in, actions out; time is an argument."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenwire import _core
 from tokenwire.errors import StreamNotFound
@@ -639,3 +642,36 @@ def test_a_native_engines_event_tuples_drive_the_layer() -> None:
     assert feed(conn, ("data", c, SID, encode_capsule(CAPSULE_CLOSE_SESSION, b"\0\0\0\0"), False), 2.0)
     assert FinishSession(SID) in conn.take_actions() and conn.sessions == {}
     assert feed(conn, ("closed", c, 0, ""), 3.0) and conn.closed
+
+
+# -- any split of the bytes ------------------------------------------------------------------------------------
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@given(st.lists(st.integers(0, 1 << 16), max_size=12), st.booleans())
+def test_any_split_of_a_request_gives_it_once(cuts: list[int], fin: bool) -> None:
+    request = StartRequested("héllo wörld", 7, {"stamp": True})
+    pieces = _split(encode_request(request), cuts)
+    conn = established()
+    for i, piece in enumerate(pieces):
+        conn.wt_stream_data(bidi(1), SID, piece, fin and i == len(pieces) - 1, 0.0)
+    assert conn.take_actions() == [RequestReceived(bidi(1), SID, request)]
+
+
+@given(
+    st.lists(st.integers(0, 1 << 40), min_size=1, max_size=6),
+    st.lists(st.integers(0, 1 << 16), max_size=12),
+)
+def test_any_split_of_the_capsules_raises_the_credit_as_sent(limits: list[int], cuts: list[int]) -> None:
+    limits = sorted(limits)  # WT_MAX_DATA never goes down
+    stream = b"".join(encode_capsule(0x29, b"grease" * n) + max_data(limit) for n, limit in enumerate(limits))
+    conn = established(settings={SETTINGS_WT_MAX_SESSIONS: 4})  # flow control on, no initial credit
+    for piece in _split(stream, cuts):
+        conn.data_received(SID, piece, False)
+    credit = conn.sessions[SID].credit
+    assert credit is not None and credit.limit == limits[-1]
+    assert conn.take_actions() == []
