@@ -180,7 +180,7 @@ class ServedStream:
             self.conn.paused.discard(self)
 
     def hold_reader(self) -> None:
-        """Stop taking frames (a full QUIC send buffer, or no flow control credit): the ring holds them, a
+        """Stop taking frames (a full send buffer in the engine, or no flow control credit): the ring holds them, a
         producer the hub drives waits if this reader falls far behind, and the tick cuts it after
         ``stall_timeout``."""
         if not self.paused_at:
@@ -197,7 +197,8 @@ class ServedStream:
         self.on_frames()
 
     def _pause(self, prefix: bytes) -> None:
-        """A slow reader: the ring holds its frames. ACKs (``datagram_received``) wake it; the tick cuts it."""
+        """A slow reader: the ring holds its frames. The engine wakes it once its buffer drains (aioquic: ACKs in
+        ``datagram_received``; a native engine: a ``writable`` event); the tick cuts it."""
         conn = self.conn
         if not self.paused_at:
             conn.paused.add(self)
@@ -206,7 +207,7 @@ class ServedStream:
             conn.send(self, prefix, False)
 
     def write(self, prefix: bytes = b"") -> None:
-        """Send everything new since ``position`` (after ``prefix``) in one ``send_stream_data``; FIN at the end.
+        """Send everything new since ``position`` (after ``prefix``) in one write; FIN at the end.
 
         No transmit: the caller transmits once for every stream of the connection.
         """
