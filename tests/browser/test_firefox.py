@@ -32,8 +32,9 @@ from tokenwire.protocol.webtransport import (
     SETTINGS_WT_ENABLED,
     SETTINGS_WT_MAX_SESSIONS,
 )
+from tokenwire.protocol.wt_session import WtConnection
 from tokenwire.server import SseServer
-from tokenwire.server.webtransport import WebTransportConnection, WebTransportServer
+from tokenwire.server.webtransport import WebTransportServer
 
 # One browser for the module, on one loop: these tests prove the browser, not the loop.
 pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]), pytest.mark.timeout(60)]
@@ -97,13 +98,15 @@ def record_connects(monkeypatch: pytest.MonkeyPatch) -> list[dict[bytes, bytes]]
     """The headers of every request the WebTransport server receives from now on (the server still handles
     each one as usual)."""
     seen: list[dict[bytes, bytes]] = []
-    handle = WebTransportConnection._headers
+    handle = WtConnection.headers_received
 
-    def recording(self: WebTransportConnection, event: Any) -> None:
-        seen.append(dict(event.headers))
-        handle(self, event)
+    def recording(
+        self: WtConnection, stream_id: int, headers: list[tuple[bytes, bytes]], fin: bool, now: float
+    ) -> None:
+        seen.append(dict(headers))
+        handle(self, stream_id, headers, fin, now)
 
-    monkeypatch.setattr(WebTransportConnection, "_headers", recording)
+    monkeypatch.setattr(WtConnection, "headers_received", recording)
     return seen
 
 
@@ -268,13 +271,13 @@ async def test_firefox_gets_the_error_reply_of_a_whole_request(
     typed error as a broken stream and asked again."""
     n = 5
     stops: list[bool] = []
-    reply_error = WebTransportConnection._reply_error
+    reply_error = WtConnection._reply_error
 
-    def recording(self: WebTransportConnection, st: Any, exc: BaseException, *, request_read: bool = False) -> None:
+    def recording(self: WtConnection, st: Any, exc: BaseException, *, request_read: bool = False) -> None:
         stops.append(not st.recv_ended and not request_read)  # what makes the server send STOP_SENDING
         reply_error(self, st, exc, request_read=request_read)
 
-    monkeypatch.setattr(WebTransportConnection, "_reply_error", recording)
+    monkeypatch.setattr(WtConnection, "_reply_error", recording)
     async with servers(FakeModel(seed=5)) as (sse, wt):
         await firefox.goto(f"http://127.0.0.1:{sse.port}/healthz")
         await firefox.run(PAGE_JS)

@@ -1,4 +1,5 @@
-"""``tokenwire.protocol`` is sans-I/O: it never imports an event loop, sockets, selectors or a clock."""
+"""``tokenwire.protocol`` is sans-I/O: it never imports an event loop, sockets, selectors or a clock, nor a QUIC
+engine, nor the layers above it (servers, clients, the hub)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import tokenwire.protocol
 
-BANNED = {"asyncio", "socket", "selectors", "time", "uvloop", "ssl", "threading"}
+BANNED = {"asyncio", "socket", "selectors", "time", "uvloop", "ssl", "threading", "aioquic"}
+#: What ``tokenwire.protocol`` may import of tokenwire itself: the Rust core, the errors, and itself.
+ALLOWED_TOKENWIRE = ("tokenwire._core", "tokenwire.errors", "tokenwire.protocol")
 
 
 def test_protocol_package_imports_no_io() -> None:
@@ -24,3 +27,9 @@ def test_protocol_package_imports_no_io() -> None:
                 continue
             for name in names:
                 assert name.split(".")[0] not in BANNED, f"{path.name} imports {name}"
+                if name == "tokenwire" and isinstance(node, ast.ImportFrom):
+                    names_from = [f"tokenwire.{a.name}" for a in node.names]
+                else:
+                    names_from = [name] if name.startswith("tokenwire.") else []
+                for module in names_from:
+                    assert module.startswith(ALLOWED_TOKENWIRE), f"{path.name} imports {module} (an upper layer)"

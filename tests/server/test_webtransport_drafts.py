@@ -38,8 +38,9 @@ from tokenwire.protocol.webtransport import (
     encode_request,
 )
 from tokenwire.server import ServerConfig
+from tokenwire.server.aioquic_adapter import ServerH3
 from tokenwire.server.config import WebTransportLimits
-from tokenwire.server.webtransport import WebTransportServer, _ServerH3
+from tokenwire.server.webtransport import WebTransportServer
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -73,7 +74,7 @@ def _varints(data: bytes) -> Iterator[int]:
 def test_the_settings_frame_the_server_writes_byte_for_byte() -> None:
     server = WebTransportServer(None, ServerConfig(webtransport=WebTransportLimits(max_sessions_per_connection=16)))
     quic = _Recording(configuration=server.quic_configuration(), original_destination_connection_id=bytes(8))
-    _ServerH3(quic, 16)
+    ServerH3(quic, 16)
     (control,) = [data for data in quic.written.values() if data[:1] == b"\x00"]  # the control stream's type
     assert control == bytes.fromhex(
         "00"  # unidirectional stream type: control (RFC 9114 §6.2.1)

@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from tokenwire import _core
 from tokenwire.errors import (
@@ -103,10 +103,12 @@ __all__ = [
     "http3_error_code",
     "is_webtransport_connect",
     "max_data_of",
+    "origin_allowed",
     "parse_preview",
     "parse_reply",
     "parse_request",
     "server_settings",
+    "session_origin_allowed",
     "speaks_draft13_on",
     "wt_error_code",
 ]
@@ -839,3 +841,20 @@ def connect_fields(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
         text = value.decode("latin-1")
         fields[key] = f"{fields[key]}, {text}" if key in fields else text
     return fields
+
+
+def origin_allowed(allow_origins: tuple[str, ...], origin: str | None) -> bool:
+    """Whether CORS lets a page on ``origin`` (a request's ``Origin``) read the answers (``*``: any page)."""
+    return origin is not None and ("*" in allow_origins or origin in allow_origins)
+
+
+def session_origin_allowed(allow_origins: tuple[str, ...], origin: str | None, authority: str) -> bool:
+    """Whether a WebTransport session may be opened from a page on ``origin`` (the CONNECT's ``Origin``), as CORS
+    would let the page read the HTTP endpoints' answers: yes without ``Origin`` (not a browser), for an allowed
+    origin, and for a page of this server itself (the origin's host and port are the CONNECT's ``:authority``:
+    ``tokenwire serve`` serves its pages and WebTransport on one port number); with CORS off (no allowed origins)
+    no other page, as no other page can read an HTTP answer then."""
+    if origin is None or origin_allowed(allow_origins, origin):
+        return True
+    own = urlsplit(origin)
+    return bool(own.netloc) and own.netloc == authority.lower()

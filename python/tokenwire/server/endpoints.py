@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol, cast
-from urllib.parse import urlsplit
 
 from tokenwire import _core
 from tokenwire.auth import AuthRequest, check
@@ -36,6 +35,7 @@ from tokenwire.protocol.resume import (
     new_stream_id,
     parse_resume_point,
 )
+from tokenwire.protocol.webtransport import origin_allowed
 from tokenwire.server.assets import ASSETS, asset, not_modified
 from tokenwire.server.config import ServerConfig, ServerOptions
 
@@ -228,7 +228,7 @@ def cors_headers(allow_origins: tuple[str, ...], origin: str | None) -> list[tup
     if "*" in allow_origins:
         return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)]
     vary = [("Vary", "Origin")]
-    if not _origin_allowed(allow_origins, origin):
+    if not origin_allowed(allow_origins, origin):
         return vary
     return [
         ("Access-Control-Allow-Origin", str(origin)),
@@ -237,28 +237,12 @@ def cors_headers(allow_origins: tuple[str, ...], origin: str | None) -> list[tup
     ]
 
 
-def _origin_allowed(allow_origins: tuple[str, ...], origin: str | None) -> bool:
-    return origin is not None and ("*" in allow_origins or origin in allow_origins)
-
-
-def session_origin_allowed(allow_origins: tuple[str, ...], origin: str | None, authority: str) -> bool:
-    """Whether a WebTransport session may be opened from a page on ``origin`` (the CONNECT's ``Origin``), as CORS
-    would let the page read the HTTP endpoints' answers: yes without ``Origin`` (not a browser), for an allowed
-    origin, and for a page of this server itself (the origin's host and port are the CONNECT's ``:authority``:
-    ``tokenwire serve`` serves its pages and WebTransport on one port number); with CORS off (no allowed origins)
-    no other page, as no other page can read an HTTP answer then."""
-    if origin is None or _origin_allowed(allow_origins, origin):
-        return True
-    own = urlsplit(origin)
-    return bool(own.netloc) and own.netloc == authority.lower()
-
-
 def preflight_headers(route: str, allow_origins: tuple[str, ...], origin: str | None) -> list[tuple[str, str]]:
     """The headers of the 204 that answers ``OPTIONS`` on ``route``: ``Allow``, and for an allowed ``origin`` what
     it may send and how long the browser may keep this answer (:func:`cors_headers`, which every answer carries,
     adds the grant itself)."""
     headers = [("Allow", ", ".join((*ROUTE_METHODS[route], "OPTIONS")))]
-    if _origin_allowed(allow_origins, origin):
+    if origin_allowed(allow_origins, origin):
         headers += [
             ("Access-Control-Allow-Methods", CORS_ALLOW_METHODS),
             ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
@@ -390,8 +374,14 @@ def resolve_resume(
                 f"Last-Event-ID names stream {point.stream_id!r} but the path names {stream_id!r}"
             )
         after = point.seq
+    return resolve_point(hub, stream_id, after, principal), after
+
+
+def resolve_point(hub: Hub, stream_id: str, after: int, principal: str | None = None) -> TokenStream:
+    """The stream to serve after seq ``after`` (its epoch checked already) to ``principal``: ``StreamNotFound``
+    (also another principal's stream), ``ResumeFromFuture``, ``ResumeExpired``."""
     check_owner(hub.get(stream_id), principal)
-    return hub.check_resume(stream_id, after), after
+    return hub.check_resume(stream_id, after)
 
 
 def nothing_left(stream: TokenStream, after: int) -> bool:
@@ -954,6 +944,18 @@ class Endpoints:
                 )
             return plan_openai(host.hub, stream, after, meta, base, resumed=bool(last_event_id), end_part=part)
         return self.plan_sse(stream, after, base)
+
+    def attach_stream(self, stream_id: str, after: int, epoch: str = "", principal: str | None = None) -> TokenStream:
+        """A WebTransport attach request by ``principal`` (docs/protocol.md §4.4): the stream to serve after seq
+        ``after``, checked as :meth:`attach` checks a ``Last-Event-ID`` (``EpochMismatch`` for another ``epoch``,
+        ``StreamNotFound``, ``ResumeFromFuture``, ``ResumeExpired``); a resume (``after`` > 0) is counted."""
+        hub = self.host.hub
+        if epoch:
+            hub.check_epoch(epoch)
+        stream = resolve_point(hub, stream_id, after, principal)
+        if after:
+            count_resume(hub, self.host.metrics, stream, after)
+        return stream
 
     def plan_sse(self, stream: TokenStream, after: int, base: str = "") -> StreamPlan:
         return plan_sse(self.host.hub, stream, after, f"{base}{STREAMS_PATH}/{stream.id}/events")
