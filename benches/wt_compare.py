@@ -23,7 +23,10 @@ from typing import Any
 from benches.sse_compare import PY, TOKENWIRE, add_run_arguments, ms, run_loadtest, spawn_server, stop_server
 
 SERVERS: dict[str, list[str]] = {
-    "tokenwire-wt": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}"],
+    "tokenwire-wt": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--wt-engine", "aioquic"],
+    "tokenwire-wt-native": [
+        *TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--wt-engine", "native",
+    ],  # fmt: skip
     "tokenwire-sse": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--no-webtransport"],
     "aioquic-plain": [PY, "-m", "benches.peers.aioquic_wt_app", "--steps-per-s", "{steps}", "--port", "{port}"],
 }
@@ -74,7 +77,7 @@ def run_point(
         else:
             url = f"https://127.0.0.1:{port}/v1/webtransport"
             loadtest_args += ["--protocol", "webtransport", "--url", url, "--wt-cert-hash", cert]
-            loadtest_args += ["--sessions", str(sessions)]
+            loadtest_args += ["--sessions", str(sessions), "--wt-engine", getattr(args, "wt_client_engine", "aioquic")]
         return run_loadtest(args, proc, [*loadtest_args, *client_args])
     finally:
         stop_server(proc)
@@ -97,6 +100,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", default="100,200,500,1000,1000x10", help="STREAMS or STREAMSxSESSIONS, comma-separated")
     p.add_argument("--servers", default="tokenwire-wt,tokenwire-sse,aioquic-plain", help=f"from {', '.join(SERVERS)}")
+    p.add_argument(
+        "--wt-client-engine",
+        choices=("aioquic", "native"),
+        default="aioquic",
+        help="the load generator's WebTransport engine (native: one Rust QUIC engine carries every session)",
+    )
     add_run_arguments(p, duration=10.0, out="wt_compare.json")
     args = p.parse_args()
     results = []
