@@ -170,6 +170,7 @@ class NativeConnection(SessionHost):
         self._unsent.pop(qid, None)
         self._blocked.discard(qid)
         self._fin_sent.discard(qid)
+        self.server.transmit_queued()  # what the layer sent before goes first (quinn puts resets ahead of data)
         with contextlib.suppress(StreamClosed):
             self.server.engine.reset_stream(self.cid, qid, action.code)
             self.server.sent()
@@ -392,6 +393,14 @@ class NativeWebTransportServer(WtServerBase):
     def sent(self) -> None:
         """An engine call queued bytes: they go out with the batch's transmit (or the next :meth:`transmit`)."""
         self._unsent = True
+
+    def transmit_queued(self) -> None:
+        """Send what engine calls queued now, even inside a batch: a packet carries a stream's RESET_STREAM
+        ahead of other streams' data, so a reset the session layer orders after a reply (a refused CONNECT's
+        429, then its request streams' resets) must not share the reply's packet."""
+        if self._unsent and self._engine is not None:
+            self._unsent = False
+            self._engine.transmit()
 
     def transmit(self) -> None:
         """Send what engine calls queued; inside a wake-up or a flush, its one transmit does."""
