@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import read_n, sse_server, wt_client, wt_server
+from tests.support.servers import wt_engine as default_engine
 from tokenwire import (
     EpochMismatch,
     FakeModel,
@@ -321,7 +322,8 @@ async def tokenwire_serve(*args: str) -> AsyncIterator[tuple[int, WebTransportCl
     """``tokenwire serve --port 0 --tokens-per-s 0 ARGS`` in a subprocess: its SSE port and a WebTransport client
     pinned to the certificate hash it prints; it must exit cleanly on SIGTERM."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0", *args,
+        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0",
+        "--wt-engine", default_engine.current, *args,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -55,6 +55,10 @@ H3_SETTINGS = {0x01: 0, 0x07: 0, 0x08: 1, 0x33: 1, 0xFFD277: 1}
 #: What :meth:`NativeConnection.datagram_limit` reports: the engine announces 64 KiB DATAGRAM frames and says
 #: ``False`` when QUIC refuses one (the peer takes none, or a smaller one): that preview is counted dropped.
 _DATAGRAM_LIMIT = 65536
+#: Events a wake-up handles before the rest of its batch: a connection's start, and the peer's SETTINGS, which
+#: it sent first (on its control stream) but the engine may report after streams read in the same batch; a
+#: CONNECT and its request streams wait for them (the session layer holds at most ``max_early_streams``).
+_SETTINGS_FIRST = frozenset(("connected", "settings"))
 #: One stream of an engine flush: (connection, stream id, registry handle, after seq, prefix).
 _FlushItem = tuple[int, int, int, int, bytes]
 
@@ -347,26 +351,34 @@ class NativeWebTransportServer(WtServerBase):
             return
         events = engine.poll_io()
         if events:
-            now = self.loop.time()
-            conns = self._conns
             self._batching = True
             try:
-                for event in events:
-                    conn = conns.get(event[1])
-                    if conn is not None:
-                        try:
-                            conn.event(event, now)
-                        except Exception:
-                            log.exception("WebTransport event %r failed; closing its connection", event[0])
-                            conn.flush_failed(RuntimeError(event[0]))
-                    elif event[0] == "connected":
-                        self._connected(event[1], (event[2], event[3]))
+                self._dispatch(events, self.loop.time())
             finally:
                 self._batching = False
             if self._unsent:
                 self._unsent = False
                 engine.transmit()
         self._arm()
+
+    def _dispatch(self, events: list[_core.QuicEvent], now: float) -> None:
+        conns = self._conns
+        for event in events:  # connections first, and their SETTINGS (see _SETTINGS_FIRST)
+            if event[0] == "connected":
+                self._connected(event[1], (event[2], event[3]))
+            elif event[0] == "settings" and (conn := conns.get(event[1])) is not None:
+                conn.event(event, now)
+        for event in events:
+            if event[0] in _SETTINGS_FIRST:
+                continue
+            conn = conns.get(event[1])
+            if conn is None:
+                continue
+            try:
+                conn.event(event, now)
+            except Exception as exc:  # one connection's failure is its own
+                log.exception("WebTransport event %r failed; closing its connection", event[0])
+                conn.flush_failed(exc)
 
     def _connected(self, cid: int, peer: tuple[str, int]) -> None:
         conn = self._conns[cid] = NativeConnection(self, cid, peer)
