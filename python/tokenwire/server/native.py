@@ -177,12 +177,12 @@ class NativeConnection(SessionHost):
         self.server.transmit_queued()  # what the layer sent before goes first (quinn puts resets ahead of data)
         with contextlib.suppress(StreamClosed):
             self.server.engine.reset_stream(self.cid, qid, action.code)
-            self.server.sent()
+            self.server.sent(data=False)
 
     def _stop_sending(self, action: StopSending) -> None:
         with contextlib.suppress(StreamClosed):
             self.server.engine.stop_sending(self.cid, action.stream_id, action.code)
-            self.server.sent()
+            self.server.sent(data=False)
 
     def _send_datagram(self, action: SendDatagram) -> None:
         try:
@@ -291,7 +291,9 @@ class NativeWebTransportServer(WtServerBase):
         self._timer: asyncio.TimerHandle | None = None
         #: Inside a wake-up or a flush: transmits wait for its one transmit.
         self._batching = False
-        self._unsent = False
+        #: Engine calls queued packets since the last transmit; ``_queued_data``: stream bytes among them.
+        self._queued = False
+        self._queued_data = False
         self._dirty: list[NativeConnection] = []
         self._flush_queued = False
         m = self.metrics
@@ -356,8 +358,8 @@ class NativeWebTransportServer(WtServerBase):
                 self._dispatch(events, self.loop.time())
             finally:
                 self._batching = False
-            if self._unsent:
-                self._unsent = False
+            if self._queued:
+                self._queued = self._queued_data = False
                 engine.transmit()
         self._arm()
 
@@ -402,23 +404,26 @@ class NativeWebTransportServer(WtServerBase):
         if delay is not None:
             self._timer = self.loop.call_later(delay, self._wake)
 
-    def sent(self) -> None:
-        """An engine call queued bytes: they go out with the batch's transmit (or the next :meth:`transmit`)."""
-        self._unsent = True
+    def sent(self, data: bool = True) -> None:
+        """An engine call queued stream bytes (``data``) or a frame (a reset): they go out with the batch's
+        transmit (or the next :meth:`transmit`)."""
+        self._queued = True
+        self._queued_data = self._queued_data or data
 
     def transmit_queued(self) -> None:
-        """Send what engine calls queued now, even inside a batch: a packet carries a stream's RESET_STREAM
-        ahead of other streams' data, so a reset the session layer orders after a reply (a refused CONNECT's
-        429, then its request streams' resets) must not share the reply's packet."""
-        if self._unsent and self._engine is not None:
-            self._unsent = False
+        """Send the stream bytes engine calls queued now, even inside a batch: a packet carries a stream's
+        RESET_STREAM ahead of other streams' data, so a reset the session layer orders after a reply (a refused
+        CONNECT's 429, then its request streams' resets) must not share the reply's packet. Resets after resets
+        share one (as on aioquic)."""
+        if self._queued_data and self._engine is not None:
+            self._queued = self._queued_data = False
             self._engine.transmit()
 
     def transmit(self) -> None:
         """Send what engine calls queued; inside a wake-up or a flush, its one transmit does."""
-        if self._batching or not self._unsent or self._engine is None:
+        if self._batching or not self._queued or self._engine is None:
             return
-        self._unsent = False
+        self._queued = self._queued_data = False
         self._engine.transmit()
         self._arm()
 
@@ -448,7 +453,7 @@ class NativeWebTransportServer(WtServerBase):
                 registry = conn.take_dirty(batch, served) or registry
             if batch and registry is not None:
                 results = self.engine.flush(registry, batch)
-                self._unsent = False
+                self._queued = self._queued_data = False
                 for (conn, st), (_, _, new_after, status) in zip(served, results, strict=True):
                     conn.flushed(st, new_after, status)
         finally:
