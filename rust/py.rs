@@ -963,6 +963,12 @@ impl PyQuicEngine {
             .map_err(engine_err)
     }
 
+    /// The address connection `conn` sends to now (after a migration, the new one).
+    fn peer_address(&mut self, conn: u64) -> PyResult<(String, u16)> {
+        let addr = self.inner.engine().peer_address(conn).map_err(engine_err)?;
+        Ok((addr.ip().to_string(), addr.port()))
+    }
+
     fn send_datagram(&mut self, conn: u64, session_id: u64, payload: &[u8]) -> PyResult<bool> {
         self.inner
             .engine()

@@ -34,6 +34,7 @@ from tokenwire._core import QuicEngine
 from tokenwire.errors import StreamClosed
 from tokenwire.protocol.webtransport import WtCode, server_settings
 from tokenwire.protocol.wt_session import (
+    H3_NO_ERROR,
     FinishSession,
     ResetStream,
     SendCapsules,
@@ -91,6 +92,19 @@ class NativeConnection(SessionHost):
 
     def __repr__(self) -> str:
         return f"<NativeConnection {self.cid} {self.peer[0]}:{self.peer[1]}>"
+
+    def peer_address(self) -> tuple[str, int] | None:
+        """The address this connection sends to now (after a migration, the new one); ``None`` once it is gone."""
+        try:
+            return self.server.engine.peer_address(self.cid)
+        except (StreamClosed, RuntimeError):
+            return None
+
+    def close(self, error_code: int = H3_NO_ERROR, reason_phrase: str = "") -> None:
+        """Close the connection (as aioquic's protocol ``close``): its streams are detached when the engine
+        reports it closed; their clients resume."""
+        self._close_connection(error_code, reason_phrase)
+        self.server.transmit()
 
     # -- events ------------------------------------------------------------------------------------------------
 
@@ -287,6 +301,7 @@ class NativeWebTransportServer(WtServerBase):
 
     def _init_engine(self) -> None:
         self._engine: QuicEngine | None = None
+        self._port = 0
         self._conns: dict[int, NativeConnection] = {}
         self._timer: asyncio.TimerHandle | None = None
         #: Inside a wake-up or a flush: transmits wait for its one transmit.
@@ -307,7 +322,9 @@ class NativeWebTransportServer(WtServerBase):
 
     @property
     def port(self) -> int:
-        return self.engine.local_address[1]
+        if not self._port:
+            raise RuntimeError("server not started")
+        return self._port
 
     def h3_settings(self) -> dict[int, int]:
         """Every HTTP/3 setting the engine announces: no QPACK table, extended CONNECT, datagrams, and the
@@ -333,6 +350,7 @@ class NativeWebTransportServer(WtServerBase):
             conn_window=limits.max_data,
         )
         self._engine = engine
+        self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
         loop.add_reader(engine.fileno(), self._wake)
         self._arm()
         self._start_tick()
