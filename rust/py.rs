@@ -1048,6 +1048,13 @@ impl PyQuicEngine {
         self.inner.engine().open_wt_stream(conn, session_id).map_err(engine_err)
     }
 
+    /// Bytes every `flush` has written into streams (prefixes and frames), since the start: what a server
+    /// adds to its write metrics after each flush (one call, not one per stream).
+    #[getter]
+    fn flushed_bytes(&self) -> u64 {
+        self.inner.flushed_bytes()
+    }
+
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let dict = PyDict::new(py);

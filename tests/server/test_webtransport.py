@@ -45,7 +45,7 @@ from tokenwire.protocol.webtransport import (
     RequestTooLarge,
 )
 from tokenwire.server.certs import make_dev_certificate
-from tokenwire.server.config import WebTransportLimits
+from tokenwire.server.config import ServerConfig, WebTransportLimits
 
 pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
@@ -430,3 +430,10 @@ async def test_client_transmit_and_ack_options_keep_the_stream_exact(
 def test_client_ack_delay_is_checked(ack_delay: float) -> None:
     with pytest.raises(ValueError, match="ack_delay"):
         WebTransportClient("https://127.0.0.1:9/v1/webtransport", ack_delay=ack_delay)
+
+
+def test_the_engine_setting_is_checked() -> None:
+    assert ServerConfig().wt_engine == "aioquic"  # the default until the native engine passes everything
+    assert ServerConfig(wt_engine="native").wt_engine == "native"
+    with pytest.raises(ValueError, match="wt_engine is one of aioquic, native"):
+        ServerConfig(wt_engine="quiche")  # type: ignore[arg-type]

@@ -470,8 +470,12 @@ class NativeWebTransportServer(WtServerBase):
                     continue
                 registry = conn.take_dirty(batch, served) or registry
             if batch and registry is not None:
-                results = self.engine.flush(registry, batch)
+                engine = self.engine
+                before = engine.flushed_bytes
+                results = engine.flush(registry, batch)
                 self._queued = self._queued_data = False
+                # The cursors account frames and tokens (advance); the bytes are the flush's, counted once.
+                self.metrics.bytes_sent_total += engine.flushed_bytes - before
                 for (conn, st), (_, _, new_after, status) in zip(served, results, strict=True):
                     conn.flushed(st, new_after, status)
         finally:
