@@ -963,6 +963,12 @@ impl PyQuicEngine {
             .map_err(engine_err)
     }
 
+    /// The address connection `conn` sends to now (after a migration, the new one).
+    fn peer_address(&mut self, conn: u64) -> PyResult<(String, u16)> {
+        let addr = self.inner.engine().peer_address(conn).map_err(engine_err)?;
+        Ok((addr.ip().to_string(), addr.port()))
+    }
+
     fn send_datagram(&mut self, conn: u64, session_id: u64, payload: &[u8]) -> PyResult<bool> {
         self.inner
             .engine()
@@ -1040,6 +1046,13 @@ impl PyQuicEngine {
 
     fn open_wt_stream(&mut self, conn: u64, session_id: u64) -> PyResult<u64> {
         self.inner.engine().open_wt_stream(conn, session_id).map_err(engine_err)
+    }
+
+    /// Bytes every `flush` has written into streams (prefixes and frames), since the start: what a server
+    /// adds to its write metrics after each flush (one call, not one per stream).
+    #[getter]
+    fn flushed_bytes(&self) -> u64 {
+        self.inner.flushed_bytes()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

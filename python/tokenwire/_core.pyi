@@ -425,6 +425,11 @@ class QuicEngine:
         stream takes what QUIC flow control allows, raw; fewer than ``len(data)``: wait for ``writable``."""
     def reset_stream(self, conn: int, stream_id: int, code: int) -> None: ...
     def stop_sending(self, conn: int, stream_id: int, code: int) -> None: ...
+    @property
+    def flushed_bytes(self) -> int:
+        """Bytes every ``flush`` has written into streams (prefixes and frames), since the start."""
+    def peer_address(self, conn: int) -> tuple[str, int]:
+        """The address connection ``conn`` sends to now (its active path: after a migration, the new one)."""
     def send_datagram(self, conn: int, session_id: int, payload: bytes) -> bool:
         """An HTTP/3 datagram of the session; ``False`` if QUIC refused it (too large, datagrams off)."""
     def close(self, conn: int, code: int, reason: bytes) -> None:

@@ -289,6 +289,16 @@ impl Engine {
         self.config.server.is_some()
     }
 
+    /// The address a connection sends to now (its active path: after a migration, the new one).
+    pub fn peer_address(&self, id: u64) -> Result<SocketAddr, EngineError> {
+        let conn = self
+            .conns
+            .get(&id)
+            .filter(|c| !c.closed_reported)
+            .ok_or(EngineError::NoConnection(id))?;
+        Ok(conn.quic.remote_address())
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }

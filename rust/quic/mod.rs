@@ -73,6 +73,8 @@ pub struct Driver {
     io: UdpIo,
     wakeups: u64,
     scratch: Vec<u8>,
+    /// Bytes every flush has written into streams (prefixes and frames), since the start.
+    flushed_bytes: u64,
 }
 
 impl Driver {
@@ -84,6 +86,7 @@ impl Driver {
             engine,
             io,
             wakeups: 0,
+            flushed_bytes: 0,
             scratch: Vec::new(),
         })
     }
@@ -178,16 +181,24 @@ impl Driver {
         if self.scratch.is_empty() && item.prefix.is_empty() && !ended {
             return (after, FlushStatus::Ok);
         }
-        match self
+        let written = self
             .engine
-            .write_flush(item.conn, item.stream_id, item.prefix, &self.scratch, ended)
-        {
+            .write_flush(item.conn, item.stream_id, item.prefix, &self.scratch, ended);
+        if written.is_ok() {
+            self.flushed_bytes += (item.prefix.len() + self.scratch.len()) as u64;
+        }
+        match written {
             // With FIN queued the engine owns the rest: it goes out as credit comes, then the FIN.
             Ok(_) if ended => (last, FlushStatus::Ended),
             Ok(true) => (last, FlushStatus::Ok),
             Ok(false) => (last, FlushStatus::Paused),
             Err(_) => (after, FlushStatus::StreamClosed),
         }
+    }
+
+    /// Bytes every flush has written into streams (prefixes and frames), since the start.
+    pub fn flushed_bytes(&self) -> u64 {
+        self.flushed_bytes
     }
 
     pub fn stats(&self) -> DriverStats {

@@ -22,7 +22,11 @@ from tokenwire.server import SseServer
 from tokenwire.server.endpoints import PRINCIPAL_LABEL
 from tokenwire.server.webtransport import WebTransportServer
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]), pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]),
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("wt_engine"),
+]
 
 KEY = "page-key-0123456789abcdef"
 

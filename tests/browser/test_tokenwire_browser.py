@@ -29,7 +29,11 @@ from tokenwire.server.webtransport import WebTransportServer
 
 # One browser for the module, on one loop: these tests prove the browser, not the loop (conftest runs every
 # async test on asyncio and uvloop otherwise).
-pytestmark = [pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]), pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module", loop_factories=["asyncio"]),
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("wt_engine"),
+]
 
 PAGE_JS = (Path(__file__).parent / "tokenwire_page.js").read_text()
 

@@ -19,7 +19,15 @@ import pytest
 from tests.support.servers import wt_server
 from tokenwire import FakeModel
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
+pytestmark = [
+    pytest.mark.usefixtures("no_leaks", "wt_engine"),
+    # Measured: webtransport-go (v0.12 on) refuses a server that does not announce the reset_stream_at
+    # transport parameter, and quinn-proto 0.11 (the native engine) has none.
+    pytest.mark.native_xfail(
+        "webtransport-go: dial: server didn't enable QUIC stream reset partial delivery (quinn-proto 0.11 does not "
+        "announce reset_stream_at)"
+    ),
+]
 
 WTGO = Path(__file__).parent / "wtgo"
 

@@ -24,14 +24,18 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aioquic.h3.connection import ErrorCode
 
-from tests.support.servers import read_n, wt_client, wt_server
+from tests.support.servers import AnyWtServer, read_n, wt_client, wt_server
 from tests.support.udp_relay import Address, UdpRelay
 from tokenwire import FakeModel
 from tokenwire.client.webtransport import StreamInterrupted, WebTransportClient, WebTransportStreamReader
 from tokenwire.server.config import WebTransportLimits
-from tokenwire.server.webtransport import WebTransportConnection, WebTransportServer
+from tokenwire.server.native import NativeConnection
+from tokenwire.server.webtransport import WebTransportConnection
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
+#: A server connection of either engine.
+AnyConnection = WebTransportConnection | NativeConnection
+
+pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
 #: QUIC idle timeout the clients ask for (the server agrees to the smaller one): a blackhole longer than
 #: this ends the connection on both sides, as a dead link would.
@@ -39,22 +43,27 @@ IDLE_TIMEOUT = 0.4
 BLACKHOLE = IDLE_TIMEOUT + 0.5
 
 
-def server_address(server: WebTransportServer) -> Address:
+def server_address(server: AnyWtServer) -> Address:
     return ("127.0.0.1", server.port)
 
 
-def peer_of(conn: WebTransportConnection) -> Address | None:
+def peer_of(conn: AnyConnection) -> Address | None:
     """The address the server sends this connection's packets to (its active, migrated path)."""
+    if isinstance(conn, NativeConnection):
+        return conn.peer_address()
     addr = conn._quic.get_peer_address()
     return None if addr is None else (str(addr[0]), int(addr[1]))
 
 
-def on_path(conn: WebTransportConnection, addr: Address) -> bool:
-    """The server sends to ``addr`` now, and has validated it (PATH_CHALLENGE answered from there)."""
+def on_path(conn: AnyConnection, addr: Address) -> bool:
+    """The server sends to ``addr`` now, and has validated it (PATH_CHALLENGE answered from there; quinn moves
+    to a new address only once it has validated it, and says no more)."""
+    if isinstance(conn, NativeConnection):
+        return peer_of(conn) == addr
     return peer_of(conn) == addr and conn._quic._network_paths[0].is_validated
 
 
-def only_connection(server: WebTransportServer) -> WebTransportConnection:
+def only_connection(server: AnyWtServer) -> AnyConnection:
     (conn,) = server.connections
     return conn
 
@@ -161,7 +170,7 @@ class ChaosClient:
     QUIC idle timeout during a blackhole, or closed by the server; a NAT rebinding; a client socket rebind.
     """
 
-    def __init__(self, index: int, server: WebTransportServer, relay: UdpRelay, client: WebTransportClient) -> None:
+    def __init__(self, index: int, server: AnyWtServer, relay: UdpRelay, client: WebTransportClient) -> None:
         self.index = index
         self.server = server
         self.relay = relay
@@ -185,7 +194,7 @@ class ChaosClient:
         async for token in reader:
             got.append(token)
 
-    def server_connections(self) -> list[WebTransportConnection]:
+    def server_connections(self) -> list[AnyConnection]:
         mine = set(self.relay.flows.values())
         return [c for c in self.server.connections if not c.closed and peer_of(c) in mine]
 
@@ -223,7 +232,7 @@ class ChaosClient:
 
 
 @contextlib.asynccontextmanager
-async def chaos_clients(server: WebTransportServer, count: int) -> AsyncIterator[list[ChaosClient]]:
+async def chaos_clients(server: AnyWtServer, count: int) -> AsyncIterator[list[ChaosClient]]:
     async with contextlib.AsyncExitStack() as stack:
         clients = []
         for i in range(count):
