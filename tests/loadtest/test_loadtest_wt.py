@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.servers import serve_cli as serve
 
 _LOADTEST = [sys.executable, "-m", "tokenwire", "loadtest", "--protocol", "webtransport"]
@@ -21,12 +23,17 @@ def loadtest(report_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
     return proc, json.loads(report_path.read_text())
 
 
-def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path) -> None:
+ENGINES = pytest.mark.parametrize("engine", ["aioquic", "native"])
+
+
+@ENGINES
+def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path, engine: str) -> None:
     with serve("--engine-steps-per-s", "50") as (url, pid):
         # The certificate hash comes from GET {url}/v1/webtransport/certificate (no --wt-cert-hash).
         proc, report = loadtest(
             tmp_path / "report.json",
             *f"--url {url} --streams 20 --sessions 2 --max-tokens 30 --tokens-per-s 50 --server-pid {pid}".split(),
+            *["--wt-engine", engine],
         )
         assert "-> PASS" in proc.stderr
         assert report["streams"] == {"total": 20, "ok": 20, "failed": 0, "errors": {}}
@@ -36,16 +43,17 @@ def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path) -> 
         assert report["server"]["cpu_seconds"] > 0
 
 
-def test_webtransport_forced_disconnects_resume_exactly_once(tmp_path: Path) -> None:
+@ENGINES
+def test_webtransport_forced_disconnects_resume_exactly_once(tmp_path: Path, engine: str) -> None:
     """Forced cuts both ways: streams alone on their session lose their QUIC connection (a reconnect, with a
-    session ticket), streams sharing a session lose their request stream; every stream resumes and ends
-    with exactly the model's tokens."""
+    session ticket on aioquic), streams sharing a session lose their request stream; every stream resumes and
+    ends with exactly the model's tokens."""
     with serve("--tokens-per-s", "100") as (url, _):
         for sessions in ("0", "2"):  # one session per stream; 12 streams over 2 sessions
             _, report = loadtest(
                 tmp_path / f"report-{sessions}.json",
                 *f"--url {url} --streams 12 --sessions {sessions} --max-tokens 150 --tokens-per-s 100".split(),
-                *["--disconnect-rate", "2", "--seed", "3"],
+                *["--disconnect-rate", "2", "--seed", "3", "--wt-engine", engine],
             )
             assert report["streams"]["ok"] == 12, report["streams"]
             assert report["correctness"] == {"lost": 0, "duplicated": 0, "content_mismatches": 0, "incomplete": 0}
