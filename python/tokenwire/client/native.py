@@ -39,6 +39,9 @@ __all__ = ["CLIENT_SETTINGS", "NativeClientEngine", "NativeConnection"]
 #: WebTransport (drafts 02-06 say so with SETTINGS_ENABLE_WEBTRANSPORT, which every tokenwire server reads).
 CLIENT_SETTINGS: dict[int, int] = {0x01: 0, 0x07: 0, 0x33: 1, SETTINGS_ENABLE_WEBTRANSPORT: 1}
 
+#: The event loop's timer resolution (libuv's: 1 ms).
+_TIMER_RESOLUTION = 0.001
+
 #: HTTP/3 error codes the client closes with.
 _H3_NO_ERROR = 0x100
 
@@ -87,7 +90,6 @@ class NativeClientEngine:
         """Readability or the deadline: one ``poll_io``, its events to their connections, one transmit."""
         if self.closed:
             return
-        self._timer = None
         engine = self.engine
         conns = self.conns
         for event in engine.poll_io():
@@ -97,22 +99,27 @@ class NativeClientEngine:
         engine.transmit()
         self._arm()
 
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
+
     def _arm(self) -> None:
-        """The one timer at the engine's next deadline (kept when the deadline has not moved)."""
+        """The one timer at the engine's next deadline. A timer already set no later than it stays: a wake-up
+        before the deadline only costs an idle ``poll_io``, while moving the timer at every packet (the
+        deadlines move with every ACK) would cost a timer per wake-up. The loop's timers count whole
+        milliseconds: a deadline less than one ahead waits one (else the timer fires at once, before the
+        deadline, and the loop spins until it has passed)."""
         delay = self.engine.next_timeout()
-        timer = self._timer
         if delay is None:
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
-            return
-        at = self.loop.time() + delay
+            return  # a timer still set fires once for nothing
+        at = self.loop.time() + max(delay, _TIMER_RESOLUTION)
+        timer = self._timer
         if timer is not None:
-            if abs(at - self._timer_at) < 0.0005:
+            if self._timer_at <= at + 0.0005:
                 return
             timer.cancel()
         self._timer_at = at
-        self._timer = self.loop.call_at(at, self._wake)
+        self._timer = self.loop.call_at(at, self._on_timer)
 
     def transmit_soon(self) -> None:
         """One transmit (and the timer re-armed) for everything queued in this loop iteration."""
