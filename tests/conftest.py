@@ -4,7 +4,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvloop
@@ -26,6 +26,37 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every async test runs on both the stdlib loop and uvloop."""
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+WT_ENGINES = ("aioquic", "native")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses ``wt_engine`` runs once per WebTransport server engine (aioquic alone if marked
+    ``aioquic_only``; the native run expected to fail if marked ``native_xfail``)."""
+    if "wt_engine" not in metafunc.fixturenames:
+        return
+    node = metafunc.definition
+    params: list[Any] = ["aioquic"]
+    if node.get_closest_marker("aioquic_only") is None:
+        xfail = node.get_closest_marker("native_xfail")
+        marks = [pytest.mark.xfail(reason=xfail.args[0], strict=True)] if xfail is not None else []
+        params.append(pytest.param("native", marks=marks))
+    metafunc.parametrize("wt_engine", params, indirect=True)
+
+
+@pytest.fixture
+def wt_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The WebTransport server engine of this run: what ``tests.support.servers.wt_server`` starts."""
+    from tests.support.servers import wt_engine as default
+
+    engine: str = request.param
+    assert engine in WT_ENGINES
+    default.current = request.param
+    try:
+        yield engine
+    finally:
+        default.current = "aioquic"
 
 
 @pytest.fixture

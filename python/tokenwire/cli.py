@@ -22,11 +22,12 @@ from tokenwire.fake_model import FakeEngine, FakeModel
 from tokenwire.generation import Engine, Generator, load_generator
 from tokenwire.hub import FrameKind, Hub
 from tokenwire.loadtest.presets import PRESETS, preset_defaults
+from tokenwire.server.config import WT_ENGINES
 
 if TYPE_CHECKING:
     from tokenwire.loadtest.impair import Impairment
     from tokenwire.server import SseServer
-    from tokenwire.server.webtransport import WebTransportServer
+    from tokenwire.server.wt_host import WtServerBase
 
 __all__ = ["main"]
 
@@ -213,12 +214,12 @@ class _WorkerFds:
         loop.add_reader(self.lifeline_fd, supervisor_gone)
 
 
-async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: str = "") -> WebTransportServer | None:
+async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: str = "") -> WtServerBase | None:
     """The WebTransport server on the SSE server's hub, on the same port number over UDP."""
     from dataclasses import replace
 
+    from tokenwire.server import webtransport_server
     from tokenwire.server.certs import load_certificate
-    from tokenwire.server.webtransport import WebTransportServer
 
     if bool(args.cert) != bool(args.key):
         print("--cert and --key go together; WebTransport not started", file=sys.stderr, flush=True)
@@ -228,9 +229,10 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: 
         sse.config,
         port=sse.port,
         webtransport=replace(sse.config.webtransport, datagram_previews=args.datagram_previews),
+        wt_engine=args.wt_engine,
     )
     # The same generator (one engine steps every stream, whichever protocol started it).
-    wt = WebTransportServer(sse.hub, replace(sse.options, config=config), certificate=certificate)
+    wt = webtransport_server(sse.hub, replace(sse.options, config=config), certificate=certificate)
     try:
         await wt.start()
     except OSError as exc:
@@ -239,7 +241,10 @@ async def _start_webtransport(args: argparse.Namespace, sse: SseServer, prefix: 
     sse.webtransport = wt
     sse.metrics.include(wt.metrics)  # one /metrics for the process: the SSE server's shows both protocols
     kind = "certificate from files" if certificate else "development certificate (ECDSA P-256, < 14 days)"
-    _say(f"{prefix}serving WebTransport on {wt.url} (UDP); {kind}, sha-256 {wt.certificate.sha256_hex}")
+    _say(
+        f"{prefix}serving WebTransport on {wt.url} (UDP); {args.wt_engine} engine, {kind}, "
+        f"sha-256 {wt.certificate.sha256_hex}"
+    )
     return wt
 
 
@@ -548,6 +553,13 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
     )
     serve.add_argument("--cert", help="WebTransport certificate (chain) PEM file; default: a development one")
     serve.add_argument("--key", help="private key PEM file of --cert")
+    serve.add_argument(
+        "--wt-engine",
+        choices=WT_ENGINES,
+        default="aioquic",
+        help="WebTransport's QUIC engine: aioquic (pure Python, the reference) or native (quinn-proto in the Rust "
+        "extension, driven in batches; no --workers above 1)",
+    )
     serve.add_argument(
         "--datagram-previews",
         action="store_true",

@@ -388,7 +388,18 @@ class Cursor:
     its owner attaches a listener to the stream and polls when woken.
     """
 
-    __slots__ = ("_frames_since", "_handle", "_read", "_render", "_state", "_wire", "on_read", "position", "stream")
+    __slots__ = (
+        "_frames_since",
+        "_handle",
+        "_read",
+        "_render",
+        "_state",
+        "_wire",
+        "native",
+        "on_read",
+        "position",
+        "stream",
+    )
 
     def __init__(self, stream: TokenStream, after: int, wire: int | None, render: Render | None) -> None:
         self.stream = stream
@@ -402,6 +413,11 @@ class Cursor:
             render = native_render(stream.id_prefix, wire)  # each frame a raw OpenAI chunk: its content is the token
         self._render = render
         storage = stream._hub.storage
+        #: ``(registry, handle)`` when a native writer may read this cursor's binary frames straight from the Rust
+        #: registry (in-memory storage, binary wire, no render); it then reports what it took with :meth:`advance`.
+        self.native: tuple[_core.Registry, int] | None = None
+        if isinstance(storage, MemoryStorage) and wire == _core.WIRE_BINARY and render is None:
+            self.native = (storage.registry, self._handle)
         self._frames_since = storage.frames_since
         self._state = storage.state
         # What a poll calls, chosen once: for a wire format, the storage's bound method itself, so the SSE flush's
@@ -430,6 +446,16 @@ class Cursor:
             if on_read is not None:
                 on_read(pos, last, len(result[0]))
         return result
+
+    def advance(self, last: int, nbytes: int) -> None:
+        """A native writer took the frames after ``position`` up to seq ``last`` (``nbytes`` on the wire) straight
+        from the registry (:attr:`native`): move there and account the read as :meth:`poll` does."""
+        pos = self.position
+        if last > pos:
+            self.position = last
+            on_read = self.on_read
+            if on_read is not None:
+                on_read(pos, last, nbytes)
 
     def _read_rendered(self, handle: int, pos: int, wire: int) -> tuple[bytes, int, bool]:
         raw = self._frames_since(handle, pos)

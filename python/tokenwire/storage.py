@@ -139,6 +139,11 @@ class MemoryStorage:
     def memory_bytes(self) -> int:
         return self._registry.memory_bytes
 
+    @property
+    def registry(self) -> _core.Registry:
+        """The Rust registry itself: only the hub's cursors hand it on (a native writer reads frames from it)."""
+        return self._registry
+
     def __len__(self) -> int:
         return len(self._registry)
 

@@ -22,7 +22,7 @@ from tokenwire.protocol.webtransport import (
     encode_request,
 )
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
+pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
 #: Epochs that are not 1-64 characters of [A-Za-z0-9_-]: a malformed resume point (400), not another
 #: history (409).

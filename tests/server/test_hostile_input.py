@@ -331,6 +331,7 @@ async def test_a_flush_that_raises_ends_only_its_own_connection(caplog: pytest.L
         assert len(failed) == 1  # one failure, one connection closed; no other connection was touched
 
 
+@pytest.mark.usefixtures("wt_engine")
 async def test_a_webtransport_start_with_a_lone_surrogate_is_refused() -> None:
     model = FakeModel(seed=5)
     async with wt_server(model=model) as server, wt_client(server) as client:

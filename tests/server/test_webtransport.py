@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import read_n, sse_server, wt_client, wt_server
+from tests.support.servers import wt_engine as default_engine
 from tokenwire import (
     EpochMismatch,
     FakeModel,
@@ -46,7 +47,7 @@ from tokenwire.protocol.webtransport import (
 from tokenwire.server.certs import make_dev_certificate
 from tokenwire.server.config import WebTransportLimits
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
+pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
 
 async def test_whole_stream_equals_the_model_tokens() -> None:
@@ -78,7 +79,7 @@ async def test_many_token_streams_multiplexed_on_one_session() -> None:
         assert server.flusher.runs < server.metrics.tokens_sent_total / 2
 
 
-async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt() -> None:
+async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt(wt_engine: str) -> None:
     model = FakeModel(seed=5)
     async with wt_server(model=model) as server, wt_client(server) as client:
         reader = await client.generate("resume me", max_tokens=120, tokens_per_s=600)
@@ -89,6 +90,10 @@ async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt() ->
         assert model.calls == 1
         assert reader.reconnects == 1
         assert client.connections == 2
+        assert server.metrics.resumes_total == 1
+        if wt_engine == "native":  # 0-RTT is off there: the attach waits for the handshake (resumed or not)
+            assert client.early_data_accepted == 0
+            return
         # The second connection resumed the TLS session and sent its attach in 0-RTT early data.
         assert client.sessions_resumed == 1 and client.early_data_accepted == 1
         # ... which the server answered once the handshake had completed (no session from early data).
@@ -97,6 +102,7 @@ async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt() ->
         assert server.metrics.resumes_total == 1
 
 
+@pytest.mark.aioquic_only  # 0-RTT: the native engine has it off
 async def test_a_start_in_early_data_waits_for_the_handshake() -> None:
     model = FakeModel(seed=5)
     tickets = SessionTicketStore()
@@ -288,6 +294,10 @@ async def test_a_small_send_buffer_pauses_and_wakes_streams_without_loss() -> No
         assert all(r.reconnects == 0 for r in readers)
 
 
+@pytest.mark.native_xfail(
+    "the native engine reports no per-stream unacknowledged bytes (stream_buffer_high): a reader that stops "
+    "acknowledging pauses only once QUIC flow control (max_stream_data, 1 MiB) blocks its stream"
+)
 async def test_a_reader_that_stops_acknowledging_is_cut_and_resumes() -> None:
     model = FakeModel(seed=5)
     limits = WebTransportLimits(stream_buffer_high=256)
@@ -312,7 +322,8 @@ async def tokenwire_serve(*args: str) -> AsyncIterator[tuple[int, WebTransportCl
     """``tokenwire serve --port 0 --tokens-per-s 0 ARGS`` in a subprocess: its SSE port and a WebTransport client
     pinned to the certificate hash it prints; it must exit cleanly on SIGTERM."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0", *args,
+        sys.executable, "-m", "tokenwire", "serve", "--port", "0", "--tokens-per-s", "0",
+        "--wt-engine", default_engine.current, *args,
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -402,13 +413,15 @@ async def test_sse_server_names_webtransport_without_alt_svc() -> None:
     ids=["default", "transmit-per-datagram", "ack-delay-100ms"],
 )
 async def test_client_transmit_and_ack_options_keep_the_stream_exact(
-    options: dict[str, object], max_ack_delay: float
+    options: dict[str, object], max_ack_delay: float, wt_engine: str
 ) -> None:
     model = FakeModel(seed=5)
     async with wt_server(model=model) as server, wt_client(server, **options) as client:
         readers = [await client.generate(f"opt {i}", max_tokens=80, tokens_per_s=400) for i in range(4)]
         texts = await asyncio.gather(*(r.text() for r in readers))
         assert texts == ["".join(model.tokens(f"opt {i}", 80)) for i in range(4)]
+        if wt_engine == "native":
+            return  # what the client announced is checked in aioquic's server state below
         (conn,) = server.connections
         assert conn._quic._loss.max_ack_delay == pytest.approx(max_ack_delay)
 

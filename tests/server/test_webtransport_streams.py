@@ -25,7 +25,7 @@ from tokenwire.protocol.webtransport import (
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
+pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
 
 async def open_header_only(client: WebTransportClient) -> _RequestStream:

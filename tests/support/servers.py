@@ -14,10 +14,14 @@ from tokenwire import Engine, FakeEngine, FakeModel, Generator, Hub
 from tokenwire.auth import Authenticator
 from tokenwire.client.webtransport import WebTransportClient, WebTransportStreamReader
 from tokenwire.protocol.webtransport import WT_PATH
-from tokenwire.server import ServerConfig, ServerOptions, SseServer
+from tokenwire.server import ServerConfig, ServerOptions, SseServer, webtransport_server
 from tokenwire.server.certs import Certificate
-from tokenwire.server.config import WebTransportLimits
+from tokenwire.server.config import WebTransportLimits, WtEngine
+from tokenwire.server.native import NativeWebTransportServer
 from tokenwire.server.webtransport import WebTransportServer
+
+#: A WebTransport server of either engine.
+AnyWtServer = WebTransportServer | NativeWebTransportServer
 
 
 def options(
@@ -50,6 +54,16 @@ async def sse_server(
         await server.shutdown(drain_timeout=0)
 
 
+class _WtEngine:
+    """The engine :func:`wt_server` (and what else starts a WebTransport server for a test) uses unless told:
+    the ``wt_engine`` fixture (tests/conftest.py) sets it for each test it parametrizes."""
+
+    current: WtEngine = "aioquic"
+
+
+wt_engine = _WtEngine()
+
+
 @contextlib.asynccontextmanager
 async def wt_server(
     hub: Hub | None = None,
@@ -60,11 +74,12 @@ async def wt_server(
     certificate: Certificate | None = None,
     auth: Authenticator | None = None,
     **config: Any,
-) -> AsyncIterator[WebTransportServer]:
+) -> AsyncIterator[AnyWtServer]:
     """A WebTransport server on 127.0.0.1, UDP, a free port, with ``certificate`` or a development certificate
     made here (``engine_steps_per_s``: generations run in the batching FakeEngine, one token per stream a step)."""
+    config.setdefault("wt_engine", wt_engine.current)
     cfg = ServerConfig(host="127.0.0.1", port=0, webtransport=limits or WebTransportLimits(), **config)
-    server = WebTransportServer(hub, options(cfg, model, engine_steps_per_s, auth=auth), certificate=certificate)
+    server = webtransport_server(hub, options(cfg, model, engine_steps_per_s, auth=auth), certificate=certificate)
     await server.start()
     try:
         yield server
@@ -75,7 +90,7 @@ async def wt_server(
 @contextlib.asynccontextmanager
 async def serve_pair(
     hub: Hub, model: Generator | Engine, *, limits: WebTransportLimits | None = None, **config: Any
-) -> AsyncIterator[tuple[SseServer, WebTransportServer]]:
+) -> AsyncIterator[tuple[SseServer, AnyWtServer]]:
     """``tokenwire serve --webtransport`` in miniature: one hub, SSE (TCP) and WebTransport (UDP) on ports of their
     own. The pages a test opens come from the SSE server's origin, another origin than the WebTransport server's
     (``tokenwire serve`` uses one port number for both), so the WebTransport server allows that origin as
@@ -87,7 +102,7 @@ async def serve_pair(
             yield sse, wt
 
 
-def wt_client(server: WebTransportServer, *, via: tuple[str, int] | None = None, **options: Any) -> WebTransportClient:
+def wt_client(server: AnyWtServer, *, via: tuple[str, int] | None = None, **options: Any) -> WebTransportClient:
     """A client that trusts ``server``'s certificate by its SHA-256, as a browser page would; ``via``: send to
     this address instead (a :class:`~tests.support.udp_relay.UdpRelay` in front of the server)."""
     options.setdefault("server_certificate_hashes", [server.certificate.sha256])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from tokenwire.protocol.http1 import HttpLimits
@@ -60,6 +60,11 @@ class WebTransportLimits:
         return self.max_streams_per_session + self.max_sessions_per_connection + 1
 
 
+#: The WebTransport server's QUIC engines (:attr:`ServerConfig.wt_engine`).
+WtEngine = Literal["aioquic", "native"]
+WT_ENGINES: tuple[WtEngine, ...] = ("aioquic", "native")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -98,9 +103,14 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()
     http: HttpLimits = field(default_factory=HttpLimits)
     webtransport: WebTransportLimits = field(default_factory=WebTransportLimits)
+    #: The QUIC engine of the WebTransport server (:func:`tokenwire.server.webtransport_server`): ``"aioquic"``
+    #: (pure Python, the reference) or ``"native"`` (quinn-proto in the Rust extension, driven in batches).
+    wt_engine: WtEngine = "aioquic"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))
+        if self.wt_engine not in WT_ENGINES:
+            raise ValueError(f"wt_engine is one of {', '.join(WT_ENGINES)}, got {self.wt_engine!r}")
 
 
 @dataclass(slots=True)

@@ -65,8 +65,6 @@ from aioquic.quic.events import (
 )
 from aioquic.tls import SessionTicket, load_pem_private_key, load_pem_x509_certificates
 
-from tokenwire.hub import Hub
-from tokenwire.protocol.webtransport import WT_PATH
 from tokenwire.protocol.wt_session import (
     FinishSession,
     ResetStream,
@@ -87,11 +85,7 @@ from tokenwire.server.aioquic_adapter import (
     trim_datagrams,
     webtransport_session_of,
 )
-from tokenwire.server.base import ServerBase
-from tokenwire.server.certs import Certificate, make_dev_certificate
-from tokenwire.server.config import ServerConfig, ServerOptions
-from tokenwire.server.endpoints import Endpoints
-from tokenwire.server.wt_host import SessionGate, SessionHost, WebTransportMetrics, wt_rules
+from tokenwire.server.wt_host import SessionHost, WebTransportMetrics, WtServerBase
 
 __all__ = ["WebTransportConnection", "WebTransportMetrics", "WebTransportServer"]
 
@@ -294,64 +288,24 @@ def _enlarge_socket_buffers(sock: Any, size: int) -> None:
                 continue
 
 
-class WebTransportServer(ServerBase):
-    """``tokenwire serve``'s WebTransport side: one UDP socket, one Hub (shared with the SSE server), one flusher.
+class WebTransportServer(WtServerBase):
+    """``tokenwire serve``'s WebTransport side on aioquic: one UDP socket, one Hub (shared with the SSE server),
+    one flusher.
 
     ``certificate``: a :class:`~tokenwire.server.certs.Certificate` (``load_certificate`` for production
     files); by default a development certificate is made (see :attr:`certificate` for its SHA-256).
     """
 
-    metrics: WebTransportMetrics
-
-    def __init__(
-        self,
-        hub: Hub | None = None,
-        options: ServerOptions | ServerConfig | None = None,
-        *,
-        certificate: Certificate | None = None,
-    ) -> None:
-        super().__init__(hub, options, WebTransportMetrics())
-        self.certificate = certificate if certificate is not None else make_dev_certificate()
-        #: Whether clients must pin the certificate by its hash (the development certificate; any self-signed one).
-        self.self_signed = self.certificate.self_signed
-        self.endpoints = Endpoints(self)
-        self.connections: set[WebTransportConnection] = set()
-        self.session_count = 0
-        self.gate = SessionGate(self)
-        #: What every connection's session layer applies.
-        self.wt_rules = wt_rules(self.config, self.options.auth is not None)
+    def _init_engine(self) -> None:
         self._tickets: collections.OrderedDict[bytes, SessionTicket] = collections.OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
         self._quic_server: QuicServer | None = None
-        m = self.metrics
-        m.gauges["connections"] = lambda: len(self.connections)
-        m.gauges["sessions"] = lambda: self.session_count
-        m.gauges["stream_connections"] = self.streams_attached
-
-    def streams_attached(self) -> int:
-        """Request streams now carrying a token stream, over every connection."""
-        return sum(1 for c in self.connections for s in c.streams.values() if s.stream is not None)
 
     @property
     def port(self) -> int:
         if self._transport is None:
             raise RuntimeError("server not started")
         return int(self._transport.get_extra_info("sockname")[1])
-
-    @property
-    def url(self) -> str:
-        host = self.config.host
-        return f"https://{f'[{host}]' if ':' in host else host}:{self.port}{WT_PATH}"
-
-    def certificate_info(self) -> dict[str, Any]:
-        """What a browser page needs: ``new WebTransport(url, {serverCertificateHashes: [...]})``, the hash to be
-        passed only when ``self_signed`` is true (docs/protocol.md §7.1)."""
-        return {
-            "url": self.url,
-            "sha256": self.certificate.sha256_hex,
-            "algorithm": "sha-256",
-            "self_signed": self.self_signed,
-        }
 
     def quic_configuration(self) -> QuicConfiguration:
         limits = self.config.webtransport
@@ -394,7 +348,7 @@ class WebTransportServer(ServerBase):
         self._transport = transport
         self._quic_server = protocol
         _enlarge_socket_buffers(transport.get_extra_info("socket"), self.config.webtransport.socket_buffer_bytes)
-        self._tick = loop.call_later(1.0, self._on_tick)
+        self._start_tick()
         log.info(
             "WebTransport server listening on %s (UDP; epoch %s; certificate sha-256 %s)",
             self.url,
@@ -402,31 +356,7 @@ class WebTransportServer(ServerBase):
             self.certificate.sha256_hex,
         )
 
-    def _on_tick(self) -> None:
-        now = self.loop.time()
-        for conn in list(self.connections):
-            conn.tick(now)
-        self._tick = self.loop.call_later(1.0, self._on_tick)
-
-    async def shutdown(self, drain_timeout: float | None = None, *, close_hub: bool = True) -> None:
-        """Refuse new sessions, let open streams finish for up to ``drain_timeout``, then reset the rest with
-        ``SHUTDOWN`` (clients resume) and close every connection; stop generations unless ``close_hub`` is
-        false (a hub shared with a server still running)."""
-        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
-        self.draining = True
-        loop = self.loop
-        deadline = loop.time() + drain
-
-        while self.streams_attached() and loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.shutdown()
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        await self._stop_background()
-        if close_hub:
-            await self.hub.aclose()
+    async def _close_engine(self) -> None:
         if self._transport is not None:
             self._transport.close()
         await asyncio.sleep(0)  # let the transport close

@@ -22,6 +22,7 @@ from tokenwire.errors import ResumeExpired, StreamNotFound, TokenwireError, Unau
 from tokenwire.hub import Cursor, Hub, TokenStream
 from tokenwire.metrics import ServerMetrics, WriteMeter
 from tokenwire.protocol.webtransport import (
+    WT_PATH,
     AttachRequested,
     CancelConfirmed,
     CancelRequested,
@@ -52,11 +53,21 @@ from tokenwire.protocol.wt_session import (
     WtCounters,
     WtRules,
 )
-from tokenwire.server.config import ServerConfig
+from tokenwire.server.base import ServerBase
+from tokenwire.server.certs import Certificate, make_dev_certificate
+from tokenwire.server.config import ServerConfig, ServerOptions
 from tokenwire.server.endpoints import Endpoints, left_early
 from tokenwire.server.flusher import Flusher
 
-__all__ = ["ServedStream", "SessionGate", "SessionHost", "WebTransportMetrics", "WtServer", "wt_rules"]
+__all__ = [
+    "ServedStream",
+    "SessionGate",
+    "SessionHost",
+    "WebTransportMetrics",
+    "WtServer",
+    "WtServerBase",
+    "wt_rules",
+]
 
 log = logging.getLogger("tokenwire.server.webtransport")
 
@@ -639,3 +650,97 @@ class SessionHost:
         self.transmit()  # the resets first: once closing, a connection sends nothing but its close frame
         self._close_connection(H3_NO_ERROR, "server shutting down")
         self._terminated()
+
+
+class WtServerBase(ServerBase):
+    """What both WebTransport servers share (aioquic's :class:`~tokenwire.server.webtransport.WebTransportServer`,
+    the native engine's :class:`~tokenwire.server.native.NativeWebTransportServer`): the certificate, the session
+    gate and rules, the connections, the once-a-second tick and the drain of a shutdown."""
+
+    metrics: WebTransportMetrics
+
+    def __init__(
+        self,
+        hub: Hub | None = None,
+        options: ServerOptions | ServerConfig | None = None,
+        *,
+        certificate: Certificate | None = None,
+    ) -> None:
+        super().__init__(hub, options, WebTransportMetrics())
+        self.certificate = certificate if certificate is not None else make_dev_certificate()
+        #: Whether clients must pin the certificate by its hash (the development certificate; any self-signed one).
+        self.self_signed = self.certificate.self_signed
+        self.endpoints = Endpoints(self)
+        self.connections: set[Any] = set()
+        self.session_count = 0
+        self.gate = SessionGate(self)
+        #: What every connection's session layer applies.
+        self.wt_rules = wt_rules(self.config, self.options.auth is not None)
+        m = self.metrics
+        m.gauges["connections"] = lambda: len(self.connections)
+        m.gauges["sessions"] = lambda: self.session_count
+        m.gauges["stream_connections"] = self.streams_attached
+        self._init_engine()
+
+    def _init_engine(self) -> None:
+        """The engine's own state (no socket yet: :meth:`start` binds it)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def _close_engine(self) -> None:
+        """At the end of a shutdown, every connection closed: close the socket."""
+        raise NotImplementedError
+
+    def streams_attached(self) -> int:
+        """Request streams now carrying a token stream, over every connection."""
+        return sum(1 for c in self.connections for s in c.streams.values() if s.stream is not None)
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.port}{WT_PATH}"
+
+    def certificate_info(self) -> dict[str, Any]:
+        """What a browser page needs: ``new WebTransport(url, {serverCertificateHashes: [...]})``, the hash to be
+        passed only when ``self_signed`` is true (docs/protocol.md §7.1)."""
+        return {
+            "url": self.url,
+            "sha256": self.certificate.sha256_hex,
+            "algorithm": "sha-256",
+            "self_signed": self.self_signed,
+        }
+
+    def _start_tick(self) -> None:
+        self._tick = self.loop.call_later(1.0, self._on_tick)
+
+    def _on_tick(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.tick(now)
+        self._tick = self.loop.call_later(1.0, self._on_tick)
+
+    async def shutdown(self, drain_timeout: float | None = None, *, close_hub: bool = True) -> None:
+        """Refuse new sessions, let open streams finish for up to ``drain_timeout``, then reset the rest with
+        ``SHUTDOWN`` (clients resume) and close every connection; stop generations unless ``close_hub`` is
+        false (a hub shared with a server still running)."""
+        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.draining = True
+        loop = self.loop
+        deadline = loop.time() + drain
+
+        while self.streams_attached() and loop.time() < deadline:  # noqa: ASYNC110 - a deadline, polled
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        await self._stop_background()
+        if close_hub:
+            await self.hub.aclose()
+        await self._close_engine()
