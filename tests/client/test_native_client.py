@@ -1,5 +1,6 @@
-"""``WebTransportClient(engine="native")``: tokenwire's Rust QUIC engine as the client, against tokenwire's aioquic
-``WebTransportServer`` (the interop pair "aioquic server, native client"), over UDP on 127.0.0.1.
+"""``WebTransportClient(engine="native")``: tokenwire's Rust QUIC engine as the client, against tokenwire's
+WebTransport server on each engine (the ``wt_engine`` fixture): aioquic's (the interop pair "aioquic server,
+native client") and the native one, over UDP on 127.0.0.1.
 
 Start, many streams on one session, resume after a dropped connection, a server RESET_STREAM and a client cut,
 cancel, typed error replies, certificates, credentials, datagram previews, migration, and exactly-once through
@@ -24,7 +25,7 @@ from tokenwire.server.certs import make_dev_certificate
 from tokenwire.server.config import WebTransportLimits
 from tokenwire.server.webtransport import WebTransportServer
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
+pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
 
 def native(server: WebTransportServer, **options: Any) -> WebTransportClient:
@@ -66,6 +67,7 @@ async def test_a_cut_stream_and_a_dropped_connection_resume_exactly_once() -> No
         assert server.metrics.connections_total == 2 and model.calls == 1
 
 
+@pytest.mark.native_xfail("the native server has no stall check yet (no per-stream unacknowledged bytes)")
 async def test_a_server_reset_of_a_stalled_reader_resumes() -> None:
     """The link dies for 1.3 s (a relay blackhole): nothing acknowledged, so the server's stall check resets
     the stream (RESET_STREAM, once the link is back); the native client attaches after its last seq, on the

@@ -43,12 +43,14 @@ def test_webtransport_streams_over_two_sessions_lose_nothing(tmp_path: Path, eng
         assert report["server"]["cpu_seconds"] > 0
 
 
-@ENGINES
-def test_webtransport_forced_disconnects_resume_exactly_once(tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize(
+    ("engine", "server_engine"), [("aioquic", "aioquic"), ("native", "aioquic"), ("native", "native")]
+)
+def test_webtransport_forced_disconnects_resume_exactly_once(tmp_path: Path, engine: str, server_engine: str) -> None:
     """Forced cuts both ways: streams alone on their session lose their QUIC connection (a reconnect, with a
     session ticket on aioquic), streams sharing a session lose their request stream; every stream resumes and
-    ends with exactly the model's tokens."""
-    with serve("--tokens-per-s", "100") as (url, _):
+    ends with exactly the model's tokens. The native generator against either server engine."""
+    with serve("--tokens-per-s", "100", "--wt-engine", server_engine) as (url, _):
         for sessions in ("0", "2"):  # one session per stream; 12 streams over 2 sessions
             _, report = loadtest(
                 tmp_path / f"report-{sessions}.json",
