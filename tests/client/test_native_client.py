@@ -19,6 +19,7 @@ from tests.support.udp_relay import UdpRelay, until
 from tokenwire import FakeModel, Hub, MemoryStorage, ResumeExpired, StreamNotFound, Unauthorized
 from tokenwire.auth import ApiKeys
 from tokenwire.client.native import NativeClientEngine
+from tokenwire.client.sse import ConnectionFailed
 from tokenwire.client.webtransport import CertificateMismatch, WebTransportClient
 from tokenwire.errors import FrameError
 from tokenwire.server.certs import make_dev_certificate
@@ -113,6 +114,22 @@ async def test_cancel_and_typed_error_replies() -> None:
         with pytest.raises(ResumeExpired):
             await client.attach(ended.id, epoch=server.hub.epoch, after=1)
         assert client.connections == 1  # the session went on through every error
+
+
+async def test_a_server_shutdown_ends_the_reader_with_a_typed_error() -> None:
+    """The server shuts down mid-stream: its reset (SHUTDOWN) makes the reader resume, nobody answers, and the
+    iteration ends with ``ConnectionFailed`` after the tokens it had."""
+    model = FakeModel(seed=5)
+    # One unconnected socket for every connection: no ICMP "port unreachable" ends a try early (as on
+    # aioquic's connected sockets), the connect timeout does.
+    async with wt_server(model=model) as server, native(server, max_retries=1, connect_timeout=0.5) as client:
+        reader = await client.generate("bye", max_tokens=1000, tokens_per_s=100)
+        got = await read_n(reader, 2)
+        await server.shutdown(drain_timeout=0)
+        assert server.metrics.streams_reset_total == 1
+        with pytest.raises(ConnectionFailed):
+            got += [t async for t in reader]
+        assert got == model.tokens("bye", 1000)[: len(got)] and reader.position >= 2
 
 
 async def test_certificates_by_hash_or_root_and_a_mismatch() -> None:

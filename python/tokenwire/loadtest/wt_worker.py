@@ -35,6 +35,7 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tokenwire import _core
 from tokenwire.client.native import NativeClientEngine, NativeConnection
@@ -219,8 +220,12 @@ class _WtWorker(WorkerBase):
         if self.cfg.engine != "native":
             return "aioquic"
         if self.native is None:
+            v6 = ":" in (urlsplit(self.cfg.url).hostname or "")
             self.native = NativeClientEngine(
-                server_certificate_hashes=[self.cfg.cert_hash], keepalive=self.cfg.keepalive, idle_timeout=60.0
+                server_certificate_hashes=[self.cfg.cert_hash],
+                keepalive=self.cfg.keepalive,
+                idle_timeout=60.0,
+                host="::" if v6 else "0.0.0.0",  # noqa: S104 - the generator's ephemeral port
             )
         return self.native
 
