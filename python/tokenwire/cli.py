@@ -601,13 +601,13 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
         "--wt-batch-transmit",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="webtransport: clients transmit once per loop iteration (no: after every datagram, as aioquic)",
+        help="webtransport, aioquic engine: clients transmit once per loop iteration (no: after every datagram, as aioquic)",
     )
     lt.add_argument(
         "--wt-ack-delay-ms",
         type=_ack_delay_ms,
         default=0.0,
-        help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
+        help="webtransport, aioquic engine: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
     )
     lt.add_argument(
         "--wt-keepalive",
