@@ -281,6 +281,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         wt_batch_transmit=args.wt_batch_transmit,
         wt_ack_delay_ms=args.wt_ack_delay_ms,
         wt_keepalive=args.wt_keepalive,
+        wt_engine=args.wt_engine,
     )
     if args.compare or args.impair is not None or args.report:
         # The comparison's report (one run per protocol; one run of --protocol without --compare).
@@ -600,13 +601,13 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
         "--wt-batch-transmit",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="webtransport: clients transmit once per loop iteration (no: after every datagram, as aioquic)",
+        help="webtransport, aioquic engine: clients transmit once per loop iteration (no: after every datagram, as aioquic)",
     )
     lt.add_argument(
         "--wt-ack-delay-ms",
         type=_ack_delay_ms,
         default=0.0,
-        help="webtransport: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
+        help="webtransport, aioquic engine: clients acknowledge at most this late, announced as max_ack_delay (0: aioquic's 1 ms)",
     )
     lt.add_argument(
         "--wt-keepalive",
@@ -615,6 +616,13 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
         metavar="SECONDS",
         help="webtransport: a client that heard nothing for this long sends a PING (0: never); after a NAT "
         "rebinding the server reaches the client only once it sends (the migration preset's recovery)",
+    )
+    lt.add_argument(
+        "--wt-engine",
+        choices=("aioquic", "native"),
+        default="aioquic",
+        help="webtransport: the generator's QUIC engine: aioquic (Python, a socket per session) or native (tokenwire's "
+        "Rust engine: one engine and UDP socket per generator process carries all its sessions)",
     )
     cmp = lt.add_argument_group("comparison, impairment and report (README: Compare the transports)")
     cmp.add_argument(

@@ -34,7 +34,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 from aioquic._buffer import Buffer
@@ -87,6 +87,9 @@ __all__ = [
     "WebTransportClient",
     "WebTransportStreamReader",
 ]
+
+if TYPE_CHECKING:
+    from tokenwire.client.native import NativeClientEngine, NativeConnection
 
 log = logging.getLogger("tokenwire.client.webtransport")
 
@@ -143,8 +146,14 @@ class SessionTicketStore:
         return sum(len(q) for q in self._tickets.values())
 
 
+#: ``sink(frames) -> stop``: takes a request stream's frames as they are parsed (instead of its queue);
+#: returning True ends :meth:`_RequestStream.wait` (the final frame was seen).
+FrameSink = Callable[[list[tuple[int, int, str]]], bool]
+
+
 class _RequestStream:
-    """One request stream: its reply, then the frames it carries (parsed as they arrive)."""
+    """One request stream: its reply, then the frames it carries (parsed as they arrive), queued in
+    ``frames`` or handed to ``sink`` (a load generator's accounting: no wake-up per arrival)."""
 
     __slots__ = (
         "_waiter",
@@ -157,9 +166,11 @@ class _RequestStream:
         "preview_tag",
         "qid",
         "reply",
+        "sink",
+        "stop",
     )
 
-    def __init__(self, conn: _Connection, qid: int) -> None:
+    def __init__(self, conn: _Connection | NativeConnection, qid: int) -> None:
         self.conn = conn
         self.qid = qid
         self.parser = ReplyReader()
@@ -169,7 +180,17 @@ class _RequestStream:
         self.error: BaseException | None = None  # cut or malformed: the stream is over
         self.on_preview: Callable[[list[tuple[int, int, str]]], None] | None = None  # the reader's, if it asked
         self.preview_tag = 0  # the tag of its previews (the reply's), once a reader takes them
+        self.sink: FrameSink | None = None
+        self.stop = False  # the sink saw the final frame
         self._waiter: asyncio.Future[None] | None = None
+
+    def take_frames(self, sink: FrameSink) -> None:
+        """Hand the frames queued so far, and every later one, to ``sink``."""
+        self.sink = sink
+        if self.frames:
+            frames = list(self.frames)
+            self.frames.clear()
+            self.stop = sink(frames) or self.stop
 
     @property
     def over(self) -> bool:
@@ -180,7 +201,10 @@ class _RequestStream:
             return
         try:
             frames = self.parser.feed(data)
-            self.frames.extend(frames)
+            if self.sink is None:
+                self.frames.extend(frames)
+            elif frames and self.sink(frames):
+                self.stop = True
             if end:
                 self.parser.close()
         except TokenwireError as exc:
@@ -191,7 +215,8 @@ class _RequestStream:
         if end:
             self.ended = True
             self.conn.forget(self)
-        self._wake()
+        if self.sink is None or self.over or self.stop:
+            self._wake()
 
     def _resolve_reply(self) -> None:
         reply = self.parser.reply
@@ -217,10 +242,7 @@ class _RequestStream:
         """Stop reading this stream (the server detaches; the generation goes on)."""
         if not self.over:
             conn = self.conn
-            h3_code = http3_error_code(code)
-            with contextlib.suppress(ValueError, RuntimeError):
-                conn._quic.stop_stream(self.qid, h3_code)
-                conn._quic.reset_stream(self.qid, h3_code)
+            conn.cut_stream(self.qid, http3_error_code(code))
             conn.transmit_soon()
             self.fail(exc or StreamInterrupted("stream closed by the client", code))
         self.conn.forget(self)
@@ -231,8 +253,8 @@ class _RequestStream:
             waiter.set_result(None)
 
     async def wait(self) -> None:
-        """Until frames are available or the stream is over."""
-        while not self.frames and not self.over:
+        """Until frames are available, the stream is over or its sink saw the final frame."""
+        while not self.frames and not self.over and not self.stop:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -374,6 +396,12 @@ class _Connection(QuicConnectionProtocol):
         self.transmit_soon()
         return stream
 
+    def cut_stream(self, qid: int, h3_code: int) -> None:
+        """Stop reading and writing stream ``qid`` (STOP_SENDING + RESET_STREAM with ``h3_code``)."""
+        with contextlib.suppress(ValueError, RuntimeError):
+            self._quic.stop_stream(qid, h3_code)
+            self._quic.reset_stream(qid, h3_code)
+
     def forget(self, stream: _RequestStream) -> None:
         self.streams.pop(stream.qid, None)
         if stream.preview_tag:
@@ -415,18 +443,7 @@ class _Connection(QuicConnectionProtocol):
             if h3_event.__class__ is HeadersReceived or h3_event.__class__ is DataReceived:
                 self._session_event(h3_event)
             elif isinstance(h3_event, DatagramReceived) and h3_event.stream_id == self.session_id:
-                self._preview(h3_event.data)
-
-    def _preview(self, data: bytes) -> None:
-        """A datagram preview (docs/protocol.md §4.5): a hint only, so a malformed one is dropped."""
-        try:
-            tag, frames = parse_preview(data)
-        except TokenwireError as exc:
-            log.debug("malformed preview datagram dropped: %s", exc)
-            return
-        stream = self.preview_streams.get(tag)
-        if stream is not None and stream.on_preview is not None and not stream.over:
-            stream.on_preview(frames)
+                dispatch_preview(self.preview_streams, h3_event.data)
 
     def _session_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived) and event.stream_id == self.session_id:
@@ -463,12 +480,7 @@ class _Connection(QuicConnectionProtocol):
         if self.lost is not None:
             return
         self.lost = exc
-        for future in (self.status, self.handshake):
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()
-        for stream in list(self.streams.values()):
-            stream.fail(exc)
+        fail_all(exc, (self.status, self.handshake), self.streams.values())
         self.streams.clear()
         self.preview_streams.clear()
         self._loop.call_soon(self._release)
@@ -496,6 +508,29 @@ class _Connection(QuicConnectionProtocol):
                 self._quic.send_stream_data(self.session_id, b"", end_stream=True)
         self.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
         self._lose(StreamInterrupted(f"connection closed by the client: {reason}"))
+
+
+def fail_all(exc: BaseException, futures: Iterable[asyncio.Future[Any]], streams: Iterable[_RequestStream]) -> None:
+    """A session's end: its pending futures and every stream fail with ``exc``."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody may be waiting for it
+    for stream in list(streams):
+        stream.fail(exc)
+
+
+def dispatch_preview(streams: Mapping[int, _RequestStream], data: bytes) -> None:
+    """A datagram preview (docs/protocol.md §4.5) to the stream its tag names: a hint only, so a malformed
+    one is dropped."""
+    try:
+        tag, frames = parse_preview(data)
+    except TokenwireError as exc:
+        log.debug("malformed preview datagram dropped: %s", exc)
+        return
+    stream = streams.get(tag)
+    if stream is not None and stream.on_preview is not None and not stream.over:
+        stream.on_preview(frames)
 
 
 class _CountingTransport(asyncio.DatagramTransport):
@@ -679,6 +714,15 @@ class WebTransportClient:
     (``origin``, say). A query in ``url`` (``?access_token=``, the form browsers use) is sent as is. A session
     the server refuses raises from the request that opened it: ``Unauthorized`` for 401, a
     ``RemoteProtocolError`` whose ``status_hint`` is the status otherwise (403: an ``Origin`` not allowed).
+
+    ``engine``: ``"aioquic"`` (the default: QUIC in Python) or ``"native"``: tokenwire's QUIC engine in Rust
+    (:mod:`tokenwire.client.native`), its own UDP socket per client, or a
+    :class:`~tokenwire.client.native.NativeClientEngine` shared by many clients (a load generator's). The same
+    API, with these differences: the server is trusted by ``server_certificate_hashes`` or a CA
+    (``cadata``/``cafile``), not ``verify=False``; no TLS session tickets or 0-RTT (``tickets`` unused,
+    :meth:`wait_connected` returns ``None``); ``batch_transmit`` and ``ack_delay`` do not apply (the engine
+    always transmits once per wake-up); :meth:`rebind` moves the engine's socket, so every connection of a
+    shared engine.
     """
 
     def __init__(
@@ -701,8 +745,13 @@ class WebTransportClient:
         ack_delay: float | None = None,
         access_token: str | None = None,
         headers: Mapping[str, str] | None = None,
+        engine: str | NativeClientEngine = "aioquic",
     ) -> None:
         parts = urlsplit(url)
+        if isinstance(engine, str) and engine not in ("aioquic", "native"):
+            raise ValueError(f"engine must be 'aioquic', 'native' or a NativeClientEngine, got {engine!r}")
+        if engine != "aioquic" and not server_certificate_hashes and cadata is None and cafile is None:
+            raise ValueError("the native engine trusts a server by server_certificate_hashes or cadata/cafile")
         if ack_delay is not None and not 0 < ack_delay <= 1.0:
             raise ValueError(f"ack_delay must be in (0, 1] seconds, got {ack_delay!r}")
         if parts.scheme != "https" or not parts.hostname:
@@ -732,7 +781,10 @@ class WebTransportClient:
         self.connections = 0
         self.sessions_resumed = 0
         self.early_data_accepted = 0
-        self._conn: _Connection | None = None
+        self.engine = engine
+        #: The native engine this client made (closed with it); a shared one passed in is its owner's.
+        self._own_engine: NativeClientEngine | None = None
+        self._conn: _Connection | NativeConnection | None = None
         self._lock = asyncio.Lock()
         self._readers: set[WebTransportStreamReader] = set()
 
@@ -751,6 +803,9 @@ class WebTransportClient:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.abort("client closed", graceful=True)
+        own, self._own_engine = self._own_engine, None
+        if own is not None:
+            own.close()
         await asyncio.sleep(0)  # let the socket close
 
     # -- connections -----------------------------------------------------------------------------------
@@ -770,7 +825,9 @@ class WebTransportClient:
         configuration.session_ticket = self.tickets.take(self.server_name)
         return configuration
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> _Connection | NativeConnection:
+        if self.engine != "aioquic":
+            return await self._connect_native()
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         family, _, _, _, addr = infos[0]
@@ -799,13 +856,39 @@ class WebTransportClient:
         self.connections += 1
         return conn
 
+    async def _connect_native(self) -> NativeConnection:
+        from tokenwire.client.native import NativeClientEngine
+
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        family, _, _, _, addr = infos[0]
+        native = self.engine if isinstance(self.engine, NativeClientEngine) else self._own_engine
+        if native is None or native.closed:
+            native = self._own_engine = NativeClientEngine(
+                server_certificate_hashes=self.pins,
+                ca_pem=None if self.pins else self._ca_pem(),
+                idle_timeout=self.idle_timeout,
+                keepalive=self.keepalive,
+                host="::" if family == socket.AF_INET6 else "0.0.0.0",  # noqa: S104 - an ephemeral port
+            )
+        conn = native.connect(str(addr[0]), int(addr[1]), self.server_name)
+        conn.open_session(self.authority, self.path, self.headers)
+        self.connections += 1
+        return conn
+
+    def _ca_pem(self) -> bytes | None:
+        if self.cadata is not None or self.cafile is None:
+            return self.cadata
+        with open(self.cafile, "rb") as f:
+            return f.read()
+
     def _count_handshake(self, future: asyncio.Future[HandshakeCompleted]) -> None:
         if not future.cancelled() and future.exception() is None:
             event = future.result()
             self.sessions_resumed += event.session_resumed
             self.early_data_accepted += event.early_data_accepted
 
-    async def _session(self) -> _Connection:
+    async def _session(self) -> _Connection | NativeConnection:
         """The live connection, or a new one (requests are pipelined: nothing waits for the handshake)."""
         async with self._lock:
             conn = self._conn
@@ -839,8 +922,9 @@ class WebTransportClient:
         conn = self._conn
         return None if conn is None or conn.lost is not None else conn.local_address
 
-    async def wait_connected(self) -> HandshakeCompleted:
-        """Open the session if needed and wait for its handshake (session resumption, early data flags)."""
+    async def wait_connected(self) -> HandshakeCompleted | None:
+        """Open the session if needed and wait for its handshake (session resumption, early data flags;
+        ``None`` on the native engine)."""
         conn = await self._session()
         async with asyncio.timeout(self.connect_timeout):
             return await conn.handshake

@@ -78,6 +78,8 @@ def build_report(
         # server than the one the stream started on.
         "resume_s": percentiles([x for r in results for x in r["resumes"]]),
         "resume_cross_node_s": percentiles([x for r in results for x in r.get("cross_node_resumes", ())]),
+        # The generator's own CPU while its streams ran (every worker process; startup not counted).
+        "client": {"cpu_seconds": sum(p["cpu_seconds"] for p in raw), "processes": len(raw)},
     }
     if server is not None:
         cpu = server["cpu_seconds"]

@@ -20,6 +20,12 @@ resumed token is a recovery sample.
 
 Bytes on the wire are the UDP datagrams the clients' connections received and sent (every connection a client
 made, reconnects included).
+
+Engines (``engine``): ``aioquic`` gives every session its own aioquic connection and UDP socket; ``native``
+runs ONE :class:`~tokenwire.client.native.NativeClientEngine` (tokenwire's QUIC engine in Rust, one UDP socket)
+per worker process carrying all its sessions: the loop wakes on the socket or the engine's deadline, each
+wake-up one call into Rust for every datagram read, and the frames go straight to each stream's accounting.
+Its byte counts are the engine socket's.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tokenwire import _core
+from tokenwire.client.native import NativeClientEngine, NativeConnection
 from tokenwire.client.webtransport import WebTransportClient, _Connection, _RequestStream
 from tokenwire.fake_model import STAMP_SEPARATOR
 from tokenwire.loadtest.worker import StreamResult, WorkerBase, _now_us, run_on_fresh_loop
@@ -64,6 +72,7 @@ class WtWorkerConfig:
     stream_timeout: float = 600.0
     series_interval: float = 1.0  # seconds per time-series bucket
     max_events: int = 20_000  # events kept (the rest are counted as dropped)
+    engine: str = "aioquic"  # or "native": one Rust QUIC engine (one UDP socket) for all the worker's sessions
 
 
 class _Cut:
@@ -99,15 +108,85 @@ class _Cut:
             stream.abort()
 
 
+class _Tally:
+    """One stream's accounting, fed its frames as they are parsed (the request stream's sink: no task wakes
+    up per arrival): seq continuity, duplicates, the texts (for the content hash), delivery lag and
+    lateness, resume and recovery samples. Returns True once the final frame (``done`` or ``error``) came."""
+
+    __slots__ = ("cut_us", "done", "first_us", "last", "result", "resume_started_us", "texts", "w")
+
+    def __init__(self, w: _WtWorker, result: StreamResult) -> None:
+        self.w = w
+        self.result = result
+        self.texts: list[str] = []
+        self.last = 0  # seq of the last frame accepted
+        self.done = False
+        self.first_us = 0  # when the first token came
+        self.cut_us = 0  # when the stream was cut, until a resumed token arrives
+        self.resume_started_us = 0  # when the resume began, until its first frame arrives
+
+    def __call__(self, frames: list[tuple[int, int, str]]) -> bool:  # noqa: C901 - the per-frame hot loop, inline
+        now = _now_us()
+        w = self.w
+        result = self.result
+        bucket = w.bucket(now)
+        lag = w.series_lag[bucket]
+        if self.resume_started_us:
+            result.resumes.append((now - self.resume_started_us) / 1e6)
+            self.resume_started_us = 0
+        last = self.last
+        texts = self.texts
+        first_new = 0
+        new = 0
+        for kind, seq, payload in frames:
+            if seq == 0:
+                continue  # heartbeat
+            if seq <= last:
+                result.duplicates += 1
+                continue
+            if seq != last + 1:
+                result.lost += seq - last - 1
+            last = seq
+            if kind == _TOKEN:
+                text, _, stamp = payload.partition(STAMP_SEPARATOR)
+                texts.append(text)
+                if stamp:
+                    lag.record(max(0, now - int(stamp)))
+                new += 1
+                if not first_new:
+                    first_new = seq
+            elif kind == _DONE:
+                self.done = True
+            elif kind == _ERROR:
+                result.error = f"stream error frame: {payload[:200]}"
+                self.done = True
+        self.last = last
+        if new:
+            self._delivered(now, bucket, new, first_new)
+        return self.done
+
+    def _delivered(self, now: int, bucket: int, new: int, first_new: int) -> None:
+        w = self.w
+        w.tokens += new
+        w.series_tokens[bucket] += new
+        self.result.tokens += new
+        if self.cut_us:
+            w.recovered(self.result, now, self.cut_us)
+            self.cut_us = 0
+        if not self.first_us:
+            self.first_us = now
+        w.record_lateness(now, self.first_us, first_new)
+
+
 class _CountedClient(WebTransportClient):
     """A client whose connections' datagram counters add up in its worker's ``bytes_down``/``bytes_up``."""
 
     def __init__(self, worker: _WtWorker, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.worker = worker
-        self.made: list[_Connection] = []  # connections whose counts are not yet in the worker's
+        self.made: list[_Connection | NativeConnection] = []  # connections whose counts are not yet in the worker's
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> _Connection | NativeConnection:
         conn = await super()._connect()
         self.fold(lost_only=True)
         self.made.append(conn)
@@ -134,6 +213,21 @@ class _WtWorker(WorkerBase):
         super().__init__(cfg, progress)
         self.clients: dict[int, _CountedClient] = {}
         self.session_streams: collections.Counter[int] = collections.Counter(cfg.session_of)
+        self.native: NativeClientEngine | None = None
+
+    def _engine(self) -> str | NativeClientEngine:
+        """``"aioquic"``, or the worker's one native engine (made at the first session)."""
+        if self.cfg.engine != "native":
+            return "aioquic"
+        if self.native is None:
+            v6 = ":" in (urlsplit(self.cfg.url).hostname or "")
+            self.native = NativeClientEngine(
+                server_certificate_hashes=[self.cfg.cert_hash],
+                keepalive=self.cfg.keepalive,
+                idle_timeout=60.0,
+                host="::" if v6 else "0.0.0.0",  # noqa: S104 - the generator's ephemeral port
+            )
+        return self.native
 
     def client(self, session: int) -> WebTransportClient:
         client = self.clients.get(session)
@@ -148,6 +242,7 @@ class _WtWorker(WorkerBase):
                 batch_transmit=self.cfg.batch_transmit,
                 ack_delay=self.cfg.ack_delay,
                 keepalive=self.cfg.keepalive,
+                engine=self._engine(),
             )
         return client
 
@@ -161,12 +256,8 @@ class _WtWorker(WorkerBase):
         cfg = self.cfg
         result = StreamResult(index, ok=False)
         prompt = f"loadtest {index}"
-        texts: list[str] = []
+        tally = _Tally(self, result)
         started_us = _now_us()
-        first_us = 0
-        last = 0
-        done = False
-        cut_us = 0  # when the stream was cut, until a resumed token arrives
         cut: _Cut | None = None
         timer: asyncio.TimerHandle | None = None
         try:
@@ -176,6 +267,7 @@ class _WtWorker(WorkerBase):
             result.status = 200
             if not isinstance(reply, StreamAttached):
                 raise TypeError(f"unexpected reply {reply!r}")
+            stream.take_frames(tally)
             # A stream alone on its session is cut by dropping the connection (a reconnect, 0-RTT when it
             # can); one of many by closing just its request stream (the session stays).
             cut = _Cut(
@@ -185,53 +277,10 @@ class _WtWorker(WorkerBase):
                 on_fire=lambda: self.event("forced_cut", index),
             )
             timer = self._schedule_cut(cut)
-            resume_started_us = 0
             async with asyncio.timeout(cfg.stream_timeout):
-                while not done:
+                while not tally.done:
                     await stream.wait()
-                    now = _now_us()
-                    bucket = self.bucket(now)
-                    lag = self.series_lag[bucket]
-                    frames = stream.frames
-                    if frames and resume_started_us:
-                        result.resumes.append((now - resume_started_us) / 1e6)
-                        resume_started_us = 0
-                    first_new = 0
-                    new = 0
-                    while frames:
-                        kind, seq, payload = frames.popleft()
-                        if seq == 0:
-                            continue  # heartbeat
-                        if seq <= last:
-                            result.duplicates += 1
-                            continue
-                        if seq != last + 1:
-                            result.lost += seq - last - 1
-                        last = seq
-                        if kind == _TOKEN:
-                            text, _, stamp = payload.partition(STAMP_SEPARATOR)
-                            texts.append(text)
-                            if stamp:
-                                lag.record(max(0, now - int(stamp)))
-                            new += 1
-                            if not first_new:
-                                first_new = seq
-                        elif kind == _DONE:
-                            done = True
-                        elif kind == _ERROR:
-                            result.error = f"stream error frame: {payload[:200]}"
-                            done = True
-                    if new:
-                        self.tokens += new
-                        self.series_tokens[bucket] += new
-                        result.tokens += new
-                        if cut_us:
-                            self.recovered(result, now, cut_us)
-                            cut_us = 0
-                        if not first_us:
-                            first_us = now
-                        self.record_lateness(now, first_us, first_new)
-                    if done or not stream.over:
+                    if tally.done or not stream.over:
                         continue
                     if stream.ended:
                         result.error = "stream ended before its final frame"
@@ -239,18 +288,21 @@ class _WtWorker(WorkerBase):
                     # Cut: by us (a forced disconnect) or by the network or server. Resume after ``last``.
                     if cut.fired:
                         result.forced_drops += 1
-                        cut_us = cut_us or cut.fired_us
+                        tally.cut_us = tally.cut_us or cut.fired_us
                     else:
                         result.unexpected_drops += 1
-                        cut_us = cut_us or _now_us()
+                        tally.cut_us = tally.cut_us or _now_us()
                         self.event("cut", index)
                     if timer is not None:
                         timer.cancel()  # an unexpected cut: the pending forced one is void
                     # Cut again before a frame arrived: the resume sample runs from the first cut.
-                    resume_started_us = resume_started_us or _now_us()
+                    tally.resume_started_us = tally.resume_started_us or _now_us()
                     self.event("reconnect", index)
                     result.resume_attempts += 1
-                    stream, _ = await client._attach_after(reply.stream_id, reply.epoch, last, uniform=self.rng.uniform)
+                    stream, _ = await client._attach_after(
+                        reply.stream_id, reply.epoch, tally.last, uniform=self.rng.uniform
+                    )
+                    stream.take_frames(tally)
                     cut.stream = stream
                     cut.fired = False
                     timer = self._schedule_cut(cut)
@@ -264,7 +316,7 @@ class _WtWorker(WorkerBase):
                 cut.stream = None
             if timer is not None:
                 timer.cancel()
-        self.settle(result, prompt, _core.fnv1a64("".join(texts)), done, first_us, started_us)
+        self.settle(result, prompt, _core.fnv1a64("".join(tally.texts)), tally.done, tally.first_us, started_us)
         return result
 
     async def _run_stream(self, index: int, slot: int) -> StreamResult:
@@ -277,6 +329,11 @@ class _WtWorker(WorkerBase):
         for client in self.clients.values():
             await client.aclose()
             client.fold(lost_only=False)
+        if self.native is not None:
+            stats = self.native.stats()
+            self.bytes_down += stats["bytes_in"]
+            self.bytes_up += stats["bytes_out"]
+            self.native.close()
 
 
 def run_wt_worker(cfg: WtWorkerConfig, progress: Any) -> dict[str, Any]:
