@@ -23,10 +23,26 @@ from typing import Any
 from benches.sse_compare import PY, TOKENWIRE, add_run_arguments, ms, run_loadtest, spawn_server, stop_server
 
 SERVERS: dict[str, list[str]] = {
-    "tokenwire-wt": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--wt-engine", "aioquic"],
+    "tokenwire-wt": [
+        *TOKENWIRE,
+        "serve",
+        "--engine-steps-per-s",
+        "{steps}",
+        "--port",
+        "{port}",
+        "--wt-engine",
+        "aioquic",
+    ],
     "tokenwire-wt-native": [
-        *TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--wt-engine", "native",
-    ],  # fmt: skip
+        *TOKENWIRE,
+        "serve",
+        "--engine-steps-per-s",
+        "{steps}",
+        "--port",
+        "{port}",
+        "--wt-engine",
+        "native",
+    ],
     "tokenwire-sse": [*TOKENWIRE, "serve", "--engine-steps-per-s", "{steps}", "--port", "{port}", "--no-webtransport"],
     "aioquic-plain": [PY, "-m", "benches.peers.aioquic_wt_app", "--steps-per-s", "{steps}", "--port", "{port}"],
 }

@@ -34,12 +34,14 @@ def serve_command(engine: str, paced: bool) -> list[str]:
 
 
 def run(engine: str, impair: str, paced: bool, args: argparse.Namespace, port: int) -> dict[str, Any]:
-    proc, cert = start_server(f"tokenwire-wt-{engine}", port, args.steps, args.server_cores, serve_command(engine, paced))
+    proc, cert = start_server(
+        f"tokenwire-wt-{engine}", port, args.steps, args.server_cores, serve_command(engine, paced)
+    )
     try:
-        url = f"https://127.0.0.1:{port}/v1/webtransport"
+        url = f"http://127.0.0.1:{port}"  # with --impair the loadtest takes the base URL and puts its relay in front
+        paced_tokens = str(round(args.paced_duration * args.steps))
         shape = (
-            ["--streams", str(args.paced_streams), "--tokens-per-s", str(args.steps)]
-            + ["--max-tokens", str(round(args.paced_duration * args.steps))]
+            ["--streams", str(args.paced_streams), "--tokens-per-s", str(args.steps), "--max-tokens", paced_tokens]
             if paced
             else ["--streams", "1", "--tokens-per-s", "0", "--max-tokens", str(args.answer_tokens)]
         )
@@ -47,7 +49,9 @@ def run(engine: str, impair: str, paced: bool, args: argparse.Namespace, port: i
             "--protocol", "webtransport", "--url", url, "--wt-cert-hash", cert, "--impair", impair,
             "--wt-engine", args.wt_client_engine, *shape,
         ]  # fmt: skip
-        return run_loadtest(args, proc, loadtest_args)
+        report = run_loadtest(args, proc, loadtest_args)
+        run_report: dict[str, Any] = report["runs"]["webtransport"]  # --impair writes the comparison's shape
+        return run_report
     finally:
         stop_server(proc)
 
@@ -76,7 +80,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--engines", default=",".join(ENGINES), help="server engines, comma-separated")
     p.add_argument("--impairments", default="delay=50ms;loss=5%,delay=50ms", help="--impair specs, ';'-separated")
-    p.add_argument("--answer-tokens", type=int, default=40_000, help="tokens of the unthrottled answer")
+    p.add_argument("--answer-tokens", type=int, default=6_000, help="tokens of the unthrottled answer (about 190 KB)")
     p.add_argument("--paced-streams", type=int, default=20)
     p.add_argument("--paced-duration", type=float, default=10.0, help="seconds of tokens per paced stream")
     p.add_argument("--shapes", default="answer,paced")
