@@ -143,6 +143,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, duration: float, out: str) 
         action="store_true",
         help="competing load: one CPU-burning process pinned to the server's cores and one to the client's",
     )
+    p.add_argument(
+        "--hog-cores",
+        choices=("both", "client", "server"),
+        default="both",
+        help="with --hog: where the competing load runs (client: on the other core than the server's only)",
+    )
 
 
 def ms(d: dict[str, Any], k: str) -> str:
@@ -176,8 +182,13 @@ _HOG = "while True: pass"
 
 
 def start_hogs(args: argparse.Namespace) -> list[subprocess.Popen[bytes]]:
-    """``--hog``: one busy-looping process on the server's cores and one on the client's (competing load)."""
-    return hogs_on((args.server_cores, args.client_cores)) if getattr(args, "hog", False) else []
+    """``--hog``: one busy-looping process on the server's cores and one on the client's (competing load), or on
+    one side only (``--hog-cores``)."""
+    if not getattr(args, "hog", False):
+        return []
+    where = getattr(args, "hog_cores", "both")
+    cores = {"both": (args.server_cores, args.client_cores), "client": (args.client_cores,)}.get(where)
+    return hogs_on(cores or (args.server_cores,))
 
 
 def hogs_on(cores: Sequence[str]) -> list[subprocess.Popen[bytes]]:
@@ -240,7 +251,9 @@ def main() -> int:
     if args.unthrottled_tokens:
         points.append(1)
     results = []
-    print(f"producer: {args.producer}; competing load: {'yes' if args.hog else 'no'}; repeats: {args.repeats}")
+    print(
+        f"producer: {args.producer}; competing load: {('on ' + args.hog_cores + ' cores') if args.hog else 'no'}; repeats: {args.repeats}"
+    )
     print("| server | streams | tokens/s | server CPU-s per 100k tokens | server CPU | MB per 1,000 streams "
           "| TTFT p99 ms | lag p50 ms | lag p99 ms | lateness p99 ms | server flush wait p50/p99 ms | streams ok "
           "| lost/dup |")  # fmt: skip

@@ -20,7 +20,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benches.sse_compare import PY, TOKENWIRE, add_run_arguments, ms, run_loadtest, spawn_server, stop_server
+from benches.sse_compare import (
+    PY,
+    TOKENWIRE,
+    add_run_arguments,
+    ms,
+    run_loadtest,
+    spawn_server,
+    start_hogs,
+    stop_hogs,
+    stop_server,
+)
 
 SERVERS: dict[str, list[str]] = {
     "tokenwire-wt": [
@@ -124,21 +134,66 @@ def main() -> int:
     )
     add_run_arguments(p, duration=10.0, out="wt_compare.json")
     args = p.parse_args()
-    results = []
+    results: list[dict[str, Any]] = []
+    print(f"client engine: {args.wt_client_engine}; competing load: "
+          f"{('on ' + args.hog_cores + ' cores') if args.hog else 'no'}; repeats: {args.repeats}")  # fmt: skip
     print("| server | streams (x sessions) | tokens/s | server CPU-s per 100k tokens | server CPU "
           "| lag p99 ms | lateness p99 ms | streams ok | lost/dup |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     port = 18300
-    for point in [x for x in args.points.split(",") if x]:
-        streams, sessions = parse_point(point)
-        for name in args.servers.split(","):
-            port += 1
-            report = run_point(name, streams, sessions, args, port)
-            results.append({"server": name, "streams": streams, "sessions": sessions, "report": report})
-            label = f"{streams:,}" + (f" x {sessions}" if sessions and name != "tokenwire-sse" else "")
-            print(row(name, label, report), flush=True)
+    hogs = start_hogs(args)
+    try:
+        for repeat in range(1, args.repeats + 1):
+            for point in [x for x in args.points.split(",") if x]:
+                streams, sessions = parse_point(point)
+                for name in args.servers.split(","):
+                    port += 1
+                    report = run_point(name, streams, sessions, args, port)
+                    results.append(
+                        {"server": name, "streams": streams, "sessions": sessions, "repeat": repeat, "report": report}
+                    )
+                    label = f"{streams:,}" + (f" x {sessions}" if sessions and name != "tokenwire-sse" else "")
+                    print(row(name, label, report), flush=True)
+    finally:
+        stop_hogs(hogs)
     Path(args.out).write_text(json.dumps(results, indent=2))
+    summarize(results)
     return 0
+
+
+def summarize(results: list[dict[str, Any]]) -> None:
+    """Per point: each server's CPU-s per 100k tokens (best / worst over the repeats), its worst lag p99 and
+    lateness p99, and the same-run ratios against the native engine (each repeat's own ratio: worst shown)."""
+    points: dict[tuple[int, int], dict[str, list[dict[str, Any]]]] = {}
+    for r in results:
+        points.setdefault((r["streams"], r["sessions"]), {}).setdefault(r["server"], []).append(r)
+    print("\n| point | server | CPU-s per 100k (best / worst) | worst lag p99 ms | worst lateness p99 ms "
+          "| streams ok (all repeats) | same-run ratio to native (worst) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for (streams, sessions), by_server in points.items():
+        native = {r["repeat"]: c for r in by_server.get("tokenwire-wt-native", []) if (c := _per100k(r))}
+        for name, runs in by_server.items():
+            cpu = [c for c in (_per100k(r) for r in runs) if c is not None]
+            lag = max((r["report"]["delivery_lag_s"].get("p99", 0) for r in runs), default=0)
+            late = max((r["report"]["schedule_lateness_s"].get("p99", 0) for r in runs), default=0)
+            ok = sum(r["report"]["streams"]["ok"] for r in runs)
+            total = sum(r["report"]["streams"]["total"] for r in runs)
+            ratios = [c / native[r["repeat"]] for r in runs if (c := _per100k(r)) and r["repeat"] in native]
+            worst = ""
+            if ratios and name != "tokenwire-wt-native":
+                worst = (
+                    f"{min(ratios):.2f}x"
+                    if name == "tokenwire-wt"
+                    else f"{max(1 / x for x in ratios):.2f}x (native / SSE)"
+                )
+            label = f"{streams:,}" + (f" x {sessions}" if sessions else "")
+            spread = f"{min(cpu):.2f} / {max(cpu):.2f}" if cpu else "n/a"
+            print(f"| {label} | {name} | {spread} | {lag * 1e3:.0f} | {late * 1e3:.0f} | {ok}/{total} | {worst} |")
+
+
+def _per100k(r: dict[str, Any]) -> float | None:
+    value = r["report"].get("server", {}).get("cpu_seconds_per_100k_tokens")
+    return float(value) if value else None
 
 
 if __name__ == "__main__":
