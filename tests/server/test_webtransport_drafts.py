@@ -408,7 +408,6 @@ class _EarlyClient:
         return None
 
 
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_a_connect_in_early_data_is_answered_only_after_the_handshake() -> None:
     """A hand-driven aioquic client sends its CONNECT and a start request in 0-RTT, then reads everything the
     server sends before the client's own Finished (its handshake flight and any 0.5-RTT data): the server took
@@ -446,7 +445,6 @@ async def test_a_connect_in_early_data_is_answered_only_after_the_handshake() ->
 
 
 @pytest.mark.parametrize("how", ["fin", "close-capsule", "reset"])
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_a_session_the_client_closed_before_its_connect_was_answered_serves_nothing(how: str) -> None:
     """In 0-RTT the client opens a session and a start request, then closes the session again (the end of its
     CONNECT stream, a CLOSE_WEBTRANSPORT_SESSION capsule, or a reset) before the handshake has completed, so
@@ -473,7 +471,6 @@ async def test_a_session_the_client_closed_before_its_connect_was_answered_serve
         assert model.calls == 0 and server.metrics.streams_started_total == 0
 
 
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_credit_granted_before_the_connect_was_answered_counts() -> None:
     """A client that turns flow control on (initial limit 1 byte) and raises its limit with WT_MAX_DATA in 0-RTT,
     while the server still holds its CONNECT: the capsule is applied when the session is established, so the
@@ -492,7 +489,6 @@ async def test_credit_granted_before_the_connect_was_answered_counts() -> None:
         assert client.data[qid][:1] == b"\x21" and server.metrics.credit_waits_total == 0
 
 
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_early_request_streams_are_held_by_stream_not_by_packet() -> None:
     """In 0-RTT the client opens 12 request streams (fewer than the 16 a session may have held) whose requests
     are split across the packets of its first flight: every one is served once the session is established."""
@@ -512,7 +508,6 @@ async def test_early_request_streams_are_held_by_stream_not_by_packet() -> None:
 
 
 @pytest.mark.parametrize("case", ["too-large", "bytes-after"])
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_an_early_stream_over_the_request_limit_is_answered_as_any_other(case: str) -> None:
     """A held stream keeps no more than the request limit (plus a message head and a byte): what it answers is
     unchanged, a 413 error reply for a request over the limit, a 400 one for bytes after a request."""

@@ -348,6 +348,7 @@ class NativeWebTransportServer(WtServerBase):
             max_bidi_streams=limits.quic_bidi_streams,
             stream_window=limits.max_stream_data,
             conn_window=limits.max_data,
+            session_tickets=limits.max_session_tickets,  # 0-RTT: its streams wait in the session layer (HELD)
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
