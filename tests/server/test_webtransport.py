@@ -115,6 +115,23 @@ async def test_a_start_in_early_data_waits_for_the_handshake() -> None:
         assert model.calls == 1
 
 
+async def test_no_session_tickets_no_resumption_and_no_0rtt() -> None:
+    """``max_session_tickets=0`` turns resumption and 0-RTT off on either engine: the server sends no ticket, so
+    a second connection does a full handshake and its start waits for it."""
+    model = FakeModel(seed=5)
+    tickets = SessionTicketStore()
+    async with wt_server(model=model, limits=WebTransportLimits(max_session_tickets=0)) as server:
+        async with wt_client(server, tickets=tickets) as first:
+            assert await (await first.generate("first", max_tokens=5, tokens_per_s=4000)).text()
+        assert len(tickets) == 0
+        async with wt_client(server, tickets=tickets) as second:
+            reader = await second.generate("second", max_tokens=20, tokens_per_s=4000)
+            assert await reader.text() == "".join(model.tokens("second", 20))
+            assert (second.sessions_resumed, second.early_data_accepted) == (0, 0)
+        m = server.metrics
+        assert (m.early_sessions_total, m.deferred_starts_total, model.calls) == (0, 0, 2)
+
+
 async def test_switch_protocols_mid_answer_webtransport_sse_webtransport() -> None:
     model = FakeModel(seed=5)
     hub = Hub()

@@ -224,7 +224,7 @@ class NativeConnection:
         """The session's extended CONNECT: sent once the handshake is done, or now in 0-RTT (``early``)."""
         self._session = (authority, path, headers)
         if self.early:
-            self._send_connect()
+            self._send_connect(self._session)
 
     def on_event(self, event: tuple[Any, ...]) -> None:  # noqa: C901 - one dispatch over the engine's event tags
         tag = event[0]
@@ -267,7 +267,7 @@ class NativeConnection:
             self.handshake.set_result(None)
         if self._session is None:
             return
-        if self.session_id < 0 and not self._send_connect():
+        if self.session_id < 0 and not self._send_connect(self._session):
             return
         waiting, self._waiting = self._waiting, []
         for stream, request in waiting:
@@ -290,10 +290,9 @@ class NativeConnection:
             stream.qid = -1
         self._waiting[:0] = sent
 
-    def _send_connect(self) -> bool:
+    def _send_connect(self, session: tuple[str, str, Mapping[str, str]]) -> bool:
         """Open the session's CONNECT stream and send its HEADERS; False if the session is lost."""
-        assert self._session is not None
-        authority, path, headers = self._session
+        authority, path, headers = session
         try:
             self.session_id = self.engine.open_bidi(self.id)
             self.engine.send_headers(
@@ -302,8 +301,15 @@ class NativeConnection:
         except (TokenwireError, OSError) as exc:
             self._lose(_interrupted(f"the session could not be opened: {exc}"))
             return False
-        self.native.transmit_soon()
+        self._sent()
         return True
+
+    def _sent(self) -> None:
+        """Bytes were queued. In 0-RTT they leave at once, right behind the Initial (``connect`` sent it), so
+        the server reads them before the handshake can complete; else with the iteration's one transmit."""
+        if self.early:
+            self.engine.transmit()
+        self.native.transmit_soon()
 
     def _session_status(self, headers: list[tuple[bytes, bytes]]) -> None:
         raw = dict(headers).get(b":status", b"0")
@@ -356,7 +362,7 @@ class NativeConnection:
             return  # the stream or connection went away: its reset or close event says so
         if sent < len(data):
             self._unsent[qid] = data[sent:]
-        self.native.transmit_soon()
+        self._sent()
 
     def cut_stream(self, qid: int, h3_code: int) -> None:
         """Stop reading and writing stream ``qid`` (STOP_SENDING + RESET_STREAM with ``h3_code``)."""
