@@ -653,6 +653,15 @@ impl Pair {
         self.client.transmit();
         (c, session, ws, offered)
     }
+
+    /// Drives both ends until the client's connection `c` has completed its handshake.
+    fn client_handshake(&mut self, c: u64) {
+        self.pump("the client's handshake", |p| {
+            p.client_events
+                .iter()
+                .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
+        });
+    }
 }
 
 fn position(events: &[Event], what: impl Fn(&Event) -> bool) -> usize {
@@ -690,11 +699,7 @@ fn zero_rtt_streams_reach_the_server_before_its_handshake_completes() {
     assert!(connect < handshake && request < handshake, "{:?}", pair.server_events);
     assert_eq!(wt_bytes(&pair.server_events, ws), (b"early".to_vec(), true));
     assert_eq!(pair.server.engine().early_data(s).unwrap(), (true, true));
-    pair.pump("the client's handshake", |p| {
-        p.client_events
-            .iter()
-            .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
-    });
+    pair.client_handshake(c);
     assert_eq!(pair.client.engine().early_data(c).unwrap(), (true, true));
     assert_eq!(pair.server.stats().early_data_accepted, 1);
     assert_eq!(pair.client.stats().early_data_accepted, 1);
@@ -715,11 +720,7 @@ fn zero_rtt_refused_by_a_server_without_the_session_is_sent_again() {
     let mut pair = Pair::new(server(&cert), pair.client);
     let (c, session, ws, offered) = pair.connect_early();
     assert!(offered);
-    pair.pump("the client's handshake", |p| {
-        p.client_events
-            .iter()
-            .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
-    });
+    pair.client_handshake(c);
     assert_eq!(pair.client.engine().early_data(c).unwrap(), (true, false));
     assert_eq!(pair.client.stats().early_data_rejected, 1);
     // Nothing of the 0-RTT flight reached the server; the streams are gone and their ids are free again.
@@ -755,11 +756,7 @@ fn no_session_tickets_no_zero_rtt() {
     // Without 0-RTT no stream opens before the handshake (the server's stream limits are not known yet).
     assert_eq!(pair.client.engine().open_bidi(c), Err(EngineError::StreamsExhausted));
     pair.client.transmit();
-    pair.pump("the handshake", |p| {
-        p.client_events
-            .iter()
-            .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
-    });
+    pair.client_handshake(c);
     assert_eq!(pair.client.engine().early_data(c).unwrap(), (false, false));
     assert_eq!(pair.server.stats().early_data_accepted, 0);
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.servers import read_n, wt_client, wt_server
+from tests.support.servers import generates, read_n, wt_client, wt_server
 from tests.support.udp_relay import UdpRelay, until
 from tokenwire import FakeModel, Hub, MemoryStorage, ResumeExpired, StreamNotFound, Unauthorized
 from tokenwire.auth import ApiKeys
@@ -96,10 +96,9 @@ async def test_a_start_in_0rtt_runs_once_and_a_refused_one_is_sent_again() -> No
     try:
         async with wt_server(model=model, certificate=certificate) as server:
             async with native(server, engine=engine) as first:
-                assert await (await first.generate("ticket", max_tokens=5, tokens_per_s=4000)).text()
+                await generates(first, model, "ticket")
             async with native(server, engine=engine) as second:
-                reader = await second.generate("early", max_tokens=20, tokens_per_s=4000)
-                assert await reader.text() == "".join(model.tokens("early", 20))
+                await generates(second, model, "early")
                 assert second.early_data_accepted == 1
             m = server.metrics
             assert (m.early_sessions_total, m.deferred_starts_total, model.calls) == (1, 1, 2)
@@ -107,8 +106,7 @@ async def test_a_start_in_0rtt_runs_once_and_a_refused_one_is_sent_again() -> No
 
         async with wt_server(model=model, certificate=certificate) as restarted:
             async with native(restarted, engine=engine) as third:
-                reader = await third.generate("refused", max_tokens=20, tokens_per_s=4000)
-                assert await reader.text() == "".join(model.tokens("refused", 20))
+                await generates(third, model, "refused")
                 assert (third.early_data_accepted, third.connections) == (0, 1)
             m = restarted.metrics
             assert (m.early_sessions_total, m.deferred_starts_total, m.streams_started_total) == (0, 0, 1)

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import read_n, sse_server, wt_client, wt_server
+from tests.support.servers import generates, read_n, sse_server, wt_client, wt_server
 from tests.support.servers import wt_engine as default_engine
 from tokenwire import (
     EpochMismatch,
@@ -122,11 +122,10 @@ async def test_no_session_tickets_no_resumption_and_no_0rtt() -> None:
     tickets = SessionTicketStore()
     async with wt_server(model=model, limits=WebTransportLimits(max_session_tickets=0)) as server:
         async with wt_client(server, tickets=tickets) as first:
-            assert await (await first.generate("first", max_tokens=5, tokens_per_s=4000)).text()
+            await generates(first, model, "first")
         assert len(tickets) == 0
         async with wt_client(server, tickets=tickets) as second:
-            reader = await second.generate("second", max_tokens=20, tokens_per_s=4000)
-            assert await reader.text() == "".join(model.tokens("second", 20))
+            await generates(second, model, "second")
             assert (second.sessions_resumed, second.early_data_accepted) == (0, 0)
         m = server.metrics
         assert (m.early_sessions_total, m.deferred_starts_total, model.calls) == (0, 0, 2)
