@@ -840,6 +840,8 @@ impl PyQuicEngine {
         max_bidi_streams=1024,
         stream_window=1_048_576,
         conn_window=16_777_216,
+        session_tickets=10_000,
+        early_data=true,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -858,6 +860,8 @@ impl PyQuicEngine {
         max_bidi_streams: u64,
         stream_window: u64,
         conn_window: u64,
+        session_tickets: usize,
+        early_data: bool,
     ) -> PyResult<Self> {
         let alpn = alpn.unwrap_or_else(|| vec![b"h3".to_vec()]);
         let mut settings = Vec::with_capacity(h3_settings.len());
@@ -881,7 +885,9 @@ impl PyQuicEngine {
             let (Some(chain), Some(key)) = (cert_chain_pem, key_pem) else {
                 return Err(local("a server engine needs cert_chain_pem and key_pem"));
             };
-            config.server = Some(Arc::new(tls::server_config(chain, key, &alpn).map_err(local)?));
+            config.server = Some(Arc::new(
+                tls::server_config(chain, key, &alpn, session_tickets).map_err(local)?,
+            ));
         } else {
             let trust = match (server_cert_hashes, ca_pem) {
                 (Some(hashes), None) => {
@@ -899,7 +905,7 @@ impl PyQuicEngine {
                     ))
                 }
             };
-            config.client = Some(Arc::new(tls::client_config(&trust, &alpn).map_err(local)?));
+            config.client = Some(Arc::new(tls::client_config(&trust, &alpn, early_data).map_err(local)?));
         }
         let bind = resolve(host, port, None)?;
         let inner = Driver::new(config, bind).map_err(|e| match e {
@@ -1040,6 +1046,11 @@ impl PyQuicEngine {
         Ok(self.inner.rebind(bind)?)
     }
 
+    /// 0-RTT on connection `conn`: `(offered, accepted)` (see the stub).
+    fn early_data(&mut self, conn: u64) -> PyResult<(bool, bool)> {
+        self.inner.engine().early_data(conn).map_err(engine_err)
+    }
+
     fn open_bidi(&mut self, conn: u64) -> PyResult<u64> {
         self.inner.engine().open_bidi(conn).map_err(engine_err)
     }
@@ -1075,6 +1086,8 @@ impl PyQuicEngine {
             ("gso_segments", s.gso_segments),
             ("recv_buffer", s.recv_buffer),
             ("send_buffer", s.send_buffer),
+            ("early_data_accepted", s.early_data_accepted),
+            ("early_data_rejected", s.early_data_rejected),
         ] {
             dict.set_item(name, value)?;
         }

@@ -400,6 +400,8 @@ class QuicEngine:
         max_bidi_streams: int = 1024,
         stream_window: int = 1048576,
         conn_window: int = 16777216,
+        session_tickets: int = 10000,
+        early_data: bool = True,
     ) -> Self:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
@@ -408,7 +410,15 @@ class QuicEngine:
         ``keepalive``: seconds between PINGs when idle. ``ack_frequency``: ``(threshold, max_delay)`` asked of a
         peer that supports the ACK frequency extension (quinn, so the native client): an ACK after more than
         ``threshold`` ack-eliciting packets or ``max_delay`` seconds; fewer ACKs to read, slower loss detection.
-        quinn caps the delay at the path's round trip (at least 25 ms), so on loopback it changes little."""
+        quinn caps the delay at the path's round trip (at least 25 ms), so on loopback it changes little.
+
+        Resumption and 0-RTT. Server: ``session_tickets`` sessions are kept in memory (the oldest go first), one
+        ticket is sent per connection, and each resumes once (a replayed first flight finds it gone); a resumed
+        connection's 0-RTT streams are reported before its ``("handshake", conn)``: act on none of them before
+        it (only the handshake proves the flight is not a replay). 0: no tickets, no resumption, no 0-RTT.
+        Client: tickets are kept per server name (256 names, the newest 8 each) and a connection resumes with
+        one; with ``early_data`` a resumed connection may open streams and send on them before its
+        ``("connected", ...)`` (see ``early_data()``)."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property
@@ -450,6 +460,12 @@ class QuicEngine:
         """Move to a new UDP socket on ``host:port`` (0: a free port): every connection follows (migration; a
         PING goes out at once so the peer sees the new address). ``fileno()`` changes: take the old descriptor
         off the event loop first, watch the new one after."""
+    def early_data(self, conn: int) -> tuple[bool, bool]:
+        """0-RTT on ``conn``: ``(offered, accepted)``. Client: ``offered`` right after ``connect`` when a ticket
+        allowed it (streams opened and written before ``("connected", ...)`` then leave in 0-RTT); ``accepted``,
+        known at ``("connected", ...)``: the server took them. Offered but not accepted: those streams are
+        gone (no event says so) and their ids are given again: open them again and resend. Server: both say the
+        client's 0-RTT data was accepted."""
     def open_bidi(self, conn: int) -> int: ...
     def open_wt_stream(self, conn: int, session_id: int) -> int:
         """A bidirectional WebTransport stream of the session, its header (0x41 + session id) written."""
@@ -457,4 +473,5 @@ class QuicEngine:
         """Counters: packets/bytes in and out, recv/send syscalls, send_dropped (send buffer full), send_errors
         (other refusals), lost_packets, connections, connections_accepted/refused, wakeups, gso_segments (most
         datagrams one send carries), recv_buffer and send_buffer (the socket's buffers as the kernel granted
-        them: it caps the 4 MiB asked for at ``net.core.rmem_max`` / ``wmem_max``)."""
+        them: it caps the 4 MiB asked for at ``net.core.rmem_max`` / ``wmem_max``), early_data_accepted
+        (handshakes whose 0-RTT data the server took) and early_data_rejected (client: refused, sent again)."""

@@ -460,6 +460,14 @@ impl Engine {
                     if server {
                         events.push(Event::Handshake { conn: id });
                     } else {
+                        if conn.quic.has_0rtt() && !conn.quic.accepted_0rtt() {
+                            // The server refused the 0-RTT data: quinn dropped every stream opened in it (their
+                            // ids are given again); the caller sends its requests again (`early_data`).
+                            for sid in conn.sends.keys() {
+                                conn.h3.on_stream_reset(*sid);
+                            }
+                            conn.sends.clear();
+                        }
                         events.push(Event::Connected {
                             conn: id,
                             peer: conn.quic.remote_address(),
@@ -777,6 +785,21 @@ impl Engine {
                 Self::mark_dirty(&mut self.dirty, conn, id);
             }
         }
+    }
+
+    /// 0-RTT on a connection: (offered, accepted). Client: offered once `connect` resumed a session whose
+    /// ticket allows early data (streams opened before `Connected` then leave in 0-RTT); accepted, known at
+    /// `Connected`: the server took them (if not, they are gone and their ids free again: send again).
+    /// Server: both say the client's early data was accepted (its streams are read before `Handshake`).
+    pub fn early_data(&self, id: u64) -> Result<(bool, bool), EngineError> {
+        let conn = self
+            .conns
+            .get(&id)
+            .filter(|c| !c.closed_reported)
+            .ok_or(EngineError::NoConnection(id))?;
+        let offered = conn.quic.has_0rtt();
+        let accepted = offered && (self.is_server() || (!conn.quic.is_handshaking() && conn.quic.accepted_0rtt()));
+        Ok((offered, accepted))
     }
 
     /// Client: starts a connection; its `Connected` event comes when the handshake completes.

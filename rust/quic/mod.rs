@@ -66,6 +66,10 @@ pub struct DriverStats {
     /// `wmem_max`).
     pub recv_buffer: u64,
     pub send_buffer: u64,
+    /// Connections whose 0-RTT data the server accepted (server: took; client: saw taken) at the handshake.
+    pub early_data_accepted: u64,
+    /// Client: connections that sent 0-RTT data the server refused (sent again after the handshake).
+    pub early_data_rejected: u64,
 }
 
 pub struct Driver {
@@ -75,6 +79,8 @@ pub struct Driver {
     scratch: Vec<u8>,
     /// Bytes every flush has written into streams (prefixes and frames), since the start.
     flushed_bytes: u64,
+    early_data_accepted: u64,
+    early_data_rejected: u64,
 }
 
 impl Driver {
@@ -87,6 +93,8 @@ impl Driver {
             io,
             wakeups: 0,
             flushed_bytes: 0,
+            early_data_accepted: 0,
+            early_data_rejected: 0,
             scratch: Vec::new(),
         })
     }
@@ -122,7 +130,26 @@ impl Driver {
         self.engine.handle_timeouts(now);
         self.engine.process(now);
         self.transmit_at(now);
-        self.engine.take_events()
+        let events = self.engine.take_events();
+        self.count_early_data(&events);
+        events
+    }
+
+    /// Counts 0-RTT at each completed handshake (the server's `Handshake`, the client's `Connected`).
+    fn count_early_data(&mut self, events: &[Event]) {
+        let server = self.engine.is_server();
+        for event in events {
+            let id = match event {
+                Event::Handshake { conn } => *conn,
+                Event::Connected { conn, .. } if !server => *conn,
+                _ => continue,
+            };
+            match self.engine.early_data(id) {
+                Ok((_, true)) => self.early_data_accepted += 1,
+                Ok((true, false)) => self.early_data_rejected += 1,
+                _ => {}
+            }
+        }
     }
 
     /// Moves to a new UDP socket bound to `bind` (a client's migration: a new local port); every connection
@@ -212,6 +239,8 @@ impl Driver {
             gso_segments: self.io.max_gso_segments() as u64,
             recv_buffer: recv_buffer as u64,
             send_buffer: send_buffer as u64,
+            early_data_accepted: self.early_data_accepted,
+            early_data_rejected: self.early_data_rejected,
         }
     }
 }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// A TLS setup that cannot be built; the caller's fault (bad PEM, no certificate, bad key).
@@ -51,7 +53,22 @@ pub fn cert_sha256(der: &[u8]) -> [u8; 32] {
 }
 
 /// The server side: TLS 1.3 only, no client certificates, `alpn` offered in order of preference.
-pub fn server_config(chain_pem: &[u8], key_pem: &[u8], alpn: &[Vec<u8>]) -> Result<QuicServerConfig, TlsError> {
+///
+/// Resumption and 0-RTT: with `session_tickets` > 0 the server keeps that many sessions in memory (rustls'
+/// stateful `ServerSessionMemoryCache`: the oldest go first, so memory is bounded), sends one ticket per
+/// connection (the ticket is the session's key in the cache) and accepts early data on a resumed connection.
+/// Stateful on purpose: rustls takes a session out of the cache when a client presents it, so each ticket
+/// resumes once and a replayed first flight finds nothing (RFC 8446 §8.1); rustls refuses 0-RTT with
+/// stateless tickets (a ticketer) for that reason. A resumed connection's early data is not proof against
+/// replay by itself (the first use of a ticket may be the attacker's): the engine reports it as it comes,
+/// and the caller acts on none of it before the handshake completes (the `Handshake` event).
+/// `session_tickets` 0: no ticket, no resumption, no 0-RTT.
+pub fn server_config(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    alpn: &[Vec<u8>],
+    session_tickets: usize,
+) -> Result<QuicServerConfig, TlsError> {
     let chain = certs_from_pem(chain_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError(format!("private key PEM: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -61,8 +78,15 @@ pub fn server_config(chain_pem: &[u8], key_pem: &[u8], alpn: &[Vec<u8>]) -> Resu
         .with_single_cert(chain, key)
         .map_err(|e| TlsError(format!("certificate and key: {e}")))?;
     config.alpn_protocols = alpn.to_vec();
-    // QUIC: 0-RTT is not offered (a replayed CONNECT would start a generation twice).
-    config.max_early_data_size = 0;
+    if session_tickets > 0 {
+        config.session_storage = ServerSessionMemoryCache::new(session_tickets);
+        config.send_tls13_tickets = 1; // as aioquic: one per connection (a resumed one gets a fresh one)
+        config.max_early_data_size = u32::MAX; // QUIC allows only 0 or this (RFC 9001 §4.6.1)
+    } else {
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        config.max_early_data_size = 0;
+    }
     QuicServerConfig::try_from(config).map_err(|e| TlsError(e.to_string()))
 }
 
@@ -75,8 +99,14 @@ pub enum Trust {
     Ca(Vec<u8>),
 }
 
-/// The client side: TLS 1.3 only, `alpn` offered.
-pub fn client_config(trust: &Trust, alpn: &[Vec<u8>]) -> Result<QuicClientConfig, TlsError> {
+/// Server names a client engine keeps session tickets for (each with at most rustls' 8 newest tickets; a
+/// ticket is used once).
+const CLIENT_SESSIONS: usize = 256;
+
+/// The client side: TLS 1.3 only, `alpn` offered. It keeps the tickets servers send (in memory, per server
+/// name, for [`CLIENT_SESSIONS`] names) and resumes with one; with `early_data`, a resumed connection may send
+/// data in 0-RTT, before the handshake completes (what the server's ticket allows).
+pub fn client_config(trust: &Trust, alpn: &[Vec<u8>], early_data: bool) -> Result<QuicClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError(e.to_string()))?;
@@ -102,6 +132,8 @@ pub fn client_config(trust: &Trust, alpn: &[Vec<u8>]) -> Result<QuicClientConfig
         }
     };
     config.alpn_protocols = alpn.to_vec();
+    config.resumption = Resumption::in_memory_sessions(CLIENT_SESSIONS);
+    config.enable_early_data = early_data;
     QuicClientConfig::try_from(config).map_err(|e| TlsError(e.to_string()))
 }
 

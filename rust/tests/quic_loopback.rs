@@ -1,7 +1,7 @@
 //! The native QUIC engine, client against server over 127.0.0.1: the handshake (the server's self-signed
 //! certificate trusted by its SHA-256, as `serverCertificateHashes` does), an extended CONNECT and its
 //! response, a WebTransport stream echoed, an HTTP/3 datagram each way, a flush from a registry, and the
-//! refusals (a wrong hash, an unknown connection).
+//! refusals (a wrong hash, an unknown connection), and 0-RTT on a resumed connection (accepted, refused, off).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,11 +11,20 @@ use std::time::{Duration, Instant};
 
 use _core::frame::FrameKind;
 use _core::quic::tls::{self, Trust};
-use _core::quic::{Config, Driver, Event, FlushItem, FlushStatus};
+use _core::quic::{Config, Driver, EngineError, Event, FlushItem, FlushStatus};
 use _core::registry::{Limits, Registry, StreamState};
 use _core::ring::Wire;
 
 const SETTINGS: [(u64, u64); 4] = [(0x01, 0), (0x08, 1), (0x33, 1), (0x2b60_3742, 1)];
+
+/// An extended CONNECT (a WebTransport session).
+const CONNECT: [(&[u8], &[u8]); 5] = [
+    (b":method", b"CONNECT"),
+    (b":protocol", b"webtransport"),
+    (b":scheme", b"https"),
+    (b":authority", b"localhost"),
+    (b":path", b"/wt"),
+];
 
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -54,9 +63,16 @@ fn server(cert: &Cert) -> Driver {
     server_with(cert, config())
 }
 
+/// Sessions a test server keeps for resumption.
+const TICKETS: usize = 100;
+
 fn server_with(cert: &Cert, config: Config) -> Driver {
+    server_tickets(cert, config, TICKETS)
+}
+
+fn server_tickets(cert: &Cert, config: Config, tickets: usize) -> Driver {
     let alpn = vec![b"h3".to_vec()];
-    let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &alpn).unwrap();
+    let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &alpn, tickets).unwrap();
     Driver::new(
         Config {
             server: Some(Arc::new(tls)),
@@ -68,7 +84,7 @@ fn server_with(cert: &Cert, config: Config) -> Driver {
 }
 
 fn client(trust: &Trust) -> Driver {
-    let tls = tls::client_config(trust, &[b"h3".to_vec()]).unwrap();
+    let tls = tls::client_config(trust, &[b"h3".to_vec()], true).unwrap();
     Driver::new(
         Config {
             client: Some(Arc::new(tls)),
@@ -126,28 +142,25 @@ impl Pair {
             p.client_events.iter().any(|e| matches!(e, Event::Settings { .. }))
                 && p.server_events.iter().any(|e| matches!(e, Event::Settings { .. }))
         });
-        let s = self
-            .server_events
+        (c, self.server_conn())
+    }
+
+    /// The server's newest connection.
+    fn server_conn(&self) -> u64 {
+        self.server_events
             .iter()
+            .rev()
             .find_map(|e| match e {
                 Event::Connected { conn, .. } => Some(*conn),
                 _ => None,
             })
-            .unwrap();
-        (c, s)
+            .unwrap()
     }
 
     /// An extended CONNECT from the client answered 200 by the server; the session (CONNECT stream) id.
     fn session(&mut self, c: u64, s: u64) -> u64 {
         let sid = self.client.engine().open_bidi(c).unwrap();
-        let request: [(&[u8], &[u8]); 5] = [
-            (b":method", b"CONNECT"),
-            (b":protocol", b"webtransport"),
-            (b":scheme", b"https"),
-            (b":authority", b"localhost"),
-            (b":path", b"/wt"),
-        ];
-        self.client.engine().send_headers(c, sid, &request, false).unwrap();
+        self.client.engine().send_headers(c, sid, &CONNECT, false).unwrap();
         self.client.transmit();
         self.pump("the CONNECT", |p| {
             p.server_events
@@ -614,4 +627,136 @@ fn stop_sending_reaches_the_writer() {
     });
     // The server's side of the stream is over: sends and flushes are refused.
     assert!(pair.server.engine().send_data(s, ws, b"more", false).is_err());
+}
+
+impl Pair {
+    /// A first connection, kept until the server's session ticket has had time to arrive, then closed.
+    fn connect_for_ticket(&mut self) {
+        let (c, _) = self.connect();
+        let later = Instant::now() + Duration::from_millis(50);
+        self.pump("the ticket", |_| Instant::now() > later);
+        self.client.engine().close(Instant::now(), c, 0x100, b"").unwrap();
+        self.client.transmit();
+    }
+
+    /// A new connection that opens a session and one WT stream with "early" on it before its handshake:
+    /// (client conn, session, stream, 0-RTT offered).
+    fn connect_early(&mut self) -> (u64, u64, u64, bool) {
+        let addr = self.server.local_addr().unwrap();
+        let c = self.client.engine().connect(Instant::now(), addr, "localhost").unwrap();
+        let (offered, accepted) = self.client.engine().early_data(c).unwrap();
+        assert!(!accepted, "not known before the handshake");
+        let session = self.client.engine().open_bidi(c).unwrap();
+        self.client.engine().send_headers(c, session, &CONNECT, false).unwrap();
+        let ws = self.client.engine().open_wt_stream(c, session).unwrap();
+        self.client.engine().send_data(c, ws, b"early", true).unwrap();
+        self.client.transmit();
+        (c, session, ws, offered)
+    }
+
+    /// Drives both ends until the client's connection `c` has completed its handshake.
+    fn client_handshake(&mut self, c: u64) {
+        self.pump("the client's handshake", |p| {
+            p.client_events
+                .iter()
+                .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
+        });
+    }
+}
+
+fn position(events: &[Event], what: impl Fn(&Event) -> bool) -> usize {
+    events.iter().position(what).expect("no such event")
+}
+
+#[test]
+fn zero_rtt_streams_reach_the_server_before_its_handshake_completes() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    pair.connect_for_ticket();
+    assert_eq!(pair.client.stats().early_data_accepted, 0);
+    pair.server_events.clear();
+    pair.client_events.clear();
+
+    let (c, session, ws, offered) = pair.connect_early();
+    assert!(offered, "the ticket allows 0-RTT");
+    pair.pump("the early stream and the handshake", |p| {
+        wt_bytes(&p.server_events, ws).1 && p.server_events.iter().any(|e| matches!(e, Event::Handshake { .. }))
+    });
+    // The server read the CONNECT and the request in 0-RTT: before its handshake completed.
+    let s = pair.server_conn();
+    let handshake = position(
+        &pair.server_events,
+        |e| matches!(e, Event::Handshake { conn } if *conn == s),
+    );
+    let connect = position(
+        &pair.server_events,
+        |e| matches!(e, Event::Headers { conn, stream_id, .. } if *conn == s && *stream_id == session),
+    );
+    let request = position(
+        &pair.server_events,
+        |e| matches!(e, Event::WtStream { conn, stream_id, .. } if *conn == s && *stream_id == ws),
+    );
+    assert!(connect < handshake && request < handshake, "{:?}", pair.server_events);
+    assert_eq!(wt_bytes(&pair.server_events, ws), (b"early".to_vec(), true));
+    assert_eq!(pair.server.engine().early_data(s).unwrap(), (true, true));
+    pair.client_handshake(c);
+    assert_eq!(pair.client.engine().early_data(c).unwrap(), (true, true));
+    assert_eq!(pair.server.stats().early_data_accepted, 1);
+    assert_eq!(pair.client.stats().early_data_accepted, 1);
+    // The stream goes on after the handshake: the server's answer reaches the client.
+    pair.server.engine().send_data(s, ws, b"answer", true).unwrap();
+    pair.server.transmit();
+    pair.pump("the answer", |p| wt_bytes(&p.client_events, ws).1);
+    assert_eq!(wt_bytes(&pair.client_events, ws).0, b"answer");
+}
+
+#[test]
+fn zero_rtt_refused_by_a_server_without_the_session_is_sent_again() {
+    let cert = cert();
+    let trust = Trust::Hashes(vec![cert.sha256]);
+    let mut pair = Pair::new(server(&cert), client(&trust));
+    pair.connect_for_ticket();
+    // Another server with the same certificate and name: it never issued that ticket.
+    let mut pair = Pair::new(server(&cert), pair.client);
+    let (c, session, ws, offered) = pair.connect_early();
+    assert!(offered);
+    pair.client_handshake(c);
+    assert_eq!(pair.client.engine().early_data(c).unwrap(), (true, false));
+    assert_eq!(pair.client.stats().early_data_rejected, 1);
+    // Nothing of the 0-RTT flight reached the server; the streams are gone and their ids are free again.
+    let s = pair.server_conn();
+    assert_eq!(pair.server.engine().early_data(s).unwrap(), (false, false));
+    assert!(!pair
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::Headers { .. } | Event::WtStream { .. })));
+    assert_eq!(pair.client.engine().open_bidi(c).unwrap(), session);
+    pair.client.engine().send_headers(c, session, &CONNECT, false).unwrap();
+    assert_eq!(pair.client.engine().open_wt_stream(c, session).unwrap(), ws);
+    pair.client.engine().send_data(c, ws, b"again", true).unwrap();
+    pair.client.transmit();
+    pair.pump("the request, sent again", |p| wt_bytes(&p.server_events, ws).1);
+    assert_eq!(wt_bytes(&pair.server_events, ws), (b"again".to_vec(), true));
+    assert_eq!(pair.server.stats().early_data_accepted, 0);
+}
+
+#[test]
+fn no_session_tickets_no_zero_rtt() {
+    let cert = cert();
+    let server = server_tickets(&cert, config(), 0);
+    let mut pair = Pair::new(server, client(&Trust::Hashes(vec![cert.sha256])));
+    pair.connect_for_ticket();
+    let addr = pair.server.local_addr().unwrap();
+    let c = pair.client.engine().connect(Instant::now(), addr, "localhost").unwrap();
+    assert_eq!(
+        pair.client.engine().early_data(c).unwrap(),
+        (false, false),
+        "no ticket came"
+    );
+    // Without 0-RTT no stream opens before the handshake (the server's stream limits are not known yet).
+    assert_eq!(pair.client.engine().open_bidi(c), Err(EngineError::StreamsExhausted));
+    pair.client.transmit();
+    pair.client_handshake(c);
+    assert_eq!(pair.client.engine().early_data(c).unwrap(), (false, false));
+    assert_eq!(pair.server.stats().early_data_accepted, 0);
 }

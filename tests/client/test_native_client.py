@@ -3,8 +3,8 @@ WebTransport server on each engine (the ``wt_engine`` fixture): aioquic's (the i
 native client") and the native one, over UDP on 127.0.0.1.
 
 Start, many streams on one session, resume after a dropped connection, a server RESET_STREAM and a client cut,
-cancel, typed error replies, certificates, credentials, datagram previews, migration, and exactly-once through
-a lossy relay with forced cuts."""
+0-RTT on a resumed connection (accepted, and refused then sent again), cancel, typed error replies, certificates,
+credentials, datagram previews, migration, and exactly-once through a lossy relay with forced cuts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.servers import read_n, wt_client, wt_server
+from tests.support.servers import generates, read_n, wt_client, wt_server
 from tests.support.udp_relay import UdpRelay, until
 from tokenwire import FakeModel, Hub, MemoryStorage, ResumeExpired, StreamNotFound, Unauthorized
 from tokenwire.auth import ApiKeys
@@ -66,6 +66,53 @@ async def test_a_cut_stream_and_a_dropped_connection_resume_exactly_once() -> No
         assert got == model.tokens("cut", 150)
         assert (reader.reconnects, client.connections, server.metrics.resumes_total) == (2, 2, 2)
         assert server.metrics.connections_total == 2 and model.calls == 1
+
+
+async def test_a_reconnect_resumes_the_tls_session_and_sends_its_attach_in_0rtt() -> None:
+    """The connection drops mid-stream: the new one resumes with the ticket the server sent, and the attach
+    leaves in 0-RTT early data, which the server answers once the handshake has completed."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server, native(server) as client:
+        reader = await client.generate("resume me", max_tokens=120, tokens_per_s=600)
+        got = await read_n(reader, 10)
+        assert (client.sessions_resumed, client.early_data_accepted) == (0, 0)  # the first connection: full
+        client.drop()
+        got += [t async for t in reader]
+        assert got == model.tokens("resume me", 120) and model.calls == 1
+        assert (client.connections, reader.reconnects) == (2, 1)
+        assert (client.sessions_resumed, client.early_data_accepted) == (1, 1)
+        m = server.metrics
+        assert (m.early_sessions_total, m.early_requests_total, m.resumes_total) == (1, 1, 1)
+
+
+async def test_a_start_in_0rtt_runs_once_and_a_refused_one_is_sent_again() -> None:
+    """Clients of one shared engine share its tickets. A start sent in 0-RTT on a resumed connection runs once,
+    after the handshake. Then a server that never issued the ticket (same certificate and name: a restarted
+    server) refuses the early data: the client sends the CONNECT and the start again after the handshake, and
+    the model runs once there too."""
+    model = FakeModel(seed=5)
+    certificate = make_dev_certificate()
+    engine = NativeClientEngine(server_certificate_hashes=[certificate.sha256])
+    try:
+        async with wt_server(model=model, certificate=certificate) as server:
+            async with native(server, engine=engine) as first:
+                await generates(first, model, "ticket")
+            async with native(server, engine=engine) as second:
+                await generates(second, model, "early")
+                assert second.early_data_accepted == 1
+            m = server.metrics
+            assert (m.early_sessions_total, m.deferred_starts_total, model.calls) == (1, 1, 2)
+        assert engine.stats()["early_data_accepted"] == 1
+
+        async with wt_server(model=model, certificate=certificate) as restarted:
+            async with native(restarted, engine=engine) as third:
+                await generates(third, model, "refused")
+                assert (third.early_data_accepted, third.connections) == (0, 1)
+            m = restarted.metrics
+            assert (m.early_sessions_total, m.deferred_starts_total, m.streams_started_total) == (0, 0, 1)
+        assert engine.stats()["early_data_rejected"] == 1 and model.calls == 3
+    finally:
+        engine.close()
 
 
 @pytest.mark.native_xfail("the native server has no stall check yet (no per-stream unacknowledged bytes)")

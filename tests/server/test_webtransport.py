@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import read_n, sse_server, wt_client, wt_server
+from tests.support.servers import generates, read_n, sse_server, wt_client, wt_server
 from tests.support.servers import wt_engine as default_engine
 from tokenwire import (
     EpochMismatch,
@@ -79,7 +79,7 @@ async def test_many_token_streams_multiplexed_on_one_session() -> None:
         assert server.flusher.runs < server.metrics.tokens_sent_total / 2
 
 
-async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt(wt_engine: str) -> None:
+async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt() -> None:
     model = FakeModel(seed=5)
     async with wt_server(model=model) as server, wt_client(server) as client:
         reader = await client.generate("resume me", max_tokens=120, tokens_per_s=600)
@@ -91,9 +91,6 @@ async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt(wt_e
         assert reader.reconnects == 1
         assert client.connections == 2
         assert server.metrics.resumes_total == 1
-        if wt_engine == "native":  # 0-RTT is off there: the attach waits for the handshake (resumed or not)
-            assert client.early_data_accepted == 0
-            return
         # The second connection resumed the TLS session and sent its attach in 0-RTT early data.
         assert client.sessions_resumed == 1 and client.early_data_accepted == 1
         # ... which the server answered once the handshake had completed (no session from early data).
@@ -102,7 +99,6 @@ async def test_connection_dropped_mid_stream_resumes_exactly_once_with_0rtt(wt_e
         assert server.metrics.resumes_total == 1
 
 
-@pytest.mark.aioquic_only  # 0-RTT: the native engine has it off
 async def test_a_start_in_early_data_waits_for_the_handshake() -> None:
     model = FakeModel(seed=5)
     tickets = SessionTicketStore()
@@ -117,6 +113,22 @@ async def test_a_start_in_early_data_waits_for_the_handshake() -> None:
             assert second.early_data_accepted == 1
         assert server.metrics.deferred_starts_total == 1 and server.metrics.early_sessions_total == 1
         assert model.calls == 1
+
+
+async def test_no_session_tickets_no_resumption_and_no_0rtt() -> None:
+    """``max_session_tickets=0`` turns resumption and 0-RTT off on either engine: the server sends no ticket, so
+    a second connection does a full handshake and its start waits for it."""
+    model = FakeModel(seed=5)
+    tickets = SessionTicketStore()
+    async with wt_server(model=model, limits=WebTransportLimits(max_session_tickets=0)) as server:
+        async with wt_client(server, tickets=tickets) as first:
+            await generates(first, model, "first")
+        assert len(tickets) == 0
+        async with wt_client(server, tickets=tickets) as second:
+            await generates(second, model, "second")
+            assert (second.sessions_resumed, second.early_data_accepted) == (0, 0)
+        m = server.metrics
+        assert (m.early_sessions_total, m.deferred_starts_total, model.calls) == (0, 0, 2)
 
 
 async def test_switch_protocols_mid_answer_webtransport_sse_webtransport() -> None:

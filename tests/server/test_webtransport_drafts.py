@@ -1,8 +1,9 @@
 """Every browser's WebTransport on the server: the exact SETTINGS frame, WebTransport flow control against a
 client that turns it on (WT_MAX_DATA credit never exceeded, WT_DATA_BLOCKED, a limit that goes down), the
 one-session rule of draft 13 on, CLOSE_WEBTRANSPORT_SESSION, and 0-RTT: no session is established from early
-data (docs/protocol.md §3.1). Real QUIC over UDP on 127.0.0.1 with aioquic clients; the webtransport-go interop
-test (tests/interop) checks the same flow control against an independent implementation."""
+data, and a replayed first flight gets nothing (docs/protocol.md §3.1). Real QUIC over UDP on 127.0.0.1 with
+aioquic clients; the webtransport-go interop test (tests/interop) checks the same flow control against an
+independent implementation."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamDataReceived, StreamReset
 
 import tokenwire.client.webtransport as client_module
-from tests.support.servers import wt_client, wt_server
+from tests.support.servers import AnyWtServer, wt_client, wt_server
 from tokenwire import FakeModel, _core
 from tokenwire.client.webtransport import SessionTicketStore, WebTransportClient
 from tokenwire.protocol.webtransport import (
@@ -40,6 +41,7 @@ from tokenwire.protocol.webtransport import (
 from tokenwire.server import ServerConfig
 from tokenwire.server.aioquic_adapter import ServerH3
 from tokenwire.server.config import WebTransportLimits
+from tokenwire.server.native import NativeWebTransportServer
 from tokenwire.server.webtransport import WebTransportServer
 
 pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
@@ -306,7 +308,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.queue.put_nowait(data)
 
 
-async def _ticket_for(server: WebTransportServer) -> Any:
+async def _ticket_for(server: AnyWtServer) -> Any:
     """A session ticket of ``server`` (single use), from a client that connected once."""
     tickets = SessionTicketStore()
     async with wt_client(server, tickets=tickets) as first:
@@ -319,7 +321,7 @@ class _EarlyClient:
     """A hand-driven aioquic client that resumes a connection with ``ticket``: what it queues before its first
     :meth:`send` leaves in 0-RTT, and it answers the server's flight only when told (:meth:`run_until`)."""
 
-    def __init__(self, server: WebTransportServer, ticket: Any, settings: dict[int, int] | None = None) -> None:
+    def __init__(self, server: AnyWtServer, ticket: Any, settings: dict[int, int] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.addr = ("127.0.0.1", server.port)
         config = QuicConfiguration(
@@ -408,7 +410,6 @@ class _EarlyClient:
         return None
 
 
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_a_connect_in_early_data_is_answered_only_after_the_handshake() -> None:
     """A hand-driven aioquic client sends its CONNECT and a start request in 0-RTT, then reads everything the
     server sends before the client's own Finished (its handshake flight and any 0.5-RTT data): the server took
@@ -445,8 +446,53 @@ async def test_a_connect_in_early_data_is_answered_only_after_the_handshake() ->
         assert (m.sessions_total - sessions_before, m.early_sessions_total, m.deferred_starts_total) == (1, 1, 1)
 
 
+def _quic_connections(server: AnyWtServer) -> int:
+    """Connections the server's QUIC layer still knows (closing ones too: they still take their packets)."""
+    if isinstance(server, NativeWebTransportServer):
+        return int(server.engine.stats()["connections"])
+    return len(server.connections)  # aioquic's: a connection leaves once its draining period is over
+
+
+async def test_a_replayed_first_flight_gets_no_session_and_no_generation() -> None:
+    """An attacker who recorded a client's first flight (Initial + 0-RTT: a CONNECT and a start) sends it again
+    once that connection is gone. The ticket was single use: the server no longer has that session, so it
+    does a full handshake and cannot read the 0-RTT packets at all. The replay gets the server's handshake
+    flight and nothing more: no session held or established, the model runs once (the original's)."""
+    model = FakeModel(seed=5)
+    async with wt_server(model=model) as server:
+        ticket = await _ticket_for(server)
+        await _until(lambda: _quic_connections(server) == 0)
+        async with _EarlyClient(server, ticket) as client:
+            qid = client.request(encode_request(StartRequested("once", 5, {"tokens_per_s": 0})))
+            flight = [data for data, _ in client.quic.datagrams_to_send(now=client.loop.time())]
+            assert client._transport is not None
+            for data in flight:
+                client._transport.sendto(data)
+            await client.run_until(lambda: qid in client.ended)
+            client.quic.close()
+            client.send()
+        assert model.calls == 1 and server.metrics.early_sessions_total == 1
+        sessions = server.metrics.sessions_total
+        await _until(lambda: _quic_connections(server) == 0)
+
+        replay = _Datagrams()
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: replay, remote_addr=("127.0.0.1", server.port)
+        )
+        try:
+            for data in flight:
+                transport.sendto(data)
+            await _until(lambda: not replay.queue.empty())  # the server's handshake flight: the replay was read
+            await asyncio.sleep(0.3)  # and whatever else it would send
+        finally:
+            transport.close()
+        assert _quic_connections(server) == 1
+        assert not any(c.held_connects or c.sessions or c.handshake_done for c in server.connections)
+        assert server.metrics.sessions_total == sessions and server.metrics.early_sessions_total == 1
+        assert model.calls == 1 and server.metrics.streams_started_total == 1
+
+
 @pytest.mark.parametrize("how", ["fin", "close-capsule", "reset"])
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_a_session_the_client_closed_before_its_connect_was_answered_serves_nothing(how: str) -> None:
     """In 0-RTT the client opens a session and a start request, then closes the session again (the end of its
     CONNECT stream, a CLOSE_WEBTRANSPORT_SESSION capsule, or a reset) before the handshake has completed, so
@@ -473,7 +519,6 @@ async def test_a_session_the_client_closed_before_its_connect_was_answered_serve
         assert model.calls == 0 and server.metrics.streams_started_total == 0
 
 
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_credit_granted_before_the_connect_was_answered_counts() -> None:
     """A client that turns flow control on (initial limit 1 byte) and raises its limit with WT_MAX_DATA in 0-RTT,
     while the server still holds its CONNECT: the capsule is applied when the session is established, so the
@@ -492,7 +537,6 @@ async def test_credit_granted_before_the_connect_was_answered_counts() -> None:
         assert client.data[qid][:1] == b"\x21" and server.metrics.credit_waits_total == 0
 
 
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_early_request_streams_are_held_by_stream_not_by_packet() -> None:
     """In 0-RTT the client opens 12 request streams (fewer than the 16 a session may have held) whose requests
     are split across the packets of its first flight: every one is served once the session is established."""
@@ -512,7 +556,6 @@ async def test_early_request_streams_are_held_by_stream_not_by_packet() -> None:
 
 
 @pytest.mark.parametrize("case", ["too-large", "bytes-after"])
-@pytest.mark.aioquic_only  # 0-RTT (off in the native engine)
 async def test_an_early_stream_over_the_request_limit_is_answered_as_any_other(case: str) -> None:
     """A held stream keeps no more than the request limit (plus a message head and a byte): what it answers is
     unchanged, a 413 error reply for a request over the limit, a 400 one for bytes after a request."""

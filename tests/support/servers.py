@@ -111,6 +111,12 @@ def wt_client(server: AnyWtServer, *, via: tuple[str, int] | None = None, **opti
     return WebTransportClient(url, **options)
 
 
+async def generates(client: WebTransportClient, model: FakeModel, prompt: str, max_tokens: int = 20) -> None:
+    """``client`` starts ``prompt`` and reads the whole answer: exactly the model's tokens."""
+    reader = await client.generate(prompt, max_tokens=max_tokens, tokens_per_s=4000)
+    assert await reader.text() == "".join(model.tokens(prompt, max_tokens))
+
+
 async def read_n(reader: WebTransportStreamReader, n: int) -> list[str]:
     """The next ``n`` tokens of ``reader`` (fewer if the stream ends first)."""
     got: list[str] = []

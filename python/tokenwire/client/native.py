@@ -10,8 +10,14 @@ connection (:class:`NativeConnection`), and the packets the handlers queued leav
 A :class:`NativeConnection` is the native twin of the aioquic client's connection: one WebTransport session
 (extended CONNECT), its request streams (:class:`~tokenwire.client.webtransport._RequestStream`, the same
 objects, fed the same bytes) and its datagram previews. The certificate is checked in Rust, by the SHA-256 of
-its DER (``server_certificate_hashes``) or a CA bundle. Not here: TLS session tickets and 0-RTT (the engine
-has them off), per-connection byte counters (:meth:`NativeClientEngine.stats` counts the socket's).
+its DER (``server_certificate_hashes``) or a CA bundle.
+
+Resumption and 0-RTT: the engine keeps the session tickets servers send (in Rust, per server name; every
+connection of the engine shares them) and a new connection resumes with one. When the ticket allows early
+data, the session's CONNECT and the requests made before the handshake leave at once in 0-RTT (as the aioquic
+client sends them; a tokenwire server holds them until its handshake completes). If the server refuses the
+early data, they are sent again once the handshake is done. Not here: per-connection byte counters
+(:meth:`NativeClientEngine.stats` counts the socket's).
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ class NativeClientEngine:
     ``server_certificate_hashes``: SHA-256 hashes of the server certificate's DER to trust (as a browser's
     ``serverCertificateHashes``); ``ca_pem``: trusted roots instead (the server name is then checked).
     ``keepalive``: seconds between PINGs while a connection is idle (``None``: none). ``host``: the local
-    address to bind (``"::"`` for IPv6 servers).
+    address to bind (``"::"`` for IPv6 servers). ``early_data``: a resumed connection sends its session and
+    requests in 0-RTT when its ticket allows (``False``: they wait for the handshake; tickets still resume).
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class NativeClientEngine:
         idle_timeout: float = 60.0,
         keepalive: float | None = 1.0,
         host: str = "0.0.0.0",  # noqa: S104 - a client's ephemeral port
+        early_data: bool = True,
     ) -> None:
         hashes = list(server_certificate_hashes)
         self.engine = _core.QuicEngine(
@@ -74,6 +82,7 @@ class NativeClientEngine:
             ca_pem=ca_pem,
             idle_timeout=idle_timeout,
             keepalive=keepalive,
+            early_data=early_data,
         )
         self.loop = asyncio.get_running_loop()
         self.conns: dict[int, NativeConnection] = {}
@@ -182,6 +191,9 @@ class NativeConnection:
     ``open_stream``, ``abort`` ...), so :class:`~tokenwire.client.WebTransportClient` and the load generator
     drive either. Requests made before the handshake wait for it: the session's CONNECT goes out first, then
     every waiting request on its own WebTransport stream (the server holds them until it accepts the session).
+    On a connection that resumed with a ticket allowing 0-RTT (``early``) nothing waits: the CONNECT and the
+    requests go out in early data, and their bytes are kept until the handshake says whether the server took
+    them; if not, they are sent again.
     """
 
     def __init__(self, engine: NativeClientEngine, conn_id: int) -> None:
@@ -198,14 +210,21 @@ class NativeConnection:
         self.connected = False
         self._session: tuple[str, str, Mapping[str, str]] | None = None
         self._waiting: list[tuple[_RequestStream, bytes]] = []  # requests made before the handshake
+        #: The connection sends in 0-RTT until its handshake completes (a resumed session whose ticket allows it).
+        self.early = self.engine.early_data(conn_id)[0]
+        #: The server took this connection's 0-RTT data (known at the handshake).
+        self.early_data_accepted = False
+        self._early_sent: list[tuple[_RequestStream, bytes]] = []  # requests sent in 0-RTT, until the handshake
         self._unsent: dict[int, bytes] = {}  # request bytes QUIC flow control held back, by stream
         #: Not counted per connection here (the engine's ``stats()`` counts the socket's); kept for the API.
         self.bytes_received = 0
         self.bytes_sent = 0
 
     def open_session(self, authority: str, path: str, headers: Mapping[str, str]) -> None:
-        """The session's extended CONNECT: sent once the handshake is done."""
+        """The session's extended CONNECT: sent once the handshake is done, or now in 0-RTT (``early``)."""
         self._session = (authority, path, headers)
+        if self.early:
+            self._send_connect(self._session)
 
     def on_event(self, event: tuple[Any, ...]) -> None:  # noqa: C901 - one dispatch over the engine's event tags
         tag = event[0]
@@ -242,11 +261,38 @@ class NativeConnection:
 
     def _connected(self) -> None:
         self.connected = True
+        if self.early:
+            self._early_settled()
         if not self.handshake.done():
             self.handshake.set_result(None)
         if self._session is None:
             return
-        authority, path, headers = self._session
+        if self.session_id < 0 and not self._send_connect(self._session):
+            return
+        waiting, self._waiting = self._waiting, []
+        for stream, request in waiting:
+            if not stream.over:
+                self._open(stream, request)
+
+    def _early_settled(self) -> None:
+        """The handshake says whether the server took the 0-RTT data. If not, the engine dropped the CONNECT
+        and every stream sent in it (their ids are given again): the requests wait to be sent again, first."""
+        self.early = False
+        self.early_data_accepted = self.engine.early_data(self.id)[1]
+        sent, self._early_sent = self._early_sent, []
+        if self.early_data_accepted:
+            return
+        self.session_id = -1
+        for stream, _ in sent:
+            if self.streams.get(stream.qid) is stream:
+                del self.streams[stream.qid]
+            self._unsent.pop(stream.qid, None)
+            stream.qid = -1
+        self._waiting[:0] = sent
+
+    def _send_connect(self, session: tuple[str, str, Mapping[str, str]]) -> bool:
+        """Open the session's CONNECT stream and send its HEADERS; False if the session is lost."""
+        authority, path, headers = session
         try:
             self.session_id = self.engine.open_bidi(self.id)
             self.engine.send_headers(
@@ -254,11 +300,16 @@ class NativeConnection:
             )
         except (TokenwireError, OSError) as exc:
             self._lose(_interrupted(f"the session could not be opened: {exc}"))
-            return
-        waiting, self._waiting = self._waiting, []
-        for stream, request in waiting:
-            if not stream.over:
-                self._open(stream, request)
+            return False
+        self._sent()
+        return True
+
+    def _sent(self) -> None:
+        """Bytes were queued. In 0-RTT they leave at once, right behind the Initial (``connect`` sent it), so
+        the server reads them before the handshake can complete; else with the iteration's one transmit."""
+        if self.early:
+            self.engine.transmit()
+        self.native.transmit_soon()
 
     def _session_status(self, headers: list[tuple[bytes, bytes]]) -> None:
         raw = dict(headers).get(b":status", b"0")
@@ -279,6 +330,9 @@ class NativeConnection:
             raise StreamInterrupted(f"the connection is gone: {self.lost}")
         stream = _RequestStream(self, -1)
         if self.connected:
+            self._open(stream, request)
+        elif self.early and self.session_id >= 0:
+            self._early_sent.append((stream, request))
             self._open(stream, request)
         else:
             self._waiting.append((stream, request))
@@ -308,7 +362,7 @@ class NativeConnection:
             return  # the stream or connection went away: its reset or close event says so
         if sent < len(data):
             self._unsent[qid] = data[sent:]
-        self.native.transmit_soon()
+        self._sent()
 
     def cut_stream(self, qid: int, h3_code: int) -> None:
         """Stop reading and writing stream ``qid`` (STOP_SENDING + RESET_STREAM with ``h3_code``)."""
@@ -340,6 +394,7 @@ class NativeConnection:
         self.streams.clear()
         self.preview_streams.clear()
         self._waiting.clear()
+        self._early_sent.clear()
         self._unsent.clear()
 
     def abort(self, reason: str, graceful: bool = False) -> None:

@@ -7,8 +7,8 @@ its stream is reset or the connection drops, it attaches again (a new stream, on
 after a jittered backoff) with that position, and drops any replayed seq it already delivered. Resume
 failures surface as the typed errors of :mod:`tokenwire.errors`, as with :class:`~tokenwire.client.SseClient`.
 
-Session tickets are kept (:class:`SessionTicketStore`), so a reconnect resumes the TLS session and sends its
-attach requests in 0-RTT early data.
+Session tickets are kept (:class:`SessionTicketStore`; the native engine keeps its own), so a reconnect resumes
+the TLS session and sends its attach requests in 0-RTT early data.
 
 Connection migration: :meth:`WebTransportClient.rebind` moves the live connection to a new UDP socket (a new
 local port), as when the client's network changes; the server validates the new path and the session and its
@@ -33,6 +33,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
@@ -719,10 +720,12 @@ class WebTransportClient:
     (:mod:`tokenwire.client.native`), its own UDP socket per client, or a
     :class:`~tokenwire.client.native.NativeClientEngine` shared by many clients (a load generator's). The same
     API, with these differences: the server is trusted by ``server_certificate_hashes`` or a CA
-    (``cadata``/``cafile``), not ``verify=False``; no TLS session tickets or 0-RTT (``tickets`` unused,
-    :meth:`wait_connected` returns ``None``); ``batch_transmit`` and ``ack_delay`` do not apply (the engine
-    always transmits once per wake-up); :meth:`rebind` moves the engine's socket, so every connection of a
-    shared engine.
+    (``cadata``/``cafile``), not ``verify=False``; session tickets are kept by the engine (in Rust, shared by
+    every client of a shared engine; ``tickets`` unused), and a reconnect resumes with one and sends its
+    CONNECT and requests in 0-RTT as the aioquic client does (``early_data_accepted`` counts the connections
+    whose early data the server took; ``sessions_resumed`` counts only those); :meth:`wait_connected` returns
+    ``None``; ``batch_transmit`` and ``ack_delay`` do not apply (the engine always transmits once per
+    wake-up); :meth:`rebind` moves the engine's socket, so every connection of a shared engine.
     """
 
     def __init__(
@@ -872,7 +875,8 @@ class WebTransportClient:
                 host="::" if family == socket.AF_INET6 else "0.0.0.0",  # noqa: S104 - an ephemeral port
             )
         conn = native.connect(str(addr[0]), int(addr[1]), self.server_name)
-        conn.open_session(self.authority, self.path, self.headers)
+        conn.open_session(self.authority, self.path, self.headers)  # in 0-RTT when a ticket allows it
+        conn.handshake.add_done_callback(partial(self._count_native_handshake, conn))
         self.connections += 1
         return conn
 
@@ -887,6 +891,13 @@ class WebTransportClient:
             event = future.result()
             self.sessions_resumed += event.session_resumed
             self.early_data_accepted += event.early_data_accepted
+
+    def _count_native_handshake(self, conn: NativeConnection, future: asyncio.Future[None]) -> None:
+        # quinn tells whether the server took the 0-RTT data, not whether a session resumed without it: a
+        # resumption counts here when its early data was accepted.
+        if not future.cancelled() and future.exception() is None and conn.early_data_accepted:
+            self.sessions_resumed += 1
+            self.early_data_accepted += 1
 
     async def _session(self) -> _Connection | NativeConnection:
         """The live connection, or a new one (requests are pipelined: nothing waits for the handshake)."""

@@ -39,7 +39,8 @@ class WebTransportLimits:
     #: QUIC flow control windows the server grants its peer.
     max_stream_data: int = 1 << 20
     max_data: int = 16 << 20
-    #: Session tickets kept for resumption and 0-RTT.
+    #: Session tickets kept for resumption and 0-RTT (each resumes once; the oldest go first), on both engines.
+    #: 0: no tickets are sent, so no connection resumes and none sends 0-RTT early data.
     max_session_tickets: int = 10_000
     #: UDP socket buffers asked of the kernel (one socket carries every session; 0 keeps the default).
     socket_buffer_bytes: int = 4 << 20

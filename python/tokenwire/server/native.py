@@ -16,6 +16,11 @@ layer's ``send``, as on aioquic) when its storage is not the in-memory registry 
 (raw OpenAI chunks), it gets datagram previews, or its session has WebTransport flow control (the client's
 WT_MAX_DATA must see every byte).
 
+0-RTT, as on aioquic: the engine keeps session tickets (``max_session_tickets``, single use) and accepts early
+data on a resumed connection; it reports the early streams as they come, before the connection's ``handshake``
+event, and the session layer holds them (a CONNECT in early data is answered only after the handshake), so a
+replayed first flight, which never completes a handshake, gets nothing served.
+
 What the engine cannot take at once: a flush that returns PAUSED left the rest in the engine, which reports
 ``writable`` once it is out; a short ``send_data`` (the Python path) keeps the rest here and sends it on
 ``writable``. Meanwhile the stream stops pulling frames from the ring (the slow-reader pause: the tick cuts it
@@ -348,6 +353,7 @@ class NativeWebTransportServer(WtServerBase):
             max_bidi_streams=limits.quic_bidi_streams,
             stream_window=limits.max_stream_data,
             conn_window=limits.max_data,
+            session_tickets=limits.max_session_tickets,  # 0-RTT: its streams wait in the session layer (HELD)
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)

@@ -335,12 +335,13 @@ class WebTransportServer(WtServerBase):
     async def start(self) -> None:
         loop = self._start_common()
         configuration = self.quic_configuration()
+        tickets = self.config.webtransport.max_session_tickets > 0  # 0: no tickets sent, no resumption, no 0-RTT
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: QuicServer(
                 configuration=configuration,
                 create_protocol=partial(WebTransportConnection, server=self),
-                session_ticket_fetcher=self._pop_ticket,
-                session_ticket_handler=self._add_ticket,
+                session_ticket_fetcher=self._pop_ticket if tickets else None,
+                session_ticket_handler=self._add_ticket if tickets else None,
             ),
             local_addr=(self.config.host, self.config.port),
             reuse_port=self.config.reuse_port or None,
