@@ -994,8 +994,8 @@ impl PyQuicEngine {
     }
 
     /// Per item `(conn, stream_id, handle, after, prefix)`: the registry's binary frames after `after`,
-    /// behind `prefix`, into the stream (FIN after the final frame); then one transmit. Returns per item
-    /// `(conn, stream_id, new_after, status)`.
+    /// behind `prefix`, into the stream (FIN after the final frame), sending as it goes (every 64 items at a
+    /// connection boundary, and at the end). Returns per item `(conn, stream_id, new_after, status)`.
     #[allow(clippy::needless_pass_by_value)] // PyO3 hands extracted arguments over by value
     fn flush(
         &mut self,

@@ -22,6 +22,11 @@ use udp::UdpIo;
 
 /// recvmmsg batches one wake-up drains at most (the socket stays readable, so the loop calls again).
 const MAX_RECV_BATCHES: usize = 64;
+/// A flush sends what its items wrote every this many items (at the next connection boundary), not only at
+/// its end: the first connections' packets leave while later streams are still being written, so a big
+/// flush (1,000 sessions in one engine step) does not hold every packet until its last write, and the peer
+/// starts reading sooner.
+const FLUSH_TRANSMIT_EVERY: usize = 64;
 
 /// What [`Driver::flush`] did with one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,11 +187,17 @@ impl Driver {
             .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
-    /// Writes every item's new frames from `registry` into its stream, then sends once. `out` gets, per
-    /// item, the new `after` and a status.
+    /// Writes every item's new frames from `registry` into its stream and sends them (every
+    /// `FLUSH_TRANSMIT_EVERY` items, and at the end). `out` gets, per item, the new `after` and a status.
     pub fn flush(&mut self, registry: &Registry, items: &[FlushItem<'_>], out: &mut Vec<(u64, FlushStatus)>) {
-        for item in items {
+        let mut since_transmit = 0;
+        for (i, item) in items.iter().enumerate() {
+            if since_transmit >= FLUSH_TRANSMIT_EVERY && items[i - 1].conn != item.conn {
+                self.transmit();
+                since_transmit = 0;
+            }
             out.push(self.flush_one(registry, item));
+            since_transmit += 1;
         }
         self.transmit();
     }
