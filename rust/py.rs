@@ -840,6 +840,7 @@ impl PyQuicEngine {
         max_bidi_streams=1024,
         stream_window=1_048_576,
         conn_window=16_777_216,
+        stream_send_window=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -858,7 +859,11 @@ impl PyQuicEngine {
         max_bidi_streams: u64,
         stream_window: u64,
         conn_window: u64,
+        stream_send_window: Option<u64>,
     ) -> PyResult<Self> {
+        if stream_send_window == Some(0) {
+            return Err(local("stream_send_window must be at least 1 byte"));
+        }
         let alpn = alpn.unwrap_or_else(|| vec![b"h3".to_vec()]);
         let mut settings = Vec::with_capacity(h3_settings.len());
         for (k, v) in h3_settings.iter() {
@@ -876,6 +881,7 @@ impl PyQuicEngine {
             max_bidi_streams,
             stream_window,
             conn_window,
+            stream_send_window,
         };
         if server {
             let (Some(chain), Some(key)) = (cert_chain_pem, key_pem) else {

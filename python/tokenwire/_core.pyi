@@ -400,6 +400,7 @@ class QuicEngine:
         max_bidi_streams: int = 1024,
         stream_window: int = 1048576,
         conn_window: int = 16777216,
+        stream_send_window: int | None = None,
     ) -> Self:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
@@ -408,7 +409,12 @@ class QuicEngine:
         ``keepalive``: seconds between PINGs when idle. ``ack_frequency``: ``(threshold, max_delay)`` asked of a
         peer that supports the ACK frequency extension (quinn, so the native client): an ACK after more than
         ``threshold`` ack-eliciting packets or ``max_delay`` seconds; fewer ACKs to read, slower loss detection.
-        quinn caps the delay at the path's round trip (at least 25 ms), so on loopback it changes little."""
+        quinn caps the delay at the path's round trip (at least 25 ms), so on loopback it changes little.
+        ``stream_send_window``: bytes each open WebTransport stream this end sends on may leave unacknowledged
+        (unsent or in flight), pooled per connection (the connection's send window is this times its open
+        WebTransport send streams, at least once): a peer that stops acknowledging blocks the writes there
+        (``send_data`` takes less, a flush says ``FLUSH_PAUSED``) until its ACKs free room (``writable``).
+        ``None``: the send window is ``conn_window``."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property

@@ -5,9 +5,10 @@
 //! to a sender). Connections are named by ids this engine gives (never reused); streams by their QUIC ids.
 //!
 //! Sending: a request stream (a CONNECT and its response) carries HTTP/3 frames (HEADERS, DATA); a
-//! WebTransport stream carries raw bytes after its 0x41 header. What QUIC flow control does not take at
-//! once waits in the stream's pending buffer (bounded by one call's bytes) and goes out as credit comes;
-//! the writer hears `Writable` then.
+//! WebTransport stream carries raw bytes after its 0x41 header. What QUIC does not take at once (the peer's
+//! flow control, or this end's send window: the bytes it may leave unacknowledged, see
+//! [`Config::stream_send_window`]) waits in the stream's pending buffer (bounded by one call's bytes) and goes
+//! out as credit or acknowledgements come; the writer hears `Writable` then.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -140,6 +141,11 @@ pub struct Config {
     pub max_bidi_streams: u64,
     pub stream_window: u64,
     pub conn_window: u64,
+    /// Bytes each WebTransport stream this end sends on may leave unacknowledged (unsent or in flight), pooled
+    /// per connection: its send window is this times its open WebTransport send streams (at least one), so a
+    /// peer that stops acknowledging blocks the writes (`Writable` once ACKs free room). `None`: the send
+    /// window is `conn_window`.
+    pub stream_send_window: Option<u64>,
 }
 
 /// Unidirectional streams a peer may open (control, QPACK encoder and decoder, a few WebTransport ones).
@@ -159,7 +165,7 @@ fn transport(config: &Config) -> Result<Arc<TransportConfig>, EngineError> {
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .stream_receive_window(varint(config.stream_window)?)
         .receive_window(varint(config.conn_window)?)
-        .send_window(config.conn_window)
+        .send_window(config.stream_send_window.unwrap_or(config.conn_window))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(config.idle_timeout)
                 .map_err(|_| EngineError::Invalid("idle_timeout is out of range".into()))?,
@@ -200,6 +206,49 @@ impl SendState {
     }
 }
 
+/// A bidirectional stream: a request, a CONNECT or a WebTransport stream (not a control or QPACK one).
+fn is_bidi(sid: u64) -> bool {
+    sid & 0b10 == 0
+}
+
+impl Conn {
+    /// `sid` carries raw bytes (a WebTransport stream, or this end's control and QPACK streams): its send state,
+    /// made if need be. A new bidirectional one widens the connection's send window.
+    fn wt_send(&mut self, sid: u64) -> &mut SendState {
+        let send = self.sends.entry(sid).or_default();
+        if !send.wt {
+            send.wt = true;
+            if is_bidi(sid) {
+                self.wt_streams += 1;
+                self.resize_send_window();
+            }
+        }
+        self.sends.entry(sid).or_default()
+    }
+
+    /// This end is done sending on `sid` (all of it acknowledged, stopped or reset): its send state goes, and a
+    /// WebTransport stream's share of the send window with it.
+    fn forget_send(&mut self, sid: u64) {
+        if self.sends.remove(&sid).is_some_and(|s| s.wt) && is_bidi(sid) {
+            self.wt_streams -= 1;
+            self.resize_send_window();
+        }
+    }
+
+    /// The send window (`Config::stream_send_window`): one share per open WebTransport send stream, at least one.
+    /// A wider window lets the streams quinn blocked write again (`Writable` at its next poll).
+    fn resize_send_window(&mut self) {
+        let Some(per_stream) = self.stream_send_window else {
+            return;
+        };
+        let window = per_stream.saturating_mul(self.wt_streams.max(1));
+        if window != self.send_window {
+            self.send_window = window;
+            self.quic.set_send_window(window);
+        }
+    }
+}
+
 struct Conn {
     handle: ConnectionHandle,
     quic: quinn_proto::Connection,
@@ -207,6 +256,11 @@ struct Conn {
     /// How many of this end's three unidirectional streams (control, QPACK encoder, QPACK decoder) are open.
     uni_opened: u8,
     sends: HashMap<u64, SendState>,
+    /// Bidirectional WebTransport streams in `sends` (the data streams that size the send window).
+    wt_streams: u64,
+    /// `Config::stream_send_window`, and the send window last given to quinn.
+    stream_send_window: Option<u64>,
+    send_window: u64,
     /// The `Closed` event went out.
     closed_reported: bool,
     /// On the engine's dirty list.
@@ -339,6 +393,9 @@ impl Engine {
             h3: H3Conn::new(role, &self.config.h3_settings),
             uni_opened: 0,
             sends: HashMap::new(),
+            wt_streams: 0,
+            stream_send_window: self.config.stream_send_window,
+            send_window: self.config.stream_send_window.unwrap_or(self.config.conn_window),
             closed_reported: false,
             dirty: false,
             timer: None,
@@ -495,11 +552,11 @@ impl Engine {
                     }
                 }
                 QuicEvent::Stream(StreamEvent::Finished { id: stream }) => {
-                    conn.sends.remove(&u64::from(stream));
+                    conn.forget_send(u64::from(stream));
                 }
                 QuicEvent::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
                     let sid = u64::from(stream);
-                    conn.sends.remove(&sid);
+                    conn.forget_send(sid);
                     events.push(Event::StopSending {
                         conn: id,
                         stream_id: sid,
@@ -533,9 +590,7 @@ impl Engine {
             };
             conn.uni_opened += 1;
             let sid = u64::from(stream);
-            let send = conn.sends.entry(sid).or_default();
-            send.wt = true;
-            send.pending.extend_from_slice(bytes);
+            conn.wt_send(sid).pending.extend_from_slice(bytes);
             Self::drain_pending(conn, sid);
         }
     }
@@ -630,7 +685,7 @@ impl Engine {
                         let live = VarInt::from_u64(stream_id)
                             .is_ok_and(|v| conn.quic.send_stream(StreamId::from(v)).priority().is_ok());
                         if live {
-                            conn.sends.entry(stream_id).or_default().wt = true;
+                            conn.wt_send(stream_id);
                         }
                     }
                     Event::WtStream {
@@ -912,7 +967,7 @@ impl Engine {
         fin: bool,
     ) -> Result<bool, EngineError> {
         let conn = self.conn_mut(conn)?;
-        conn.sends.entry(sid).or_default().wt = true;
+        conn.wt_send(sid);
         Self::write_queued(conn, sid, &[prefix, body], fin)
     }
 
@@ -940,7 +995,7 @@ impl Engine {
         let code = varint(code)?;
         let conn = self.conn_mut(conn)?;
         Self::check_send_stream(conn, sid, server)?;
-        conn.sends.remove(&sid);
+        conn.forget_send(sid);
         let _ = conn.quic.send_stream(StreamId::from(varint(sid)?)).reset(code);
         Ok(())
     }
@@ -998,7 +1053,7 @@ impl Engine {
         let conn = self.conn_mut(conn)?;
         let mut header = Vec::with_capacity(9);
         h3::encode_wt_stream_header(session_id, &mut header);
-        conn.sends.entry(sid).or_default().wt = true;
+        conn.wt_send(sid);
         // The peer's bytes on it are raw WebTransport data, not a response.
         conn.h3.register_wt_stream(sid, session_id);
         Self::write_queued(conn, sid, &[&header], false)?;

@@ -47,6 +47,7 @@ fn config() -> Config {
         max_bidi_streams: 100,
         stream_window: 1 << 20,
         conn_window: 16 << 20,
+        stream_send_window: None,
     }
 }
 
@@ -499,6 +500,83 @@ fn send_window_pauses_then_writable() {
         ..config()
     };
     big_write_pauses_then_writable(CERT.with(|c| server_with(c, config)));
+}
+
+impl Pair {
+    /// Drives both ends for `ms` milliseconds (acknowledgements come and go).
+    fn settle(&mut self, ms: u64) {
+        let until = Instant::now() + Duration::from_millis(ms);
+        self.pump("time", |_| Instant::now() > until);
+    }
+
+    /// Drives the server alone for `ms` milliseconds: the client is deaf, it acknowledges nothing.
+    fn server_alone(&mut self, ms: u64) {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            let events = self.server.poll_io();
+            self.server_events.extend(events);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn writables(&self, stream: u64) -> usize {
+        self.server_events
+            .iter()
+            .filter(|e| matches!(e, Event::Writable { stream_id, .. } if *stream_id == stream))
+            .count()
+    }
+}
+
+/// `stream_send_window`: a connection's unacknowledged bytes are bounded by one share per open WebTransport
+/// stream; a deaf peer blocks the writes there, its ACKs unblock them (`Writable`), and a reset stream gives its
+/// share back.
+#[test]
+fn unacknowledged_bytes_are_bounded_per_stream() {
+    const SHARE: usize = 4096;
+    let config = Config {
+        stream_send_window: Some(SHARE as u64),
+        ..config()
+    };
+    let mut pair = Pair::new(
+        CERT.with(|c| server_with(c, config)),
+        client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)])),
+    );
+    let (c, s, session, ws) = pair.wt_request();
+    let other = pair.client.engine().open_wt_stream(c, session).unwrap();
+    pair.client.engine().send_data(c, other, b"start", false).unwrap();
+    pair.client.transmit();
+    pair.pump("the second request", |p| {
+        !wt_bytes(&p.server_events, other).0.is_empty()
+    });
+    pair.server.engine().send_data(s, other, b"ok", false).unwrap();
+    pair.settle(100); // everything so far acknowledged
+
+    // Two streams: two shares. The deaf client acknowledges nothing, so nothing more goes in.
+    let big = vec![b'y'; 64 << 10];
+    let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    assert!(n > SHARE && n <= 2 * SHARE, "took {n}");
+    pair.server.transmit();
+    pair.server_alone(100);
+    assert_eq!(pair.writables(ws), 0);
+    assert_eq!(pair.server.engine().send_data(s, ws, &big[n..], false).unwrap(), 0);
+
+    // Its ACKs free the window: the rest goes as they come.
+    let mut sent = n;
+    while sent < big.len() {
+        let seen = pair.writables(ws);
+        pair.pump("writable", |p| p.writables(ws) > seen);
+        sent += pair.server.engine().send_data(s, ws, &big[sent..], false).unwrap();
+        pair.server.transmit();
+    }
+    pair.pump("everything", |p| wt_bytes(&p.client_events, ws).0.len() >= big.len());
+    assert_eq!(wt_bytes(&pair.client_events, ws).0, big);
+
+    // The other stream reset: one share left.
+    pair.server.engine().reset_stream(s, other, 0).unwrap();
+    pair.server.transmit();
+    pair.settle(100);
+    let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    assert!(n > 0 && n <= SHARE, "took {n}");
 }
 
 #[test]

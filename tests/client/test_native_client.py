@@ -68,7 +68,6 @@ async def test_a_cut_stream_and_a_dropped_connection_resume_exactly_once() -> No
         assert server.metrics.connections_total == 2 and model.calls == 1
 
 
-@pytest.mark.native_xfail("the native server has no stall check yet (no per-stream unacknowledged bytes)")
 async def test_a_server_reset_of_a_stalled_reader_resumes() -> None:
     """The link dies for 1.3 s (a relay blackhole): nothing acknowledged, so the server's stall check resets
     the stream (RESET_STREAM, once the link is back); the native client attaches after its last seq, on the

@@ -16,7 +16,9 @@ layer's ``send``, as on aioquic) when its storage is not the in-memory registry 
 (raw OpenAI chunks), it gets datagram previews, or its session has WebTransport flow control (the client's
 WT_MAX_DATA must see every byte).
 
-What the engine cannot take at once: a flush that returns PAUSED left the rest in the engine, which reports
+What the engine cannot take at once (the peer's flow control, or the engine's send window: each open WebTransport
+stream adds ``stream_buffer_high`` bytes a connection may leave unacknowledged, so a peer that stops acknowledging
+blocks it): a flush that returns PAUSED left the rest in the engine, which reports
 ``writable`` once it is out; a short ``send_data`` (the Python path) keeps the rest here and sends it on
 ``writable``. Meanwhile the stream stops pulling frames from the ring (the slow-reader pause: the tick cuts it
 with :attr:`WtCode.RESUME` after ``stall_timeout``).
@@ -215,7 +217,8 @@ class NativeConnection(SessionHost):
 
     def send_blocked(self, qid: int) -> bool:
         """The engine (a PAUSED flush) or this connection (a short ``send_data``) holds bytes of ``qid`` that QUIC
-        flow control does not let out yet: a slow reader, or a congested path."""
+        does not take yet (the peer's flow control, or the connection's send window: ``stream_buffer_high`` per
+        open WebTransport stream left unacknowledged): a slow reader, a congested path, or a deaf peer."""
         return qid in self._blocked or qid in self._unsent
 
     def datagram_limit(self) -> int:
@@ -348,6 +351,7 @@ class NativeWebTransportServer(WtServerBase):
             max_bidi_streams=limits.quic_bidi_streams,
             stream_window=limits.max_stream_data,
             conn_window=limits.max_data,
+            stream_send_window=limits.stream_buffer_high,
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
