@@ -841,6 +841,7 @@ impl PyQuicEngine {
         stream_window=1_048_576,
         conn_window=16_777_216,
         stream_send_window=None,
+        max_pending_datagrams=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -860,6 +861,7 @@ impl PyQuicEngine {
         stream_window: u64,
         conn_window: u64,
         stream_send_window: Option<u64>,
+        max_pending_datagrams: Option<usize>,
     ) -> PyResult<Self> {
         if stream_send_window == Some(0) {
             return Err(local("stream_send_window must be at least 1 byte"));
@@ -882,6 +884,7 @@ impl PyQuicEngine {
             stream_window,
             conn_window,
             stream_send_window,
+            max_pending_datagrams,
         };
         if server {
             let (Some(chain), Some(key)) = (cert_chain_pem, key_pem) else {
@@ -982,6 +985,17 @@ impl PyQuicEngine {
             .map_err(engine_err)
     }
 
+    /// With `max_pending_datagrams`: drop each connection's oldest waiting datagrams beyond it; the datagrams
+    /// dropped since the last call.
+    fn trim_datagrams(&mut self) -> u64 {
+        self.inner.engine().trim_datagrams()
+    }
+
+    /// Datagrams of `conn` not sent yet (0 without `max_pending_datagrams`).
+    fn pending_datagrams(&mut self, conn: u64) -> PyResult<usize> {
+        self.inner.engine().pending_datagrams(conn).map_err(engine_err)
+    }
+
     fn close(&mut self, conn: u64, code: u64, reason: &[u8]) -> PyResult<()> {
         self.inner
             .engine()
@@ -1077,6 +1091,7 @@ impl PyQuicEngine {
             ("connections", s.connections),
             ("connections_accepted", s.engine.connections_accepted),
             ("connections_refused", s.engine.connections_refused),
+            ("datagrams_dropped", s.engine.datagrams_dropped),
             ("wakeups", s.wakeups),
             ("gso_segments", s.gso_segments),
             ("recv_buffer", s.recv_buffer),

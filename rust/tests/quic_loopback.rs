@@ -48,6 +48,7 @@ fn config() -> Config {
         stream_window: 1 << 20,
         conn_window: 16 << 20,
         stream_send_window: None,
+        max_pending_datagrams: None,
     }
 }
 
@@ -577,6 +578,74 @@ fn unacknowledged_bytes_are_bounded_per_stream() {
     pair.settle(100);
     let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
     assert!(n > 0 && n <= SHARE, "took {n}");
+}
+
+/// The datagram payloads the client received, in order.
+fn datagrams_received(events: &[Event]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Datagram { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `max_pending_datagrams`: the datagrams a connection cannot send yet are counted, and `trim_datagrams` keeps the
+/// newest of them; on a clear path all go out, in order.
+#[test]
+fn pending_datagrams_are_bounded_by_count() {
+    let config = Config {
+        max_pending_datagrams: Some(4),
+        ..config()
+    };
+    let mut pair = Pair::new(
+        CERT.with(|c| server_with(c, config)),
+        client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)])),
+    );
+    let (_, s, session, ws) = pair.wt_request();
+    pair.settle(50);
+    let payload = |i: u8| vec![b'd', i];
+
+    // A clear path: ten in one go all leave (the limit bounds what waits from one trim to the next).
+    for i in 0..10 {
+        assert!(pair.server.engine().send_datagram(s, session, &payload(i)).unwrap());
+    }
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 10);
+    pair.server.transmit();
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 0);
+    assert_eq!(pair.server.engine().trim_datagrams(), 0);
+    pair.pump("ten datagrams", |p| datagrams_received(&p.client_events).len() >= 10);
+    assert_eq!(
+        datagrams_received(&pair.client_events),
+        (0..10).map(payload).collect::<Vec<_>>()
+    );
+
+    // A deaf client: stream bytes fill the congestion window, so the next datagram stays in quinn's queue and
+    // those after it wait in the engine; a trim keeps four in all: that one (quinn gives nothing back) and the
+    // newest three.
+    let big = vec![b'z'; 256 << 10];
+    pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    pair.server.transmit();
+    assert!(pair.server.engine().send_datagram(s, session, &payload(10)).unwrap());
+    pair.server.transmit();
+    for i in 11..20 {
+        assert!(pair.server.engine().send_datagram(s, session, &payload(i)).unwrap());
+        pair.server.transmit();
+    }
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 10);
+    assert_eq!(pair.server.engine().trim_datagrams(), 6);
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 4);
+    assert_eq!(pair.server.stats().engine.datagrams_dropped, 6);
+
+    // The client hears again: its ACKs open the window and the four kept go out, in order.
+    pair.pump("four more datagrams", |p| {
+        datagrams_received(&p.client_events).len() >= 14
+    });
+    pair.settle(50);
+    let received = datagrams_received(&pair.client_events);
+    assert_eq!(received[10..], [10, 17, 18, 19].map(payload));
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 0);
 }
 
 #[test]

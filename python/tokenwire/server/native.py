@@ -224,6 +224,12 @@ class NativeConnection(SessionHost):
     def datagram_limit(self) -> int:
         return _DATAGRAM_LIMIT
 
+    def pending_previews(self) -> int:
+        try:
+            return self.server.engine.pending_datagrams(self.cid)
+        except StreamClosed:  # the connection is gone
+            return 0
+
     def _close_connection(self, h3_code: int, reason: str) -> None:
         with contextlib.suppress(StreamClosed):
             self.server.engine.close(self.cid, h3_code, reason.encode())
@@ -352,6 +358,7 @@ class NativeWebTransportServer(WtServerBase):
             stream_window=limits.max_stream_data,
             conn_window=limits.max_data,
             stream_send_window=limits.stream_buffer_high,
+            max_pending_datagrams=limits.max_pending_previews,
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
@@ -462,6 +469,9 @@ class NativeWebTransportServer(WtServerBase):
         (it transmits too), the Python path for the others first, so their bytes share that transmit."""
         self._flush_queued = False
         conns, self._dirty = self._dirty, []
+        if self.config.webtransport.datagram_previews:
+            # Previews that waited since the last flush: the newest max_pending_previews per connection stay.
+            self.metrics.previews_dropped_total += self.engine.trim_datagrams()
         batch: list[_FlushItem] = []
         served: list[tuple[NativeConnection, ServedStream]] = []
         registry = None
