@@ -842,6 +842,7 @@ impl PyQuicEngine {
         conn_window=16_777_216,
         stream_send_window=None,
         max_pending_datagrams=None,
+        reuse_port=false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -862,6 +863,7 @@ impl PyQuicEngine {
         conn_window: u64,
         stream_send_window: Option<u64>,
         max_pending_datagrams: Option<usize>,
+        reuse_port: bool,
     ) -> PyResult<Self> {
         if stream_send_window == Some(0) {
             return Err(local("stream_send_window must be at least 1 byte"));
@@ -911,7 +913,7 @@ impl PyQuicEngine {
             config.client = Some(Arc::new(tls::client_config(&trust, &alpn).map_err(local)?));
         }
         let bind = resolve(host, port, None)?;
-        let inner = Driver::new(config, bind).map_err(|e| match e {
+        let inner = Driver::new(config, bind, reuse_port).map_err(|e| match e {
             DriverError::Io(io) => PyErr::from(io),
             DriverError::Engine(e) => engine_err(e),
         })?;

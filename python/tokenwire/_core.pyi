@@ -402,6 +402,7 @@ class QuicEngine:
         conn_window: int = 16777216,
         stream_send_window: int | None = None,
         max_pending_datagrams: int | None = None,
+        reuse_port: bool = False,
     ) -> Self:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
@@ -417,7 +418,9 @@ class QuicEngine:
         (``send_data`` takes less, a flush says ``FLUSH_PAUSED``) until its ACKs free room (``writable``).
         ``None``: the send window is ``conn_window``. ``max_pending_datagrams``: datagrams a connection keeps
         waiting to be sent, counted (see ``trim_datagrams``); ``None``: quinn's own queue, bounded in bytes only,
-        which drops the oldest silently."""
+        which drops the oldest silently. ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with other
+        processes' sockets bound so (``tokenwire serve --workers N``; the kernel spreads datagrams over them by
+        their 4-tuple)."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property

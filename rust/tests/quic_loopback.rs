@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use _core::frame::FrameKind;
 use _core::quic::tls::{self, Trust};
-use _core::quic::{Config, Driver, Event, FlushItem, FlushStatus};
+use _core::quic::{Config, Driver, DriverError, Event, FlushItem, FlushStatus};
 use _core::registry::{Limits, Registry, StreamState};
 use _core::ring::Wire;
 
@@ -57,6 +57,10 @@ fn server(cert: &Cert) -> Driver {
 }
 
 fn server_with(cert: &Cert, config: Config) -> Driver {
+    server_on(cert, config, localhost(), false).unwrap()
+}
+
+fn server_on(cert: &Cert, config: Config, bind: SocketAddr, reuse_port: bool) -> Result<Driver, DriverError> {
     let alpn = vec![b"h3".to_vec()];
     let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &alpn).unwrap();
     Driver::new(
@@ -64,9 +68,9 @@ fn server_with(cert: &Cert, config: Config) -> Driver {
             server: Some(Arc::new(tls)),
             ..config
         },
-        localhost(),
+        bind,
+        reuse_port,
     )
-    .unwrap()
 }
 
 fn client(trust: &Trust) -> Driver {
@@ -77,6 +81,7 @@ fn client(trust: &Trust) -> Driver {
             ..config()
         },
         localhost(),
+        false,
     )
     .unwrap()
 }
@@ -646,6 +651,40 @@ fn pending_datagrams_are_bounded_by_count() {
     let received = datagrams_received(&pair.client_events);
     assert_eq!(received[10..], [10, 17, 18, 19].map(payload));
     assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 0);
+}
+
+/// `reuse_port`: servers (one per worker process) share a port with `SO_REUSEPORT`; a socket without it cannot
+/// join them, and a client reaches one of them.
+#[test]
+fn servers_share_a_port_with_reuse_port() {
+    let first = CERT.with(|c| server_on(c, config(), localhost(), true)).unwrap();
+    let addr = first.local_addr().unwrap();
+    let second = CERT.with(|c| server_on(c, config(), addr, true)).unwrap();
+    assert_eq!(second.local_addr().unwrap(), addr);
+    match CERT.with(|c| server_on(c, config(), addr, false)) {
+        Err(DriverError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+        other => panic!("bound without SO_REUSEPORT: {:?}", other.err()),
+    }
+    // A client's connection lands on one of the two (the kernel hashes its 4-tuple) and completes there.
+    let mut servers = [first, second];
+    let mut client = client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)]));
+    let c = client.engine().connect(Instant::now(), addr, "localhost").unwrap();
+    client.transmit();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client_events = Vec::new();
+    while !client_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
+    {
+        assert!(Instant::now() < deadline, "no handshake: {client_events:?}");
+        for server in &mut servers {
+            server.poll_io();
+        }
+        client_events.extend(client.poll_io());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let accepted: Vec<u64> = servers.iter().map(|s| s.stats().engine.connections_accepted).collect();
+    assert_eq!(accepted.iter().sum::<u64>(), 1, "{accepted:?}");
 }
 
 #[test]

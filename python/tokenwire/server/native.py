@@ -343,8 +343,6 @@ class NativeWebTransportServer(WtServerBase):
     async def start(self) -> None:
         loop = self._start_common()
         config = self.config
-        if config.reuse_port:
-            raise OSError("the native WebTransport engine does not bind with SO_REUSEPORT: use --wt-engine aioquic")
         limits = config.webtransport
         engine = QuicEngine(
             server=True,
@@ -359,6 +357,7 @@ class NativeWebTransportServer(WtServerBase):
             conn_window=limits.max_data,
             stream_send_window=limits.stream_buffer_high,
             max_pending_datagrams=limits.max_pending_previews,
+            reuse_port=config.reuse_port,
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
