@@ -31,8 +31,11 @@ from tokenwire import _core
 from tokenwire._core import QuicEngine
 from tokenwire.protocol.webtransport import WT_PATH, connect_headers, server_settings
 from tokenwire.server.certs import make_dev_certificate
+from tokenwire.server.config import WebTransportLimits
 
 H3_BASE = {0x01: 0, 0x07: 0, 0x08: 1, 0x33: 1}
+#: What ``tokenwire serve`` gives its engine by default (``stream_buffer_high``).
+STREAM_SEND_WINDOW = WebTransportLimits().stream_buffer_high
 
 
 class Side:
@@ -77,7 +80,10 @@ def pump(sides: list[Side], done: Callable[[], bool], timeout: float = 10.0, *, 
 
 
 def setup(
-    sessions: int, per_session: int = 1, ack_frequency: tuple[int, float] | None = None
+    sessions: int,
+    per_session: int = 1,
+    ack_frequency: tuple[int, float] | None = None,
+    stream_send_window: int | None = STREAM_SEND_WINDOW,
 ) -> tuple[Side, Side, list[tuple[int, int]]]:
     """A server, a client with ``sessions`` connections, each with a session and ``per_session`` WebTransport
     streams the client opened and wrote on: ``(server, client, [(server conn, stream)])``, as the server sees
@@ -92,6 +98,7 @@ def setup(
             cert_chain_pem=cert.cert_pem,
             key_pem=cert.key_pem,
             ack_frequency=ack_frequency,
+            stream_send_window=stream_send_window,
         )
     )
     client = Side(
@@ -132,9 +139,14 @@ def setup(
 
 
 def tokens(
-    sessions: int, per_session: int, ticks: int, interval: float, ack_frequency: tuple[int, float] | None
+    sessions: int,
+    per_session: int,
+    ticks: int,
+    interval: float,
+    ack_frequency: tuple[int, float] | None,
+    stream_send_window: int | None,
 ) -> None:
-    server, client, streams = setup(sessions, per_session, ack_frequency)
+    server, client, streams = setup(sessions, per_session, ack_frequency, stream_send_window)
     registry = _core.Registry()
     handles = [registry.create(f"s{i}", f"s{i}") for i in range(len(streams))]
     after = dict.fromkeys(handles, 0)
@@ -166,6 +178,7 @@ def tokens(
     server_s = flush_s + server.poll_s - s_poll0
     print(f"tokens: {sessions} sessions x {per_session} streams x {ticks} ticks = {want} tokens, {expected} bytes")
     print(f"  ack frequency asked of the client: {ack_frequency or 'none (its defaults)'}")
+    print(f"  server send window per stream: {stream_send_window or 'none (conn_window)'}")
     print(f"  server: flush {flush_s / want * 1e6:.2f} us/token; flush + poll_io {server_s / want * 1e6:.2f} us/token")
     print(f"  server: {s_out} packets out ({s_out / want:.2f}/token), {s_in} in, {server.polls - s_polls0} poll_io")
     if s_in:
@@ -271,12 +284,19 @@ def main() -> None:
         metavar="THRESHOLD,DELAY",
         help="the server asks the client to ACK after more than THRESHOLD packets or DELAY seconds",
     )
+    parser.add_argument(
+        "--stream-send-window",
+        type=int,
+        default=STREAM_SEND_WINDOW,
+        help="bytes a server stream may leave unacknowledged, as `tokenwire serve` sets it from stream_buffer_high "
+        "(0: the engine's connection window)",
+    )
     args = parser.parse_args()
     ack = None
     if args.ack_frequency:
         threshold, delay = args.ack_frequency.split(",")
         ack = (int(threshold), float(delay))
-    tokens(args.sessions, args.streams_per_session, args.ticks, args.interval, ack)
+    tokens(args.sessions, args.streams_per_session, args.ticks, args.interval, ack, args.stream_send_window or None)
     wakeup(args.rounds)
     wakeup_uvloop(args.sessions, args.rounds)
 

@@ -842,6 +842,9 @@ impl PyQuicEngine {
         conn_window=16_777_216,
         session_tickets=10_000,
         early_data=true,
+        stream_send_window=None,
+        max_pending_datagrams=None,
+        reuse_port=false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -862,7 +865,13 @@ impl PyQuicEngine {
         conn_window: u64,
         session_tickets: usize,
         early_data: bool,
+        stream_send_window: Option<u64>,
+        max_pending_datagrams: Option<usize>,
+        reuse_port: bool,
     ) -> PyResult<Self> {
+        if stream_send_window == Some(0) {
+            return Err(local("stream_send_window must be at least 1 byte"));
+        }
         let alpn = alpn.unwrap_or_else(|| vec![b"h3".to_vec()]);
         let mut settings = Vec::with_capacity(h3_settings.len());
         for (k, v) in h3_settings.iter() {
@@ -880,6 +889,8 @@ impl PyQuicEngine {
             max_bidi_streams,
             stream_window,
             conn_window,
+            stream_send_window,
+            max_pending_datagrams,
         };
         if server {
             let (Some(chain), Some(key)) = (cert_chain_pem, key_pem) else {
@@ -908,7 +919,7 @@ impl PyQuicEngine {
             config.client = Some(Arc::new(tls::client_config(&trust, &alpn, early_data).map_err(local)?));
         }
         let bind = resolve(host, port, None)?;
-        let inner = Driver::new(config, bind).map_err(|e| match e {
+        let inner = Driver::new(config, bind, reuse_port).map_err(|e| match e {
             DriverError::Io(io) => PyErr::from(io),
             DriverError::Engine(e) => engine_err(e),
         })?;
@@ -980,6 +991,17 @@ impl PyQuicEngine {
             .engine()
             .send_datagram(conn, session_id, payload)
             .map_err(engine_err)
+    }
+
+    /// With `max_pending_datagrams`: drop each connection's oldest waiting datagrams beyond it; the datagrams
+    /// dropped since the last call.
+    fn trim_datagrams(&mut self) -> u64 {
+        self.inner.engine().trim_datagrams()
+    }
+
+    /// Datagrams of `conn` not sent yet (0 without `max_pending_datagrams`).
+    fn pending_datagrams(&mut self, conn: u64) -> PyResult<usize> {
+        self.inner.engine().pending_datagrams(conn).map_err(engine_err)
     }
 
     fn close(&mut self, conn: u64, code: u64, reason: &[u8]) -> PyResult<()> {
@@ -1082,6 +1104,7 @@ impl PyQuicEngine {
             ("connections", s.connections),
             ("connections_accepted", s.engine.connections_accepted),
             ("connections_refused", s.engine.connections_refused),
+            ("datagrams_dropped", s.engine.datagrams_dropped),
             ("wakeups", s.wakeups),
             ("gso_segments", s.gso_segments),
             ("recv_buffer", s.recv_buffer),

@@ -402,6 +402,9 @@ class QuicEngine:
         conn_window: int = 16777216,
         session_tickets: int = 10000,
         early_data: bool = True,
+        stream_send_window: int | None = None,
+        max_pending_datagrams: int | None = None,
+        reuse_port: bool = False,
     ) -> Self:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
@@ -418,7 +421,17 @@ class QuicEngine:
         it (only the handshake proves the flight is not a replay). 0: no tickets, no resumption, no 0-RTT.
         Client: tickets are kept per server name (256 names, the newest 8 each) and a connection resumes with
         one; with ``early_data`` a resumed connection may open streams and send on them before its
-        ``("connected", ...)`` (see ``early_data()``)."""
+        ``("connected", ...)`` (see ``early_data()``).
+
+        ``stream_send_window``: bytes each open WebTransport stream this end sends on may leave unacknowledged
+        (unsent or in flight), pooled per connection (the connection's send window is this times its open
+        WebTransport send streams, at least once): a peer that stops acknowledging blocks the writes there
+        (``send_data`` takes less, a flush says ``FLUSH_PAUSED``) until its ACKs free room (``writable``).
+        ``None``: the send window is ``conn_window``. ``max_pending_datagrams``: datagrams a connection keeps
+        waiting to be sent, counted (see ``trim_datagrams``); ``None``: quinn's own queue, bounded in bytes only,
+        which drops the oldest silently. ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with other
+        processes' sockets bound so (``tokenwire serve --workers N``; the kernel spreads datagrams over them by
+        their 4-tuple)."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property
@@ -442,6 +455,14 @@ class QuicEngine:
         """The address connection ``conn`` sends to now (its active path: after a migration, the new one)."""
     def send_datagram(self, conn: int, session_id: int, payload: bytes) -> bool:
         """An HTTP/3 datagram of the session; ``False`` if QUIC refused it (too large, datagrams off)."""
+    def trim_datagrams(self) -> int:
+        """With ``max_pending_datagrams``: every connection keeps at most that many datagrams pending, dropping the
+        oldest that wait in the engine (those quinn's queue already holds it cannot give back: only the ones the
+        flush that met a full congestion window handed over, at most ``max_pending_datagrams``). Returns the
+        datagrams dropped since the last call. A server calls it once per flush, before the flush's new ones."""
+    def pending_datagrams(self, conn: int) -> int:
+        """Datagrams of ``conn`` not sent yet, in the engine or in quinn's queue (0 without
+        ``max_pending_datagrams``)."""
     def close(self, conn: int, code: int, reason: bytes) -> None:
         """Close a connection; its ``closed`` event comes with the next ``poll_io``. A closing connection sends
         nothing but its CONNECTION_CLOSE: ``transmit()`` first what must go out before (stream resets)."""
@@ -471,7 +492,8 @@ class QuicEngine:
         """A bidirectional WebTransport stream of the session, its header (0x41 + session id) written."""
     def stats(self) -> dict[str, int]:
         """Counters: packets/bytes in and out, recv/send syscalls, send_dropped (send buffer full), send_errors
-        (other refusals), lost_packets, connections, connections_accepted/refused, wakeups, gso_segments (most
+        (other refusals), lost_packets, connections, connections_accepted/refused, datagrams_dropped (by
+        ``trim_datagrams``, or refused once queued), wakeups, gso_segments (most
         datagrams one send carries), recv_buffer and send_buffer (the socket's buffers as the kernel granted
         them: it caps the 4 MiB asked for at ``net.core.rmem_max`` / ``wmem_max``), early_data_accepted
         (handshakes whose 0-RTT data the server took) and early_data_rejected (client: refused, sent again)."""

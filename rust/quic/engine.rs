@@ -5,11 +5,12 @@
 //! to a sender). Connections are named by ids this engine gives (never reused); streams by their QUIC ids.
 //!
 //! Sending: a request stream (a CONNECT and its response) carries HTTP/3 frames (HEADERS, DATA); a
-//! WebTransport stream carries raw bytes after its 0x41 header. What QUIC flow control does not take at
-//! once waits in the stream's pending buffer (bounded by one call's bytes) and goes out as credit comes;
-//! the writer hears `Writable` then.
+//! WebTransport stream carries raw bytes after its 0x41 header. What QUIC does not take at once (the peer's
+//! flow control, or this end's send window: the bytes it may leave unacknowledged, see
+//! [`Config::stream_send_window`]) waits in the stream's pending buffer (bounded by one call's bytes) and goes
+//! out as credit or acknowledgements come; the writer hears `Writable` then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     AckFrequencyConfig, ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint,
-    EndpointConfig, Event as QuicEvent, IdleTimeout, ReadError, ServerConfig, StreamEvent, StreamId, TransportConfig,
-    VarInt, WriteError,
+    EndpointConfig, Event as QuicEvent, IdleTimeout, ReadError, SendDatagramError, ServerConfig, StreamEvent, StreamId,
+    TransportConfig, VarInt, WriteError,
 };
 
 use crate::h3::{self, H3Conn, H3Error, H3Event, Role};
@@ -140,6 +141,15 @@ pub struct Config {
     pub max_bidi_streams: u64,
     pub stream_window: u64,
     pub conn_window: u64,
+    /// Bytes each WebTransport stream this end sends on may leave unacknowledged (unsent or in flight), pooled
+    /// per connection: its send window is this times its open WebTransport send streams (at least one), so a
+    /// peer that stops acknowledging blocks the writes (`Writable` once ACKs free room). `None`: the send
+    /// window is `conn_window`.
+    pub stream_send_window: Option<u64>,
+    /// Datagrams a connection keeps waiting to be sent (a full congestion window, a dead path), counted: at most
+    /// this many sit in quinn's queue, the rest wait in the engine, and [`Engine::trim_datagrams`] drops the
+    /// oldest beyond it. `None`: quinn's own queue, bounded only in bytes (it drops the oldest silently).
+    pub max_pending_datagrams: Option<usize>,
 }
 
 /// Unidirectional streams a peer may open (control, QPACK encoder and decoder, a few WebTransport ones).
@@ -159,7 +169,7 @@ fn transport(config: &Config) -> Result<Arc<TransportConfig>, EngineError> {
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
         .stream_receive_window(varint(config.stream_window)?)
         .receive_window(varint(config.conn_window)?)
-        .send_window(config.conn_window)
+        .send_window(config.stream_send_window.unwrap_or(config.conn_window))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(config.idle_timeout)
                 .map_err(|_| EngineError::Invalid("idle_timeout is out of range".into()))?,
@@ -200,6 +210,141 @@ impl SendState {
     }
 }
 
+/// The datagrams a connection sends when the engine bounds their number ([`Config::max_pending_datagrams`]).
+/// quinn's queue is bounded only in bytes and gives nothing back, so the engine hands it datagrams only while it
+/// has none left (it sent them all: the path takes them), at most the limit at a time, and the rest wait here,
+/// where [`Engine::trim_datagrams`] drops the oldest. So what a dead path strands in quinn's queue is one such
+/// hand-over (the previews of the flush that met the full congestion window), and the newest wait here. quinn
+/// tells only the bytes its queue holds (`send_buffer_space`); it sends datagrams in order, so the lengths of
+/// those handed over tell how many are still there.
+#[derive(Debug, Default)]
+struct DatagramQueue {
+    waiting: VecDeque<Bytes>,
+    /// Lengths of the datagrams handed to quinn and maybe not sent yet, oldest first, and the memory quinn counts
+    /// for them (each length plus `overhead`).
+    in_quinn: VecDeque<usize>,
+    in_quinn_memory: usize,
+    /// quinn's `send_buffer_space()` with its queue empty, and what it counts per datagram besides the bytes.
+    space_empty: usize,
+    overhead: usize,
+    /// On the engine's backlog list (`waiting` was not empty).
+    in_backlog: bool,
+}
+
+impl DatagramQueue {
+    fn new(quic: &mut quinn_proto::Connection) -> Self {
+        let space_empty = quic.datagrams().send_buffer_space();
+        Self {
+            space_empty,
+            overhead: DATAGRAM_BUFFER.saturating_sub(space_empty),
+            ..Self::default()
+        }
+    }
+
+    /// Forgets the datagrams quinn has sent since.
+    fn sync(&mut self, quic: &mut quinn_proto::Connection) {
+        let queued = self.space_empty.saturating_sub(quic.datagrams().send_buffer_space());
+        while self.in_quinn_memory > queued {
+            let Some(len) = self.in_quinn.pop_front() else {
+                self.in_quinn_memory = 0;
+                break;
+            };
+            self.in_quinn_memory -= len + self.overhead;
+        }
+    }
+
+    /// Hands up to `limit` waiting datagrams to quinn if it has sent all it had. Returns how many went, and how
+    /// many quinn refused (the path's datagram size shrank meanwhile).
+    fn feed(&mut self, quic: &mut quinn_proto::Connection, limit: usize) -> (usize, u64) {
+        if self.waiting.is_empty() {
+            return (0, 0);
+        }
+        self.sync(quic);
+        if !self.in_quinn.is_empty() {
+            return (0, 0); // the path takes none now: they would only go stale in quinn's queue
+        }
+        let (mut fed, mut refused) = (0, 0);
+        while self.in_quinn.len() < limit {
+            let Some(datagram) = self.waiting.pop_front() else {
+                break;
+            };
+            let len = datagram.len();
+            match quic.datagrams().send(datagram, false) {
+                Ok(()) => {
+                    self.in_quinn.push_back(len);
+                    self.in_quinn_memory += len + self.overhead;
+                    fed += 1;
+                }
+                Err(SendDatagramError::Blocked(datagram)) => {
+                    self.waiting.push_front(datagram);
+                    break;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        (fed, refused)
+    }
+
+    /// Drops the oldest waiting datagrams so that at most `limit` are pending in all (quinn's count first: it
+    /// cannot give any back); returns how many.
+    fn trim(&mut self, quic: &mut quinn_proto::Connection, limit: usize) -> u64 {
+        self.sync(quic);
+        let keep = limit.saturating_sub(self.in_quinn.len());
+        let excess = self.waiting.len().saturating_sub(keep);
+        self.waiting.drain(..excess);
+        excess as u64
+    }
+
+    /// Datagrams not sent yet: waiting here or in quinn's queue.
+    fn pending(&mut self, quic: &mut quinn_proto::Connection) -> usize {
+        self.sync(quic);
+        self.waiting.len() + self.in_quinn.len()
+    }
+}
+
+/// A bidirectional stream: a request, a CONNECT or a WebTransport stream (not a control or QPACK one).
+fn is_bidi(sid: u64) -> bool {
+    sid & 0b10 == 0
+}
+
+impl Conn {
+    /// `sid` carries raw bytes (a WebTransport stream, or this end's control and QPACK streams): its send state,
+    /// made if need be. A new bidirectional one widens the connection's send window.
+    fn wt_send(&mut self, sid: u64) -> &mut SendState {
+        let send = self.sends.entry(sid).or_default();
+        if !send.wt {
+            send.wt = true;
+            if is_bidi(sid) {
+                self.wt_streams += 1;
+                self.resize_send_window();
+            }
+        }
+        self.sends.entry(sid).or_default()
+    }
+
+    /// This end is done sending on `sid` (all of it acknowledged, stopped or reset): its send state goes, and a
+    /// WebTransport stream's share of the send window with it.
+    fn forget_send(&mut self, sid: u64) {
+        if self.sends.remove(&sid).is_some_and(|s| s.wt) && is_bidi(sid) {
+            self.wt_streams -= 1;
+            self.resize_send_window();
+        }
+    }
+
+    /// The send window (`Config::stream_send_window`): one share per open WebTransport send stream, at least one.
+    /// A wider window lets the streams quinn blocked write again (`Writable` at its next poll).
+    fn resize_send_window(&mut self) {
+        let Some(per_stream) = self.stream_send_window else {
+            return;
+        };
+        let window = per_stream.saturating_mul(self.wt_streams.max(1));
+        if window != self.send_window {
+            self.send_window = window;
+            self.quic.set_send_window(window);
+        }
+    }
+}
+
 struct Conn {
     handle: ConnectionHandle,
     quic: quinn_proto::Connection,
@@ -207,6 +352,12 @@ struct Conn {
     /// How many of this end's three unidirectional streams (control, QPACK encoder, QPACK decoder) are open.
     uni_opened: u8,
     sends: HashMap<u64, SendState>,
+    /// Bidirectional WebTransport streams in `sends` (the data streams that size the send window).
+    wt_streams: u64,
+    /// `Config::stream_send_window`, and the send window last given to quinn.
+    stream_send_window: Option<u64>,
+    send_window: u64,
+    datagrams: DatagramQueue,
     /// The `Closed` event went out.
     closed_reported: bool,
     /// On the engine's dirty list.
@@ -221,6 +372,8 @@ pub struct Stats {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub lost_packets_closed: u64,
+    /// Datagrams dropped unsent: the oldest beyond `max_pending_datagrams`, or refused by quinn once queued.
+    pub datagrams_dropped: u64,
 }
 
 pub struct Engine {
@@ -238,6 +391,10 @@ pub struct Engine {
     responses: Vec<(quinn_proto::Transmit, Vec<u8>)>,
     h3_events: Vec<H3Event>,
     buf: Vec<u8>,
+    /// Connections with datagrams waiting in the engine (`DatagramQueue::in_backlog`).
+    datagram_backlog: Vec<u64>,
+    /// Datagrams dropped since the last [`Engine::trim_datagrams`].
+    datagrams_dropped_unreported: u64,
     pub stats: Stats,
 }
 
@@ -281,6 +438,8 @@ impl Engine {
             responses: Vec::new(),
             h3_events: Vec::new(),
             buf: Vec::new(),
+            datagram_backlog: Vec::new(),
+            datagrams_dropped_unreported: 0,
             stats: Stats::default(),
         })
     }
@@ -330,15 +489,20 @@ impl Engine {
         }
     }
 
-    fn new_conn(&mut self, handle: ConnectionHandle, quic: quinn_proto::Connection, role: Role) -> u64 {
+    fn new_conn(&mut self, handle: ConnectionHandle, mut quic: quinn_proto::Connection, role: Role) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        let datagrams = DatagramQueue::new(&mut quic);
         let mut conn = Conn {
             handle,
             quic,
             h3: H3Conn::new(role, &self.config.h3_settings),
             uni_opened: 0,
             sends: HashMap::new(),
+            wt_streams: 0,
+            stream_send_window: self.config.stream_send_window,
+            send_window: self.config.stream_send_window.unwrap_or(self.config.conn_window),
+            datagrams,
             closed_reported: false,
             dirty: false,
             timer: None,
@@ -503,11 +667,11 @@ impl Engine {
                     }
                 }
                 QuicEvent::Stream(StreamEvent::Finished { id: stream }) => {
-                    conn.sends.remove(&u64::from(stream));
+                    conn.forget_send(u64::from(stream));
                 }
                 QuicEvent::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
                     let sid = u64::from(stream);
-                    conn.sends.remove(&sid);
+                    conn.forget_send(sid);
                     events.push(Event::StopSending {
                         conn: id,
                         stream_id: sid,
@@ -541,9 +705,7 @@ impl Engine {
             };
             conn.uni_opened += 1;
             let sid = u64::from(stream);
-            let send = conn.sends.entry(sid).or_default();
-            send.wt = true;
-            send.pending.extend_from_slice(bytes);
+            conn.wt_send(sid).pending.extend_from_slice(bytes);
             Self::drain_pending(conn, sid);
         }
     }
@@ -638,7 +800,7 @@ impl Engine {
                         let live = VarInt::from_u64(stream_id)
                             .is_ok_and(|v| conn.quic.send_stream(StreamId::from(v)).priority().is_ok());
                         if live {
-                            conn.sends.entry(stream_id).or_default().wt = true;
+                            conn.wt_send(stream_id);
                         }
                     }
                     Event::WtStream {
@@ -723,12 +885,24 @@ impl Engine {
         for id in dirty {
             let Some(conn) = self.conns.get_mut(&id) else { continue };
             conn.dirty = false;
+            // Datagrams waiting in the engine go to quinn as it sends the ones it has (see `DatagramQueue`).
             loop {
-                self.buf.clear();
-                let Some(transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
-                    break;
+                let (fed, refused) = match self.config.max_pending_datagrams {
+                    Some(limit) => conn.datagrams.feed(&mut conn.quic, limit),
+                    None => (0, 0),
                 };
-                send(&transmit, &self.buf[..transmit.size]);
+                self.stats.datagrams_dropped += refused;
+                self.datagrams_dropped_unreported += refused;
+                loop {
+                    self.buf.clear();
+                    let Some(transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
+                        break;
+                    };
+                    send(&transmit, &self.buf[..transmit.size]);
+                }
+                if fed == 0 || conn.datagrams.waiting.is_empty() {
+                    break;
+                }
             }
             Self::route_endpoint_events(&mut self.endpoint, conn);
             if conn.quic.is_drained() {
@@ -935,7 +1109,7 @@ impl Engine {
         fin: bool,
     ) -> Result<bool, EngineError> {
         let conn = self.conn_mut(conn)?;
-        conn.sends.entry(sid).or_default().wt = true;
+        conn.wt_send(sid);
         Self::write_queued(conn, sid, &[prefix, body], fin)
     }
 
@@ -963,7 +1137,7 @@ impl Engine {
         let code = varint(code)?;
         let conn = self.conn_mut(conn)?;
         Self::check_send_stream(conn, sid, server)?;
-        conn.sends.remove(&sid);
+        conn.forget_send(sid);
         let _ = conn.quic.send_stream(StreamId::from(varint(sid)?)).reset(code);
         Ok(())
     }
@@ -983,11 +1157,55 @@ impl Engine {
     }
 
     /// An HTTP/3 datagram for session `session_id`; false if QUIC refused it (too large, datagrams off).
+    /// With `max_pending_datagrams` it waits in the engine's queue (see [`Self::trim_datagrams`]).
     pub fn send_datagram(&mut self, conn: u64, session_id: u64, payload: &[u8]) -> Result<bool, EngineError> {
-        let conn = self.conn_mut(conn)?;
+        let id = conn;
+        let limit = self.config.max_pending_datagrams;
+        let conn = self.conn_mut(id)?;
         let mut out = Vec::with_capacity(payload.len() + 8);
         h3::encode_datagram(session_id, payload, &mut out);
-        Ok(conn.quic.datagrams().send(Bytes::from(out), true).is_ok())
+        if limit.is_none() {
+            return Ok(conn.quic.datagrams().send(Bytes::from(out), true).is_ok());
+        }
+        if conn.quic.datagrams().max_size().is_none_or(|max| out.len() > max) {
+            return Ok(false);
+        }
+        conn.datagrams.waiting.push_back(Bytes::from(out));
+        if !conn.datagrams.in_backlog {
+            conn.datagrams.in_backlog = true;
+            self.datagram_backlog.push(id);
+        }
+        Ok(true)
+    }
+
+    /// With `max_pending_datagrams`: every connection keeps at most that many datagrams pending (unsent, in the
+    /// engine or in quinn's queue), dropping the oldest that wait in the engine. Returns the datagrams dropped
+    /// since the last call (these, and any quinn refused once queued). A server calls it once per flush, before
+    /// the flush's new datagrams, so what waits from one flush to the next is bounded.
+    pub fn trim_datagrams(&mut self) -> u64 {
+        let mut trimmed = 0;
+        if let Some(limit) = self.config.max_pending_datagrams {
+            let conns = &mut self.conns;
+            self.datagram_backlog.retain(|id| {
+                let Some(conn) = conns.get_mut(id) else { return false };
+                trimmed += conn.datagrams.trim(&mut conn.quic, limit);
+                conn.datagrams.in_backlog = !conn.datagrams.waiting.is_empty();
+                conn.datagrams.in_backlog
+            });
+        }
+        self.stats.datagrams_dropped += trimmed;
+        trimmed + std::mem::take(&mut self.datagrams_dropped_unreported)
+    }
+
+    /// Datagrams of a connection not sent yet (waiting in the engine or in quinn's queue; 0 without
+    /// `max_pending_datagrams`, where quinn does not say).
+    pub fn pending_datagrams(&mut self, conn: u64) -> Result<usize, EngineError> {
+        let conn = self
+            .conns
+            .get_mut(&conn)
+            .filter(|c| !c.closed_reported)
+            .ok_or(EngineError::NoConnection(conn))?;
+        Ok(conn.datagrams.pending(&mut conn.quic))
     }
 
     /// Closes a connection; its `Closed` event comes with the next events.
@@ -1021,7 +1239,7 @@ impl Engine {
         let conn = self.conn_mut(conn)?;
         let mut header = Vec::with_capacity(9);
         h3::encode_wt_stream_header(session_id, &mut header);
-        conn.sends.entry(sid).or_default().wt = true;
+        conn.wt_send(sid);
         // The peer's bytes on it are raw WebTransport data, not a response.
         conn.h3.register_wt_stream(sid, session_id);
         Self::write_queued(conn, sid, &[&header], false)?;

@@ -89,10 +89,10 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Binds `bind` and sets up the engine.
-    pub fn new(config: Config, bind: SocketAddr) -> Result<Self, DriverError> {
+    /// Binds `bind` (with `SO_REUSEPORT` if `reuse_port`: see [`UdpIo::bind`]) and sets up the engine.
+    pub fn new(config: Config, bind: SocketAddr, reuse_port: bool) -> Result<Self, DriverError> {
         let engine = Engine::new(config).map_err(DriverError::Engine)?;
-        let io = UdpIo::bind(bind).map_err(DriverError::Io)?;
+        let io = UdpIo::bind(bind, reuse_port).map_err(DriverError::Io)?;
         Ok(Self {
             engine,
             io,
@@ -161,7 +161,7 @@ impl Driver {
     /// follows, and its PING goes out at once. The old socket is closed: its file descriptor is no longer
     /// [`Self::fd`].
     pub fn rebind(&mut self, bind: SocketAddr) -> io::Result<()> {
-        let mut io = UdpIo::bind(bind)?;
+        let mut io = UdpIo::bind(bind, false)?;
         io.stats = self.io.stats;
         self.io = io;
         self.engine.local_address_changed();

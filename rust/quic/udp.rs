@@ -1,11 +1,13 @@
 //! Batched UDP I/O with quinn-udp: `recvmmsg` (and GRO) in, `sendmsg` with GSO out. The socket is a std
-//! `UdpSocket`, non-blocking; its file descriptor is what the event loop watches.
+//! `UdpSocket` (made with socket2, for `SO_REUSEPORT`), non-blocking; its file descriptor is what the event loop
+//! watches.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bytes of one received datagram at most (a QUIC datagram is at most 65 527 bytes).
 const MAX_DATAGRAM: usize = 65_535;
@@ -52,10 +54,17 @@ pub struct UdpIo {
 }
 
 impl UdpIo {
-    /// Binds `addr` (port 0: any free port), non-blocking.
-    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let socket = UdpSocket::bind(addr)?;
+    /// Binds `addr` (port 0: any free port), non-blocking. `reuse_port`: with `SO_REUSEPORT`, so that other
+    /// processes' sockets bound the same way share the port (the kernel spreads datagrams over them by their
+    /// 4-tuple).
+    pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&addr.into())?;
         socket.set_nonblocking(true)?;
+        let socket = UdpSocket::from(socket);
         let state = UdpSocketState::new((&socket).into())?;
         // Best effort: a kernel that caps the size keeps its own maximum.
         let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);

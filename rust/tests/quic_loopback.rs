@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use _core::frame::FrameKind;
 use _core::quic::tls::{self, Trust};
-use _core::quic::{Config, Driver, EngineError, Event, FlushItem, FlushStatus};
+use _core::quic::{Config, Driver, DriverError, EngineError, Event, FlushItem, FlushStatus};
 use _core::registry::{Limits, Registry, StreamState};
 use _core::ring::Wire;
 
@@ -56,6 +56,8 @@ fn config() -> Config {
         max_bidi_streams: 100,
         stream_window: 1 << 20,
         conn_window: 16 << 20,
+        stream_send_window: None,
+        max_pending_datagrams: None,
     }
 }
 
@@ -71,6 +73,16 @@ fn server_with(cert: &Cert, config: Config) -> Driver {
 }
 
 fn server_tickets(cert: &Cert, config: Config, tickets: usize) -> Driver {
+    server_on(cert, config, localhost(), false, tickets).unwrap()
+}
+
+fn server_on(
+    cert: &Cert,
+    config: Config,
+    bind: SocketAddr,
+    reuse_port: bool,
+    tickets: usize,
+) -> Result<Driver, DriverError> {
     let alpn = vec![b"h3".to_vec()];
     let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &alpn, tickets).unwrap();
     Driver::new(
@@ -78,9 +90,9 @@ fn server_tickets(cert: &Cert, config: Config, tickets: usize) -> Driver {
             server: Some(Arc::new(tls)),
             ..config
         },
-        localhost(),
+        bind,
+        reuse_port,
     )
-    .unwrap()
 }
 
 fn client(trust: &Trust) -> Driver {
@@ -91,6 +103,7 @@ fn client(trust: &Trust) -> Driver {
             ..config()
         },
         localhost(),
+        false,
     )
     .unwrap()
 }
@@ -512,6 +525,187 @@ fn send_window_pauses_then_writable() {
         ..config()
     };
     big_write_pauses_then_writable(CERT.with(|c| server_with(c, config)));
+}
+
+impl Pair {
+    /// Drives both ends for `ms` milliseconds (acknowledgements come and go).
+    fn settle(&mut self, ms: u64) {
+        let until = Instant::now() + Duration::from_millis(ms);
+        self.pump("time", |_| Instant::now() > until);
+    }
+
+    /// Drives the server alone for `ms` milliseconds: the client is deaf, it acknowledges nothing.
+    fn server_alone(&mut self, ms: u64) {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            let events = self.server.poll_io();
+            self.server_events.extend(events);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn writables(&self, stream: u64) -> usize {
+        self.server_events
+            .iter()
+            .filter(|e| matches!(e, Event::Writable { stream_id, .. } if *stream_id == stream))
+            .count()
+    }
+}
+
+/// `stream_send_window`: a connection's unacknowledged bytes are bounded by one share per open WebTransport
+/// stream; a deaf peer blocks the writes there, its ACKs unblock them (`Writable`), and a reset stream gives its
+/// share back.
+#[test]
+fn unacknowledged_bytes_are_bounded_per_stream() {
+    const SHARE: usize = 4096;
+    let config = Config {
+        stream_send_window: Some(SHARE as u64),
+        ..config()
+    };
+    let mut pair = Pair::new(
+        CERT.with(|c| server_with(c, config)),
+        client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)])),
+    );
+    let (c, s, session, ws) = pair.wt_request();
+    let other = pair.client.engine().open_wt_stream(c, session).unwrap();
+    pair.client.engine().send_data(c, other, b"start", false).unwrap();
+    pair.client.transmit();
+    pair.pump("the second request", |p| {
+        !wt_bytes(&p.server_events, other).0.is_empty()
+    });
+    pair.server.engine().send_data(s, other, b"ok", false).unwrap();
+    pair.settle(100); // everything so far acknowledged
+
+    // Two streams: two shares. The deaf client acknowledges nothing, so nothing more goes in.
+    let big = vec![b'y'; 64 << 10];
+    let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    assert!(n > SHARE && n <= 2 * SHARE, "took {n}");
+    pair.server.transmit();
+    pair.server_alone(100);
+    assert_eq!(pair.writables(ws), 0);
+    assert_eq!(pair.server.engine().send_data(s, ws, &big[n..], false).unwrap(), 0);
+
+    // Its ACKs free the window: the rest goes as they come.
+    let mut sent = n;
+    while sent < big.len() {
+        let seen = pair.writables(ws);
+        pair.pump("writable", |p| p.writables(ws) > seen);
+        sent += pair.server.engine().send_data(s, ws, &big[sent..], false).unwrap();
+        pair.server.transmit();
+    }
+    pair.pump("everything", |p| wt_bytes(&p.client_events, ws).0.len() >= big.len());
+    assert_eq!(wt_bytes(&pair.client_events, ws).0, big);
+
+    // The other stream reset: one share left.
+    pair.server.engine().reset_stream(s, other, 0).unwrap();
+    pair.server.transmit();
+    pair.settle(100);
+    let n = pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    assert!(n > 0 && n <= SHARE, "took {n}");
+}
+
+/// The datagram payloads the client received, in order.
+fn datagrams_received(events: &[Event]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Datagram { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `max_pending_datagrams`: the datagrams a connection cannot send yet are counted, and `trim_datagrams` keeps the
+/// newest of them; on a clear path all go out, in order.
+#[test]
+fn pending_datagrams_are_bounded_by_count() {
+    let config = Config {
+        max_pending_datagrams: Some(4),
+        ..config()
+    };
+    let mut pair = Pair::new(
+        CERT.with(|c| server_with(c, config)),
+        client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)])),
+    );
+    let (_, s, session, ws) = pair.wt_request();
+    pair.settle(50);
+    let payload = |i: u8| vec![b'd', i];
+
+    // A clear path: ten in one go all leave (the limit bounds what waits from one trim to the next).
+    for i in 0..10 {
+        assert!(pair.server.engine().send_datagram(s, session, &payload(i)).unwrap());
+    }
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 10);
+    pair.server.transmit();
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 0);
+    assert_eq!(pair.server.engine().trim_datagrams(), 0);
+    pair.pump("ten datagrams", |p| datagrams_received(&p.client_events).len() >= 10);
+    assert_eq!(
+        datagrams_received(&pair.client_events),
+        (0..10).map(payload).collect::<Vec<_>>()
+    );
+
+    // A deaf client: stream bytes fill the congestion window, so the next datagram stays in quinn's queue and
+    // those after it wait in the engine; a trim keeps four in all: that one (quinn gives nothing back) and the
+    // newest three.
+    let big = vec![b'z'; 256 << 10];
+    pair.server.engine().send_data(s, ws, &big, false).unwrap();
+    pair.server.transmit();
+    assert!(pair.server.engine().send_datagram(s, session, &payload(10)).unwrap());
+    pair.server.transmit();
+    for i in 11..20 {
+        assert!(pair.server.engine().send_datagram(s, session, &payload(i)).unwrap());
+        pair.server.transmit();
+    }
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 10);
+    assert_eq!(pair.server.engine().trim_datagrams(), 6);
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 4);
+    assert_eq!(pair.server.stats().engine.datagrams_dropped, 6);
+
+    // The client hears again: its ACKs open the window and the four kept go out, in order.
+    pair.pump("four more datagrams", |p| {
+        datagrams_received(&p.client_events).len() >= 14
+    });
+    pair.settle(50);
+    let received = datagrams_received(&pair.client_events);
+    assert_eq!(received[10..], [10, 17, 18, 19].map(payload));
+    assert_eq!(pair.server.engine().pending_datagrams(s).unwrap(), 0);
+}
+
+/// `reuse_port`: servers (one per worker process) share a port with `SO_REUSEPORT`; a socket without it cannot
+/// join them, and a client reaches one of them.
+#[test]
+fn servers_share_a_port_with_reuse_port() {
+    let first = CERT
+        .with(|c| server_on(c, config(), localhost(), true, TICKETS))
+        .unwrap();
+    let addr = first.local_addr().unwrap();
+    let second = CERT.with(|c| server_on(c, config(), addr, true, TICKETS)).unwrap();
+    assert_eq!(second.local_addr().unwrap(), addr);
+    match CERT.with(|c| server_on(c, config(), addr, false, TICKETS)) {
+        Err(DriverError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+        other => panic!("bound without SO_REUSEPORT: {:?}", other.err()),
+    }
+    // A client's connection lands on one of the two (the kernel hashes its 4-tuple) and completes there.
+    let mut servers = [first, second];
+    let mut client = client(&Trust::Hashes(vec![CERT.with(|c| c.sha256)]));
+    let c = client.engine().connect(Instant::now(), addr, "localhost").unwrap();
+    client.transmit();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut client_events = Vec::new();
+    while !client_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == c))
+    {
+        assert!(Instant::now() < deadline, "no handshake: {client_events:?}");
+        for server in &mut servers {
+            server.poll_io();
+        }
+        client_events.extend(client.poll_io());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let accepted: Vec<u64> = servers.iter().map(|s| s.stats().engine.connections_accepted).collect();
+    assert_eq!(accepted.iter().sum::<u64>(), 1, "{accepted:?}");
 }
 
 #[test]

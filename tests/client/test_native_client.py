@@ -115,7 +115,6 @@ async def test_a_start_in_0rtt_runs_once_and_a_refused_one_is_sent_again() -> No
         engine.close()
 
 
-@pytest.mark.native_xfail("the native server has no stall check yet (no per-stream unacknowledged bytes)")
 async def test_a_server_reset_of_a_stalled_reader_resumes() -> None:
     """The link dies for 1.3 s (a relay blackhole): nothing acknowledged, so the server's stall check resets
     the stream (RESET_STREAM, once the link is back); the native client attaches after its last seq, on the

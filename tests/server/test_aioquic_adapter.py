@@ -11,7 +11,7 @@ from aioquic.quic.connection import QuicConnection
 import tokenwire.server
 from tokenwire.server.aioquic_adapter import (
     grant_bidi_streams,
-    has_pending_datagrams,
+    pending_datagrams,
     remote_max_datagram_frame_size,
     send_buffered,
     trim_datagrams,
@@ -65,10 +65,10 @@ def test_buffered_bytes_of_a_stream() -> None:
 
 def test_old_datagrams_are_trimmed_to_the_newest() -> None:
     conn = quic()
-    assert not has_pending_datagrams(conn) and trim_datagrams(conn, 2) == 0
+    assert pending_datagrams(conn) == 0 and trim_datagrams(conn, 2) == 0
     for n in range(5):
         conn.send_datagram_frame(bytes([n]))
-    assert has_pending_datagrams(conn)
+    assert pending_datagrams(conn) == 5
     assert trim_datagrams(conn, 2) == 3
     assert list(conn._datagrams_pending) == [b"\x03", b"\x04"]
 

@@ -306,10 +306,6 @@ async def test_a_small_send_buffer_pauses_and_wakes_streams_without_loss() -> No
         assert all(r.reconnects == 0 for r in readers)
 
 
-@pytest.mark.native_xfail(
-    "the native engine reports no per-stream unacknowledged bytes (stream_buffer_high): a reader that stops "
-    "acknowledging pauses only once QUIC flow control (max_stream_data, 1 MiB) blocks its stream"
-)
 async def test_a_reader_that_stops_acknowledging_is_cut_and_resumes() -> None:
     model = FakeModel(seed=5)
     limits = WebTransportLimits(stream_buffer_high=256)

@@ -171,8 +171,10 @@ async def test_two_workers_answer_on_one_port_and_stream(redis_url: str) -> None
 
 
 @needs_redis_storage
-async def test_webtransport_on_every_worker_with_one_certificate(redis_url: str) -> None:
-    async with workers(redis_url) as w:
+async def test_webtransport_on_every_worker_with_one_certificate(redis_url: str, wt_engine: str) -> None:
+    async with workers(redis_url, "--wt-engine", wt_engine) as w:
+        assert sum(f"serving WebTransport on https://127.0.0.1:{w.port}/" in line for line in w.lines) == 2
+        assert sum(f"{wt_engine} engine" in line for line in w.lines) == 2  # native: SO_REUSEPORT in the engine
         clients = await w.pinned_clients()
         try:
             assert set(clients) == set(w.pids)
@@ -209,12 +211,12 @@ async def test_workers_stop_when_their_supervisor_is_killed(redis_url: str) -> N
 
 
 @needs_redis_storage
-async def test_webtransport_migration_to_another_worker_ends_in_a_resume(redis_url: str) -> None:
+async def test_webtransport_migration_to_another_worker_ends_in_a_resume(redis_url: str, wt_engine: str) -> None:
     """A client that changes its address (connection migration, NAT rebinding) may be hashed to another worker,
     which does not know its QUIC connection and drops its packets: the client's connection times out, it
     reconnects (to any worker) and resumes the stream from the shared storage, every token exactly once
     (docs/scaling.md, "Workers and WebTransport")."""
-    async with workers(redis_url) as w:
+    async with workers(redis_url, "--wt-engine", wt_engine) as w:
         async with httpx.AsyncClient(base_url=w.base) as http:
             pinned = bytes.fromhex((await http.get("/v1/webtransport/certificate")).json()["sha256"])
         url = f"https://127.0.0.1:{w.port}/v1/webtransport"

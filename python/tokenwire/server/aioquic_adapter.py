@@ -22,8 +22,8 @@ __all__ = [
     "ServerH3",
     "forget_h3_stream",
     "grant_bidi_streams",
-    "has_pending_datagrams",
     "install_reset_stream_at",
+    "pending_datagrams",
     "remote_max_datagram_frame_size",
     "send_buffered",
     "trim_datagrams",
@@ -57,8 +57,9 @@ def trim_datagrams(quic: QuicConnection, keep: int) -> int:
     return excess
 
 
-def has_pending_datagrams(quic: QuicConnection) -> bool:
-    return bool(quic._datagrams_pending)
+def pending_datagrams(quic: QuicConnection) -> int:
+    """Datagrams waiting in QUIC's queue (not sent yet)."""
+    return len(quic._datagrams_pending)
 
 
 def webtransport_session_of(h3: H3Connection, stream_id: int) -> int | None:

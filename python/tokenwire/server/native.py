@@ -21,7 +21,9 @@ data on a resumed connection; it reports the early streams as they come, before 
 event, and the session layer holds them (a CONNECT in early data is answered only after the handshake), so a
 replayed first flight, which never completes a handshake, gets nothing served.
 
-What the engine cannot take at once: a flush that returns PAUSED left the rest in the engine, which reports
+What the engine cannot take at once (the peer's flow control, or the engine's send window: each open WebTransport
+stream adds ``stream_buffer_high`` bytes a connection may leave unacknowledged, so a peer that stops acknowledging
+blocks it): a flush that returns PAUSED left the rest in the engine, which reports
 ``writable`` once it is out; a short ``send_data`` (the Python path) keeps the rest here and sends it on
 ``writable``. Meanwhile the stream stops pulling frames from the ring (the slow-reader pause: the tick cuts it
 with :attr:`WtCode.RESUME` after ``stall_timeout``).
@@ -220,11 +222,18 @@ class NativeConnection(SessionHost):
 
     def send_blocked(self, qid: int) -> bool:
         """The engine (a PAUSED flush) or this connection (a short ``send_data``) holds bytes of ``qid`` that QUIC
-        flow control does not let out yet: a slow reader, or a congested path."""
+        does not take yet (the peer's flow control, or the connection's send window: ``stream_buffer_high`` per
+        open WebTransport stream left unacknowledged): a slow reader, a congested path, or a deaf peer."""
         return qid in self._blocked or qid in self._unsent
 
     def datagram_limit(self) -> int:
         return _DATAGRAM_LIMIT
+
+    def pending_previews(self) -> int:
+        try:
+            return self.server.engine.pending_datagrams(self.cid)
+        except StreamClosed:  # the connection is gone
+            return 0
 
     def _close_connection(self, h3_code: int, reason: str) -> None:
         with contextlib.suppress(StreamClosed):
@@ -339,8 +348,6 @@ class NativeWebTransportServer(WtServerBase):
     async def start(self) -> None:
         loop = self._start_common()
         config = self.config
-        if config.reuse_port:
-            raise OSError("the native WebTransport engine does not bind with SO_REUSEPORT: use --wt-engine aioquic")
         limits = config.webtransport
         engine = QuicEngine(
             server=True,
@@ -354,6 +361,9 @@ class NativeWebTransportServer(WtServerBase):
             stream_window=limits.max_stream_data,
             conn_window=limits.max_data,
             session_tickets=limits.max_session_tickets,  # 0-RTT: its streams wait in the session layer (HELD)
+            stream_send_window=limits.stream_buffer_high,
+            max_pending_datagrams=limits.max_pending_previews,
+            reuse_port=config.reuse_port,
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
@@ -464,6 +474,9 @@ class NativeWebTransportServer(WtServerBase):
         (it transmits too), the Python path for the others first, so their bytes share that transmit."""
         self._flush_queued = False
         conns, self._dirty = self._dirty, []
+        if self.config.webtransport.datagram_previews:
+            # Previews that waited since the last flush: the newest max_pending_previews per connection stay.
+            self.metrics.previews_dropped_total += self.engine.trim_datagrams()
         batch: list[_FlushItem] = []
         served: list[tuple[NativeConnection, ServedStream]] = []
         registry = None

@@ -78,8 +78,8 @@ from tokenwire.server.aioquic_adapter import (
     ServerH3,
     forget_h3_stream,
     grant_bidi_streams,
-    has_pending_datagrams,
     install_reset_stream_at,
+    pending_datagrams,
     remote_max_datagram_frame_size,
     send_buffered,
     trim_datagrams,
@@ -236,10 +236,13 @@ class WebTransportConnection(QuicConnectionProtocol, SessionHost):
     def _trim_previews(self) -> None:
         """Previews a congested connection could not send wait in QUIC's queue, ahead of stream data in every
         packet: keep the newest ``max_pending_previews`` and drop the older ones (they are stale)."""
-        if not has_pending_datagrams(self.quic):
+        if not pending_datagrams(self.quic):
             return
         dropped = trim_datagrams(self.quic, self.server.config.webtransport.max_pending_previews)
         self.server.metrics.previews_dropped_total += dropped
+
+    def pending_previews(self) -> int:
+        return pending_datagrams(self.quic)
 
     def send_blocked(self, qid: int) -> bool:
         """QUIC holds more than ``stream_buffer_high`` bytes of stream ``qid`` (unsent or unacknowledged): a slow

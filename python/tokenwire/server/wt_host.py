@@ -355,6 +355,11 @@ class SessionHost:
     def _trim_previews(self) -> None:
         """Drop previews the engine still queues beyond ``max_pending_previews`` (they are stale)."""
 
+    def pending_previews(self) -> int:
+        """Preview datagrams of this connection the engine has not sent yet (a full congestion window, a dead
+        path): at most ``max_pending_previews`` from one flush to the next, plus what a flush adds."""
+        raise NotImplementedError
+
     def _close_connection(self, h3_code: int, reason: str) -> None:
         raise NotImplementedError
 
