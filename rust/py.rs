@@ -845,6 +845,7 @@ impl PyQuicEngine {
         stream_send_window=None,
         max_pending_datagrams=None,
         reuse_port=false,
+        socket_buffer=4_194_304,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -868,6 +869,7 @@ impl PyQuicEngine {
         stream_send_window: Option<u64>,
         max_pending_datagrams: Option<usize>,
         reuse_port: bool,
+        socket_buffer: usize,
     ) -> PyResult<Self> {
         if stream_send_window == Some(0) {
             return Err(local("stream_send_window must be at least 1 byte"));
@@ -919,7 +921,7 @@ impl PyQuicEngine {
             config.client = Some(Arc::new(tls::client_config(&trust, &alpn, early_data).map_err(local)?));
         }
         let bind = resolve(host, port, None)?;
-        let inner = Driver::new(config, bind, reuse_port).map_err(|e| match e {
+        let inner = Driver::with_socket_buffer(config, bind, reuse_port, socket_buffer).map_err(|e| match e {
             DriverError::Io(io) => PyErr::from(io),
             DriverError::Engine(e) => engine_err(e),
         })?;

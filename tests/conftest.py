@@ -52,11 +52,11 @@ def wt_engine(request: pytest.FixtureRequest) -> Iterator[str]:
 
     engine: str = request.param
     assert engine in WT_ENGINES
-    default.current = request.param
+    before, default.current = default.current, engine
     try:
         yield engine
     finally:
-        default.current = "aioquic"
+        default.current = before
 
 
 @pytest.fixture

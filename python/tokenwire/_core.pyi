@@ -405,6 +405,7 @@ class QuicEngine:
         stream_send_window: int | None = None,
         max_pending_datagrams: int | None = None,
         reuse_port: bool = False,
+        socket_buffer: int = 4194304,
     ) -> Self:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
@@ -431,7 +432,8 @@ class QuicEngine:
         waiting to be sent, counted (see ``trim_datagrams``); ``None``: quinn's own queue, bounded in bytes only,
         which drops the oldest silently. ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with other
         processes' sockets bound so (``tokenwire serve --workers N``; the kernel spreads datagrams over them by
-        their 4-tuple)."""
+        their 4-tuple). ``socket_buffer``: the UDP receive and send buffer sizes asked of the kernel (it caps them
+        at ``net.core.rmem_max``/``wmem_max``; 0: its defaults)."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property

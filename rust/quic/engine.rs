@@ -10,7 +10,7 @@
 //! [`Config::stream_send_window`]) waits in the stream's pending buffer (bounded by one call's bytes) and goes
 //! out as credit or acknowledgements come; the writer hears `Writable` then.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,6 +154,8 @@ pub struct Config {
 
 /// Unidirectional streams a peer may open (control, QPACK encoder and decoder, a few WebTransport ones).
 const MAX_UNI_STREAMS: u32 = 100;
+/// `Conn::reset_sends` is pruned of the streams quinn has let go of once it holds this many.
+const RESET_SENDS_PRUNE: usize = 256;
 /// A stream's pending buffer keeps its allocation up to this size once drained.
 const PENDING_KEEP: usize = 16 * 1024;
 /// Bytes of received datagrams buffered before quinn drops the oldest.
@@ -331,6 +333,28 @@ impl Conn {
         }
     }
 
+    /// Resets this end's send half of `sid` with `code` (its bytes leave the send window at once) and keeps it
+    /// from being written or counted again while quinn still holds it.
+    fn reset_send(&mut self, sid: u64, code: VarInt) {
+        self.forget_send(sid);
+        if let Ok(var) = VarInt::from_u64(sid) {
+            let _ = self.quic.send_stream(StreamId::from(var)).reset(code);
+        }
+        if self.reset_sends.len() >= RESET_SENDS_PRUNE {
+            // Bounded by the streams quinn still holds: drop those it has let go of.
+            let quic = &mut self.quic;
+            self.reset_sends
+                .retain(|&s| VarInt::from_u64(s).is_ok_and(|v| quic.send_stream(StreamId::from(v)).priority().is_ok()));
+        }
+        self.reset_sends.insert(sid);
+    }
+
+    /// This end may (still) send on `sid` as far as quinn knows, and has not reset it.
+    fn send_live(&mut self, sid: u64) -> bool {
+        !self.reset_sends.contains(&sid)
+            && VarInt::from_u64(sid).is_ok_and(|v| self.quic.send_stream(StreamId::from(v)).priority().is_ok())
+    }
+
     /// The send window (`Config::stream_send_window`): one share per open WebTransport send stream, at least one.
     /// A wider window lets the streams quinn blocked write again (`Writable` at its next poll).
     fn resize_send_window(&mut self) {
@@ -352,6 +376,9 @@ struct Conn {
     /// How many of this end's three unidirectional streams (control, QPACK encoder, QPACK decoder) are open.
     uni_opened: u8,
     sends: HashMap<u64, SendState>,
+    /// Send halves this end reset (its own reset, or the answer to the peer's `STOP_SENDING`) that quinn may still
+    /// hold until the reset is acknowledged: nothing is written on them again and they are not counted again.
+    reset_sends: HashSet<u64>,
     /// Bidirectional WebTransport streams in `sends` (the data streams that size the send window).
     wt_streams: u64,
     /// `Config::stream_send_window`, and the send window last given to quinn.
@@ -499,6 +526,7 @@ impl Engine {
             h3: H3Conn::new(role, &self.config.h3_settings),
             uni_opened: 0,
             sends: HashMap::new(),
+            reset_sends: HashSet::new(),
             wt_streams: 0,
             stream_send_window: self.config.stream_send_window,
             send_window: self.config.stream_send_window.unwrap_or(self.config.conn_window),
@@ -631,6 +659,9 @@ impl Engine {
                                 conn.h3.on_stream_reset(*sid);
                             }
                             conn.sends.clear();
+                            conn.reset_sends.clear();
+                            conn.wt_streams = 0;
+                            conn.resize_send_window();
                         }
                         events.push(Event::Connected {
                             conn: id,
@@ -670,8 +701,10 @@ impl Engine {
                     conn.forget_send(u64::from(stream));
                 }
                 QuicEvent::Stream(StreamEvent::Stopped { id: stream, error_code }) => {
+                    // RFC 9000 §3.5: STOP_SENDING is answered with RESET_STREAM (quinn leaves it to us; until the
+                    // reset or a FIN is acknowledged the stream keeps its slot in the peer's MAX_STREAMS).
                     let sid = u64::from(stream);
-                    conn.forget_send(sid);
+                    conn.reset_send(sid, error_code);
                     events.push(Event::StopSending {
                         conn: id,
                         stream_id: sid,
@@ -796,12 +829,11 @@ impl Engine {
                 } => {
                     // A bidirectional WebTransport stream: this end's replies are raw bytes (while its send side
                     // lives: a finished one is not brought back).
-                    if stream_id & 0b10 == 0 && !conn.sends.get(&stream_id).is_some_and(|s| s.wt) {
-                        let live = VarInt::from_u64(stream_id)
-                            .is_ok_and(|v| conn.quic.send_stream(StreamId::from(v)).priority().is_ok());
-                        if live {
-                            conn.wt_send(stream_id);
-                        }
+                    if stream_id & 0b10 == 0
+                        && !conn.sends.get(&stream_id).is_some_and(|s| s.wt)
+                        && conn.send_live(stream_id)
+                    {
+                        conn.wt_send(stream_id);
                     }
                     Event::WtStream {
                         conn: id,
@@ -886,13 +918,20 @@ impl Engine {
             let Some(conn) = self.conns.get_mut(&id) else { continue };
             conn.dirty = false;
             // Datagrams waiting in the engine go to quinn as it sends the ones it has (see `DatagramQueue`).
+            // Feed, send; while some wait, feed again once quinn has sent what it had (and stop when it takes none).
+            let mut first = true;
             loop {
                 let (fed, refused) = match self.config.max_pending_datagrams {
-                    Some(limit) => conn.datagrams.feed(&mut conn.quic, limit),
+                    // At least one: with a bound of 0 the flush's newest preview still goes (as on aioquic).
+                    Some(limit) => conn.datagrams.feed(&mut conn.quic, limit.max(1)),
                     None => (0, 0),
                 };
                 self.stats.datagrams_dropped += refused;
                 self.datagrams_dropped_unreported += refused;
+                if !first && fed == 0 {
+                    break;
+                }
+                first = false;
                 loop {
                     self.buf.clear();
                     let Some(transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
@@ -900,7 +939,7 @@ impl Engine {
                     };
                     send(&transmit, &self.buf[..transmit.size]);
                 }
-                if fed == 0 || conn.datagrams.waiting.is_empty() {
+                if conn.datagrams.waiting.is_empty() {
                     break;
                 }
             }
@@ -1022,6 +1061,7 @@ impl Engine {
         };
         if peer_uni
             || conn.sends.get(&sid).is_some_and(|s| s.closed || s.fin)
+            || conn.reset_sends.contains(&sid)
             || conn.quic.send_stream(StreamId::from(var)).priority().is_err()
         {
             return Err(EngineError::StreamClosed(sid));
@@ -1137,8 +1177,7 @@ impl Engine {
         let code = varint(code)?;
         let conn = self.conn_mut(conn)?;
         Self::check_send_stream(conn, sid, server)?;
-        conn.forget_send(sid);
-        let _ = conn.quic.send_stream(StreamId::from(varint(sid)?)).reset(code);
+        conn.reset_send(sid, code);
         Ok(())
     }
 

@@ -84,18 +84,32 @@ pub struct Driver {
     scratch: Vec<u8>,
     /// Bytes every flush has written into streams (prefixes and frames), since the start.
     flushed_bytes: u64,
+    /// Socket buffer size asked for (kept for `rebind`).
+    socket_buffer: usize,
     early_data_accepted: u64,
     early_data_rejected: u64,
 }
 
 impl Driver {
-    /// Binds `bind` (with `SO_REUSEPORT` if `reuse_port`: see [`UdpIo::bind`]) and sets up the engine.
+    /// Binds `bind` (with `SO_REUSEPORT` if `reuse_port`: see [`UdpIo::bind`]) and sets up the engine; socket
+    /// buffers of `udp::SOCKET_BUFFER` bytes.
     pub fn new(config: Config, bind: SocketAddr, reuse_port: bool) -> Result<Self, DriverError> {
+        Self::with_socket_buffer(config, bind, reuse_port, udp::SOCKET_BUFFER)
+    }
+
+    /// As [`Self::new`], with socket buffers of `socket_buffer` bytes (0: the kernel's defaults).
+    pub fn with_socket_buffer(
+        config: Config,
+        bind: SocketAddr,
+        reuse_port: bool,
+        socket_buffer: usize,
+    ) -> Result<Self, DriverError> {
         let engine = Engine::new(config).map_err(DriverError::Engine)?;
-        let io = UdpIo::bind(bind, reuse_port).map_err(DriverError::Io)?;
+        let io = UdpIo::bind(bind, reuse_port, socket_buffer).map_err(DriverError::Io)?;
         Ok(Self {
             engine,
             io,
+            socket_buffer,
             wakeups: 0,
             flushed_bytes: 0,
             early_data_accepted: 0,
@@ -161,7 +175,7 @@ impl Driver {
     /// follows, and its PING goes out at once. The old socket is closed: its file descriptor is no longer
     /// [`Self::fd`].
     pub fn rebind(&mut self, bind: SocketAddr) -> io::Result<()> {
-        let mut io = UdpIo::bind(bind, false)?;
+        let mut io = UdpIo::bind(bind, false, self.socket_buffer)?;
         io.stats = self.io.stats;
         self.io = io;
         self.engine.local_address_changed();

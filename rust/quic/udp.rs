@@ -18,7 +18,7 @@ const MAX_GSO_BYTES: usize = 65_000;
 const MAX_SEGMENT: usize = 1500;
 
 /// Socket buffers asked for; the kernel may grant less (`net.core.rmem_max` / `wmem_max`).
-const SOCKET_BUFFER: usize = 4 << 20;
+pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Counters of the socket's traffic.
 #[derive(Debug, Default, Clone, Copy)]
@@ -56,8 +56,8 @@ pub struct UdpIo {
 impl UdpIo {
     /// Binds `addr` (port 0: any free port), non-blocking. `reuse_port`: with `SO_REUSEPORT`, so that other
     /// processes' sockets bound the same way share the port (the kernel spreads datagrams over them by their
-    /// 4-tuple).
-    pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
+    /// 4-tuple). `buffer`: the receive and send buffer sizes asked of the kernel (0: its defaults).
+    pub fn bind(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if reuse_port {
             socket.set_reuse_port(true)?;
@@ -67,8 +67,10 @@ impl UdpIo {
         let socket = UdpSocket::from(socket);
         let state = UdpSocketState::new((&socket).into())?;
         // Best effort: a kernel that caps the size keeps its own maximum.
-        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
-        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        if buffer > 0 {
+            let _ = state.set_recv_buffer_size((&socket).into(), buffer);
+            let _ = state.set_send_buffer_size((&socket).into(), buffer);
+        }
         // A slot takes one datagram, or one GRO train of up to 64 KiB.
         let slot = MAX_DATAGRAM;
         Ok(Self {

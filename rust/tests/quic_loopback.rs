@@ -230,19 +230,25 @@ impl Pair {
     }
 }
 
-/// The bytes of every `WtStream` event of `stream`, and whether one had FIN.
+/// The bytes of every `WtStream` event of `stream` (of any connection), and whether one had FIN.
 fn wt_bytes(events: &[Event], stream: u64) -> (Vec<u8>, bool) {
+    stream_bytes(events, None, stream)
+}
+
+/// The bytes of `stream` of connection `conn` (`None`: any), and whether one had FIN.
+fn stream_bytes(events: &[Event], conn: Option<u64>, stream: u64) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut fin = false;
     for e in events {
         if let Event::WtStream {
+            conn: c,
             stream_id,
             data,
             fin: f,
             ..
         } = e
         {
-            if *stream_id == stream {
+            if *stream_id == stream && conn.is_none_or(|want| want == *c) {
                 out.extend_from_slice(data);
                 fin |= *f;
             }
@@ -809,21 +815,124 @@ fn stop_sending_reaches_the_writer() {
     let cert = cert();
     let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
     let (c, s, _, ws) = pair.wt_request();
-    pair.server.engine().send_data(s, ws, b"partial answer", false).unwrap();
-    pair.server.transmit();
-    pair.pump("the first bytes", |p| !wt_bytes(&p.client_events, ws).0.is_empty());
-    pair.client.engine().stop_sending(c, ws, 9).unwrap();
-    pair.client.transmit();
-    pair.pump("STOP_SENDING", |p| {
-        p.server_events
-            .iter()
-            .any(|e| matches!(e, Event::StopSending { stream_id, code: 9, .. } if *stream_id == ws))
-    });
+    pair.stop_mid_answer(c, s, ws);
     // The server's side of the stream is over: sends and flushes are refused.
     assert!(pair.server.engine().send_data(s, ws, b"more", false).is_err());
 }
 
+/// `STOP_SENDING` is answered with `RESET_STREAM` (RFC 9000 §3.5): until then the stream would keep its slot in
+/// the client's `MAX_STREAMS`, and a client that stops answers mid-way (a cancelled reader) would run out of
+/// streams. Three times the limit, stopped one after the other on one connection.
+#[test]
+fn stopped_streams_give_their_slots_back() {
+    let cert = cert();
+    let limited = Config {
+        max_bidi_streams: 8,
+        ..config()
+    };
+    let mut pair = Pair::new(server_with(&cert, limited), client(&Trust::Hashes(vec![cert.sha256])));
+    let (c, s) = pair.connect();
+    let session = pair.session(c, s);
+    for round in 0..24 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ws = loop {
+            match pair.client.engine().open_wt_stream(c, session) {
+                Ok(ws) => break ws,
+                Err(EngineError::StreamsExhausted) => {
+                    assert!(Instant::now() < deadline, "round {round}: no stream credit came back");
+                    let later = Instant::now() + Duration::from_millis(2);
+                    pair.pump("stream credit", |_| Instant::now() > later);
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        };
+        pair.client.engine().send_data(c, ws, b"start", true).unwrap();
+        pair.client.transmit();
+        pair.pump("the request", |p| wt_bytes(&p.server_events, ws).1);
+        pair.stop_mid_answer(c, s, ws);
+        // Reset now: neither written again nor brought back by more bytes from the peer.
+        assert!(pair.server.engine().send_data(s, ws, b"more", false).is_err());
+        assert!(pair.server.engine().reset_stream(s, ws, 1).is_err());
+        pair.client_events.clear();
+        pair.server_events.clear();
+    }
+}
+
+/// One flush of 3 connections x 40 streams (more than the 64 items after which it sends as it goes, with the
+/// boundary inside a connection's run): every item Ok, every stream gets its bytes, once.
+#[test]
+fn a_flush_across_many_connections_sends_as_it_goes() {
+    let cert = cert();
+    let mut pair = Pair::new(server(&cert), client(&Trust::Hashes(vec![cert.sha256])));
+    let mut registry = Registry::new(Limits::default());
+    let h = registry.create("k", "s1".into()).unwrap();
+    registry
+        .append(h, FrameKind::Token, [&b"one"[..], b" two", b" three"])
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        pair.client_events.clear();
+        pair.server_events.clear();
+        let (c, s) = pair.connect();
+        let session = pair.session(c, s);
+        let opened: Vec<u64> = (0..40)
+            .map(|_| {
+                let ws = pair.client.engine().open_wt_stream(c, session).unwrap();
+                pair.client.engine().send_data(c, ws, b"start", false).unwrap();
+                ws
+            })
+            .collect();
+        pair.client.transmit();
+        pair.pump("40 requests", |p| {
+            opened.iter().all(|ws| !wt_bytes(&p.server_events, *ws).0.is_empty())
+        });
+        streams.extend(opened.into_iter().map(|ws| (c, s, ws)));
+    }
+    let items: Vec<FlushItem<'_>> = streams
+        .iter()
+        .map(|&(_, s, ws)| FlushItem {
+            conn: s,
+            stream_id: ws,
+            handle: h,
+            after: 0,
+            prefix: b"",
+        })
+        .collect();
+    pair.client_events.clear();
+    let mut out = Vec::new();
+    pair.server.flush(&registry, &items, &mut out);
+    assert_eq!(out, vec![(3, FlushStatus::Ok); 120]);
+    let mut expected = Vec::new();
+    registry.since(h, 0, Wire::Binary, &mut expected).unwrap();
+    pair.pump("every stream's frames", |p| {
+        streams
+            .iter()
+            .all(|&(c, _, ws)| stream_bytes(&p.client_events, Some(c), ws).0.len() >= expected.len())
+    });
+    for &(c, _, ws) in &streams {
+        assert_eq!(
+            stream_bytes(&pair.client_events, Some(c), ws),
+            (expected.clone(), false)
+        );
+    }
+}
+
 impl Pair {
+    /// The server writes part of an answer on `ws`; once it is in, the client stops reading (`STOP_SENDING`
+    /// code 9) and the server hears it.
+    fn stop_mid_answer(&mut self, c: u64, s: u64, ws: u64) {
+        self.server.engine().send_data(s, ws, b"partial answer", false).unwrap();
+        self.server.transmit();
+        self.pump("the first bytes", |p| !wt_bytes(&p.client_events, ws).0.is_empty());
+        self.client.engine().stop_sending(c, ws, 9).unwrap();
+        self.client.transmit();
+        self.pump("STOP_SENDING", |p| {
+            p.server_events
+                .iter()
+                .any(|e| matches!(e, Event::StopSending { stream_id, code: 9, .. } if *stream_id == ws))
+        });
+    }
+
     /// A first connection, kept until the server's session ticket has had time to arrive, then closed.
     fn connect_for_ticket(&mut self) {
         let (c, _) = self.connect();

@@ -364,6 +364,7 @@ class NativeWebTransportServer(WtServerBase):
             stream_send_window=limits.stream_buffer_high,
             max_pending_datagrams=limits.max_pending_previews,
             reuse_port=config.reuse_port,
+            socket_buffer=limits.socket_buffer_bytes,
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
