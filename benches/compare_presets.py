@@ -44,7 +44,8 @@ def _value(report: dict[str, Any], metric: str, protocol: str) -> float | None:
 def run_preset(preset: Preset, repeat: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run of ``preset``: a fresh server, the load test's comparison report."""
     ready = lambda line: found[1] if (found := _URL.search(line)) else None
-    server, url = spawn_server("tokenwire serve", [*TOKENWIRE, "serve", "--port", "0"], args.server_cores, ready)
+    serve = [*TOKENWIRE, "serve", "--port", "0", "--wt-engine", args.wt_engine]
+    server, url = spawn_server("tokenwire serve", serve, args.server_cores, ready)
     stem = Path(args.out) / f"{preset.name}-{repeat}"
     cmd = [TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest", "--preset", preset.name]
     cmd += ["--url", url, "--server-pid", str(server.pid), "--quiet"]
@@ -101,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names (default: all)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--wt-engine",
+        choices=("aioquic", "native"),
+        default="aioquic",
+        help="the server's WebTransport engine (BENCHMARKS.md's issue-12 table was recorded on aioquic)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="multiply each preset's streams and duration")
     p.add_argument("--server-cores", default="0")
     p.add_argument("--client-cores", default="1" if (os.cpu_count() or 1) > 1 else "0")

@@ -557,8 +557,8 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
         "--wt-engine",
         choices=WT_ENGINES,
         default="aioquic",
-        help="WebTransport's QUIC engine: aioquic (pure Python, the reference) or native (quinn-proto in the Rust "
-        "extension, driven in batches; no --workers above 1)",
+        help="WebTransport's QUIC engine: aioquic (the default: pure Python, the reference) or native (quinn-proto "
+        "in the Rust extension, driven in batches; webtransport-go 0.12+ clients refuse it: no reset_stream_at)",
     )
     serve.add_argument(
         "--datagram-previews",

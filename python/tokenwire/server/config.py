@@ -105,7 +105,8 @@ class ServerConfig:
     http: HttpLimits = field(default_factory=HttpLimits)
     webtransport: WebTransportLimits = field(default_factory=WebTransportLimits)
     #: The QUIC engine of the WebTransport server (:func:`tokenwire.server.webtransport_server`): ``"aioquic"``
-    #: (pure Python, the reference) or ``"native"`` (quinn-proto in the Rust extension, driven in batches).
+    #: (the default: pure Python, the reference) or ``"native"`` (quinn-proto in the Rust extension, driven in
+    #: batches; docs/protocol.md §3.2 says what differs).
     wt_engine: WtEngine = "aioquic"
 
     def __post_init__(self) -> None:
