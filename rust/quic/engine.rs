@@ -161,6 +161,18 @@ const PENDING_KEEP: usize = 16 * 1024;
 /// Bytes of received datagrams buffered before quinn drops the oldest.
 const DATAGRAM_BUFFER: usize = 1 << 20;
 
+/// The round trip assumed before the first sample (quinn's default is RFC 9002's 333 ms). It sets how soon a
+/// lost first flight is sent again: the PTO is about three of these, doubling each time. A server whose first
+/// flight was lost waits for its own PTO (a client's repeated Initial only gets an ACK), so at 333 ms a handshake
+/// that lost two flights takes 1 + 2 + 4 s; 100 ms, as aioquic and Chromium assume, makes that 0.3 + 0.6 + 1.2 s.
+const INITIAL_RTT: Duration = Duration::from_millis(100);
+
+/// Frames a connection has read that a client's handshake packet carries (a sign its packet decrypted).
+fn frames_read(quic: &quinn_proto::Connection) -> u64 {
+    let rx = quic.stats().frame_rx;
+    rx.crypto + rx.acks + rx.ping + rx.stream + rx.connection_close
+}
+
 fn varint(v: u64) -> Result<VarInt, EngineError> {
     VarInt::from_u64(v).map_err(|_| EngineError::Invalid(format!("{v} is above 2^62-1")))
 }
@@ -177,6 +189,7 @@ fn transport(config: &Config) -> Result<Arc<TransportConfig>, EngineError> {
                 .map_err(|_| EngineError::Invalid("idle_timeout is out of range".into()))?,
         ))
         .keep_alive_interval(config.keepalive)
+        .initial_rtt(INITIAL_RTT)
         .ack_frequency_config(config.ack_frequency.map(|(threshold, max_delay)| {
             let mut ack = AckFrequencyConfig::default();
             ack.ack_eliciting_threshold(VarInt::from_u32(threshold))
@@ -391,6 +404,11 @@ struct Conn {
     dirty: bool,
     /// The deadline last put on the timer heap.
     timer: Option<Instant>,
+    /// Server: the client's address changed before the handshake completed (a NAT rebinding, `(known, new)`).
+    /// quinn drops such packets until the handshake is over, and the client never sends from `known` again,
+    /// so the handshake would stall; the engine hands them to quinn as from `known` and sends quinn's packets
+    /// for `known` to `new`, until quinn's own path leaves `known` (once established, quinn migrates itself).
+    rebound: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// Counters over the engine's life.
@@ -482,7 +500,11 @@ impl Engine {
             .get(&id)
             .filter(|c| !c.closed_reported)
             .ok_or(EngineError::NoConnection(id))?;
-        Ok(conn.quic.remote_address())
+        let remote = conn.quic.remote_address();
+        Ok(match conn.rebound {
+            Some((known, new)) if known == remote => new,
+            _ => remote,
+        })
     }
 
     pub fn connection_count(&self) -> usize {
@@ -534,6 +556,7 @@ impl Engine {
             closed_reported: false,
             dirty: false,
             timer: None,
+            rebound: None,
         };
         Self::mark_dirty(&mut self.dirty, &mut conn, id);
         self.conns.insert(id, conn);
@@ -556,12 +579,34 @@ impl Engine {
             .handle(now, from, local_ip, ecn, BytesMut::from(data), &mut self.buf);
         match event {
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                if let Some(&id) = self.by_handle.get(&handle) {
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.quic.handle_event(event);
-                        Self::mark_dirty(&mut self.dirty, conn, id);
+                let Some(conn) = self.by_handle.get(&handle).and_then(|id| self.conns.get_mut(id)) else {
+                    return;
+                };
+                let known = conn.quic.remote_address();
+                if from == known || !conn.quic.is_handshaking() || conn.quic.side().is_client() {
+                    conn.quic.handle_event(event);
+                } else {
+                    // A NAT rebinding during the handshake (see `Conn::rebound`): the same datagram again, as
+                    // from the address quinn knows. Only a packet quinn could decrypt (frames were read) moves
+                    // the connection: a forged one with a known connection id redirects nothing.
+                    self.buf.clear();
+                    let again = self
+                        .endpoint
+                        .handle(now, known, local_ip, ecn, BytesMut::from(data), &mut self.buf);
+                    let Some(DatagramEvent::ConnectionEvent(same, event)) = again else {
+                        return;
+                    };
+                    if same != handle {
+                        return;
+                    }
+                    let before = frames_read(&conn.quic);
+                    conn.quic.handle_event(event);
+                    if frames_read(&conn.quic) != before {
+                        conn.rebound = Some((known, from));
                     }
                 }
+                let id = self.by_handle[&handle];
+                Self::mark_dirty(&mut self.dirty, conn, id);
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
                 if self.config.server.is_none() {
@@ -932,11 +977,21 @@ impl Engine {
                     break;
                 }
                 first = false;
+                if let Some((known, _)) = conn.rebound {
+                    if conn.quic.remote_address() != known {
+                        conn.rebound = None; // quinn's path moved on: the rebinding is its own business now
+                    }
+                }
                 loop {
                     self.buf.clear();
-                    let Some(transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
+                    let Some(mut transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
                         break;
                     };
+                    if let Some((known, new)) = conn.rebound {
+                        if transmit.destination == known {
+                            transmit.destination = new;
+                        }
+                    }
                     send(&transmit, &self.buf[..transmit.size]);
                 }
                 if conn.datagrams.waiting.is_empty() {

@@ -78,6 +78,31 @@ async def until(cond: Callable[[], bool]) -> None:
 # ----------------------------------------------------------------------------------------------- migration
 
 
+async def test_a_nat_rebinding_during_the_handshake_does_not_stall_it() -> None:
+    """The server's first flight is lost and, before the client sends again, the NAT's mapping changes: the
+    client's retransmitted Initial reaches the server from a new address while the handshake is still going.
+    The server must answer there (a phone's NAT may rebind at any moment) rather than wait for packets from
+    an address the client will never use again; the handshake completes on the first connection."""
+    model = FakeModel(seed=5)
+    async with (
+        asyncio.timeout(15),
+        wt_server(model=model) as server,
+        UdpRelay(server_address(server), delay=0.05) as relay,
+        wt_client(server, via=relay.address) as client,
+    ):
+        starting = asyncio.create_task(client.generate("early move", max_tokens=20, tokens_per_s=2000))
+        await until(lambda: relay.down.received >= 1)  # the server's first flight is in the relay
+        relay.blackhole(True)  # ... and is lost, in flight included
+        (first,) = relay.flows.values()
+        (second,) = relay.change_address().values()
+        relay.blackhole(False)
+        reader = await starting
+        assert [t async for t in reader] == model.tokens("early move", 20)
+        conn = only_connection(server)
+        assert second != first and on_path(conn, second)
+        assert client.connections == 1 and server.metrics.connections_total == 1 and reader.reconnects == 0
+
+
 async def test_the_client_rebinds_its_socket_mid_stream_and_keeps_its_session() -> None:
     """Direct to the server: the server sees the client's new port itself, and validates the new path."""
     model = FakeModel(seed=5)
