@@ -556,9 +556,9 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
     serve.add_argument(
         "--wt-engine",
         choices=WT_ENGINES,
-        default="aioquic",
-        help="WebTransport's QUIC engine: aioquic (the default: pure Python, the reference) or native (quinn-proto "
-        "in the Rust extension, driven in batches; webtransport-go 0.12+ clients refuse it: no reset_stream_at)",
+        default="native",
+        help="WebTransport's QUIC engine: native (the default: quinn-proto in the Rust extension, driven in batches; "
+        "webtransport-go 0.12+ clients refuse it: no reset_stream_at) or aioquic (pure Python, the reference)",
     )
     serve.add_argument(
         "--datagram-previews",

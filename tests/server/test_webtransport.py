@@ -441,7 +441,7 @@ def test_client_ack_delay_is_checked(ack_delay: float) -> None:
 
 
 def test_the_engine_setting_is_checked() -> None:
-    assert ServerConfig().wt_engine == "aioquic"  # the default until the native engine passes everything
-    assert ServerConfig(wt_engine="native").wt_engine == "native"
+    assert ServerConfig().wt_engine == "native"
+    assert ServerConfig(wt_engine="aioquic").wt_engine == "aioquic"
     with pytest.raises(ValueError, match="wt_engine is one of aioquic, native"):
         ServerConfig(wt_engine="quiche")  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ class _WtEngine:
     """The engine :func:`wt_server` (and what else starts a WebTransport server for a test) uses unless told:
     the ``wt_engine`` fixture (tests/conftest.py) sets it for each test it parametrizes."""
 
-    current: WtEngine = "aioquic"
+    current: WtEngine = "native"
 
 
 wt_engine = _WtEngine()

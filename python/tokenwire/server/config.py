@@ -104,10 +104,10 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()
     http: HttpLimits = field(default_factory=HttpLimits)
     webtransport: WebTransportLimits = field(default_factory=WebTransportLimits)
-    #: The QUIC engine of the WebTransport server (:func:`tokenwire.server.webtransport_server`): ``"aioquic"``
-    #: (the default: pure Python, the reference) or ``"native"`` (quinn-proto in the Rust extension, driven in
-    #: batches; docs/protocol.md §3.2 says what differs).
-    wt_engine: WtEngine = "aioquic"
+    #: The QUIC engine of the WebTransport server (:func:`tokenwire.server.webtransport_server`): ``"native"``
+    #: (the default: quinn-proto in the Rust extension, driven in batches) or ``"aioquic"`` (pure Python, the
+    #: reference; webtransport-go 0.12+ clients need it); docs/protocol.md §3.2 says what differs.
+    wt_engine: WtEngine = "native"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_origins", tuple(normalize_origin(o) for o in self.allow_origins))

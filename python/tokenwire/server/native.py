@@ -238,6 +238,7 @@ class NativeConnection(SessionHost):
     def _close_connection(self, h3_code: int, reason: str) -> None:
         with contextlib.suppress(StreamClosed):
             self.server.engine.close(self.cid, h3_code, reason.encode())
+            self.server.sent(data=False)  # its CONNECTION_CLOSE goes with the next transmit, not the next wake-up
 
     def mark_dirty(self, st: ServedStream) -> None:
         self._dirty.append(st)
