@@ -48,7 +48,7 @@ def run_preset(preset: Preset, repeat: int, args: argparse.Namespace) -> dict[st
     server, url = spawn_server("tokenwire serve", serve, args.server_cores, ready)
     stem = Path(args.out) / f"{preset.name}-{repeat}"
     cmd = [TASKSET, "-c", args.client_cores, *TOKENWIRE, "loadtest", "--preset", preset.name]
-    cmd += ["--url", url, "--server-pid", str(server.pid), "--quiet"]
+    cmd += ["--url", url, "--server-pid", str(server.pid), "--quiet", "--wt-engine", args.wt_client_engine]
     cmd += ["--json", f"{stem}.json", "--report", f"{stem}.html", "--seed", str(repeat)]
     cmd += shlex.split(args.loadtest_args)
     if args.scale != 1.0:
@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("aioquic", "native"),
         default="aioquic",
         help="the server's WebTransport engine (BENCHMARKS.md's issue-12 table was recorded on aioquic)",
+    )
+    p.add_argument(
+        "--wt-client-engine",
+        choices=("aioquic", "native"),
+        default="aioquic",
+        help="the load generator's WebTransport engine (aioquic too in that table)",
     )
     p.add_argument("--scale", type=float, default=1.0, help="multiply each preset's streams and duration")
     p.add_argument("--server-cores", default="0")

@@ -620,9 +620,9 @@ def _parser(loadtest_defaults: dict[str, Any] | None = None) -> argparse.Argumen
     lt.add_argument(
         "--wt-engine",
         choices=("aioquic", "native"),
-        default="aioquic",
-        help="webtransport: the generator's QUIC engine: aioquic (Python, a socket per session) or native (tokenwire's "
-        "Rust engine: one engine and UDP socket per generator process carries all its sessions)",
+        default="native",
+        help="webtransport: the generator's QUIC engine: native (the default: tokenwire's Rust engine, one engine and "
+        "UDP socket per generator process carries all its sessions) or aioquic (Python, a socket per session)",
     )
     cmp = lt.add_argument_group("comparison, impairment and report (README: Compare the transports)")
     cmp.add_argument(

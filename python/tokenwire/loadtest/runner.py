@@ -47,9 +47,9 @@ class LoadTestConfig:
     #: webtransport: connect here (``https://host:port/path``, a relay in front of the server, say) instead of
     #: the URL the server names; the certificate hash still comes from ``url`` (or ``wt_cert_hash``).
     wt_url: str = ""
-    #: webtransport: the generator's QUIC engine: aioquic (a connection and socket per session) or native
-    #: (tokenwire's Rust engine: one engine and socket per generator process for all its sessions).
-    wt_engine: str = "aioquic"
+    #: webtransport: the generator's QUIC engine: native (the default: tokenwire's Rust engine, one engine and
+    #: socket per generator process for all its sessions) or aioquic (a connection and socket per session).
+    wt_engine: str = "native"
     #: Seconds per bucket of the report's time series; 0: from the expected duration (0.25 s for runs up to 15 s,
     #: 0.5 s up to 30 s, then 1 s; coarser past 20 minutes, to stay within 1,200 buckets).
     series_interval: float = 0.0
