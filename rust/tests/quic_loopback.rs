@@ -2,6 +2,7 @@
 //! certificate trusted by its SHA-256, as `serverCertificateHashes` does), an extended CONNECT and its
 //! response, a WebTransport stream echoed, an HTTP/3 datagram each way, a flush from a registry, and the
 //! refusals (a wrong hash, an unknown connection), and 0-RTT on a resumed connection (accepted, refused, off).
+//! Last, two engines without sockets, where the test sets each datagram's source: a NAT rebinding mid-handshake.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use _core::frame::FrameKind;
 use _core::quic::tls::{self, Trust};
-use _core::quic::{Config, Driver, DriverError, EngineError, Event, FlushItem, FlushStatus};
+use _core::quic::{Config, Driver, DriverError, Engine, EngineError, Event, FlushItem, FlushStatus};
 use _core::registry::{Limits, Registry, StreamState};
 use _core::ring::Wire;
 
@@ -1062,4 +1063,117 @@ fn no_session_tickets_no_zero_rtt() {
     pair.client_handshake(c);
     assert_eq!(pair.client.engine().early_data(c).unwrap(), (false, false));
     assert_eq!(pair.server.stats().early_data_accepted, 0);
+}
+
+// -- the engine without sockets: the test decides what each datagram's source address is ---------------
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn engine_server(cert: &Cert) -> Engine {
+    let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &[b"h3".to_vec()], TICKETS).unwrap();
+    Engine::new(Config {
+        server: Some(Arc::new(tls)),
+        ..config()
+    })
+    .unwrap()
+}
+
+fn engine_client(cert: &Cert) -> Engine {
+    let tls = tls::client_config(&Trust::Hashes(vec![cert.sha256]), &[b"h3".to_vec()], true).unwrap();
+    Engine::new(Config {
+        client: Some(Arc::new(tls)),
+        ..config()
+    })
+    .unwrap()
+}
+
+/// What `engine` sends at `now` (timers run first): each datagram's destination and bytes.
+fn sends(engine: &mut Engine, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    engine.handle_timeouts(now);
+    engine.process(now);
+    let mut out = Vec::new();
+    engine.transmit(now, 1, &mut |t, bytes| out.push((t.destination, bytes.to_vec())));
+    out
+}
+
+#[test]
+fn a_nat_rebinding_during_the_handshake_moves_the_server_to_the_new_address() {
+    let cert = cert();
+    let (server_addr, first, second, forger) = (
+        addr("192.0.2.1:443"),
+        addr("198.51.100.7:40000"),
+        addr("198.51.100.7:50000"),
+        addr("203.0.113.9:60000"),
+    );
+    let mut server = engine_server(&cert);
+    let mut client = engine_client(&cert);
+    let mut now = Instant::now();
+    client.connect(now, server_addr, "localhost").unwrap();
+
+    // The client's first flight reaches the server from `first`; the server's answer is lost.
+    let flight = sends(&mut client, now);
+    assert!(!flight.is_empty() && flight.iter().all(|(to, _)| *to == server_addr));
+    for (_, d) in &flight {
+        server.handle_datagram(now, first, None, None, d);
+    }
+    let lost = sends(&mut server, now);
+    assert!(!lost.is_empty() && lost.iter().all(|(to, _)| *to == first));
+    let sid = match server.take_events().as_slice() {
+        [Event::Connected { conn, peer }, ..] if *peer == first => *conn,
+        other => panic!("expected the server's Connected from {first}: {other:?}"),
+    };
+
+    // A forged datagram: a real header (the connection's id) with a garbled payload, from another address.
+    // It does not decrypt, so it redirects nothing.
+    let mut garbled = flight[0].1.clone();
+    let n = garbled.len();
+    for b in &mut garbled[n - 64..] {
+        *b ^= 0x5a;
+    }
+    server.handle_datagram(now, forger, None, None, &garbled);
+    assert!(sends(&mut server, now).iter().all(|(to, _)| *to == first));
+    assert_eq!(server.peer_address(sid).unwrap(), first);
+
+    // The NAT rebinds: from now on the client's packets reach the server from `second`. The client sends again
+    // when its timer fires; the handshake must complete over the new address.
+    // (What the server sends to `first` is lost: that mapping is gone.)
+    let (mut client_done, mut server_done, mut heard) = (false, false, false);
+    for _ in 0..200 {
+        now += Duration::from_millis(20);
+        for (to, d) in sends(&mut client, now) {
+            assert_eq!(to, server_addr);
+            server.handle_datagram(now, second, None, None, &d);
+            heard = true;
+        }
+        let out = sends(&mut server, now);
+        server_done |= server
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Handshake { .. }));
+        for (to, d) in out {
+            // Once established, quinn migrates by itself, and probes the old path once (RFC 9000 §9.3.3).
+            if to == first && (!heard || server_done) {
+                continue;
+            }
+            assert_eq!(
+                to, second,
+                "once it heard from the new address the server sends there only"
+            );
+            client.handle_datagram(now, server_addr, None, None, &d);
+        }
+        client_done |= client
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Connected { .. }));
+        if client_done && server_done {
+            break;
+        }
+    }
+    assert!(
+        client_done && server_done,
+        "the handshake did not complete over the new address"
+    );
+    assert_eq!(server.peer_address(sid).unwrap(), second);
 }
