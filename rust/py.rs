@@ -846,6 +846,7 @@ impl PyQuicEngine {
         max_pending_datagrams=None,
         reuse_port=false,
         socket_buffer=4_194_304,
+        endpoint_key=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -870,7 +871,11 @@ impl PyQuicEngine {
         max_pending_datagrams: Option<usize>,
         reuse_port: bool,
         socket_buffer: usize,
+        endpoint_key: Option<Vec<u8>>,
     ) -> PyResult<Self> {
+        if endpoint_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err(local("endpoint_key must be a secret of at least 16 bytes"));
+        }
         if stream_send_window == Some(0) {
             return Err(local("stream_send_window must be at least 1 byte"));
         }
@@ -893,6 +898,7 @@ impl PyQuicEngine {
             conn_window,
             stream_send_window,
             max_pending_datagrams,
+            endpoint_key,
         };
         if server {
             let (Some(chain), Some(key)) = (cert_chain_pem, key_pem) else {

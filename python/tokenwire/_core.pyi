@@ -406,6 +406,7 @@ class QuicEngine:
         max_pending_datagrams: int | None = None,
         reuse_port: bool = False,
         socket_buffer: int = 4194304,
+        endpoint_key: bytes | None = None,
     ) -> Self:
         """Bind ``host:port`` (0: a free port). A server needs ``cert_chain_pem`` and ``key_pem``; a client
         trusts the server by the SHA-256 of its certificate's DER (``server_cert_hashes``, as a browser's
@@ -433,7 +434,11 @@ class QuicEngine:
         which drops the oldest silently. ``reuse_port``: bind with ``SO_REUSEPORT``, sharing the port with other
         processes' sockets bound so (``tokenwire serve --workers N``; the kernel spreads datagrams over them by
         their 4-tuple). ``socket_buffer``: the UDP receive and send buffer sizes asked of the kernel (it caps them
-        at ``net.core.rmem_max``/``wmem_max``; 0: its defaults)."""
+        at ``net.core.rmem_max``/``wmem_max``; 0: its defaults). ``endpoint_key``: a secret (at least 16 bytes)
+        the servers of one deployment share: their stateless reset tokens and connection-id checks agree, so a
+        server that receives a packet of a connection another one holds (a client whose new address hashes to
+        another ``--workers`` worker) answers with a stateless reset that client accepts, and it reconnects at
+        once rather than at its idle timeout; ``None``: a random one of this engine's own."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property

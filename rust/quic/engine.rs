@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     AckFrequencyConfig, ClientConfig, ConnectionError, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint,
-    EndpointConfig, Event as QuicEvent, IdleTimeout, ReadError, SendDatagramError, ServerConfig, StreamEvent, StreamId,
-    TransportConfig, VarInt, WriteError,
+    EndpointConfig, Event as QuicEvent, HashedConnectionIdGenerator, IdleTimeout, ReadError, SendDatagramError,
+    ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt, WriteError,
 };
 
 use crate::h3::{self, H3Conn, H3Error, H3Event, Role};
@@ -150,6 +150,12 @@ pub struct Config {
     /// this many sit in quinn's queue, the rest wait in the engine, and [`Engine::trim_datagrams`] drops the
     /// oldest beyond it. `None`: quinn's own queue, bounded only in bytes (it drops the oldest silently).
     pub max_pending_datagrams: Option<usize>,
+    /// A secret the servers of one deployment share (the workers of `--workers N`, the nodes behind one UDP
+    /// load balancer): their stateless reset tokens and connection-id checks agree, so a server that gets a
+    /// packet of a connection another one holds (a client whose new address hashes to another worker) answers
+    /// with a stateless reset the client accepts, and the client reconnects at once instead of at its idle
+    /// timeout. `None`: a random secret of this engine's own.
+    pub endpoint_key: Option<Vec<u8>>,
 }
 
 /// Unidirectional streams a peer may open (control, QPACK encoder and decoder, a few WebTransport ones).
@@ -166,6 +172,22 @@ const DATAGRAM_BUFFER: usize = 1 << 20;
 /// flight was lost waits for its own PTO (a client's repeated Initial only gets an ACK), so at 333 ms a handshake
 /// that lost two flights takes 1 + 2 + 4 s; 100 ms, as aioquic and Chromium assume, makes that 0.3 + 0.6 + 1.2 s.
 const INITIAL_RTT: Duration = Duration::from_millis(100);
+
+/// The endpoint's reset key and connection-id generator: from `key` (see `Config::endpoint_key`) or random.
+fn endpoint_config(key: Option<&[u8]>) -> EndpointConfig {
+    let Some(key) = key else {
+        return EndpointConfig::default();
+    };
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    // The connection-id generator's own key, derived apart from the reset key (one secret, two uses).
+    let tag = ring::hmac::sign(&reset, b"tokenwire connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || Box::new(HashedConnectionIdGenerator::from_key(cid_key)));
+    config
+}
 
 /// Frames a connection has read that a client's handshake packet carries (a sign its packet decrypted).
 fn frames_read(quic: &quinn_proto::Connection) -> u64 {
@@ -471,7 +493,12 @@ impl Engine {
             None => None,
         };
         Ok(Self {
-            endpoint: Endpoint::new(Arc::new(EndpointConfig::default()), server, true, None),
+            endpoint: Endpoint::new(
+                Arc::new(endpoint_config(config.endpoint_key.as_deref())),
+                server,
+                true,
+                None,
+            ),
             config,
             client_config,
             conns: HashMap::new(),

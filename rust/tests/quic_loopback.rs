@@ -59,6 +59,7 @@ fn config() -> Config {
         conn_window: 16 << 20,
         stream_send_window: None,
         max_pending_datagrams: None,
+        endpoint_key: None,
     }
 }
 
@@ -1072,9 +1073,14 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn engine_server(cert: &Cert) -> Engine {
+    engine_server_keyed(cert, None)
+}
+
+fn engine_server_keyed(cert: &Cert, endpoint_key: Option<&[u8]>) -> Engine {
     let tls = tls::server_config(&cert.chain_pem, &cert.key_pem, &[b"h3".to_vec()], TICKETS).unwrap();
     Engine::new(Config {
         server: Some(Arc::new(tls)),
+        endpoint_key: endpoint_key.map(<[u8]>::to_vec),
         ..config()
     })
     .unwrap()
@@ -1176,4 +1182,78 @@ fn a_nat_rebinding_during_the_handshake_moves_the_server_to_the_new_address() {
         "the handshake did not complete over the new address"
     );
     assert_eq!(server.peer_address(sid).unwrap(), second);
+}
+
+/// `client` connects to `server` (at `server_addr`, the client seen at `client_addr`), every datagram delivered:
+/// the client's connection id, once both ends completed the handshake.
+fn handshake(client: &mut Engine, server: &mut Engine, server_addr: SocketAddr, client_addr: SocketAddr) -> u64 {
+    let mut now = Instant::now();
+    let id = client.connect(now, server_addr, "localhost").unwrap();
+    let (mut client_done, mut server_done) = (false, false);
+    for _ in 0..50 {
+        for (_, d) in sends(client, now) {
+            server.handle_datagram(now, client_addr, None, None, &d);
+        }
+        for (_, d) in sends(server, now) {
+            client.handle_datagram(now, server_addr, None, None, &d);
+        }
+        client_done |= client
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Connected { .. }));
+        server_done |= server
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Handshake { .. }));
+        if client_done && server_done {
+            return id;
+        }
+        now += Duration::from_millis(5);
+    }
+    panic!("no handshake");
+}
+
+/// Two workers on one address (`SO_REUSEPORT`): the client's packets now reach `other`, which does not hold its
+/// connection. Whether the client's connection is closed by what `other` answers.
+fn lands_on_another_worker(key_a: Option<&[u8]>, key_b: Option<&[u8]>) -> bool {
+    let cert = cert();
+    let (server_addr, client_addr) = (addr("192.0.2.1:443"), addr("198.51.100.7:40000"));
+    let mut first = engine_server_keyed(&cert, key_a);
+    let mut other = engine_server_keyed(&cert, key_b);
+    let mut client = engine_client(&cert);
+    let id = handshake(&mut client, &mut first, server_addr, client_addr);
+    let now = Instant::now() + Duration::from_millis(500);
+    let sid = client.open_bidi(id).unwrap();
+    client.send_data(id, sid, &[7; 200], false).unwrap();
+    let out = sends(&mut client, now);
+    assert!(!out.is_empty());
+    for (_, d) in out {
+        other.handle_datagram(now, client_addr, None, None, &d);
+    }
+    for (to, d) in sends(&mut other, now) {
+        assert_eq!(to, client_addr);
+        client.handle_datagram(now, server_addr, None, None, &d);
+    }
+    client.process(now);
+    let closed = client
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::Closed { conn, .. } if *conn == id));
+    closed
+}
+
+#[test]
+fn servers_sharing_an_endpoint_key_reset_each_others_connections() {
+    let key = b"one deployment's secret, 32 byte";
+    assert!(
+        lands_on_another_worker(Some(key), Some(key)),
+        "the client took the other worker's reset"
+    );
+    // Without a shared key the other worker cannot tell the connection id is one of the deployment's: it
+    // drops the packet, and the client learns nothing until its idle timeout.
+    assert!(!lands_on_another_worker(None, None));
+    assert!(!lands_on_another_worker(
+        Some(key),
+        Some(b"another deployment's secret, 32b")
+    ));
 }

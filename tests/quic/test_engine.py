@@ -307,6 +307,10 @@ def test_bad_setups_are_refused() -> None:
         QuicEngine(
             server=False, host="127.0.0.1", port=0, h3_settings={}, server_cert_hashes=[b"\0" * 32], idle_timeout=-1
         )
+    with pytest.raises(LocalProtocolError, match="endpoint_key must be a secret of at least 16 bytes"):
+        QuicEngine(
+            server=False, host="127.0.0.1", port=0, h3_settings={}, server_cert_hashes=[b"\0" * 32], endpoint_key=b"x"
+        )
     with pytest.raises(ValueError, match="ack_frequency delay must be seconds"):
         QuicEngine(
             server=False,

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 from typing import Any
 
@@ -69,6 +71,15 @@ _DATAGRAM_LIMIT = 65536
 _SETTINGS_FIRST = frozenset(("connected", "settings"))
 #: One stream of an engine flush: (connection, stream id, registry handle, after seq, prefix).
 _FlushItem = tuple[int, int, int, int, bytes]
+
+
+def endpoint_key(key_pem: bytes) -> bytes:
+    """The engine's ``endpoint_key``, derived from the certificate's private key (HMAC-SHA256 of a fixed label),
+    so every server of one certificate shares it with no setting to spread: the workers of ``--workers N``, the
+    nodes behind one UDP load balancer given the same ``--cert``/``--key``. A client whose packets reach a
+    server that does not hold its connection then gets a stateless reset it accepts, and reconnects (and
+    resumes) at once instead of at its idle timeout (docs/scaling.md). One-way: it reveals nothing of the key."""
+    return hmac.new(key_pem, b"tokenwire QUIC endpoint key v1", hashlib.sha256).digest()
 
 
 class _Unsent:
@@ -366,6 +377,7 @@ class NativeWebTransportServer(WtServerBase):
             max_pending_datagrams=limits.max_pending_previews,
             reuse_port=config.reuse_port,
             socket_buffer=limits.socket_buffer_bytes,
+            endpoint_key=endpoint_key(self.certificate.key_pem),
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
