@@ -2,12 +2,12 @@
 batched UDP I/O in Rust), driven by the running loop (uvloop in production). ``tokenwire serve --wt-engine
 native``; the same public surface as aioquic's :class:`~tokenwire.server.webtransport.WebTransportServer`.
 
-The loop watches ONE engine: a reader on its UDP socket and ONE timer at the engine's next deadline (re-armed
-after every wake-up, flush and transmit; never one timer per connection). Each wake-up is one ``poll_io()``
-call (drain the socket, run quinn, advance HTTP/3) whose batch of events goes, connection by connection, into
-the sans-I/O session layer (:mod:`tokenwire.protocol.wt_session`) through :class:`NativeConnection`, a
-:class:`~tokenwire.server.wt_host.SessionHost` whose transport actions are engine calls; then ONE
-``transmit()`` for the batch.
+The loop watches ONE engine: a reader on its UDP socket and ONE timer at the engine's next deadline (checked
+after every wake-up, flush and transmit, moved when the deadline moved; never one timer per connection). Each
+wake-up is one ``poll_io()`` call (drain the socket, run quinn, advance HTTP/3) whose batch of events goes,
+connection by connection, into the sans-I/O session layer (:mod:`tokenwire.protocol.wt_session`) through
+:class:`NativeConnection`, a :class:`~tokenwire.server.wt_host.SessionHost` whose transport actions are engine
+calls; then ONE ``transmit()`` for the batch.
 
 Flush: every dirty token stream of every connection is written by ONE ``engine.flush(registry, batch)`` per
 flusher run: the binary frames go from the Rust registry into the QUIC streams and the packets out, and no
@@ -36,6 +36,8 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
+import time
 from typing import Any
 
 from tokenwire import _core
@@ -71,6 +73,9 @@ _DATAGRAM_LIMIT = 65536
 _SETTINGS_FIRST = frozenset(("connected", "settings"))
 #: One stream of an engine flush: (connection, stream id, registry handle, after seq, prefix).
 _FlushItem = tuple[int, int, int, int, bytes]
+_FLUSH_OK = _core.FLUSH_OK
+#: The loop's timer resolution (uvloop's: one millisecond), in seconds.
+_MS = 0.001
 
 
 def endpoint_key(key_pem: bytes) -> bytes:
@@ -253,48 +258,57 @@ class NativeConnection(SessionHost):
 
     def mark_dirty(self, st: ServedStream) -> None:
         self._dirty.append(st)
-        if not self._queued:
+        if not self._queued:  # the server's queue_flush, inlined: once per token on the model's step
             self._queued = True
-            self.server.queue_flush(self)
+            server = self.server
+            server._dirty.append(self)
+            if not server._flush_queued:
+                server._flush_queued = True
+                server.flusher.add(server)
 
     # -- the server's flush ----------------------------------------------------------------------------------
 
     def take_dirty(self, batch: list[_FlushItem], served: list[tuple[NativeConnection, ServedStream]]) -> Any:
         """This connection's dirty streams: each one the engine's flush may write straight from the registry is
         added to ``batch`` (and ``served``), every other one is written now on the Python path. Returns the
-        registry of the batch items added (``None`` if none)."""
+        registry of the batch items added (``None`` if none, or the connection is closed).
+
+        Once per stream and token: the checks are inline (no call per stream on the common path)."""
         self._queued = False
         dirty, self._dirty = self._dirty, []
+        session = self.session
+        if session.closed:
+            return None
+        states = session.streams
+        blocked = self._blocked
+        unsent = self._unsent
+        cid = self.cid
         registry = None
         for st in dirty:
+            st.dirty = False
+            qid = st.qid
             try:
-                native = self._native_item(st)
+                state = states.get(qid)
+                cursor = st.cursor
+                if state is None or state.send_ended or st.stream is None or cursor is None:
+                    continue
+                native = cursor.native
+                if native is None or state.preview_tag or state.session.credit is not None or state.held:
+                    st.write()  # the Python path: cursor.poll() and the session layer's send
+                    continue
+                if qid in blocked or qid in unsent:  # send_blocked
+                    st.hold_reader()
+                    self.paused.add(st)
+                    continue
             except Exception:  # one stream's failure is its own: the others of this connection go on
-                log.exception("write of WebTransport stream %d failed; resetting that stream only", st.qid)
+                log.exception("write of WebTransport stream %d failed; resetting that stream only", qid)
                 with contextlib.suppress(Exception):
                     self.reset(st, WtCode.INTERNAL_ERROR)
                 continue
-            if native is not None:
-                registry, handle = native
-                batch.append((self.cid, st.qid, handle, st.position, b""))
-                served.append((self, st))
+            registry = native[0]
+            batch.append((cid, qid, native[1], cursor.position, b""))
+            served.append((self, st))
         return registry
-
-    def _native_item(self, st: ServedStream) -> tuple[_core.Registry, int] | None:
-        st.dirty = False
-        state = self.session.stream(st.qid)
-        cursor = st.cursor
-        if state is None or state.send_ended or st.stream is None or cursor is None:
-            return None
-        native = cursor.native
-        if native is None or state.preview_tag or state.session.credit is not None or state.held:
-            st.write()  # the Python path: cursor.poll() and the session layer's send
-            return None
-        if self.send_blocked(st.qid):
-            st.hold_reader()
-            self.paused.add(st)
-            return None
-        return native
 
     def flushed(self, st: ServedStream, new_after: int, status: int) -> None:
         """What the engine's flush did with ``st``: account the frames it took, then end, pause or cut it."""
@@ -329,7 +343,9 @@ class NativeWebTransportServer(WtServerBase):
         self._engine: QuicEngine | None = None
         self._port = 0
         self._conns: dict[int, NativeConnection] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        #: The loop time ``_timer`` fires at.
+        self._timer_at = 0.0
         #: Inside a wake-up or a flush: transmits wait for its one transmit.
         self._batching = False
         #: Engine calls queued packets since the last transmit; ``_queued_data``: stream bytes among them.
@@ -440,17 +456,39 @@ class NativeWebTransportServer(WtServerBase):
         self._conns.pop(conn.cid, None)
         self.connections.discard(conn)
 
+    def _on_timer(self) -> None:
+        self._timer = None  # it fired: _arm sets the next one
+        self._wake()
+
     def _arm(self) -> None:
-        """ONE timer, at the engine's next deadline (after anything that may have moved it)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """ONE timer, at the engine's next deadline (after anything that may have moved it), never before it: the
+        loop's clock (uvloop: whole milliseconds, read when its iteration began) runs behind the engine's, and a
+        wake-up before the deadline finds nothing due and only re-arms (again and again until it is due). So the
+        timer is set in whole milliseconds of the loop's clock, rounded up: it fires less than 1 ms after the
+        deadline. One already armed like that for the same deadline stands: a burst of ACKs moves the deadline by
+        microseconds per wake-up (the next connection's loss timer), and a re-arm costs a new handle each time."""
+        timer = self._timer
         engine = self._engine
-        if engine is None:
+        delay = None if engine is None else engine.next_timeout()
+        if delay is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
             return
-        delay = engine.next_timeout()
-        if delay is not None:
-            self._timer = self.loop.call_later(delay, self._wake)
+        deadline = time.monotonic() + delay  # the loop's clock is the monotonic one
+        if timer is not None:
+            if deadline <= self._timer_at < deadline + _MS:
+                return
+            timer.cancel()
+        loop = self.loop
+        now = loop.time()
+        if deadline <= now:  # due already by the loop's clock
+            self._timer_at = now
+            self._timer = loop.call_soon(self._on_timer)
+        else:
+            ms = math.ceil((deadline - now) / _MS)
+            self._timer_at = now + ms * _MS
+            self._timer = loop.call_later(ms * _MS, self._on_timer)
 
     def sent(self, data: bool = True) -> None:
         """An engine call queued stream bytes (``data``) or a frame (a reset): they go out with the batch's
@@ -497,10 +535,6 @@ class NativeWebTransportServer(WtServerBase):
         self._batching = True
         try:
             for conn in conns:
-                if conn.closed:
-                    conn._queued = False
-                    conn._dirty = []
-                    continue
                 registry = conn.take_dirty(batch, served) or registry
             if batch and registry is not None:
                 engine = self.engine
@@ -510,7 +544,12 @@ class NativeWebTransportServer(WtServerBase):
                 # The cursors account frames and tokens (advance); the bytes are the flush's, counted once.
                 self.metrics.bytes_sent_total += engine.flushed_bytes - before
                 for (conn, st), (_, _, new_after, status) in zip(served, results, strict=True):
-                    conn.flushed(st, new_after, status)
+                    if status == _FLUSH_OK:  # the common case, inline: the frames up to new_after went out
+                        cursor = st.cursor
+                        if cursor is not None and new_after > cursor.position:
+                            cursor.advance(new_after, 0)
+                    else:
+                        conn.flushed(st, new_after, status)
         finally:
             self._batching = False
         self.transmit()
