@@ -10,7 +10,7 @@
 //! [`Config::stream_send_window`]) waits in the stream's pending buffer (bounded by one call's bytes) and goes
 //! out as credit or acknowledgements come; the writer hears `Writable` then.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,10 @@ use quinn_proto::{
     EndpointConfig, Event as QuicEvent, HashedConnectionIdGenerator, IdleTimeout, ReadError, SendDatagramError,
     ServerConfig, StreamEvent, StreamId, TransportConfig, VarInt, WriteError,
 };
+// Every map here is keyed by small integers this process or quinn hands out (connection ids and handles) or by
+// stream ids within the peer's stream limit: FxHash, not SipHash (a flush and a wake-up look them up per stream
+// and per datagram).
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::h3::{self, H3Conn, H3Error, H3Event, Role};
 
@@ -410,10 +414,10 @@ struct Conn {
     h3: H3Conn,
     /// How many of this end's three unidirectional streams (control, QPACK encoder, QPACK decoder) are open.
     uni_opened: u8,
-    sends: HashMap<u64, SendState>,
+    sends: FxHashMap<u64, SendState>,
     /// Send halves this end reset (its own reset, or the answer to the peer's `STOP_SENDING`) that quinn may still
     /// hold until the reset is acknowledged: nothing is written on them again and they are not counted again.
-    reset_sends: HashSet<u64>,
+    reset_sends: FxHashSet<u64>,
     /// Bidirectional WebTransport streams in `sends` (the data streams that size the send window).
     wt_streams: u64,
     /// `Config::stream_send_window`, and the send window last given to quinn.
@@ -447,8 +451,8 @@ pub struct Engine {
     endpoint: Endpoint,
     config: Config,
     client_config: Option<ClientConfig>,
-    conns: HashMap<u64, Conn>,
-    by_handle: HashMap<ConnectionHandle, u64>,
+    conns: FxHashMap<u64, Conn>,
+    by_handle: FxHashMap<ConnectionHandle, u64>,
     next_id: u64,
     /// Every connection's deadline, earliest first (one entry per connection: `Conn::timer`).
     timers: BTreeSet<(Instant, u64)>,
@@ -501,8 +505,8 @@ impl Engine {
             ),
             config,
             client_config,
-            conns: HashMap::new(),
-            by_handle: HashMap::new(),
+            conns: FxHashMap::default(),
+            by_handle: FxHashMap::default(),
             next_id: 1,
             timers: BTreeSet::new(),
             dirty: Vec::new(),
@@ -574,8 +578,8 @@ impl Engine {
             quic,
             h3: H3Conn::new(role, &self.config.h3_settings),
             uni_opened: 0,
-            sends: HashMap::new(),
-            reset_sends: HashSet::new(),
+            sends: FxHashMap::default(),
+            reset_sends: FxHashSet::default(),
             wt_streams: 0,
             stream_send_window: self.config.stream_send_window,
             send_window: self.config.stream_send_window.unwrap_or(self.config.conn_window),

@@ -50,6 +50,10 @@ pub struct UdpIo {
     buf: Vec<u8>,
     slot: usize,
     meta: Vec<RecvMeta>,
+    /// Bound to a wildcard address: each packet names its source (the address its peer sent to, for a host with
+    /// several). Bound to one address, the kernel uses that one anyway, so packets go without the cmsg (and the
+    /// kernel's look-up of it).
+    wildcard: bool,
     pub stats: IoStats,
 }
 
@@ -73,7 +77,9 @@ impl UdpIo {
         }
         // A slot takes one datagram, or one GRO train of up to 64 KiB.
         let slot = MAX_DATAGRAM;
+        let wildcard = socket.local_addr()?.ip().is_unspecified();
         Ok(Self {
+            wildcard,
             socket,
             state,
             buf: vec![0; slot * BATCH_SIZE],
@@ -142,7 +148,7 @@ impl UdpIo {
             ecn: transmit.ecn.and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
             contents,
             segment_size: transmit.segment_size,
-            src_ip: transmit.src_ip,
+            src_ip: if self.wildcard { transmit.src_ip } else { None },
         };
         self.stats.send_calls += 1;
         match self.state.try_send((&self.socket).into(), &udp) {
