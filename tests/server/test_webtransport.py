@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -46,6 +47,7 @@ from tokenwire.protocol.webtransport import (
 )
 from tokenwire.server.certs import make_dev_certificate
 from tokenwire.server.config import ServerConfig, WebTransportLimits
+from tokenwire.server.native import NativeWebTransportServer
 
 pytestmark = pytest.mark.usefixtures("no_leaks", "wt_engine")
 
@@ -438,6 +440,29 @@ async def test_client_transmit_and_ack_options_keep_the_stream_exact(
 def test_client_ack_delay_is_checked(ack_delay: float) -> None:
     with pytest.raises(ValueError, match="ack_delay"):
         WebTransportClient("https://127.0.0.1:9/v1/webtransport", ack_delay=ack_delay)
+
+
+async def test_the_native_servers_timer_stands_at_the_engine_deadline_never_before_it(wt_engine: str) -> None:
+    """The native server's one timer fires at the engine's next deadline rounded up to the loop's millisecond:
+    never before it (a wake-up before it finds nothing due and only re-arms), less than 1 ms after it; checked
+    between the server's wake-ups and flushes while a stream runs (its ACKs move the deadline)."""
+    if wt_engine != "native":
+        pytest.skip("aioquic's server has a timer per connection")
+    model = FakeModel(seed=11)
+    async with wt_server(model=model) as server, wt_client(server) as client:
+        assert isinstance(server, NativeWebTransportServer)
+        reader = await client.generate("timer", max_tokens=120, tokens_per_s=200)
+        checked = 0
+        async for _ in reader:
+            delay = server.engine.next_timeout()
+            if delay is None:
+                continue
+            deadline = time.monotonic() + delay
+            assert server._timer is not None
+            # 0.1 ms: the engine's clock and time.monotonic() are read a few microseconds apart.
+            assert deadline - 1e-4 <= server._timer_at < deadline + 1e-3 + 1e-4
+            checked += 1
+        assert checked > 60
 
 
 def test_the_engine_setting_is_checked() -> None:
