@@ -436,9 +436,11 @@ class QuicEngine:
         their 4-tuple). ``socket_buffer``: the UDP receive and send buffer sizes asked of the kernel (it caps them
         at ``net.core.rmem_max``/``wmem_max``; 0: its defaults). ``endpoint_key``: a secret (at least 16 bytes)
         the servers of one deployment share: their stateless reset tokens and connection-id checks agree, so a
-        server that receives a packet of a connection another one holds (a client whose new address hashes to
-        another ``--workers`` worker) answers with a stateless reset that client accepts, and it reconnects at
-        once rather than at its idle timeout; ``None``: a random one of this engine's own."""
+        server that receives a packet of a connection another one holds answers with a stateless reset that
+        client accepts, and it reconnects at once rather than at its idle timeout. Only where packets are
+        routed by connection id (RFC 9000 §21.11: where an attacker can steer a packet to another instance, by
+        changing its address or port, a shared key hands out valid reset tokens); ``tokenwire serve --workers``
+        spreads packets by address, so it does not set one. ``None``: a random one of this engine's own."""
     def fileno(self) -> int:
         """The UDP socket's descriptor, for the event loop's reader."""
     @property

@@ -154,11 +154,12 @@ pub struct Config {
     /// this many sit in quinn's queue, the rest wait in the engine, and [`Engine::trim_datagrams`] drops the
     /// oldest beyond it. `None`: quinn's own queue, bounded only in bytes (it drops the oldest silently).
     pub max_pending_datagrams: Option<usize>,
-    /// A secret the servers of one deployment share (the workers of `--workers N`, the nodes behind one UDP
-    /// load balancer): their stateless reset tokens and connection-id checks agree, so a server that gets a
-    /// packet of a connection another one holds (a client whose new address hashes to another worker) answers
-    /// with a stateless reset the client accepts, and the client reconnects at once instead of at its idle
-    /// timeout. `None`: a random secret of this engine's own.
+    /// A secret the servers of one deployment share: their stateless reset tokens and connection-id checks
+    /// agree, so a server that gets a packet of a connection another one holds answers with a stateless reset
+    /// the client accepts, and the client reconnects at once instead of at its idle timeout. Only for servers
+    /// that packets reach by connection id (RFC 9000 §21.11: where an attacker can steer a packet with a live
+    /// connection's id to another instance, a shared key hands out that connection's reset token).
+    /// `None`: a random secret of this engine's own.
     pub endpoint_key: Option<Vec<u8>>,
 }
 
@@ -433,7 +434,9 @@ struct Conn {
     /// Server: the client's address changed before the handshake completed (a NAT rebinding, `(known, new)`).
     /// quinn drops such packets until the handshake is over, and the client never sends from `known` again,
     /// so the handshake would stall; the engine hands them to quinn as from `known` and sends quinn's packets
-    /// for `known` to `new`, until quinn's own path leaves `known` (once established, quinn migrates itself).
+    /// for `known` to `new`, until quinn's own path leaves `known` (once established, quinn migrates itself),
+    /// or a packet from `known` decrypts again (the client is still there: `new` may have been an observer
+    /// racing in a copy of the client's Initial, which anyone on the path can read and send).
     rebound: Option<(SocketAddr, SocketAddr)>,
 }
 
@@ -614,7 +617,15 @@ impl Engine {
                     return;
                 };
                 let known = conn.quic.remote_address();
-                if from == known || !conn.quic.is_handshaking() || conn.quic.side().is_client() {
+                if from == known && conn.rebound.is_some() {
+                    // The client is (still) at `known`: a decrypted packet from there ends the alias (it may
+                    // have come from a copy raced in from another address).
+                    let before = frames_read(&conn.quic);
+                    conn.quic.handle_event(event);
+                    if frames_read(&conn.quic) != before {
+                        conn.rebound = None;
+                    }
+                } else if from == known || !conn.quic.is_handshaking() || conn.quic.side().is_client() {
                     conn.quic.handle_event(event);
                 } else {
                     // A NAT rebinding during the handshake (see `Conn::rebound`): the same datagram again, as

@@ -1257,3 +1257,54 @@ fn servers_sharing_an_endpoint_key_reset_each_others_connections() {
         Some(b"another deployment's secret, 32b")
     ));
 }
+
+#[test]
+fn a_copy_of_the_clients_initial_raced_in_from_elsewhere_redirects_only_until_the_client_speaks_again() {
+    // Initial packets decrypt for anyone on the path: an observer may send a copy of the client's own repeated
+    // Initial from its address, ahead of the original. The handshake must still complete with the client.
+    let cert = cert();
+    let (server_addr, first, observer) = (
+        addr("192.0.2.1:443"),
+        addr("198.51.100.7:40000"),
+        addr("203.0.113.9:60000"),
+    );
+    let mut server = engine_server(&cert);
+    let mut client = engine_client(&cert);
+    let mut now = Instant::now();
+    client.connect(now, server_addr, "localhost").unwrap();
+    for (_, d) in sends(&mut client, now) {
+        server.handle_datagram(now, first, None, None, &d);
+    }
+    assert!(!sends(&mut server, now).is_empty()); // the server's first flight: lost
+    let sid = match server.take_events().as_slice() {
+        [Event::Connected { conn, .. }, ..] => *conn,
+        other => panic!("expected the server's Connected: {other:?}"),
+    };
+    let (mut raced, mut done) = (false, false);
+    for _ in 0..300 {
+        now += Duration::from_millis(20);
+        for (_, d) in sends(&mut client, now) {
+            if !raced {
+                server.handle_datagram(now, observer, None, None, &d); // the copy, first (once)
+                assert_eq!(server.peer_address(sid).unwrap(), observer, "taken for a NAT rebinding");
+                raced = true;
+            }
+            server.handle_datagram(now, first, None, None, &d);
+        }
+        for (to, d) in sends(&mut server, now) {
+            if to != observer {
+                assert_eq!(to, first);
+                client.handle_datagram(now, server_addr, None, None, &d);
+            } // what goes to the observer, it keeps
+        }
+        done |= client
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Connected { .. }));
+        if done {
+            break;
+        }
+    }
+    assert!(raced && done, "the handshake stalled after one raced copy");
+    assert_eq!(server.peer_address(sid).unwrap(), first);
+}

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import math
 import time
@@ -76,15 +74,6 @@ _FlushItem = tuple[int, int, int, int, bytes]
 _FLUSH_OK = _core.FLUSH_OK
 #: The loop's timer resolution (uvloop's: one millisecond), in seconds.
 _MS = 0.001
-
-
-def endpoint_key(key_pem: bytes) -> bytes:
-    """The engine's ``endpoint_key``, derived from the certificate's private key (HMAC-SHA256 of a fixed label),
-    so every server of one certificate shares it with no setting to spread: the workers of ``--workers N``, the
-    nodes behind one UDP load balancer given the same ``--cert``/``--key``. A client whose packets reach a
-    server that does not hold its connection then gets a stateless reset it accepts, and reconnects (and
-    resumes) at once instead of at its idle timeout (docs/scaling.md). One-way: it reveals nothing of the key."""
-    return hmac.new(key_pem, b"tokenwire QUIC endpoint key v1", hashlib.sha256).digest()
 
 
 class _Unsent:
@@ -393,7 +382,6 @@ class NativeWebTransportServer(WtServerBase):
             max_pending_datagrams=limits.max_pending_previews,
             reuse_port=config.reuse_port,
             socket_buffer=limits.socket_buffer_bytes,
-            endpoint_key=endpoint_key(self.certificate.key_pem),
         )
         self._engine = engine
         self._port = engine.local_address[1]  # still known after shutdown (as aioquic's server's)
@@ -462,10 +450,10 @@ class NativeWebTransportServer(WtServerBase):
 
     def _arm(self) -> None:
         """ONE timer, at the engine's next deadline (after anything that may have moved it), never before it: the
-        loop's clock (uvloop: whole milliseconds, read when its iteration began) runs behind the engine's, and a
+        loop's timers count whole milliseconds (uvloop), so a delay rounded down fires before the deadline, and a
         wake-up before the deadline finds nothing due and only re-arms (again and again until it is due). So the
-        timer is set in whole milliseconds of the loop's clock, rounded up: it fires less than 1 ms after the
-        deadline. One already armed like that for the same deadline stands: a burst of ACKs moves the deadline by
+        timer is set in whole milliseconds of the loop's clock, rounded up: it fires about a millisecond after
+        the deadline at most. One already armed like that for the same deadline stands: a burst of ACKs moves the deadline by
         microseconds per wake-up (the next connection's loss timer), and a re-arm costs a new handle each time."""
         timer = self._timer
         engine = self._engine
