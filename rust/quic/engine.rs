@@ -349,6 +349,11 @@ fn is_bidi(sid: u64) -> bool {
     sid & 0b10 == 0
 }
 
+/// quinn still holds the send side of `sid` (open, or finished or reset but not yet acknowledged).
+fn quinn_sends(quic: &mut quinn_proto::Connection, sid: u64) -> bool {
+    VarInt::from_u64(sid).is_ok_and(|v| quic.send_stream(StreamId::from(v)).priority().is_ok())
+}
+
 impl Conn {
     /// `sid` carries raw bytes (a WebTransport stream, or this end's control and QPACK streams): its send state,
     /// made if need be. A new bidirectional one widens the connection's send window.
@@ -383,16 +388,30 @@ impl Conn {
         if self.reset_sends.len() >= RESET_SENDS_PRUNE {
             // Bounded by the streams quinn still holds: drop those it has let go of.
             let quic = &mut self.quic;
-            self.reset_sends
-                .retain(|&s| VarInt::from_u64(s).is_ok_and(|v| quic.send_stream(StreamId::from(v)).priority().is_ok()));
+            self.reset_sends.retain(|&s| quinn_sends(quic, s));
         }
         self.reset_sends.insert(sid);
     }
 
     /// This end may (still) send on `sid` as far as quinn knows, and has not reset it.
     fn send_live(&mut self, sid: u64) -> bool {
-        !self.reset_sends.contains(&sid)
-            && VarInt::from_u64(sid).is_ok_and(|v| self.quic.send_stream(StreamId::from(v)).priority().is_ok())
+        !self.reset_sends.contains(&sid) && quinn_sends(&mut self.quic, sid)
+    }
+
+    /// Where a packet quinn addresses to `to` goes: the new address of a handshake's NAT rebinding
+    /// (`rebound`), or `to`.
+    fn destination(&self, to: SocketAddr) -> SocketAddr {
+        match self.rebound {
+            Some((known, new)) if known == to => new,
+            _ => to,
+        }
+    }
+
+    /// Hands quinn one datagram's event; whether it read frames from it (it decrypted, and was no duplicate).
+    fn read_datagram(&mut self, event: quinn_proto::ConnectionEvent) -> bool {
+        let before = frames_read(&self.quic);
+        self.quic.handle_event(event);
+        frames_read(&self.quic) != before
     }
 
     /// The send window (`Config::stream_send_window`): one share per open WebTransport send stream, at least one.
@@ -529,16 +548,8 @@ impl Engine {
 
     /// The address a connection sends to now (its active path: after a migration, the new one).
     pub fn peer_address(&self, id: u64) -> Result<SocketAddr, EngineError> {
-        let conn = self
-            .conns
-            .get(&id)
-            .filter(|c| !c.closed_reported)
-            .ok_or(EngineError::NoConnection(id))?;
-        let remote = conn.quic.remote_address();
-        Ok(match conn.rebound {
-            Some((known, new)) if known == remote => new,
-            _ => remote,
-        })
+        let conn = self.live(id)?;
+        Ok(conn.destination(conn.quic.remote_address()))
     }
 
     pub fn connection_count(&self) -> usize {
@@ -620,9 +631,7 @@ impl Engine {
                 if from == known && conn.rebound.is_some() {
                     // The client is (still) at `known`: a decrypted packet from there ends the alias (it may
                     // have come from a copy raced in from another address).
-                    let before = frames_read(&conn.quic);
-                    conn.quic.handle_event(event);
-                    if frames_read(&conn.quic) != before {
+                    if conn.read_datagram(event) {
                         conn.rebound = None;
                     }
                 } else if from == known || !conn.quic.is_handshaking() || conn.quic.side().is_client() {
@@ -641,9 +650,7 @@ impl Engine {
                     if same != handle {
                         return;
                     }
-                    let before = frames_read(&conn.quic);
-                    conn.quic.handle_event(event);
-                    if frames_read(&conn.quic) != before {
+                    if conn.read_datagram(event) {
                         conn.rebound = Some((known, from));
                     }
                 }
@@ -916,7 +923,7 @@ impl Engine {
                 } => {
                     // A bidirectional WebTransport stream: this end's replies are raw bytes (while its send side
                     // lives: a finished one is not brought back).
-                    if stream_id & 0b10 == 0
+                    if is_bidi(stream_id)
                         && !conn.sends.get(&stream_id).is_some_and(|s| s.wt)
                         && conn.send_live(stream_id)
                     {
@@ -1029,11 +1036,7 @@ impl Engine {
                     let Some(mut transmit) = conn.quic.poll_transmit(now, max_segments.max(1), &mut self.buf) else {
                         break;
                     };
-                    if let Some((known, new)) = conn.rebound {
-                        if transmit.destination == known {
-                            transmit.destination = new;
-                        }
-                    }
+                    transmit.destination = conn.destination(transmit.destination);
                     send(&transmit, &self.buf[..transmit.size]);
                 }
                 if conn.datagrams.waiting.is_empty() {
@@ -1075,7 +1078,15 @@ impl Engine {
         }
     }
 
-    /// A live connection for a call (one that is closing, its `Closed` reported, takes nothing more).
+    /// A live connection (one that is closing, its `Closed` reported, takes nothing more), to read.
+    fn live(&self, id: u64) -> Result<&Conn, EngineError> {
+        self.conns
+            .get(&id)
+            .filter(|c| !c.closed_reported)
+            .ok_or(EngineError::NoConnection(id))
+    }
+
+    /// A live connection, for a call that changes it (it is marked dirty, for the next transmit).
     fn conn_mut(&mut self, id: u64) -> Result<&mut Conn, EngineError> {
         let conn = self
             .conns
@@ -1102,11 +1113,7 @@ impl Engine {
     /// `Connected`: the server took them (if not, they are gone and their ids free again: send again).
     /// Server: both say the client's early data was accepted (its streams are read before `Handshake`).
     pub fn early_data(&self, id: u64) -> Result<(bool, bool), EngineError> {
-        let conn = self
-            .conns
-            .get(&id)
-            .filter(|c| !c.closed_reported)
-            .ok_or(EngineError::NoConnection(id))?;
+        let conn = self.live(id)?;
         let offered = conn.quic.has_0rtt();
         let accepted = offered && (self.is_server() || (!conn.quic.is_handshaking() && conn.quic.accepted_0rtt()));
         Ok((offered, accepted))
@@ -1152,15 +1159,8 @@ impl Engine {
     /// A stream this end may send on: not the peer's unidirectional one, open in QUIC (not finished, reset or
     /// never opened) and not ended here.
     fn check_send_stream(conn: &mut Conn, sid: u64, server: bool) -> Result<(), EngineError> {
-        let peer_uni = sid & 0b10 != 0 && ((sid & 1 == 1) != server);
-        let Ok(var) = VarInt::from_u64(sid) else {
-            return Err(EngineError::StreamClosed(sid));
-        };
-        if peer_uni
-            || conn.sends.get(&sid).is_some_and(|s| s.closed || s.fin)
-            || conn.reset_sends.contains(&sid)
-            || conn.quic.send_stream(StreamId::from(var)).priority().is_err()
-        {
+        let peer_uni = !is_bidi(sid) && ((sid & 1 == 1) != server);
+        if peer_uni || conn.sends.get(&sid).is_some_and(|s| s.closed || s.fin) || !conn.send_live(sid) {
             return Err(EngineError::StreamClosed(sid));
         }
         Ok(())

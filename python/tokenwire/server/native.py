@@ -247,13 +247,9 @@ class NativeConnection(SessionHost):
 
     def mark_dirty(self, st: ServedStream) -> None:
         self._dirty.append(st)
-        if not self._queued:  # the server's queue_flush, inlined: once per token on the model's step
+        if not self._queued:
             self._queued = True
-            server = self.server
-            server._dirty.append(self)
-            if not server._flush_queued:
-                server._flush_queued = True
-                server.flusher.add(server)
+            self.server.queue_flush(self)
 
     # -- the server's flush ----------------------------------------------------------------------------------
 
@@ -269,8 +265,6 @@ class NativeConnection(SessionHost):
         if session.closed:
             return None
         states = session.streams
-        blocked = self._blocked
-        unsent = self._unsent
         cid = self.cid
         registry = None
         for st in dirty:
@@ -285,7 +279,7 @@ class NativeConnection(SessionHost):
                 if native is None or state.preview_tag or state.session.credit is not None or state.held:
                     st.write()  # the Python path: cursor.poll() and the session layer's send
                     continue
-                if qid in blocked or qid in unsent:  # send_blocked
+                if self.send_blocked(qid):
                     st.hold_reader()
                     self.paused.add(st)
                     continue
